@@ -1,0 +1,128 @@
+// Package destinations is the integration framework: what an integration
+// declares (settings schema, supported event types, batch limits), how its
+// transform and response classifier are driven, and the outcome of each
+// event. Each integration lives in its own package below this one.
+package destinations
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/fanout/fanout/internal/event"
+)
+
+// Integration describes one type of destination, such as "webhook".
+type Integration struct {
+	// Type is the name used in the configuration file's `type` key and in the
+	// `integrations` object of events. Lower case, no spaces.
+	Type string
+	// Settings lists the settings a configured destination of this type takes.
+	Settings Schema
+	// EventTypes lists the call types the integration takes (event.Track, ...).
+	// Empty means all of them. Others end as Unsupported without a request.
+	EventTypes []string
+	// Batch limits how many events one Transform call receives. The zero
+	// value means one event per call.
+	Batch BatchLimits
+	// New builds the destination for one configured instance. Settings have
+	// already been validated against Settings, defaults filled in.
+	New func(cfg Config) (Destination, error)
+}
+
+// BatchLimits bounds the batches the delivery engine hands an integration.
+type BatchLimits struct {
+	// MaxEvents is the largest number of events per batch; 0 or 1 means no batching.
+	MaxEvents int
+	// MaxBytes bounds the summed payload size of a batch; 0 means no bound.
+	MaxBytes int
+}
+
+// Config is what an integration is built from.
+type Config struct {
+	// Name is the configured destination's name.
+	Name string
+	// Settings are the validated settings, keyed by field name.
+	Settings map[string]any
+	// Client is the HTTP client the integration must use for every request:
+	// it carries the timeout and the outbound address guard.
+	Client *http.Client
+}
+
+// Destination is one configured destination: it turns events into HTTP
+// requests and decides each event's outcome from the response.
+type Destination interface {
+	// Transform builds the requests that carry events. Every event is either
+	// carried by exactly one request (listed in Request.Events) or given its
+	// outcome directly in Plan.Results (for example unsupported or rejected
+	// because a required field is missing).
+	Transform(ctx context.Context, events []event.Event) (Plan, error)
+	// Classify returns the outcome of each event that req carried, in the
+	// order of req.Events, given the destination's response.
+	Classify(req *Request, resp *Response) []Result
+}
+
+// Plan is the output of Transform.
+type Plan struct {
+	Requests []*Request
+	// Results holds outcomes decided without a request, by event index.
+	Results map[int]Result
+}
+
+// Request is one HTTP request to the destination's API.
+type Request struct {
+	Method string
+	URL    string
+	Header http.Header
+	Body   []byte
+	// Events are the indexes, in the batch given to Transform, of the events
+	// this request carries.
+	Events []int
+}
+
+// Response is the destination's answer to a Request.
+type Response struct {
+	StatusCode int
+	Header     http.Header
+	Body       []byte
+}
+
+// Outcome is what became of one delivery attempt of one event.
+type Outcome int
+
+const (
+	// Delivered: the destination accepted the event.
+	Delivered Outcome = iota + 1
+	// Retryable: the attempt failed in a way that may succeed later unchanged.
+	Retryable
+	// Rejected: the destination will never accept this event as it is.
+	Rejected
+	// Unsupported: the integration does not take this kind of event.
+	Unsupported
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Delivered:
+		return "delivered"
+	case Retryable:
+		return "retryable"
+	case Rejected:
+		return "rejected"
+	case Unsupported:
+		return "unsupported"
+	}
+	return "unknown"
+}
+
+// Result is the outcome of one event's attempt.
+type Result struct {
+	Outcome Outcome
+	// Reason says why, for anything but Delivered, in words a user can act on.
+	Reason string
+	// StatusCode is the HTTP status the destination answered, 0 when none.
+	StatusCode int
+	// RetryAfter is how long the destination asked us to wait (429 or 503
+	// with Retry-After), 0 when it did not say.
+	RetryAfter time.Duration
+}

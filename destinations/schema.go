@@ -1,0 +1,127 @@
+package destinations
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// FieldType is the type of a setting's value.
+type FieldType string
+
+// The types a setting can have.
+const (
+	String     FieldType = "string"
+	Int        FieldType = "int"
+	Bool       FieldType = "bool"
+	StringList FieldType = "string_list"
+	StringMap  FieldType = "string_map"
+)
+
+// Field is one setting of an integration.
+type Field struct {
+	Name        string    `json:"name"`
+	Type        FieldType `json:"type"`
+	Required    bool      `json:"required"`
+	Secret      bool      `json:"secret"`
+	Default     any       `json:"default,omitempty"`
+	Description string    `json:"description"`
+}
+
+// Schema is the list of settings an integration takes.
+type Schema []Field
+
+// Validate checks settings against the schema and returns them normalized:
+// defaults filled in, integers as int, lists as []string, maps as
+// map[string]string. The error names the offending key.
+func (s Schema) Validate(settings map[string]any) (map[string]any, error) {
+	out := make(map[string]any, len(s))
+	known := make(map[string]bool, len(s))
+	for _, f := range s {
+		known[f.Name] = true
+		v, ok := settings[f.Name]
+		if !ok || v == nil || v == "" {
+			if f.Required {
+				return nil, fmt.Errorf("%s: required setting is missing", f.Name)
+			}
+			if f.Default != nil {
+				out[f.Name] = f.Default
+			}
+			continue
+		}
+		nv, err := f.Type.convert(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.Name, err)
+		}
+		out[f.Name] = nv
+	}
+	var unknown []string
+	for k := range settings {
+		if !known[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("%s: unknown setting", strings.Join(unknown, ", "))
+	}
+	return out, nil
+}
+
+func (t FieldType) convert(v any) (any, error) {
+	switch t {
+	case String:
+		if s, ok := v.(string); ok {
+			return s, nil
+		}
+	case Int:
+		switch n := v.(type) {
+		case int:
+			return n, nil
+		case int64:
+			return int(n), nil
+		case float64:
+			if n == float64(int(n)) {
+				return int(n), nil
+			}
+		}
+	case Bool:
+		if b, ok := v.(bool); ok {
+			return b, nil
+		}
+	case StringList:
+		if l, ok := v.([]any); ok {
+			out := make([]string, 0, len(l))
+			for _, e := range l {
+				s, ok := e.(string)
+				if !ok {
+					return nil, fmt.Errorf("expected a list of strings, found %T in it", e)
+				}
+				out = append(out, s)
+			}
+			return out, nil
+		}
+		if l, ok := v.([]string); ok {
+			return l, nil
+		}
+	case StringMap:
+		if m, ok := v.(map[string]any); ok {
+			out := make(map[string]string, len(m))
+			for k, e := range m {
+				s, ok := e.(string)
+				if !ok {
+					return nil, fmt.Errorf("expected a map of strings, found %T under %q", e, k)
+				}
+				out[k] = s
+			}
+			return out, nil
+		}
+		if m, ok := v.(map[string]string); ok {
+			return m, nil
+		}
+	}
+	return nil, fmt.Errorf("expected %s, found %T", t, v)
+}
+
+// Registry maps an integration's type name to its description.
+type Registry map[string]*Integration

@@ -1,0 +1,73 @@
+// Package config loads fanout's YAML configuration file: it interpolates
+// ${VAR} from the environment, fills defaults and validates every key, so
+// that a bad file stops start-up with a message naming the file, the key path
+// and the problem.
+package config
+
+import "time"
+
+// Config is the whole configuration file.
+type Config struct {
+	// Path is the file the configuration was read from.
+	Path string `yaml:"-"`
+	// Listen is the tracking API's address. Default 127.0.0.1:8080.
+	Listen string `yaml:"listen"`
+	// AdminListen is the admin API, UI, /metrics and /debug/pprof address.
+	// Default 127.0.0.1:8081.
+	AdminListen string `yaml:"admin_listen"`
+	// AdminToken is required when AdminListen is not a loopback address.
+	AdminToken string `yaml:"admin_token"`
+	// DataDir holds the embedded store and the archive. Default ./fanout-data.
+	DataDir string  `yaml:"data_dir"`
+	Storage Storage `yaml:"storage"`
+	Network Network `yaml:"network"`
+	// DedupeWindow is how long a (source, messageId) is remembered. Default 24h.
+	DedupeWindow time.Duration `yaml:"dedupe_window"`
+	Sources      []Source      `yaml:"sources"`
+	Destinations []Destination `yaml:"destinations"`
+}
+
+// Storage selects the job store.
+type Storage struct {
+	// Postgres is a DSN; when set, storage is PostgreSQL instead of embedded.
+	Postgres string `yaml:"postgres"`
+}
+
+// Network controls outbound connections.
+type Network struct {
+	// AllowPrivate permits outbound connections to loopback, private and
+	// link-local addresses. Default false (the SSRF guard).
+	AllowPrivate bool `yaml:"allow_private"`
+}
+
+// Source is one sender of events, identified by its write key.
+type Source struct {
+	Name     string `yaml:"name"`
+	WriteKey string `yaml:"write_key"`
+}
+
+// Destination is one configured destination.
+type Destination struct {
+	Name string `yaml:"name"`
+	// Type is the integration's type name, such as "webhook".
+	Type string `yaml:"type"`
+	// Sources are the names of the sources connected to this destination.
+	Sources []string `yaml:"sources"`
+	// Settings are validated against the integration's schema; after Load
+	// they hold the normalized values with defaults filled in.
+	Settings map[string]any `yaml:"settings"`
+	Delivery Delivery       `yaml:"delivery"`
+}
+
+// Delivery tunes how one destination is delivered to.
+type Delivery struct {
+	// Concurrency is the most in-flight requests to the destination. Default 64.
+	Concurrency int `yaml:"concurrency"`
+	// RateLimit is requests per second; 0 means none. Default 0.
+	RateLimit float64 `yaml:"rate_limit"`
+	// RetryWindow is how long after receipt a job is retried before it is
+	// archived. Default 4h.
+	RetryWindow time.Duration `yaml:"retry_window"`
+	// Timeout bounds each request. Default 10s.
+	Timeout time.Duration `yaml:"timeout"`
+}

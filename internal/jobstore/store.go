@@ -1,0 +1,99 @@
+// Package jobstore defines fanout's durable job storage: one job per (event,
+// destination), grouped into virtual queues per (source, destination). The
+// embedded implementation lives in jobstore/pebble; every implementation
+// passes the conformance suite in jobstore/storetest.
+package jobstore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/fanout/fanout/internal/event"
+)
+
+// ErrUnavailable wraps every error that means the store cannot take writes
+// right now (disk full, database down). The tracking API answers it with 503.
+var ErrUnavailable = errors.New("storage unavailable")
+
+// Queue names one virtual queue: the jobs of one source for one destination.
+type Queue struct {
+	Source      string
+	Destination string
+}
+
+// Job is one event to deliver to one destination.
+type Job struct {
+	Queue Queue
+	// Seq is assigned by the store when the job is appended. It increases
+	// with every append, so a queue's pending jobs are ordered by Seq.
+	Seq   uint64
+	Event event.Event
+	// Attempts counts the delivery attempts made so far.
+	Attempts int
+	// DueAt is, for a job waiting to be retried, when it is due. Zero for a
+	// pending job that was never rescheduled.
+	DueAt time.Time
+	// LastError describes the last failed attempt.
+	LastError string
+}
+
+// Entry is one event to append with the destinations it goes to.
+type Entry struct {
+	Event        event.Event
+	Destinations []string
+}
+
+// Reschedule moves a job to the retry set, due at DueAt.
+type Reschedule struct {
+	// Job is the job as it was read: a pending job (Job.DueAt zero) or a
+	// retry job (Job.DueAt set), whose old record is replaced.
+	Job       Job
+	DueAt     time.Time
+	Attempts  int
+	LastError string
+}
+
+// Drop removes every pending job of Queue whose Seq is below Below, in one
+// range deletion. The delivery engine drops a queue's prefix once every job
+// in it has ended or been rescheduled.
+type Drop struct {
+	Queue Queue
+	Below uint64
+}
+
+// Update is a set of changes applied together. It is not synced: losing it in
+// a crash means some jobs are delivered again, never that one is lost,
+// because a rescheduled job's pending record is only hidden in the same write
+// that creates its retry record.
+type Update struct {
+	Drops      []Drop
+	Reschedule []Reschedule
+	// Finish removes retry jobs that ended (delivered, failed or archived),
+	// and hides pending jobs that ended ahead of their queue's Drop.
+	Finish []Job
+}
+
+// Store is fanout's job storage.
+type Store interface {
+	// Append durably stores each entry's event and one pending job per
+	// destination, then returns, so a nil error means every job survives a
+	// crash. Concurrent calls share one sync (group commit). An event whose
+	// (source, messageId) was appended within the dedupe window is not
+	// stored again and duplicate[i] is true for it.
+	Append(ctx context.Context, entries []Entry) (duplicate []bool, err error)
+	// Pending returns up to limit pending jobs of q with Seq > after, in Seq
+	// order, skipping jobs that were rescheduled or finished.
+	Pending(ctx context.Context, q Queue, after uint64, limit int) ([]Job, error)
+	// Retries returns up to limit retry jobs of q due at or before until,
+	// soonest first, and when the next one after those is due (zero when
+	// there is none).
+	Retries(ctx context.Context, q Queue, until time.Time, limit int) (jobs []Job, next time.Time, err error)
+	// Apply applies an update.
+	Apply(ctx context.Context, u Update) error
+	// Queues lists the queues that hold pending or retry jobs, without
+	// reading finished ones. The engine calls it at start-up.
+	Queues(ctx context.Context) ([]Queue, error)
+	// Close flushes and releases the store.
+	Close() error
+}
