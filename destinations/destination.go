@@ -30,6 +30,21 @@ type Integration struct {
 	New func(cfg Config) (Destination, error)
 }
 
+// Supports reports whether the integration takes events of call type typ
+// (event.Track, ...). The delivery engine gives the other events the outcome
+// Unsupported without calling Transform.
+func (i *Integration) Supports(typ string) bool {
+	if len(i.EventTypes) == 0 {
+		return true
+	}
+	for _, t := range i.EventTypes {
+		if t == typ {
+			return true
+		}
+	}
+	return false
+}
+
 // BatchLimits bounds the batches the delivery engine hands an integration.
 type BatchLimits struct {
 	// MaxEvents is the largest number of events per batch; 0 or 1 means no batching.
@@ -62,6 +77,13 @@ type Destination interface {
 	Classify(req *Request, resp *Response) []Result
 }
 
+// Batcher is implemented by a Destination whose batch limits depend on its
+// settings (the webhook's `batch` setting, for example). The delivery engine
+// uses BatchLimits over Integration.Batch when a Destination implements it.
+type Batcher interface {
+	BatchLimits() BatchLimits
+}
+
 // Plan is the output of Transform.
 type Plan struct {
 	Requests []*Request
@@ -84,7 +106,12 @@ type Request struct {
 type Response struct {
 	StatusCode int
 	Header     http.Header
-	Body       []byte
+	// Body is the start of the response body: Send keeps at most
+	// Sender.MaxBody bytes of it, so it may be cut short.
+	Body []byte
+	// ReceivedAt is when the response headers arrived. Classifiers measure
+	// an HTTP-date Retry-After from it, so that tests control the clock.
+	ReceivedAt time.Time
 }
 
 // Outcome is what became of one delivery attempt of one event.
