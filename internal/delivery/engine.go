@@ -1,0 +1,663 @@
+// Package delivery is fanout's delivery engine: a virtual queue per (source,
+// destination), scheduled so that no queue can slow another.
+//
+// Each destination has one scheduler goroutine that owns all of its queues.
+// It keeps the queues that can send now in a ring and serves them round-robin,
+// one request per turn, while the destination has a free concurrency slot and
+// a rate-limit token. A queue that is paused by a 429, waiting for its next
+// retry, or at its adaptive concurrency limit leaves the ring and so holds no
+// slot: the others share them. Because every ready queue gets a turn before
+// any gets a second, a source that sends a thousand times more than another
+// only ever has one request ahead of it per slot; it cannot make the small
+// one wait behind its backlog (head-of-line blocking, the problem fanout
+// exists to solve).
+//
+// Jobs live in the store. A queue holds only its head in memory and pages the
+// rest in by cursor. Outcomes flow back to the scheduler over a channel, and
+// the store changes they imply (prefix drops, retries, finished retries) are
+// coalesced into one unsynced write per scheduler turn.
+package delivery
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// Target is one configured destination the engine delivers to.
+type Target struct {
+	// Name is the destination's configured name.
+	Name string
+	// Type is its integration's type name, used as a profile label.
+	Type        string
+	Destination destinations.Destination
+	// Batch bounds how many jobs of one queue go in one Transform call.
+	Batch  destinations.BatchLimits
+	Client *http.Client
+	// Concurrency is the most requests in flight to the destination. Default 64.
+	Concurrency int
+	// RateLimit is requests per second across all its queues; 0 means none.
+	RateLimit float64
+	// RetryWindow is how long after receipt a job is retried before it is
+	// archived. Default 4h.
+	RetryWindow time.Duration
+}
+
+// End is how a delivery attempt left its job.
+type End int
+
+// The ways an attempt can leave a job.
+const (
+	EndDelivered   End = iota + 1 // delivered; the job is gone
+	EndFailed                     // rejected by the destination; the job is gone
+	EndUnsupported                // the integration does not take it; the job is gone
+	EndArchived                   // retry window over; written to the archive
+	EndRetrying                   // will be tried again
+)
+
+func (e End) String() string {
+	return [...]string{"", "delivered", "failed", "unsupported", "archived", "retrying"}[e]
+}
+
+// Report describes one job's attempt. Observers get one per job per attempt.
+type Report struct {
+	Queue jobstore.Queue
+	Job   *jobstore.Job // Attempts already counts this attempt
+	// Result holds the outcome and the request and response that decided it.
+	Result destinations.SendResult
+	End    End
+	At     time.Time
+}
+
+// Options configures an Engine.
+type Options struct {
+	Store   jobstore.Store
+	Targets []Target
+	// Archive receives jobs whose retry window ended. Required.
+	Archive *archive.Writer
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Observe, when set, is called from the scheduler goroutines for every
+	// attempt. It must not block.
+	Observe func(Report)
+	// Seed seeds the backoff jitter; 0 picks a random seed.
+	Seed uint64
+	// ShutdownGrace is how long Run waits for in-flight requests after its
+	// context ends before cancelling them. Default 10s.
+	ShutdownGrace time.Duration
+}
+
+// Engine delivers jobs from the store to destinations.
+type Engine struct {
+	opts  Options
+	dests map[string]*dest
+}
+
+// New validates the options and builds an engine. Call Run to start it.
+func New(opts Options) (*Engine, error) {
+	if opts.Store == nil {
+		return nil, errors.New("delivery: Store is required")
+	}
+	if opts.Archive == nil {
+		return nil, errors.New("delivery: Archive is required")
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ShutdownGrace == 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	seed := opts.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	e := &Engine{opts: opts, dests: make(map[string]*dest, len(opts.Targets))}
+	for i, t := range opts.Targets {
+		if t.Destination == nil {
+			return nil, fmt.Errorf("delivery: target %q has no Destination", t.Name)
+		}
+		if _, dup := e.dests[t.Name]; dup {
+			return nil, fmt.Errorf("delivery: target %q appears twice", t.Name)
+		}
+		if t.Concurrency <= 0 {
+			t.Concurrency = 64
+		}
+		if t.RetryWindow <= 0 {
+			t.RetryWindow = 4 * time.Hour
+		}
+		if t.Client == nil {
+			t.Client = http.DefaultClient
+		}
+		d := &dest{
+			Target:   t,
+			e:        e,
+			log:      opts.Logger.With("destination", t.Name),
+			queues:   map[string]*queue{},
+			notified: map[string]struct{}{},
+			wake:     make(chan struct{}, 1),
+			done:     make(chan completion, t.Concurrency),
+			rnd:      rand.New(rand.NewPCG(seed, uint64(i))),
+			labels:   pprof.Labels("destination", t.Name, "type", t.Type),
+		}
+		d.sender = destinations.Sender{Client: t.Client, Name: t.Name, Logger: d.log, Now: opts.Clock.Now}
+		if t.RateLimit > 0 {
+			d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(1, int(t.RateLimit/10)))
+		}
+		e.dests[t.Name] = d
+	}
+	return e, nil
+}
+
+// Run delivers until ctx ends, then stops dispatching, waits up to
+// ShutdownGrace for in-flight requests, records their outcomes and returns.
+// Jobs not finished stay in the store for the next start.
+func (e *Engine) Run(ctx context.Context) error {
+	qs, err := e.opts.Store.Queues(ctx)
+	if err != nil {
+		return fmt.Errorf("delivery: list queues: %w", err)
+	}
+	now := e.opts.Clock.Now()
+	for _, q := range qs {
+		d, ok := e.dests[q.Destination]
+		if !ok {
+			e.opts.Logger.Warn("jobs wait for a destination that is not configured",
+				"source", q.Source, "destination", q.Destination)
+			continue
+		}
+		dq := d.queue(q.Source)
+		dq.diskMore = true
+		dq.retryNext = now // unknown until the store is asked
+	}
+	var wg sync.WaitGroup
+	for _, d := range e.dests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.run(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// Notify tells the engine that entries were appended to the store. It never
+// blocks: the schedulers read the new jobs from the store themselves.
+func (e *Engine) Notify(entries []jobstore.Entry) {
+	for i := range entries {
+		for _, name := range entries[i].Destinations {
+			if d, ok := e.dests[name]; ok {
+				d.notify(entries[i].Event.Source)
+			}
+		}
+	}
+}
+
+// completion carries a finished request back to the scheduler.
+type completion struct {
+	q       *queue
+	jobs    []jobstore.Job
+	results []destinations.SendResult
+	probe   bool
+}
+
+// dest is one destination's scheduler and the state it owns.
+type dest struct {
+	Target
+	e      *Engine
+	log    *slog.Logger
+	labels pprof.LabelSet
+
+	// Owned by the scheduler goroutine.
+	queues   map[string]*queue // by source name
+	ring     ring
+	wakeHeap wakeHeap
+	inflight int
+	limiter  *rate.Limiter
+	circuit  circuit
+	update   jobstore.Update
+	rnd      *rand.Rand
+	sender   destinations.Sender
+
+	done chan completion
+
+	mu       sync.Mutex
+	notified map[string]struct{}
+	spare    map[string]struct{}
+	wake     chan struct{}
+}
+
+func (d *dest) notify(source string) {
+	d.mu.Lock()
+	d.notified[source] = struct{}{}
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dest) queue(source string) *queue {
+	q, ok := d.queues[source]
+	if !ok {
+		q = newQueue(jobstore.Queue{Source: source, Destination: d.Name}, d.Concurrency)
+		d.queues[source] = q
+	}
+	return q
+}
+
+// pageSize is how many jobs a queue loads at once. It bounds the memory a
+// queue holds: at most about this many jobs plus those in flight.
+const pageSize = 64
+
+// run is the scheduler loop. One iteration: take in completions and
+// notifications, wake queues whose time has come, dispatch round-robin while
+// slots and tokens last, write the coalesced store changes, then sleep until
+// something happens.
+func (d *dest) run(ctx context.Context) {
+	workCtx, cancelWork := context.WithCancel(context.Background())
+	defer cancelWork()
+	timer := d.e.opts.Clock.NewTimer()
+	defer timer.Stop()
+	var workers sync.WaitGroup
+	for {
+		now := d.e.opts.Clock.Now()
+		d.takeNotified()
+		d.wakeDue(now)
+		wait := d.dispatch(workCtx, &workers, now)
+		d.flush(ctx)
+		if next := d.nextWake(now, wait); !next.IsZero() {
+			timer.Set(next)
+		}
+		select {
+		case c := <-d.done:
+			d.complete(c)
+			for more := true; more; {
+				select {
+				case c := <-d.done:
+					d.complete(c)
+				default:
+					more = false
+				}
+			}
+		case <-d.wake:
+		case <-timer.C():
+		case <-ctx.Done():
+			d.shutdown(&workers, cancelWork)
+			return
+		}
+		timer.Stop()
+		select { // drain a fire that raced with Stop
+		case <-timer.C():
+		default:
+		}
+	}
+}
+
+func (d *dest) shutdown(workers *sync.WaitGroup, cancelWork context.CancelFunc) {
+	grace := time.AfterFunc(d.e.opts.ShutdownGrace, cancelWork)
+	defer grace.Stop()
+	for d.inflight > 0 {
+		d.complete(<-d.done)
+	}
+	workers.Wait()
+	d.flush(context.Background())
+}
+
+func (d *dest) takeNotified() {
+	d.mu.Lock()
+	if len(d.notified) == 0 {
+		d.mu.Unlock()
+		return
+	}
+	got := d.notified
+	if d.spare == nil {
+		d.spare = map[string]struct{}{}
+	}
+	d.notified, d.spare = d.spare, nil
+	d.mu.Unlock()
+	for src := range got {
+		q := d.queue(src)
+		q.diskMore = true
+		d.consider(q, time.Time{})
+		delete(got, src)
+	}
+	d.spare = got
+}
+
+// consider puts q in the ring if it may dispatch now, or in the wake heap
+// if time alone will make it ready.
+func (d *dest) consider(q *queue, now time.Time) {
+	if now.IsZero() {
+		now = d.e.opts.Clock.Now()
+	}
+	if q.ready(now) {
+		if !q.inRing {
+			q.inRing = true
+			d.ring.push(q)
+		}
+		return
+	}
+	if w := q.nextWake(now); !w.IsZero() {
+		d.wakeHeap.set(q, w)
+		return
+	}
+	if q.idle(now) && !q.inRing {
+		d.wakeHeap.remove(q)
+		delete(d.queues, q.id.Source)
+	}
+}
+
+func (d *dest) wakeDue(now time.Time) {
+	for len(d.wakeHeap) > 0 && !d.wakeHeap[0].wakeAt.After(now) {
+		q := heap.Pop(&d.wakeHeap).(*queue)
+		d.consider(q, now)
+	}
+}
+
+// nextWake is the earliest time the scheduler must look again without being
+// woken: a queue's pause or retry, a rate-limit token, a circuit probe.
+func (d *dest) nextWake(now time.Time, wait time.Duration) time.Time {
+	var next time.Time
+	if len(d.wakeHeap) > 0 {
+		next = d.wakeHeap[0].wakeAt
+	}
+	if wait > 0 {
+		if w := now.Add(wait); next.IsZero() || w.Before(next) {
+			next = w
+		}
+	}
+	return next
+}
+
+// dispatch sends requests while the destination has free slots and the ring
+// has ready queues. It returns how long to wait for a rate-limit token or a
+// circuit probe when that is what stopped it.
+func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.Time) time.Duration {
+	for d.inflight < d.Concurrency && d.ring.len() > 0 {
+		ok, probe := d.circuit.allow(now)
+		if !ok {
+			if d.circuit.probing {
+				return 0
+			}
+			return d.circuit.probeAt.Sub(now)
+		}
+		if d.limiter != nil && !d.limiter.AllowN(now, 1) {
+			need := 1 - d.limiter.TokensAt(now)
+			return max(time.Millisecond, time.Duration(need/float64(d.limiter.Limit())*float64(time.Second)))
+		}
+		q := d.ring.pop()
+		q.inRing = false
+		if !q.ready(now) {
+			d.consider(q, now)
+			continue
+		}
+		jobs := d.take(q, now)
+		if len(jobs) == 0 {
+			d.consider(q, now)
+			continue
+		}
+		d.inflight++
+		q.inflight++
+		if probe {
+			d.circuit.probing = true
+		}
+		workers.Add(1)
+		go d.work(ctx, workers, completion{q: q, jobs: jobs, probe: probe})
+		d.consider(q, now)
+	}
+	return 0
+}
+
+// take removes the next request's worth of jobs from q, loading from the
+// store as needed: due retries first, then pending jobs.
+func (d *dest) take(q *queue, now time.Time) []jobstore.Job {
+	if len(q.buf) == 0 {
+		d.load(q, now)
+	}
+	if len(q.buf) == 0 {
+		return nil
+	}
+	n, size := 1, len(q.buf[0].Event.Payload)
+	if d.Batch.MaxEvents > 1 {
+		if len(q.buf) < d.Batch.MaxEvents && q.diskMore {
+			d.load(q, now)
+		}
+		for n < len(q.buf) && n < d.Batch.MaxEvents {
+			s := len(q.buf[n].Event.Payload)
+			if d.Batch.MaxBytes > 0 && size+s > d.Batch.MaxBytes {
+				break
+			}
+			size += s
+			n++
+		}
+	}
+	jobs := make([]jobstore.Job, n)
+	copy(jobs, q.buf[:n])
+	clear(q.buf[:n])
+	q.buf = q.buf[n:]
+	if len(q.buf) == 0 {
+		q.buf = nil
+	}
+	return jobs
+}
+
+// load pages jobs of q in from the store. The coalesced update is written
+// first, so the store never returns a job this scheduler already settled.
+func (d *dest) load(q *queue, now time.Time) {
+	d.flush(context.Background())
+	ctx := context.Background()
+	if q.retryDue(now) {
+		jobs, next, err := d.e.opts.Store.Retries(ctx, q.id, now, pageSize+len(q.loadedRetries))
+		if err != nil {
+			d.log.Error("read retries", "source", q.id.Source, "err", err)
+			return
+		}
+		var fresh []jobstore.Job
+		for _, j := range jobs {
+			if _, loaded := q.loadedRetries[j.Seq]; !loaded {
+				q.loadedRetries[j.Seq] = struct{}{}
+				fresh = append(fresh, j)
+			}
+		}
+		q.retryNext = next
+		if len(fresh) == pageSize {
+			q.retryNext = now // more are due
+		}
+		q.buf = append(fresh, q.buf...)
+	}
+	if q.diskMore && len(q.buf) < pageSize {
+		jobs, err := d.e.opts.Store.Pending(ctx, q.id, q.cursor, pageSize)
+		if err != nil {
+			d.log.Error("read pending jobs", "source", q.id.Source, "err", err)
+			return
+		}
+		if len(jobs) < pageSize {
+			q.diskMore = false
+		}
+		if len(jobs) > 0 {
+			q.cursor = jobs[len(jobs)-1].Seq
+			q.track(jobs)
+			q.buf = append(q.buf, jobs...)
+		}
+	}
+}
+
+// work performs one request outside the scheduler, under profile labels that
+// name the destination, so a CPU profile shows which integration burns it.
+func (d *dest) work(ctx context.Context, workers *sync.WaitGroup, c completion) {
+	defer workers.Done()
+	events := make([]event.Event, len(c.jobs))
+	for i := range c.jobs {
+		events[i] = c.jobs[i].Event
+	}
+	pprof.Do(ctx, d.labels, func(ctx context.Context) {
+		c.results = d.sender.Send(ctx, d.Destination, events)
+	})
+	d.done <- c
+}
+
+// complete applies the outcome of one request to its queue and jobs.
+func (d *dest) complete(c completion) {
+	now := d.e.opts.Clock.Now()
+	q := c.q
+	d.inflight--
+	q.inflight--
+	if c.probe {
+		d.circuit.probing = false
+	}
+
+	throttled, serverFail, reached := false, false, false
+	var retryAfter time.Duration
+	for i := range c.results {
+		r := &c.results[i]
+		switch {
+		case r.Outcome == destinations.Retryable && r.StatusCode == http.StatusTooManyRequests:
+			throttled = true
+			retryAfter = max(retryAfter, r.RetryAfter)
+		case r.Outcome == destinations.Retryable && (r.StatusCode == 0 || r.StatusCode >= 500):
+			serverFail = true
+		case r.Outcome == destinations.Delivered || r.Outcome == destinations.Rejected:
+			reached = true
+		}
+	}
+	switch {
+	case reached:
+		d.circuit.success()
+	case serverFail:
+		d.circuit.failure(now, c.probe)
+	}
+	if throttled {
+		if retryAfter <= 0 {
+			retryAfter = DefaultRetryAfter
+		}
+		q.pausedUntil = now.Add(retryAfter)
+		q.limit = aimdDecrease(q.limit)
+		q.throttle++
+	} else if serverFail {
+		q.limit = aimdDecrease(q.limit)
+	} else {
+		q.limit = aimdIncrease(q.limit, d.Concurrency)
+	}
+
+	var archived []archive.Record
+	var archivedJobs []*jobstore.Job
+	var requeue []jobstore.Job
+	for i := range c.jobs {
+		j := &c.jobs[i]
+		r := c.results[i].Result
+		j.Attempts++
+		end := EndRetrying
+		switch r.Outcome {
+		case destinations.Delivered:
+			end = EndDelivered
+		case destinations.Rejected:
+			end = EndFailed
+		case destinations.Unsupported:
+			end = EndUnsupported
+		default:
+			j.LastError = r.Reason
+			if !now.Before(j.Event.ReceivedAt.Add(d.RetryWindow)) {
+				end = EndArchived
+				archived = append(archived, archive.Record{
+					Source: q.id.Source, Destination: q.id.Destination, MessageID: j.Event.MessageID,
+					ReceivedAt: j.Event.ReceivedAt, ArchivedAt: now, Attempts: j.Attempts,
+					LastError: r.Reason, Event: j.Event.Payload,
+				})
+				archivedJobs = append(archivedJobs, j)
+			}
+		}
+		if d.e.opts.Observe != nil {
+			d.e.opts.Observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: end, At: now})
+		}
+		switch {
+		case end == EndArchived:
+			// settled below, once the archive is durable
+		case end != EndRetrying:
+			d.settle(q, j)
+		case r.StatusCode == http.StatusTooManyRequests:
+			// The queue is paused; the job goes back to its head, in order,
+			// without a trip through the retry set.
+			requeue = append(requeue, *j)
+		default:
+			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), r.Reason)
+		}
+	}
+	if len(archived) > 0 {
+		if err := d.e.opts.Archive.Write(q.id, now, archived); err != nil {
+			// Keep the jobs and try to archive them again later.
+			d.log.Error("archive jobs", "source", q.id.Source, "err", err, "jobs", len(archived))
+			for _, j := range archivedJobs {
+				d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), j.LastError)
+			}
+		} else {
+			for _, j := range archivedJobs {
+				d.settle(q, j)
+			}
+		}
+	}
+	if len(requeue) > 0 {
+		q.buf = append(requeue, q.buf...)
+	}
+	d.consider(q, now)
+}
+
+// settle removes an ended job from the store.
+func (d *dest) settle(q *queue, j *jobstore.Job) {
+	if !j.DueAt.IsZero() {
+		delete(q.loadedRetries, j.Seq)
+		d.update.Finish = append(d.update.Finish, *j)
+		return
+	}
+	if below := q.settle(j.Seq); below != 0 {
+		d.update.Drops = append(d.update.Drops, jobstore.Drop{Queue: q.id, Below: below})
+	}
+}
+
+// reschedule moves a job to the retry set.
+func (d *dest) reschedule(q *queue, j *jobstore.Job, due time.Time, reason string) {
+	d.update.Reschedule = append(d.update.Reschedule, jobstore.Reschedule{
+		Job: *j, DueAt: due, Attempts: j.Attempts, LastError: reason,
+	})
+	if !j.DueAt.IsZero() {
+		delete(q.loadedRetries, j.Seq)
+	} else if below := q.settle(j.Seq); below != 0 {
+		d.update.Drops = append(d.update.Drops, jobstore.Drop{Queue: q.id, Below: below})
+	}
+	if q.retryNext.IsZero() || due.Before(q.retryNext) {
+		q.retryNext = due
+	}
+}
+
+// flush writes the coalesced store changes.
+func (d *dest) flush(ctx context.Context) {
+	u := &d.update
+	if len(u.Drops) == 0 && len(u.Reschedule) == 0 && len(u.Finish) == 0 {
+		return
+	}
+	if err := d.e.opts.Store.Apply(ctx, *u); err != nil {
+		// Nothing is lost: jobs not dropped are delivered again after a
+		// restart. A lost reschedule leaves the job pending on disk.
+		d.log.Error("write delivery outcomes", "err", err)
+	}
+	u.Drops, u.Reschedule, u.Finish = u.Drops[:0], u.Reschedule[:0], u.Finish[:0]
+}

@@ -1,0 +1,103 @@
+package delivery
+
+import "time"
+
+// Backoff schedule. Attempt n (1-based) of a job that failed with a
+// retryable error waits a random duration in [d/2, d), where
+// d = min(BackoffBase * 2^(n-1), BackoffCap):
+//
+//	attempt  1    2    3    4     5     6     7      8      9      10     11+
+//	d        2s   4s   8s   16s   32s   64s   128s   256s   512s   1024s  1800s
+//
+// so a job is tried about 16 times in the default 4 h retry window. The
+// randomness spreads the retries of a burst of failures so that they do not
+// all come back at once.
+const (
+	BackoffBase = 2 * time.Second
+	BackoffCap  = 30 * time.Minute
+)
+
+// Backoff returns the wait before the next try of a job that has failed
+// attempts times; r is a random number in [0, 1).
+func Backoff(attempts int, r float64) time.Duration {
+	d := BackoffCap
+	if attempts < 1 {
+		attempts = 1
+	}
+	if attempts <= 20 {
+		if e := BackoffBase << (attempts - 1); e < d {
+			d = e
+		}
+	}
+	return d/2 + time.Duration(r*float64(d/2))
+}
+
+// DefaultRetryAfter is how long a queue pauses after a 429 that does not
+// say how long to wait.
+const DefaultRetryAfter = time.Second
+
+// Circuit breaking: after CircuitThreshold consecutive failed attempts
+// (transport errors and 5xx) across a destination, its circuit opens. While
+// open, no queue of the destination is dispatched except a single probe,
+// sent CircuitProbeMin after opening and at doubling intervals up to
+// CircuitProbeMax while probes keep failing. Any success closes it.
+const (
+	CircuitThreshold = 10
+	CircuitProbeMin  = time.Second
+	CircuitProbeMax  = time.Minute
+)
+
+// circuit is one destination's circuit breaker. The zero value is closed.
+type circuit struct {
+	fails    int
+	open     bool
+	probing  bool // a probe is in flight
+	interval time.Duration
+	probeAt  time.Time
+}
+
+// failure records a failed attempt. A failed probe doubles the interval.
+func (c *circuit) failure(now time.Time, probe bool) {
+	c.fails++
+	switch {
+	case c.open && probe:
+		c.probing = false
+		c.interval = min(2*c.interval, CircuitProbeMax)
+		c.probeAt = now.Add(c.interval)
+	case !c.open && c.fails >= CircuitThreshold:
+		c.open = true
+		c.interval = CircuitProbeMin
+		c.probeAt = now.Add(c.interval)
+	}
+}
+
+// success records an attempt that reached a working destination (delivered
+// or rejected); it closes the circuit.
+func (c *circuit) success() {
+	*c = circuit{}
+}
+
+// allow reports whether a dispatch may go out now, and whether it is the
+// probe of an open circuit.
+func (c *circuit) allow(now time.Time) (ok, probe bool) {
+	if !c.open {
+		return true, false
+	}
+	if c.probing || now.Before(c.probeAt) {
+		return false, false
+	}
+	return true, true
+}
+
+// Concurrency adapts per queue by additive increase, multiplicative
+// decrease (AIMD), as TCP does: every completed request that was not
+// throttled adds 1/limit (about +1 per round of requests), and a 429 or a
+// timeout halves the limit, down to 1. A queue so finds the concurrency its
+// destination accepts instead of hammering it.
+func aimdIncrease(limit float64, max int) float64 {
+	return min(limit+1/limit, float64(max))
+}
+
+func aimdDecrease(limit float64) float64 {
+	return max(limit/2, 1)
+}

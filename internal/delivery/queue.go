@@ -1,0 +1,127 @@
+package delivery
+
+import (
+	"sort"
+	"time"
+
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// queue is the in-memory head of one virtual queue: the jobs of one source
+// for one destination. Only a few jobs per queue live in memory (buf); the
+// rest wait in the store and are paged in by cursor, so memory does not grow
+// with the backlog. A queue is owned by its destination's scheduler
+// goroutine and never touched by another.
+type queue struct {
+	id jobstore.Queue
+
+	// buf holds loaded jobs not yet dispatched: due retries first, then
+	// pending jobs in Seq order. Jobs throttled by a 429 go back to its front.
+	buf []jobstore.Job
+	// cursor is the highest pending Seq loaded so far; diskMore says the
+	// store may hold pending jobs beyond it.
+	cursor   uint64
+	diskMore bool
+	// out tracks the pending jobs loaded and not yet ended or rescheduled, in
+	// Seq order, from outHead on. When its head ends, the queue's prefix in
+	// the store is dropped with one range deletion.
+	out     []pend
+	outHead int
+	// retryNext is when the earliest retry job on disk is due; zero when
+	// there is none. loadedRetries holds the retry jobs in buf or in flight,
+	// so that a reload does not take them twice.
+	retryNext     time.Time
+	loadedRetries map[uint64]struct{}
+
+	// pausedUntil is set by a 429: the queue dispatches nothing before it.
+	pausedUntil time.Time
+	// inflight counts dispatched requests; limit is the AIMD concurrency.
+	inflight int
+	limit    float64
+
+	inRing   bool
+	heapIdx  int // index in the wake heap, -1 when absent
+	wakeAt   time.Time
+	throttle int // 429s seen, for visibility
+}
+
+type pend struct {
+	seq  uint64
+	done bool
+}
+
+func newQueue(id jobstore.Queue, limit int) *queue {
+	return &queue{id: id, limit: float64(limit), heapIdx: -1, loadedRetries: map[uint64]struct{}{}}
+}
+
+// hasWork reports whether the queue has jobs it could send now or after
+// loading, ignoring pauses and concurrency.
+func (q *queue) hasWork(now time.Time) bool {
+	return len(q.buf) > 0 || q.diskMore || q.retryDue(now)
+}
+
+func (q *queue) retryDue(now time.Time) bool {
+	return !q.retryNext.IsZero() && !q.retryNext.After(now)
+}
+
+// ready reports whether the queue may dispatch now.
+func (q *queue) ready(now time.Time) bool {
+	return q.hasWork(now) && !q.pausedUntil.After(now) && q.inflight < int(q.limit)
+}
+
+// idle reports whether the queue holds nothing at all, so it can be forgotten.
+func (q *queue) idle(now time.Time) bool {
+	return len(q.buf) == 0 && !q.diskMore && q.inflight == 0 && q.outHead == len(q.out) &&
+		q.retryNext.IsZero() && len(q.loadedRetries) == 0 && !q.pausedUntil.After(now)
+}
+
+// nextWake returns when the queue may become ready by the passing of time
+// alone: the end of a pause, or the next retry falling due. Zero when never.
+func (q *queue) nextWake(now time.Time) time.Time {
+	if q.pausedUntil.After(now) {
+		if len(q.buf) > 0 || q.diskMore || !q.retryNext.IsZero() {
+			return q.pausedUntil
+		}
+		return time.Time{}
+	}
+	if q.retryNext.After(now) && len(q.buf) == 0 && !q.diskMore {
+		return q.retryNext
+	}
+	return time.Time{}
+}
+
+// track records pending jobs just loaded.
+func (q *queue) track(jobs []jobstore.Job) {
+	if q.outHead > 0 && q.outHead == len(q.out) {
+		q.out, q.outHead = q.out[:0], 0
+	}
+	for _, j := range jobs {
+		q.out = append(q.out, pend{seq: j.Seq})
+	}
+}
+
+// settle marks a pending job ended (or moved to the retry set) and returns
+// the bound below which the queue's whole prefix in the store is now settled,
+// or 0 when the prefix did not move.
+func (q *queue) settle(seq uint64) uint64 {
+	live := q.out[q.outHead:]
+	i := sort.Search(len(live), func(i int) bool { return live[i].seq >= seq })
+	if i == len(live) || live[i].seq != seq {
+		return 0
+	}
+	live[i].done = true
+	if i != 0 {
+		return 0
+	}
+	for q.outHead < len(q.out) && q.out[q.outHead].done {
+		q.outHead++
+	}
+	if q.outHead < len(q.out) {
+		return q.out[q.outHead].seq
+	}
+	// Everything loaded has settled; release the slice once it is large.
+	if cap(q.out) > 1024 {
+		q.out, q.outHead = nil, 0
+	}
+	return q.cursor + 1
+}

@@ -1,0 +1,207 @@
+// Package server wires fanout together: store, router, tracking API,
+// delivery engine and admin listener, and owns their lifecycle.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/ingest"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/pebble"
+	"github.com/fanout/fanout/internal/router"
+)
+
+// Options configures a Server.
+type Options struct {
+	Config   *config.Config
+	Registry destinations.Registry
+	Logger   *slog.Logger
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+}
+
+// Server is one running fanout.
+type Server struct {
+	opts   Options
+	store  jobstore.Store
+	engine *delivery.Engine
+	track  *http.Server
+	admin  *http.Server
+
+	trackLn, adminLn net.Listener
+}
+
+// New opens the store, builds every destination and binds the listeners.
+// Nothing is served until Run.
+func New(opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	cfg := opts.Config
+	s := &Server{opts: opts}
+
+	if cfg.Storage.Postgres != "" {
+		return nil, errors.New("storage.postgres: PostgreSQL storage is not built yet; leave it empty to use the embedded store")
+	}
+	store, err := pebble.Open(filepath.Join(cfg.DataDir, "jobs"), pebble.Options{
+		DedupeWindow: cfg.DedupeWindow,
+		Now:          opts.Clock.Now,
+		Logger:       opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	}
+	s.store = store
+
+	targets := make([]delivery.Target, 0, len(cfg.Destinations))
+	for _, d := range cfg.Destinations {
+		integ := opts.Registry[d.Type]
+		client := destinations.NewClient(d.Delivery.Timeout, cfg.Network.AllowPrivate)
+		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client})
+		if err != nil {
+			store.Close()
+			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
+		}
+		targets = append(targets, delivery.Target{
+			Name: d.Name, Type: d.Type, Destination: impl, Batch: integ.Batch, Client: client,
+			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
+			RetryWindow: d.Delivery.RetryWindow,
+		})
+	}
+	s.engine, err = delivery.New(delivery.Options{
+		Store:   store,
+		Targets: targets,
+		Archive: archive.NewWriter(filepath.Join(cfg.DataDir, "archive")),
+		Clock:   opts.Clock,
+		Logger:  opts.Logger,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+
+	tracking := ingest.New(ingest.Options{
+		Sources:    cfg.Sources,
+		Router:     router.New(cfg, opts.Registry),
+		Store:      store,
+		OnAccepted: s.engine.Notify,
+		Now:        opts.Clock.Now,
+		Logger:     opts.Logger,
+	})
+	s.track = newHTTPServer(tracking, opts.Logger)
+	s.admin = newHTTPServer(s.adminMux(), opts.Logger)
+
+	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+		s.trackLn.Close()
+		store.Close()
+		return nil, fmt.Errorf("admin_listen: %w", err)
+	}
+	return s, nil
+}
+
+// newHTTPServer sets every timeout, so that a client sending its headers a
+// byte at a time cannot hold a connection forever.
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+func (s *Server) adminMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// TrackingAddr is the address the tracking API listens on.
+func (s *Server) TrackingAddr() string { return s.trackLn.Addr().String() }
+
+// AdminAddr is the address the admin API listens on.
+func (s *Server) AdminAddr() string { return s.adminLn.Addr().String() }
+
+// Run serves until ctx ends, then shuts down in order: stop taking events
+// (requests in progress finish and are acknowledged), let delivery finish or
+// release its in-flight requests, and close the store.
+func (s *Server) Run(ctx context.Context) error {
+	log := s.opts.Logger
+	engineCtx, stopEngine := context.WithCancel(context.Background())
+	defer stopEngine()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.engine.Run(engineCtx); err != nil {
+			errc <- err
+		}
+	}()
+	for _, p := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{s.track, s.trackLn}, {s.admin, s.adminLn}} {
+		go func() {
+			if err := p.srv.Serve(p.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	log.Info("fanout is running", "tracking", "http://"+s.TrackingAddr(), "admin", "http://"+s.AdminAddr(),
+		"sources", len(s.opts.Config.Sources), "destinations", len(s.opts.Config.Destinations))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		log.Error("fanout stops on an error", "err", runErr)
+	}
+	log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.track.Shutdown(shutCtx); err != nil {
+		log.Warn("tracking API shutdown", "err", err)
+	}
+	stopEngine()
+	wg.Wait()
+	if err := s.admin.Shutdown(shutCtx); err != nil {
+		log.Warn("admin shutdown", "err", err)
+	}
+	if err := s.store.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("close store: %w", err)
+	}
+	log.Info("stopped")
+	return runErr
+}
