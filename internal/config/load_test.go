@@ -295,3 +295,23 @@ func TestInterpolate(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleFile keeps fanout.example.yaml loadable. The registry is a
+// stand-in with the webhook's settings, so this package need not import it.
+func TestExampleFile(t *testing.T) {
+	reg := testRegistry()
+	reg["webhook"] = reg["hook"]
+	cfg, err := Load(filepath.Join("..", "..", "fanout.example.yaml"), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Sources) != 1 || cfg.Sources[0].WriteKey != "wk_web_example" {
+		t.Errorf("sources = %+v", cfg.Sources)
+	}
+	if got := cfg.Destinations[0].Settings["url"]; got != "http://127.0.0.1:9090/hook" {
+		t.Errorf("url = %v", got)
+	}
+	if !cfg.Network.AllowPrivate {
+		t.Error("allow_private is false; the example delivers to a local sink")
+	}
+}
