@@ -1,0 +1,25 @@
+// Package registry lists every integration fanout ships. It is the one
+// place an integration is added: an explicit list rather than init-time
+// registration, so that grepping for an integration's name finds where it
+// is wired in, and the list cannot depend on which packages were imported.
+package registry
+
+import (
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/webhook"
+)
+
+// integrations is every integration, in no particular order.
+var integrations = []*destinations.Integration{
+	webhook.Integration,
+}
+
+// All returns every integration keyed by its type name. Each call returns a
+// new map, which the caller may change.
+func All() destinations.Registry {
+	r := make(destinations.Registry, len(integrations))
+	for _, i := range integrations {
+		r[i.Type] = i
+	}
+	return r
+}
