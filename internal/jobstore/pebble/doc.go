@@ -1,0 +1,87 @@
+// Package pebble is fanout's embedded job store: a [jobstore.Store] on a
+// Pebble database in one directory, the default storage.
+//
+// # Why this layout
+//
+// A job store for a delivery engine is written once per job, read once soon
+// after, and then thrown away. On an LSM such as Pebble the expensive part is
+// not writing but deleting: a point deletion per delivered job is one more
+// key written, carried through compactions, and stepped over by every
+// iterator until it reaches the bottom level. So the layout is built so that
+// finished jobs go away in whole ranges, and so that every read is one seek
+// followed by a short forward scan.
+//
+// # Keys
+//
+// Every key starts with one byte that names its keyspace. A queue is encoded
+// as its source and destination names, each preceded by its length as a
+// uvarint. Because of the length prefixes no queue's encoding is a prefix of
+// another's, so all keys of one queue in one keyspace form one contiguous
+// range: [prefix+queue, prefixEnd(prefix+queue)). Integers are big-endian, so
+// byte order is numeric order; times are Unix nanoseconds with the sign bit
+// flipped, so byte order is time order.
+//
+//	'p' queue seq             pending job        value: job record, or empty (hidden)
+//	'r' queue dueAt seq       retry job          value: job record
+//	'd' day source messageId  dedupe record      value: when it was stored (8 bytes)
+//	'm' "seq"                 highest Seq ever assigned (8 bytes)
+//
+// Step by step, what each operation does with them:
+//
+//  1. Append writes, in one synced batch, one 'p' key per (event,
+//     destination) with a fresh Seq, one 'd' key per new event, and the new
+//     high-water mark under 'm' "seq". Seqs are assigned by a single
+//     committer goroutine (see commit.go), so within a queue keys are
+//     appended in Seq order and become visible in that order.
+//  2. Pending(q, after) seeks to 'p' q after+1 and scans forward within q's
+//     range. A queue's pending jobs are one contiguous range in Seq order.
+//  3. Drop{q, Below} is a single DeleteRange('p' q, 'p' q Below): one range
+//     tombstone removes the whole drained prefix, whatever its length. A
+//     memtable flush or compaction drops the points it covers, so drained
+//     jobs stop costing anything soon after.
+//  4. Reschedule of a pending job overwrites its 'p' record with an empty
+//     value and writes its 'r' record, in the same batch: a crash leaves one
+//     or the other, never neither. The empty value is a hint for readers
+//     ("hidden"), not a deletion: the queue's next Drop removes it together
+//     with the prefix, so no point tombstone is ever written for it.
+//     Rescheduling a retry job deletes its old 'r' key and writes the new
+//     one. Finish point-deletes an 'r' key (retry jobs are few and have no
+//     range to drop) and hides a 'p' record.
+//  5. Retries(q, until) is a prefix scan of 'r' q: keys sort by due time, so
+//     the scan stops at the first job due after until (or over the limit),
+//     and that job's due time is "next".
+//  6. Queues skip-scans: at each 'p' or 'r' key it decodes the queue and
+//     seeks straight to the end of that queue's range. It reads about one
+//     key per queue, never the drained jobs.
+//  7. Dedupe records are bucketed by UTC day. An event is a duplicate when
+//     its (source, messageId) has a record in one of the buckets that can
+//     overlap the window (two for the default 24h) whose stored time is
+//     within the window; the time is compared exactly, the bucket only
+//     narrows the lookup. When a group of appends first sees that a bucket
+//     has wholly left the window, one DeleteRange removes it and every older
+//     one. Bloom filters on every level make the lookups of new messageIds,
+//     which are nearly all of them, cheap.
+//  8. The high-water mark is written in the same batch as the jobs it
+//     numbers, so after a crash the store resumes above every Seq that any
+//     stored job has, and never hands one out twice.
+//
+// # Records
+//
+// Job records are a compact binary encoding (see record.go): a version byte
+// and length-prefixed fields. The queue, Seq and due time are not repeated
+// in the value; they are read back from the key. A record that does not
+// decode is reported as an error that wraps the cause, never a panic.
+//
+// Each job record carries a full copy of its event's payload, so an event
+// sent to three destinations is stored three times. That keeps a job
+// self-contained (one read delivers it, and dropping a queue frees its
+// payloads without reference counting); storing each event once and
+// referring to it from its jobs is left for later, when fan-out is wide
+// enough for the space to matter.
+//
+// # Durability
+//
+// Append returns only after its batch is fsynced, and concurrent Appends
+// share fsyncs (group commit, pipelined: see commit.go). Apply is not synced;
+// jobstore.Update explains why losing one is safe.
+package pebble

@@ -1,0 +1,477 @@
+package pebble
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// Compile-time check that Store implements the interface.
+var _ jobstore.Store = (*Store)(nil)
+
+// ErrClosed is returned by every call on a closed Store. It wraps
+// jobstore.ErrUnavailable, because to the tracking API a closed store is one
+// that cannot take writes.
+var ErrClosed = fmt.Errorf("jobstore/pebble: closed: %w", jobstore.ErrUnavailable)
+
+// Options configures a Store. The zero value is ready to use.
+type Options struct {
+	// DedupeWindow is how long a (source, messageId) pair is remembered: an
+	// event appended less than DedupeWindow after the same pair was stored is
+	// a duplicate. Default 24h; it cannot be negative.
+	DedupeWindow time.Duration
+	// Now is the clock used for the dedupe window. Default time.Now; tests
+	// inject a fake one so that they never sleep.
+	Now func() time.Time
+	// Logger receives the store's and Pebble's log lines. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultDedupeWindow is the dedupe window when Options.DedupeWindow is zero.
+const DefaultDedupeWindow = 24 * time.Hour
+
+func (o *Options) setDefaults() error {
+	if o.DedupeWindow < 0 {
+		return fmt.Errorf("DedupeWindow cannot be negative, got %s", o.DedupeWindow)
+	}
+	if o.DedupeWindow == 0 {
+		o.DedupeWindow = DefaultDedupeWindow
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Store is the embedded job store: a Pebble database in one directory. See
+// the package documentation for its key layout.
+type Store struct {
+	db   *pebbledb.DB
+	opts Options
+	log  *slog.Logger
+
+	// reqs carries Append calls to the committer. It is unbuffered on
+	// purpose: a call that the committer has not taken is still blocked in
+	// its send and can give up (closing, context) without leaving a request
+	// behind that nobody answers.
+	reqs    chan *appendReq
+	closing chan struct{}
+	// committerDone is closed when the committer and its syncer have
+	// answered every request they took.
+	committerDone chan struct{}
+	closeOnce     sync.Once
+
+	// mu keeps reads and Apply off the database while Close closes it
+	// (Pebble panics on a closed DB).
+	mu     sync.RWMutex
+	closed bool
+
+	// Owned by the committer goroutine.
+	lastSeq       uint64 // highest Seq assigned, persisted in every batch
+	dedupeDropped uint64 // dedupe buckets below this were range-deleted
+
+	// stepped counts the points that iterators of Pending, Retries and
+	// Queues stepped over, so a test can check that drained jobs are not
+	// iterated.
+	stepped atomic.Uint64
+}
+
+// Open opens the store in dir, creating it if needed, and starts its
+// committer. Close releases it.
+func Open(dir string, opts Options) (*Store, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("jobstore/pebble: %w", err)
+	}
+	log := opts.Logger.With("component", "jobstore")
+	db, err := pebbledb.Open(dir, pebbleOptions(log))
+	if err != nil {
+		return nil, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err)
+	}
+	s := &Store{
+		db:            db,
+		opts:          opts,
+		log:           log,
+		reqs:          make(chan *appendReq),
+		closing:       make(chan struct{}),
+		committerDone: make(chan struct{}),
+	}
+	v, closer, err := db.Get(metaSeqKey)
+	switch {
+	case errors.Is(err, pebbledb.ErrNotFound):
+	case err != nil:
+		db.Close()
+		return nil, fmt.Errorf("jobstore/pebble: open %s: read seq: %w", dir, err)
+	default:
+		if len(v) != 8 {
+			closer.Close()
+			db.Close()
+			return nil, fmt.Errorf("jobstore/pebble: open %s: %w: seq record has %d bytes", dir, errCorrupt, len(v))
+		}
+		s.lastSeq = binary.BigEndian.Uint64(v)
+		closer.Close()
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// pebbleOptions tunes Pebble for a write-heavy queue: most jobs are written,
+// read once soon after and dropped by a range deletion, often before their
+// memtable is flushed.
+func pebbleOptions(log *slog.Logger) *pebbledb.Options {
+	o := &pebbledb.Options{
+		FormatMajorVersion: pebbledb.FormatNewest,
+		Logger:             pebbleLogger{log.With("component", "pebble")},
+		// A large memtable lets a job be appended, delivered and dropped
+		// while it is still in memory: the flush then writes nothing for it,
+		// because a flush drops the points its range deletions cover. 64 MB
+		// holds about 150,000 jobs of 400 bytes.
+		MemTableSize: 64 << 20,
+		// Up to 4 memtables (one mutable, three flushing) absorb a burst
+		// before writes stall, at a bounded 256 MB.
+		MemTableStopWritesThreshold: 4,
+		// Start compacting L0 early (the default), but stall writes only much
+		// later than the default 12 sublevels: a write stall is a 503 to every
+		// client, while a deep L0 only slows reads, which are few here.
+		L0CompactionThreshold: 4,
+		L0StopWritesThreshold: 32,
+		// L1 sized near the memtable so that a flush does not immediately
+		// make L1 too big.
+		LBaseMaxBytes: 256 << 20,
+		// Blocks read for Pending and Retries are reread by the next call.
+		CacheSize: 64 << 20,
+		// Two cores: one compaction normally, a second one when L0 backs
+		// up, leaving a core for ingest and delivery.
+		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
+	}
+	// Bloom filters on every level, L0 included (Pebble's default is none):
+	// every appended event makes one or two dedupe point lookups, nearly all
+	// of them for keys that do not exist, and a filter answers those without
+	// reading a data block.
+	for i := range o.Levels {
+		o.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	return o
+}
+
+// pebbleLogger sends Pebble's log lines to slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Info(strings.TrimSpace(fmt.Sprintf(format, args...)))
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(strings.TrimSpace(fmt.Sprintf(format, args...)))
+}
+
+// Fatalf is called by Pebble when it cannot go on safely (for instance a
+// failed WAL sync); like Pebble's default logger it must not return.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := strings.TrimSpace(fmt.Sprintf(format, args...))
+	p.l.Error(msg, "fatal", true)
+	panic("pebble: " + msg)
+}
+
+// unavailable wraps an error from a write so that errors.Is finds both
+// jobstore.ErrUnavailable and the cause.
+func unavailable(op string, err error) error {
+	return fmt.Errorf("jobstore/pebble: %s: %w: %w", op, jobstore.ErrUnavailable, err)
+}
+
+// readLock takes the read side of mu and fails when the store is closed.
+func (s *Store) readLock() error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// closeIter closes it, adds its stepped-over points to s.stepped and returns
+// the first of the iterator's error and err.
+func (s *Store) closeIter(it *pebbledb.Iterator, err error) error {
+	st := it.Stats()
+	s.stepped.Add(st.InternalStats.PointCount + st.InternalStats.PointsCoveredByRangeTombstones)
+	if ierr := it.Error(); err == nil && ierr != nil {
+		err = ierr
+	}
+	if cerr := it.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return err
+}
+
+// Pending returns up to limit pending jobs of q with Seq > after, in Seq
+// order. Hidden (rescheduled or finished) jobs are skipped.
+func (s *Store) Pending(ctx context.Context, q jobstore.Queue, after uint64, limit int) ([]jobstore.Job, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if limit <= 0 || after == math.MaxUint64 {
+		return nil, nil
+	}
+	if err := s.readLock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.RUnlock()
+	it, err := s.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
+		LowerBound: pendingKey(q, after+1),
+		UpperBound: prefixEnd(queuePrefix(prefixPending, q)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jobstore/pebble: pending %s/%s: %w", q.Source, q.Destination, err)
+	}
+	var jobs []jobstore.Job
+	for valid := it.First(); valid && len(jobs) < limit; valid = it.Next() {
+		v, verr := it.ValueAndErr()
+		if verr != nil {
+			err = verr
+			break
+		}
+		if len(v) == 0 {
+			continue // hidden
+		}
+		var job jobstore.Job
+		if job, err = decodeJob(it.Key(), v); err != nil {
+			break
+		}
+		jobs = append(jobs, job)
+	}
+	if err := s.closeIter(it, err); err != nil {
+		return nil, fmt.Errorf("jobstore/pebble: pending %s/%s: %w", q.Source, q.Destination, err)
+	}
+	return jobs, nil
+}
+
+// decodeJob builds a Job from a pending or retry key and its record.
+func decodeJob(k, v []byte) (jobstore.Job, error) {
+	q, dueAt, seq, err := decodeJobKey(k)
+	if err != nil {
+		return jobstore.Job{}, err
+	}
+	r, err := decodeRecord(v)
+	if err != nil {
+		return jobstore.Job{}, fmt.Errorf("job %d of %s/%s: %w", seq, q.Source, q.Destination, err)
+	}
+	r.Event.Source = q.Source
+	return jobstore.Job{
+		Queue:     q,
+		Seq:       seq,
+		Event:     r.Event,
+		Attempts:  r.Attempts,
+		DueAt:     dueAt,
+		LastError: r.LastError,
+	}, nil
+}
+
+// Retries returns up to limit retry jobs of q due at or before until, soonest
+// first (ties in Seq order), and the due time of the first job after them.
+func (s *Store) Retries(ctx context.Context, q jobstore.Queue, until time.Time, limit int) ([]jobstore.Job, time.Time, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, time.Time{}, err
+	}
+	if err := s.readLock(); err != nil {
+		return nil, time.Time{}, err
+	}
+	defer s.mu.RUnlock()
+	prefix := queuePrefix(prefixRetry, q)
+	it, err := s.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
+		LowerBound: prefix,
+		UpperBound: prefixEnd(prefix),
+	})
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("jobstore/pebble: retries %s/%s: %w", q.Source, q.Destination, err)
+	}
+	var (
+		jobs []jobstore.Job
+		next time.Time
+	)
+	// Keys sort by due time, so the loop stops at the first job that is
+	// not returned (not due yet, or over the limit): that one is next.
+	for valid := it.First(); valid; valid = it.Next() {
+		var v []byte
+		if v, err = it.ValueAndErr(); err != nil {
+			break
+		}
+		var job jobstore.Job
+		if job, err = decodeJob(it.Key(), v); err != nil {
+			break
+		}
+		if len(jobs) >= limit || job.DueAt.After(until) {
+			next = job.DueAt
+			break
+		}
+		jobs = append(jobs, job)
+	}
+	if err := s.closeIter(it, err); err != nil {
+		return nil, time.Time{}, fmt.Errorf("jobstore/pebble: retries %s/%s: %w", q.Source, q.Destination, err)
+	}
+	return jobs, next, nil
+}
+
+// Apply applies u in one batch without waiting for a sync. That is safe
+// because of the order of effects inside a batch (see jobstore.Update): a
+// batch lost in a crash leaves jobs pending that were already delivered or
+// rescheduled, so they are delivered again, and never loses one.
+func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b, err := buildUpdate(u)
+	if err != nil {
+		return fmt.Errorf("jobstore/pebble: apply: %w", err)
+	}
+	defer b.Close()
+	if err := s.readLock(); err != nil {
+		return err
+	}
+	defer s.mu.RUnlock()
+	if err := s.db.Apply(b, pebbledb.NoSync); err != nil {
+		return unavailable("apply", err)
+	}
+	return nil
+}
+
+// hidden is the value of a pending job that was rescheduled or finished
+// before its queue's Drop reached it. Pending skips it; the Drop's range
+// deletion later removes it with the rest of the prefix.
+var hidden = []byte{}
+
+func buildUpdate(u jobstore.Update) (*pebbledb.Batch, error) {
+	b := new(pebbledb.Batch)
+	for _, d := range u.Drops {
+		if d.Below == 0 {
+			continue
+		}
+		// One range tombstone per drop however many jobs it covers.
+		if err := b.DeleteRange(queuePrefix(prefixPending, d.Queue), pendingKey(d.Queue, d.Below), nil); err != nil {
+			return nil, err
+		}
+	}
+	var buf []byte
+	for _, r := range u.Reschedule {
+		j := r.Job
+		if r.DueAt.IsZero() {
+			b.Close()
+			return nil, fmt.Errorf("reschedule of job %d of %s/%s: DueAt is zero", j.Seq, j.Queue.Source, j.Queue.Destination)
+		}
+		// The old record goes in the same batch that writes the new one,
+		// so a crash leaves either of them, never neither.
+		if j.DueAt.IsZero() {
+			_ = b.Set(pendingKey(j.Queue, j.Seq), hidden, nil)
+		} else {
+			_ = b.Delete(retryKey(j.Queue, j.DueAt, j.Seq), nil)
+		}
+		buf = appendRecord(buf[:0], &jobRecord{Attempts: r.Attempts, LastError: r.LastError, Event: j.Event})
+		_ = b.Set(retryKey(j.Queue, r.DueAt, j.Seq), buf, nil)
+	}
+	for _, j := range u.Finish {
+		if j.DueAt.IsZero() {
+			_ = b.Set(pendingKey(j.Queue, j.Seq), hidden, nil)
+		} else {
+			_ = b.Delete(retryKey(j.Queue, j.DueAt, j.Seq), nil)
+		}
+	}
+	return b, nil
+}
+
+// Queues lists the queues that hold pending or retry jobs, sorted by source
+// then destination. It skip-scans: after finding a queue it seeks past the
+// queue's whole range, so it reads one key per queue (plus the hidden records
+// at the head of a queue, which the queue's next Drop removes), never the
+// drained jobs.
+func (s *Store) Queues(ctx context.Context) ([]jobstore.Queue, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.readLock(); err != nil {
+		return nil, err
+	}
+	defer s.mu.RUnlock()
+	seen := make(map[jobstore.Queue]bool)
+	for _, prefix := range []byte{prefixPending, prefixRetry} {
+		if err := s.scanQueues(ctx, prefix, seen); err != nil {
+			return nil, fmt.Errorf("jobstore/pebble: queues: %w", err)
+		}
+	}
+	qs := make([]jobstore.Queue, 0, len(seen))
+	for q := range seen {
+		qs = append(qs, q)
+	}
+	slices.SortFunc(qs, func(a, b jobstore.Queue) int {
+		if c := strings.Compare(a.Source, b.Source); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Destination, b.Destination)
+	})
+	return qs, nil
+}
+
+func (s *Store) scanQueues(ctx context.Context, prefix byte, seen map[jobstore.Queue]bool) error {
+	it, err := s.db.NewIterWithContext(ctx, &pebbledb.IterOptions{
+		LowerBound: []byte{prefix},
+		UpperBound: []byte{prefix + 1},
+	})
+	if err != nil {
+		return err
+	}
+	valid := it.First()
+	for valid {
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		var q jobstore.Queue
+		if q, _, err = readQueue(it.Key()[1:]); err != nil {
+			break
+		}
+		var v []byte
+		if v, err = it.ValueAndErr(); err != nil {
+			break
+		}
+		if len(v) == 0 {
+			// A hidden pending job: look at the next key, which may
+			// still be in the same queue.
+			valid = it.Next()
+			continue
+		}
+		seen[q] = true
+		valid = it.SeekGE(prefixEnd(queuePrefix(prefix, q)))
+	}
+	return s.closeIter(it, err)
+}
+
+// Close stops taking appends, answers every Append in progress, and closes
+// the database. Calls after the first return ErrClosed.
+func (s *Store) Close() error {
+	err := ErrClosed
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		<-s.committerDone
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		err = s.db.Close()
+		if err != nil {
+			err = fmt.Errorf("jobstore/pebble: close: %w", err)
+		}
+	})
+	return err
+}
