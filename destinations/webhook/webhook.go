@@ -380,13 +380,14 @@ func (d *destination) sign(id, ts string, body []byte) string {
 	s.mac.Write(b)
 	s.mac.Write(body)
 	b = s.mac.Sum(b[:0])
+	// Built on the stack: the string conversion is the only allocation.
 	const prefix = "v1,"
-	out := make([]byte, len(prefix)+base64.StdEncoding.EncodedLen(len(b)))
-	copy(out, prefix)
+	var out [len(prefix) + (sha256.Size+2)/3*4]byte
+	copy(out[:], prefix)
 	base64.StdEncoding.Encode(out[len(prefix):], b)
 	s.scratch = b
 	d.signers.Put(s)
-	return string(out)
+	return string(out[:])
 }
 
 // Classify applies destinations.ClassifyStatus, or in batch mode the
