@@ -1,0 +1,260 @@
+package pebble
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/storetest"
+)
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+func openTest(t *testing.T, env storetest.Env) jobstore.Store {
+	t.Helper()
+	s, err := Open(env.Dir, Options{DedupeWindow: env.DedupeWindow, Now: env.Now, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, openTest)
+}
+
+func TestOptionsValidation(t *testing.T) {
+	_, err := Open(t.TempDir(), Options{DedupeWindow: -time.Second})
+	if err == nil || !strings.Contains(err.Error(), "DedupeWindow cannot be negative") {
+		t.Errorf("Open with a negative window = %v, want an error naming DedupeWindow", err)
+	}
+}
+
+var q = jobstore.Queue{Source: "web", Destination: "hook"}
+
+func entry(id string) jobstore.Entry {
+	return jobstore.Entry{
+		Event: event.Event{
+			Source:     q.Source,
+			MessageID:  id,
+			Type:       event.Track,
+			ReceivedAt: time.Now(),
+			Payload:    []byte(`{"type":"track","event":"x","messageId":"` + id + `"}`),
+		},
+		Destinations: []string{q.Destination},
+	}
+}
+
+// crashDirEnv, when set, turns TestCrashChild into the child process of
+// TestCrash: it appends into the store in that directory until killed.
+const crashDirEnv = "FANOUT_JOBSTORE_CRASH_DIR"
+
+// TestCrashChild is not a test of its own: TestCrash runs it in a child
+// process. It appends from several goroutines in a loop and prints each
+// messageId on its own line once the Append that stored it returned nil.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashDirEnv)
+	if dir == "" {
+		t.Skip("run by TestCrash")
+	}
+	s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	round := os.Getenv("FANOUT_JOBSTORE_CRASH_ROUND")
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				var entries []jobstore.Entry
+				for k := range 10 {
+					entries = append(entries, entry(fmt.Sprintf("r%s-g%d-%d-%d", round, g, i, k)))
+				}
+				if _, err := s.Append(context.Background(), entries); err != nil {
+					fmt.Fprintln(os.Stderr, "append:", err)
+					os.Exit(3)
+				}
+				var b strings.Builder
+				for _, e := range entries {
+					b.WriteString(e.Event.MessageID + "\n")
+				}
+				// One write per call, straight to the pipe: whatever
+				// the parent reads was acknowledged.
+				mu.Lock()
+				os.Stdout.WriteString(b.String())
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestCrash kills a process that appends in a loop with SIGKILL, reopens the
+// store, and checks that every acknowledged event is there, in rounds.
+func TestCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	dir := t.TempDir()
+	acked := make(map[string]bool)
+	for round := range 3 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+		cmd.Env = append(os.Environ(), crashDirEnv+"="+dir, fmt.Sprintf("FANOUT_JOBSTORE_CRASH_ROUND=%d", round))
+		cmd.Stderr = t.Output()
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Kill it at a different point each round, while it appends.
+		want := 2000 + round*3000
+		r := bufio.NewReader(out)
+		n := 0
+		for n < want {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("round %d: child stopped after %d acks: %v", round, n, err)
+			}
+			acked[strings.TrimSuffix(line, "\n")] = true
+			n++
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		// Whatever reached the pipe before the kill was acknowledged too;
+		// a last line without its newline was not complete.
+		rest, _ := io.ReadAll(r)
+		lines := strings.Split(string(rest), "\n")
+		for _, l := range lines[:len(lines)-1] {
+			acked[l] = true
+		}
+		cmd.Wait()
+
+		s, err := Open(dir, Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatalf("round %d: reopen: %v", round, err)
+		}
+		found := make(map[string]bool)
+		var after, last uint64
+		for {
+			jobs, err := s.Pending(t.Context(), q, after, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(jobs) == 0 {
+				break
+			}
+			for _, j := range jobs {
+				found[j.Event.MessageID] = true
+				after, last = j.Seq, j.Seq
+			}
+		}
+		missing := 0
+		for id := range acked {
+			if !found[id] {
+				missing++
+				if missing <= 5 {
+					t.Errorf("round %d: acknowledged %s is missing after the crash", round, id)
+				}
+			}
+		}
+		if missing > 0 {
+			t.Fatalf("round %d: %d of %d acknowledged events missing", round, missing, len(acked))
+		}
+		// No Seq handed out before the crash is handed out again.
+		if _, err := s.Append(t.Context(), []jobstore.Entry{entry(fmt.Sprintf("after-%d", round))}); err != nil {
+			t.Fatal(err)
+		}
+		jobs, err := s.Pending(t.Context(), q, last, 10)
+		if err != nil || len(jobs) != 1 || jobs[0].Event.MessageID != fmt.Sprintf("after-%d", round) {
+			t.Fatalf("round %d: Append after reopen: Pending(after %d) = %v, %v; want the new job above every old Seq", round, last, jobs, err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("round %d: %d acknowledged, %d stored", round, len(acked), len(found))
+	}
+}
+
+// TestDrainedNotIterated checks that after a queue is drained with Drops
+// (one range deletion each), reading the store after a reopen does not step
+// over the drained jobs one by one.
+func TestDrainedNotIterated(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const jobs = 20000
+	other := jobstore.Queue{Source: "web", Destination: "crm"}
+	for i := 0; i < jobs; i += 500 {
+		var entries []jobstore.Entry
+		for k := range 500 {
+			entries = append(entries, entry(fmt.Sprintf("m%d", i+k)))
+		}
+		if _, err := s.Append(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		// Drain as the engine does, a prefix at a time.
+		pending, err := s.Pending(ctx, q, 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Apply(ctx, jobstore.Update{Drops: []jobstore.Drop{{Queue: q, Below: pending[len(pending)-1].Seq + 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := entry("last")
+	last.Destinations = []string{q.Destination, other.Destination}
+	if _, err := s.Append(ctx, []jobstore.Entry{last}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.stepped.Store(0)
+	qs, err := s.Queues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qs) != 2 {
+		t.Errorf("Queues = %v, want web/hook and web/crm", qs)
+	}
+	p, err := s.Pending(ctx, q, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p) != 1 || p[0].Event.MessageID != "last" {
+		t.Errorf("Pending = %d jobs, want only the last one", len(p))
+	}
+	// Queues reads one key per queue and keyspace, Pending one job: a
+	// handful of points, against 20,000 drained.
+	if n := s.stepped.Load(); n > 50 {
+		t.Errorf("Queues and Pending stepped over %d points after draining %d jobs; want a handful", n, jobs)
+	}
+	t.Logf("stepped over %d points", s.stepped.Load())
+}
