@@ -156,6 +156,7 @@ func New(opts Options) (*Engine, error) {
 			notified: map[string]struct{}{},
 			wake:     make(chan struct{}, 1),
 			done:     make(chan completion, t.Concurrency),
+			snap:     make(chan chan DestinationState),
 			rnd:      rand.New(rand.NewPCG(seed, uint64(i))),
 			labels:   pprof.Labels("destination", t.Name, "type", t.Type),
 		}
@@ -239,6 +240,7 @@ type dest struct {
 	sender   destinations.Sender
 
 	done chan completion
+	snap chan chan DestinationState
 
 	mu       sync.Mutex
 	notified map[string]struct{}
@@ -300,6 +302,8 @@ func (d *dest) run(ctx context.Context) {
 				}
 			}
 		case <-d.wake:
+		case reply := <-d.snap:
+			reply <- d.snapshot()
 		case <-timer.C():
 		case <-ctx.Done():
 			d.shutdown(&workers, cancelWork)
@@ -361,7 +365,7 @@ func (d *dest) consider(q *queue, now time.Time) {
 		d.wakeHeap.set(q, w)
 		return
 	}
-	if q.idle(now) && !q.inRing {
+	if q.idle(now, d.Concurrency) && !q.inRing {
 		d.wakeHeap.remove(q)
 		delete(d.queues, q.id.Source)
 	}

@@ -69,9 +69,11 @@ func (q *queue) ready(now time.Time) bool {
 	return q.hasWork(now) && !q.pausedUntil.After(now) && q.inflight < int(q.limit)
 }
 
-// idle reports whether the queue holds nothing at all, so it can be forgotten.
-func (q *queue) idle(now time.Time) bool {
-	return len(q.buf) == 0 && !q.diskMore && q.inflight == 0 && q.outHead == len(q.out) &&
+// idle reports whether the queue holds nothing at all, so it can be
+// forgotten. A queue whose concurrency was cut by throttling is kept, so that
+// its next events do not hammer the destination at full concurrency again.
+func (q *queue) idle(now time.Time, maxLimit int) bool {
+	return q.limit >= float64(maxLimit) && len(q.buf) == 0 && !q.diskMore && q.inflight == 0 && q.outHead == len(q.out) &&
 		q.retryNext.IsZero() && len(q.loadedRetries) == 0 && !q.pausedUntil.After(now)
 }
 

@@ -1,0 +1,503 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/pebble"
+)
+
+var start = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+// scripted holds the script of a test destination: the outcome of each
+// event per attempt. Its requests go over real HTTP to a loopback server that
+// always answers 200; Classify then returns what the script says, so tests
+// control every outcome (429, 5xx) without timing games.
+type scripted struct {
+	url string
+
+	mu      sync.Mutex
+	sent    []string // "source/messageId" in the order requests were built
+	batches [][]string
+	decide  func(ev event.Event, attempt int) destinations.Result
+	tries   map[string]int
+	// gate, when set, blocks every Transform until a value is received.
+	gate chan struct{}
+}
+
+func (s *scripted) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
+	if s.gate != nil {
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return destinations.Plan{}, ctx.Err()
+		}
+	}
+	req := &destinations.Request{Method: "POST", URL: s.url, Body: []byte("{}")}
+	s.mu.Lock()
+	var batch []string
+	for i, ev := range events {
+		id := ev.Source + "/" + ev.MessageID
+		s.sent = append(s.sent, id)
+		batch = append(batch, id)
+		req.Events = append(req.Events, i)
+	}
+	s.batches = append(s.batches, batch)
+	s.mu.Unlock()
+	return destinations.Plan{Requests: []*destinations.Request{req}}, nil
+}
+
+// decider is the Destination over a script: Transform records the events in
+// a request header so that Classify, which is not given the events, can
+// decide each one's outcome.
+type decider struct{ *scripted }
+
+func (d decider) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
+	p, err := d.scripted.Transform(ctx, events)
+	if err != nil {
+		return p, err
+	}
+	h := http.Header{}
+	for _, ev := range events {
+		h.Add("X-Event", ev.Source+"/"+ev.MessageID)
+	}
+	p.Requests[0].Header = h
+	return p, nil
+}
+
+func (d decider) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
+	ids := req.Header.Values("X-Event")
+	out := make([]destinations.Result, len(ids))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, id := range ids {
+		d.tries[id]++
+		if d.decide == nil {
+			out[i] = destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+			continue
+		}
+		var src, mid string
+		for j := range id {
+			if id[j] == '/' {
+				src, mid = id[:j], id[j+1:]
+				break
+			}
+		}
+		out[i] = d.decide(event.Event{Source: src, MessageID: mid}, d.tries[id])
+	}
+	return out
+}
+
+type bundle struct {
+	store   jobstore.Store
+	clk     *clock.Fake
+	engine  *delivery.Engine
+	reports chan delivery.Report
+	dests   map[string]*scripted
+	dataDir string
+	stop    func()
+}
+
+type targetSpec struct {
+	name        string
+	concurrency int
+	batch       int
+	window      time.Duration
+	decide      func(ev event.Event, attempt int) destinations.Result
+	gate        chan struct{}
+}
+
+func setup(t *testing.T, specs ...targetSpec) *bundle {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	clk := clock.NewFake(start)
+	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bundle{store: store, clk: clk, reports: make(chan delivery.Report, 1<<20), dests: map[string]*scripted{}, dataDir: dir}
+	var targets []delivery.Target
+	for _, sp := range specs {
+		s := &scripted{url: srv.URL, decide: sp.decide, tries: map[string]int{}, gate: sp.gate}
+		b.dests[sp.name] = s
+		targets = append(targets, delivery.Target{
+			Name: sp.name, Type: "test", Destination: decider{s}, Client: srv.Client(),
+			Concurrency: sp.concurrency, RetryWindow: sp.window,
+			Batch: destinations.BatchLimits{MaxEvents: sp.batch},
+		})
+	}
+	eng, err := delivery.New(delivery.Options{
+		Store: store, Targets: targets, Clock: clk, Seed: 1,
+		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
+		Observe: func(r delivery.Report) { b.reports <- r },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.engine = eng
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		eng.Run(ctx)
+	}()
+	var once sync.Once
+	b.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			store.Close()
+		})
+	}
+	t.Cleanup(b.stop)
+	return b
+}
+
+// send appends n events from source to the destinations and notifies.
+func (b *bundle) send(t *testing.T, source string, n int, dests ...string) {
+	t.Helper()
+	entries := make([]jobstore.Entry, n)
+	for i := range entries {
+		id := fmt.Sprintf("%s-%d", source, i)
+		entries[i] = jobstore.Entry{
+			Event: event.Event{Source: source, MessageID: id, Type: event.Track, ReceivedAt: b.clk.Now(),
+				Payload: []byte(fmt.Sprintf(`{"type":"track","messageId":%q}`, id))},
+			Destinations: dests,
+		}
+	}
+	if _, err := b.store.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	b.engine.Notify(entries)
+}
+
+// await collects n reports, failing after a generous bound.
+func (b *bundle) await(t *testing.T, n int) []delivery.Report {
+	t.Helper()
+	var out []delivery.Report
+	timeout := time.After(20 * time.Second)
+	for len(out) < n {
+		select {
+		case r := <-b.reports:
+			out = append(out, r)
+		case <-timeout:
+			t.Fatalf("got %d reports, want %d", len(out), n)
+		}
+	}
+	return out
+}
+
+func count(rs []delivery.Report, source string, end delivery.End) int {
+	n := 0
+	for _, r := range rs {
+		if r.Queue.Source == source && r.End == end {
+			n++
+		}
+	}
+	return n
+}
+
+func (b *bundle) state(t *testing.T, dest, source string) (delivery.DestinationState, delivery.QueueState) {
+	t.Helper()
+	for _, d := range b.engine.State(context.Background()) {
+		if d.Name != dest {
+			continue
+		}
+		for _, q := range d.Queues {
+			if q.Queue.Source == source {
+				return d, q
+			}
+		}
+		return d, delivery.QueueState{}
+	}
+	t.Fatalf("no destination %q", dest)
+	return delivery.DestinationState{}, delivery.QueueState{}
+}
+
+func TestDeliversEverythingAndEmptiesTheStore(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook"}, targetSpec{name: "other"})
+	b.send(t, "web", 500, "hook", "other")
+	rs := b.await(t, 1000)
+	if n := count(rs, "web", delivery.EndDelivered); n != 1000 {
+		t.Fatalf("delivered %d, want 1000", n)
+	}
+	b.stop()
+	store, err := pebble.Open(filepath.Join(b.dataDir, "jobs"), pebble.Options{Now: b.clk.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	qs, err := store.Queues(context.Background())
+	if err != nil || len(qs) != 0 {
+		t.Fatalf("queues after draining: %v, %v; want none", qs, err)
+	}
+}
+
+// With one slot, a source with a backlog and a source with a few events
+// alternate: the small source never waits behind the big one's backlog.
+func TestRoundRobinAcrossSources(t *testing.T) {
+	gate := make(chan struct{})
+	b := setup(t, targetSpec{name: "hook", concurrency: 1, gate: gate})
+	b.send(t, "big", 200, "hook")
+	gate <- struct{}{} // big's first request is built; the rest wait
+	b.send(t, "small", 5, "hook")
+	for range 204 {
+		gate <- struct{}{}
+	}
+	b.await(t, 205)
+	s := b.dests["hook"]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Once small has jobs, it gets every other turn: its 5 jobs are all out
+	// within the first 2*5+2 requests.
+	last := -1
+	for i, id := range s.sent {
+		if id[:5] == "small" {
+			last = i
+		}
+	}
+	if last < 0 || last > 11 {
+		t.Fatalf("small's last job went out as request %d of %d; want within the first 12: %v", last, len(s.sent), s.sent[:12])
+	}
+}
+
+func TestRetryableIsRescheduledWithBackoff(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", decide: func(ev event.Event, attempt int) destinations.Result {
+		if attempt < 3 {
+			return destinations.Result{Outcome: destinations.Retryable, StatusCode: 500, Reason: "HTTP 500"}
+		}
+		return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+	}})
+	// Fewer events than CircuitThreshold, so the circuit stays closed.
+	b.send(t, "web", 5, "hook")
+	rs := b.await(t, 5)
+	if n := count(rs, "web", delivery.EndRetrying); n != 5 {
+		t.Fatalf("retrying %d, want 5", n)
+	}
+	_, q := b.state(t, "hook", "web")
+	lo, hi := start.Add(delivery.BackoffBase/2), start.Add(delivery.BackoffBase)
+	if q.RetryNext.Before(lo) || !q.RetryNext.Before(hi) {
+		t.Fatalf("next retry at %v, want in [%v, %v)", q.RetryNext, lo, hi)
+	}
+	b.clk.Advance(delivery.BackoffBase)
+	rs = b.await(t, 5)
+	if n := count(rs, "web", delivery.EndRetrying); n != 5 {
+		t.Fatalf("second attempt: retrying %d, want 5", n)
+	}
+	b.clk.Advance(2 * delivery.BackoffBase)
+	rs = b.await(t, 5)
+	for _, r := range rs {
+		if r.End != delivery.EndDelivered || r.Job.Attempts != 3 {
+			t.Fatalf("third attempt: %v after %d attempts, want delivered after 3", r.End, r.Job.Attempts)
+		}
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	for attempts := 1; attempts <= 30; attempts++ {
+		d := min(delivery.BackoffBase<<min(attempts-1, 20), delivery.BackoffCap)
+		for _, r := range []float64{0, 0.5, 0.999999} {
+			got := delivery.Backoff(attempts, r)
+			if got < d/2 || got >= d {
+				t.Fatalf("Backoff(%d, %v) = %v, want in [%v, %v)", attempts, r, got, d/2, d)
+			}
+		}
+	}
+}
+
+// A 429 pauses its own queue for Retry-After and halves its concurrency;
+// other queues of the destination carry on.
+func TestRateLimitPausesOnlyItsQueue(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", concurrency: 8, decide: func(ev event.Event, attempt int) destinations.Result {
+		if ev.MessageID == "noisy-0" && attempt == 1 {
+			return destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, RetryAfter: 30 * time.Second, Reason: "HTTP 429"}
+		}
+		return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+	}})
+	b.send(t, "noisy", 1, "hook")
+	rs := b.await(t, 1)
+	if rs[0].End != delivery.EndRetrying {
+		t.Fatalf("noisy's first attempt: %v, want retrying", rs[0].End)
+	}
+	b.sendOne(t, "noisy", "noisy-1") // held by the pause
+	b.send(t, "quiet", 20, "hook")
+	rs = b.await(t, 20)
+	if n := count(rs, "quiet", delivery.EndDelivered); n != 20 {
+		t.Fatalf("quiet delivered %d of 20 while noisy is paused", n)
+	}
+	_, q := b.state(t, "hook", "noisy")
+	if want := start.Add(30 * time.Second); !q.PausedUntil.Equal(want) || q.InFlight != 0 || q.Buffered+btoi(q.Backlog) == 0 {
+		t.Fatalf("noisy paused until %v with %d in flight, %d buffered; want %v, 0 in flight, jobs waiting", q.PausedUntil, q.InFlight, q.Buffered, want)
+	}
+	if q.Limit != 4 {
+		t.Fatalf("noisy's concurrency limit %v after a 429, want 8/2 = 4", q.Limit)
+	}
+	b.clk.Advance(30 * time.Second)
+	rs = b.await(t, 2)
+	for _, r := range rs {
+		want := map[string]int{"noisy-0": 2, "noisy-1": 1}[r.Job.Event.MessageID]
+		if r.End != delivery.EndDelivered || r.Job.Attempts != want {
+			t.Fatalf("after the pause: %s %v on attempt %d, want delivered on attempt %d", r.Job.Event.MessageID, r.End, r.Job.Attempts, want)
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func TestAIMD(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", concurrency: 16, decide: func(ev event.Event, attempt int) destinations.Result {
+		if attempt <= 1 && ev.MessageID < "web-3" {
+			return destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, Reason: "HTTP 429"}
+		}
+		return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+	}})
+	for i := range 3 {
+		b.sendOne(t, "web", fmt.Sprintf("web-%d", i))
+		b.await(t, 1)
+		b.clk.Advance(delivery.DefaultRetryAfter)
+		b.await(t, 1) // delivered after the pause
+	}
+	_, q := b.state(t, "hook", "web")
+	// 16 -> 8 (429) -> +1/8 -> 4.0625 (429) ... each 429 halves, each success adds 1/limit.
+	limit := 16.0
+	for range 3 {
+		limit = max(limit/2, 1)
+		limit += 1 / limit
+	}
+	if diff := q.Limit - limit; diff > 1e-9 || diff < -1e-9 {
+		t.Fatalf("limit %v, want %v", q.Limit, limit)
+	}
+}
+
+func (b *bundle) sendOne(t *testing.T, source, id string) {
+	t.Helper()
+	e := jobstore.Entry{
+		Event: event.Event{Source: source, MessageID: id, Type: event.Track, ReceivedAt: b.clk.Now(),
+			Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))},
+		Destinations: []string{"hook"},
+	}
+	if _, err := b.store.Append(context.Background(), []jobstore.Entry{e}); err != nil {
+		t.Fatal(err)
+	}
+	b.engine.Notify([]jobstore.Entry{e})
+}
+
+func TestCircuitOpensProbesAndCloses(t *testing.T) {
+	var mu sync.Mutex
+	up := false
+	b := setup(t, targetSpec{name: "hook", concurrency: 1, decide: func(ev event.Event, attempt int) destinations.Result {
+		mu.Lock()
+		defer mu.Unlock()
+		if up {
+			return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+		}
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: 503, Reason: "HTTP 503"}
+	}})
+	b.send(t, "web", 100, "hook")
+	b.await(t, delivery.CircuitThreshold)
+	d, _ := b.state(t, "hook", "web")
+	if !d.CircuitOpen || !d.ProbeAt.Equal(start.Add(delivery.CircuitProbeMin)) {
+		t.Fatalf("after %d failures: open=%v probe at %v, want open, probe at +%v", delivery.CircuitThreshold, d.CircuitOpen, d.ProbeAt, delivery.CircuitProbeMin)
+	}
+	if n := len(b.dests["hook"].sent); n != delivery.CircuitThreshold {
+		t.Fatalf("%d requests sent, want %d: an open circuit burns no attempts", n, delivery.CircuitThreshold)
+	}
+	b.clk.Advance(delivery.CircuitProbeMin) // one probe, fails
+	b.await(t, 1)
+	d, _ = b.state(t, "hook", "web")
+	if !d.CircuitOpen || !d.ProbeAt.Equal(start.Add(3*delivery.CircuitProbeMin)) {
+		t.Fatalf("after a failed probe: open=%v probe at %v, want open, probe 2x later", d.CircuitOpen, d.ProbeAt)
+	}
+	mu.Lock()
+	up = true
+	mu.Unlock()
+	b.clk.Advance(2 * delivery.CircuitProbeMin)
+	b.await(t, 1)
+	d, _ = b.state(t, "hook", "web")
+	if d.CircuitOpen {
+		t.Fatal("circuit still open after a successful probe")
+	}
+}
+
+func TestRetryWindowEndsInArchive(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", window: time.Minute, decide: func(ev event.Event, attempt int) destinations.Result {
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: 500, Reason: "HTTP 500: database is down"}
+	}})
+	b.send(t, "web", 1, "hook")
+	var last delivery.Report
+	for i := 0; i < 20 && last.End != delivery.EndArchived; i++ {
+		last = b.await(t, 1)[0]
+		b.clk.Advance(20 * time.Second)
+	}
+	if last.End != delivery.EndArchived {
+		t.Fatalf("job ended %v, want archived", last.End)
+	}
+	_, q := b.state(t, "hook", "web")
+	if !q.RetryNext.IsZero() || q.Buffered != 0 {
+		t.Fatalf("queue still holds the job: %+v", q)
+	}
+	files, _ := filepath.Glob(filepath.Join(b.dataDir, "archive", "web", "hook", "*.jsonl.gz"))
+	if len(files) != 1 {
+		t.Fatalf("archive files %v, want one", files)
+	}
+	recs, err := archive.Read(files[0])
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("archive records %v, %v", recs, err)
+	}
+	if recs[0].MessageID != "web-0" || recs[0].LastError != "HTTP 500: database is down" || string(recs[0].Event) != `{"type":"track","messageId":"web-0"}` {
+		t.Fatalf("archived %+v", recs[0])
+	}
+}
+
+// In batch mode, the events of a batch that failed retryably are retried
+// alone; the delivered ones are not sent again.
+func TestPartialBatchFailureRetriesOnlyTheFailed(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", batch: 10, decide: func(ev event.Event, attempt int) destinations.Result {
+		var n int
+		fmt.Sscanf(ev.MessageID, "web-%d", &n)
+		if n%3 == 0 && attempt == 1 {
+			return destinations.Result{Outcome: destinations.Retryable, StatusCode: 500, Reason: "HTTP 500"}
+		}
+		return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+	}})
+	b.send(t, "web", 10, "hook")
+	b.await(t, 10)
+	b.clk.Advance(delivery.BackoffBase)
+	rs := b.await(t, 4) // web-0, 3, 6, 9
+	for _, r := range rs {
+		if r.End != delivery.EndDelivered || r.Job.Attempts != 2 {
+			t.Fatalf("retry: %s %v attempts %d", r.Job.Event.MessageID, r.End, r.Job.Attempts)
+		}
+	}
+	s := b.dests["hook"]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.batches) != 2 || len(s.batches[0]) != 10 || len(s.batches[1]) != 4 {
+		t.Fatalf("batches %v, want one of 10 then one of the 4 failed", s.batches)
+	}
+}
+
+func TestMain(m *testing.M) { os.Exit(m.Run()) }
+
+var quiet = slog.New(slog.DiscardHandler)
