@@ -1,0 +1,480 @@
+package ingest
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/router"
+)
+
+// The tracking API's limits, as Segment documents them.
+const (
+	// MaxEventBytes bounds one event as the client sent it.
+	MaxEventBytes = 32 << 10
+	// MaxRequestBytes bounds a request body, after gzip decompression.
+	MaxRequestBytes = 500 << 10
+	// MaxBatchEvents bounds the events of one batch.
+	MaxBatchEvents = 2500
+)
+
+// callTypes are the values `type` may take, in the order error messages list
+// them.
+var callTypes = []string{event.Identify, event.Track, event.Page, event.Screen, event.Group, event.Alias}
+
+// timeLayout is how fanout writes receivedAt and corrected timestamps:
+// RFC 3339, UTC, milliseconds, the shape Segment's libraries send.
+const timeLayout = "2006-01-02T15:04:05.000Z"
+
+// batchDefaults are the batch-level members that apply to every event of a
+// batch. The zero value is a single call, which has none.
+type batchDefaults struct {
+	context      []member // nil when the batch has no context object
+	integrations []member
+	// contextRaw and integrationsRaw are the objects as sent, copied as is
+	// into events that have none of their own.
+	contextRaw      []byte
+	integrationsRaw []byte
+	sentAt          []byte
+	sentAtTime      time.Time
+}
+
+// parser turns the events of one request into store entries. It holds the
+// request's scratch memory and is reused through a pool.
+type parser struct {
+	source     string
+	router     *router.Router
+	receivedAt time.Time
+	// receivedAtJSON is receivedAt formatted, quotes included.
+	receivedAtJSON []byte
+
+	// out is the arena every payload of the request is carved from: one
+	// allocation per request instead of one per event.
+	out []byte
+	// rnd holds random bytes for the messageIds the server sets, read from
+	// crypto/rand once per request.
+	rnd []byte
+	// want is how many events the request holds, to size rnd.
+	want int
+
+	mem    []member // the event's members
+	nested []member // the members of its context or integrations
+
+	// The last routing decision, reused while consecutive events of a
+	// batch have the same type and integrations, as they usually do.
+	lastType         string
+	lastIntegrations []byte
+	lastDecision     router.Decision
+	lastValid        bool
+}
+
+func (p *parser) reset(source string, r *router.Router, now time.Time, want, bodyLen int, b *batchDefaults) {
+	p.source = source
+	p.router = r
+	p.receivedAt = now.UTC().Truncate(time.Millisecond)
+	p.receivedAtJSON = p.receivedAt.AppendFormat(append(p.receivedAtJSON[:0], '"'), timeLayout)
+	p.receivedAtJSON = append(p.receivedAtJSON, '"')
+	p.want = want
+	p.rnd = p.rnd[:0]
+	p.lastValid = false
+	p.lastDecision = router.Decision{}
+	p.lastIntegrations = nil
+	// The payloads leave with the entries, so the arena is new for every
+	// request. Each event grows by its server-set fields (about 150 bytes)
+	// and by the batch-level objects merged into it.
+	per := 160
+	if b != nil {
+		per += len(b.contextRaw) + len(b.integrationsRaw) + len(b.sentAt)
+	}
+	p.out = make([]byte, 0, bodyLen+want*per)
+}
+
+// clear drops references into the request so the pooled parser does not keep
+// a body or an arena alive.
+func (p *parser) clear() {
+	p.out = nil
+	p.router = nil
+	p.lastDecision = router.Decision{}
+	p.lastIntegrations = nil
+	clear(p.mem[:cap(p.mem)])
+	clear(p.nested[:cap(p.nested)])
+}
+
+// fields are the members of one event that the server reads, by index into
+// parser.mem; -1 when absent. Where a name repeats, the last one counts, as
+// it does for encoding/json and so for every destination.
+type fields struct {
+	typ, userID, anonymousID, event, groupID, previousID int
+	messageID, timestamp, sentAt, context, integrations  int
+	originalTimestamp                                    int
+}
+
+// event validates one event object and builds its store entry. typ is the
+// call type from the path, or "" in a batch, where the event names its own.
+// b is nil for a single call. On failure it returns the reason, which says
+// what was expected and what was found.
+func (p *parser) event(raw []byte, typ string, b *batchDefaults) (jobstore.Entry, string) {
+	if len(raw) > MaxEventBytes {
+		return jobstore.Entry{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
+	}
+	var ok bool
+	p.mem, ok = members(raw, p.mem[:0])
+	if !ok {
+		return jobstore.Entry{}, "expected an event object, found " + describe(raw)
+	}
+	f := fields{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1}
+	for i := range p.mem {
+		switch string(p.mem[i].name) {
+		case "type":
+			f.typ = i
+		case "userId":
+			f.userID = i
+		case "anonymousId":
+			f.anonymousID = i
+		case "event":
+			f.event = i
+		case "groupId":
+			f.groupID = i
+		case "previousId":
+			f.previousID = i
+		case "messageId":
+			f.messageID = i
+		case "timestamp":
+			f.timestamp = i
+		case "sentAt":
+			f.sentAt = i
+		case "context":
+			f.context = i
+		case "integrations":
+			f.integrations = i
+		case "originalTimestamp":
+			f.originalTimestamp = i
+		}
+	}
+	val := func(i int) []byte {
+		if i < 0 {
+			return nil
+		}
+		return p.mem[i].value
+	}
+
+	if typ == "" {
+		v := val(f.typ)
+		s, isString := stringValue(v)
+		if !isString || !slices.Contains(callTypes, s) {
+			return jobstore.Entry{}, fmt.Sprintf("expected type to be one of %s, found %s", strings.Join(callTypes, ", "), describe(v))
+		}
+		typ = s
+	}
+
+	// Identity: a non-empty string or a number, as Segment accepts.
+	userID, anonymousID := val(f.userID), val(f.anonymousID)
+	if reason := checkID("userId", userID); reason != "" {
+		return jobstore.Entry{}, reason
+	}
+	if reason := checkID("anonymousId", anonymousID); reason != "" {
+		return jobstore.Entry{}, reason
+	}
+	if !hasID(userID) && !hasID(anonymousID) {
+		return jobstore.Entry{}, fmt.Sprintf("expected userId or anonymousId, found userId %s and anonymousId %s", describe(userID), describe(anonymousID))
+	}
+	switch typ {
+	case event.Track:
+		v := val(f.event)
+		if len(v) <= 2 || v[0] != '"' {
+			return jobstore.Entry{}, "expected event (the name of the tracked action) to be a non-empty string, found " + describe(v)
+		}
+	case event.Group:
+		if reason := requireID("groupId", val(f.groupID)); reason != "" {
+			return jobstore.Entry{}, reason
+		}
+	case event.Alias:
+		if reason := requireID("previousId", val(f.previousID)); reason != "" {
+			return jobstore.Entry{}, reason
+		}
+	}
+
+	// messageId: kept when the client sent one, which it needs for
+	// deduplication of its own retries; set by the server otherwise.
+	var messageID string
+	setMessageID := true
+	if v := val(f.messageID); !isNull(v) && string(v) != `""` {
+		s, isString := stringValue(v)
+		if !isString {
+			return jobstore.Entry{}, "expected messageId to be a string, found " + describe(v)
+		}
+		messageID, setMessageID = s, false
+	}
+
+	// timestamp, corrected for the client's clock: the client's idea of
+	// how long ago the event happened (sentAt - timestamp) is trusted, its
+	// idea of the current time is not.
+	var timestamp time.Time
+	tsRaw := val(f.timestamp)
+	if !isNull(tsRaw) {
+		t, reason := parseTime("timestamp", tsRaw)
+		if reason != "" {
+			return jobstore.Entry{}, reason
+		}
+		timestamp = t
+	}
+	sentAtRaw := val(f.sentAt)
+	var sentAt time.Time
+	if !isNull(sentAtRaw) {
+		t, reason := parseTime("sentAt", sentAtRaw)
+		if reason != "" {
+			return jobstore.Entry{}, reason
+		}
+		sentAt = t
+	} else if b != nil && b.sentAt != nil {
+		sentAt = b.sentAtTime
+	}
+	// rewriteTS is true when the server writes timestamp; the client's value
+	// is then kept as originalTimestamp, as Segment does, unless the client
+	// sent an originalTimestamp of its own.
+	rewriteTS := false
+	switch {
+	case timestamp.IsZero():
+		timestamp, rewriteTS = p.receivedAt, true
+	case !sentAt.IsZero():
+		timestamp, rewriteTS = p.receivedAt.Add(timestamp.Sub(sentAt)), true
+	}
+
+	ctxRaw, intRaw := val(f.context), val(f.integrations)
+	if !isNull(ctxRaw) && ctxRaw[0] != '{' {
+		return jobstore.Entry{}, "expected context to be an object, found " + describe(ctxRaw)
+	}
+	if !isNull(intRaw) && intRaw[0] != '{' {
+		return jobstore.Entry{}, "expected integrations to be an object, found " + describe(intRaw)
+	}
+
+	decision := p.route(typ, intRaw, b)
+
+	// Write the payload: type first, then the client's members in their
+	// order, less the ones the server sets, then the server's.
+	start := len(p.out)
+	out := append(p.out, `{"type":"`...)
+	out = append(out, typ...)
+	out = append(out, '"')
+	for i := range p.mem {
+		m := &p.mem[i]
+		if p.repeated(i) {
+			continue
+		}
+		switch string(m.name) {
+		case "type", "receivedAt", "writeKey":
+			continue
+		case "messageId":
+			if setMessageID {
+				continue
+			}
+		case "timestamp":
+			if rewriteTS {
+				continue
+			}
+		case "context":
+			if b != nil && b.context != nil {
+				out = p.appendMerged(append(append(out, ','), m.rawName...), m.value, b.context, b.contextRaw)
+				continue
+			}
+		case "integrations":
+			if b != nil && b.integrations != nil {
+				out = p.appendMerged(append(append(out, ','), m.rawName...), m.value, b.integrations, b.integrationsRaw)
+				continue
+			}
+		}
+		out = append(out, ',')
+		out = append(out, m.rawName...)
+		out = append(out, ':')
+		out = append(out, m.value...)
+	}
+	if setMessageID {
+		messageID = p.newMessageID()
+		out = append(out, `,"messageId":"`...)
+		out = append(out, messageID...)
+		out = append(out, '"')
+	}
+	out = append(out, `,"receivedAt":`...)
+	out = append(out, p.receivedAtJSON...)
+	if rewriteTS {
+		out = append(out, `,"timestamp":"`...)
+		out = timestamp.UTC().AppendFormat(out, timeLayout)
+		out = append(out, '"')
+		if !isNull(tsRaw) && f.originalTimestamp < 0 {
+			out = append(out, `,"originalTimestamp":`...)
+			out = append(out, tsRaw...)
+		}
+	}
+	if b != nil {
+		if f.context < 0 && b.context != nil {
+			out = append(out, `,"context":`...)
+			out = append(out, b.contextRaw...)
+		}
+		if f.integrations < 0 && b.integrations != nil {
+			out = append(out, `,"integrations":`...)
+			out = append(out, b.integrationsRaw...)
+		}
+		// Keep the sentAt the timestamp was corrected with.
+		if f.sentAt < 0 && b.sentAt != nil {
+			out = append(out, `,"sentAt":`...)
+			out = append(out, b.sentAt...)
+		}
+	}
+	out = append(out, '}')
+	p.out = out
+
+	return jobstore.Entry{
+		Event: event.Event{
+			Source:     p.source,
+			MessageID:  messageID,
+			Type:       typ,
+			ReceivedAt: p.receivedAt,
+			// The full slice expression keeps an append to one payload from
+			// overwriting the next one in the arena.
+			Payload: out[start:len(out):len(out)],
+		},
+		Destinations: decision.To,
+	}, ""
+}
+
+// repeated reports whether a later member of the event has the same name as
+// member i. Only the last of repeated names is kept, the one encoding/json
+// (and so validation above and every destination) reads; a stored payload
+// thus never has duplicate names. Events have few members, so the quadratic
+// scan costs less than a set would.
+func (p *parser) repeated(i int) bool {
+	name := p.mem[i].name
+	for j := i + 1; j < len(p.mem); j++ {
+		if bytes.Equal(p.mem[j].name, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// appendMerged writes an event's object member (context or integrations)
+// merged with the batch-level one: the event's own keys win, one level deep.
+func (p *parser) appendMerged(out, own []byte, batch []member, batchRaw []byte) []byte {
+	out = append(out, ':')
+	if isNull(own) {
+		return append(out, batchRaw...)
+	}
+	p.nested, _ = members(own, p.nested[:0])
+	if len(p.nested) == 0 {
+		return append(out, batchRaw...)
+	}
+	out = append(out, own[:len(own)-1]...) // all but the closing brace
+	for i := range batch {
+		if !slices.ContainsFunc(p.nested, func(m member) bool { return bytes.Equal(m.name, batch[i].name) }) {
+			out = append(out, ',')
+			out = append(out, batch[i].rawName...)
+			out = append(out, ':')
+			out = append(out, batch[i].value...)
+		}
+	}
+	return append(out, '}')
+}
+
+// route asks the router where the event goes. Building the integrations map
+// costs allocations, so it is skipped for the common empty object and the
+// decision is reused while a batch repeats the same type and integrations.
+func (p *parser) route(typ string, own []byte, b *batchDefaults) router.Decision {
+	if p.lastValid && typ == p.lastType && bytes.Equal(own, p.lastIntegrations) {
+		return p.lastDecision
+	}
+	var in map[string]any
+	add := func(ms []member) {
+		for _, m := range ms {
+			var v any
+			switch m.value[0] {
+			case 't':
+				v = true
+			case 'f':
+				v = false
+			case '{':
+				// Per-destination settings turn the destination on.
+				v = true
+			default:
+				continue
+			}
+			if in == nil {
+				in = make(map[string]any, len(ms))
+			}
+			in[string(m.name)] = v
+		}
+	}
+	if b != nil {
+		add(b.integrations)
+	}
+	if !isNull(own) {
+		// The event's own keys are added last, so they win.
+		p.nested, _ = members(own, p.nested[:0])
+		add(p.nested)
+	}
+	d := p.router.Route(p.source, typ, in)
+	p.lastType, p.lastIntegrations, p.lastDecision, p.lastValid = typ, own, d, true
+	return d
+}
+
+// newMessageID returns "fanout-" and 32 random hex digits.
+func (p *parser) newMessageID() string {
+	if len(p.rnd) < 16 {
+		n := max(p.want, 1) * 16
+		if cap(p.rnd) < n {
+			p.rnd = make([]byte, n)
+		}
+		p.rnd = p.rnd[:n]
+		rand.Read(p.rnd)
+	}
+	var id [7 + 32]byte
+	copy(id[:], "fanout-")
+	hex.Encode(id[7:], p.rnd[:16])
+	p.rnd = p.rnd[16:]
+	return string(id[:])
+}
+
+// hasID reports whether v is a usable identifier: a non-empty string or a
+// number.
+func hasID(v []byte) bool {
+	if isNull(v) {
+		return false
+	}
+	if v[0] == '"' {
+		return len(v) > 2
+	}
+	return v[0] == '-' || (v[0] >= '0' && v[0] <= '9')
+}
+
+// checkID rejects an identifier member that is present with the wrong type.
+func checkID(name string, v []byte) string {
+	if isNull(v) || hasID(v) || string(v) == `""` {
+		return ""
+	}
+	return fmt.Sprintf("expected %s to be a string or a number, found %s", name, describe(v))
+}
+
+// requireID rejects an identifier member that is missing, empty or of the
+// wrong type.
+func requireID(name string, v []byte) string {
+	if hasID(v) {
+		return ""
+	}
+	return fmt.Sprintf("expected %s to be a non-empty string or a number, found %s", name, describe(v))
+}
+
+// parseTime reads an RFC 3339 date-time member.
+func parseTime(name string, v []byte) (time.Time, string) {
+	s, ok := stringValue(v)
+	if ok {
+		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			return t, ""
+		}
+	}
+	return time.Time{}, fmt.Sprintf("expected %s to be an ISO 8601 date-time such as 2024-05-01T12:00:00.000Z, found %s", name, describe(v))
+}
