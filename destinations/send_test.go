@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fanout/fanout/internal/event"
 )
@@ -418,4 +419,24 @@ func TestSnippet(t *testing.T) {
 			t.Errorf("Snippet(%q, %d) = %q, want %q", tt.body, tt.max, got, tt.want)
 		}
 	}
+}
+
+func FuzzSnippet(f *testing.F) {
+	f.Add([]byte("  héllo\n\twörld  "), 6)
+	f.Add([]byte("\xff\xfe"), 1)
+	f.Fuzz(func(t *testing.T, body []byte, max int) {
+		if max < 0 || max > 1000 {
+			return
+		}
+		s := Snippet(body, max)
+		if !utf8.ValidString(s) {
+			t.Errorf("Snippet(%q, %d) = %q: not UTF-8", body, max, s)
+		}
+		if len(strings.TrimSuffix(s, "...")) > max {
+			t.Errorf("Snippet(%q, %d) = %q: longer than %d", body, max, s, max)
+		}
+		if strings.ContainsAny(s, "\n\r\t") {
+			t.Errorf("Snippet(%q, %d) = %q: not one line", body, max, s)
+		}
+	})
 }

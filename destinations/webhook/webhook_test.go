@@ -437,3 +437,35 @@ func TestTransformAllocations(t *testing.T) {
 		t.Errorf("Transform of one signed event: %v allocations, want at most 8", allocs)
 	}
 }
+
+// FuzzBatchResults feeds arbitrary response bodies to the batch classifier:
+// it must not panic, and every event must get a real outcome.
+func FuzzBatchResults(f *testing.F) {
+	for _, s := range []string{
+		`{"results":[{"status":200},{"status":400,"error":"x"},{"status":503}]}`,
+		`{"results":[]}`,
+		`{"results":null}`,
+		`{"results":[{"status":"200"}]}`,
+		`{"results":[{"status":99999999999999999999}]}`,
+		`OK`,
+	} {
+		f.Add(s, 200)
+	}
+	d, err := newDestination(map[string]any{"url": "https://x.test", "batch": 10}, time.Now)
+	if err != nil {
+		f.Fatal(err)
+	}
+	req := &destinations.Request{Events: []int{0, 1, 2}}
+	f.Fuzz(func(t *testing.T, body string, status int) {
+		resp := &destinations.Response{StatusCode: status, Header: http.Header{}, Body: []byte(body), ReceivedAt: time.Now()}
+		out := d.Classify(req, resp)
+		if len(out) != len(req.Events) {
+			t.Fatalf("%d results for %d events", len(out), len(req.Events))
+		}
+		for i, r := range out {
+			if r.Outcome < destinations.Delivered || r.Outcome > destinations.Unsupported {
+				t.Errorf("event %d: outcome %d", i, r.Outcome)
+			}
+		}
+	})
+}
