@@ -1,0 +1,94 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// A large backlog behind a down destination waits on disk, not in memory,
+// and does not hold up another destination.
+func TestBacklogStaysOnDisk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("appends 200,000 jobs")
+	}
+	const backlog = 200_000
+	down := func(ev event.Event, attempt int) destinations.Result {
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: 503, Reason: "HTTP 503"}
+	}
+	b := setup(t, targetSpec{name: "down", decide: down}, targetSpec{name: "up"})
+
+	heapBefore := heapInUse()
+	payload := make([]byte, 400) // a typical event's size
+	for i := range payload {
+		payload[i] = 'x'
+	}
+	for i := 0; i < backlog; i += 1000 {
+		entries := make([]jobstore.Entry, 1000)
+		for j := range entries {
+			id := fmt.Sprintf("d-%d", i+j)
+			entries[j] = jobstore.Entry{
+				Event: event.Event{Source: "web", MessageID: id, Type: event.Track, ReceivedAt: b.clk.Now(),
+					Payload: fmt.Appendf(nil, `{"messageId":%q,"pad":%q}`, id, payload)},
+				Destinations: []string{"down"},
+			}
+		}
+		if _, err := b.store.Append(context.Background(), entries); err != nil {
+			t.Fatal(err)
+		}
+		b.engine.Notify(entries)
+	}
+	// The down destination's circuit opens after a few failures; the backlog
+	// stays in the store while the other destination keeps delivering.
+	for round := range 5 {
+		b.send(t, fmt.Sprintf("app%d", round), 100, "up")
+		rs := b.awaitFrom(t, "up", 100)
+		for _, r := range rs {
+			if r.End != delivery.EndDelivered {
+				t.Fatalf("up: %v", r.End)
+			}
+		}
+	}
+	d, q := b.state(t, "down", "web")
+	if !d.CircuitOpen {
+		t.Fatal("the down destination's circuit is not open")
+	}
+	if q.Buffered > 2*64 {
+		t.Fatalf("%d jobs of the backlog are in memory, want at most a page or two", q.Buffered)
+	}
+	grown := int64(heapInUse()) - int64(heapBefore)
+	// 200,000 jobs of ~450 bytes would be ~90 MB in memory; the bound leaves
+	// room for the store's memtables and caches, not for the backlog.
+	const bound = 48 << 20
+	t.Logf("heap grew by %.1f MB with %d jobs waiting", float64(grown)/(1<<20), backlog)
+	if grown > bound {
+		t.Fatalf("heap grew by %d bytes with a backlog of %d jobs, want under %d", grown, backlog, bound)
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// awaitFrom collects n reports of one destination, skipping the others'.
+func (b *bundle) awaitFrom(t *testing.T, dest string, n int) []delivery.Report {
+	t.Helper()
+	var out []delivery.Report
+	for len(out) < n {
+		for _, r := range b.await(t, 1) {
+			if r.Queue.Destination == dest {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
