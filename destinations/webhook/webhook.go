@@ -97,7 +97,8 @@ var Integration = &destinations.Integration{
 		{
 			Name:        "headers",
 			Type:        destinations.StringMap,
-			Description: "Extra headers sent with each request, such as an API key.",
+			Secret:      true, // they usually carry an API key or a bearer token
+			Description: "Extra headers sent with each request, such as an API key. Treated as secret.",
 		},
 		{
 			Name:        "batch",
