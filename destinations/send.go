@@ -60,7 +60,8 @@ type SendResult struct {
 	Result
 	// Request is the request that carried the event; nil when the outcome
 	// was decided without one (Plan.Results, or Transform failed). Events
-	// sent in one batch share it.
+	// sent in one batch share it. Its Header may carry credentials (an API
+	// key header, Authorization): redact it before showing it anywhere.
 	Request *Request
 	// Response is the destination's answer; nil when there was none
 	// (no request, or a transport error). Events of one batch share it.
