@@ -64,13 +64,13 @@ type Drop struct {
 
 // Update is a set of changes applied together. It is not synced: losing it in
 // a crash means some jobs are delivered again, never that one is lost,
-// because a rescheduled job's pending record is only hidden in the same write
-// that creates its retry record.
+// because a rescheduled job's pending record is only removed in the same
+// write that creates its retry record.
 type Update struct {
 	Drops      []Drop
 	Reschedule []Reschedule
-	// Finish removes retry jobs that ended (delivered, failed or archived),
-	// and hides pending jobs that ended ahead of their queue's Drop.
+	// Finish removes jobs that ended (delivered, failed or archived), one
+	// point deletion each.
 	Finish []Job
 }
 

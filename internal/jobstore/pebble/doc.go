@@ -21,7 +21,7 @@
 // byte order is numeric order; times are Unix nanoseconds with the sign bit
 // flipped, so byte order is time order.
 //
-//	'p' queue seq             pending job        value: job record, or empty (hidden)
+//	'p' queue seq             pending job        value: job record
 //	'r' queue dueAt seq       retry job          value: job record
 //	'd' day source messageId  dedupe record      value: when it was stored (8 bytes)
 //	'm' "seq"                 highest Seq ever assigned (8 bytes)
@@ -35,18 +35,18 @@
 //     appended in Seq order and become visible in that order.
 //  2. Pending(q, after) seeks to 'p' q after+1 and scans forward within q's
 //     range. A queue's pending jobs are one contiguous range in Seq order.
-//  3. Drop{q, Below} is a single DeleteRange('p' q, 'p' q Below): one range
-//     tombstone removes the whole drained prefix, whatever its length. A
-//     memtable flush or compaction drops the points it covers, so drained
-//     jobs stop costing anything soon after.
-//  4. Reschedule of a pending job overwrites its 'p' record with an empty
-//     value and writes its 'r' record, in the same batch: a crash leaves one
-//     or the other, never neither. The empty value is a hint for readers
-//     ("hidden"), not a deletion: the queue's next Drop removes it together
-//     with the prefix, so no point tombstone is ever written for it.
-//     Rescheduling a retry job deletes its old 'r' key and writes the new
-//     one. Finish point-deletes an 'r' key (retry jobs are few and have no
-//     range to drop) and hides a 'p' record.
+//  3. Finish of a pending job point-deletes its 'p' key. Reschedule of a
+//     pending job deletes its 'p' key and writes its 'r' record in the same
+//     batch: a crash leaves one or the other, never neither. Rescheduling a
+//     retry job deletes its old 'r' key and writes the new one; Finish of a
+//     retry job point-deletes it.
+//  4. Drop{q, Below} is a single DeleteRange('p' q, 'p' q Below). The engine
+//     issues one every few thousand settled jobs of a queue, not per job:
+//     each range tombstone in the memtable must be re-fragmented by every
+//     new iterator until the memtable flushes, so thousands of them would
+//     make reads quadratic. The range lets compactions drop the drained
+//     prefix's point tombstones at once and lets a scan from the start of
+//     the queue (after a restart) skip them with one seek.
 //  5. Retries(q, until) is a prefix scan of 'r' q: keys sort by due time, so
 //     the scan stops at the first job due after until (or over the limit),
 //     and that job's due time is "next".

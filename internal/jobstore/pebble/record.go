@@ -13,7 +13,8 @@ import (
 const recordVersion = 1
 
 // jobRecord is what a pending or retry key's value holds. The queue, Seq and
-// due time are in the key; an empty value is a hidden pending job.
+// due time are in the key. An empty value (written by earlier versions for a
+// rescheduled pending job) is skipped by readers.
 type jobRecord struct {
 	Attempts  int
 	LastError string

@@ -15,6 +15,7 @@ import (
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/fanout/fanout/internal/jobstore"
 )
@@ -39,6 +40,10 @@ type Options struct {
 	// Logger receives the store's and Pebble's log lines. Default
 	// slog.Default().
 	Logger *slog.Logger
+
+	// fs replaces the operating system's filesystem in tests (a crashable
+	// in-memory one that forgets unsynced writes).
+	fs vfs.FS
 }
 
 // DefaultDedupeWindow is the dedupe window when Options.DedupeWindow is zero.
@@ -100,7 +105,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("jobstore/pebble: %w", err)
 	}
 	log := opts.Logger.With("component", "jobstore")
-	db, err := pebbledb.Open(dir, pebbleOptions(log))
+	db, err := pebbledb.Open(dir, pebbleOptions(log, opts.fs))
 	if err != nil {
 		return nil, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err)
 	}
@@ -131,31 +136,41 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// Memtable sizing; see pebbleOptions.
+const (
+	memTableSize = 32 << 20
+	memTables    = 4
+)
+
 // pebbleOptions tunes Pebble for a write-heavy queue: most jobs are written,
 // read once soon after and dropped by a range deletion, often before their
 // memtable is flushed.
-func pebbleOptions(log *slog.Logger) *pebbledb.Options {
+func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 	o := &pebbledb.Options{
+		FS:                 fs, // nil: the OS filesystem
 		FormatMajorVersion: pebbledb.FormatNewest,
 		Logger:             pebbleLogger{log.With("component", "pebble")},
 		// A large memtable lets a job be appended, delivered and dropped
 		// while it is still in memory: the flush then writes nothing for it,
-		// because a flush drops the points its range deletions cover. 64 MB
-		// holds about 150,000 jobs of 400 bytes.
-		MemTableSize: 64 << 20,
+		// because a flush drops the points its range deletions cover. 32 MB
+		// holds about 80,000 jobs of 400 bytes.
+		MemTableSize: memTableSize,
 		// Up to 4 memtables (one mutable, three flushing) absorb a burst
-		// before writes stall, at a bounded 256 MB.
-		MemTableStopWritesThreshold: 4,
+		// before writes stall, at a bounded 128 MB.
+		MemTableStopWritesThreshold: memTables,
 		// Start compacting L0 early (the default), but stall writes only much
 		// later than the default 12 sublevels: a write stall is a 503 to every
 		// client, while a deep L0 only slows reads, which are few here.
 		L0CompactionThreshold: 4,
 		L0StopWritesThreshold: 32,
-		// L1 sized near the memtable so that a flush does not immediately
-		// make L1 too big.
-		LBaseMaxBytes: 256 << 20,
-		// Blocks read for Pending and Retries are reread by the next call.
-		CacheSize: 64 << 20,
+		LBaseMaxBytes:         128 << 20,
+		// Pebble charges memtables to the block cache, so the cache must be
+		// larger than the memtables in use or nothing is cached at all (with
+		// a 64 MB cache and a 64 MB memtable we measured zero hits: every
+		// dedupe lookup re-read and re-checksummed filter blocks from disk,
+		// halving Append throughput). This leaves at least 64 MB for blocks,
+		// mostly the filter and index blocks of the dedupe lookups.
+		CacheSize: memTables*memTableSize + 64<<20,
 		// Two cores: one compaction normally, a second one when L0 backs
 		// up, leaving a core for ingest and delivery.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
@@ -350,11 +365,6 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 	return nil
 }
 
-// hidden is the value of a pending job that was rescheduled or finished
-// before its queue's Drop reached it. Pending skips it; the Drop's range
-// deletion later removes it with the rest of the prefix.
-var hidden = []byte{}
-
 func buildUpdate(u jobstore.Update) (*pebbledb.Batch, error) {
 	b := new(pebbledb.Batch)
 	for _, d := range u.Drops {
@@ -376,16 +386,19 @@ func buildUpdate(u jobstore.Update) (*pebbledb.Batch, error) {
 		// The old record goes in the same batch that writes the new one,
 		// so a crash leaves either of them, never neither.
 		if j.DueAt.IsZero() {
-			_ = b.Set(pendingKey(j.Queue, j.Seq), hidden, nil)
+			_ = b.Delete(pendingKey(j.Queue, j.Seq), nil)
 		} else {
 			_ = b.Delete(retryKey(j.Queue, j.DueAt, j.Seq), nil)
 		}
 		buf = appendRecord(buf[:0], &jobRecord{Attempts: r.Attempts, LastError: r.LastError, Event: j.Event})
 		_ = b.Set(retryKey(j.Queue, r.DueAt, j.Seq), buf, nil)
 	}
+	// Point deletions, not range deletions, for single jobs: a memtable
+	// holding many range tombstones makes every new iterator re-fragment
+	// them all, so ranges are kept for the occasional bulk Drop.
 	for _, j := range u.Finish {
 		if j.DueAt.IsZero() {
-			_ = b.Set(pendingKey(j.Queue, j.Seq), hidden, nil)
+			_ = b.Delete(pendingKey(j.Queue, j.Seq), nil)
 		} else {
 			_ = b.Delete(retryKey(j.Queue, j.DueAt, j.Seq), nil)
 		}
