@@ -625,15 +625,27 @@ func (d *dest) complete(c completion) {
 	d.consider(q, now)
 }
 
+// dropEvery is how far a queue's settled prefix must advance before it is
+// dropped with one range deletion. Each job is point-deleted as it ends; the
+// occasional range lets the store discard those tombstones in bulk, while
+// keeping range tombstones few (the store explains why they must be few).
+const dropEvery = 4096
+
 // settle removes an ended job from the store.
 func (d *dest) settle(q *queue, j *jobstore.Job) {
+	d.update.Finish = append(d.update.Finish, *j)
+	d.release(q, j)
+}
+
+// release forgets an ended or rescheduled job in its queue's bookkeeping.
+func (d *dest) release(q *queue, j *jobstore.Job) {
 	if !j.DueAt.IsZero() {
 		delete(q.loadedRetries, j.Seq)
-		d.update.Finish = append(d.update.Finish, *j)
 		return
 	}
-	if below := q.settle(j.Seq); below != 0 {
+	if below := q.settle(j.Seq); below >= q.dropped+dropEvery {
 		d.update.Drops = append(d.update.Drops, jobstore.Drop{Queue: q.id, Below: below})
+		q.dropped = below
 	}
 }
 
@@ -642,11 +654,7 @@ func (d *dest) reschedule(q *queue, j *jobstore.Job, due time.Time, reason strin
 	d.update.Reschedule = append(d.update.Reschedule, jobstore.Reschedule{
 		Job: *j, DueAt: due, Attempts: j.Attempts, LastError: reason,
 	})
-	if !j.DueAt.IsZero() {
-		delete(q.loadedRetries, j.Seq)
-	} else if below := q.settle(j.Seq); below != 0 {
-		d.update.Drops = append(d.update.Drops, jobstore.Drop{Queue: q.id, Below: below})
-	}
+	d.release(q, j)
 	if q.retryNext.IsZero() || due.Before(q.retryNext) {
 		q.retryNext = due
 	}

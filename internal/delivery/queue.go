@@ -27,6 +27,8 @@ type queue struct {
 	// the store is dropped with one range deletion.
 	out     []pend
 	outHead int
+	// dropped is the Below of the queue's last Drop.
+	dropped uint64
 	// retryNext is when the earliest retry job on disk is due; zero when
 	// there is none. loadedRetries holds the retry jobs in buf or in flight,
 	// so that a reload does not take them twice.
