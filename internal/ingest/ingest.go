@@ -206,23 +206,9 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		*source = name
 	}
 
-	var (
-		entries  []jobstore.Entry
-		rejected []Rejection
-	)
-	if typ != "" {
-		p.reset(*source, h.router, h.now(), 1, len(body), nil)
-		e, reason := p.event(body, typ, nil)
-		if reason != "" {
-			return nil, badRequest("%s", reason)
-		}
-		entries = []jobstore.Entry{e}
-	} else {
-		var err *requestError
-		entries, rejected, err = h.batch(p, *source, body)
-		if err != nil {
-			return nil, err
-		}
+	entries, rejected, err := h.events(p, typ, *source, body)
+	if err != nil {
+		return nil, err
 	}
 
 	dup, storeErr := h.store.Append(r.Context(), entries)
@@ -235,6 +221,21 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		}
 	}
 	return rejected, nil
+}
+
+// events parses the events of a body already checked to be a JSON object
+// whose members are in p.mem. typ is the call type of a single call, "" for
+// a batch.
+func (h *Handler) events(p *parser, typ, source string, body []byte) ([]jobstore.Entry, []Rejection, *requestError) {
+	if typ == "" {
+		return h.batch(p, source, body)
+	}
+	p.reset(source, h.router, h.now(), 1, len(body), nil)
+	e, reason := p.event(body, typ, nil)
+	if reason != "" {
+		return nil, nil, badRequest("%s", reason)
+	}
+	return []jobstore.Entry{e}, nil, nil
 }
 
 // batch parses the events of a /v1/batch or /v1/import body.
@@ -276,7 +277,8 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 
 	// The batch's elements are counted on the parser's scratch space
 	// before any event is built, so an oversized batch costs no arena.
-	elems, _ := elements(list, nil)
+	p.elems, _ = elements(list, p.elems[:0])
+	elems := p.elems
 	if len(elems) == 0 {
 		return nil, nil, badRequest("expected batch to hold at least one event, found an empty array")
 	}

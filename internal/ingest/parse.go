@@ -63,6 +63,7 @@ type parser struct {
 	// want is how many events the request holds, to size rnd.
 	want int
 
+	elems  [][]byte // the elements of a batch
 	mem    []member // the event's members
 	nested []member // the members of its context or integrations
 
@@ -102,6 +103,7 @@ func (p *parser) clear() {
 	p.router = nil
 	p.lastDecision = router.Decision{}
 	p.lastIntegrations = nil
+	clear(p.elems[:cap(p.elems)])
 	clear(p.mem[:cap(p.mem)])
 	clear(p.nested[:cap(p.nested)])
 }

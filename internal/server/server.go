@@ -79,8 +79,12 @@ func New(opts Options) (*Server, error) {
 			store.Close()
 			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
 		}
+		batch := integ.Batch
+		if b, ok := impl.(destinations.Batcher); ok {
+			batch = b.BatchLimits()
+		}
 		targets = append(targets, delivery.Target{
-			Name: d.Name, Type: d.Type, Destination: impl, Batch: integ.Batch, Client: client,
+			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
 			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
 			RetryWindow: d.Delivery.RetryWindow,
 		})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"sync/atomic"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 
@@ -134,7 +135,9 @@ func (s *Store) commitLoop() {
 				break gather
 			}
 		}
+		t1 := time.Now()
 		g := s.buildGroup(reqs)
+		dbgBuild.Add(int64(time.Since(t1)))
 		if g == nil {
 			continue
 		}
@@ -146,7 +149,9 @@ func (s *Store) commitLoop() {
 			// Not closed: Pebble may still hold it after a failed apply.
 			continue
 		}
+		t2 := time.Now()
 		synced <- g
+		dbgHand.Add(int64(time.Since(t2)))
 	}
 }
 
@@ -154,7 +159,11 @@ func (s *Store) commitLoop() {
 func (s *Store) syncLoop(groups <-chan *group, done chan<- struct{}) {
 	defer close(done)
 	for g := range groups {
+		t0 := time.Now()
 		err := g.batch.SyncWait()
+		dbgSync.Add(int64(time.Since(t0)))
+		dbgGroups.Add(1)
+		dbgReqs.Add(int64(len(g.reqs)))
 		if err != nil {
 			err = unavailable("append", err)
 			s.log.Error("append sync failed", "err", err, "requests", len(g.reqs))
@@ -299,3 +308,5 @@ func (s *Store) storedWithin(id dedupeID, now time.Time, oldest, current uint64)
 		}
 	}
 }
+
+var dbgSync, dbgGroups, dbgReqs, dbgBuild, dbgHand atomic.Int64
