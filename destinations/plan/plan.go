@@ -1,0 +1,92 @@
+// Package plan helps an integration's Transform build its
+// destinations.Plan: cutting events into batches that respect the API's
+// limits, and recording the outcomes decided without a request. It belongs
+// beside the framework (it would live in package destinations, which other
+// work owns at the moment) and may move there.
+package plan
+
+import "github.com/fanout/fanout/destinations"
+
+// Builder accumulates a Plan.
+type Builder struct {
+	Plan destinations.Plan
+}
+
+// Reject gives event i the outcome Rejected with reason, without a request.
+func (b *Builder) Reject(i int, reason string) {
+	b.result(i, destinations.Result{Outcome: destinations.Rejected, Reason: reason})
+}
+
+// Retry gives event i the outcome Retryable with reason, without a request:
+// for a failure before any request could be built, such as an OAuth token
+// endpoint that did not answer.
+func (b *Builder) Retry(i int, reason string) {
+	b.result(i, destinations.Result{Outcome: destinations.Retryable, Reason: reason})
+}
+
+// Unsupported gives event i the outcome Unsupported with reason.
+func (b *Builder) Unsupported(i int, reason string) {
+	b.result(i, destinations.Result{Outcome: destinations.Unsupported, Reason: reason})
+}
+
+func (b *Builder) result(i int, r destinations.Result) {
+	if b.Plan.Results == nil {
+		b.Plan.Results = make(map[int]destinations.Result)
+	}
+	b.Plan.Results[i] = r
+}
+
+// Add appends a request.
+func (b *Builder) Add(r *destinations.Request) { b.Plan.Requests = append(b.Plan.Requests, r) }
+
+// Item is one event's encoded part of a batch request.
+type Item struct {
+	// Event is the event's index in the batch given to Transform.
+	Event int
+	// Body is the event's encoded record.
+	Body []byte
+}
+
+// Batches cuts items into runs of at most maxItems items whose bodies,
+// plus overhead bytes per item (separators) and envelope bytes per run,
+// sum to at most maxBytes. 0 means no bound. An item too big on its own
+// still makes a run of one: the API's answer to it is the truth, and a
+// 413 is classified like any other.
+func Batches(items []Item, maxItems, maxBytes, overhead, envelope int) [][]Item {
+	var runs [][]Item
+	var run []Item
+	size := envelope
+	for _, it := range items {
+		n := len(it.Body) + overhead
+		if len(run) > 0 && ((maxItems > 0 && len(run) >= maxItems) || (maxBytes > 0 && size+n > maxBytes)) {
+			runs = append(runs, run)
+			run, size = nil, envelope
+		}
+		run = append(run, it)
+		size += n
+	}
+	if len(run) > 0 {
+		runs = append(runs, run)
+	}
+	return runs
+}
+
+// JSONArray joins the bodies of run into a JSON array, and returns it with
+// the event indexes the run carries.
+func JSONArray(run []Item) (body []byte, events []int) {
+	n := 2
+	for _, it := range run {
+		n += len(it.Body) + 1
+	}
+	body = make([]byte, 0, n)
+	body = append(body, '[')
+	events = make([]int, len(run))
+	for j, it := range run {
+		if j > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, it.Body...)
+		events[j] = it.Event
+	}
+	return append(body, ']'), events
+}
