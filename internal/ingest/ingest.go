@@ -41,6 +41,12 @@ type Options struct {
 	// answered. The delivery engine hooks in here. It runs on the request's
 	// goroutine, so it must not block; it owns the slice it is given.
 	OnAccepted func(entries []jobstore.Entry)
+	// Observe, when set, is called once per request with what became of it,
+	// for statistics and the live debugger. For a request that stored
+	// events it runs before OnAccepted, so an observer sees an event before
+	// any delivery outcome of it. It runs on the request's goroutine, so it
+	// must be cheap; it must not keep the Report's slices or payloads.
+	Observe func(Report)
 	// Now is the clock that stamps receivedAt. Default time.Now.
 	Now func() time.Time
 	// Logger receives a debug line per rejected request, with the source
@@ -58,6 +64,7 @@ type Handler struct {
 	router     *router.Router
 	store      jobstore.Store
 	onAccepted func([]jobstore.Entry)
+	observe    func(Report)
 	now        func() time.Time
 	log        *slog.Logger
 }
@@ -81,6 +88,7 @@ func New(opts Options) *Handler {
 		router:     opts.Router,
 		store:      opts.Store,
 		onAccepted: opts.OnAccepted,
+		observe:    opts.Observe,
 		now:        opts.Now,
 		log:        opts.Logger,
 	}
@@ -117,6 +125,23 @@ type Rejection struct {
 	Reason string `json:"reason"`
 }
 
+// Report is what became of one tracking API request.
+type Report struct {
+	// Source is the name of the source the write key selected; "" when
+	// the key was missing or unknown.
+	Source string
+	// Status is the HTTP status of the answer.
+	Status int
+	// Failure says why the whole request was refused; "" when it was not.
+	Failure string
+	// Accepted are the entries the store took, duplicates left out.
+	Accepted []jobstore.Entry
+	// Duplicates counts the events the store already had.
+	Duplicates int
+	// Rejected are the events of a batch that were refused.
+	Rejected []Rejection
+}
+
 // response is the body of every answer.
 type response struct {
 	Success  bool        `json:"success"`
@@ -147,6 +172,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, typ string) {
 	source := ""
 	rejected, err := h.handle(r, typ, &source)
 	if err != nil {
+		if h.observe != nil {
+			h.observe(Report{Source: source, Status: err.status, Failure: err.message, Rejected: err.rejected})
+		}
 		h.fail(w, r, source, err)
 		return
 	}
@@ -215,10 +243,13 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 	if storeErr != nil {
 		return nil, h.storeFailed(r.Context(), *source, storeErr)
 	}
-	if h.onAccepted != nil {
-		if accepted := withoutDuplicates(entries, dup); len(accepted) > 0 {
-			h.onAccepted(accepted)
-		}
+	accepted := withoutDuplicates(entries, dup)
+	if h.observe != nil {
+		h.observe(Report{Source: *source, Status: http.StatusOK, Accepted: accepted,
+			Duplicates: len(entries) - len(accepted), Rejected: rejected})
+	}
+	if h.onAccepted != nil && len(accepted) > 0 {
+		h.onAccepted(accepted)
 	}
 	return rejected, nil
 }
