@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/fanout/fanout/internal/bench"
+)
+
+func runBench(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	duration := fs.Duration("duration", 10*time.Second, "length of each load phase")
+	events := fs.Int("events", 5_000_000, "backlog: events that pile up for the down destination")
+	out := fs.String("out", "", "where to write the figures as JSON (default bench-SCENARIO.json)")
+	keep := fs.Bool("keep", false, "keep the work dir (data, configs, logs)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: fanout bench [flags] SCENARIO\n\nscenarios: %s\n\nflags:\n", strings.Join(bench.Names(), ", "))
+		fs.PrintDefaults()
+	}
+	// Flags may come before or after the scenario name.
+	var scenario string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		scenario, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if scenario == "" && fs.NArg() > 0 {
+		scenario = fs.Arg(0)
+	}
+	if scenario == "" {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	return bench.Run(ctx, scenario, bench.Options{
+		Exe: exe, Duration: *duration, Events: *events, Out: *out, Keep: *keep, Log: os.Stdout,
+	})
+}

@@ -1,0 +1,337 @@
+// Package bench runs fanout's benchmark scenarios: each starts its own
+// fanout and sink processes on loopback with a temp data dir, drives load for
+// a bounded time, prints a table and writes the figures as JSON.
+//
+// Figures from one scenario are compared against a baseline measured in the
+// same run (the bare HTTP client, the quiet latency, the single-queue CPU
+// cost), because the machines these run on are shared and noisy.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fanout/fanout/internal/sink"
+)
+
+// Options are the knobs shared by every scenario.
+type Options struct {
+	// Exe is the fanout binary to start for servers and sinks.
+	Exe string
+	// Dir holds the scenario's data dirs, configs and logs. Kept for
+	// inspection when Keep is set, removed otherwise.
+	Dir  string
+	Keep bool
+	// Duration bounds each load phase.
+	Duration time.Duration
+	// Events is the backlog scenario's number of waiting events.
+	Events int
+	// Out is where the JSON figures go.
+	Out string
+	// Log receives progress lines.
+	Log io.Writer
+}
+
+// env owns the processes of one scenario run.
+type env struct {
+	opts  Options
+	procs []*proc
+	n     int
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (e *env) logf(format string, args ...any) {
+	fmt.Fprintf(e.opts.Log, "  "+format+"\n", args...)
+}
+
+// start runs the fanout binary with args, its output in a log file.
+func (e *env) start(name string, args ...string) (*proc, error) {
+	e.n++
+	logf, err := os.Create(filepath.Join(e.opts.Dir, fmt.Sprintf("%02d-%s.log", e.n, name)))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(e.opts.Exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = e.opts.Dir
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	e.procs = append(e.procs, p)
+	return p, nil
+}
+
+// stop asks p to exit (SIGTERM) and waits, then kills it if it lingers.
+func (p *proc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (e *env) close() {
+	for _, p := range e.procs {
+		select {
+		case <-p.done:
+		default:
+			p.stop()
+		}
+	}
+	if !e.opts.Keep {
+		os.RemoveAll(e.opts.Dir)
+	}
+}
+
+// freeAddr returns a loopback address with a port nobody listens on now.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startSink starts `fanout sink` with extra flags and waits until it answers.
+func (e *env) startSink(name string, flags ...string) (string, *proc, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return "", nil, err
+	}
+	p, err := e.start(name, append([]string{"sink", "--quiet", "--listen", addr}, flags...)...)
+	if err != nil {
+		return "", nil, err
+	}
+	return addr, p, waitHTTP("http://"+addr+"/_sink/stats", p)
+}
+
+// server is one running `fanout serve`.
+type server struct {
+	*proc
+	track, admin string // base URLs
+	dataDir      string
+}
+
+// startServer writes cfg (YAML with {{listen}}, {{admin}} and {{data}}
+// placeholders) and starts `fanout serve` with it.
+func (e *env) startServer(name, cfg, dataDir string) (*server, error) {
+	listen, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	if dataDir == "" {
+		dataDir = filepath.Join(e.opts.Dir, name+"-data")
+	}
+	cfg = strings.NewReplacer("{{listen}}", listen, "{{admin}}", admin, "{{data}}", dataDir).Replace(cfg)
+	path := filepath.Join(e.opts.Dir, name+".yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := e.start(name, "serve", "--config", path, "--log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	s := &server{proc: p, track: "http://" + listen, admin: "http://" + admin, dataDir: dataDir}
+	return s, waitHTTP(s.admin+"/healthz", p)
+}
+
+func waitHTTP(url string, p *proc) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited before it was ready (see its log)", p.name)
+		default:
+		}
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not answer %s within 60s", p.name, url)
+}
+
+func sinkStats(addr string) (sink.Stats, error) {
+	var s sink.Stats
+	resp, err := http.Get("http://" + addr + "/_sink/stats")
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+func sinkPost(addr, action string) error {
+	resp, err := http.Post("http://"+addr+"/_sink/"+action, "", nil)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// waitAccepted polls the sink until it has accepted at least n events, or
+// the timeout passes. It returns the time the count was reached.
+func waitAccepted(addr string, n uint64, timeout time.Duration) (time.Time, sink.Stats, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		s, err := sinkStats(addr)
+		if err != nil {
+			return time.Time{}, s, err
+		}
+		if s.Unique >= n {
+			return time.Now(), s, nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, s, fmt.Errorf("sink has %d unique events, want %d, after %v", s.Unique, n, timeout)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// peakRSS returns the process's peak resident set size in bytes (VmHWM).
+func peakRSS(pid int) (int64, error) { return procStatusKB(pid, "VmHWM:") }
+
+// rss returns the process's resident set size in bytes now (VmRSS).
+func rss(pid int) (int64, error) { return procStatusKB(pid, "VmRSS:") }
+
+func procStatusKB(pid int, field string) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, field) {
+			f := strings.Fields(line)
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+}
+
+// cpuTime returns the user+system CPU time the process has used.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces; fields start after its ')'.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	const ticks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticks, nil
+}
+
+// writeJSON writes the scenario's figures.
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// tracker sends events to a tracking API.
+type tracker struct {
+	url      string
+	writeKey string
+	client   *http.Client
+}
+
+func newTracker(url, writeKey string) *tracker {
+	return &tracker{url: url, writeKey: writeKey, client: &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxIdleConns: 256},
+	}}
+}
+
+// event returns one track event of about 350 bytes, the size of a typical
+// analytics event.
+func event(messageID, source string) []byte {
+	return fmt.Appendf(nil, `{"type":"track","messageId":%q,"userId":"user-%s","event":"Order Completed",`+
+		`"properties":{"orderId":%q,"revenue":42.5,"currency":"USD","products":[{"sku":"SKU-1","price":19.99,"quantity":2}]},`+
+		`"context":{"library":{"name":"fanout-bench","version":"1.0"},"ip":"10.0.0.1","source":%q}}`,
+		messageID, messageID[len(messageID)-min(4, len(messageID)):], messageID, source)
+}
+
+// send posts events as one /v1/batch request; a nil error means a 200.
+func (t *tracker) send(ctx context.Context, events [][]byte) error {
+	var body bytes.Buffer
+	body.Grow(len(events) * 400)
+	body.WriteString(`{"batch":[`)
+	for i, e := range events {
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		body.Write(e)
+	}
+	body.WriteString(`]}`)
+	path := "/v1/batch"
+	req, err := http.NewRequestWithContext(ctx, "POST", t.url+path, &body)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth(t.writeKey, "")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+var quietLogger = slog.New(slog.DiscardHandler)

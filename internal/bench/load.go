@@ -1,0 +1,92 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// load drives events into one source.
+type load struct {
+	t      *tracker
+	source string
+	// rate is events per second; 0 sends as fast as the workers can.
+	rate    float64
+	batch   int
+	workers int
+	// prefix makes messageIds unique across loads.
+	prefix string
+	// keep records the messageIds of every acknowledged batch.
+	keep bool
+}
+
+type loadResult struct {
+	acked, failed int64
+	elapsed       time.Duration
+	ids           []string
+}
+
+func (r loadResult) rate() float64 { return float64(r.acked) / r.elapsed.Seconds() }
+
+// run sends until ctx ends (or, with max > 0, until max events were tried).
+func (l load) run(ctx context.Context, max int64) loadResult {
+	tickets := make(chan int64)
+	go func() {
+		defer close(tickets)
+		start := time.Now()
+		for i := int64(0); max == 0 || i*int64(l.batch) < max; i++ {
+			if l.rate > 0 {
+				due := start.Add(time.Duration(float64(i*int64(l.batch)) / l.rate * float64(time.Second)))
+				if d := time.Until(due); d > 0 {
+					select {
+					case <-time.After(d):
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+			select {
+			case tickets <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var (
+		res loadResult
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+	)
+	start := time.Now()
+	for range l.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			events := make([][]byte, l.batch)
+			ids := make([]string, l.batch)
+			for i := range tickets {
+				for j := range events {
+					ids[j] = fmt.Sprintf("%s-%d-%d", l.prefix, i, j)
+					events[j] = event(ids[j], l.source)
+				}
+				// A request in flight when the load ends still counts: its
+				// answer says whether the events were stored.
+				err := l.t.send(context.WithoutCancel(ctx), events)
+				mu.Lock()
+				if err != nil {
+					res.failed += int64(l.batch)
+				} else {
+					res.acked += int64(l.batch)
+					if l.keep {
+						res.ids = append(res.ids, ids...)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	return res
+}
