@@ -6,12 +6,14 @@ package registry
 
 import (
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/mixpanel"
 	"github.com/fanout/fanout/destinations/webhook"
 )
 
 // integrations is every integration, in no particular order.
 var integrations = []*destinations.Integration{
 	webhook.Integration,
+	mixpanel.Integration,
 }
 
 // All returns every integration keyed by its type name. Each call returns a

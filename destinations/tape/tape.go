@@ -363,7 +363,15 @@ func (tp *Tape) differences(req *http.Request, body []byte, rec cassette.Request
 	}
 	gotBody, wantBody := tp.scrubBody(req.Header.Get("Content-Type"), body), tp.scrubBody(recHeaders.Get("Content-Type"), []byte(rec.Body))
 	if !sameBody(req.Header.Get("Content-Type"), gotBody, wantBody) {
-		diffs = append(diffs, fmt.Sprintf("body: tape has %s\n\t  request has %s", snippet(wantBody), snippet(gotBody)))
+		want, okW := decodeJSON(bytes.TrimSpace(wantBody))
+		got, okG := decodeJSON(bytes.TrimSpace(gotBody))
+		if okW && okG {
+			// Point at the first difference: in a batch of a thousand
+			// events the start of the body says nothing.
+			diffs = append(diffs, "body "+jsonDiff("$", want, got))
+		} else {
+			diffs = append(diffs, fmt.Sprintf("body: tape has %s\n\t  request has %s", snippet(wantBody), snippet(gotBody)))
+		}
 	}
 	return diffs
 }
@@ -457,6 +465,63 @@ func decodeJSON(b []byte) (any, bool) {
 		return nil, false
 	}
 	return v, true
+}
+
+// jsonDiff describes the first difference between the JSON values want
+// (the tape's) and got (the request's), with its path.
+func jsonDiff(path string, want, got any) string {
+	switch w := want.(type) {
+	case map[string]any:
+		g, ok := got.(map[string]any)
+		if !ok {
+			break
+		}
+		keys := make([]string, 0, len(w)+len(g))
+		for k := range w {
+			keys = append(keys, k)
+		}
+		for k := range g {
+			if _, dup := w[k]; !dup {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			wv, inW := w[k]
+			gv, inG := g[k]
+			switch {
+			case !inG:
+				return fmt.Sprintf("at %s.%s: tape has %s, request has none", path, k, compact(wv))
+			case !inW:
+				return fmt.Sprintf("at %s.%s: tape has none, request has %s", path, k, compact(gv))
+			case !reflect.DeepEqual(wv, gv):
+				return jsonDiff(path+"."+k, wv, gv)
+			}
+		}
+	case []any:
+		g, ok := got.([]any)
+		if !ok {
+			break
+		}
+		for i := 0; i < len(w) && i < len(g); i++ {
+			if !reflect.DeepEqual(w[i], g[i]) {
+				return jsonDiff(fmt.Sprintf("%s[%d]", path, i), w[i], g[i])
+			}
+		}
+		if len(w) != len(g) {
+			return fmt.Sprintf("at %s: tape has %d elements, request has %d", path, len(w), len(g))
+		}
+	}
+	return fmt.Sprintf("at %s: tape has %s, request has %s", path, compact(want), compact(got))
+}
+
+// compact renders a JSON value on one line, shortened.
+func compact(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return snippet(b)
 }
 
 // snippet shortens a body for a failure message.

@@ -98,9 +98,11 @@ func TestMismatch(t *testing.T) {
 		wantDiff string
 	}{
 		{"body", "https://api.example.com/v1/events?a=1&b=2", "Bearer x",
-			`{"event":"Signed Up","properties":{"plan":"free","seats":3}}`, "body: tape has"},
+			`{"event":"Signed Up","properties":{"plan":"free","seats":3}}`, `body at $.properties.plan: tape has "pro", request has "free"`},
 		{"number as string", "https://api.example.com/v1/events?a=1&b=2", "Bearer x",
-			`{"event":"Signed Up","properties":{"plan":"pro","seats":"3"}}`, "body: tape has"},
+			`{"event":"Signed Up","properties":{"plan":"pro","seats":"3"}}`, `body at $.properties.seats: tape has 3, request has "3"`},
+		{"missing key", "https://api.example.com/v1/events?a=1&b=2", "Bearer x",
+			`{"event":"Signed Up","properties":{"plan":"pro"}}`, `body at $.properties.seats: tape has 3, request has none`},
 		{"query", "https://api.example.com/v1/events?a=1", "Bearer x",
 			`{"event":"Signed Up","properties":{"plan":"pro","seats":3}}`, "url: tape has"},
 		{"auth scheme", "https://api.example.com/v1/events?a=1&b=2", "Basic eDo=",

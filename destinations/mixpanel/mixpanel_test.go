@@ -1,0 +1,294 @@
+package mixpanel
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// bundle is what a Mixpanel test needs: the tape, a destination built
+// from settings, and a Sender sending through the tape.
+type bundle struct {
+	tape   *tape.Tape
+	dest   destinations.Destination
+	sender *destinations.Sender
+}
+
+// setup opens the tape testdata/<name>.yaml and builds a destination whose
+// credentials come from the tape (MIXPANEL_PROJECT_TOKEN and friends when
+// recording, REDACTED when replaying) and whose other settings are extra.
+func setup(t *testing.T, name string, extra map[string]any) *bundle {
+	t.Helper()
+	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+	settings := map[string]any{"project_token": tp.Secret("MIXPANEL_PROJECT_TOKEN")}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	if _, ok := extra["service_account_username"]; ok {
+		settings["service_account_username"] = tp.Secret("MIXPANEL_SERVICE_ACCOUNT_USERNAME")
+		settings["service_account_secret"] = tp.Secret("MIXPANEL_SERVICE_ACCOUNT_SECRET")
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := Integration.New(destinations.Config{Name: "mp", Settings: valid, Client: tp.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		tape: tp,
+		dest: d,
+		sender: &destinations.Sender{
+			Client: tp.Client(),
+			Name:   "mp",
+			Now:    func() time.Time { return time.Unix(1767323100, 0) },
+		},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// ev builds a stored event from its JSON payload, as ingest would.
+func ev(t *testing.T, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
+
+func signedUp(t *testing.T, user, id string) event.Event {
+	return ev(t, `{"type":"track","event":"Signed Up","userId":"`+user+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
+}
+
+func identify(t *testing.T) event.Event {
+	return ev(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
+		"traits":{"email":"ada@example.com","first_name":"Ada","last_name":"Lovelace","created_at":"2024-05-06T07:08:09Z",
+		"plan":"pro","address":{"city":"London","country":"GB"}},
+		"context":{"ip":"203.0.113.7"}}`)
+}
+
+// want is the expected outcome of one event.
+type want struct {
+	outcome    destinations.Outcome
+	status     int
+	reason     string // a substring of the reason
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
+		}
+	}
+}
+
+// TestTapes runs each event type's request and each documented answer.
+func TestTapes(t *testing.T) {
+	delivered := want{outcome: destinations.Delivered, status: 200}
+	cases := []struct {
+		tape     string
+		settings map[string]any
+		events   func(t *testing.T) []event.Event
+		want     []want
+	}{
+		{
+			tape: "track",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					ev(t, `{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1","messageId":"m-track-1",`+ts+`,
+						"properties":{"revenue":19.99,"currency":"USD"},
+						"context":{"ip":"203.0.113.7","page":{"url":"https://shop.example/checkout"}}}`),
+					// A messageId too long for $insert_id is hashed.
+					ev(t, `{"type":"page","name":"Pricing","anonymousId":"a2","messageId":"ajs-next-1767323045678-0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e",`+ts+`,
+						"properties":{"path":"/pricing"}}`),
+					ev(t, `{"type":"screen","name":"Home","userId":"u3","messageId":"m-screen-1",`+ts+`,"context":{"os":{"name":"iOS"}}}`),
+				}
+			},
+			want: []want{delivered, delivered, delivered},
+		},
+		{
+			tape:     "service_account",
+			settings: map[string]any{"service_account_username": "", "project_id": "3141592", "region": "eu"},
+			events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			want:     []want{delivered},
+		},
+		{
+			tape: "partial",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{signedUp(t, "u1", "m-1"), signedUp(t, "u2", "m-2")}
+			},
+			want: []want{
+				{outcome: destinations.Delivered, status: 400},
+				{outcome: destinations.Rejected, status: 400, reason: "'properties.time' is invalid"},
+			},
+		},
+		{
+			tape:   "unauthorized",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
+		},
+		{
+			tape:   "rate_limited",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "Project exceeded rate limits"}},
+		},
+		{
+			tape:   "server_error",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			want:   []want{{outcome: destinations.Retryable, status: 503, reason: "HTTP 503 Service Unavailable"}},
+		},
+		{
+			tape:   "too_large",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			want:   []want{{outcome: destinations.Rejected, status: 413, reason: "request body too large"}},
+		},
+		{
+			tape:   "identify",
+			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
+			want:   []want{delivered},
+		},
+		{
+			// The 200 that means failure.
+			tape:   "identify_refused",
+			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
+			want:   []want{{outcome: destinations.Rejected, status: 200, reason: `refused the profile update: Invalid token "REDACTED"`}},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape, c.settings)
+			check(t, b.send(c.events(t)...), c.want...)
+		})
+	}
+}
+
+// TestWithoutRequest covers events decided in Transform.
+func TestWithoutRequest(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{"project_token": "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, payload string
+		outcome       destinations.Outcome
+		reason        string
+	}{
+		{"no user", `{"type":"track","event":"x","messageId":"m",` + ts + `}`, destinations.Rejected, "neither userId nor anonymousId"},
+		{"no event name", `{"type":"track","userId":"u","messageId":"m",` + ts + `}`, destinations.Rejected, "no event name"},
+		{"no timestamp", `{"type":"track","event":"x","userId":"u","messageId":"m"}`, destinations.Rejected, "no readable timestamp"},
+		{"anonymous identify", `{"type":"identify","messageId":"m","traits":{}}`, destinations.Rejected, "neither userId nor anonymousId"},
+		{"not JSON", `{"type":`, destinations.Rejected, "not valid JSON"},
+		{"alias", `{"type":"alias","userId":"u","previousId":"p","messageId":"m"}`, destinations.Unsupported, "not alias"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := event.Event{MessageID: "m", Type: event.Track, Payload: json.RawMessage(c.payload)}
+			if strings.Contains(c.payload, `"identify"`) {
+				e.Type = event.Identify
+			}
+			if strings.Contains(c.payload, `"alias"`) {
+				e.Type = event.Alias
+			}
+			p, err := d.Transform(context.Background(), []event.Event{e})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
+				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
+			}
+		})
+	}
+}
+
+// TestBatchLimits checks that Transform cuts what it is given at 2000
+// events, however many it receives.
+func TestBatchLimits(t *testing.T) {
+	valid, _ := Integration.Settings.Validate(map[string]any{"project_token": "tok"})
+	d, _ := New(destinations.Config{Settings: valid})
+	events := make([]event.Event, MaxBatchEvents+1)
+	for i := range events {
+		events[i] = signedUp(t, "u", "m")
+	}
+	p, err := d.Transform(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
+		t.Fatalf("got %d requests", len(p.Requests))
+	}
+	for _, r := range p.Requests {
+		if len(r.Body) > MaxBatchBytes {
+			t.Errorf("request of %d bytes", len(r.Body))
+		}
+	}
+}
+
+func TestInsertID(t *testing.T) {
+	cases := map[string]string{
+		"m-1":                                  "m-1",
+		"123e4567-e89b-12d3-a456-426614174000": "123e4567-e89b-12d3-a456-426614174000",
+		"ajs-next-1767323045678-0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e": "542178b4eb321081d12ec7b7b116d4cb",
+		"with space": InsertID("with space"),
+	}
+	for in, want := range cases {
+		got := InsertID(in)
+		if got != want || len(got) > 36 {
+			t.Errorf("InsertID(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if InsertID("with space") == "with space" {
+		t.Error("an id with a space must be hashed")
+	}
+}
+
+func TestSettings(t *testing.T) {
+	cases := []struct {
+		name     string
+		settings map[string]any
+		err      string
+	}{
+		{"token missing", map[string]any{}, "project_token: required"},
+		{"bad region", map[string]any{"project_token": "t", "region": "mars"}, "region: expected us, eu or in"},
+		{"half a service account", map[string]any{"project_token": "t", "service_account_username": "u"}, "set both or neither"},
+		{"service account without project", map[string]any{"project_token": "t", "service_account_username": "u", "service_account_secret": "s"}, "project_id: required"},
+		{"bad api_url", map[string]any{"project_token": "t", "api_url": "ftp://x"}, "api_url: expected an http or https URL"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			valid, err := Integration.Settings.Validate(c.settings)
+			if err == nil {
+				_, err = New(destinations.Config{Settings: valid})
+			}
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("got %v, want %q", err, c.err)
+			}
+		})
+	}
+}
