@@ -22,7 +22,7 @@ type CrashResult struct {
 
 func runCrash(ctx context.Context, e *env) (any, error) {
 	record := filepath.Join(e.opts.Dir, "received.jsonl")
-	sinkAddr, _, err := e.startSink("sink", "--record", record)
+	sinkAddr, sinkProc, err := e.startSink("sink", "--record", record)
 	if err != nil {
 		return nil, err
 	}
@@ -70,6 +70,7 @@ func runCrash(ctx context.Context, e *env) (any, error) {
 	}
 	res.Delivered, res.Duplicates = s.Unique, s.Duplicates
 	cur.stop()
+	sinkProc.stop() // flushes its record file
 	res.Lost, _, err = unaccounted(srv.dataDir, "sink", lr.ids, record)
 	if err != nil {
 		return nil, err

@@ -61,7 +61,7 @@ type Percentiles struct {
 
 func runNoisyNeighbor(ctx context.Context, e *env) (any, error) {
 	record := filepath.Join(e.opts.Dir, "shared-received.jsonl")
-	shared, _, err := e.startSink("shared", "--rate-limit", "200", "--rate-limit-key", "header:Fanout-Source",
+	shared, sharedProc, err := e.startSink("shared", "--rate-limit", "200", "--rate-limit-key", "header:Fanout-Source",
 		"--retry-after", "1s", "--record", record)
 	if err != nil {
 		return nil, err
@@ -160,6 +160,7 @@ func runNoisyNeighbor(ctx context.Context, e *env) (any, error) {
 	// Nothing lost: every acknowledged event reached the shared sink or is
 	// still queued in the store for it.
 	srv.stop()
+	sharedProc.stop() // flushes its record file
 	lost, pending, err := unaccounted(srv.dataDir, "shared", acked, record)
 	if err != nil {
 		return nil, err
