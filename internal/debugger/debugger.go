@@ -1,0 +1,244 @@
+// Package debugger keeps a live sample of each source's traffic: the last
+// Size events, each with what became of it at every destination so far,
+// and a feed of new events and outcome changes for subscribers (the admin
+// API's server-sent events and `fanout tail`).
+package debugger
+
+import (
+	"bytes"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/ingest"
+	"github.com/fanout/fanout/internal/router"
+	"github.com/fanout/fanout/internal/stats"
+)
+
+// Size is how many events the debugger keeps per source.
+const Size = 500
+
+// subscriberBuffer is how many updates a subscriber may fall behind before
+// updates to it are dropped: a slow client must never slow delivery.
+const subscriberBuffer = 256
+
+// The statuses of an event at one destination.
+const (
+	StatusPending     = "pending"
+	StatusFiltered    = "filtered"
+	StatusUnsupported = "unsupported"
+	StatusDelivered   = "delivered"
+	StatusRetrying    = "retrying"
+	StatusFailed      = "failed"
+	StatusArchived    = "archived"
+)
+
+// Outcome is what has become of an event at one destination so far.
+type Outcome struct {
+	Destination string `json:"destination"`
+	// Status is one of the Status constants.
+	Status   string    `json:"status"`
+	Attempts int       `json:"attempts"`
+	Reason   string    `json:"reason,omitempty"`
+	At       time.Time `json:"at,omitzero"`
+}
+
+// Event is one accepted event.
+type Event struct {
+	// Seq orders the events of a source.
+	Seq        uint64    `json:"seq"`
+	Source     string    `json:"source"`
+	MessageID  string    `json:"message_id"`
+	Type       string    `json:"type"`
+	ReceivedAt time.Time `json:"received_at"`
+	// Payload is the event as fanout stored it.
+	Payload      json.RawMessage `json:"payload"`
+	Destinations []Outcome       `json:"destinations"`
+}
+
+// Update is one item of a subscriber's feed.
+type Update struct {
+	// Kind is "event" for a new event, "outcome" when one of its
+	// destinations' outcomes changed.
+	Kind  string `json:"kind"`
+	Event Event  `json:"event"`
+}
+
+// Debugger is safe for concurrent use. Its hooks cost a mutex and a map
+// lookup per call, plus a copy per subscriber when someone watches.
+type Debugger struct {
+	router    *router.Router
+	redactors map[string]*stats.Redactor
+
+	mu      sync.Mutex
+	sources map[string]*ring
+}
+
+// ring is one source's last Size events.
+type ring struct {
+	events [Size]*Event
+	next   int
+	seq    uint64
+	byID   map[string]*Event
+	subs   map[chan Update]struct{}
+}
+
+// New returns a Debugger. r recomputes filtered and unsupported
+// destinations; redactors, by destination name, redact reasons.
+func New(r *router.Router, redactors map[string]*stats.Redactor) *Debugger {
+	return &Debugger{router: r, redactors: redactors, sources: map[string]*ring{}}
+}
+
+func (d *Debugger) ring(source string) *ring {
+	r := d.sources[source]
+	if r == nil {
+		r = &ring{byID: map[string]*Event{}, subs: map[chan Update]struct{}{}}
+		d.sources[source] = r
+	}
+	return r
+}
+
+// ObserveIngest adds a request's accepted events. It is a tracking API
+// Options.Observe hook.
+func (d *Debugger) ObserveIngest(rep ingest.Report) {
+	if len(rep.Accepted) == 0 {
+		return
+	}
+	// Built outside the lock: the copies are the expensive part.
+	evs := make([]*Event, len(rep.Accepted))
+	for i := range rep.Accepted {
+		e := &rep.Accepted[i]
+		dec := stats.Decide(d.router, e.Event.Source, e.Event.Type, e.Destinations, e.Event.Payload)
+		outs := make([]Outcome, 0, len(dec.To)+len(dec.Filtered)+len(dec.Unsupported))
+		for _, n := range dec.To {
+			outs = append(outs, Outcome{Destination: n, Status: StatusPending})
+		}
+		for _, n := range dec.Filtered {
+			outs = append(outs, Outcome{Destination: n, Status: StatusFiltered})
+		}
+		for _, n := range dec.Unsupported {
+			outs = append(outs, Outcome{Destination: n, Status: StatusUnsupported})
+		}
+		// The payload is carved from the request's arena: copy it, or one
+		// kept event would keep the whole request alive.
+		evs[i] = &Event{
+			Source: e.Event.Source, MessageID: e.Event.MessageID, Type: e.Event.Type,
+			ReceivedAt: e.Event.ReceivedAt, Payload: bytes.Clone(e.Event.Payload), Destinations: outs,
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.ring(rep.Source)
+	for _, ev := range evs {
+		r.seq++
+		ev.Seq = r.seq
+		if old := r.events[r.next]; old != nil && r.byID[old.MessageID] == old {
+			delete(r.byID, old.MessageID)
+		}
+		r.events[r.next] = ev
+		r.next = (r.next + 1) % Size
+		r.byID[ev.MessageID] = ev
+		r.publish("event", ev)
+	}
+}
+
+// Observe records a delivery attempt's outcome. It is the delivery
+// engine's Options.Observe hook.
+func (d *Debugger) Observe(rep delivery.Report) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	r := d.sources[rep.Queue.Source]
+	if r == nil {
+		return
+	}
+	ev := r.byID[rep.Job.Event.MessageID]
+	if ev == nil {
+		return
+	}
+	for i := range ev.Destinations {
+		o := &ev.Destinations[i]
+		if o.Destination != rep.Queue.Destination {
+			continue
+		}
+		o.Status = statusOf(rep.End)
+		o.Attempts = rep.Job.Attempts
+		o.At = rep.At
+		o.Reason = ""
+		if rep.End != delivery.EndDelivered {
+			o.Reason = d.redactors[rep.Queue.Destination].String(rep.Result.Reason)
+		}
+		r.publish("outcome", ev)
+		return
+	}
+}
+
+func statusOf(e delivery.End) string {
+	switch e {
+	case delivery.EndDelivered:
+		return StatusDelivered
+	case delivery.EndFailed:
+		return StatusFailed
+	case delivery.EndUnsupported:
+		return StatusUnsupported
+	case delivery.EndArchived:
+		return StatusArchived
+	}
+	return StatusRetrying
+}
+
+// publish sends a copy of ev to every subscriber that has room. d.mu is
+// held.
+func (r *ring) publish(kind string, ev *Event) {
+	if len(r.subs) == 0 {
+		return
+	}
+	u := Update{Kind: kind, Event: ev.copy()}
+	for ch := range r.subs {
+		select {
+		case ch <- u:
+		default: // the subscriber is behind; it misses this one
+		}
+	}
+}
+
+func (e *Event) copy() Event {
+	c := *e
+	c.Destinations = append([]Outcome(nil), e.Destinations...)
+	return c
+}
+
+// Events returns a copy of source's kept events, oldest first.
+func (d *Debugger) Events(source string) []Event {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := []Event{}
+	r := d.sources[source]
+	if r == nil {
+		return out
+	}
+	for i := range Size {
+		if ev := r.events[(r.next+i)%Size]; ev != nil {
+			out = append(out, ev.copy())
+		}
+	}
+	return out
+}
+
+// Subscribe returns a feed of source's new events and outcome changes,
+// and a function that ends it. Updates a subscriber is too slow to take
+// are dropped.
+func (d *Debugger) Subscribe(source string) (<-chan Update, func()) {
+	ch := make(chan Update, subscriberBuffer)
+	d.mu.Lock()
+	d.ring(source).subs[ch] = struct{}{}
+	d.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			d.mu.Lock()
+			delete(d.ring(source).subs, ch)
+			d.mu.Unlock()
+		})
+	}
+}

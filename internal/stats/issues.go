@@ -1,0 +1,217 @@
+package stats
+
+import (
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/delivery"
+)
+
+// Issue is one delivery issue: failed attempts of one (source, destination)
+// with the same status code and normalized reason.
+type Issue struct {
+	// ID numbers the group within its (source, destination).
+	ID          uint32 `json:"id"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	// Outcome is "rejected" (not retried) or "retryable".
+	Outcome string `json:"outcome"`
+	// Status is the HTTP status answered; 0 when there was no response.
+	Status int `json:"status"`
+	// Reason is the normalized reason: ids and numbers replaced.
+	Reason string `json:"reason"`
+	// Count is the failed attempts over the group's life; in a query's
+	// answer, those in the range.
+	Count     int64     `json:"count"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	// Samples are the first MaxSamples attempts of the group, secrets
+	// redacted.
+	Samples []Sample `json:"samples"`
+
+	dirty bool
+}
+
+func (is *Issue) key() string {
+	return is.Outcome + " " + strconv.Itoa(is.Status) + " " + is.Reason
+}
+
+// Sample is one failed attempt: what the client sent to fanout, the
+// request fanout sent the destination, and its response. Bodies are cut at
+// MaxSampleBody bytes. Secrets are redacted.
+type Sample struct {
+	At        time.Time `json:"at"`
+	MessageID string    `json:"message_id"`
+	Attempt   int       `json:"attempt"`
+	// Reason is the attempt's own reason, before normalization.
+	Reason string `json:"reason"`
+	// Event is the event as fanout stored it from the client's call.
+	Event    string          `json:"event"`
+	Request  *SampleRequest  `json:"request,omitempty"`
+	Response *SampleResponse `json:"response,omitempty"`
+}
+
+// SampleRequest is the request fanout sent.
+type SampleRequest struct {
+	Method string      `json:"method"`
+	URL    string      `json:"url"`
+	Header http.Header `json:"header"`
+	Body   string      `json:"body"`
+}
+
+// SampleResponse is the destination's response.
+type SampleResponse struct {
+	Status int         `json:"status"`
+	Header http.Header `json:"header"`
+	Body   string      `json:"body"`
+}
+
+// pairIssues are the issue groups of one (source, destination).
+type pairIssues struct {
+	byKey  map[string]*Issue
+	byID   map[uint32]*Issue
+	nextID uint32
+}
+
+func (s *Stats) pairIssues(p Pair) *pairIssues {
+	pi := s.issues[p]
+	if pi == nil {
+		pi = &pairIssues{byKey: map[string]*Issue{}, byID: map[uint32]*Issue{}, nextID: 1}
+		s.issues[p] = pi
+	}
+	return pi
+}
+
+func (pi *pairIssues) put(is *Issue) {
+	pi.byKey[is.key()] = is
+	pi.byID[is.ID] = is
+	pi.nextID = max(pi.nextID, is.ID+1)
+}
+
+// issue counts a failed attempt in its group. s.mu is held.
+func (s *Stats) issue(p Pair, r delivery.Report) {
+	red := s.opts.Redactors[p.Destination]
+	if red == nil {
+		red = s.opts.Fallback
+	}
+	outcome := "retryable"
+	if r.Result.Outcome == destinations.Rejected {
+		outcome = "rejected"
+	}
+	// The reason may quote the response body, which may echo a secret.
+	reason := red.String(Normalize(r.Result.Reason))
+	pi := s.pairIssues(p)
+	probe := Issue{Outcome: outcome, Status: r.Result.StatusCode, Reason: reason}
+	is := pi.byKey[probe.key()]
+	if is == nil {
+		if len(pi.byKey) >= MaxIssues-1 {
+			probe = Issue{Outcome: "mixed", Reason: overflowReason}
+			is = pi.byKey[probe.key()]
+		}
+		if is == nil {
+			is = &probe
+			is.ID, is.Source, is.Destination = pi.nextID, p.Source, p.Destination
+			is.FirstSeen = r.At
+			is.Samples = []Sample{}
+			pi.put(is)
+		}
+	}
+	is.Count++
+	is.LastSeen = r.At
+	is.dirty = true
+	if len(is.Samples) < MaxSamples {
+		is.Samples = append(is.Samples, sampleOf(r, red))
+	}
+	if b := s.bucket(p, minuteOf(r.At)); b != nil {
+		if b.issues == nil {
+			b.issues = map[uint32]int64{}
+		}
+		b.issues[is.ID]++
+		b.dirty = true
+	}
+}
+
+func sampleOf(r delivery.Report, red *Redactor) Sample {
+	sm := Sample{
+		At: r.At, MessageID: r.Job.Event.MessageID, Attempt: r.Job.Attempts,
+		Reason: red.String(r.Result.Reason),
+		Event:  red.String(cut(r.Job.Event.Payload)),
+	}
+	if q := r.Result.Request; q != nil {
+		method := q.Method
+		if method == "" {
+			method = http.MethodPost
+		}
+		sm.Request = &SampleRequest{Method: method, URL: red.URL(q.URL), Header: red.Header(q.Header), Body: red.String(cut(q.Body))}
+	}
+	if a := r.Result.Response; a != nil {
+		sm.Response = &SampleResponse{Status: a.StatusCode, Header: red.Header(a.Header), Body: red.String(cut(a.Body))}
+	}
+	return sm
+}
+
+// cut returns at most MaxSampleBody bytes of b as a string, cut on a rune
+// boundary and marked when cut.
+func cut(b []byte) string {
+	if len(b) <= MaxSampleBody {
+		return string(b)
+	}
+	n := MaxSampleBody
+	for n > 0 && !utf8.RuneStart(b[n]) {
+		n--
+	}
+	return string(b[:n]) + "...[cut]"
+}
+
+// Issues returns the issue groups with failures in f's range, the most
+// frequent first, each with its count in the range.
+func (s *Stats) Issues(f Filter) ([]Issue, error) {
+	counts := map[Pair]map[uint32]int64{}
+	err := s.scan(f, func(p Pair, _ int64, b *bucket) {
+		if len(b.issues) == 0 {
+			return
+		}
+		m := counts[p]
+		if m == nil {
+			m = map[uint32]int64{}
+			counts[p] = m
+		}
+		for id, n := range b.issues {
+			m[id] += n
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := []Issue{}
+	s.mu.Lock()
+	for p, m := range counts {
+		pi := s.issues[p]
+		if pi == nil {
+			continue
+		}
+		for id, n := range m {
+			is := pi.byID[id]
+			if is == nil {
+				continue
+			}
+			c := *is
+			c.Count = n
+			c.Samples = append([]Sample(nil), is.Samples...)
+			out = append(out, c)
+		}
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		a, b := &out[i], &out[j]
+		if a.Count != b.Count {
+			return a.Count > b.Count
+		}
+		return a.LastSeen.After(b.LastSeen)
+	})
+	return out, nil
+}
