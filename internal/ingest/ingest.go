@@ -209,8 +209,8 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		return nil, err
 	}
 	body := trimSpace(buf.Bytes())
-	if !json.Valid(body) {
-		return nil, syntaxError(body)
+	if err := validate(body); err != nil {
+		return nil, badRequest("expected a JSON object, found invalid JSON: %v", err)
 	}
 	if !utf8.Valid(body) {
 		return nil, badRequest("expected UTF-8 text, found invalid UTF-8 in the body")
@@ -221,13 +221,12 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		p.clear()
 		parserPool.Put(p)
 	}()
-	var ok bool
-	p.mem, ok = members(body, p.mem[:0])
-	if !ok {
+	if body[0] != '{' {
 		return nil, badRequest("expected a JSON object, found %s", describe(body))
 	}
+	p.scan(body, typ == "")
 	if *source == "" {
-		name, err := h.bodyKey(p.mem)
+		name, err := h.bodyKey(p.top)
 		if err != nil {
 			return nil, err
 		}
@@ -255,14 +254,14 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 }
 
 // events parses the events of a body already checked to be a JSON object
-// whose members are in p.mem. typ is the call type of a single call, "" for
+// whose members are in p.top (and for a batch, its events' in p.spans). typ is the call type of a single call, "" for
 // a batch.
 func (h *Handler) events(p *parser, typ, source string, body []byte) ([]jobstore.Entry, []Rejection, *requestError) {
 	if typ == "" {
 		return h.batch(p, source, body)
 	}
 	p.reset(source, h.router, h.now(), 1, len(body), nil)
-	e, reason := p.event(body, typ, nil)
+	e, reason := p.event(body, p.top, typ, nil)
 	if reason != "" {
 		return nil, nil, badRequest("%s", reason)
 	}
@@ -273,7 +272,7 @@ func (h *Handler) events(p *parser, typ, source string, body []byte) ([]jobstore
 func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry, []Rejection, *requestError) {
 	var b batchDefaults
 	var list []byte
-	for _, m := range p.mem {
+	for _, m := range p.top {
 		// The last of repeated names wins, as for events.
 		switch string(m.name) {
 		case "batch":
@@ -306,10 +305,9 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 		b.sentAtTime = t
 	}
 
-	// The batch's elements are counted on the parser's scratch space
-	// before any event is built, so an oversized batch costs no arena.
-	p.elems, _ = elements(list, p.elems[:0])
-	elems := p.elems
+	// The batch's elements were found with the top-level members, so an
+	// oversized batch is refused before any event is built.
+	elems := p.spans
 	if len(elems) == 0 {
 		return nil, nil, badRequest("expected batch to hold at least one event, found an empty array")
 	}
@@ -320,8 +318,12 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 	p.reset(source, h.router, h.now(), len(elems), len(body), &b)
 	entries := make([]jobstore.Entry, 0, len(elems))
 	var rejected []Rejection
-	for i, raw := range elems {
-		e, reason := p.event(raw, "", &b)
+	for i, el := range elems {
+		if !el.object {
+			rejected = append(rejected, Rejection{Index: i, Reason: "expected an event object, found " + describe(el.raw)})
+			continue
+		}
+		e, reason := p.event(el.raw, p.flat[el.lo:el.hi], "", &b)
 		if reason != "" {
 			rejected = append(rejected, Rejection{Index: i, Reason: reason})
 			continue
@@ -459,18 +461,6 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
 	return n, err
-}
-
-// syntaxError describes why body is not JSON. It decodes again, with
-// encoding/json, only to get an error that says where.
-func syntaxError(body []byte) *requestError {
-	var v json.RawMessage
-	err := json.Unmarshal(body, &v)
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		return badRequest("expected a JSON object, found invalid JSON at byte %d: %v", se.Offset, err)
-	}
-	return badRequest("expected a JSON object, found invalid JSON: %v", err)
 }
 
 // storeFailed turns an Append error into a 503: the client keeps the events

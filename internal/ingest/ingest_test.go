@@ -204,7 +204,7 @@ func TestRejected(t *testing.T) {
 
 		// the body
 		{"invalid JSON", request{path: "/v1/track", key: webKey, body: `{"userId":"u1",}`}, 400,
-			"expected a JSON object, found invalid JSON at byte 16: invalid character '}' looking for beginning of object key string"},
+			"expected a JSON object, found invalid JSON: at byte 16: found '}', expected a member name in double quotes"},
 		{"truncated JSON", request{path: "/v1/track", key: webKey, body: `{"userId":"u1"`}, 400,
 			"expected a JSON object, found invalid JSON"},
 		{"array body", request{path: "/v1/track", key: webKey, body: `[` + track("") + `]`}, 400, "expected a JSON object, found an array"},

@@ -6,11 +6,11 @@ import (
 	"unicode/utf8"
 )
 
-// This file walks JSON that json.Valid has already accepted. The tracking API
+// This file walks JSON that validate has already accepted. The tracking API
 // must keep every value a client sent byte for byte (a 19-digit userId must
 // not become a float64), and it sees tens of thousands of events a second, so
 // it neither decodes events into maps nor re-marshals them: it validates the
-// whole body once with json.Valid, then finds the top-level members of each
+// whole body once with validate, then finds the top-level members of each
 // object with the small scanner below, which can be simple because its input
 // is known to be well formed.
 
@@ -33,9 +33,16 @@ func members(b []byte, dst []member) (_ []member, ok bool) {
 	if len(b) < 2 || b[0] != '{' {
 		return dst, false
 	}
-	i := skipSpace(b, 1)
+	dst, _ = membersAt(b, 0, dst)
+	return dst, true
+}
+
+// membersAt appends the members of the object starting at b[i] (valid JSON)
+// to dst and returns the index just past it.
+func membersAt(b []byte, i int, dst []member) (_ []member, end int) {
+	i = skipSpace(b, i+1)
 	if b[i] == '}' {
-		return dst, true
+		return dst, i + 1
 	}
 	for {
 		// b[i] is the opening quote of a name.
@@ -50,28 +57,80 @@ func members(b []byte, dst []member) (_ []member, ok bool) {
 		dst = append(dst, m)
 		i = skipSpace(b, end)
 		if b[i] == '}' {
-			return dst, true
+			return dst, i + 1
 		}
 		i = skipSpace(b, i+1) // the comma
 	}
 }
 
-// elements appends the elements of the JSON array b to dst, with the same
-// preconditions as members.
-func elements(b []byte, dst [][]byte) (_ [][]byte, ok bool) {
-	if len(b) < 2 || b[0] != '[' {
-		return dst, false
-	}
+// span is one element of a batch: its raw bytes and, for an object, the
+// range of its members in the flat member list batchMembers fills.
+type span struct {
+	raw    []byte
+	lo, hi int
+	object bool
+}
+
+// batchMembers walks the top-level object b (valid JSON, no surrounding
+// whitespace, an object) once. It returns its members in top, and for the
+// last "batch" member that is an array, each element in spans with the
+// members of object elements in flat. One pass over the body instead of one
+// per level matters: the body is most of what a request costs to parse.
+func batchMembers(b []byte, top []member, spans []span, flat []member) ([]member, []span, []member) {
 	i := skipSpace(b, 1)
-	if b[i] == ']' {
-		return dst, true
+	if b[i] == '}' {
+		return top, spans, flat
 	}
 	for {
-		end := skipValue(b, i)
-		dst = append(dst, b[i:end])
+		end := skipString(b, i)
+		var m member
+		m.rawName = b[i:end]
+		m.name = decodeName(m.rawName)
+		i = skipSpace(b, end)
+		i = skipSpace(b, i+1) // the colon
+		if m.is("batch") && b[i] == '[' {
+			spans, flat = spans[:0], flat[:0] // the last "batch" counts
+			end = elementsAt(b, i, func(start, end int) {
+				spans = append(spans, span{raw: b[start:end]})
+			}, func(start int) int {
+				lo := len(flat)
+				var e int
+				flat, e = membersAt(b, start, flat)
+				spans = append(spans, span{raw: b[start:e], lo: lo, hi: len(flat), object: true})
+				return e
+			})
+		} else {
+			end = skipValue(b, i)
+		}
+		m.value = b[i:end]
+		top = append(top, m)
+		i = skipSpace(b, end)
+		if b[i] == '}' {
+			return top, spans, flat
+		}
+		i = skipSpace(b, i+1) // the comma
+	}
+}
+
+// elementsAt walks the array starting at b[i] (valid JSON): it hands each
+// object element's start to object, which returns its end, and every other
+// element to other. It returns the index just past the array.
+func elementsAt(b []byte, i int, other func(start, end int), object func(start int) int) int {
+	i = skipSpace(b, i+1)
+	if b[i] == ']' {
+		return i + 1
+	}
+	for {
+		var end int
+		if b[i] == '{' {
+			end = object(i)
+		} else {
+			end = skipValue(b, i)
+			other(i, end)
+		}
 		i = skipSpace(b, end)
 		if b[i] == ']' {
-			return dst, true
+			return i + 1
 		}
 		i = skipSpace(b, i+1)
 	}
@@ -89,23 +148,29 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// skipString returns the index just past the string starting at b[i].
+// plain marks the bytes a string scan steps over: all but the quote and the
+// backslash (control characters cannot occur in validated input).
+var plain = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// skipString returns the index just past the string starting at b[i]. A
+// table-driven byte loop beats bytes.IndexByte on the short strings events
+// are made of, and scanning forward over each escape needs no look-back for
+// backslashes.
 func skipString(b []byte, i int) int {
 	i++
 	for {
-		// IndexAny would also work; this loop stays in the fast path of
-		// the common unescaped string.
-		j := bytes.IndexByte(b[i:], '"')
-		i += j
-		// Count the backslashes before the quote: an odd number escapes it.
-		n := 0
-		for k := i - 1; b[k] == '\\'; k-- {
-			n++
+		for plain[b[i]] {
+			i++
 		}
-		i++
-		if n%2 == 0 {
-			return i
+		if b[i] == '"' {
+			return i + 1
 		}
+		i += 2 // a backslash and the character it escapes
 	}
 }
 

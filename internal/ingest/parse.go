@@ -63,8 +63,10 @@ type parser struct {
 	// want is how many events the request holds, to size rnd.
 	want int
 
-	elems  [][]byte // the elements of a batch
-	mem    []member // the event's members
+	top    []member // the body's members
+	spans  []span   // a batch's elements
+	flat   []member // the members of a batch's events, by span
+	mem    []member // the members of the event being built
 	nested []member // the members of its context or integrations
 
 	// The last routing decision, reused while consecutive events of a
@@ -96,6 +98,16 @@ func (p *parser) reset(source string, r *router.Router, now time.Time, want, bod
 	p.out = make([]byte, 0, bodyLen+want*per)
 }
 
+// scan finds the top-level members of body, a JSON object: the event of a
+// single call, or the batch's, with its events' found in the same pass.
+func (p *parser) scan(body []byte, batch bool) {
+	if batch {
+		p.top, p.spans, p.flat = batchMembers(body, p.top[:0], p.spans[:0], p.flat[:0])
+		return
+	}
+	p.top, _ = members(body, p.top[:0])
+}
+
 // clear drops references into the request so the pooled parser does not keep
 // a body or an arena alive.
 func (p *parser) clear() {
@@ -103,8 +115,10 @@ func (p *parser) clear() {
 	p.router = nil
 	p.lastDecision = router.Decision{}
 	p.lastIntegrations = nil
-	clear(p.elems[:cap(p.elems)])
-	clear(p.mem[:cap(p.mem)])
+	p.mem = nil
+	clear(p.top[:cap(p.top)])
+	clear(p.spans[:cap(p.spans)])
+	clear(p.flat[:cap(p.flat)])
 	clear(p.nested[:cap(p.nested)])
 }
 
@@ -117,19 +131,16 @@ type fields struct {
 	originalTimestamp                                    int
 }
 
-// event validates one event object and builds its store entry. typ is the
-// call type from the path, or "" in a batch, where the event names its own.
+// event validates one event object, raw with its members mem, and builds its
+// store entry. typ is the call type from the path, or "" in a batch, where
+// the event names its own.
 // b is nil for a single call. On failure it returns the reason, which says
 // what was expected and what was found.
-func (p *parser) event(raw []byte, typ string, b *batchDefaults) (jobstore.Entry, string) {
+func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (jobstore.Entry, string) {
 	if len(raw) > MaxEventBytes {
 		return jobstore.Entry{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
 	}
-	var ok bool
-	p.mem, ok = members(raw, p.mem[:0])
-	if !ok {
-		return jobstore.Entry{}, "expected an event object, found " + describe(raw)
-	}
+	p.mem = mem
 	f := fields{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1}
 	for i := range p.mem {
 		switch string(p.mem[i].name) {
