@@ -6,6 +6,7 @@ package registry
 
 import (
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
 	"github.com/fanout/fanout/destinations/webhook"
 )
@@ -14,6 +15,7 @@ import (
 var integrations = []*destinations.Integration{
 	webhook.Integration,
 	mixpanel.Integration,
+	marketo.Integration,
 }
 
 // All returns every integration keyed by its type name. Each call returns a

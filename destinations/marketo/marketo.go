@@ -1,0 +1,510 @@
+// Package marketo upserts leads in Adobe Marketo Engage from identify calls,
+// through the REST API.
+//
+// The formats come from Marketo's public developer documentation:
+//
+//   - Authentication,
+//     https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/authentication
+//     (client credentials at <instance>/identity/oauth/token, the token's
+//     expires_in, the Authorization: Bearer header);
+//   - Leads, https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/lead-database/leads
+//     (POST /rest/v1/leads.json with action, lookupField, input; at most
+//     300 records per call);
+//   - Error Codes,
+//     https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/error-codes
+//     (HTTP-, response- and record-level errors; 1 MB request limit).
+//
+// The tapes in testdata/ were written by hand from the request and response
+// examples of those pages, since the live API cannot be reached from where
+// this integration was written; re-record them with credentials (see
+// destinations/README.md) when you have them.
+//
+// # Requests
+//
+// Identify calls are batched, up to 300 leads and 1 MB, into
+//
+//	POST <base_url>/rest/v1/leads.json
+//	{"action": "createOrUpdate", "lookupField": "email", "input": [{...}, ...]}
+//
+// Each lead carries the standard fields the trait helpers read (email,
+// firstName, lastName, phone, company, title, website, address, city,
+// state, postalCode, country, dateOfBirth) and the traits that the `fields`
+// setting maps to Marketo fields. Other traits are left out: Marketo skips
+// a whole lead that names a field it does not have (code 1006).
+//
+// The access token comes from the identity endpoint and is cached until a
+// minute before it expires; a 601 or 602 answer drops it so that the retry
+// fetches a new one. Marketo has no idempotency key for leads, but an
+// upsert by email is idempotent: a retried batch updates the same leads.
+//
+// # Outcomes
+//
+// Marketo answers almost every failure with HTTP 200:
+//
+//   - "success": false with "errors" [{code, message}] fails the whole
+//     request. 601/602 (token invalid or expired), 604 (timeout), 606 (rate
+//     limit, 100 calls per 20 s: retried after 20 s), 607 (daily quota:
+//     retried after midnight US Central, when it resets), 608, 611, 615
+//     (more than 10 concurrent calls) and 713 are retried; the others, such
+//     as 603 (access denied) or 609 (invalid JSON), are rejected with the
+//     code and message.
+//   - "success": true with one "result" entry per lead, in input order:
+//     "created" or "updated" is delivered; "skipped" is rejected with its
+//     "reasons" (1003 invalid data, 1004 lead not found, 1006 field not
+//     found, 1007 several leads match, ...), except for the few reasons
+//     that pass with time (1016, 1019, 1029), which are retried.
+//
+// A failure to get a token rejects every event when the identity endpoint
+// refuses the client id and secret (HTTP 401), and retries them otherwise.
+package marketo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/plan"
+	"github.com/fanout/fanout/destinations/traits"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// The documented limits of a leads call.
+const (
+	MaxBatchEvents = 300
+	MaxBatchBytes  = 1 << 20
+)
+
+// Integration is the Marketo integration.
+var Integration = &destinations.Integration{
+	Type: "marketo",
+	Settings: destinations.Schema{
+		{
+			Name:        "base_url",
+			Type:        destinations.String,
+			Required:    true,
+			Description: "The instance's REST endpoint without /rest, such as https://123-ABC-456.mktorest.com (Admin > Integration > Web Services).",
+		},
+		{
+			Name:        "client_id",
+			Type:        destinations.String,
+			Required:    true,
+			Description: "Client ID of the LaunchPoint custom service (Admin > Integration > LaunchPoint > View Details).",
+		},
+		{
+			Name:        "client_secret",
+			Type:        destinations.String,
+			Required:    true,
+			Secret:      true,
+			Description: "Client Secret of the same custom service. Its API-only user needs the Read-Write Lead permission.",
+		},
+		{
+			Name:        "lookup_field",
+			Type:        destinations.String,
+			Default:     "email",
+			Description: "The lead field Marketo deduplicates on. Leads without a value for it are rejected without a request.",
+		},
+		{
+			Name:        "fields",
+			Type:        destinations.StringMap,
+			Description: "Maps trait names to Marketo field API names, for custom fields: {plan: planTier}. The field must exist in Marketo.",
+		},
+		{
+			Name:        "partition_name",
+			Type:        destinations.String,
+			Description: "The lead partition new leads go to. Empty: the default partition.",
+		},
+	},
+	EventTypes: []string{event.Identify},
+	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
+	New:        New,
+}
+
+// destination is one configured Marketo instance.
+type destination struct {
+	base        string
+	clientID    string
+	secret      string
+	lookupField string
+	fields      map[string]string
+	partition   string
+	client      *http.Client
+	now         func() time.Time
+
+	mu      sync.Mutex
+	token   string
+	expires time.Time
+}
+
+var _ destinations.Destination = (*destination)(nil)
+
+// New builds a Marketo destination from validated settings.
+func New(cfg destinations.Config) (destinations.Destination, error) {
+	return newDestination(cfg, time.Now)
+}
+
+func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
+	s := cfg.Settings
+	str := func(k string) string { v, _ := s[k].(string); return v }
+	d := &destination{
+		base:        strings.TrimRight(str("base_url"), "/"),
+		clientID:    str("client_id"),
+		secret:      str("client_secret"),
+		lookupField: str("lookup_field"),
+		partition:   str("partition_name"),
+		client:      cfg.Client,
+		now:         now,
+	}
+	d.fields, _ = s["fields"].(map[string]string)
+	if u, err := url.Parse(d.base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("base_url: expected the instance's https URL, such as https://123-ABC-456.mktorest.com, found %q", d.base)
+	}
+	d.base = strings.TrimSuffix(d.base, "/rest")
+	if d.lookupField == "" {
+		d.lookupField = "email"
+	}
+	if d.client == nil {
+		d.client = http.DefaultClient
+	}
+	return d, nil
+}
+
+// lead builds the Marketo lead of an identify call.
+func (d *destination) lead(m map[string]any) map[string]any {
+	lead := map[string]any{}
+	put := func(k, v string) {
+		if v != "" {
+			lead[k] = v
+		}
+	}
+	put("email", traits.Email(m))
+	put("firstName", traits.FirstName(m))
+	put("lastName", traits.LastName(m))
+	put("phone", traits.Phone(m))
+	put("company", traits.Company(m))
+	put("title", traits.Title(m))
+	put("website", traits.Website(m))
+	a := traits.Address(m)
+	put("address", a.Street)
+	put("city", a.City)
+	put("state", a.State)
+	put("postalCode", a.PostalCode)
+	put("country", a.Country)
+	if b, ok := traits.Birthday(m); ok {
+		lead["dateOfBirth"] = b.Format("2006-01-02")
+	}
+	t := traits.Traits(m)
+	for trait, field := range d.fields {
+		if v, ok := t[trait]; ok && v != nil {
+			lead[field] = v
+		}
+	}
+	return lead
+}
+
+// syncRequest is the body of a leads call.
+type syncRequest struct {
+	Action        string            `json:"action"`
+	LookupField   string            `json:"lookupField"`
+	PartitionName string            `json:"partitionName,omitempty"`
+	Input         []json.RawMessage `json:"input"`
+}
+
+// Transform batches identify calls into leads calls, fetching an access
+// token first when the cached one is missing or about to expire.
+func (d *destination) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
+	var b plan.Builder
+	var items []plan.Item
+	for i := range events {
+		if events[i].Type != event.Identify {
+			b.Unsupported(i, "Marketo takes identify calls only, not "+events[i].Type)
+			continue
+		}
+		m, err := events[i].Fields()
+		if err != nil {
+			b.Reject(i, "the event is not valid JSON: "+err.Error())
+			continue
+		}
+		lead := d.lead(m)
+		if _, ok := lead[d.lookupField]; !ok {
+			b.Reject(i, fmt.Sprintf("the lead has no %s, the lookup_field Marketo deduplicates leads on", d.lookupField))
+			continue
+		}
+		body, err := json.Marshal(lead)
+		if err != nil {
+			b.Reject(i, "the lead cannot be encoded: "+err.Error())
+			continue
+		}
+		items = append(items, plan.Item{Event: i, Body: body})
+	}
+	if len(items) == 0 {
+		return b.Plan, nil
+	}
+
+	token, rejected, err := d.accessToken(ctx)
+	if err != nil {
+		for _, it := range items {
+			if rejected {
+				b.Reject(it.Event, err.Error())
+			} else {
+				b.Retry(it.Event, err.Error())
+			}
+		}
+		return b.Plan, nil
+	}
+	auth := "Bearer " + token
+	const envelope = 128 // the action, lookupField and partitionName around input
+	for _, run := range plan.Batches(items, MaxBatchEvents, MaxBatchBytes, 1, envelope+len(d.partition)) {
+		req := syncRequest{Action: "createOrUpdate", LookupField: d.lookupField, PartitionName: d.partition}
+		idx := make([]int, len(run))
+		for j, it := range run {
+			req.Input = append(req.Input, it.Body)
+			idx[j] = it.Event
+		}
+		body, err := json.Marshal(req)
+		if err != nil {
+			return destinations.Plan{}, err
+		}
+		b.Add(&destinations.Request{
+			Method: http.MethodPost,
+			URL:    d.base + "/rest/v1/leads.json",
+			Header: http.Header{"Content-Type": {"application/json"}, "Authorization": {auth}},
+			Body:   body,
+			Events: idx,
+		})
+	}
+	return b.Plan, nil
+}
+
+// tokenAnswer is the identity endpoint's answer.
+type tokenAnswer struct {
+	AccessToken      string `json:"access_token"`
+	ExpiresIn        int    `json:"expires_in"`
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+}
+
+// accessToken returns a valid access token, fetching one when needed.
+// rejected reports that the identity endpoint refused the credentials,
+// which no retry fixes.
+func (d *destination) accessToken(ctx context.Context) (token string, rejected bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	if d.token != "" && now.Before(d.expires) {
+		return d.token, false, nil
+	}
+	q := url.Values{
+		"grant_type":    {"client_credentials"},
+		"client_id":     {d.clientID},
+		"client_secret": {d.secret},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.base+"/identity/oauth/token?"+q.Encode(), nil)
+	if err != nil {
+		return "", true, fmt.Errorf("base_url: cannot build the token request: %w", err)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		// Not err itself: its URL holds the client secret.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return "", false, fmt.Errorf("Marketo identity endpoint: %v", err)
+	}
+	defer resp.Body.Close()
+	var a tokenAnswer
+	// A read error leaves a short body, which then fails to parse: the
+	// status code decides.
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
+	_ = json.Unmarshal(body, &a)
+	switch {
+	case resp.StatusCode == http.StatusOK && a.AccessToken != "":
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusBadRequest:
+		msg := a.ErrorDescription
+		if msg == "" {
+			msg = destinations.Snippet(body, 200)
+		}
+		return "", true, fmt.Errorf("Marketo refused client_id and client_secret (HTTP %d: %s): copy them again from Admin > Integration > LaunchPoint > View Details, and check base_url is this instance's",
+			resp.StatusCode, msg)
+	case destinations.RetryableStatus(resp.StatusCode):
+		return "", false, fmt.Errorf("Marketo identity endpoint: %s", destinations.StatusReason(resp.StatusCode, body))
+	default:
+		return "", true, fmt.Errorf("Marketo identity endpoint gave no token: %s", destinations.StatusReason(resp.StatusCode, body))
+	}
+	d.token = a.AccessToken
+	// A minute's margin, so that a token does not expire between
+	// Transform and the request.
+	d.expires = now.Add(time.Duration(a.ExpiresIn)*time.Second - time.Minute)
+	return d.token, false, nil
+}
+
+// dropToken forgets the cached token if it is the one auth carried, so
+// that the next Transform fetches another; a newer token stays.
+func (d *destination) dropToken(auth string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.token != "" && auth == "Bearer "+d.token {
+		d.token = ""
+	}
+}
+
+// answer is the body of a REST API response.
+type answer struct {
+	RequestID string      `json:"requestId"`
+	Success   *bool       `json:"success"`
+	Errors    []codedText `json:"errors"`
+	Result    []struct {
+		ID      json.Number `json:"id"`
+		Seq     *int        `json:"seq"`
+		Status  string      `json:"status"`
+		Reasons []codedText `json:"reasons"`
+	} `json:"result"`
+}
+
+// codedText is an error or a reason: Marketo quotes its codes ("601").
+type codedText struct {
+	Code    json.Number `json:"code"`
+	Message string      `json:"message"`
+}
+
+func (c codedText) String() string { return string(c.Code) + " " + c.Message }
+
+// Classify reads a leads call's answer (see the package doc).
+func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
+	n := len(req.Events)
+	if resp.StatusCode != http.StatusOK {
+		return fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
+	}
+	var a answer
+	if err := json.Unmarshal(resp.Body, &a); err != nil || a.Success == nil {
+		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
+			Reason: "Marketo answered 200 with a body that is not its JSON envelope: " + destinations.Snippet(resp.Body, 200)})
+	}
+	if !*a.Success {
+		var e codedText
+		if len(a.Errors) > 0 {
+			e = a.Errors[0]
+		}
+		r := d.requestError(e, req, resp.ReceivedAt)
+		r.StatusCode = resp.StatusCode
+		return fill(n, r)
+	}
+	if len(a.Result) != n {
+		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
+			Reason: fmt.Sprintf("Marketo answered %d results for %d leads, so the outcome of each is unknown", len(a.Result), n)})
+	}
+	out := make([]destinations.Result, n)
+	for j, rec := range a.Result {
+		k := j
+		if rec.Seq != nil && *rec.Seq >= 0 && *rec.Seq < n {
+			k = *rec.Seq
+		}
+		out[k] = recordResult(rec.Status, rec.Reasons)
+		out[k].StatusCode = resp.StatusCode
+	}
+	for i := range out {
+		if out[i].Outcome == 0 {
+			// Two results claimed one seq: the other lead's fate is unknown.
+			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
+				Reason: "Marketo's answer has no result for this lead"}
+		}
+	}
+	return out
+}
+
+func fill(n int, r destinations.Result) []destinations.Result {
+	out := make([]destinations.Result, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
+// central is US Central Standard Time, when Marketo's daily quota resets.
+var central = time.FixedZone("CST", -6*60*60)
+
+// requestError classifies a response-level error, which fails the whole
+// request.
+func (d *destination) requestError(e codedText, req *destinations.Request, now time.Time) destinations.Result {
+	reason := "Marketo refused the request: " + e.String()
+	retry := func(after time.Duration, hint string) destinations.Result {
+		return destinations.Result{Outcome: destinations.Retryable, Reason: reason + hint, RetryAfter: after}
+	}
+	switch e.Code {
+	case "601", "602":
+		d.dropToken(req.Header.Get("Authorization"))
+		return retry(0, "; a new access token is fetched for the retry")
+	case "606":
+		// The window is 20 seconds: waiting it out is enough.
+		return retry(20*time.Second, "")
+	case "607":
+		n := now.In(central)
+		midnight := time.Date(n.Year(), n.Month(), n.Day()+1, 0, 0, 0, 0, central)
+		return retry(midnight.Sub(n), "; the daily quota resets at midnight US Central")
+	case "615":
+		return retry(0, "; another integration of this instance is also calling the API (10 calls at once at most)")
+	case "502", "604", "608", "611", "713":
+		return retry(0, "")
+	case "603":
+		return destinations.Result{Outcome: destinations.Rejected,
+			Reason: reason + ": the custom service's API-only user needs a role with the Read-Write Lead permission"}
+	case "":
+		return destinations.Result{Outcome: destinations.Retryable,
+			Reason: "Marketo answered success: false without an error code"}
+	}
+	return destinations.Result{Outcome: destinations.Rejected, Reason: reason}
+}
+
+// recordResult classifies one lead's entry of a successful call.
+func recordResult(status string, reasons []codedText) destinations.Result {
+	switch status {
+	case "created", "updated":
+		return destinations.Result{Outcome: destinations.Delivered}
+	}
+	parts := make([]string, len(reasons))
+	retry := len(reasons) > 0
+	for i, r := range reasons {
+		parts[i] = r.String()
+		switch r.Code {
+		case "1016", "1019", "1029": // too many imports, import in progress, queue full
+		default:
+			retry = false
+		}
+	}
+	reason := fmt.Sprintf("Marketo %s the lead", status)
+	if len(parts) > 0 {
+		reason += ": " + strings.Join(parts, "; ")
+	}
+	if hint := hints[firstCode(reasons)]; hint != "" {
+		reason += " (" + hint + ")"
+	}
+	if retry {
+		return destinations.Result{Outcome: destinations.Retryable, Reason: reason}
+	}
+	return destinations.Result{Outcome: destinations.Rejected, Reason: reason}
+}
+
+func firstCode(reasons []codedText) json.Number {
+	if len(reasons) == 0 {
+		return ""
+	}
+	return reasons[0].Code
+}
+
+// hints say what to do about the commonest record-level reasons.
+var hints = map[json.Number]string{
+	"1003": "a value is not valid for its Marketo field: check the trait's type and format",
+	"1004": "no lead matches the lookup field",
+	"1005": "the lead already exists",
+	"1006": "a field in the `fields` setting does not exist in Marketo: create it, or fix the mapping",
+	"1007": "several leads share this lookup value in Marketo: merge them, or choose another lookup_field",
+	"1008": "the API-only user has no access to the partition: check partition_name",
+}

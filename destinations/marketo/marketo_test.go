@@ -1,0 +1,241 @@
+package marketo
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// now is the tests' clock: 2026-01-02 03:04:05 UTC, 21:04:05 US Central
+// the day before.
+var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// bundle is what a Marketo test needs.
+type bundle struct {
+	tape   *tape.Tape
+	dest   *destination
+	sender *destinations.Sender
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose
+// credentials and instance come from the tape (MARKETO_CLIENT_ID,
+// MARKETO_CLIENT_SECRET and MARKETO_BASE_URL when recording).
+func setup(t *testing.T, name string, extra map[string]any) *bundle {
+	t.Helper()
+	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+	settings := map[string]any{
+		"base_url":      tp.Var("MARKETO_BASE_URL", "https://123-ABC-456.mktorest.com"),
+		"client_id":     tp.Secret("MARKETO_CLIENT_ID"),
+		"client_secret": tp.Secret("MARKETO_CLIENT_SECRET"),
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := newDestination(destinations.Config{Name: "mkto", Settings: valid, Client: tp.Client()},
+		func() time.Time { return now })
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		tape: tp,
+		dest: d,
+		sender: &destinations.Sender{
+			Client: tp.Client(),
+			Name:   "mkto",
+			Now:    func() time.Time { return now },
+		},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// identify builds an identify call with traits.
+func identify(t *testing.T, id, traitsJSON string) event.Event {
+	t.Helper()
+	payload := `{"type":"identify","userId":"u-` + id + `","messageId":"` + id + `","timestamp":"2026-01-02T03:00:00Z","traits":` + traitsJSON + `}`
+	if !json.Valid([]byte(payload)) {
+		t.Fatalf("bad test payload %s", payload)
+	}
+	return event.Event{Source: "crm", MessageID: id, Type: event.Identify, Payload: json.RawMessage(payload)}
+}
+
+func ada(t *testing.T) event.Event {
+	return identify(t, "m1", `{"email":"ada@example.com","name":"Ada Lovelace"}`)
+}
+
+type want struct {
+	outcome    destinations.Outcome
+	reason     string
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
+				i, g.Outcome, g.Reason, g.RetryAfter, w.outcome, w.reason, w.retryAfter)
+		}
+	}
+}
+
+var delivered = want{outcome: destinations.Delivered}
+
+func TestIdentify(t *testing.T) {
+	b := setup(t, "identify", map[string]any{
+		"fields":         map[string]any{"plan": "planTier"},
+		"partition_name": "EMEA",
+	})
+	// Every standard field, from snake_case, camelCase and nested traits,
+	// and a custom field through the `fields` mapping; unmapped traits
+	// (favorite_color) stay out of the lead.
+	first := identify(t, "m1", `{"email":"ada@example.com","first_name":"Ada","lastName":"Lovelace",
+		"phone":"+44 20 7946 0000","company":{"name":"Analytical Engines"},"title":"CTO","website":"https://ada.dev",
+		"address":{"street":"12 St James's Square","city":"London","postal_code":"SW1Y 4JH","country":"GB"},
+		"birthday":"1815-12-10","plan":"pro","favorite_color":"green"}`)
+	second := identify(t, "m2", `{"email":"grace@example.com","name":"Grace Hopper"}`)
+	check(t, b.send(first, second), delivered, delivered)
+	// The cached token serves the next batch: the tape has no second
+	// token request.
+	check(t, b.send(ada(t)), delivered)
+}
+
+func TestTapes(t *testing.T) {
+	cases := []struct {
+		tape string
+		want want
+	}{
+		// Auth failure at the identity endpoint: no leads call is made.
+		{"bad_credentials", want{outcome: destinations.Rejected,
+			reason: "Marketo refused client_id and client_secret (HTTP 401: Bad client credentials): copy them again from Admin > Integration > LaunchPoint"}},
+		{"access_denied", want{outcome: destinations.Rejected, reason: "603 Access denied: the custom service's API-only user needs a role with the Read-Write Lead permission"}},
+		{"invalid_json", want{outcome: destinations.Rejected, reason: "609 Invalid JSON"}},
+		{"rate_limited", want{outcome: destinations.Retryable, reason: "606 Max rate limit", retryAfter: 20 * time.Second}},
+		// 21:04:05 CST to midnight.
+		{"quota", want{outcome: destinations.Retryable, reason: "607 Daily quota reached", retryAfter: 2*time.Hour + 55*time.Minute + 55*time.Second}},
+		{"concurrent", want{outcome: destinations.Retryable, reason: "615 Concurrent access limit reached"}},
+		{"system_error", want{outcome: destinations.Retryable, reason: "611 System error"}},
+		{"bad_gateway", want{outcome: destinations.Retryable, reason: "HTTP 502 Bad Gateway"}},
+		{"too_large", want{outcome: destinations.Rejected, reason: "HTTP 413 Request Entity Too Large"}},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape, nil)
+			check(t, b.send(ada(t)), c.want)
+		})
+	}
+}
+
+// TestSkipped is the 200 with "success": true that still failed leads.
+func TestSkipped(t *testing.T) {
+	b := setup(t, "skipped", map[string]any{"fields": map[string]any{"plan": "planTier"}})
+	got := b.send(
+		identify(t, "m1", `{"email":"ada@example.com"}`),
+		identify(t, "m2", `{"email":"not-an-email"}`),
+		identify(t, "m3", `{"email":"grace@example.com","plan":"pro"}`),
+		identify(t, "m4", `{"email":"twins@example.com"}`),
+		identify(t, "m5", `{"email":"busy@example.com"}`),
+	)
+	check(t, got,
+		delivered,
+		want{outcome: destinations.Rejected, reason: "Marketo skipped the lead: 1003 Value for field 'email' is invalid (a value is not valid"},
+		want{outcome: destinations.Rejected, reason: "1006 Field 'planTier' not found (a field in the `fields` setting does not exist in Marketo"},
+		want{outcome: destinations.Rejected, reason: "1007 Multiple lead match lookup criteria (several leads share"},
+		want{outcome: destinations.Retryable, reason: "1029 Too many jobs in queue"},
+	)
+	for i, r := range got {
+		if r.StatusCode != 200 {
+			t.Errorf("event %d: status %d, want the 200 Marketo answered", i, r.StatusCode)
+		}
+	}
+}
+
+// TestTokenExpired checks that a 602 drops the token, so that the retry
+// fetches a new one and succeeds.
+func TestTokenExpired(t *testing.T) {
+	b := setup(t, "token_expired", nil)
+	check(t, b.send(ada(t)), want{outcome: destinations.Retryable, reason: "602 Access token expired; a new access token is fetched for the retry"})
+	check(t, b.send(ada(t)), delivered)
+}
+
+func TestWithoutRequest(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{
+		"base_url": "https://123-ABC-456.mktorest.com", "client_id": "id", "client_secret": "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	track := event.Event{MessageID: "t", Type: event.Track, Payload: json.RawMessage(`{"type":"track","event":"x"}`)}
+	p, err := d.Transform(context.Background(), []event.Event{identify(t, "m1", `{"name":"No Email"}`), track})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 0 {
+		t.Fatalf("%d requests, want none (and no token request)", len(p.Requests))
+	}
+	if r := p.Results[0]; r.Outcome != destinations.Rejected || !strings.Contains(r.Reason, "has no email, the lookup_field") {
+		t.Errorf("identify without email: %+v", r)
+	}
+	if r := p.Results[1]; r.Outcome != destinations.Unsupported {
+		t.Errorf("track: %+v", r)
+	}
+}
+
+func TestClassifyMalformed(t *testing.T) {
+	d := &destination{now: func() time.Time { return now }}
+	req := &destinations.Request{Events: []int{0, 1}, Header: http.Header{}}
+	cases := []struct {
+		name, body string
+		want       destinations.Outcome
+		reason     string
+	}{
+		{"not JSON", `<html>`, destinations.Retryable, "not its JSON envelope"},
+		{"result count", `{"success":true,"result":[{"status":"created"}]}`, destinations.Retryable, "1 results for 2 leads"},
+		{"no error code", `{"success":false}`, destinations.Retryable, "without an error code"},
+		{"duplicate seq", `{"success":true,"result":[{"seq":0,"status":"created"},{"seq":0,"status":"created"}]}`, destinations.Retryable, "no result for this lead"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := d.Classify(req, &destinations.Response{StatusCode: 200, Body: []byte(c.body)})
+			last := got[len(got)-1]
+			if last.Outcome != c.want || !strings.Contains(last.Reason, c.reason) {
+				t.Errorf("got %+v", last)
+			}
+		})
+	}
+}
+
+func TestSettings(t *testing.T) {
+	for _, base := range []string{"123-ABC-456.mktorest.com", "ftp://x"} {
+		valid, err := Integration.Settings.Validate(map[string]any{"base_url": base, "client_id": "i", "client_secret": "s"})
+		if err == nil {
+			_, err = New(destinations.Config{Settings: valid})
+		}
+		if err == nil || !strings.Contains(err.Error(), "base_url: expected") {
+			t.Errorf("base_url %q: %v", base, err)
+		}
+	}
+	if _, err := Integration.Settings.Validate(map[string]any{"base_url": "https://x"}); err == nil || !strings.Contains(err.Error(), "client_id: required") {
+		t.Errorf("missing client_id: %v", err)
+	}
+}
