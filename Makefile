@@ -1,0 +1,44 @@
+# fanout: the two commands of the README.
+#
+#   make run    builds fanout, starts `fanout sink` (a stand-in destination on
+#               127.0.0.1:9090) in the background and `fanout serve` with
+#               fanout.example.yaml in the foreground; Ctrl-C stops both.
+#   make test   installs what the tests need when it is missing (the Node
+#               packages of test/compat), then runs gofmt, go vet and
+#               go test -race over every package.
+
+SHELL := /bin/bash
+GO    ?= go
+NPM   ?= npm
+BIN   := bin/fanout
+NODE_DIR := test/compat/node
+
+.PHONY: run test build vet fmt-check go-test
+
+build:
+	$(GO) build -o $(BIN) ./cmd/fanout
+
+run: build
+	@$(BIN) sink & sink=$$!; \
+	trap 'kill $$sink 2>/dev/null; wait $$sink' EXIT; \
+	trap 'exit 130' INT TERM; \
+	$(BIN) serve --config fanout.example.yaml
+
+test: $(NODE_DIR)/node_modules fmt-check vet go-test
+
+# npm ci recreates node_modules, so the directory is newer than the lock file
+# until the lock file changes.
+$(NODE_DIR)/node_modules: $(NODE_DIR)/package-lock.json
+	$(NPM) ci --prefix $(NODE_DIR) --no-audit --no-fund
+
+fmt-check:
+	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); \
+	if [ -n "$$out" ]; then echo "gofmt: these files need formatting:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# -race: the delivery engine and the store are concurrent code; the whole
+# suite takes a few minutes with it on two cores.
+go-test:
+	$(GO) test -race ./...
