@@ -4,8 +4,9 @@
 #               127.0.0.1:9090) in the background and `fanout serve` with
 #               fanout.example.yaml in the foreground; Ctrl-C stops both.
 #   make test   installs what the tests need when it is missing (the Node
-#               packages of test/compat), then runs gofmt, go vet and
-#               go test -race over every package.
+#               packages of test/compat), then runs go vet and go test -race
+#               over every package.
+#   make fmt-check  lists the tracked Go files gofmt would change.
 
 SHELL := /bin/bash
 GO    ?= go
@@ -24,7 +25,7 @@ run: build
 	trap 'exit 130' INT TERM; \
 	$(BIN) serve --config fanout.example.yaml
 
-test: $(NODE_DIR)/node_modules fmt-check vet go-test
+test: $(NODE_DIR)/node_modules vet go-test
 
 # npm ci recreates node_modules, so the directory is newer than the lock file
 # until the lock file changes.
