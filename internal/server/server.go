@@ -9,20 +9,22 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/archive"
 	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
 	"github.com/fanout/fanout/internal/router"
+	"github.com/fanout/fanout/internal/stats"
 )
 
 // Options configures a Server.
@@ -38,6 +40,7 @@ type Options struct {
 type Server struct {
 	opts   Options
 	store  jobstore.Store
+	stats  *stats.Stats
 	engine *delivery.Engine
 	track  *http.Server
 	admin  *http.Server
@@ -70,13 +73,50 @@ func New(opts Options) (*Server, error) {
 	}
 	s.store = store
 
+	// Delivery stats, the debugger and metrics hang off the hooks of the
+	// tracking API and the engine; the stats persist in their own database.
+	route := router.New(cfg, opts.Registry)
+	var writeKeys []string
+	for _, src := range cfg.Sources {
+		writeKeys = append(writeKeys, src.WriteKey)
+	}
+	redactors := map[string]*stats.Redactor{}
+	for _, d := range cfg.Destinations {
+		var secrets []string
+		if integ := opts.Registry[d.Type]; integ != nil {
+			secrets = stats.SecretValues(integ.Settings, d.Settings)
+		}
+		redactors[d.Name] = stats.NewRedactor(append(secrets, writeKeys...))
+	}
+	s.stats, err = stats.Open(stats.Options{
+		Dir: filepath.Join(cfg.DataDir, "stats"), Router: route, Redactors: redactors,
+		Fallback: stats.NewRedactor(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	dbg := debugger.New(route, redactors)
+	var destNames, srcNames []string
+	for _, d := range cfg.Destinations {
+		destNames = append(destNames, d.Name)
+	}
+	for _, src := range cfg.Sources {
+		srcNames = append(srcNames, src.Name)
+	}
+	metrics := admin.NewMetrics(admin.MetricsOptions{
+		Destinations: destNames, Sources: srcNames,
+		State:   func(ctx context.Context) []delivery.DestinationState { return s.engine.State(ctx) },
+		Pending: s.stats.PendingRetry,
+	})
+
 	targets := make([]delivery.Target, 0, len(cfg.Destinations))
 	for _, d := range cfg.Destinations {
 		integ := opts.Registry[d.Type]
 		client := destinations.NewClient(d.Delivery.Timeout, cfg.Network.AllowPrivate)
 		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client})
 		if err != nil {
-			store.Close()
+			s.closeStores()
 			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
 		}
 		batch := integ.Batch
@@ -95,30 +135,43 @@ func New(opts Options) (*Server, error) {
 		Archive: archive.NewWriter(filepath.Join(cfg.DataDir, "archive")),
 		Clock:   opts.Clock,
 		Logger:  opts.Logger,
+		Observe: func(r delivery.Report) {
+			s.stats.Observe(r)
+			dbg.Observe(r)
+			metrics.Observe(r)
+		},
 	})
 	if err != nil {
-		store.Close()
+		s.closeStores()
 		return nil, err
 	}
 
 	tracking := ingest.New(ingest.Options{
 		Sources:    cfg.Sources,
-		Router:     router.New(cfg, opts.Registry),
+		Router:     route,
 		Store:      store,
 		OnAccepted: s.engine.Notify,
-		Now:        opts.Clock.Now,
-		Logger:     opts.Logger,
+		Observe: func(r ingest.Report) {
+			s.stats.ObserveIngest(r)
+			dbg.ObserveIngest(r)
+			metrics.ObserveIngest(r)
+		},
+		Now:    opts.Clock.Now,
+		Logger: opts.Logger,
 	})
 	s.track = newHTTPServer(tracking, opts.Logger)
-	s.admin = newHTTPServer(s.adminMux(), opts.Logger)
+	s.admin = newHTTPServer(admin.New(admin.Options{
+		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
+		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
+	}), opts.Logger)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
-		store.Close()
+		s.closeStores()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
 		s.trackLn.Close()
-		store.Close()
+		s.closeStores()
 		return nil, fmt.Errorf("admin_listen: %w", err)
 	}
 	return s, nil
@@ -138,17 +191,10 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-func (s *Server) adminMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
+// closeStores closes the job store and the stats when New fails.
+func (s *Server) closeStores() {
+	s.stats.Close()
+	s.store.Close()
 }
 
 // TrackingAddr is the address the tracking API listens on.
@@ -164,6 +210,13 @@ func (s *Server) Run(ctx context.Context) error {
 	log := s.opts.Logger
 	engineCtx, stopEngine := context.WithCancel(context.Background())
 	defer stopEngine()
+	statsCtx, stopStats := context.WithCancel(context.Background())
+	defer stopStats()
+	statsDone := make(chan struct{})
+	go func() {
+		defer close(statsDone)
+		s.stats.Run(statsCtx)
+	}()
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	wg.Add(1)
@@ -200,6 +253,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopEngine()
 	wg.Wait()
+	// The engine has reported its last outcomes: write the stats once more.
+	stopStats()
+	<-statsDone
+	if err := s.stats.Close(); err != nil {
+		log.Warn("close stats", "err", err)
+	}
 	if err := s.admin.Shutdown(shutCtx); err != nil {
 		log.Warn("admin shutdown", "err", err)
 	}

@@ -1,0 +1,432 @@
+// Package admin serves fanout's admin API on admin_listen: JSON views of
+// the configuration, the delivery overview and issues, the queues, the live
+// debugger as server-sent events, Prometheus metrics at /metrics and
+// profiles at /debug/pprof.
+//
+// Routes (all GET):
+//
+//	/healthz                              "ok", never behind the token
+//	/api/v1/sources                       configured sources and their destinations
+//	/api/v1/destinations                  destinations: type, sources, settings (secrets redacted), queue state
+//	/api/v1/destination-types             each integration's settings schema, secrets marked
+//	/api/v1/overview?source=&destination=&from=&to=|range=   delivery counts and latency
+//	/api/v1/issues?source=&destination=&from=&to=|range=     failures grouped by reason, with samples
+//	/api/v1/queues                        every queue's scheduling state
+//	/api/v1/sources/{name}/events         the debugger's last events of a source
+//	/api/v1/sources/{name}/events/stream  server-sent events: new events ("event") and outcome changes ("outcome")
+//	/metrics                              Prometheus
+//	/debug/pprof/...                      net/http/pprof
+//
+// When a token is configured every route but /healthz requires
+// "Authorization: Bearer <token>".
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/debugger"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/stats"
+)
+
+// Options configures the admin handler. Config, Registry, State, Stats and
+// Debugger are required.
+type Options struct {
+	Config   *config.Config
+	Registry destinations.Registry
+	// State returns the delivery engine's state (delivery.Engine.State).
+	State    func(ctx context.Context) []delivery.DestinationState
+	Stats    *stats.Stats
+	Debugger *debugger.Debugger
+	// Metrics, when set, is served at /metrics.
+	Metrics *Metrics
+	// Token, when not empty, is required as a bearer token.
+	Token string
+	// Now is the clock ranges end at. Default time.Now.
+	Now func() time.Time
+	// Heartbeat is how often an idle event stream sends a comment, so that
+	// proxies keep it open. Default 15 s.
+	Heartbeat time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+type handler struct {
+	Options
+	mux *http.ServeMux
+}
+
+// New returns the admin API handler.
+func New(o Options) http.Handler {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = 15 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	h := &handler{Options: o, mux: http.NewServeMux()}
+	m := h.mux
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	m.HandleFunc("GET /api/v1/sources", h.sources)
+	m.HandleFunc("GET /api/v1/destinations", h.destinations)
+	m.HandleFunc("GET /api/v1/destination-types", h.destinationTypes)
+	m.HandleFunc("GET /api/v1/overview", h.overview)
+	m.HandleFunc("GET /api/v1/issues", h.issues)
+	m.HandleFunc("GET /api/v1/queues", h.queues)
+	m.HandleFunc("GET /api/v1/sources/{name}/events", h.events)
+	m.HandleFunc("GET /api/v1/sources/{name}/events/stream", h.stream)
+	if o.Metrics != nil {
+		m.Handle("GET /metrics", o.Metrics.Handler())
+	}
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return h
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.Token != "" && r.URL.Path != "/healthz" && !h.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="fanout admin"`)
+		writeError(w, http.StatusUnauthorized, "expected Authorization: Bearer <admin_token>")
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// authorized compares digests of the tokens in constant time, so that
+// neither the token's bytes nor its length leak through timing.
+func (h *handler) authorized(r *http.Request) bool {
+	auth := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(auth) < len(prefix) || !strings.EqualFold(auth[:len(prefix)], prefix) {
+		return false
+	}
+	got := sha256.Sum256([]byte(auth[len(prefix):]))
+	want := sha256.Sum256([]byte(h.Token))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// Source is one configured source in /api/v1/sources.
+type Source struct {
+	Name         string   `json:"name"`
+	Destinations []string `json:"destinations"`
+}
+
+func (h *handler) sources(w http.ResponseWriter, r *http.Request) {
+	out := []Source{}
+	for _, s := range h.Config.Sources {
+		src := Source{Name: s.Name, Destinations: []string{}}
+		for _, d := range h.Config.Destinations {
+			for _, n := range d.Sources {
+				if n == s.Name {
+					src.Destinations = append(src.Destinations, d.Name)
+					break
+				}
+			}
+		}
+		out = append(out, src)
+	}
+	writeJSON(w, out)
+}
+
+// Destination is one configured destination in /api/v1/destinations.
+type Destination struct {
+	Name     string         `json:"name"`
+	Type     string         `json:"type"`
+	Sources  []string       `json:"sources"`
+	Settings map[string]any `json:"settings"`
+	Delivery Delivery       `json:"delivery"`
+	State    *State         `json:"state,omitempty"`
+}
+
+// Delivery are a destination's delivery settings.
+type Delivery struct {
+	Concurrency int     `json:"concurrency"`
+	RateLimit   float64 `json:"rate_limit"`
+	RetryWindow string  `json:"retry_window"`
+	Timeout     string  `json:"timeout"`
+}
+
+// State is a destination's scheduler state.
+type State struct {
+	Name        string       `json:"name"`
+	InFlight    int          `json:"in_flight"`
+	Concurrency int          `json:"concurrency"`
+	CircuitOpen bool         `json:"circuit_open"`
+	ProbeAt     *time.Time   `json:"probe_at,omitempty"`
+	Queues      []QueueState `json:"queues"`
+}
+
+// QueueState is one (source, destination) queue's state.
+type QueueState struct {
+	Source string `json:"source"`
+	// Buffered jobs are loaded and waiting to be sent.
+	Buffered int `json:"buffered"`
+	// Backlog says more pending jobs wait on disk.
+	Backlog  bool    `json:"backlog"`
+	InFlight int     `json:"in_flight"`
+	Limit    float64 `json:"limit"`
+	// PendingRetry are the jobs in the retry set (from stats).
+	PendingRetry int64      `json:"pending_retry"`
+	PausedUntil  *time.Time `json:"paused_until,omitempty"`
+	RetryNext    *time.Time `json:"retry_next,omitempty"`
+	Throttled    int        `json:"throttled"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func (h *handler) state(ctx context.Context) map[string]*State {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out := map[string]*State{}
+	for _, d := range h.State(ctx) {
+		pending := h.Stats.PendingRetry(d.Name)
+		st := &State{Name: d.Name, InFlight: d.InFlight, Concurrency: d.Concurrency,
+			CircuitOpen: d.CircuitOpen, ProbeAt: timePtr(d.ProbeAt), Queues: []QueueState{}}
+		seen := map[string]bool{}
+		for _, q := range d.Queues {
+			seen[q.Queue.Source] = true
+			st.Queues = append(st.Queues, QueueState{
+				Source: q.Queue.Source, Buffered: q.Buffered, Backlog: q.Backlog, InFlight: q.InFlight,
+				Limit: q.Limit, PendingRetry: pending[q.Queue.Source], PausedUntil: timePtr(q.PausedUntil),
+				RetryNext: timePtr(q.RetryNext), Throttled: q.Throttled,
+			})
+		}
+		// A queue idle in the scheduler may still hold retries on disk.
+		for src, n := range pending {
+			if !seen[src] && n > 0 {
+				st.Queues = append(st.Queues, QueueState{Source: src, PendingRetry: n})
+			}
+		}
+		sort.Slice(st.Queues, func(i, j int) bool { return st.Queues[i].Source < st.Queues[j].Source })
+		out[d.Name] = st
+	}
+	return out
+}
+
+func (h *handler) destinations(w http.ResponseWriter, r *http.Request) {
+	states := h.state(r.Context())
+	out := []Destination{}
+	for _, d := range h.Config.Destinations {
+		var schema destinations.Schema
+		if in := h.Registry[d.Type]; in != nil {
+			schema = in.Settings
+		}
+		out = append(out, Destination{
+			Name: d.Name, Type: d.Type, Sources: append([]string{}, d.Sources...),
+			Settings: stats.Settings(schema, d.Settings),
+			Delivery: Delivery{
+				Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
+				RetryWindow: d.Delivery.RetryWindow.String(), Timeout: d.Delivery.Timeout.String(),
+			},
+			State: states[d.Name],
+		})
+	}
+	writeJSON(w, out)
+}
+
+func (h *handler) queues(w http.ResponseWriter, r *http.Request) {
+	states := h.state(r.Context())
+	out := []*State{}
+	for _, s := range states {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, out)
+}
+
+// DestinationType is one integration in /api/v1/destination-types.
+type DestinationType struct {
+	Type string `json:"type"`
+	// EventTypes it takes; empty means all.
+	EventTypes []string            `json:"event_types"`
+	Settings   destinations.Schema `json:"settings"`
+}
+
+func (h *handler) destinationTypes(w http.ResponseWriter, r *http.Request) {
+	out := []DestinationType{}
+	for _, in := range h.Registry {
+		out = append(out, DestinationType{Type: in.Type, EventTypes: append([]string{}, in.EventTypes...), Settings: in.Settings})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Type < out[j].Type })
+	writeJSON(w, out)
+}
+
+// filter reads source, destination and the time range of a query: from
+// and to (RFC 3339), or range (10m, 1h, 24h, 7d: any Go duration, or a
+// number of days) ending now. The default is the last 24 hours.
+func (h *handler) filter(r *http.Request) (stats.Filter, error) {
+	q := r.URL.Query()
+	f := stats.Filter{Source: q.Get("source"), Destination: q.Get("destination"), To: h.Now()}
+	if v := q.Get("to"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return f, fmt.Errorf("to: expected an RFC 3339 time, found %q", v)
+		}
+		f.To = t
+	}
+	span := 24 * time.Hour
+	if v := q.Get("range"); v != "" {
+		d, err := parseRange(v)
+		if err != nil {
+			return f, err
+		}
+		span = d
+	}
+	f.From = f.To.Add(-span)
+	if v := q.Get("from"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return f, fmt.Errorf("from: expected an RFC 3339 time, found %q", v)
+		}
+		f.From = t
+	}
+	if !f.From.Before(f.To) {
+		return f, fmt.Errorf("expected from before to, found from %s and to %s", f.From.Format(time.RFC3339), f.To.Format(time.RFC3339))
+	}
+	return f, nil
+}
+
+func parseRange(v string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(v, "d"); ok {
+		if days, err := strconv.Atoi(n); err == nil && days > 0 {
+			return time.Duration(days) * 24 * time.Hour, nil
+		}
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("range: expected a duration such as 10m, 1h, 24h or 7d, found %q", v)
+	}
+	return d, nil
+}
+
+func (h *handler) overview(w http.ResponseWriter, r *http.Request) {
+	f, err := h.filter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	o, err := h.Stats.Overview(f)
+	if err != nil {
+		h.Logger.Error("read stats", "err", err)
+		writeError(w, http.StatusInternalServerError, "reading the stats failed; see the server log")
+		return
+	}
+	writeJSON(w, o)
+}
+
+func (h *handler) issues(w http.ResponseWriter, r *http.Request) {
+	f, err := h.filter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	is, err := h.Stats.Issues(f)
+	if err != nil {
+		h.Logger.Error("read issues", "err", err)
+		writeError(w, http.StatusInternalServerError, "reading the issues failed; see the server log")
+		return
+	}
+	writeJSON(w, map[string]any{"from": f.From, "to": f.To, "issues": is})
+}
+
+func (h *handler) source(w http.ResponseWriter, r *http.Request) (string, bool) {
+	name := r.PathValue("name")
+	for _, s := range h.Config.Sources {
+		if s.Name == name {
+			return name, true
+		}
+	}
+	writeError(w, http.StatusNotFound, fmt.Sprintf("no source is named %q", name))
+	return "", false
+}
+
+func (h *handler) events(w http.ResponseWriter, r *http.Request) {
+	name, ok := h.source(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, map[string]any{"source": name, "events": h.Debugger.Events(name)})
+}
+
+// stream sends the source's new events and outcome changes as server-sent
+// events: "event: event" or "event: outcome", data a debugger.Event as
+// JSON. It lifts the admin server's write timeout for the connection,
+// which is meant to stay open.
+func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
+	name, ok := h.source(w, r)
+	if !ok {
+		return
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	feed, stop := h.Debugger.Subscribe(name)
+	defer stop()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": following source %s\n\n", name)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	beat := time.NewTicker(h.Heartbeat)
+	defer beat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-beat.C:
+			if _, err := fmt.Fprint(w, ": heartbeat\n\n"); err != nil {
+				return
+			}
+		case u := <-feed:
+			data, err := json.Marshal(u.Event)
+			if err != nil {
+				continue
+			}
+			if _, err := fmt.Fprintf(w, "event: %s\nid: %d\ndata: %s\n\n", u.Kind, u.Event.Seq, data); err != nil {
+				return
+			}
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+	}
+}

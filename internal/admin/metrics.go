@@ -1,0 +1,208 @@
+package admin
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/ingest"
+)
+
+// Metrics holds fanout's Prometheus metrics in a registry of its own. Labels
+// are configured names only (destination, source) and fixed sets
+// (outcome, result), so cardinality is bounded by the configuration.
+//
+//	fanout_delivery_attempts_total{destination,outcome}  counter: events attempted, by how the attempt left them
+//	                                                     (delivered, failed, unsupported, archived, retrying)
+//	fanout_delivery_latency_seconds{destination}         histogram: receivedAt to the delivering attempt's end
+//	fanout_delivery_throttled_total{destination}         counter: events answered 429; each pauses its queue
+//	fanout_ingest_events_total{source,result}            counter: accepted, deduplicated, rejected
+//	fanout_queue_depth{destination}                      gauge: jobs loaded and waiting to be sent, plus jobs
+//	                                                     in the retry set (see Options.Pending)
+//	fanout_queue_backlog_queues{destination}             gauge: queues with more pending jobs on disk than loaded
+//	fanout_queue_paused_queues{destination}              gauge: queues paused by a 429
+//	fanout_inflight_requests{destination}                gauge: requests in flight
+//	fanout_concurrency_limit{destination}                gauge: the destination's concurrency setting
+//	fanout_circuit_open{destination}                     gauge: 1 while the circuit is open
+//
+// plus the Go runtime and process collectors (go_*, process_*).
+type Metrics struct {
+	reg   *prometheus.Registry
+	dests map[string]*destMetrics
+	srcs  map[string]*srcMetrics
+	other *srcMetrics // requests whose write key named no source
+}
+
+type destMetrics struct {
+	attempts  [delivery.EndRetrying + 1]prometheus.Counter
+	latency   prometheus.Observer
+	throttled prometheus.Counter
+}
+
+type srcMetrics struct {
+	accepted, deduplicated, rejected prometheus.Counter
+}
+
+// MetricsOptions configures NewMetrics.
+type MetricsOptions struct {
+	// Destinations and Sources are the configured names; the counters of
+	// each are created up front, so the hooks never take a lock.
+	Destinations []string
+	Sources      []string
+	// State returns the delivery engine's state; read at every scrape.
+	State func(ctx context.Context) []delivery.DestinationState
+	// Pending returns the jobs of a destination in the retry set, by
+	// source. Optional.
+	Pending func(destination string) map[string]int64
+}
+
+// NewMetrics builds the registry.
+func NewMetrics(o MetricsOptions) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), dests: map[string]*destMetrics{}, srcs: map[string]*srcMetrics{}}
+	attempts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fanout_delivery_attempts_total",
+		Help: "Delivery attempts of events, by destination and by how the attempt left the event.",
+	}, []string{"destination", "outcome"})
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "fanout_delivery_latency_seconds",
+		Help:    "End-to-end latency of delivered events: receivedAt to the end of the attempt that delivered.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400},
+	}, []string{"destination"})
+	throttled := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fanout_delivery_throttled_total",
+		Help: "Events answered 429 Too Many Requests; each pauses its queue.",
+	}, []string{"destination"})
+	events := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fanout_ingest_events_total",
+		Help: "Events taken by the tracking API, by source and result (accepted, deduplicated, rejected).",
+	}, []string{"source", "result"})
+	m.reg.MustRegister(attempts, latency, throttled, events,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&stateCollector{state: o.State, pending: o.Pending})
+	for _, d := range o.Destinations {
+		dm := &destMetrics{latency: latency.WithLabelValues(d), throttled: throttled.WithLabelValues(d)}
+		for e := delivery.EndDelivered; e <= delivery.EndRetrying; e++ {
+			dm.attempts[e] = attempts.WithLabelValues(d, e.String())
+		}
+		m.dests[d] = dm
+	}
+	src := func(name string) *srcMetrics {
+		return &srcMetrics{
+			accepted:     events.WithLabelValues(name, "accepted"),
+			deduplicated: events.WithLabelValues(name, "deduplicated"),
+			rejected:     events.WithLabelValues(name, "rejected"),
+		}
+	}
+	for _, s := range o.Sources {
+		m.srcs[s] = src(s)
+	}
+	m.other = src("")
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry is the registry the metrics are in.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Observe counts a delivery attempt. It is a delivery Options.Observe hook.
+func (m *Metrics) Observe(r delivery.Report) {
+	dm := m.dests[r.Queue.Destination]
+	if dm == nil || r.End < delivery.EndDelivered || r.End > delivery.EndRetrying {
+		return
+	}
+	dm.attempts[r.End].Inc()
+	if r.End == delivery.EndDelivered {
+		dm.latency.Observe(r.At.Sub(r.Job.Event.ReceivedAt).Seconds())
+	}
+	if r.Result.StatusCode == http.StatusTooManyRequests {
+		dm.throttled.Inc()
+	}
+}
+
+// ObserveIngest counts a tracking API request. It is an ingest
+// Options.Observe hook.
+func (m *Metrics) ObserveIngest(r ingest.Report) {
+	sm := m.srcs[r.Source]
+	if sm == nil {
+		sm = m.other
+	}
+	if n := len(r.Accepted); n > 0 {
+		sm.accepted.Add(float64(n))
+	}
+	if r.Duplicates > 0 {
+		sm.deduplicated.Add(float64(r.Duplicates))
+	}
+	switch {
+	case len(r.Rejected) > 0:
+		sm.rejected.Add(float64(len(r.Rejected)))
+	case r.Failure != "":
+		sm.rejected.Inc()
+	}
+}
+
+// stateCollector turns the engine's state into gauges at scrape time, so
+// the schedulers do no metric work of their own.
+type stateCollector struct {
+	state   func(ctx context.Context) []delivery.DestinationState
+	pending func(destination string) map[string]int64
+}
+
+var (
+	descDepth    = prometheus.NewDesc("fanout_queue_depth", "Jobs loaded and waiting to be sent plus jobs in the retry set, per destination. Jobs on disk beyond each queue's loaded page are not counted: see fanout_queue_backlog_queues.", []string{"destination"}, nil)
+	descBacklog  = prometheus.NewDesc("fanout_queue_backlog_queues", "Queues with more pending jobs on disk than are loaded.", []string{"destination"}, nil)
+	descPaused   = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused by a 429.", []string{"destination"}, nil)
+	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
+	descLimit    = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
+	descCircuit  = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descInflight, descLimit, descCircuit} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.state == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	now := time.Now()
+	for _, d := range c.state(ctx) {
+		var depth, backlog, paused float64
+		for _, q := range d.Queues {
+			depth += float64(q.Buffered)
+			if q.Backlog {
+				backlog++
+			}
+			if q.PausedUntil.After(now) {
+				paused++
+			}
+		}
+		if c.pending != nil {
+			for _, n := range c.pending(d.Name) {
+				depth += float64(max(n, 0))
+			}
+		}
+		open := 0.0
+		if d.CircuitOpen {
+			open = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descDepth, prometheus.GaugeValue, depth, d.Name)
+		ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, backlog, d.Name)
+		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, d.Name)
+		ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(d.InFlight), d.Name)
+		ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(d.Concurrency), d.Name)
+		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, open, d.Name)
+	}
+}
