@@ -315,6 +315,10 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 		return nil, nil, badRequest("batch holds %d events, the limit is %d", len(elems), MaxBatchEvents)
 	}
 
+	if n := len(body) + len(elems)*(len(b.contextRaw)+len(b.integrationsRaw)); n > maxStoredBytes {
+		return nil, nil, badRequest("batch would be %d bytes once its context and integrations are copied into each of its %d events, the limit is %d",
+			n, len(elems), maxStoredBytes)
+	}
 	p.reset(source, h.router, h.now(), len(elems), len(body), &b)
 	entries := make([]jobstore.Entry, 0, len(elems))
 	var rejected []Rejection

@@ -270,6 +270,10 @@ func TestRejected(t *testing.T) {
 			`expected the batch's context to be an object, found the string "x"`},
 		{"batch sentAt not a date", request{path: "/v1/batch", key: webKey, body: `{"batch":[],"sentAt":"now"}`}, 400,
 			`expected sentAt to be an ISO 8601 date-time such as 2024-05-01T12:00:00.000Z, found the string "now"`},
+		{"batch context copied into too many events", request{path: "/v1/batch", key: webKey,
+			body: `{"context":{"p":"` + strings.Repeat("c", 3000) + `"},"batch":[` + strings.Repeat(`{"type":"track","userId":"u","event":"e"},`, 1999) +
+				`{"type":"track","userId":"u","event":"e"}]}`}, 400,
+			"batch would be 6103030 bytes once its context and integrations are copied into each of its 2000 events, the limit is 5120000"},
 		{"every batch event invalid", request{path: "/v1/batch", key: webKey,
 			body: `{"batch":[{"type":"track","userId":"u"},{"userId":"u","event":"e"},7]}`}, 400,
 			"every event of the batch was rejected; the first, at index 0: expected event (the name of the tracked action) to be a non-empty string, found nothing"},
@@ -318,6 +322,18 @@ func TestEveryBatchEventInvalidListsThem(t *testing.T) {
 	}
 	if fmt.Sprint(res.Rejected) != fmt.Sprint(want) {
 		t.Errorf("rejected %v\nwant %v", res.Rejected, want)
+	}
+}
+
+func TestBatchEventTooLargeWithContext(t *testing.T) {
+	b := setup(t)
+	ctx := `{"p":"` + strings.Repeat("c", 20000) + `"}`
+	ev := `{"type":"track","userId":"u","event":"e","properties":{"p":"` + strings.Repeat("p", 15000) + `"}}`
+	res := b.do(t, request{path: "/v1/batch", key: webKey, body: `{"context":` + ctx + `,"batch":[` + ev + `,` + track(`,"type":"track"`) + `]}`})
+	want := []ingest.Rejection{{Index: 0, Reason: fmt.Sprintf(
+		"event is %d bytes with the batch's context and integrations merged in, the limit is %d", len(ev)+len(ctx), ingest.MaxEventBytes)}}
+	if res.status != 200 || fmt.Sprint(res.Rejected) != fmt.Sprint(want) {
+		t.Errorf("status %d, rejected %v\nwant 200, %v", res.status, res.Rejected, want)
 	}
 }
 

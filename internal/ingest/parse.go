@@ -22,6 +22,12 @@ const (
 	MaxRequestBytes = 500 << 10
 	// MaxBatchEvents bounds the events of one batch.
 	MaxBatchEvents = 2500
+	// maxStoredBytes bounds what one request's events take once the
+	// batch-level context and integrations are copied into each of them,
+	// so that a small request cannot make the server hold and write
+	// many times its size. Ten times the request limit leaves room for
+	// 2,500 events each given a 1.5 KB context.
+	maxStoredBytes = 10 * MaxRequestBytes
 )
 
 // callTypes are the values `type` may take, in the order error messages list
@@ -63,11 +69,14 @@ type parser struct {
 	// want is how many events the request holds, to size rnd.
 	want int
 
-	top    []member // the body's members
-	spans  []span   // a batch's elements
-	flat   []member // the members of a batch's events, by span
-	mem    []member // the members of the event being built
-	nested []member // the members of its context or integrations
+	top   []member // the body's members
+	spans []span   // a batch's elements
+	flat  []member // the members of a batch's events, by span
+	mem   []member // the members of the event being built
+	// lastIndex maps the names of a large event's members to their last
+	// index; nil until an event needs it.
+	lastIndex map[string]int
+	nested    []member // the members of its context or integrations
 
 	// The last routing decision, reused while consecutive events of a
 	// batch have the same type and integrations, as they usually do.
@@ -116,6 +125,7 @@ func (p *parser) clear() {
 	p.lastDecision = router.Decision{}
 	p.lastIntegrations = nil
 	p.mem = nil
+	p.lastIndex = nil
 	clear(p.top[:cap(p.top)])
 	clear(p.spans[:cap(p.spans)])
 	clear(p.flat[:cap(p.flat)])
@@ -139,6 +149,15 @@ type fields struct {
 func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (jobstore.Entry, string) {
 	if len(raw) > MaxEventBytes {
 		return jobstore.Entry{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
+	}
+	// The limit holds for the event as stored, with the batch's context and
+	// integrations merged in (counted in full, ignoring overlaps): else a
+	// 500 KB batch whose context fills most of it would be stored as
+	// gigabytes, one copy of the context per event.
+	if b != nil {
+		if n := len(raw) + len(b.contextRaw) + len(b.integrationsRaw); n > MaxEventBytes {
+			return jobstore.Entry{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
+		}
 	}
 	p.mem = mem
 	f := fields{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1}
@@ -359,16 +378,39 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 // repeated reports whether a later member of the event has the same name as
 // member i. Only the last of repeated names is kept, the one encoding/json
 // (and so validation above and every destination) reads; a stored payload
-// thus never has duplicate names. Events have few members, so the quadratic
-// scan costs less than a set would.
+// thus never has duplicate names.
 func (p *parser) repeated(i int) bool {
-	name := p.mem[i].name
-	for j := i + 1; j < len(p.mem); j++ {
-		if bytes.Equal(p.mem[j].name, name) {
-			return true
+	if len(p.mem) <= smallObject {
+		// Events have few members: the quadratic scan costs less than a set.
+		name := p.mem[i].name
+		for j := i + 1; j < len(p.mem); j++ {
+			if bytes.Equal(p.mem[j].name, name) {
+				return true
+			}
 		}
+		return false
 	}
-	return false
+	if i == 0 || p.lastIndex == nil {
+		p.lastIndex = lastIndexes(p.mem, p.lastIndex)
+	}
+	return p.lastIndex[string(p.mem[i].name)] != i
+}
+
+// smallObject is the member count up to which names are compared pairwise
+// rather than through a map; above it, an event of 32 KB of one-letter
+// members would cost millions of comparisons.
+const smallObject = 32
+
+// lastIndexes maps each member name to the index of its last occurrence.
+func lastIndexes(ms []member, m map[string]int) map[string]int {
+	if m == nil {
+		m = make(map[string]int, len(ms))
+	}
+	clear(m)
+	for i := range ms {
+		m[string(ms[i].name)] = i
+	}
+	return m
 }
 
 // appendMerged writes an event's object member (context or integrations)
@@ -382,9 +424,20 @@ func (p *parser) appendMerged(out, own []byte, batch []member, batchRaw []byte) 
 	if len(p.nested) == 0 {
 		return append(out, batchRaw...)
 	}
+	var index map[string]int
+	if len(p.nested)*len(batch) > smallObject*smallObject {
+		index = lastIndexes(p.nested, nil)
+	}
+	has := func(name []byte) bool {
+		if index != nil {
+			_, ok := index[string(name)]
+			return ok
+		}
+		return slices.ContainsFunc(p.nested, func(m member) bool { return bytes.Equal(m.name, name) })
+	}
 	out = append(out, own[:len(own)-1]...) // all but the closing brace
 	for i := range batch {
-		if !slices.ContainsFunc(p.nested, func(m member) bool { return bytes.Equal(m.name, batch[i].name) }) {
+		if !has(batch[i].name) {
 			out = append(out, ',')
 			out = append(out, batch[i].rawName...)
 			out = append(out, ':')
