@@ -39,7 +39,8 @@ type Options struct {
 	// OnAccepted, when set, is called with the entries the store accepted,
 	// duplicates left out, after Append returned and before the client is
 	// answered. The delivery engine hooks in here. It runs on the request's
-	// goroutine, so it must not block; it owns the slice it is given.
+	// goroutine, so it must not block. It owns the slice it is given, but
+	// each entry's Destinations may be shared with the router: read only.
 	OnAccepted func(entries []jobstore.Entry)
 	// Observe, when set, is called once per request with what became of it,
 	// for statistics and the live debugger. For a request that stored
@@ -58,6 +59,11 @@ type Options struct {
 // Handler is the tracking API, an http.Handler serving
 // POST /v1/identify, /v1/track, /v1/page, /v1/screen, /v1/group, /v1/alias,
 // /v1/batch and its alias /v1/import. It is safe for concurrent use.
+//
+// A write key in Basic auth is checked before the body is read. One sent as
+// writeKey in the body can only be found in a body that parses, so a request
+// without Basic auth whose body is not valid JSON gets the 400 that says why,
+// not a 401.
 type Handler struct {
 	mux        *http.ServeMux
 	sources    map[string]string // write key -> source name
