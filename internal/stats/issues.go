@@ -102,8 +102,9 @@ func (s *Stats) issue(p Pair, r delivery.Report) {
 	if r.Result.Outcome == destinations.Rejected {
 		outcome = "rejected"
 	}
-	// The reason may quote the response body, which may echo a secret.
-	reason := red.String(Normalize(r.Result.Reason))
+	// The reason may quote the response body, which may echo a secret:
+	// redact first, or normalizing would hide the secret from the redactor.
+	reason := Normalize(red.String(r.Result.Reason))
 	pi := s.pairIssues(p)
 	probe := Issue{Outcome: outcome, Status: r.Result.StatusCode, Reason: reason}
 	is := pi.byKey[probe.key()]

@@ -55,10 +55,15 @@ func NewRedactor(secrets []string) *Redactor {
 }
 
 // SecretValues returns the values of the settings that schema marks
-// Secret: strings, and every element of lists and maps.
+// Secret (strings, and every element of lists and maps), and the values of
+// credential-named query parameters (api_key=, token=) in any URL setting:
+// users put API keys in URLs whatever the schema says.
 func SecretValues(schema destinations.Schema, settings map[string]any) []string {
 	var out []string
 	for _, f := range schema {
+		if s, ok := settings[f.Name].(string); ok && !f.Secret {
+			out = append(out, queryCredentials(s)...)
+		}
 		if !f.Secret {
 			continue
 		}
@@ -76,6 +81,25 @@ func SecretValues(schema destinations.Schema, settings map[string]any) []string 
 	return out
 }
 
+// queryCredentials returns the values of the credential-named query
+// parameters of s, when s is a URL.
+func queryCredentials(s string) []string {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" || u.RawQuery == "" {
+		return nil
+	}
+	var out []string
+	for k, vs := range u.Query() {
+		if SecretHeader(k) {
+			out = append(out, vs...)
+		}
+	}
+	if p, ok := u.User.Password(); ok {
+		out = append(out, p)
+	}
+	return out
+}
+
 // Settings returns a copy of settings with the fields that schema marks
 // Secret replaced: a secret map keeps its keys (header names are not
 // secret, and show what is configured) with each value replaced.
@@ -89,6 +113,9 @@ func Settings(schema destinations.Schema, settings map[string]any) map[string]an
 	out := make(map[string]any, len(settings))
 	for k, v := range settings {
 		if !secret[k] {
+			if s, ok := v.(string); ok {
+				v = NewRedactor(queryCredentials(s)).URL(s)
+			}
 			out[k] = v
 			continue
 		}
@@ -167,18 +194,19 @@ func SecretHeader(name string) bool {
 	return false
 }
 
+// wordRE matches the tokens Normalize looks at.
 var (
-	uuidRE = regexp.MustCompile(`[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}`)
-	// idRE matches tokens that hold a digit and are long or mixed enough
-	// to be identifiers: hex strings, ids like usr_12ab, request ids.
-	idRE  = regexp.MustCompile(`\b[A-Za-z_\-]*[0-9][A-Za-z0-9_\-]{5,}\b|\b[0-9a-fA-F]{12,}\b`)
-	numRE = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
+	wordRE  = regexp.MustCompile(`[A-Za-z0-9_\-.]+`)
+	digitRE = regexp.MustCompile(`[0-9]+`)
 )
 
 // Normalize turns a failure reason into the key of its issue group: ids and
 // numbers are replaced, so that "user 123 not found" and "user 456 not
-// found" are one issue. The "HTTP <code> <text>" prefix that StatusReason
-// writes is kept as it is; the status code is part of the key anyway.
+// found" are one issue. A token that is a number becomes <n>; a token of
+// eight or more characters holding a digit (a UUID, a request id, a hex
+// digest) becomes <id>; in a shorter one (3000ms, v2) the digits become
+// <n>. The "HTTP <code> <text>" prefix that StatusReason writes is kept as
+// it is; the status code is part of the key anyway.
 func Normalize(reason string) string {
 	prefix, rest := "", reason
 	if strings.HasPrefix(reason, "HTTP ") {
@@ -188,8 +216,17 @@ func Normalize(reason string) string {
 			return reason
 		}
 	}
-	rest = uuidRE.ReplaceAllString(rest, "<id>")
-	rest = idRE.ReplaceAllString(rest, "<id>")
-	rest = numRE.ReplaceAllString(rest, "<n>")
+	rest = wordRE.ReplaceAllStringFunc(rest, func(w string) string {
+		if !strings.ContainsAny(w, "0123456789") {
+			return w
+		}
+		if strings.Trim(w, "0123456789.") == "" {
+			return "<n>"
+		}
+		if len(w) >= 8 {
+			return "<id>"
+		}
+		return digitRE.ReplaceAllString(w, "<n>")
+	})
 	return prefix + rest
 }
