@@ -6,28 +6,38 @@ import (
 	"errors"
 	"fmt"
 	"time"
-	"sync/atomic"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/fanout/fanout/internal/jobstore"
 )
 
-// Group limits. A group larger than half a memtable would be written by
-// Pebble as a "flushable batch" of its own; 8 MB stays well below that and
-// is still hundreds of requests.
 const (
+	// maxGroupBytes bounds one group's batch. A batch larger than half a
+	// memtable would be written by Pebble as a "flushable batch" of its
+	// own; 8 MB stays well below that and is still hundreds of requests.
 	maxGroupBytes = 8 << 20
 	// maxInflight bounds the groups applied but not yet synced.
 	maxInflight = 4
+	// recentGroups is how many groups' messageIds the committer remembers
+	// (see recentIDs); a few hundred milliseconds of traffic.
+	recentGroups = 256
 )
 
-// appendReq is one Append call waiting for the committer.
+// appendReq is one Append call on its way through the committer.
 type appendReq struct {
 	ctx     context.Context
 	entries []jobstore.Entry
-	size    int
-	done    chan appendResult // buffered: the committer never blocks on it
+	// gen is the last group applied before the call's own dedupe lookups:
+	// they saw every group up to gen and none after.
+	gen uint64
+	// dup is the call's own verdict: a duplicate of a stored event or of an
+	// earlier entry of the call. The committer adds groups after gen.
+	dup []bool
+	// recs holds each non-duplicate entry's encoded job record.
+	recs [][]byte
+	size int
+	done chan appendResult // buffered: the committer never blocks on it
 }
 
 type appendResult struct {
@@ -37,13 +47,19 @@ type appendResult struct {
 
 // group is the requests committed by one batch.
 type group struct {
-	batch   *pebbledb.Batch
-	reqs    []*appendReq
-	results []appendResult
+	gen   uint64
+	batch *pebbledb.Batch
+	reqs  []*appendReq
+	ids   []dedupeID // the messageIds this group stores
 }
 
-// Append stores entries durably; see jobstore.Store. It hands the call to the
-// committer goroutine and waits for its answer.
+// Append stores entries durably; see jobstore.Store.
+//
+// The call does the work that needs no ordering itself, in parallel with
+// other calls: the dedupe lookups of its events in the database and the
+// encoding of their records. Then it hands the request to the committer
+// goroutine, which finishes the dedupe check against the groups the lookups
+// could not see, assigns Seqs, and commits (see commitLoop).
 //
 // If ctx ends while the call waits for its sync, Append returns ctx's error
 // but the entries may still be stored: the caller cannot know, just as after
@@ -53,17 +69,16 @@ func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	select {
-	case <-s.closing:
-		return nil, ErrClosed
-	default:
-	}
 	if len(entries) == 0 {
+		if err := s.readLock(); err != nil {
+			return nil, err
+		}
+		s.mu.RUnlock()
 		return []bool{}, nil
 	}
 	r := &appendReq{ctx: ctx, entries: entries, done: make(chan appendResult, 1)}
-	for _, e := range entries {
-		r.size += len(e.Event.Payload) * max(len(e.Destinations), 1)
+	if err := s.prepare(r); err != nil {
+		return nil, err
 	}
 	select {
 	case s.reqs <- r:
@@ -80,27 +95,68 @@ func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, e
 	}
 }
 
+// prepare looks r's events up in the dedupe records and encodes the records
+// of the others.
+func (s *Store) prepare(r *appendReq) error {
+	if err := s.readLock(); err != nil {
+		return err
+	}
+	defer s.mu.RUnlock()
+	r.gen = s.appliedGen.Load()
+	now := s.opts.Now()
+	oldest, current := dedupeBucket(now.Add(-s.opts.DedupeWindow)), dedupeBucket(now)
+	r.dup = make([]bool, len(r.entries))
+	r.recs = make([][]byte, len(r.entries))
+	var inCall map[dedupeID]bool
+	for i, e := range r.entries {
+		if id := (dedupeID{e.Event.Source, e.Event.MessageID}); id.messageID != "" {
+			if inCall[id] {
+				r.dup[i] = true
+				continue
+			}
+			found, err := s.storedWithin(id, now, oldest, current)
+			if err != nil {
+				return fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)
+			}
+			if found {
+				r.dup[i] = true
+				continue
+			}
+			if inCall == nil {
+				inCall = make(map[dedupeID]bool, len(r.entries))
+			}
+			inCall[id] = true
+		}
+		r.recs[i] = appendRecord(nil, &jobRecord{Event: e.Event})
+		r.size += (len(r.recs[i]) + 64) * len(e.Destinations)
+	}
+	return nil
+}
+
 // commitLoop is the committer. Group commit, step by step:
 //
 //  1. Block for one request, then take every other request already waiting
 //     (up to maxGroupBytes): they are the group.
-//  2. For each event, check dedupe against the database and the group itself,
-//     assign Seqs, and put the dedupe records, the jobs and the new Seq
-//     high-water mark into one batch. Only this goroutine does this, so the
-//     check-and-set is atomic across concurrent Appends without a lock, and
-//     Seqs become visible in order: a reader paging with Pending(after)
-//     never sees Seq n+1 before Seq n.
-//  3. Apply the batch with Sync but without waiting for the fsync
-//     (ApplyNoSyncWait): it returns once the batch is in the WAL buffer and
-//     the memtable, so the next group's dedupe lookups see it.
-//  4. Hand the batch to the syncer, which waits for its fsync and answers the
+//  2. Finish each request's dedupe check: its own lookups saw the database
+//     up to group r.gen, and recentIDs holds the messageIds of the groups
+//     since (including this one), so a lookup there completes it. Only this
+//     goroutine writes dedupe records, so the check-and-set is atomic across
+//     concurrent Appends without a lock.
+//  3. Assign Seqs and put the dedupe records, the jobs and the new Seq
+//     high-water mark into one batch. One goroutine assigns Seqs and applies
+//     batches, so Seqs become visible in order: a reader paging with
+//     Pending(after) never sees Seq n+1 before Seq n.
+//  4. Apply the batch with Sync but without waiting for the fsync
+//     (ApplyNoSyncWait): it returns once the batch is in the WAL queue and
+//     the memtable, readable by the next calls' lookups.
+//  5. Hand the batch to the syncer, which waits for its fsync and answers the
 //     group. Meanwhile the committer is back at step 1: the next group is
 //     built while this one syncs, and Pebble's WAL writer syncs everything
 //     queued since its last fsync at once, so many groups share one fsync.
 //
-// A record is visible to readers before it is synced (as with any Pebble
-// commit). A group deduped against a record that then fails to sync fails
-// too: Pebble's WAL errors are sticky and groups are answered in order.
+// A record is readable before it is synced (as with any Pebble commit). A
+// group deduped against a record that then fails to sync fails too: Pebble's
+// WAL errors are sticky and groups are answered in order.
 func (s *Store) commitLoop() {
 	defer close(s.committerDone)
 	synced := make(chan *group, maxInflight)
@@ -135,13 +191,14 @@ func (s *Store) commitLoop() {
 				break gather
 			}
 		}
-		t1 := time.Now()
 		g := s.buildGroup(reqs)
-		dbgBuild.Add(int64(time.Since(t1)))
 		if g == nil {
 			continue
 		}
 		if err := s.db.ApplyNoSyncWait(g.batch, pebbledb.Sync); err != nil {
+			// Nothing of the group is stored: forget its messageIds so
+			// that a retry is not taken for a duplicate.
+			s.recent.forget(g.gen, g.ids)
 			err = unavailable("append", err)
 			for _, r := range g.reqs {
 				r.done <- appendResult{err: err}
@@ -149,9 +206,8 @@ func (s *Store) commitLoop() {
 			// Not closed: Pebble may still hold it after a failed apply.
 			continue
 		}
-		t2 := time.Now()
+		s.appliedGen.Store(g.gen)
 		synced <- g
-		dbgHand.Add(int64(time.Since(t2)))
 	}
 }
 
@@ -159,20 +215,16 @@ func (s *Store) commitLoop() {
 func (s *Store) syncLoop(groups <-chan *group, done chan<- struct{}) {
 	defer close(done)
 	for g := range groups {
-		t0 := time.Now()
 		err := g.batch.SyncWait()
-		dbgSync.Add(int64(time.Since(t0)))
-		dbgGroups.Add(1)
-		dbgReqs.Add(int64(len(g.reqs)))
 		if err != nil {
 			err = unavailable("append", err)
 			s.log.Error("append sync failed", "err", err, "requests", len(g.reqs))
 		}
-		for i, r := range g.reqs {
+		for _, r := range g.reqs {
 			if err != nil {
 				r.done <- appendResult{err: err}
 			} else {
-				r.done <- g.results[i]
+				r.done <- appendResult{duplicate: r.dup}
 			}
 		}
 		if err == nil {
@@ -191,8 +243,9 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 	now := s.opts.Now()
 	oldest := dedupeBucket(now.Add(-s.opts.DedupeWindow))
 	current := dedupeBucket(now)
-	b := s.db.NewBatch()
-	g := &group{batch: b}
+	s.gen++
+	g := &group{gen: s.gen, batch: s.db.NewBatch()}
+	b := g.batch
 
 	// Buckets wholly older than the window go in one range deletion, the
 	// first time a group sees that they have expired.
@@ -201,40 +254,39 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 		s.dedupeDropped = oldest
 	}
 
-	inGroup := make(map[dedupeID]bool)
 	var nowVal [8]byte
 	binary.BigEndian.PutUint64(nowVal[:], timeKey(now))
-	var rec []byte
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- appendResult{err: err}
 			continue
 		}
-		dup, err := s.checkDedupe(r.entries, inGroup, now, oldest, current)
-		if err != nil {
+		if err := s.finishDedupe(r, now, oldest, current); err != nil {
 			r.done <- appendResult{err: fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)}
 			continue
 		}
 		for i, e := range r.entries {
-			if dup[i] {
+			if r.dup[i] {
 				continue
 			}
 			if e.Event.MessageID != "" {
-				inGroup[dedupeID{e.Event.Source, e.Event.MessageID}] = true
+				id := dedupeID{e.Event.Source, e.Event.MessageID}
+				s.recent.add(g.gen, id)
+				g.ids = append(g.ids, id)
 				_ = b.Set(dedupeKey(current, e.Event.Source, e.Event.MessageID), nowVal[:], nil)
 			}
 			// One copy of the record per destination: the key carries
 			// the queue, the value is the same for each.
-			rec = appendRecord(rec[:0], &jobRecord{Event: e.Event})
 			for _, dest := range e.Destinations {
 				s.lastSeq++
 				q := jobstore.Queue{Source: e.Event.Source, Destination: dest}
-				_ = b.Set(pendingKey(q, s.lastSeq), rec, nil)
+				_ = b.Set(pendingKey(q, s.lastSeq), r.recs[i], nil)
 			}
 		}
+		r.recs = nil
 		g.reqs = append(g.reqs, r)
-		g.results = append(g.results, appendResult{duplicate: dup})
 	}
+	s.recent.endGroup(g.gen)
 	if len(g.reqs) == 0 {
 		b.Close()
 		return nil
@@ -247,37 +299,30 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 	return g
 }
 
-// checkDedupe reports, for each entry, whether its (source, messageId) was
-// stored within the window or appears earlier in this group. An empty
-// messageId is never a duplicate (the tracking API always sets one).
-func (s *Store) checkDedupe(entries []jobstore.Entry, inGroup map[dedupeID]bool, now time.Time, oldest, current uint64) ([]bool, error) {
-	dup := make([]bool, len(entries))
-	// Earlier entries of the same call count, but are only added to
-	// inGroup by the caller once the whole call is accepted.
-	var inCall map[dedupeID]bool
-	for i, e := range entries {
-		if e.Event.MessageID == "" {
+// finishDedupe completes r's dedupe check with what its own lookups could
+// not see: the groups after r.gen, the current one included. If recentIDs
+// no longer covers all of them (r waited very long), the lookups are redone
+// here, where nothing can change under them.
+func (s *Store) finishDedupe(r *appendReq, now time.Time, oldest, current uint64) error {
+	redo := !s.recent.covers(r.gen)
+	for i, e := range r.entries {
+		if r.dup[i] || e.Event.MessageID == "" {
 			continue
 		}
 		id := dedupeID{e.Event.Source, e.Event.MessageID}
-		if inGroup[id] || inCall[id] {
-			dup[i] = true
+		if s.recent.since(r.gen, id) {
+			r.dup[i] = true
 			continue
 		}
-		found, err := s.storedWithin(id, now, oldest, current)
-		if err != nil {
-			return nil, err
+		if redo {
+			found, err := s.storedWithin(id, now, oldest, current)
+			if err != nil {
+				return err
+			}
+			r.dup[i] = found
 		}
-		if found {
-			dup[i] = true
-			continue
-		}
-		if inCall == nil {
-			inCall = make(map[dedupeID]bool)
-		}
-		inCall[id] = true
 	}
-	return dup, nil
+	return nil
 }
 
 // storedWithin looks id up in every bucket that can hold a record from the
@@ -309,4 +354,63 @@ func (s *Store) storedWithin(id dedupeID, now time.Time, oldest, current uint64)
 	}
 }
 
-var dbgSync, dbgGroups, dbgReqs, dbgBuild, dbgHand atomic.Int64
+// recentIDs remembers which group stored each messageId, for the last n
+// groups. Owned by the committer goroutine.
+type recentIDs struct {
+	gens map[dedupeID]uint64
+	// ring[gen%n] lists the messageIds of group gen, so that they can be
+	// forgotten when the group leaves the window of n groups.
+	ring    [][]dedupeID
+	lastGen uint64
+}
+
+func newRecentIDs(n int) recentIDs {
+	return recentIDs{gens: make(map[dedupeID]uint64), ring: make([][]dedupeID, n)}
+}
+
+// covers reports whether every group after gen is still remembered.
+func (r *recentIDs) covers(gen uint64) bool {
+	return r.lastGen < uint64(len(r.ring)) || gen >= r.lastGen-uint64(len(r.ring))
+}
+
+// since reports whether a group after gen stored id.
+func (r *recentIDs) since(gen uint64, id dedupeID) bool {
+	g, ok := r.gens[id]
+	return ok && g > gen
+}
+
+// add notes that group gen (the one being built) stores id.
+func (r *recentIDs) add(gen uint64, id dedupeID) {
+	slot := &r.ring[gen%uint64(len(r.ring))]
+	if r.lastGen < gen {
+		// First id of a new group: its slot held group gen-n; forget it.
+		r.evict(*slot, gen-uint64(len(r.ring)))
+		*slot = (*slot)[:0]
+		r.lastGen = gen
+	}
+	r.gens[id] = gen
+	*slot = append(*slot, id)
+}
+
+// endGroup marks group gen as built even if it stored no messageId.
+func (r *recentIDs) endGroup(gen uint64) {
+	if r.lastGen < gen {
+		slot := &r.ring[gen%uint64(len(r.ring))]
+		r.evict(*slot, gen-uint64(len(r.ring)))
+		*slot = (*slot)[:0]
+		r.lastGen = gen
+	}
+}
+
+// forget drops the ids of group gen, which was not stored.
+func (r *recentIDs) forget(gen uint64, ids []dedupeID) {
+	r.evict(ids, gen)
+}
+
+func (r *recentIDs) evict(ids []dedupeID, gen uint64) {
+	for _, id := range ids {
+		if r.gens[id] == gen {
+			delete(r.gens, id)
+		}
+	}
+}

@@ -88,9 +88,15 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 
+	// appliedGen is the number of the last group applied to the database
+	// (visible to reads). Append notes it before its own dedupe lookups.
+	appliedGen atomic.Uint64
+
 	// Owned by the committer goroutine.
 	lastSeq       uint64 // highest Seq assigned, persisted in every batch
 	dedupeDropped uint64 // dedupe buckets below this were range-deleted
+	gen           uint64 // number of the last group built
+	recent        recentIDs
 
 	// stepped counts the points that iterators of Pending, Retries and
 	// Queues stepped over, so a test can check that drained jobs are not
@@ -116,6 +122,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		reqs:          make(chan *appendReq),
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
+		recent:        newRecentIDs(recentGroups),
 	}
 	v, closer, err := db.Get(metaSeqKey)
 	switch {
