@@ -21,6 +21,7 @@ var commands = map[string]struct {
 	"serve": {runServe, "run the tracking API, delivery and the admin API"},
 	"send":  {runSend, "send events to a running server"},
 	"sink":  {runSink, "a stand-in destination with fault injection"},
+	"tail":  {runTail, "follow a source's live events and their outcomes"},
 	"bench": {runBench, "run a benchmark scenario and print its figures"},
 }
 

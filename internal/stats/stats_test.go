@@ -1,0 +1,132 @@
+package stats
+
+import (
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/router"
+)
+
+// TestHistogramError compares the histogram's quantiles with exact ones
+// over latencies spread across six orders of magnitude.
+func TestHistogramError(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var h, a, b Histogram
+	var vals []time.Duration
+	for i := range 20000 {
+		d := time.Duration(math.Exp(rnd.Float64()*math.Log(1e7))) * time.Microsecond // 1µs..10s
+		vals = append(vals, d)
+		h.Record(d)
+		if i%2 == 0 { // two halves merged must equal the whole
+			a.Record(d)
+		} else {
+			b.Record(d)
+		}
+	}
+	a.Merge(&b)
+	slices.Sort(vals)
+	for _, q := range []float64{0.01, 0.5, 0.95, 0.99, 1} {
+		exact := vals[int(math.Ceil(q*float64(len(vals))))-1]
+		got := h.Quantile(q)
+		if rel := math.Abs(float64(got-exact)) / float64(exact); rel > HistogramError {
+			t.Errorf("q%v = %v, exact %v: relative error %.4f over %v", q, got, exact, rel, HistogramError)
+		}
+		if a.Quantile(q) != got {
+			t.Errorf("q%v of merged halves = %v, of the whole %v", q, a.Quantile(q), got)
+		}
+	}
+	enc := h.appendBinary(nil)
+	var back Histogram
+	if rest, err := back.decode(enc); err != nil || len(rest) != 0 || back.Quantile(0.5) != h.Quantile(0.5) || back.Count() != h.Count() {
+		t.Errorf("decode: %v, rest %d", err, len(rest))
+	}
+}
+
+// TestOverviewLatency feeds known reports and checks the percentiles of a
+// range against the exact ones, and that a range outside sees nothing.
+func TestOverviewLatency(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	cfg := &config.Config{Destinations: []config.Destination{{Name: "d", Type: "webhook", Sources: []string{"s"}}}}
+	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Router: router.New(cfg, destinations.Registry{}),
+		Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var lat []time.Duration
+	for i := range 1000 {
+		recv := now.Add(-time.Duration(i%30) * time.Minute)
+		d := time.Duration(i+1) * time.Millisecond
+		lat = append(lat, d)
+		s.Observe(delivery.Report{
+			Queue: jobstore.Queue{Source: "s", Destination: "d"},
+			Job:   &jobstore.Job{Attempts: 1, Event: event.Event{MessageID: "m", ReceivedAt: recv}},
+			End:   delivery.EndDelivered, At: recv.Add(d),
+			Result: destinations.SendResult{Result: destinations.Result{Outcome: destinations.Delivered}},
+		})
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	o, err := s.Overview(Filter{From: now.Add(-time.Hour), To: now.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.DeliveredFirst != 1000 || o.Latency.Count != 1000 {
+		t.Fatalf("overview = %+v", o)
+	}
+	for q, got := range map[float64]float64{0.5: o.Latency.P50, 0.95: o.Latency.P95, 0.99: o.Latency.P99} {
+		exact := float64(lat[int(math.Ceil(q*1000))-1]) / float64(time.Millisecond)
+		if math.Abs(got-exact)/exact > HistogramError {
+			t.Errorf("p%v = %v ms, exact %v ms", q*100, got, exact)
+		}
+	}
+	o, _ = s.Overview(Filter{From: now.Add(-3 * time.Hour), To: now.Add(-2 * time.Hour)})
+	if o.Received+o.DeliveredFirst != 0 || o.Latency.Count != 0 {
+		t.Errorf("a range without traffic: %+v", o)
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	for in, want := range map[string]string{
+		`HTTP 404 Not Found: user 123 not found`:                                  `HTTP 404 Not Found: user <n> not found`,
+		`HTTP 400 Bad Request: {"id":"3f2b8c1e-8f4a-4b6e-9d3c-1a2b3c4d5e6f"}`:     `HTTP 400 Bad Request: {"id":"<id>"}`,
+		`request timed out after 10s`:                                             `request timed out after <n>s`,
+		`connection refused: dial tcp 127.0.0.1:4567`:                             `connection refused: dial tcp <n>:<n>`,
+		`HTTP 500 Internal Server Error: trace req_8a7b6c5d4e took 250.5 seconds`: `HTTP 500 Internal Server Error: trace <id> took <n> seconds`,
+	} {
+		if got := Normalize(in); got != want {
+			t.Errorf("Normalize(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRedactor(t *testing.T) {
+	schema := destinations.Schema{{Name: "url", Type: destinations.String}, {Name: "key", Type: destinations.String, Secret: true},
+		{Name: "headers", Type: destinations.StringMap, Secret: true}}
+	settings := map[string]any{"url": "https://api.example.com/v1?token=tok123456&x=1", "key": "k-secret-1",
+		"headers": map[string]string{"X-Custom": "hdr-secret-2"}}
+	r := NewRedactor(SecretValues(schema, settings))
+	got := r.String("a k-secret-1 b hdr-secret-2 c tok123456")
+	if got != "a [redacted] b [redacted] c [redacted]" {
+		t.Errorf("String = %q", got)
+	}
+	red := Settings(schema, settings)
+	if red["key"] != Redacted || red["headers"].(map[string]string)["X-Custom"] != Redacted ||
+		red["url"] != "https://api.example.com/v1?token=[redacted]&x=1" {
+		t.Errorf("Settings = %v", red)
+	}
+	h := r.Header(map[string][]string{"Authorization": {"Bearer x"}, "X-Custom": {"hdr-secret-2"}, "Accept": {"json"}})
+	if h.Get("Authorization") != Redacted || h.Get("X-Custom") != Redacted || h.Get("Accept") != "json" {
+		t.Errorf("Header = %v", h)
+	}
+}
