@@ -54,7 +54,7 @@ const (
 	// are in flight when the server is killed.
 	latency = 5 * time.Millisecond
 	// deliverTimeout bounds the wait for every acknowledged event.
-	deliverTimeout = 60 * time.Second
+	deliverTimeout = 120 * time.Second
 )
 
 // batch is one /v1/batch request.

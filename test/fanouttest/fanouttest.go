@@ -87,6 +87,23 @@ func Start(t testing.TB, bin string, cfg Config) *Server {
 	if cfg.DataDir == "" {
 		cfg.DataDir = filepath.Join(dir, "data")
 	}
+	// A port found free can be taken by another process before fanout
+	// binds it; then fanout exits at once, and another pair is tried.
+	const attempts = 3
+	for i := 1; ; i++ {
+		s, err := start(t, bin, cfg, dir)
+		if err == nil {
+			return s
+		}
+		if i == attempts || !strings.Contains(s.LogTail(5), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("fanout serve could not bind its ports, trying others: %v", err)
+	}
+}
+
+func start(t testing.TB, bin string, cfg Config, dir string) (*Server, error) {
+	t.Helper()
 	listen, admin := FreeAddr(t), FreeAddr(t)
 	configPath := filepath.Join(dir, "fanout.yaml")
 	if err := os.WriteFile(configPath, configYAML(cfg, listen, admin), 0o600); err != nil {
@@ -121,8 +138,7 @@ func Start(t testing.TB, bin string, cfg Config) *Server {
 			t.Logf("fanout serve log (%s), last lines:\n%s", s.LogPath, s.LogTail(40))
 		}
 	})
-	s.waitReady()
-	return s
+	return s, s.waitReady()
 }
 
 // configYAML is the configuration file of the DESIGN.md format for cfg.
@@ -146,8 +162,7 @@ func configYAML(cfg Config, listen, admin string) []byte {
 
 // waitReady polls the admin /healthz until it answers 200, the process
 // exits, or ReadyTimeout passes.
-func (s *Server) waitReady() {
-	s.t.Helper()
+func (s *Server) waitReady() error {
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(ReadyTimeout)
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -157,15 +172,15 @@ func (s *Server) waitReady() {
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("fanout serve not ready after %v (last: %v); log:\n%s", ReadyTimeout, err, s.LogTail(40))
+			return fmt.Errorf("fanout serve not ready after %v (last: %v); log:\n%s", ReadyTimeout, err, s.LogTail(40))
 		}
 		select {
 		case <-s.done:
-			s.t.Fatalf("fanout serve exited before it was ready: %v; log:\n%s", s.err, s.LogTail(40))
+			return fmt.Errorf("fanout serve exited before it was ready: %v; log:\n%s", s.err, s.LogTail(40))
 		case <-tick.C:
 		}
 	}
