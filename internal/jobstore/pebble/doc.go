@@ -39,12 +39,17 @@
 //     pending job deletes its 'p' key and writes its 'r' record in the same
 //     batch: a crash leaves one or the other, never neither. Rescheduling a
 //     retry job deletes its old 'r' key and writes the new one; Finish of a
-//     retry job point-deletes it.
+//     retry job point-deletes it. Iterators skip point tombstones without
+//     our help, and a tombstone goes away on its own once a compaction
+//     carries it to the bottom level or a Drop's range covers it, so even a
+//     small queue that never reaches its next Drop does not keep its
+//     finished jobs forever.
 //  4. Drop{q, Below} is a single DeleteRange('p' q, 'p' q Below). The engine
 //     issues one every few thousand settled jobs of a queue, not per job:
 //     each range tombstone in the memtable must be re-fragmented by every
 //     new iterator until the memtable flushes, so thousands of them would
-//     make reads quadratic. The range lets compactions drop the drained
+//     make reads quadratic (Append's dedupe Gets included: they read the
+//     memtable's range tombstones too). The range lets compactions drop the drained
 //     prefix's point tombstones at once and lets a scan from the start of
 //     the queue (after a restart) skip them with one seek.
 //  5. Retries(q, until) is a prefix scan of 'r' q: keys sort by due time, so

@@ -242,7 +242,8 @@ func (s *Store) closeIter(it *pebbledb.Iterator, err error) error {
 }
 
 // Pending returns up to limit pending jobs of q with Seq > after, in Seq
-// order. Hidden (rescheduled or finished) jobs are skipped.
+// order. Rescheduled and finished jobs are point-deleted, so the iterator
+// skips them itself.
 func (s *Store) Pending(ctx context.Context, q jobstore.Queue, after uint64, limit int) ([]jobstore.Job, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -267,9 +268,6 @@ func (s *Store) Pending(ctx context.Context, q jobstore.Queue, after uint64, lim
 		if verr != nil {
 			err = verr
 			break
-		}
-		if len(v) == 0 {
-			continue // hidden
 		}
 		var job jobstore.Job
 		if job, err = decodeJob(it.Key(), v); err != nil {
@@ -415,8 +413,7 @@ func buildUpdate(u jobstore.Update) (*pebbledb.Batch, error) {
 
 // Queues lists the queues that hold pending or retry jobs, sorted by source
 // then destination. It skip-scans: after finding a queue it seeks past the
-// queue's whole range, so it reads one key per queue (plus the hidden records
-// at the head of a queue, which the queue's next Drop removes), never the
+// queue's whole range, so it reads one key per queue and keyspace, never the
 // drained jobs.
 func (s *Store) Queues(ctx context.Context) ([]jobstore.Queue, error) {
 	if err := ctx.Err(); err != nil {
@@ -461,16 +458,6 @@ func (s *Store) scanQueues(ctx context.Context, prefix byte, seen map[jobstore.Q
 		var q jobstore.Queue
 		if q, _, err = readQueue(it.Key()[1:]); err != nil {
 			break
-		}
-		var v []byte
-		if v, err = it.ValueAndErr(); err != nil {
-			break
-		}
-		if len(v) == 0 {
-			// A hidden pending job: look at the next key, which may
-			// still be in the same queue.
-			valid = it.Next()
-			continue
 		}
 		seen[q] = true
 		valid = it.SeekGE(prefixEnd(queuePrefix(prefix, q)))
