@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -59,6 +60,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"StateSurvivesReopen", testStateSurvivesReopen},
 		{"ConcurrentAppendOrder", testConcurrentAppendOrder},
 		{"CanceledAppend", testCanceledAppend},
+		{"CanceledWhileWaiting", testCanceledWhileWaiting},
 		{"AppendAfterClose", testAppendAfterClose},
 	}
 	for _, tt := range tests {
@@ -811,6 +813,83 @@ func testCanceledAppend(t *testing.T, h *harness) {
 	}
 }
 
+func testCanceledWhileWaiting(t *testing.T, h *harness) {
+	// Appends whose context ends at random moments, racing with others
+	// that succeed. An Append that returned nil is stored; one that failed
+	// may or may not be; nothing is stored twice, Seqs stay strictly
+	// increasing, and the store carries on.
+	const (
+		appenders = 8
+		calls     = 25
+	)
+	var (
+		mu    sync.Mutex
+		acked = make(map[string]bool)
+		wg    sync.WaitGroup
+	)
+	for a := range appenders {
+		wg.Go(func() {
+			for c := range calls {
+				ctx, cancel := context.WithCancel(h.ctx)
+				if a%2 == 1 {
+					// Cancel from another goroutine, at once or a
+					// little later, while the Append is on its way.
+					go func() {
+						for range c % 4 * 50 {
+							runtime.Gosched()
+						}
+						cancel()
+					}()
+				}
+				entries := []jobstore.Entry{
+					{Event: h.ev("web", fmt.Sprintf("w-%d-%d-a", a, c)), Destinations: []string{"hook"}},
+					{Event: h.ev("web", fmt.Sprintf("w-%d-%d-b", a, c)), Destinations: []string{"hook"}},
+				}
+				_, err := h.store.Append(ctx, entries)
+				cancel()
+				switch {
+				case err == nil:
+					mu.Lock()
+					acked[entries[0].Event.MessageID] = true
+					acked[entries[1].Event.MessageID] = true
+					mu.Unlock()
+				case !errors.Is(err, context.Canceled):
+					t.Errorf("Append: %v, want nil or context.Canceled", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	h.appendEvents("web", []string{"hook"}, "after")
+	got := h.pending(qWebHook)
+	checkIncreasing(t, got)
+	stored := make(map[string]int)
+	for _, j := range got {
+		stored[j.Event.MessageID]++
+	}
+	for id, n := range stored {
+		if n > 1 {
+			t.Errorf("%s stored %d times", id, n)
+		}
+	}
+	for id := range acked {
+		if stored[id] != 1 {
+			t.Errorf("%s: Append returned nil but it is not stored", id)
+		}
+	}
+	if stored["after"] != 1 {
+		t.Error("the store did not take an Append after the canceled ones")
+	}
+	// The two entries of one call are stored together or not at all.
+	for a := range appenders {
+		for c := range calls {
+			if x, y := stored[fmt.Sprintf("w-%d-%d-a", a, c)], stored[fmt.Sprintf("w-%d-%d-b", a, c)]; x != y {
+				t.Errorf("call %d/%d: half of its entries stored", a, c)
+			}
+		}
+	}
+}
+
 func testAppendAfterClose(t *testing.T, h *harness) {
 	h.appendEvents("web", []string{"hook"}, "a")
 	if err := h.store.Close(); err != nil {
@@ -825,6 +904,15 @@ func testAppendAfterClose(t *testing.T, h *harness) {
 	}
 	if _, err := h.store.Pending(h.ctx, qWebHook, 0, 10); err == nil {
 		t.Error("Pending after Close succeeded")
+	}
+	if _, _, err := h.store.Retries(h.ctx, qWebHook, h.clock.Now(), 10); err == nil {
+		t.Error("Retries after Close succeeded")
+	}
+	if _, err := h.store.Queues(h.ctx); err == nil {
+		t.Error("Queues after Close succeeded")
+	}
+	if err := h.store.Apply(h.ctx, jobstore.Update{Drops: []jobstore.Drop{{Queue: qWebHook, Below: 100}}}); err == nil {
+		t.Error("Apply after Close succeeded")
 	}
 	h.store = h.open(t, h.env)
 	if got := messageIDs(h.pending(qWebHook)); !slices.Equal(got, []string{"a"}) {
