@@ -213,20 +213,25 @@ func sinkPost(addr, action string) error {
 	return nil
 }
 
-// waitAccepted polls the sink until it has accepted at least n events, or
-// the timeout passes. It returns the time the count was reached.
+// waitAccepted polls the sink until it has accepted at least n distinct
+// events, or the timeout passes. It returns the time the count was reached.
 func waitAccepted(addr string, n uint64, timeout time.Duration) (time.Time, sink.Stats, error) {
+	return waitSink(addr, timeout, func(s sink.Stats) bool { return s.Unique >= n })
+}
+
+// waitSink polls the sink until done says so, or the timeout passes.
+func waitSink(addr string, timeout time.Duration, done func(sink.Stats) bool) (time.Time, sink.Stats, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		s, err := sinkStats(addr)
 		if err != nil {
 			return time.Time{}, s, err
 		}
-		if s.Unique >= n {
+		if done(s) {
 			return time.Now(), s, nil
 		}
 		if time.Now().After(deadline) {
-			return time.Time{}, s, fmt.Errorf("sink has %d unique events, want %d, after %v", s.Unique, n, timeout)
+			return time.Time{}, s, fmt.Errorf("sink has %d events (%d unique), not what was awaited, after %v", s.Accepted, s.Unique, timeout)
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
