@@ -234,6 +234,10 @@ func TestAnalyticsNode(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@segment", "analytics-node")); err != nil {
 		t.Fatalf("@segment/analytics-node is not installed (%v): run `npm ci --prefix test/compat/node` from the repository root", err)
 	}
+	// Stat what node reads, so that go test reruns this test when it changes.
+	for _, f := range []string{"send.mjs", "package-lock.json", filepath.Join("node_modules", ".package-lock.json")} {
+		os.Stat(filepath.Join(dir, f))
+	}
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Fatalf("node is needed to run the analytics-node test: %v", err)

@@ -32,6 +32,13 @@ const Package = "github.com/fanout/fanout/cmd/fanout"
 // Build compiles the fanout command into dir and returns the binary's path.
 // It runs the go command found on PATH (go test puts its own first), from
 // the current directory, which must be inside the fanout module.
+//
+// go test caches a package's result by the package's own dependencies and
+// the files the test reads. The binary is built by a subprocess, so its
+// sources are neither: Build lists them (and go.mod, go.sum), and Start
+// stats each from the running test, which makes a change to fanout's code
+// rerun the tests that use the binary instead of reporting a cached pass.
+// (Build runs in TestMain, before go test records what a test reads.)
 func Build(dir string) (string, error) {
 	bin := filepath.Join(dir, "fanout")
 	cmd := exec.Command("go", "build", "-o", bin, Package)
@@ -39,7 +46,33 @@ func Build(dir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", Package, err, out)
 	}
+	if sources, err = listSources(); err != nil {
+		return "", err
+	}
 	return bin, nil
+}
+
+// sources are the files of the main module that the binary is built from.
+var sources []string
+
+// listSources lists the files of the main module that the fanout command is
+// built from.
+func listSources() ([]string, error) {
+	const format = `{{if .Module}}{{if .Module.Main}}` +
+		`{{range .GoFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}` +
+		`{{range .EmbedFiles}}{{$.Dir}}/{{.}}{{"\n"}}{{end}}` +
+		`{{$.Module.GoMod}}{{"\n"}}` +
+		`{{end}}{{end}}`
+	out, err := exec.Command("go", "list", "-deps", "-f", format, Package).Output()
+	if err != nil {
+		return nil, fmt.Errorf("go list -deps %s: %w", Package, err)
+	}
+	files := strings.Fields(string(out))
+	if len(files) == 0 {
+		return nil, fmt.Errorf("go list -deps %s: no source files of the main module", Package)
+	}
+	// go.sum beside go.mod pins the dependencies' contents.
+	return append(files, filepath.Join(filepath.Dir(files[len(files)-1]), "go.sum")), nil
 }
 
 // Config is what a test chooses about the server it runs. One source, "web",
@@ -83,6 +116,9 @@ const ReadyTimeout = 30 * time.Second
 // the tail of the server's log is logged.
 func Start(t testing.TB, bin string, cfg Config) *Server {
 	t.Helper()
+	for _, f := range sources {
+		os.Stat(f) // recorded by go test as an input of the test; see Build
+	}
 	dir := t.TempDir()
 	if cfg.DataDir == "" {
 		cfg.DataDir = filepath.Join(dir, "data")
