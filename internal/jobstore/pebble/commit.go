@@ -1,9 +1,9 @@
 package pebble
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"time"
 
@@ -103,8 +103,11 @@ func (s *Store) prepare(r *appendReq) error {
 	}
 	defer s.mu.RUnlock()
 	r.gen = s.appliedGen.Load()
-	now := s.opts.Now()
-	oldest, current := dedupeBucket(now.Add(-s.opts.DedupeWindow)), dedupeBucket(now)
+	look, err := s.newDedupeLookup(s.opts.Now())
+	if err != nil {
+		return fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)
+	}
+	defer look.close()
 	r.dup = make([]bool, len(r.entries))
 	r.recs = make([][]byte, len(r.entries))
 	var inCall map[dedupeID]bool
@@ -114,7 +117,7 @@ func (s *Store) prepare(r *appendReq) error {
 				r.dup[i] = true
 				continue
 			}
-			found, err := s.storedWithin(id, now, oldest, current)
+			found, err := look.storedWithin(id)
 			if err != nil {
 				return fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)
 			}
@@ -261,7 +264,7 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 			r.done <- appendResult{err: err}
 			continue
 		}
-		if err := s.finishDedupe(r, now, oldest, current); err != nil {
+		if err := s.finishDedupe(r, now); err != nil {
 			r.done <- appendResult{err: fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)}
 			continue
 		}
@@ -303,8 +306,15 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 // not see: the groups after r.gen, the current one included. If recentIDs
 // no longer covers all of them (r waited very long), the lookups are redone
 // here, where nothing can change under them.
-func (s *Store) finishDedupe(r *appendReq, now time.Time, oldest, current uint64) error {
-	redo := !s.recent.covers(r.gen)
+func (s *Store) finishDedupe(r *appendReq, now time.Time) error {
+	var look *dedupeLookup
+	if !s.recent.covers(r.gen) {
+		var err error
+		if look, err = s.newDedupeLookup(now); err != nil {
+			return err
+		}
+		defer look.close()
+	}
 	for i, e := range r.entries {
 		if r.dup[i] || e.Event.MessageID == "" {
 			continue
@@ -314,8 +324,8 @@ func (s *Store) finishDedupe(r *appendReq, now time.Time, oldest, current uint64
 			r.dup[i] = true
 			continue
 		}
-		if redo {
-			found, err := s.storedWithin(id, now, oldest, current)
+		if look != nil {
+			found, err := look.storedWithin(id)
 			if err != nil {
 				return err
 			}
@@ -325,30 +335,56 @@ func (s *Store) finishDedupe(r *appendReq, now time.Time, oldest, current uint64
 	return nil
 }
 
+// dedupeLookup looks messageIds up in the dedupe records as of one moment.
+// It uses one iterator for all the lookups of a call: a Get sets up an
+// iterator over every level each time, which was a third of Append's CPU,
+// while SeekPrefixGE on one iterator still consults the bloom filters but
+// sets the levels up once.
+type dedupeLookup struct {
+	it              *pebbledb.Iterator
+	cutoff          uint64 // timeKey of now - window
+	oldest, current uint64 // buckets that can hold a record from the window
+	key             []byte
+}
+
+func (s *Store) newDedupeLookup(now time.Time) (*dedupeLookup, error) {
+	l := &dedupeLookup{
+		cutoff:  timeKey(now.Add(-s.opts.DedupeWindow)),
+		oldest:  dedupeBucket(now.Add(-s.opts.DedupeWindow)),
+		current: dedupeBucket(now),
+	}
+	var err error
+	l.it, err = s.db.NewIter(&pebbledb.IterOptions{
+		LowerBound: dedupeBucketStart(l.oldest),
+		UpperBound: dedupeBucketStart(l.current + 1),
+	})
+	return l, err
+}
+
+func (l *dedupeLookup) close() { l.it.Close() }
+
 // storedWithin looks id up in every bucket that can hold a record from the
 // window, newest first, and compares the stored time with the window
 // exactly: a record from time t makes a duplicate while now-t < window.
-func (s *Store) storedWithin(id dedupeID, now time.Time, oldest, current uint64) (bool, error) {
-	cutoff := timeKey(now.Add(-s.opts.DedupeWindow))
-	for b := current; ; b-- {
-		v, closer, err := s.db.Get(dedupeKey(b, id.source, id.messageID))
-		if err == nil {
-			var at uint64
-			if len(v) == 8 {
-				at = binary.BigEndian.Uint64(v)
+func (l *dedupeLookup) storedWithin(id dedupeID) (bool, error) {
+	for b := l.current; ; b-- {
+		l.key = appendDedupeKey(l.key[:0], b, id.source, id.messageID)
+		if l.it.SeekPrefixGE(l.key) && bytes.Equal(l.it.Key(), l.key) {
+			v, err := l.it.ValueAndErr()
+			if err != nil {
+				return false, err
 			}
-			closer.Close()
 			if len(v) != 8 {
 				return false, fmt.Errorf("%w: dedupe record of %q has %d bytes", errCorrupt, id.messageID, len(v))
 			}
 			// The newest bucket's record is the latest time the pair
 			// was stored, so it alone decides.
-			return at > cutoff, nil
+			return binary.BigEndian.Uint64(v) > l.cutoff, nil
 		}
-		if !errors.Is(err, pebbledb.ErrNotFound) {
+		if err := l.it.Error(); err != nil {
 			return false, err
 		}
-		if b == oldest || b == 0 {
+		if b == l.oldest || b == 0 {
 			return false, nil
 		}
 	}

@@ -162,5 +162,11 @@ func dedupeBucketStart(bucket uint64) []byte {
 
 // dedupeKey is 'd' bucket source messageId.
 func dedupeKey(bucket uint64, source, messageID string) []byte {
-	return append(appendString(dedupeBucketStart(bucket), source), messageID...)
+	return appendDedupeKey(nil, bucket, source, messageID)
+}
+
+// appendDedupeKey appends dedupeKey(bucket, source, messageID) to dst.
+func appendDedupeKey(dst []byte, bucket uint64, source, messageID string) []byte {
+	dst = binary.BigEndian.AppendUint64(append(dst, prefixDedupe), bucket)
+	return append(appendString(dst, source), messageID...)
 }
