@@ -643,9 +643,10 @@ func (d *dest) release(q *queue, j *jobstore.Job) {
 		delete(q.loadedRetries, j.Seq)
 		return
 	}
-	if below := q.settle(j.Seq); below >= q.dropped+dropEvery {
+	q.sinceDrop++
+	if below := q.settle(j.Seq); below != 0 && q.sinceDrop >= dropEvery {
 		d.update.Drops = append(d.update.Drops, jobstore.Drop{Queue: q.id, Below: below})
-		q.dropped = below
+		q.sinceDrop = 0
 	}
 }
 

@@ -27,8 +27,10 @@ type queue struct {
 	// the store is dropped with one range deletion.
 	out     []pend
 	outHead int
-	// dropped is the Below of the queue's last Drop.
-	dropped uint64
+	// sinceDrop counts the jobs settled since the queue's last Drop. Seqs
+	// are global, not per queue, so the count, not the Seq, says how much a
+	// Drop would cover.
+	sinceDrop int
 	// retryNext is when the earliest retry job on disk is due; zero when
 	// there is none. loadedRetries holds the retry jobs in buf or in flight,
 	// so that a reload does not take them twice.
