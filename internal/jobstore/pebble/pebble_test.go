@@ -3,6 +3,7 @@ package pebble
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,11 +13,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
@@ -367,4 +370,36 @@ func imageIDs(t *testing.T, fs vfs.FS) (map[string]bool, error) {
 	defer s.Close()
 	found, _, err := storedIDs(s)
 	return found, err
+}
+
+// TestDiskFull checks that an Append whose WAL write fails (here ENOSPC
+// injected into the filesystem) returns an error that the tracking API maps
+// to 503, and does not report the events as stored.
+func TestDiskFull(t *testing.T) {
+	var full atomic.Bool
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if full.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			return syscall.ENOSPC
+		}
+		return nil
+	}))
+	s, err := Open("db", Options{Logger: testLogger(t), fs: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Append(t.Context(), []jobstore.Entry{entry("before")}); err != nil {
+		t.Fatal(err)
+	}
+	full.Store(true)
+	_, err = s.Append(t.Context(), []jobstore.Entry{entry("while-full")})
+	if !errors.Is(err, jobstore.ErrUnavailable) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Append on a full disk = %v, want an error wrapping jobstore.ErrUnavailable and ENOSPC", err)
+	}
+	// Pebble's WAL errors are sticky: every later Append fails the same
+	// way rather than acknowledging what it cannot store.
+	full.Store(false)
+	if _, err := s.Append(t.Context(), []jobstore.Entry{entry("after")}); !errors.Is(err, jobstore.ErrUnavailable) {
+		t.Errorf("Append after a WAL error = %v, want jobstore.ErrUnavailable", err)
+	}
 }
