@@ -150,17 +150,17 @@ const (
 )
 
 // pebbleOptions tunes Pebble for a write-heavy queue: most jobs are written,
-// read once soon after and dropped by a range deletion, often before their
-// memtable is flushed.
+// read once soon after and deleted, often before their memtable is flushed.
 func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 	o := &pebbledb.Options{
 		FS:                 fs, // nil: the OS filesystem
 		FormatMajorVersion: pebbledb.FormatNewest,
 		Logger:             pebbleLogger{log.With("component", "pebble")},
-		// A large memtable lets a job be appended, delivered and dropped
-		// while it is still in memory: the flush then writes nothing for it,
-		// because a flush drops the points its range deletions cover. 32 MB
-		// holds about 80,000 jobs of 400 bytes.
+		// A large memtable lets a job be appended, delivered and deleted
+		// while it is still in memory: the flush then drops its record,
+		// which the newer deletion shadows, and writes only the small
+		// tombstone (or nothing, under a Drop's range). 32 MB holds about
+		// 80,000 jobs of 400 bytes.
 		MemTableSize: memTableSize,
 		// Up to 4 memtables (one mutable, three flushing) absorb a burst
 		// before writes stall, at a bounded 128 MB.
@@ -170,7 +170,9 @@ func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 		// client, while a deep L0 only slows reads, which are few here.
 		L0CompactionThreshold: 4,
 		L0StopWritesThreshold: 32,
-		LBaseMaxBytes:         128 << 20,
+		// L1 a few memtables large, so that an L0 compaction has room to
+		// land before L1 itself must be compacted.
+		LBaseMaxBytes: 128 << 20,
 		// Pebble charges memtables to the block cache, so the cache must be
 		// larger than the memtables in use or nothing is cached at all (with
 		// a 64 MB cache and a 64 MB memtable we measured zero hits: every
