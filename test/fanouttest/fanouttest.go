@@ -31,7 +31,8 @@ const Package = "github.com/fanout/fanout/cmd/fanout"
 
 // Build compiles the fanout command into dir and returns the binary's path.
 // It runs the go command found on PATH (go test puts its own first), from
-// the current directory, which must be inside the fanout module.
+// the current directory, which must be inside the fanout module. Under
+// go test -race, the binary is built with -race too.
 //
 // go test caches a package's result by the package's own dependencies and
 // the files the test reads. The binary is built by a subprocess, so its
@@ -41,7 +42,11 @@ const Package = "github.com/fanout/fanout/cmd/fanout"
 // (Build runs in TestMain, before go test records what a test reads.)
 func Build(dir string) (string, error) {
 	bin := filepath.Join(dir, "fanout")
-	cmd := exec.Command("go", "build", "-o", bin, Package)
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, Package)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", Package, err, out)
@@ -170,6 +175,10 @@ func start(t testing.TB, bin string, cfg Config, dir string) (*Server, error) {
 	}()
 	t.Cleanup(func() {
 		s.Stop()
+		// A killed server never reports its races by its exit status.
+		if b, err := os.ReadFile(s.LogPath); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			t.Errorf("fanout serve reported a data race; see %s", s.LogPath)
+		}
 		if t.Failed() {
 			t.Logf("fanout serve log (%s), last lines:\n%s", s.LogPath, s.LogTail(40))
 		}
