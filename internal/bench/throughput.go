@@ -69,6 +69,8 @@ func runThroughput(ctx context.Context, e *env) (any, error) {
 
 	e.logf("bare client: 64 workers posting one event per request for %v", e.opts.Duration/2)
 	res.BareRequestsPerSec = bareClient(ctx, "http://"+sinkAddr+"/hook", 64, e.opts.Duration/2)
+	// Let requests cut off at the end of the phase land before the reset.
+	time.Sleep(500 * time.Millisecond)
 	if err := sinkPost(sinkAddr, "reset"); err != nil {
 		return nil, err
 	}
@@ -78,10 +80,10 @@ func runThroughput(ctx context.Context, e *env) (any, error) {
 		return nil, err
 	}
 	t := newTracker(srv.track, "wk_bench")
-	e.logf("ingest: 16 senders, 100-event batches, as fast as they go, for %v", e.opts.Duration)
+	e.logf("ingest: 32 senders, 100-event batches, as fast as they go, for %v", e.opts.Duration)
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, e.opts.Duration)
-	lr := load{t: t, source: "web", batch: 100, workers: 16, prefix: "t"}.run(lctx, 0)
+	lr := load{t: t, source: "web", batch: 100, workers: 32, prefix: "t"}.run(lctx, 0)
 	cancel()
 	res.IngestedEvents = lr.acked
 	res.IngestEventsPerSec = lr.rate()
