@@ -17,6 +17,7 @@ func runBench(ctx context.Context, args []string) error {
 	events := fs.Int("events", 5_000_000, "backlog: events that pile up for the down destination")
 	out := fs.String("out", "", "where to write the figures as JSON (default bench-SCENARIO.json)")
 	keep := fs.Bool("keep", false, "keep the work dir (data, configs, logs)")
+	visibility := fs.String("visibility", "on", "throughput: stats, debugger and metrics on, off, or both (measures their cost)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: fanout bench [flags] SCENARIO\n\nscenarios: %s\n\nflags:\n", strings.Join(bench.Names(), ", "))
 		fs.PrintDefaults()
@@ -41,6 +42,6 @@ func runBench(ctx context.Context, args []string) error {
 		return err
 	}
 	return bench.Run(ctx, scenario, bench.Options{
-		Exe: exe, Duration: *duration, Events: *events, Out: *out, Keep: *keep, Log: os.Stdout,
+		Exe: exe, Duration: *duration, Events: *events, Out: *out, Keep: *keep, Visibility: *visibility, Log: os.Stdout,
 	})
 }

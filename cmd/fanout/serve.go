@@ -17,6 +17,7 @@ func runServe(ctx context.Context, args []string) error {
 	path := fs.String("config", "fanout.yaml", "configuration file")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	noVisibility := fs.Bool("no-visibility", false, "do not feed stats, the debugger and metrics (to measure their cost)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -30,7 +31,7 @@ func runServe(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Options{Config: cfg, Registry: reg, Logger: logger})
+	srv, err := server.New(server.Options{Config: cfg, Registry: reg, Logger: logger, NoVisibility: *noVisibility})
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,10 @@ type Options struct {
 	Events int
 	// Out is where the JSON figures go.
 	Out string
+	// Visibility is "on" (stats, debugger and metrics fed, as in
+	// production), "off", or "both" to measure their cost in one run
+	// (throughput only).
+	Visibility string
 	// Log receives progress lines.
 	Log io.Writer
 }
@@ -149,7 +153,7 @@ type server struct {
 
 // startServer writes cfg (YAML with {{listen}}, {{admin}} and {{data}}
 // placeholders) and starts `fanout serve` with it.
-func (e *env) startServer(name, cfg, dataDir string) (*server, error) {
+func (e *env) startServer(name, cfg, dataDir string, flags ...string) (*server, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -166,7 +170,7 @@ func (e *env) startServer(name, cfg, dataDir string) (*server, error) {
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := e.start(name, "serve", "--config", path, "--log-level", "warn")
+	p, err := e.start(name, append([]string{"serve", "--config", path, "--log-level", "warn"}, flags...)...)
 	if err != nil {
 		return nil, err
 	}

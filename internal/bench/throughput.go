@@ -36,6 +36,22 @@ type ThroughputResult struct {
 	// BareRequestsPerSec is a bare Go HTTP client posting one event per
 	// request to the same sink: the machine's limit for delivery.
 	BareRequestsPerSec float64 `json:"bare_requests_per_sec"`
+	// Runs holds one ingest-and-drain run per visibility mode.
+	Runs []ThroughputRun `json:"runs"`
+	// VisibilityCost is 1 - (events/s with visibility on) / (events/s with
+	// it off), for ingest and for delivery, when both were measured.
+	IngestCostOfVisibility   float64 `json:"ingest_cost_of_visibility,omitempty"`
+	DeliveryCostOfVisibility float64 `json:"delivery_cost_of_visibility,omitempty"`
+	// P50/P99 are end-to-end latencies (receivedAt to the sink's answer) at
+	// a rate that does not saturate the machine.
+	LatencyRate float64 `json:"latency_phase_events_per_sec"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+}
+
+// ThroughputRun is one ingest-and-drain run.
+type ThroughputRun struct {
+	Visibility string `json:"visibility"`
 	// IngestEventsPerSec is durable events/s accepted in 100-event batches,
 	// while delivery runs at the same time.
 	IngestEventsPerSec float64 `json:"ingest_events_per_sec"`
@@ -47,17 +63,12 @@ type ThroughputResult struct {
 	// delivery engine alone, comparable with the bare client.
 	DrainEventsPerSec float64 `json:"drain_events_per_sec"`
 	DrainVsBare       float64 `json:"drain_vs_bare"`
-	// CPUPerDeliveredEvent is fanout's CPU time per delivered event during
+	// CPUPerDeliveredEventUs is fanout's CPU time per delivered event during
 	// the drain phase.
 	CPUPerDeliveredEventUs float64 `json:"cpu_per_delivered_event_us"`
-	// P50/P99 are end-to-end latencies (receivedAt to the sink's answer) at
-	// a rate that does not saturate the machine.
-	LatencyRate  float64 `json:"latency_phase_events_per_sec"`
-	P50Ms        float64 `json:"p50_ms"`
-	P99Ms        float64 `json:"p99_ms"`
-	PeakRSSBytes int64   `json:"peak_rss_bytes"`
-	Lost         int64   `json:"lost"`
-	Duplicates   uint64  `json:"duplicates"`
+	PeakRSSBytes           int64   `json:"peak_rss_bytes"`
+	Lost                   int64   `json:"lost"`
+	Duplicates             uint64  `json:"duplicates"`
 }
 
 func runThroughput(ctx context.Context, e *env) (any, error) {
@@ -71,43 +82,32 @@ func runThroughput(ctx context.Context, e *env) (any, error) {
 	res.BareRequestsPerSec = bareClient(ctx, "http://"+sinkAddr+"/hook", 64, e.opts.Duration/2)
 	// Let requests cut off at the end of the phase land before the reset.
 	time.Sleep(500 * time.Millisecond)
-	if err := sinkPost(sinkAddr, "reset"); err != nil {
-		return nil, err
-	}
 
-	srv, err := e.startServer("fanout", fmt.Sprintf(webhookConfig, sinkAddr, 64), "")
-	if err != nil {
-		return nil, err
+	modes := []string{"on"}
+	switch e.opts.Visibility {
+	case "off":
+		modes = []string{"off"}
+	case "both":
+		modes = []string{"off", "on"}
 	}
-	t := newTracker(srv.track, "wk_bench")
-	e.logf("ingest: 32 senders, 100-event batches, as fast as they go, for %v", e.opts.Duration)
-	start := time.Now()
-	lctx, cancel := context.WithTimeout(ctx, e.opts.Duration)
-	lr := load{t: t, source: "web", batch: 100, workers: 32, prefix: "t"}.run(lctx, 0)
-	cancel()
-	res.IngestedEvents = lr.acked
-	res.IngestEventsPerSec = lr.rate()
-
-	s, err := sinkStats(sinkAddr)
-	if err != nil {
-		return nil, err
+	var last *server
+	for i, mode := range modes {
+		if last != nil {
+			last.stop()
+		}
+		run, srv, err := ingestAndDrain(ctx, e, sinkAddr, fmt.Sprintf("fanout-%d-%s", i, mode), mode)
+		if err != nil {
+			return nil, err
+		}
+		run.DrainVsBare = run.DrainEventsPerSec / res.BareRequestsPerSec
+		res.Runs = append(res.Runs, run)
+		last = srv
 	}
-	drainFrom, drainStart := s.Unique, time.Now()
-	cpu0, _ := cpuTime(srv.cmd.Process.Pid)
-	e.logf("drain: %d of %d delivered when ingest stopped", drainFrom, lr.acked)
-	done, s, err := waitAccepted(sinkAddr, uint64(lr.acked), 10*e.opts.Duration)
-	if err != nil {
-		return nil, err
+	if len(res.Runs) == 2 {
+		off, on := res.Runs[0], res.Runs[1]
+		res.IngestCostOfVisibility = 1 - on.IngestEventsPerSec/off.IngestEventsPerSec
+		res.DeliveryCostOfVisibility = 1 - on.DeliveredEventsPerSec/off.DeliveredEventsPerSec
 	}
-	cpu1, _ := cpuTime(srv.cmd.Process.Pid)
-	res.DeliveredEventsPerSec = float64(s.Unique) / done.Sub(start).Seconds()
-	if drained := s.Unique - drainFrom; drained > 0 {
-		res.DrainEventsPerSec = float64(drained) / done.Sub(drainStart).Seconds()
-		res.CPUPerDeliveredEventUs = float64((cpu1 - cpu0).Microseconds()) / float64(drained)
-	}
-	res.DrainVsBare = res.DrainEventsPerSec / res.BareRequestsPerSec
-	res.Duplicates = s.Duplicates
-	res.Lost = lr.acked - int64(s.Unique)
 
 	// Latency when not saturated: a steady 2,000 events/s in batches of 20.
 	if err := sinkPost(sinkAddr, "reset"); err != nil {
@@ -115,27 +115,80 @@ func runThroughput(ctx context.Context, e *env) (any, error) {
 	}
 	res.LatencyRate = 2000
 	e.logf("latency: %.0f events/s for %v", res.LatencyRate, e.opts.Duration/2)
-	lctx, cancel = context.WithTimeout(ctx, e.opts.Duration/2)
-	lr2 := load{t: t, source: "web", rate: res.LatencyRate, batch: 20, workers: 8, prefix: "l"}.run(lctx, 0)
+	lctx, cancel := context.WithTimeout(ctx, e.opts.Duration/2)
+	lr := load{t: newTracker(last.track, "wk_bench"), source: "web", rate: res.LatencyRate, batch: 20, workers: 8, prefix: "l"}.run(lctx, 0)
 	cancel()
-	if _, s, err = waitAccepted(sinkAddr, uint64(lr2.acked), time.Minute); err != nil {
+	_, s, err := waitAccepted(sinkAddr, uint64(lr.acked), time.Minute)
+	if err != nil {
 		return nil, err
 	}
 	res.P50Ms, res.P99Ms = s.Latency.P50, s.Latency.P99
-	res.PeakRSSBytes, _ = peakRSS(srv.cmd.Process.Pid)
-	srv.stop()
+	last.stop()
 
-	e.table([][2]string{
-		{"bare client, one event per request", fmt.Sprintf("%.0f req/s", res.BareRequestsPerSec)},
-		{"durable ingest, 100-event batches", fmt.Sprintf("%.0f events/s (%d events)", res.IngestEventsPerSec, res.IngestedEvents)},
-		{"delivered, whole run", fmt.Sprintf("%.0f events/s", res.DeliveredEventsPerSec)},
-		{"delivered, drain only", fmt.Sprintf("%.0f events/s = %.2f x bare client", res.DrainEventsPerSec, res.DrainVsBare)},
-		{"CPU per delivered event", fmt.Sprintf("%.1f µs", res.CPUPerDeliveredEventUs)},
-		{fmt.Sprintf("end-to-end at %.0f events/s", res.LatencyRate), fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", res.P50Ms, res.P99Ms)},
-		{"peak RSS", mb(res.PeakRSSBytes)},
-		{"lost / duplicates", fmt.Sprintf("%d / %d", res.Lost, res.Duplicates)},
-	})
+	rows := [][2]string{{"bare client, one event per request", fmt.Sprintf("%.0f req/s", res.BareRequestsPerSec)}}
+	for _, r := range res.Runs {
+		v := " (visibility " + r.Visibility + ")"
+		rows = append(rows,
+			[2]string{"durable ingest, 100-event batches" + v, fmt.Sprintf("%.0f events/s (%d events)", r.IngestEventsPerSec, r.IngestedEvents)},
+			[2]string{"delivered, whole run" + v, fmt.Sprintf("%.0f events/s", r.DeliveredEventsPerSec)},
+			[2]string{"delivered, drain only" + v, fmt.Sprintf("%.0f events/s = %.2f x bare client", r.DrainEventsPerSec, r.DrainVsBare)},
+			[2]string{"CPU per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
+			[2]string{"peak RSS" + v, mb(r.PeakRSSBytes)},
+			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
+	}
+	if len(res.Runs) == 2 {
+		rows = append(rows, [2]string{"cost of stats + debugger + metrics",
+			fmt.Sprintf("ingest %.1f%%, delivery %.1f%% fewer events/s", 100*res.IngestCostOfVisibility, 100*res.DeliveryCostOfVisibility)})
+	}
+	rows = append(rows, [2]string{fmt.Sprintf("end-to-end at %.0f events/s", res.LatencyRate), fmt.Sprintf("p50 %.1f ms, p99 %.1f ms", res.P50Ms, res.P99Ms)})
+	e.table(rows)
 	return res, nil
+}
+
+// ingestAndDrain starts a server, ingests as fast as 32 senders go for the
+// scenario's duration while delivery runs, then waits for the rest to drain.
+func ingestAndDrain(ctx context.Context, e *env, sinkAddr, name, visibility string) (ThroughputRun, *server, error) {
+	run := ThroughputRun{Visibility: visibility}
+	if err := sinkPost(sinkAddr, "reset"); err != nil {
+		return run, nil, err
+	}
+	var flags []string
+	if visibility == "off" {
+		flags = append(flags, "--no-visibility")
+	}
+	srv, err := e.startServer(name, fmt.Sprintf(webhookConfig, sinkAddr, 64), "", flags...)
+	if err != nil {
+		return run, nil, err
+	}
+	e.logf("ingest (visibility %s): 32 senders, 100-event batches, as fast as they go, for %v", visibility, e.opts.Duration)
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, e.opts.Duration)
+	lr := load{t: newTracker(srv.track, "wk_bench"), source: "web", batch: 100, workers: 32, prefix: name}.run(lctx, 0)
+	cancel()
+	run.IngestedEvents = lr.acked
+	run.IngestEventsPerSec = lr.rate()
+
+	s, err := sinkStats(sinkAddr)
+	if err != nil {
+		return run, srv, err
+	}
+	drainFrom, drainStart := s.Unique, time.Now()
+	cpu0, _ := cpuTime(srv.cmd.Process.Pid)
+	e.logf("drain: %d of %d delivered when ingest stopped", drainFrom, lr.acked)
+	done, s, err := waitAccepted(sinkAddr, uint64(lr.acked), 10*e.opts.Duration)
+	if err != nil {
+		return run, srv, err
+	}
+	cpu1, _ := cpuTime(srv.cmd.Process.Pid)
+	run.DeliveredEventsPerSec = float64(s.Unique) / done.Sub(start).Seconds()
+	if drained := s.Unique - drainFrom; drained > 0 {
+		run.DrainEventsPerSec = float64(drained) / done.Sub(drainStart).Seconds()
+		run.CPUPerDeliveredEventUs = float64((cpu1 - cpu0).Microseconds()) / float64(drained)
+	}
+	run.Duplicates = s.Duplicates
+	run.Lost = lr.acked - int64(s.Unique)
+	run.PeakRSSBytes, _ = peakRSS(srv.cmd.Process.Pid)
+	return run, srv, nil
 }
 
 // bareClient posts one event per request from workers goroutines for d and

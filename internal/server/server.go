@@ -34,6 +34,9 @@ type Options struct {
 	Logger   *slog.Logger
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
+	// NoVisibility leaves the stats, the debugger and the metrics unfed, so
+	// that `fanout bench throughput --visibility both` can measure their cost.
+	NoVisibility bool
 }
 
 // Server is one running fanout.
@@ -129,35 +132,43 @@ func New(opts Options) (*Server, error) {
 			RetryWindow: d.Delivery.RetryWindow,
 		})
 	}
+	observe := func(r delivery.Report) {
+		s.stats.Observe(r)
+		dbg.Observe(r)
+		metrics.Observe(r)
+	}
+	if opts.NoVisibility {
+		observe = nil
+	}
 	s.engine, err = delivery.New(delivery.Options{
 		Store:   store,
 		Targets: targets,
 		Archive: archive.NewWriter(filepath.Join(cfg.DataDir, "archive")),
 		Clock:   opts.Clock,
 		Logger:  opts.Logger,
-		Observe: func(r delivery.Report) {
-			s.stats.Observe(r)
-			dbg.Observe(r)
-			metrics.Observe(r)
-		},
+		Observe: observe,
 	})
 	if err != nil {
 		s.closeStores()
 		return nil, err
 	}
 
+	observeIngest := func(r ingest.Report) {
+		s.stats.ObserveIngest(r)
+		dbg.ObserveIngest(r)
+		metrics.ObserveIngest(r)
+	}
+	if opts.NoVisibility {
+		observeIngest = nil
+	}
 	tracking := ingest.New(ingest.Options{
 		Sources:    cfg.Sources,
 		Router:     route,
 		Store:      store,
 		OnAccepted: s.engine.Notify,
-		Observe: func(r ingest.Report) {
-			s.stats.ObserveIngest(r)
-			dbg.ObserveIngest(r)
-			metrics.ObserveIngest(r)
-		},
-		Now:    opts.Clock.Now,
-		Logger: opts.Logger,
+		Observe:    observeIngest,
+		Now:        opts.Clock.Now,
+		Logger:     opts.Logger,
 	})
 	s.track = newHTTPServer(tracking, opts.Logger)
 	s.admin = newHTTPServer(admin.New(admin.Options{
