@@ -117,6 +117,7 @@ type targetSpec struct {
 	concurrency int
 	batch       int
 	window      time.Duration
+	rateLimit   float64
 	decide      func(ev event.Event, attempt int) destinations.Result
 	gate        chan struct{}
 }
@@ -138,7 +139,7 @@ func setup(t *testing.T, specs ...targetSpec) *bundle {
 		b.dests[sp.name] = s
 		targets = append(targets, delivery.Target{
 			Name: sp.name, Type: "test", Destination: decider{s}, Client: srv.Client(),
-			Concurrency: sp.concurrency, RetryWindow: sp.window,
+			Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit,
 			Batch: destinations.BatchLimits{MaxEvents: sp.batch},
 		})
 	}
@@ -501,3 +502,39 @@ func TestPartialBatchFailureRetriesOnlyTheFailed(t *testing.T) {
 func TestMain(m *testing.M) { os.Exit(m.Run()) }
 
 var quiet = slog.New(slog.DiscardHandler)
+
+// The destination's rate limit spaces requests across all its queues: at
+// 10 requests/s (burst 1), one goes out per 100 ms of clock.
+func TestRateLimitSpacesRequests(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", rateLimit: 10})
+	b.send(t, "a", 3, "hook")
+	b.send(t, "b", 3, "hook")
+	b.await(t, 1) // the burst
+	for i := range 5 {
+		_, q := b.state(t, "hook", "a")
+		_, qb := b.state(t, "hook", "b")
+		if q.InFlight+qb.InFlight != 0 {
+			t.Fatalf("step %d: a request went out before its token", i)
+		}
+		b.clk.Advance(100 * time.Millisecond)
+		b.await(t, 1)
+	}
+	s := b.dests["hook"]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.sent) != 6 {
+		t.Fatalf("%d requests, want 6", len(s.sent))
+	}
+	// Round-robin across the two sources under the shared limit: once b has
+	// jobs, the two alternate until one runs out.
+	left := map[byte]int{'a': 3, 'b': 3}
+	seenB := false
+	for i, id := range s.sent {
+		src := id[0]
+		seenB = seenB || src == 'b'
+		if i > 0 && seenB && src == s.sent[i-1][0] && left['a'] > 0 && left['b'] > 0 {
+			t.Fatalf("requests %v: %c went twice in a row while both sources had jobs", s.sent, src)
+		}
+		left[src]--
+	}
+}
