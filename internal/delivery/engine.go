@@ -415,7 +415,13 @@ func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.T
 			d.consider(q, now)
 			continue
 		}
-		jobs := d.take(q, now)
+		jobs, err := d.take(q, now)
+		if err != nil {
+			// The store could not be read: leave the ring for a while rather
+			// than spin on the queue. Its jobs stay where they are.
+			d.log.Error("read jobs", "source", q.id.Source, "err", err)
+			q.pausedUntil = now.Add(storeRetry)
+		}
 		if len(jobs) == 0 {
 			d.consider(q, now)
 			continue
@@ -432,19 +438,26 @@ func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.T
 	return 0
 }
 
+// storeRetry is how long a queue waits after its jobs could not be read.
+const storeRetry = time.Second
+
 // take removes the next request's worth of jobs from q, loading from the
 // store as needed: due retries first, then pending jobs.
-func (d *dest) take(q *queue, now time.Time) []jobstore.Job {
+func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 	if len(q.buf) == 0 {
-		d.load(q, now)
+		if err := d.load(q, now); err != nil {
+			return nil, err
+		}
 	}
 	if len(q.buf) == 0 {
-		return nil
+		return nil, nil
 	}
 	n, size := 1, len(q.buf[0].Event.Payload)
 	if d.Batch.MaxEvents > 1 {
 		if len(q.buf) < d.Batch.MaxEvents && q.diskMore {
-			d.load(q, now)
+			if err := d.load(q, now); err != nil {
+				d.log.Warn("read more jobs for a batch", "source", q.id.Source, "err", err)
+			}
 		}
 		for n < len(q.buf) && n < d.Batch.MaxEvents {
 			s := len(q.buf[n].Event.Payload)
@@ -462,19 +475,18 @@ func (d *dest) take(q *queue, now time.Time) []jobstore.Job {
 	if len(q.buf) == 0 {
 		q.buf = nil
 	}
-	return jobs
+	return jobs, nil
 }
 
 // load pages jobs of q in from the store. The coalesced update is written
 // first, so the store never returns a job this scheduler already settled.
-func (d *dest) load(q *queue, now time.Time) {
+func (d *dest) load(q *queue, now time.Time) error {
 	d.flush(context.Background())
 	ctx := context.Background()
 	if q.retryDue(now) {
 		jobs, next, err := d.e.opts.Store.Retries(ctx, q.id, now, pageSize+len(q.loadedRetries))
 		if err != nil {
-			d.log.Error("read retries", "source", q.id.Source, "err", err)
-			return
+			return fmt.Errorf("read retries: %w", err)
 		}
 		var fresh []jobstore.Job
 		for _, j := range jobs {
@@ -492,8 +504,7 @@ func (d *dest) load(q *queue, now time.Time) {
 	if q.diskMore && len(q.buf) < pageSize {
 		jobs, err := d.e.opts.Store.Pending(ctx, q.id, q.cursor, pageSize)
 		if err != nil {
-			d.log.Error("read pending jobs", "source", q.id.Source, "err", err)
-			return
+			return fmt.Errorf("read pending jobs: %w", err)
 		}
 		if len(jobs) < pageSize {
 			q.diskMore = false
@@ -504,6 +515,7 @@ func (d *dest) load(q *queue, now time.Time) {
 			q.buf = append(q.buf, jobs...)
 		}
 	}
+	return nil
 }
 
 // work performs one request outside the scheduler, under profile labels that
