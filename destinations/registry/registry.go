@@ -6,6 +6,7 @@ package registry
 
 import (
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/amplitude"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
 	"github.com/fanout/fanout/destinations/webhook"
@@ -13,6 +14,7 @@ import (
 
 // integrations is every integration, in no particular order.
 var integrations = []*destinations.Integration{
+	amplitude.Integration,
 	webhook.Integration,
 	mixpanel.Integration,
 	marketo.Integration,

@@ -1,0 +1,310 @@
+package amplitude
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// bundle is what an Amplitude test needs: the tape, a destination built
+// from settings, and a Sender sending through the tape.
+type bundle struct {
+	tape   *tape.Tape
+	dest   destinations.Destination
+	sender *destinations.Sender
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose API key
+// comes from the tape (AMPLITUDE_API_KEY when recording).
+func setup(t *testing.T, name string, extra map[string]any) *bundle {
+	t.Helper()
+	tp := tape.New(t, name)
+	settings := map[string]any{"api_key": tp.Secret("AMPLITUDE_API_KEY")}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := Integration.New(destinations.Config{Name: "amp", Settings: valid, Client: tp.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		tape: tp,
+		dest: d,
+		sender: &destinations.Sender{
+			Client: tp.Client(),
+			Name:   "amp",
+			Now:    func() time.Time { return time.Unix(1767323100, 0) },
+		},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// ev builds a stored event from its JSON payload, as ingest would.
+func ev(t *testing.T, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
+
+func signedUp(t *testing.T, user, id string) event.Event {
+	return ev(t, `{"type":"track","event":"Signed Up","userId":"`+user+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
+}
+
+// want is the expected outcome of one event.
+type want struct {
+	outcome    destinations.Outcome
+	status     int
+	reason     string // a substring of the reason
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
+		}
+	}
+}
+
+var delivered = want{outcome: destinations.Delivered, status: 200}
+
+// TestTapes runs each event type's request and each documented answer.
+func TestTapes(t *testing.T) {
+	two := func(t *testing.T) []event.Event {
+		return []event.Event{signedUp(t, "user-00001", "m-1"), signedUp(t, "user-00002", "m-2")}
+	}
+	one := func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "user-00001", "m-1")} }
+	cases := []struct {
+		tape     string
+		settings map[string]any
+		events   func(t *testing.T) []event.Event
+		want     []want
+	}{
+		{
+			// One batch with every supported call type.
+			tape: "track",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					ev(t, `{"type":"track","event":"Order Completed","userId":"user-00001","anonymousId":"anon-00001","messageId":"m-track-1",`+ts+`,
+						"properties":{"revenue":"19.99","currency":"USD","price":9.995,"quantity":2},
+						"context":{"ip":"203.0.113.7","os":{"name":"iOS","version":"17.2"},"app":{"version":"4.2.0"},"locale":"en-GB"}}`),
+					ev(t, `{"type":"page","name":"Pricing","anonymousId":"anon-00002","messageId":"m-page-1",`+ts+`,"properties":{"path":"/pricing"}}`),
+					ev(t, `{"type":"screen","name":"Home","userId":"user-00003","messageId":"m-screen-1",`+ts+`,"context":{"device":{"model":"iPhone15,2"}}}`),
+					ev(t, `{"type":"identify","userId":"user-00001","messageId":"m-identify-1",`+ts+`,
+						"traits":{"first_name":"Ada","last_name":"Lovelace","email":"ada@example.com","plan":"pro","address":{"city":"London","country":"GB"}}}`),
+				}
+			},
+			want: []want{delivered, delivered, delivered, delivered},
+		},
+		{
+			tape:     "eu_min_id_length",
+			settings: map[string]any{"region": "eu", "min_id_length": 2},
+			events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			want:     []want{delivered},
+		},
+		{
+			// A 400 naming the second event: it is rejected, the first is
+			// sent again.
+			tape:   "invalid_fields",
+			events: two,
+			want: []want{
+				{outcome: destinations.Retryable, status: 400, reason: "because of other events in it"},
+				{outcome: destinations.Rejected, status: 400, reason: "Amplitude refused the event: invalid time; missing event_type (Request missing required field)"},
+			},
+		},
+		{
+			tape:   "invalid_api_key",
+			events: one,
+			want:   []want{{outcome: destinations.Rejected, status: 400, reason: "Amplitude refused the API key (Invalid API key: REDACTED): check api_key"}},
+		},
+		{
+			tape:   "throttled",
+			events: two,
+			want: []want{
+				{outcome: destinations.Retryable, status: 429, reason: "more than 30 events per second", retryAfter: ThrottleWait},
+				{outcome: destinations.Retryable, status: 429, reason: "may not have ingested this one"},
+			},
+		},
+		{
+			tape:   "daily_quota",
+			events: two,
+			want: []want{
+				{outcome: destinations.Retryable, status: 429, reason: "over the daily event quota"},
+				{outcome: destinations.Retryable, status: 429, reason: "more than 30 events per second", retryAfter: ThrottleWait},
+			},
+		},
+		{
+			tape:   "too_large",
+			events: one,
+			want:   []want{{outcome: destinations.Rejected, status: 413, reason: "the event alone is over Amplitude's 1 MB"}},
+		},
+		{
+			tape:   "too_large_batch",
+			events: two,
+			want: []want{
+				{outcome: destinations.Retryable, status: 413, reason: "sent again in other batches"},
+				{outcome: destinations.Retryable, status: 413, reason: "sent again in other batches"},
+			},
+		},
+		{
+			tape:   "server_error",
+			events: one,
+			want:   []want{{outcome: destinations.Retryable, status: 503, reason: "HTTP 503 Service Unavailable"}},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape, c.settings)
+			check(t, b.send(c.events(t)...), c.want...)
+		})
+	}
+}
+
+// TestWithoutRequest covers events decided in Transform.
+func TestWithoutRequest(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{"api_key": "key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, payload string
+		outcome       destinations.Outcome
+		reason        string
+	}{
+		{"no user", `{"type":"track","event":"x","messageId":"m",` + ts + `}`, destinations.Rejected, "neither userId nor anonymousId"},
+		{"short user id", `{"type":"track","event":"x","userId":"u1","messageId":"m",` + ts + `}`, destinations.Rejected, `userId "u1" is shorter than the 5 characters`},
+		{"no event name", `{"type":"track","userId":"user-1","messageId":"m",` + ts + `}`, destinations.Rejected, "no event name"},
+		{"no timestamp", `{"type":"track","event":"x","userId":"user-1","messageId":"m"}`, destinations.Rejected, "no readable timestamp"},
+		{"not JSON", `{"type":`, destinations.Rejected, "not valid JSON"},
+		{"alias", `{"type":"alias","userId":"user-1","previousId":"p","messageId":"m"}`, destinations.Unsupported, "not alias"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := event.Event{MessageID: "m", Type: event.Track, Payload: json.RawMessage(c.payload)}
+			if strings.Contains(c.payload, `"alias"`) {
+				e.Type = event.Alias
+			}
+			p, err := d.Transform(context.Background(), []event.Event{e})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
+				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
+			}
+		})
+	}
+}
+
+// TestBatchLimits checks that Transform cuts what it is given by count and
+// by bytes, however much it receives.
+func TestBatchLimits(t *testing.T) {
+	valid, _ := Integration.Settings.Validate(map[string]any{"api_key": "key"})
+	d, _ := New(destinations.Config{Settings: valid})
+	events := make([]event.Event, MaxBatchEvents+1)
+	for i := range events {
+		events[i] = signedUp(t, "user-1", "m")
+	}
+	p, err := d.Transform(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
+		t.Fatalf("got %d requests", len(p.Requests))
+	}
+
+	big := strings.Repeat("x", 300_000)
+	events = make([]event.Event, 4)
+	for i := range events {
+		events[i] = ev(t, `{"type":"track","event":"Big","userId":"user-1","messageId":"m",`+ts+`,"properties":{"blob":"`+big+`"}}`)
+	}
+	p, err = d.Transform(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 2 {
+		t.Fatalf("4 events of 300 kB in %d requests, want 2", len(p.Requests))
+	}
+	for _, r := range p.Requests {
+		if len(r.Body) >= MaxBatchBytes {
+			t.Errorf("request of %d bytes", len(r.Body))
+		}
+	}
+}
+
+// TestClassifyMalformed covers answers whose body is not Amplitude's JSON.
+func TestClassifyMalformed(t *testing.T) {
+	d := &destination{}
+	req := &destinations.Request{Events: []int{0, 1}}
+	cases := []struct {
+		code    int
+		body    string
+		outcome destinations.Outcome
+	}{
+		{400, `<html>bad request</html>`, destinations.Rejected},
+		{429, `<html>slow down</html>`, destinations.Retryable},
+		{400, `{"code":400,"events_with_invalid_fields":{"time":[7]}}`, destinations.Rejected},
+	}
+	for _, c := range cases {
+		got := d.Classify(req, &destinations.Response{StatusCode: c.code, Body: []byte(c.body)})
+		for i, r := range got {
+			if r.Outcome != c.outcome {
+				t.Errorf("%d %s: event %d %+v", c.code, c.body, i, r)
+			}
+		}
+	}
+}
+
+func TestSettings(t *testing.T) {
+	cases := []struct {
+		name     string
+		settings map[string]any
+		err      string
+	}{
+		{"key missing", map[string]any{}, "api_key: required"},
+		{"bad region", map[string]any{"api_key": "k", "region": "mars"}, "region: expected us or eu"},
+		{"bad api_url", map[string]any{"api_key": "k", "api_url": "ftp://x"}, "api_url: expected an http or https URL"},
+		{"bad min_id_length", map[string]any{"api_key": "k", "min_id_length": -1}, "min_id_length: expected a positive number"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			valid, err := Integration.Settings.Validate(c.settings)
+			if err == nil {
+				_, err = New(destinations.Config{Settings: valid})
+			}
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("got %v, want %q", err, c.err)
+			}
+		})
+	}
+}
