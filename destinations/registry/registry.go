@@ -9,6 +9,7 @@ import (
 	"github.com/fanout/fanout/destinations/amplitude"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
+	"github.com/fanout/fanout/destinations/slack"
 	"github.com/fanout/fanout/destinations/webhook"
 )
 
@@ -18,6 +19,7 @@ var integrations = []*destinations.Integration{
 	webhook.Integration,
 	mixpanel.Integration,
 	marketo.Integration,
+	slack.Integration,
 }
 
 // All returns every integration keyed by its type name. Each call returns a
