@@ -7,6 +7,7 @@ package registry
 import (
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/destinations/amplitude"
+	"github.com/fanout/fanout/destinations/customerio"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
 	"github.com/fanout/fanout/destinations/slack"
@@ -15,6 +16,7 @@ import (
 
 // integrations is every integration, in no particular order.
 var integrations = []*destinations.Integration{
+	customerio.Integration,
 	amplitude.Integration,
 	webhook.Integration,
 	mixpanel.Integration,

@@ -1,0 +1,243 @@
+package customerio
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// now is the tests' clock.
+var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
+
+// bundle is what a Customer.io test needs.
+type bundle struct {
+	tape   *tape.Tape
+	dest   destinations.Destination
+	sender *destinations.Sender
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose
+// credentials come from the tape (CUSTOMERIO_SITE_ID and
+// CUSTOMERIO_API_KEY when recording).
+func setup(t *testing.T, name string) *bundle {
+	t.Helper()
+	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+	settings := map[string]any{
+		"site_id": tp.Var("CUSTOMERIO_SITE_ID", "site-1"),
+		"api_key": tp.Secret("CUSTOMERIO_API_KEY"),
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := Integration.New(destinations.Config{Name: "cio", Settings: valid, Client: tp.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		tape:   tp,
+		dest:   d,
+		sender: &destinations.Sender{Client: tp.Client(), Name: "cio", Now: func() time.Time { return now }},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// ev builds a stored event from its JSON payload, as ingest would.
+func ev(t *testing.T, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
+
+func signedUp(t *testing.T) event.Event {
+	return ev(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-1",`+ts+`,"properties":{"plan":"pro"}}`)
+}
+
+type want struct {
+	outcome    destinations.Outcome
+	status     int
+	reason     string // a substring of the reason
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
+		}
+	}
+}
+
+// TestTapes runs each event type's request and each documented answer.
+func TestTapes(t *testing.T) {
+	delivered := want{outcome: destinations.Delivered, status: 200}
+	cases := []struct {
+		tape   string
+		events func(t *testing.T) []event.Event
+		want   []want
+	}{
+		{
+			tape: "identify",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{ev(t, `{"type":"identify","userId":"u 1","anonymousId":"a1","messageId":"m-id-1",`+ts+`,
+					"traits":{"email":"ada@example.com","first_name":"Ada","created_at":"2024-05-06T07:08:09Z","plan":"pro"}}`)}
+			},
+			want: []want{delivered},
+		},
+		{
+			tape: "track",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					ev(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"01JGMZ3Q5X9T8Y7W6V5T4S3R2Q",`+ts+`,
+						"properties":{"revenue":19.99,"currency":"USD"}}`),
+					ev(t, `{"type":"page","name":"Pricing","userId":"u1","messageId":"m-page-1",`+ts+`,
+						"properties":{"url":"https://shop.example/pricing"}}`),
+					ev(t, `{"type":"screen","name":"Home","userId":"u1","messageId":"m-screen-1",`+ts+`}`),
+					// Anonymous: /api/v1/events with anonymous_id.
+					ev(t, `{"type":"track","event":"Viewed Product","anonymousId":"a2","messageId":"m-anon-1",`+ts+`,
+						"properties":{"sku":"X1"}}`),
+				}
+			},
+			want: []want{delivered, delivered, delivered, delivered},
+		},
+		{
+			tape:   "unauthorized",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "check site_id and api_key"}},
+		},
+		{
+			tape: "invalid",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{ev(t, `{"type":"identify","userId":"u1","messageId":"m-id-2",`+ts+`,
+					"traits":{"`+strings.Repeat("x", 151)+`":"y"}}`)}
+			},
+			want: []want{{outcome: destinations.Rejected, status: 400, reason: "Customer.io refused the event: attribute name cannot be longer than 150 bytes"}},
+		},
+		{
+			tape:   "rate_limited",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "HTTP 429 Too Many Requests"}},
+		},
+		{
+			tape:   "server_error",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Retryable, status: 503, reason: "HTTP 503 Service Unavailable", retryAfter: 30 * time.Second}},
+		},
+		{
+			tape:   "redirect",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Rejected, status: 307, reason: "region: eu"}},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape)
+			check(t, b.send(c.events(t)...), c.want...)
+		})
+	}
+}
+
+// TestWithoutRequest covers events decided in Transform.
+func TestWithoutRequest(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{"site_id": "s", "api_key": "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, typ, payload string
+		outcome            destinations.Outcome
+		reason             string
+	}{
+		{"no user", event.Track, `{"type":"track","event":"x","messageId":"m",` + ts + `}`, destinations.Rejected, "neither userId nor anonymousId"},
+		{"no event name", event.Track, `{"type":"track","userId":"u","messageId":"m",` + ts + `}`, destinations.Rejected, "no event name"},
+		{"page without URL or name", event.Page, `{"type":"page","userId":"u","messageId":"m",` + ts + `}`, destinations.Rejected, "neither a URL"},
+		{"anonymous identify", event.Identify, `{"type":"identify","anonymousId":"a","messageId":"m","traits":{}}`, destinations.Rejected, "no userId"},
+		{"not JSON", event.Track, `{"type":`, destinations.Rejected, "not valid JSON"},
+		{"group", event.Group, `{"type":"group","userId":"u","groupId":"g","messageId":"m"}`, destinations.Unsupported, "not group"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := event.Event{MessageID: "m", Type: c.typ, Payload: json.RawMessage(c.payload)}
+			p, err := d.Transform(context.Background(), []event.Event{e})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
+				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
+			}
+		})
+	}
+}
+
+func TestEventID(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 678e6, time.UTC)
+	// A ULID messageId is kept.
+	if got := EventID("01jgmz3q5x9t8y7w6v5t4s3r2q", at); got != "01JGMZ3Q5X9T8Y7W6V5T4S3R2Q" {
+		t.Errorf("ULID messageId: got %s", got)
+	}
+	a, b := EventID("m-1", at), EventID("m-1", at)
+	if a != b || !isULID(a) {
+		t.Errorf("EventID(m-1) = %s then %s: want the same ULID", a, b)
+	}
+	// The time part is the event's time, so ids sort by time as ULIDs do.
+	if a[:10] != "01KDYAK3SE" {
+		t.Errorf("time part %s, want 01KDYAK3SE (1767323045678 ms)", a[:10])
+	}
+	if EventID("m-2", at) == a {
+		t.Error("two messageIds gave the same id")
+	}
+	if got := EventID("m-1", time.Time{}); !isULID(got) || got[:10] != "0000000000" {
+		t.Errorf("no timestamp: %s", got)
+	}
+}
+
+func TestSettings(t *testing.T) {
+	cases := []struct {
+		name     string
+		settings map[string]any
+		err      string
+	}{
+		{"key missing", map[string]any{"site_id": "s"}, "api_key: required"},
+		{"bad region", map[string]any{"site_id": "s", "api_key": "k", "region": "mars"}, "region: expected us or eu"},
+		{"bad api_url", map[string]any{"site_id": "s", "api_key": "k", "api_url": "track.customer.io"}, "api_url: expected an http or https URL"},
+		{"site id with colon", map[string]any{"site_id": "s:k", "api_key": "k"}, "site_id: expected the Site ID alone"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			valid, err := Integration.Settings.Validate(c.settings)
+			if err == nil {
+				_, err = New(destinations.Config{Settings: valid})
+			}
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("got %v, want %q", err, c.err)
+			}
+		})
+	}
+}
