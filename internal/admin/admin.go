@@ -1,15 +1,17 @@
 // Package admin serves fanout's admin API on admin_listen: JSON views of
 // the configuration, the delivery overview and issues, the queues, the live
 // debugger as server-sent events, Prometheus metrics at /metrics and
-// profiles at /debug/pprof.
+// profiles at /debug/pprof, and the web UI built on them at /.
 //
 // Routes (all GET):
 //
+//	/                                     the web UI (see ui.go), never behind the token
 //	/healthz                              "ok", never behind the token
 //	/api/v1/sources                       configured sources and their destinations
 //	/api/v1/destinations                  destinations: type, sources, settings (secrets redacted), queue state
 //	/api/v1/destination-types             each integration's settings schema, secrets marked
 //	/api/v1/overview?source=&destination=&from=&to=|range=   delivery counts and latency
+//	/api/v1/series?source=&destination=&from=&to=|range=&step=   the overview's counts and latency per step (default 1m)
 //	/api/v1/issues?source=&destination=&from=&to=|range=     failures grouped by reason, with samples
 //	/api/v1/queues                        every queue's scheduling state
 //	/api/v1/sources/{name}/events         the debugger's last events of a source
@@ -17,8 +19,9 @@
 //	/metrics                              Prometheus
 //	/debug/pprof/...                      net/http/pprof
 //
-// When a token is configured every route but /healthz requires
-// "Authorization: Bearer <token>".
+// When a token is configured every route but /healthz and the UI's files
+// requires "Authorization: Bearer <token>". The UI's files hold no data:
+// the page asks for the token and sends it with its API requests.
 package admin
 
 import (
@@ -26,6 +29,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -87,6 +91,7 @@ func New(o Options) http.Handler {
 	m.HandleFunc("GET /api/v1/destinations", h.destinations)
 	m.HandleFunc("GET /api/v1/destination-types", h.destinationTypes)
 	m.HandleFunc("GET /api/v1/overview", h.overview)
+	m.HandleFunc("GET /api/v1/series", h.series)
 	m.HandleFunc("GET /api/v1/issues", h.issues)
 	m.HandleFunc("GET /api/v1/queues", h.queues)
 	m.HandleFunc("GET /api/v1/sources/{name}/events", h.events)
@@ -99,16 +104,28 @@ func New(o Options) http.Handler {
 	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	m.Handle("GET /{$}", uiHandler)
+	m.Handle("GET /assets/", uiHandler)
 	return h
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.Token != "" && r.URL.Path != "/healthz" && !h.authorized(r) {
+	if h.Token != "" && !public(r) && !h.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fanout admin"`)
 		writeError(w, http.StatusUnauthorized, "expected Authorization: Bearer <admin_token>")
 		return
 	}
 	h.mux.ServeHTTP(w, r)
+}
+
+// public reports whether r asks for what is served without the token:
+// /healthz and the UI's files.
+func public(r *http.Request) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	p := r.URL.Path
+	return p == "/healthz" || p == "/" || strings.HasPrefix(p, "/assets/")
 }
 
 // authorized compares digests of the tokens in constant time, so that
@@ -349,6 +366,35 @@ func (h *handler) overview(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, o)
+}
+
+// series answers the overview's counts and latency cut into steps of the
+// step parameter (a Go duration of whole minutes; default 1m), for the
+// UI's trend charts.
+func (h *handler) series(w http.ResponseWriter, r *http.Request) {
+	f, err := h.filter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	step := time.Minute
+	if v := r.URL.Query().Get("step"); v != "" {
+		if step, err = time.ParseDuration(v); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("step: expected a duration such as 1m, 5m or 1h, found %q", v))
+			return
+		}
+	}
+	sr, err := h.Stats.Series(f, step)
+	if errors.Is(err, stats.ErrStep) {
+		writeError(w, http.StatusBadRequest, "step: "+strings.TrimPrefix(err.Error(), stats.ErrStep.Error()+": "))
+		return
+	}
+	if err != nil {
+		h.Logger.Error("read stats", "err", err)
+		writeError(w, http.StatusInternalServerError, "reading the stats failed; see the server log")
+		return
+	}
+	writeJSON(w, sr)
 }
 
 func (h *handler) issues(w http.ResponseWriter, r *http.Request) {
