@@ -8,6 +8,7 @@ import (
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/destinations/amplitude"
 	"github.com/fanout/fanout/destinations/customerio"
+	"github.com/fanout/fanout/destinations/ga4"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
 	"github.com/fanout/fanout/destinations/slack"
@@ -18,6 +19,7 @@ import (
 var integrations = []*destinations.Integration{
 	customerio.Integration,
 	amplitude.Integration,
+	ga4.Integration,
 	webhook.Integration,
 	mixpanel.Integration,
 	marketo.Integration,

@@ -1,0 +1,305 @@
+package ga4
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// now is the tests' clock, a minute after the events' timestamp.
+var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
+
+// bundle is what a GA4 test needs.
+type bundle struct {
+	tape   *tape.Tape
+	dest   *destination
+	sender *destinations.Sender
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose API
+// secret comes from the tape (GA4_API_SECRET and GA4_MEASUREMENT_ID when
+// recording).
+func setup(t *testing.T, name string, extra map[string]any) *bundle {
+	t.Helper()
+	tp := tape.New(t, name)
+	settings := map[string]any{
+		"measurement_id": tp.Var("GA4_MEASUREMENT_ID", "G-ABC123DEF4"),
+		"api_secret":     tp.Secret("GA4_API_SECRET"),
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := newDestination(destinations.Config{Name: "ga", Settings: valid, Client: tp.Client()},
+		func() time.Time { return now })
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		tape:   tp,
+		dest:   d,
+		sender: &destinations.Sender{Client: tp.Client(), Name: "ga", Now: func() time.Time { return now }},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// ev builds a stored event from its JSON payload, as ingest would.
+func ev(t *testing.T, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
+
+func signedUp(t *testing.T) event.Event {
+	return ev(t, `{"type":"track","event":"Signed Up","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,"properties":{"plan":"pro"}}`)
+}
+
+type want struct {
+	outcome    destinations.Outcome
+	status     int
+	reason     string
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
+		}
+	}
+}
+
+var delivered = want{outcome: destinations.Delivered, status: 204}
+
+func TestTapes(t *testing.T) {
+	one := func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} }
+	cases := []struct {
+		tape     string
+		settings map[string]any
+		events   func(t *testing.T) []event.Event
+		want     []want
+	}{
+		{
+			// A track and a page call of one user share a request; another
+			// user's event goes in its own.
+			tape: "track",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					ev(t, `{"type":"track","event":"Order Completed","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,
+						"properties":{"Order ID":"o-17","revenue":19.99,"currency":"usd","coupon":null,"gift":true,
+						"items":[{"item_id":"sku-1","price":19.99}]}}`),
+					ev(t, `{"type":"track","event":"Signed Up","anonymousId":"777.4321","messageId":"m-2",`+ts+`}`),
+					ev(t, `{"type":"page","name":"Pricing","anonymousId":"555.1234","userId":"u1","messageId":"m-3",`+ts+`,
+						"properties":{"path":"/pricing","url":"https://shop.example/pricing"},
+						"context":{"page":{"referrer":"https://search.example/"}}}`),
+				}
+			},
+			want: []want{delivered, delivered, delivered},
+		},
+		{
+			// The debug endpoint finds the second event invalid: it is
+			// rejected and the first alone goes to /mp/collect.
+			tape:     "validate",
+			settings: map[string]any{"validate": true},
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					signedUp(t),
+					ev(t, `{"type":"track","event":"Logged In","anonymousId":"555.1234","userId":"u1","messageId":"m-2",`+ts+`,"properties":{"method":"sso"}}`),
+				}
+			},
+			want: []want{delivered, {outcome: destinations.Rejected, reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
+		},
+		{
+			// A message about the request as a whole rejects every event
+			// of it, and nothing is sent to /mp/collect.
+			tape:     "validate_request",
+			settings: map[string]any{"validate": true},
+			events:   one,
+			want:     []want{{outcome: destinations.Rejected, reason: "client_id (VALUE_INVALID at client_id)"}},
+		},
+		{
+			tape:     "validate_unavailable",
+			settings: map[string]any{"validate": true},
+			events:   one,
+			want:     []want{{outcome: destinations.Retryable, reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
+		},
+		{
+			tape:     "eu",
+			settings: map[string]any{"api_url": "https://region1.google-analytics.com"},
+			events:   one,
+			want:     []want{delivered},
+		},
+		{
+			tape:   "forbidden",
+			events: one,
+			want:   []want{{outcome: destinations.Rejected, status: 403, reason: "check api_secret"}},
+		},
+		{
+			tape:   "rate_limited",
+			events: one,
+			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "HTTP 429 Too Many Requests", retryAfter: 60 * time.Second}},
+		},
+		{
+			tape:   "server_error",
+			events: one,
+			want:   []want{{outcome: destinations.Retryable, status: 500, reason: "HTTP 500 Internal Server Error"}},
+		},
+		{
+			tape:   "bad_request",
+			events: one,
+			want:   []want{{outcome: destinations.Rejected, status: 400, reason: "HTTP 400 Bad Request"}},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape, c.settings)
+			check(t, b.send(c.events(t)...), c.want...)
+		})
+	}
+}
+
+// TestWithoutRequest covers what GA4 would answer 2xx to and drop: such
+// events are rejected in Transform, with the rule they break.
+func TestWithoutRequest(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDestination(destinations.Config{Settings: valid}, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", 101)
+	many := make([]string, 26)
+	for i := range many {
+		many[i] = `"p` + string(rune('a'+i)) + `":1`
+	}
+	cases := []struct {
+		name, payload string
+		outcome       destinations.Outcome
+		reason        string
+	}{
+		{"no anonymousId", `{"type":"track","event":"x","userId":"u"}`, destinations.Rejected, "no anonymousId, which GA4 needs as client_id"},
+		{"no event name", `{"type":"track","anonymousId":"a"}`, destinations.Rejected, "no event name"},
+		{"digit first", `{"type":"track","event":"3D Viewed","anonymousId":"a"}`, destinations.Rejected, `"3d_viewed", which does not start with a letter`},
+		{"no letters", `{"type":"track","event":"!!!","anonymousId":"a"}`, destinations.Rejected, "has no letters or digits"},
+		{"name too long", `{"type":"track","event":"` + strings.Repeat("a", 41) + `","anonymousId":"a"}`, destinations.Rejected, "longer than the 40 characters"},
+		{"reserved name", `{"type":"track","event":"Session Start","anonymousId":"a"}`, destinations.Rejected, `"session_start" (from "Session Start") is reserved`},
+		{"reserved prefix", `{"type":"track","event":"Google Thing","anonymousId":"a"}`, destinations.Rejected, `whose prefix "google_" GA4 reserves`},
+		{"reserved param prefix", `{"type":"track","event":"x","anonymousId":"a","properties":{"ga_session":1}}`, destinations.Rejected, `property name "ga_session"`},
+		{"long value", `{"type":"track","event":"x","anonymousId":"a","properties":{"note":"` + long + `"}}`, destinations.Rejected, "101 characters long"},
+		{"nested value", `{"type":"track","event":"x","anonymousId":"a","properties":{"cart":{"id":1}}}`, destinations.Rejected, `property "cart" is an object`},
+		{"duplicate param", `{"type":"track","event":"x","anonymousId":"a","properties":{"Plan Name":"a","plan_name":"b"}}`, destinations.Rejected, `both become parameter "plan_name"`},
+		{"too many params", `{"type":"track","event":"x","anonymousId":"a","properties":{` + strings.Join(many, ",") + `}}`, destinations.Rejected, "26 parameters; GA4 takes at most 25"},
+		{"too old", `{"type":"track","event":"x","anonymousId":"a","timestamp":"2025-12-29T00:00:00Z"}`, destinations.Rejected, "backdated more than 72 hours"},
+		{"identify", `{"type":"identify","userId":"u","anonymousId":"a"}`, destinations.Unsupported, "not identify"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			payload := c.payload
+			if !strings.Contains(payload, "timestamp") {
+				payload = strings.TrimSuffix(payload, "}") + "," + ts + "}"
+			}
+			e := event.Event{MessageID: "m", Type: event.Track, Payload: json.RawMessage(payload)}
+			if strings.Contains(payload, `"identify"`) {
+				e.Type = event.Identify
+			}
+			p, err := d.Transform(context.Background(), []event.Event{e})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
+				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
+			}
+		})
+	}
+}
+
+// TestBatchLimits checks that Transform cuts one user's events at 25 a
+// request.
+func TestBatchLimits(t *testing.T) {
+	valid, _ := Integration.Settings.Validate(map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"})
+	d, _ := newDestination(destinations.Config{Settings: valid}, func() time.Time { return now })
+	events := make([]event.Event, 2*MaxEventsPerRequest+1)
+	for i := range events {
+		events[i] = signedUp(t)
+	}
+	p, err := d.Transform(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 3 || len(p.Requests[0].Events) != MaxEventsPerRequest || len(p.Requests[2].Events) != 1 {
+		t.Fatalf("got %d requests", len(p.Requests))
+	}
+	for _, r := range p.Requests {
+		if len(r.Body) > MaxRequestBytes {
+			t.Errorf("request of %d bytes", len(r.Body))
+		}
+	}
+}
+
+func TestSnakeCase(t *testing.T) {
+	cases := map[string]string{
+		"Order Completed":     "order_completed",
+		"product-viewed!":     "product_viewed",
+		"  Signed   Up  ":     "signed_up",
+		"already_snake":       "already_snake",
+		"Café Visited":        "café_visited",
+		"__private":           "private",
+		"Checkout Step 2 / 3": "checkout_step_2_3",
+	}
+	for in, want := range cases {
+		if got := SnakeCase(in); got != want {
+			t.Errorf("SnakeCase(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestSettings(t *testing.T) {
+	cases := []struct {
+		name     string
+		settings map[string]any
+		err      string
+	}{
+		{"secret missing", map[string]any{"measurement_id": "G-ABC"}, "api_secret: required"},
+		{"universal analytics id", map[string]any{"measurement_id": "UA-1234-1", "api_secret": "s"}, "measurement_id: expected a web stream's Measurement ID"},
+		{"bad api_url", map[string]any{"measurement_id": "G-ABC", "api_secret": "s", "api_url": "ftp://x"}, "api_url: expected an http or https URL"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			valid, err := Integration.Settings.Validate(c.settings)
+			if err == nil {
+				_, err = New(destinations.Config{Settings: valid})
+			}
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("got %v, want %q", err, c.err)
+			}
+		})
+	}
+}
