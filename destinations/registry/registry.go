@@ -7,6 +7,7 @@ package registry
 import (
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/destinations/amplitude"
+	"github.com/fanout/fanout/destinations/braze"
 	"github.com/fanout/fanout/destinations/customerio"
 	"github.com/fanout/fanout/destinations/ga4"
 	"github.com/fanout/fanout/destinations/marketo"
@@ -17,6 +18,7 @@ import (
 
 // integrations is every integration, in no particular order.
 var integrations = []*destinations.Integration{
+	braze.Integration,
 	customerio.Integration,
 	amplitude.Integration,
 	ga4.Integration,

@@ -1,0 +1,316 @@
+package braze
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// now is the tests' clock: Unix 1767323100.
+var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
+
+// bundle is what a Braze test needs.
+type bundle struct {
+	tape   *tape.Tape
+	dest   destinations.Destination
+	sender *destinations.Sender
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose key and
+// instance come from the tape (BRAZE_API_KEY and BRAZE_REST_ENDPOINT when
+// recording).
+func setup(t *testing.T, name string, extra map[string]any) *bundle {
+	t.Helper()
+	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+	settings := map[string]any{
+		"rest_endpoint": tp.Var("BRAZE_REST_ENDPOINT", "rest.iad-01.braze.com"),
+		"api_key":       tp.Secret("BRAZE_API_KEY"),
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := Integration.New(destinations.Config{Name: "braze", Settings: valid, Client: tp.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		tape:   tp,
+		dest:   d,
+		sender: &destinations.Sender{Client: tp.Client(), Name: "braze", Now: func() time.Time { return now }},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// ev builds a stored event from its JSON payload, as ingest would.
+func ev(t testing.TB, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
+
+func track(t testing.TB, user, name string) event.Event {
+	return ev(t, `{"type":"track","event":"`+name+`","userId":"`+user+`","messageId":"m-`+name+`",`+ts+`,"properties":{"plan":"pro"}}`)
+}
+
+func identify(t testing.TB, user string) event.Event {
+	return ev(t, `{"type":"identify","userId":"`+user+`","messageId":"m-id-`+user+`",`+ts+`,"traits":{"email":"`+user+`@example.com"}}`)
+}
+
+func order(t testing.TB, id string) event.Event {
+	return ev(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"m-`+id+`",`+ts+`,
+		"properties":{"order_id":"`+id+`","currency":"eur","products":[
+			{"product_id":"sku-1","name":"Socks","price":4.99,"quantity":2},
+			{"sku":"sku-2","price":"19.90"}]}}`)
+}
+
+type want struct {
+	outcome    destinations.Outcome
+	status     int
+	reason     string // a substring of the reason
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
+		}
+	}
+}
+
+// TestTapes runs each event type's request and each documented answer.
+func TestTapes(t *testing.T) {
+	delivered := want{outcome: destinations.Delivered, status: 201}
+	one := func(t *testing.T) []event.Event { return []event.Event{track(t, "u1", "Signed Up")} }
+	cases := []struct {
+		tape     string
+		settings map[string]any
+		events   func(t *testing.T) []event.Event
+		want     []want
+	}{
+		{
+			// Every kind of object in one request: attributes, an event,
+			// an anonymous event (user alias) and an order's purchases.
+			tape:     "track",
+			settings: map[string]any{"app_id": "app-1"},
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					order(t, "o-1"),
+					ev(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
+						"traits":{"email":"ada@example.com","name":"Ada Lovelace","gender":"female","birthday":"1815-12-10",
+						"phone":"+44 20 7946 0000","address":{"city":"London","country":"GB"},"plan":"pro","logins":3}}`),
+					track(t, "u1", "Signed Up"),
+					ev(t, `{"type":"track","event":"Viewed Product","anonymousId":"a1","messageId":"m-anon",`+ts+`}`),
+				}
+			},
+			want: []want{delivered, delivered, delivered, delivered},
+		},
+		{
+			// The 201 that means failure for some: errors name objects
+			// by array and index, the others were processed.
+			tape: "partial",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{track(t, "u1", "Signed Up"), track(t, "u2", "$bad"), identify(t, "u3"), order(t, "o-2")}
+			},
+			want: []want{
+				delivered,
+				{outcome: destinations.Rejected, status: 201, reason: "Braze refused the event object: Event name '$bad' is invalid"},
+				delivered,
+				{outcome: destinations.Rejected, status: 201, reason: "Braze refused the purchase object: 'currency' is invalid"},
+			},
+		},
+		{
+			tape:   "unauthorized",
+			events: one,
+			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "check api_key"}},
+		},
+		{
+			tape:   "bad_request",
+			events: one,
+			want:   []want{{outcome: destinations.Rejected, status: 400, reason: "Braze refused the request: Valid data must be provided"}},
+		},
+		{
+			tape:   "rate_limited",
+			events: one,
+			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "HTTP 429 Too Many Requests", retryAfter: 3 * time.Second}},
+		},
+		{
+			tape:   "server_error",
+			events: one,
+			want:   []want{{outcome: destinations.Retryable, status: 500, reason: "HTTP 500 Internal Server Error"}},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape, c.settings)
+			check(t, b.send(c.events(t)...), c.want...)
+		})
+	}
+}
+
+func newDest(t testing.TB) destinations.Destination {
+	valid, err := Integration.Settings.Validate(map[string]any{"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestBatches checks the cut: 75 objects in all, one order per request,
+// and Events ordered so that Classify can count.
+func TestBatches(t *testing.T) {
+	d := newDest(t)
+	var evs []event.Event
+	for i := 0; i < 74; i++ {
+		evs = append(evs, identify(t, fmt.Sprint("u", i)))
+	}
+	// The order's two purchases would make 76: it starts a new request,
+	// and the second order another.
+	evs = append(evs, order(t, "o-1"), track(t, "u1", "Signed Up"), order(t, "o-2"))
+	p, err := d.Transform(context.Background(), evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Results) != 0 || len(p.Requests) != 3 {
+		t.Fatalf("%d requests, results %v", len(p.Requests), p.Results)
+	}
+	if n := len(p.Requests[0].Events); n != 74 {
+		t.Errorf("first request carries %d events, want 74", n)
+	}
+	// Events: the track call's events object before the order's purchases.
+	if got := p.Requests[1].Events; len(got) != 2 || got[0] != 75 || got[1] != 74 {
+		t.Errorf("second request's events %v, want [75 74]", got)
+	}
+	if got := p.Requests[2].Events; len(got) != 1 || got[0] != 76 {
+		t.Errorf("third request's events %v, want [76]", got)
+	}
+}
+
+// TestClassify covers answers no tape shows.
+func TestClassify(t *testing.T) {
+	d := newDest(t)
+	p, err := d.Transform(context.Background(), []event.Event{track(t, "u1", "A"), track(t, "u2", "B")})
+	if err != nil || len(p.Requests) != 1 {
+		t.Fatalf("transform: %v %d", err, len(p.Requests))
+	}
+	req := p.Requests[0]
+	cases := []struct {
+		name   string
+		code   int
+		header http.Header
+		body   string
+		want   []destinations.Outcome
+		reason string
+		after  time.Duration
+	}{
+		{"queued", 202, nil, `{"message":"queued"}`, []destinations.Outcome{destinations.Delivered, destinations.Delivered}, "", 0},
+		{"fatal in a 2xx", 201, nil, `{"message":"Invalid request"}`, []destinations.Outcome{destinations.Rejected, destinations.Rejected}, "fatal error: Invalid request", 0},
+		{"not JSON", 201, nil, `<html>`, []destinations.Outcome{destinations.Retryable, destinations.Retryable}, "not its JSON answer", 0},
+		{"error without index", 201, nil, `{"message":"success","errors":[{"type":"something"}]}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable}, "name no object", 0},
+		{"index out of range", 201, nil, `{"message":"success","errors":[{"type":"x","input_array":"events","index":5}]}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable}, "name no object", 0},
+		{"forbidden", 403, nil, `{"message":"Access Denied"}`, []destinations.Outcome{destinations.Rejected, destinations.Rejected}, "users.track permission", 0},
+		{"retry after header", 429, http.Header{"X-Ratelimit-Retry-After": {"7"}}, `{"message":"rate limited"}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable}, "429", 7 * time.Second},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := c.header
+			if h == nil {
+				h = http.Header{}
+			}
+			got := d.Classify(req, &destinations.Response{StatusCode: c.code, Header: h, Body: []byte(c.body), ReceivedAt: now})
+			for i, r := range got {
+				if r.Outcome != c.want[i] || !strings.Contains(r.Reason, c.reason) || r.RetryAfter != c.after {
+					t.Errorf("event %d: %+v", i, r)
+				}
+			}
+		})
+	}
+}
+
+func TestWithoutRequest(t *testing.T) {
+	d := newDest(t)
+	cases := []struct {
+		name    string
+		e       event.Event
+		outcome destinations.Outcome
+		reason  string
+	}{
+		{"no user", ev(t, `{"type":"track","event":"x","messageId":"m",`+ts+`}`), destinations.Rejected, "neither userId nor anonymousId"},
+		{"no name", ev(t, `{"type":"track","userId":"u","messageId":"m",`+ts+`}`), destinations.Rejected, "no event name"},
+		{"no timestamp", ev(t, `{"type":"track","event":"x","userId":"u","messageId":"m"}`), destinations.Rejected, "no readable timestamp"},
+		{"product without price", ev(t, `{"type":"track","event":"Order Completed","userId":"u","messageId":"m",`+ts+`,"properties":{"products":[{"product_id":"p"}]}}`), destinations.Rejected, "product 0 of the order"},
+		{"page", ev(t, `{"type":"page","userId":"u","messageId":"m",`+ts+`}`), destinations.Unsupported, "not page"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := d.Transform(context.Background(), []event.Event{c.e})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
+				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
+			}
+		})
+	}
+}
+
+func TestSettings(t *testing.T) {
+	for _, c := range []struct{ endpoint, url, err string }{
+		{"rest.iad-01.braze.com", "https://rest.iad-01.braze.com/users/track", ""},
+		{"https://rest.fra-01.braze.eu/", "https://rest.fra-01.braze.eu/users/track", ""},
+		{"http://127.0.0.1:8080", "http://127.0.0.1:8080/users/track", ""},
+		{"dashboard-01.braze.com", "", "found the dashboard's address"},
+		{"ftp://x", "", "rest_endpoint: expected"},
+	} {
+		valid, err := Integration.Settings.Validate(map[string]any{"rest_endpoint": c.endpoint, "api_key": "k"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(destinations.Config{Settings: valid})
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: got %v, want %q", c.endpoint, err, c.err)
+			}
+			continue
+		}
+		if err != nil || d.(*destination).url != c.url {
+			t.Errorf("%s: got %v", c.endpoint, err)
+		}
+	}
+	if _, err := Integration.Settings.Validate(map[string]any{"rest_endpoint": "x"}); err == nil || !strings.Contains(err.Error(), "api_key: required") {
+		t.Errorf("missing api_key: %v", err)
+	}
+}
