@@ -12,6 +12,7 @@ import (
 	"github.com/fanout/fanout/destinations/ga4"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
+	"github.com/fanout/fanout/destinations/salesforce"
 	"github.com/fanout/fanout/destinations/slack"
 	"github.com/fanout/fanout/destinations/webhook"
 )
@@ -26,6 +27,7 @@ var integrations = []*destinations.Integration{
 	mixpanel.Integration,
 	marketo.Integration,
 	slack.Integration,
+	salesforce.Integration,
 }
 
 // All returns every integration keyed by its type name. Each call returns a

@@ -1,0 +1,644 @@
+// Package salesforce upserts a Lead or a Contact in Salesforce for each
+// identify call, through the REST API.
+//
+// The formats come from Salesforce's public documentation:
+//
+//   - Upsert Records Using sObject Rows by External ID,
+//     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_patch.htm,
+//     and Insert or Update (Upsert) a Record Using an External ID,
+//     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm
+//     (PATCH /services/data/vXX.X/sobjects/<object>/<field>/<value>; 201
+//     created, 200 or 204 updated, 300 with the matching records when the
+//     value matches several, 404 NOT_FOUND for an unknown field; the
+//     external ID field must not also be in the body; the Lead/Email
+//     example);
+//   - Status Codes and Error Responses,
+//     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
+//     (the [{"message", "errorCode", "fields"}] error body; 401 for an
+//     expired or invalid session; 403 REQUEST_LIMIT_EXCEEDED when the org's
+//     API request limit is used up);
+//   - OAuth 2.0 Client Credentials Flow for Server-to-Server Integration,
+//     https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_client_credentials_flow.htm,
+//     and OAuth 2.0 Username-Password Flow for Special Scenarios,
+//     https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_password_flow.htm
+//     (POST /services/oauth2/token as a form; the token answer, which has
+//     no expiry; the {"error", "error_description"} failures);
+//   - the Lead and Contact pages of the Object Reference,
+//     https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_lead.htm
+//     (field names; LastName and, on a Lead, Company are required).
+//
+// The tapes in testdata/ were written by hand from the request and response
+// examples of those pages, since the live API cannot be reached from where
+// this integration was written; re-record them with credentials (see
+// destinations/README.md) when you have them.
+//
+// # Requests
+//
+// Each identify call is one upsert (the REST API's upsert by external ID
+// takes one record; there is no batch limit to declare):
+//
+//	PATCH <instance_url>/services/data/v62.0/sobjects/Lead/Email/ada@example.com
+//	{"FirstName": "Ada", "LastName": "Lovelace", "Company": "Analytical Engines", ...}
+//
+// The record carries the standard fields the trait helpers read (names,
+// email, phone, title, website, postal address, and a Contact's
+// Birthdate) and the traits that the `fields` setting maps to Salesforce
+// fields, less the external ID field itself, which the URL carries.
+// Salesforce requires LastName, and Company on a Lead: an identify call
+// without them sends "[not provided]", as is common practice. Because the
+// upsert cannot tell creating from updating in advance, that placeholder
+// also overwrites the field of an existing record when a later identify
+// call lacks it.
+//
+// The upsert is idempotent by construction: a retried event updates the
+// record it created. Salesforce has no other idempotency key.
+//
+// The access token comes from <instance_url>/services/oauth2/token by the
+// client credentials flow or the username-password flow (auth_flow) and is
+// cached: Salesforce tokens last as long as the session, with no expiry in
+// the answer, so a 401 is what says a token has expired.
+//
+// # Outcomes
+//
+//   - 2xx is delivered (201 created; 200 or 204 updated), unless its body
+//     says "success": false, which is rejected with its errors.
+//   - 300 is rejected: several records share the external ID value.
+//   - 400 is rejected with each error's code, message and fields, and a
+//     hint for the common codes (REQUIRED_FIELD_MISSING, INVALID_FIELD,
+//     ...), except UNABLE_TO_LOCK_ROW, which passes and is retried.
+//   - 401 (INVALID_SESSION_ID) drops the cached token. If the token had
+//     worked before, it expired: the event is retried with a new one. If it
+//     never worked, the failure persists past a refresh and is rejected with
+//     the settings to check.
+//   - 403 REQUEST_LIMIT_EXCEEDED is retried (the limit counts the last 24
+//     hours); any other 403 is rejected as a permission to grant.
+//   - 404 is rejected: no such object or external ID field, or the
+//     integration user cannot see it.
+//   - 5xx is retried, after a Retry-After if one is given.
+//
+// A failure to get a token rejects the events when the token endpoint
+// refuses the credentials (invalid_client, invalid_grant, ...) and retries
+// them otherwise.
+package salesforce
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/plan"
+	"github.com/fanout/fanout/destinations/traits"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// NotProvided is the value sent for a required field the event lacks.
+const NotProvided = "[not provided]"
+
+// The values of the auth_flow setting.
+const (
+	ClientCredentials = "client_credentials"
+	Password          = "password"
+)
+
+// Integration is the Salesforce integration.
+var Integration = &destinations.Integration{
+	Type: "salesforce",
+	Settings: destinations.Schema{
+		{
+			Name:        "instance_url",
+			Type:        destinations.String,
+			Required:    true,
+			Description: "The org's My Domain URL, such as https://acme.my.salesforce.com (Setup > My Domain), or https://acme--dev.sandbox.my.salesforce.com for a sandbox. Token and API requests both go there.",
+		},
+		{
+			Name:        "api_version",
+			Type:        destinations.String,
+			Default:     "62.0",
+			Description: "The REST API version, such as 62.0.",
+		},
+		{
+			Name:        "auth_flow",
+			Type:        destinations.String,
+			Default:     ClientCredentials,
+			Description: "How the access token is obtained: client_credentials (the app's Run As user; enable Client Credentials Flow in the app's OAuth settings) or password (username and password below; enable OAuth Username-Password Flows).",
+		},
+		{
+			Name:        "client_id",
+			Type:        destinations.String,
+			Required:    true,
+			Description: "The consumer key of the connected app or external client app (App Manager or External Client App Manager > the app > OAuth Settings > Consumer Key and Secret).",
+		},
+		{
+			Name:        "client_secret",
+			Type:        destinations.String,
+			Required:    true,
+			Secret:      true,
+			Description: "The consumer secret of the same app.",
+		},
+		{
+			Name:        "username",
+			Type:        destinations.String,
+			Description: "The integration user's username, for auth_flow password.",
+		},
+		{
+			Name:        "password",
+			Type:        destinations.String,
+			Secret:      true,
+			Description: "The integration user's password followed by its security token (when the org requires one), for auth_flow password.",
+		},
+		{
+			Name:        "object",
+			Type:        destinations.String,
+			Default:     "Lead",
+			Description: "The object identify calls upsert: Lead or Contact.",
+		},
+		{
+			Name:        "external_id_field",
+			Type:        destinations.String,
+			Default:     "Email",
+			Description: "The field the upsert matches records on: Email, or a custom External ID field such as Fanout_User_Id__c.",
+		},
+		{
+			Name:        "external_id_value",
+			Type:        destinations.String,
+			Default:     "email",
+			Description: "What fills external_id_field: email (the user's email) or user_id (the event's userId). Events without it are rejected without a request.",
+		},
+		{
+			Name:        "fields",
+			Type:        destinations.StringMap,
+			Description: "Maps trait names to Salesforce field API names, for other fields: {plan: Plan__c, industry: Industry}. The fields must exist and be editable by the integration user.",
+		},
+	},
+	EventTypes: []string{event.Identify},
+	New:        New,
+}
+
+// destination is one configured org.
+type destination struct {
+	base        string // instance_url without a trailing slash
+	version     string // "62.0"
+	flow        string
+	clientID    string
+	secret      string
+	username    string
+	password    string
+	object      string
+	extField    string
+	extFromUser bool // external_id_value is user_id
+	fields      map[string]string
+	client      *http.Client
+
+	mu     sync.Mutex
+	token  string
+	proven bool // a request with token got an answer other than 401
+}
+
+var _ destinations.Destination = (*destination)(nil)
+
+var (
+	versionRE = regexp.MustCompile(`^[0-9]{2,3}\.[0-9]$`)
+	fieldRE   = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_]*$`)
+)
+
+// New builds a Salesforce destination from validated settings.
+func New(cfg destinations.Config) (destinations.Destination, error) {
+	s := cfg.Settings
+	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
+	d := &destination{
+		base:     strings.TrimRight(str("instance_url"), "/"),
+		version:  strings.TrimPrefix(strings.ToLower(str("api_version")), "v"),
+		flow:     str("auth_flow"),
+		clientID: str("client_id"),
+		secret:   str("client_secret"),
+		username: str("username"),
+		password: str("password"),
+		extField: str("external_id_field"),
+		client:   cfg.Client,
+	}
+	d.fields, _ = s["fields"].(map[string]string)
+	if u, err := url.Parse(d.base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("instance_url: expected the org's My Domain URL, such as https://acme.my.salesforce.com, found %q", d.base)
+	}
+	if !versionRE.MatchString(d.version) {
+		return nil, fmt.Errorf("api_version: expected a version such as 62.0, found %q", str("api_version"))
+	}
+	switch d.flow {
+	case ClientCredentials:
+	case Password:
+		if d.username == "" || d.password == "" {
+			return nil, errors.New("username, password: auth_flow password needs both")
+		}
+	default:
+		return nil, fmt.Errorf("auth_flow: expected client_credentials or password, found %q", d.flow)
+	}
+	switch strings.ToLower(str("object")) {
+	case "lead":
+		d.object = "Lead"
+	case "contact":
+		d.object = "Contact"
+	default:
+		return nil, fmt.Errorf("object: expected Lead or Contact, found %q", str("object"))
+	}
+	if !fieldRE.MatchString(d.extField) {
+		return nil, fmt.Errorf("external_id_field: expected a field API name such as Email or Fanout_User_Id__c, found %q", d.extField)
+	}
+	switch str("external_id_value") {
+	case "email":
+	case "user_id":
+		d.extFromUser = true
+	default:
+		return nil, fmt.Errorf("external_id_value: expected email or user_id, found %q", str("external_id_value"))
+	}
+	for trait, field := range d.fields {
+		if !fieldRE.MatchString(field) {
+			return nil, fmt.Errorf("fields: expected a field API name for trait %q, found %q", trait, field)
+		}
+	}
+	if d.client == nil {
+		d.client = http.DefaultClient
+	}
+	return d, nil
+}
+
+// record builds the Lead or Contact of an identify call, without the
+// external ID field.
+func (d *destination) record(m map[string]any) map[string]any {
+	rec := map[string]any{}
+	put := func(k, v string) {
+		if v != "" {
+			rec[k] = v
+		}
+	}
+	put("FirstName", traits.FirstName(m))
+	put("LastName", traits.LastName(m))
+	put("Email", traits.Email(m))
+	put("Phone", traits.Phone(m))
+	put("Title", traits.Title(m))
+	a := traits.Address(m)
+	prefix := "" // Lead: Street, ...; Contact: MailingStreet, ...
+	if d.object == "Contact" {
+		prefix = "Mailing"
+		if b, ok := traits.Birthday(m); ok {
+			rec["Birthdate"] = b.Format("2006-01-02")
+		}
+	} else {
+		put("Company", traits.Company(m))
+		put("Website", traits.Website(m))
+	}
+	put(prefix+"Street", a.Street)
+	put(prefix+"City", a.City)
+	put(prefix+"State", a.State)
+	put(prefix+"PostalCode", a.PostalCode)
+	put(prefix+"Country", a.Country)
+	t := traits.Traits(m)
+	for trait, field := range d.fields {
+		if v, ok := t[trait]; ok && v != nil {
+			rec[field] = v
+		}
+	}
+	if _, ok := rec["LastName"]; !ok {
+		rec["LastName"] = NotProvided
+	}
+	if _, ok := rec["Company"]; !ok && d.object == "Lead" {
+		rec["Company"] = NotProvided
+	}
+	// Salesforce refuses the external ID field in the body; field names
+	// are case-insensitive.
+	for k := range rec {
+		if strings.EqualFold(k, d.extField) {
+			delete(rec, k)
+		}
+	}
+	return rec
+}
+
+// Transform builds one upsert per identify call, fetching an access token
+// first when none is cached.
+func (d *destination) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
+	var b plan.Builder
+	type upsert struct {
+		event int
+		url   string
+		body  []byte
+	}
+	var ups []upsert
+	for i := range events {
+		if events[i].Type != event.Identify {
+			b.Unsupported(i, "Salesforce takes identify calls only, not "+events[i].Type)
+			continue
+		}
+		m, err := events[i].Fields()
+		if err != nil {
+			b.Reject(i, "the event is not valid JSON: "+err.Error())
+			continue
+		}
+		value, from := traits.Email(m), "email"
+		if d.extFromUser {
+			value, from = traits.UserID(m), "userId"
+		}
+		if value == "" {
+			b.Reject(i, fmt.Sprintf("the identify call has no %s, which external_id_value names as the value of %s, the field Salesforce matches %ss on",
+				from, d.extField, d.object))
+			continue
+		}
+		body, err := json.Marshal(d.record(m))
+		if err != nil {
+			b.Reject(i, "the record cannot be encoded: "+err.Error())
+			continue
+		}
+		ups = append(ups, upsert{
+			event: i,
+			url:   fmt.Sprintf("%s/services/data/v%s/sobjects/%s/%s/%s", d.base, d.version, d.object, d.extField, url.PathEscape(value)),
+			body:  body,
+		})
+	}
+	if len(ups) == 0 {
+		return b.Plan, nil
+	}
+	token, rejected, err := d.accessToken(ctx)
+	if err != nil {
+		for _, u := range ups {
+			if rejected {
+				b.Reject(u.event, err.Error())
+			} else {
+				b.Retry(u.event, err.Error())
+			}
+		}
+		return b.Plan, nil
+	}
+	for _, u := range ups {
+		b.Add(&destinations.Request{
+			Method: http.MethodPatch,
+			URL:    u.url,
+			Header: http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer " + token}},
+			Body:   u.body,
+			Events: []int{u.event},
+		})
+	}
+	return b.Plan, nil
+}
+
+// tokenAnswer is the token endpoint's answer.
+type tokenAnswer struct {
+	AccessToken      string `json:"access_token"`
+	Error            string `json:"error"`
+	ErrorDescription string `json:"error_description"`
+}
+
+// accessToken returns the cached access token or fetches one. rejected
+// reports that the token endpoint refused the settings, which no retry
+// fixes.
+func (d *destination) accessToken(ctx context.Context) (token string, rejected bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.token != "" {
+		return d.token, false, nil
+	}
+	form := url.Values{
+		"grant_type":    {d.flow},
+		"client_id":     {d.clientID},
+		"client_secret": {d.secret},
+	}
+	if d.flow == Password {
+		form.Set("username", d.username)
+		form.Set("password", d.password)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.base+"/services/oauth2/token", strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", true, fmt.Errorf("instance_url: cannot build the token request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := d.client.Do(req)
+	if err != nil {
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return "", false, fmt.Errorf("Salesforce token endpoint: %v", err)
+	}
+	defer resp.Body.Close()
+	// A read error leaves a short body, which then fails to parse: the
+	// status code decides.
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
+	var a tokenAnswer
+	_ = json.Unmarshal(body, &a)
+	switch {
+	case resp.StatusCode == http.StatusOK && a.AccessToken != "":
+		d.token, d.proven = a.AccessToken, false
+		return d.token, false, nil
+	case a.Error == "rate_limit_exceeded" || destinations.RetryableStatus(resp.StatusCode):
+		return "", false, fmt.Errorf("Salesforce token endpoint: %s", destinations.StatusReason(resp.StatusCode, body))
+	case a.Error != "":
+		return "", true, fmt.Errorf("Salesforce refused the %s flow's credentials (HTTP %d %s: %s): %s",
+			d.flow, resp.StatusCode, a.Error, a.ErrorDescription, d.tokenHint(a.Error))
+	}
+	return "", true, fmt.Errorf("Salesforce token endpoint gave no token: %s", destinations.StatusReason(resp.StatusCode, body))
+}
+
+// tokenHint says what to check when the token endpoint refuses.
+func (d *destination) tokenHint(code string) string {
+	switch code {
+	case "invalid_client_id", "invalid_client", "invalid_client_credentials":
+		return "copy client_id and client_secret again from the app's OAuth Settings > Consumer Key and Secret"
+	case "invalid_grant":
+		if d.flow == Password {
+			return "check username and password (the password followed by the user's security token when the org requires one), and that the app allows OAuth Username-Password Flows"
+		}
+		return "check that the app enables the Client Credentials Flow with a Run As user, and that instance_url is the org's My Domain URL"
+	case "unsupported_grant_type":
+		return "enable the " + d.flow + " flow in the app's OAuth settings, or change auth_flow"
+	case "inactive_user", "inactive_org":
+		return "the integration user or the org is inactive: reactivate it, or use another user"
+	}
+	return "check instance_url, client_id, client_secret and auth_flow"
+}
+
+// tokenFailed records a 401 answered to a request made with auth, and
+// reports whether that token had worked before. The token is dropped so
+// that the next Transform fetches another; a newer token stays. A token
+// already replaced counts as having worked: another request saw it fail
+// first, and the retry will use the new one.
+func (d *destination) tokenFailed(auth string) (hadWorked bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.token == "" || auth != "Bearer "+d.token {
+		return true
+	}
+	hadWorked = d.proven
+	d.token, d.proven = "", false
+	return hadWorked
+}
+
+// tokenWorked records an answer other than 401 to a request made with auth.
+func (d *destination) tokenWorked(auth string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.token != "" && auth == "Bearer "+d.token {
+		d.proven = true
+	}
+}
+
+// apiError is one entry of the REST API's error body, or of the errors of
+// a save result, which name the code statusCode.
+type apiError struct {
+	Message    string   `json:"message"`
+	ErrorCode  string   `json:"errorCode"`
+	StatusCode string   `json:"statusCode"`
+	Fields     []string `json:"fields"`
+}
+
+func (e apiError) String() string {
+	code := e.ErrorCode
+	if code == "" {
+		code = e.StatusCode
+	}
+	s := code + ": " + e.Message
+	if len(e.Fields) > 0 {
+		s += " (fields: " + strings.Join(e.Fields, ", ") + ")"
+	}
+	return s
+}
+
+// upsertAnswer is the body of a 2xx upsert answer; a 204 has none.
+type upsertAnswer struct {
+	ID      string     `json:"id"`
+	Success *bool      `json:"success"`
+	Errors  []apiError `json:"errors"`
+}
+
+// Classify reads an upsert's answer (see the package doc).
+func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
+	auth := req.Header.Get("Authorization")
+	if resp.StatusCode != http.StatusUnauthorized {
+		d.tokenWorked(auth)
+	}
+	r := d.classify(auth, resp)
+	r.StatusCode = resp.StatusCode
+	out := make([]destinations.Result, len(req.Events))
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
+func (d *destination) classify(auth string, resp *destinations.Response) destinations.Result {
+	code := resp.StatusCode
+	errs, detail := parseErrors(resp.Body)
+	rejected := func(format string, args ...any) destinations.Result {
+		return destinations.Result{Outcome: destinations.Rejected, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case code >= 200 && code <= 299:
+		var a upsertAnswer
+		if json.Unmarshal(resp.Body, &a) == nil && a.Success != nil && !*a.Success {
+			return rejected("Salesforce answered HTTP %d but did not save the %s: %s", code, d.object, joinErrors(a.Errors, resp.Body))
+		}
+		return destinations.Result{Outcome: destinations.Delivered}
+	case code == http.StatusMultipleChoices:
+		var matches []string
+		n := "several"
+		if json.Unmarshal(resp.Body, &matches) == nil && len(matches) > 1 {
+			n = fmt.Sprint(len(matches))
+		}
+		return rejected("Salesforce found %s %ss with this %s (HTTP 300) and updated none: merge the duplicates in Salesforce, or upsert on a unique external_id_field",
+			n, d.object, d.extField)
+	case code == http.StatusBadRequest:
+		if hasCode(errs, "UNABLE_TO_LOCK_ROW") {
+			return destinations.Result{Outcome: destinations.Retryable,
+				Reason: fmt.Sprintf("Salesforce could not lock the %s, which another update holds: %s", d.object, detail)}
+		}
+		reason := fmt.Sprintf("Salesforce refused the %s: %s", d.object, detail)
+		if len(errs) > 0 {
+			if hint := d.hint(errs[0].ErrorCode); hint != "" {
+				reason += " (" + hint + ")"
+			}
+		}
+		return destinations.Result{Outcome: destinations.Rejected, Reason: reason}
+	case code == http.StatusUnauthorized:
+		if d.tokenFailed(auth) {
+			return destinations.Result{Outcome: destinations.Retryable,
+				Reason: "Salesforce refused the access token (" + detail + "): it expired; a new one is fetched for the retry"}
+		}
+		return rejected("Salesforce refused an access token it had just issued (%s): check that instance_url is the org's My Domain URL, and that the integration user has the API Enabled permission", detail)
+	case code == http.StatusForbidden:
+		if hasCode(errs, "REQUEST_LIMIT_EXCEEDED") {
+			return destinations.Result{Outcome: destinations.Retryable, RetryAfter: destinations.ParseRetryAfter(resp.Header, resp.ReceivedAt),
+				Reason: "the org's API request limit is used up (" + detail + "); it counts the last 24 hours, so requests pass again as older ones age out (Setup > Company Information > API Requests)"}
+		}
+		return rejected("Salesforce refused the integration user (HTTP 403 %s): give it the API Enabled permission, and Create and Edit on %s and its fields", detail, d.object)
+	case code == http.StatusNotFound:
+		return rejected("Salesforce has no %s field %s to upsert on, or the integration user cannot see it (HTTP 404 %s): check object and external_id_field (a custom External ID field ends in __c; an email ending in .inc also gives this)",
+			d.object, d.extField, detail)
+	}
+	r := destinations.ClassifyStatus(resp, resp.ReceivedAt)
+	if len(errs) > 0 {
+		r.Reason = destinations.StatusReason(code, nil) + ": " + detail
+	}
+	return r
+}
+
+// parseErrors reads the REST API's error body. detail describes it: the
+// errors, or the start of the body when it is not that list.
+func parseErrors(body []byte) (errs []apiError, detail string) {
+	if json.Unmarshal(body, &errs) == nil && len(errs) > 0 && errs[0].ErrorCode != "" {
+		return errs, joinErrors(errs, body)
+	}
+	if s := destinations.Snippet(body, 200); s != "" {
+		return nil, s
+	}
+	return nil, "no details"
+}
+
+func joinErrors(errs []apiError, body []byte) string {
+	if len(errs) == 0 {
+		return destinations.Snippet(body, 200)
+	}
+	parts := make([]string, len(errs))
+	for i, e := range errs {
+		parts[i] = e.String()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func hasCode(errs []apiError, code string) bool {
+	for _, e := range errs {
+		if e.ErrorCode == code {
+			return true
+		}
+	}
+	return false
+}
+
+// hint says what to do about the commonest validation errors.
+func (d *destination) hint(code string) string {
+	switch code {
+	case "REQUIRED_FIELD_MISSING":
+		return "a field the " + d.object + " requires has no value: send it as a trait and map it with the fields setting"
+	case "INVALID_FIELD":
+		return "a field in the fields setting does not exist on " + d.object + ", or the integration user cannot see it"
+	case "INVALID_FIELD_FOR_INSERT_UPDATE":
+		return "a field in the fields setting cannot be written: a formula, system or external ID field"
+	case "FIELD_CUSTOM_VALIDATION_EXCEPTION":
+		return "a validation rule in Salesforce refused the record"
+	case "DUPLICATES_DETECTED":
+		return "a duplicate rule in Salesforce blocked the record"
+	case "FIELD_INTEGRITY_EXCEPTION", "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST":
+		return "a value is not allowed for its field, such as a State or Country outside the org's picklist"
+	case "INVALID_EMAIL_ADDRESS":
+		return "the user's email is not a valid address"
+	case "STRING_TOO_LONG":
+		return "a value is longer than its field allows"
+	case "JSON_PARSER_ERROR", "INVALID_TYPE_ON_FIELD_IN_RECORD":
+		return "a mapped trait's value has a type its field does not take"
+	}
+	return ""
+}

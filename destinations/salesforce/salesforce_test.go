@@ -1,0 +1,274 @@
+package salesforce
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// now is the tests' clock.
+var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// bundle is what a Salesforce test needs.
+type bundle struct {
+	dest   destinations.Destination
+	sender *destinations.Sender
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose org and
+// credentials come from the tape (SALESFORCE_INSTANCE_URL,
+// SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET when recording, and
+// SALESFORCE_USERNAME and SALESFORCE_PASSWORD for auth_flow password).
+func setup(t *testing.T, name string, extra map[string]any) *bundle {
+	t.Helper()
+	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+	settings := map[string]any{
+		"instance_url":  tp.Var("SALESFORCE_INSTANCE_URL", "https://acme.my.salesforce.com"),
+		"client_id":     tp.Secret("SALESFORCE_CLIENT_ID"),
+		"client_secret": tp.Secret("SALESFORCE_CLIENT_SECRET"),
+	}
+	if extra["auth_flow"] == Password {
+		settings["username"] = tp.Var("SALESFORCE_USERNAME", "integration@acme.example")
+		settings["password"] = tp.Secret("SALESFORCE_PASSWORD")
+	}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	valid, err := Integration.Settings.Validate(settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := New(destinations.Config{Name: "crm", Settings: valid, Client: tp.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{
+		dest:   d,
+		sender: &destinations.Sender{Client: tp.Client(), Name: "crm", Now: func() time.Time { return now }},
+	}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+// identify builds an identify call with traits.
+func identify(t *testing.T, id, userID, traitsJSON string) event.Event {
+	t.Helper()
+	payload := `{"type":"identify","userId":"` + userID + `","messageId":"` + id + `","timestamp":"2026-01-02T03:00:00Z","traits":` + traitsJSON + `}`
+	if !json.Valid([]byte(payload)) {
+		t.Fatalf("bad test payload %s", payload)
+	}
+	return event.Event{Source: "app", MessageID: id, Type: event.Identify, Payload: json.RawMessage(payload)}
+}
+
+func ada(t *testing.T) event.Event {
+	return identify(t, "m1", "u-1", `{"email":"ada@example.com","name":"Ada Lovelace","company":{"name":"Analytical Engines"},"plan":"pro"}`)
+}
+
+type want struct {
+	outcome    destinations.Outcome
+	reason     string
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
+				i, g.Outcome, g.Reason, g.RetryAfter, w.outcome, w.reason, w.retryAfter)
+		}
+	}
+}
+
+var delivered = want{outcome: destinations.Delivered}
+
+func TestIdentify(t *testing.T) {
+	b := setup(t, "identify", map[string]any{"fields": map[string]any{"plan": "Plan__c"}})
+	// Every Lead field, from snake_case, camelCase and nested traits; a
+	// custom field through `fields`; unmapped traits left out.
+	first := identify(t, "m1", "u-1", `{"email":"ada@example.com","first_name":"Ada","lastName":"Lovelace",
+		"phone":"+44 20 7946 0000","company":{"name":"Analytical Engines"},"title":"CTO","website":"https://ada.dev",
+		"address":{"street":"12 St James's Square","city":"London","postal_code":"SW1Y 4JH","country":"GB"},
+		"plan":"pro","favorite_color":"green"}`)
+	// Without last name and company, the placeholders Salesforce needs.
+	second := identify(t, "m2", "u-2", `{"email":"grace@example.com","firstName":"Grace"}`)
+	got := b.send(first, second)
+	check(t, got, delivered, delivered)
+	if got[0].StatusCode != 201 || got[1].StatusCode != 204 {
+		t.Errorf("statuses %d, %d; want 201 created, 204 updated", got[0].StatusCode, got[1].StatusCode)
+	}
+}
+
+// TestContact upserts a Contact on a custom External ID field holding the
+// userId, with a token from the username-password flow.
+func TestContact(t *testing.T) {
+	b := setup(t, "contact", map[string]any{
+		"auth_flow":         Password,
+		"object":            "contact",
+		"external_id_field": "Fanout_User_Id__c",
+		"external_id_value": "user_id",
+	})
+	ev := identify(t, "m1", "u-42", `{"email":"ada@example.com","name":"Ada Lovelace","company":"Analytical Engines",
+		"city":"London","country":"GB","birthday":"1815-12-10"}`)
+	check(t, b.send(ev), delivered)
+}
+
+func TestTapes(t *testing.T) {
+	cases := []struct {
+		tape  string
+		extra map[string]any
+		want  want
+	}{
+		// Auth failure at the token endpoint: no upsert is made.
+		{"bad_credentials", nil, want{outcome: destinations.Rejected,
+			reason: "Salesforce refused the client_credentials flow's credentials (HTTP 400 invalid_client: invalid client credentials): copy client_id and client_secret again"}},
+		{"token_unavailable", nil, want{outcome: destinations.Retryable, reason: "Salesforce token endpoint: HTTP 503 Service Unavailable"}},
+		// A token refused as soon as it is issued: a refresh does not help.
+		{"unauthorized", nil, want{outcome: destinations.Rejected,
+			reason: "Salesforce refused an access token it had just issued (INVALID_SESSION_ID: Session expired or invalid): check that instance_url is the org's My Domain URL"}},
+		{"required_field_missing", nil, want{outcome: destinations.Rejected,
+			reason: "Salesforce refused the Lead: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c] (fields: Region__c) (a field the Lead requires has no value"}},
+		{"invalid_field", map[string]any{"fields": map[string]any{"plan": "Plan__c"}}, want{outcome: destinations.Rejected,
+			reason: "INVALID_FIELD: No such column 'Plan__c' on sobject of type Lead (a field in the fields setting does not exist on Lead"}},
+		{"unable_to_lock_row", nil, want{outcome: destinations.Retryable, reason: "Salesforce could not lock the Lead"}},
+		{"request_limit", nil, want{outcome: destinations.Retryable, reason: "the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.)"}},
+		{"insufficient_access", nil, want{outcome: destinations.Rejected,
+			reason: "Salesforce refused the integration user (HTTP 403 INSUFFICIENT_ACCESS_OR_READONLY: insufficient access rights on object id): give it"}},
+		{"multiple_matches", nil, want{outcome: destinations.Rejected,
+			reason: "Salesforce found 2 Leads with this Email (HTTP 300) and updated none: merge the duplicates"}},
+		{"not_found", map[string]any{"external_id_field": "Fanout_Id__c", "external_id_value": "user_id"}, want{outcome: destinations.Rejected,
+			reason: "Salesforce has no Lead field Fanout_Id__c to upsert on, or the integration user cannot see it (HTTP 404 NOT_FOUND: Provided external ID field does not exist or is not accessible: Fanout_Id__c): check object and external_id_field"}},
+		{"server_error", nil, want{outcome: destinations.Retryable, reason: "HTTP 500 Internal Server Error: UNKNOWN_EXCEPTION: An unexpected error occurred."}},
+		{"unavailable", nil, want{outcome: destinations.Retryable, reason: "HTTP 503 Service Unavailable: SERVER_UNAVAILABLE", retryAfter: 2 * time.Minute}},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape, c.extra)
+			check(t, b.send(ada(t)), c.want)
+		})
+	}
+}
+
+// TestTokenExpired checks that a 401 to a token that had worked drops it,
+// so that the retry fetches a new one and succeeds.
+func TestTokenExpired(t *testing.T) {
+	b := setup(t, "token_expired", nil)
+	check(t, b.send(ada(t)), delivered)
+	check(t, b.send(ada(t)), want{outcome: destinations.Retryable,
+		reason: "Salesforce refused the access token (INVALID_SESSION_ID: Session expired or invalid): it expired; a new one is fetched for the retry"})
+	check(t, b.send(ada(t)), delivered)
+}
+
+func TestWithoutRequest(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{
+		"instance_url": "https://acme.my.salesforce.com", "client_id": "id", "client_secret": "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	track := event.Event{MessageID: "t", Type: event.Track, Payload: json.RawMessage(`{"type":"track","event":"x"}`)}
+	p, err := d.Transform(context.Background(), []event.Event{identify(t, "m1", "u-1", `{"name":"No Email"}`), track})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 0 {
+		t.Fatalf("%d requests, want none (and no token request)", len(p.Requests))
+	}
+	if r := p.Results[0]; r.Outcome != destinations.Rejected ||
+		!strings.Contains(r.Reason, "the identify call has no email, which external_id_value names as the value of Email, the field Salesforce matches Leads on") {
+		t.Errorf("identify without email: %+v", r)
+	}
+	if r := p.Results[1]; r.Outcome != destinations.Unsupported {
+		t.Errorf("track: %+v", r)
+	}
+}
+
+func TestSettings(t *testing.T) {
+	base := map[string]any{"instance_url": "https://acme.my.salesforce.com", "client_id": "i", "client_secret": "s"}
+	with := func(kv ...any) map[string]any {
+		m := map[string]any{}
+		for k, v := range base {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	cases := []struct {
+		settings map[string]any
+		err      string
+	}{
+		{map[string]any{"instance_url": "https://x"}, "client_id: required setting is missing"},
+		{with("instance_url", "acme.my.salesforce.com"), `instance_url: expected the org's My Domain URL, such as https://acme.my.salesforce.com, found "acme.my.salesforce.com"`},
+		{with("instance_url", "https://acme.my.salesforce.com/services/data"), "instance_url: expected the org's My Domain URL"},
+		{with("api_version", "latest"), `api_version: expected a version such as 62.0, found "latest"`},
+		{with("auth_flow", "jwt"), `auth_flow: expected client_credentials or password, found "jwt"`},
+		{with("auth_flow", "password", "username", "u@x"), "username, password: auth_flow password needs both"},
+		{with("object", "Account"), `object: expected Lead or Contact, found "Account"`},
+		{with("external_id_field", "Email/x"), `external_id_field: expected a field API name`},
+		{with("external_id_value", "phone"), `external_id_value: expected email or user_id, found "phone"`},
+		{with("fields", map[string]any{"plan": "Plan c"}), `fields: expected a field API name for trait "plan", found "Plan c"`},
+	}
+	for _, c := range cases {
+		valid, err := Integration.Settings.Validate(c.settings)
+		if err == nil {
+			_, err = New(destinations.Config{Settings: valid})
+		}
+		if err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("%v: got %v, want %q", c.settings, err, c.err)
+		}
+	}
+	// v62.0 is read as 62.0.
+	valid, _ := Integration.Settings.Validate(with("api_version", "v62.0"))
+	if _, err := New(destinations.Config{Settings: valid}); err != nil {
+		t.Errorf("api_version v62.0: %v", err)
+	}
+}
+
+// TestClassify covers answers no tape needs: a 2xx that says it failed,
+// and bodies that are not Salesforce's error list.
+func TestClassify(t *testing.T) {
+	d := &destination{object: "Lead", extField: "Email"}
+	req := &destinations.Request{Events: []int{0}, Header: http.Header{"Authorization": {"Bearer t"}}}
+	cases := []struct {
+		code   int
+		body   string
+		want   destinations.Outcome
+		reason string
+	}{
+		{201, `{"id":"00Q","success":true,"errors":[],"created":true}`, destinations.Delivered, ""},
+		{200, `not json`, destinations.Delivered, ""},
+		{200, `{"id":"","success":false,"errors":[{"statusCode":"DUPLICATES_DETECTED","message":"Use one of these records?"}]}`,
+			destinations.Rejected, "Salesforce answered HTTP 200 but did not save the Lead: DUPLICATES_DETECTED: Use one of these records?"},
+		{300, `<html>`, destinations.Rejected, "Salesforce found several Leads with this Email"},
+		{400, `<html>bad</html>`, destinations.Rejected, "Salesforce refused the Lead: <html>bad</html>"},
+		{502, ``, destinations.Retryable, "HTTP 502 Bad Gateway"},
+		{401, `[{"errorCode":"INVALID_SESSION_ID","message":"Session expired or invalid"}]`, destinations.Retryable, "it expired"},
+	}
+	for _, c := range cases {
+		got := d.Classify(req, &destinations.Response{StatusCode: c.code, Body: []byte(c.body), ReceivedAt: now})
+		if len(got) != 1 {
+			t.Fatalf("%d results", len(got))
+		}
+		if g := got[0]; g.Outcome != c.want || !strings.Contains(g.Reason, c.reason) || g.StatusCode != c.code {
+			t.Errorf("%d %q: got %+v", c.code, c.body, g)
+		}
+	}
+}
