@@ -10,6 +10,7 @@ import (
 	"github.com/fanout/fanout/destinations/braze"
 	"github.com/fanout/fanout/destinations/customerio"
 	"github.com/fanout/fanout/destinations/ga4"
+	"github.com/fanout/fanout/destinations/intercom"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
 	"github.com/fanout/fanout/destinations/salesforce"
@@ -23,6 +24,7 @@ var integrations = []*destinations.Integration{
 	customerio.Integration,
 	amplitude.Integration,
 	ga4.Integration,
+	intercom.Integration,
 	webhook.Integration,
 	mixpanel.Integration,
 	marketo.Integration,
