@@ -92,6 +92,12 @@ type Config struct {
 	// DataDir is the server's data_dir. Default: a new t.TempDir(). Set it to
 	// restart a server on the data of a previous one.
 	DataDir string
+	// YAML, when not empty, replaces source "web" and webhook "hook": it is
+	// the rest of the configuration file after listen, admin_listen,
+	// data_dir and network (sources, destinations, admin_token), for a
+	// test that needs several of them. WriteKey, WebhookURL and
+	// Concurrency are then unused.
+	YAML string
 }
 
 // Server is one running `fanout serve` subprocess.
@@ -193,6 +199,10 @@ func configYAML(cfg Config, listen, admin string) []byte {
 	fmt.Fprintf(&b, "admin_listen: %s\n", admin)
 	fmt.Fprintf(&b, "data_dir: %s\n", strconv.Quote(cfg.DataDir))
 	b.WriteString("network:\n  allow_private: true   # the receiver is an httptest server on loopback\n")
+	if cfg.YAML != "" {
+		b.WriteString(cfg.YAML)
+		return b.Bytes()
+	}
 	b.WriteString("sources:\n")
 	fmt.Fprintf(&b, "  - name: web\n    write_key: %s\n", strconv.Quote(cfg.WriteKey))
 	b.WriteString("destinations:\n")

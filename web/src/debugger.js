@@ -121,10 +121,10 @@ function Live({ source }) {
     </div>
     <div class="split">
       <ul class="events" data-testid="events">
-        ${shown.length === 0 && html`<li class="empty">${q ? 'No event matches.' : 'Waiting for events…'}</li>`}
-        ${shown.map((ev) => html`<li data-testid="event" data-message-id=${ev.message_id}
+        ${shown.length === 0 && html`<li key="empty" class="empty">${q ? 'No event matches.' : 'Waiting for events…'}</li>`}
+        ${shown.map((ev) => html`<li key=${ev.message_id} data-testid="event" data-message-id=${ev.message_id}
             class=${ev.message_id === selected ? 'active' : ''} onClick=${() => setSelected(ev.message_id)}>
-          <span class=${'type ' + ev.type}>${ev.type}</span>
+          <span class="type">${ev.type}</span>
           <span class="name">${title(ev.payload || {})}</span>
           <${Dots} outcomes=${ev.destinations} />
           <time title=${timestamp(ev.received_at)}>${timestamp(ev.received_at)}</time>

@@ -50,7 +50,7 @@ function Destination({ d }) {
       ? html`<p class="empty">No queue has work.</p>`
       : html`<table class="grid" data-testid="queues">
       <thead><tr>
-        <th>Source</th><th class="num">Ready</th><th class="num">Pending retry</th><th class="num">In flight</th>
+        <th>Source</th><th class="num">Queued</th><th class="num">Pending retry</th><th class="num">In flight</th>
         <th class="num">Concurrency limit</th><th>State</th><th class="num">429s</th>
       </tr></thead>
       <tbody>${st.queues.map((q) => html`<${Queue} q=${q} />`)}</tbody>

@@ -143,7 +143,7 @@ function Trends({ series }) {
         ]} />
       <${Chart} title="P95 latency" testid="chart-latency" data=${data.latency}
         yFormat=${(v) => latency(v)}
-        series=${[{ label: 'P95 latency', stroke: '#7c3aed', width: 2, spanGaps: false, value: (u, v) => (v == null ? '–' : latency(v)) }]} />
+        series=${[{ label: 'P95 latency', stroke: '#7c3aed', width: 2, points: { show: true, size: 5 }, value: (u, v) => (v == null ? '–' : latency(v)) }]} />
     </div>
   </section>`;
 }
@@ -167,7 +167,7 @@ function SourceTable({ source, pairs, sel, select }) {
         <th class="num">P95 latency</th>
       </tr></thead>
       <tbody>
-        ${rows.map((p) => html`<tr data-testid="pair" data-source=${p.source} data-destination=${p.destination}
+        ${rows.map((p) => html`<tr key=${p.destination} data-testid="pair" data-source=${p.source} data-destination=${p.destination}
             class=${'clickable' + (active(p.destination) ? ' active' : '')}
             onClick=${() => select({ source: p.source, destination: p.destination })}>
           <td>${p.destination}</td>
@@ -190,7 +190,7 @@ function Issues({ issues }) {
       <thead><tr><th>Description</th><th>Destination</th><th class="num">Count</th><th>Last seen</th></tr></thead>
       <tbody>
         ${issues.map((is) => html`
-          <tr class="clickable" data-testid="issue" data-issue=${key(is)} aria-expanded=${open === key(is)}
+          <tr key=${key(is)} class="clickable" data-testid="issue" data-issue=${key(is)} aria-expanded=${open === key(is)}
               onClick=${() => setOpen(open === key(is) ? null : key(is))}>
             <td><span class=${'badge ' + is.outcome}>${is.outcome}</span> ${is.reason}</td>
             <td>${is.source} → ${is.destination}</td>
@@ -227,13 +227,13 @@ function Samples({ issue }) {
       <section data-testid="sample-request">
         <h4>Request to ${issue.destination}</h4>
         ${s.request
-          ? html`<pre>${s.request.method} ${s.request.url}\n${headers(s.request.header)}\n\n${prettyJSON(s.request.body)}</pre>`
+          ? html`<pre>${`${s.request.method} ${s.request.url}\n${headers(s.request.header)}\n\n${prettyJSON(s.request.body)}`}</pre>`
           : html`<p class="empty">No request was sent.</p>`}
       </section>
       <section data-testid="sample-response">
         <h4>Response</h4>
         ${s.response
-          ? html`<pre>HTTP ${s.response.status}\n${headers(s.response.header)}\n\n${prettyJSON(s.response.body)}</pre>`
+          ? html`<pre>${`HTTP ${s.response.status}\n${headers(s.response.header)}\n\n${prettyJSON(s.response.body)}`}</pre>`
           : html`<p class="empty">No response (${s.reason}).</p>`}
       </section>
     </div>

@@ -71,7 +71,7 @@
         series=${[{label:`Delivered on first try`,stroke:`#16a34a`,fill:`rgba(22,163,74,0.12)`,paths:Ka,width:2},{label:`Delivered on retry`,stroke:`#0ea5e9`,paths:Ka,width:2},{label:`Failed or archived`,stroke:`#dc2626`,fill:`rgba(220,38,38,0.10)`,paths:Ka,width:2}]} />
       <${Ga} title="P95 latency" testid="chart-latency" data=${t.latency}
         yFormat=${e=>Ya(e)}
-        series=${[{label:`P95 latency`,stroke:`#7c3aed`,width:2,spanGaps:!1,value:(e,t)=>t==null?`–`:Ya(t)}]} />
+        series=${[{label:`P95 latency`,stroke:`#7c3aed`,width:2,points:{show:!0,size:5},value:(e,t)=>t==null?`–`:Ya(t)}]} />
     </div>
   </section>`}function fo({source:e,pairs:t,sel:n,select:r}){let i=e.destinations.map(n=>t.find(t=>t.source===e.name&&t.destination===n)||{source:e.name,destination:n,latency:{count:0}}),a=t=>n.source===e.name&&(t?n.destination===t:!n.destination);return L`<div class="source" data-testid="source" data-source=${e.name}>
     <h3>
@@ -85,7 +85,7 @@
         <th class="num">P95 latency</th>
       </tr></thead>
       <tbody>
-        ${i.map(e=>L`<tr data-testid="pair" data-source=${e.source} data-destination=${e.destination}
+        ${i.map(e=>L`<tr key=${e.destination} data-testid="pair" data-source=${e.source} data-destination=${e.destination}
             class=${`clickable`+(a(e.destination)?` active`:``)}
             onClick=${()=>r({source:e.source,destination:e.destination})}>
           <td>${e.destination}</td>
@@ -100,7 +100,7 @@
       <thead><tr><th>Description</th><th>Destination</th><th class="num">Count</th><th>Last seen</th></tr></thead>
       <tbody>
         ${e.map(e=>L`
-          <tr class="clickable" data-testid="issue" data-issue=${r(e)} aria-expanded=${t===r(e)}
+          <tr key=${r(e)} class="clickable" data-testid="issue" data-issue=${r(e)} aria-expanded=${t===r(e)}
               onClick=${()=>n(t===r(e)?null:r(e))}>
             <td><span class=${`badge `+e.outcome}>${e.outcome}</span> ${e.reason}</td>
             <td>${e.source} → ${e.destination}</td>
@@ -127,11 +127,11 @@
       </section>
       <section data-testid="sample-request">
         <h4>Request to ${e.destination}</h4>
-        ${r.request?L`<pre>${r.request.method} ${r.request.url}\n${i(r.request.header)}\n\n${to(r.request.body)}</pre>`:L`<p class="empty">No request was sent.</p>`}
+        ${r.request?L`<pre>${`${r.request.method} ${r.request.url}\n${i(r.request.header)}\n\n${to(r.request.body)}`}</pre>`:L`<p class="empty">No request was sent.</p>`}
       </section>
       <section data-testid="sample-response">
         <h4>Response</h4>
-        ${r.response?L`<pre>HTTP ${r.response.status}\n${i(r.response.header)}\n\n${to(r.response.body)}</pre>`:L`<p class="empty">No response (${r.reason}).</p>`}
+        ${r.response?L`<pre>${`HTTP ${r.response.status}\n${i(r.response.header)}\n\n${to(r.response.body)}`}</pre>`:L`<p class="empty">No response (${r.reason}).</p>`}
       </section>
     </div>
   </div>`}var ho=e=>JSON.stringify(e,null,2);function go(...e){for(;e.length&&_o(e[e.length-1]);)e.pop();return e.map(e=>e===void 0?`undefined`:ho(e)).join(`, `)}function _o(e){return e==null||typeof e==`object`&&!Array.isArray(e)&&Object.keys(e).length===0}function vo(e){switch(e.type){case`track`:return`analytics.track(${go(e.event??``,e.properties)})`;case`identify`:return e.userId==null?`analytics.identify(${go(e.traits??{})})`:`analytics.identify(${go(e.userId,e.traits)})`;case`page`:return`analytics.page(${go(...yo(e))})`;case`screen`:return`analytics.screen(${go(...yo(e))})`;case`group`:return`analytics.group(${go(e.groupId??``,e.traits)})`;case`alias`:return`analytics.alias(${go(e.userId??``,e.previousId??``)})`;default:return`// unknown call type ${ho(e.type)}\n${ho(e)}`}}function yo(e){let t=e.name??e.properties?.name;return e.category==null?t==null?[e.properties??{}]:[t,e.properties]:[e.category,t??``,e.properties]}function bo(e){return e.userId!=null&&e.userId!==``?{label:`userId`,value:e.userId}:e.anonymousId!=null&&e.anonymousId!==``?{label:`anonymousId`,value:e.anonymousId}:null}function xo(e){switch(e.type){case`track`:return e.event||`(no event name)`;case`page`:case`screen`:return e.name||e.properties?.name||e.properties?.path||`(${e.type})`;case`identify`:return e.traits?.email||e.traits?.name||e.userId||e.anonymousId||`(anonymous)`;case`group`:return e.traits?.name||e.groupId||`(group)`;case`alias`:return`${e.previousId} → ${e.userId}`;default:return e.type}}var So=500;function Co({params:e}){let[t,n]=H(null),[r,i]=H(null);Se(()=>{let e=new AbortController;return U(`/sources`,{signal:e.signal}).then(n,t=>e.signal.aborted||i(t)),()=>e.abort()},[]);let a=e.source||t?.[0]?.name;return L`<main class="page debugger">
@@ -158,10 +158,10 @@
     </div>
     <div class="split">
       <ul class="events" data-testid="events">
-        ${b.length===0&&L`<li class="empty">${y?`No event matches.`:`Waiting for events…`}</li>`}
-        ${b.map(e=>L`<li data-testid="event" data-message-id=${e.message_id}
+        ${b.length===0&&L`<li key="empty" class="empty">${y?`No event matches.`:`Waiting for events…`}</li>`}
+        ${b.map(e=>L`<li key=${e.message_id} data-testid="event" data-message-id=${e.message_id}
             class=${e.message_id===d?`active`:``} onClick=${()=>f(e.message_id)}>
-          <span class=${`type `+e.type}>${e.type}</span>
+          <span class="type">${e.type}</span>
           <span class="name">${xo(e.payload||{})}</span>
           <${Oo} outcomes=${e.destinations} />
           <time title=${eo(e.received_at)}>${eo(e.received_at)}</time>
@@ -226,7 +226,7 @@
     <h3>Queues</h3>
     ${!t||t.queues.length===0?L`<p class="empty">No queue has work.</p>`:L`<table class="grid" data-testid="queues">
       <thead><tr>
-        <th>Source</th><th class="num">Ready</th><th class="num">Pending retry</th><th class="num">In flight</th>
+        <th>Source</th><th class="num">Queued</th><th class="num">Pending retry</th><th class="num">In flight</th>
         <th class="num">Concurrency limit</th><th>State</th><th class="num">429s</th>
       </tr></thead>
       <tbody>${t.queues.map(e=>L`<${Mo} q=${e} />`)}</tbody>

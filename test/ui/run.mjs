@@ -1,0 +1,285 @@
+// Browser checks of fanout's web UI, run by ui_test.go once fanout runs
+// and its known traffic has settled. It drives Debian's chromium through
+// playwright-core and compares what the pages show with the admin API.
+//
+// Environment (set by ui_test.go):
+//   CHROMIUM                 the browser, such as /usr/bin/chromium
+//   FANOUT_ADMIN_URL         a fanout without admin_token
+//   FANOUT_TRACKING_URL      its tracking API, and FANOUT_WRITE_KEY for source "web"
+//   FANOUT_LOCKED_ADMIN_URL  a fanout with admin_token FANOUT_ADMIN_TOKEN
+//   FANOUT_SECRET            a destination's API key no page may show
+//   SCREENSHOTS              where to save a screenshot of each page
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set; run this through ui_test.go (go test ./test/ui)`);
+  return v;
+};
+const ADMIN = env('FANOUT_ADMIN_URL');
+const TRACKING = env('FANOUT_TRACKING_URL');
+const WRITE_KEY = env('FANOUT_WRITE_KEY');
+const LOCKED = env('FANOUT_LOCKED_ADMIN_URL');
+const TOKEN = env('FANOUT_ADMIN_TOKEN');
+const SECRET = env('FANOUT_SECRET');
+const SHOTS = env('SCREENSHOTS');
+mkdirSync(SHOTS, { recursive: true });
+
+// The flags Debian's chromium needs on a machine without a display, GPU,
+// sandbox privileges or outside network; playwright-core gives it a fresh
+// profile directory.
+const browser = await chromium.launch({
+  executablePath: env('CHROMIUM'),
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+
+const checks = [];
+const check = (name, fn) => checks.push({ name, fn });
+
+async function api(base, path, token) {
+  const res = await fetch(base + '/api/v1' + path, { headers: token ? { Authorization: 'Bearer ' + token } : {} });
+  return { status: res.status, body: res.status === 200 ? await res.json() : await res.text() };
+}
+
+async function send(event) {
+  const res = await fetch(TRACKING + '/v1/track', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Basic ' + Buffer.from(WRITE_KEY + ':').toString('base64') },
+    body: JSON.stringify(event),
+  });
+  assert.equal(res.status, 200, `POST /v1/track: ${res.status} ${await res.text()}`);
+}
+
+async function newPage() {
+  const ctx = await browser.newContext({ viewport: { width: 1440, height: 1000 } });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  page.on('console', (m) => m.type() === 'error' && !/401/.test(m.text()) && errors.push(m.text()));
+  page.errors = errors;
+  return page;
+}
+
+const figureFields = ['delivered_first_attempt', 'delivered_after_retries', 'failed', 'unsupported', 'pending_retry', 'archived'];
+const num = (s) => Number(s.replace(/[^0-9]/g, ''));
+
+// readOverview reads every (source, destination) row of the overview page.
+async function readOverview(page) {
+  return page.$$eval('[data-testid=pair]', (rows) =>
+    rows.map((r) => {
+      const o = { source: r.dataset.source, destination: r.dataset.destination };
+      for (const td of r.querySelectorAll('[data-field]')) o[td.dataset.field] = td.textContent.trim();
+      return o;
+    }),
+  );
+}
+
+// refresh clicks the page's Refresh button and waits for the new answer.
+async function refresh(page) {
+  const before = await page.getAttribute('[data-testid=updated]', 'data-updated');
+  await page.click('[data-testid=refresh]');
+  await page.waitForFunction(
+    (b) => {
+      const el = document.querySelector('[data-testid=updated]');
+      return el && el.dataset.updated && el.dataset.updated !== b;
+    },
+    before,
+    { timeout: 10_000 },
+  );
+}
+
+check('overview shows the same counts as the admin API', async () => {
+  const page = await newPage();
+  await page.goto(ADMIN + '/#/overview?range=1h');
+  await page.waitForSelector('[data-testid=pair]');
+  // Retries may still change a count between two reads: compare a page
+  // read between two equal API answers.
+  let last;
+  for (let i = 0; i < 10; i++) {
+    const a = await api(ADMIN, '/overview?range=1h');
+    await refresh(page);
+    const shown = await readOverview(page);
+    const totals = await page.$$eval('[data-testid=figures] [data-field]', (els) =>
+      Object.fromEntries(els.map((e) => [e.dataset.field, e.textContent.trim()])),
+    );
+    const b = await api(ADMIN, '/overview?range=1h');
+    if (JSON.stringify(a.body.pairs) !== JSON.stringify(b.body.pairs)) continue;
+    last = { api: b.body, shown, totals };
+    break;
+  }
+  assert.ok(last, 'the overview kept changing: no two equal API answers in 10 tries');
+  const { api: o, shown, totals } = last;
+  const sources = (await api(ADMIN, '/sources')).body;
+  const expected = sources.flatMap((s) => s.destinations.map((d) => `${s.name}/${d}`)).sort();
+  assert.deepEqual(shown.map((r) => `${r.source}/${r.destination}`).sort(), expected, 'one row per connection');
+  for (const row of shown) {
+    const p = o.pairs.find((x) => x.source === row.source && x.destination === row.destination) || {};
+    for (const f of figureFields) {
+      assert.equal(num(row[f]), p[f] || 0, `${row.source} → ${row.destination}: ${f} shows ${row[f]}, API says ${p[f] || 0}`);
+    }
+    if (p.latency?.count) assert.match(row.p95, /\d/, `${row.source} → ${row.destination}: P95 latency`);
+  }
+  for (const f of figureFields) assert.equal(num(totals[f]), o[f], `headline ${f} shows ${totals[f]}, API says ${o[f]}`);
+  // The known traffic of ui_test.go, as a sanity check of the comparison.
+  const web = (d) => shown.find((r) => r.source === 'web' && r.destination === d);
+  assert.equal(num(web('ok').delivered_first_attempt), 28);
+  assert.equal(num(web('flaky').failed), 3);
+  assert.equal(num(web('flaky').delivered_after_retries), 2);
+  // Both charts drew.
+  assert.equal(await page.locator('[data-testid=chart-delivery] canvas').count(), 1);
+  assert.equal(await page.locator('[data-testid=chart-latency] canvas').count(), 1);
+  // Another range asks the API again.
+  await page.click('[data-range="10m"]');
+  await page.waitForURL(/range=10m/);
+  await page.waitForSelector('[data-range="10m"][aria-pressed=true]');
+  assert.deepEqual(page.errors, []);
+});
+
+check('an issue row opens its samples, secrets redacted', async () => {
+  const page = await newPage();
+  await page.goto(ADMIN + '/#/overview?range=1h');
+  const row = page.locator('[data-testid=issue]', { hasText: 'flaky' }).filter({ hasText: '400' });
+  await row.first().waitFor();
+  const issues = (await api(ADMIN, '/issues?range=1h')).body.issues;
+  const is = issues.find((x) => x.destination === 'flaky' && x.status === 400);
+  assert.ok(is, 'the API lists the flaky destination 400s');
+  assert.equal(num(await row.first().locator('[data-field=count]').textContent()), is.count);
+  await row.first().click();
+  const samples = page.locator('[data-testid=samples]');
+  await samples.waitFor();
+  const event = await samples.locator('[data-testid=sample-event]').textContent();
+  const request = await samples.locator('[data-testid=sample-request]').textContent();
+  const response = await samples.locator('[data-testid=sample-response]').textContent();
+  assert.match(event, /Coupon Applied/, 'what was sent to fanout');
+  assert.match(request, /POST http:\/\/127\.0\.0\.1:\d+\/flaky/, 'the request line');
+  assert.match(request, /X-Api-Key: \[redacted\]/, 'the API key header is redacted');
+  assert.match(response, /HTTP 400/, 'the response status');
+  assert.match(response, /key \[redacted\] has no default user/, 'the echoed key is redacted');
+  const html = await page.content();
+  assert.ok(!html.includes(SECRET), 'the secret appears nowhere in the page');
+  // Side by side: the three panes share one row.
+  const tops = await samples.locator('.panes > section').evaluateAll((els) => els.map((e) => e.getBoundingClientRect().top));
+  assert.equal(new Set(tops).size, 1, 'the three samples are side by side');
+  await page.screenshot({ path: join(SHOTS, 'overview.png'), fullPage: true });
+  assert.deepEqual(page.errors, []);
+});
+
+check('the debugger shows a new event within 2 seconds and stops on Pause', async () => {
+  const page = await newPage();
+  await page.goto(ADMIN + '/#/debugger?source=web');
+  await page.waitForSelector('[data-testid=conn]:text("Live")');
+  await page.waitForSelector('[data-testid=event]'); // the kept events
+  const name = `UI Probe ${Date.now()}`;
+  const t0 = Date.now();
+  await send({ event: name, userId: 'u-probe', properties: { plan: 'pro', seats: 3 } });
+  const item = page.locator('[data-testid=event]', { hasText: name });
+  await item.waitFor({ timeout: 2000 });
+  const elapsed = Date.now() - t0;
+  assert.ok(elapsed <= 2000, `shown after ${elapsed} ms`);
+
+  await item.click();
+  const code = page.locator('[data-testid=code]');
+  const pretty = await code.textContent();
+  assert.ok(pretty.startsWith(`analytics.track("${name}", {`), `Pretty view: ${pretty}`);
+  assert.match(pretty, /"seats": 3/);
+  // Where it went: delivered to ok; limited is paused, so still pending.
+  const outcome = (d) => page.locator(`[data-testid=outcomes] tr[data-destination="${d}"] [data-field=status]`);
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid=outcomes] tr[data-destination="ok"] [data-field=status]')?.textContent === 'delivered',
+    null,
+    { timeout: 5000 },
+  );
+  assert.equal(await outcome('flaky').textContent(), 'delivered');
+  assert.match(await outcome('limited').textContent(), /pending|retrying/);
+  await page.screenshot({ path: join(SHOTS, 'debugger.png') });
+  await page.click('[data-testid=view-raw]');
+  const raw = JSON.parse(await code.textContent());
+  assert.equal(raw.event, name);
+  assert.ok(raw.messageId && raw.receivedAt, 'the raw view is the stored event');
+
+  // Search narrows the list to what matches.
+  await page.fill('[data-testid=search]', name);
+  assert.equal(await page.locator('[data-testid=event]').count(), 1);
+  await page.fill('[data-testid=search]', '');
+
+  // Paused: an event sent now does not appear, then does on Live.
+  await page.click('[data-testid=pause]');
+  const count = await page.locator('[data-testid=event]').count();
+  const held = `UI Paused ${Date.now()}`;
+  await send({ event: held, userId: 'u-probe' });
+  await page.waitForSelector('[data-testid=conn]:text("1 new event held")', { timeout: 2000 });
+  await page.waitForTimeout(1500);
+  assert.equal(await page.locator('[data-testid=event]', { hasText: held }).count(), 0, 'a paused list shows no new event');
+  assert.equal(await page.locator('[data-testid=event]').count(), count, 'a paused list does not change');
+  await page.click('[data-testid=live]');
+  await page.locator('[data-testid=event]', { hasText: held }).waitFor({ timeout: 2000 });
+  assert.deepEqual(page.errors, []);
+});
+
+check('the destinations page shows the queue the 429s paused', async () => {
+  const page = await newPage();
+  await page.goto(ADMIN + '/#/destinations');
+  const limited = page.locator('[data-testid=destination][data-name=limited]');
+  const q = limited.locator('[data-testid=queue][data-source=web]');
+  await q.waitFor();
+  assert.equal(await q.getAttribute('data-paused'), 'true');
+  assert.match(await q.locator('[data-field=state]').textContent(), /paused \(429\) · resumes in (59|60)m/);
+  assert.match(await limited.locator('[data-field=paused]').textContent(), /rate limited/);
+  const flaky = page.locator('[data-testid=destination][data-name=flaky]');
+  assert.equal(await flaky.locator('[data-setting=secret]').textContent(), '[redacted]');
+  assert.match(await flaky.locator('[data-setting=headers]').textContent(), /X-Api-Key\s*\[redacted\]/);
+  assert.match(await flaky.locator('[data-field=circuit]').textContent(), /circuit closed/);
+  assert.ok(!(await page.content()).includes(SECRET), 'the secret appears nowhere in the page');
+  await page.screenshot({ path: join(SHOTS, 'destinations.png'), fullPage: true });
+  assert.deepEqual(page.errors, []);
+});
+
+check('with admin_token set, the API wants it and the login form works', async () => {
+  assert.equal((await api(LOCKED, '/sources')).status, 401);
+  const page = await newPage();
+  await page.goto(LOCKED + '/#/overview?range=1h');
+  const form = page.locator('[data-testid=login]');
+  await form.waitFor();
+  await page.screenshot({ path: join(SHOTS, 'login.png') });
+  await form.locator('input[name=token]').fill('not-the-token');
+  await form.locator('button[type=submit]').click();
+  await form.locator('[role=alert]', { hasText: 'refused' }).waitFor();
+  await form.locator('input[name=token]').fill(TOKEN);
+  await form.locator('button[type=submit]').click();
+  await page.waitForSelector('[data-testid=pair][data-source=web][data-destination=ok]');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('fanout.admin_token')), TOKEN);
+  // A reload keeps the session; the debugger's stream sends the token too.
+  await page.goto(LOCKED + '/#/debugger?source=web');
+  await page.reload();
+  await page.waitForSelector('[data-testid=conn]:text("Live")');
+  await page.waitForSelector('[data-testid=event]');
+  assert.equal(await page.locator('[data-testid=login]').count(), 0);
+  assert.deepEqual(page.errors, []);
+});
+
+let failed = 0;
+for (const { name, fn } of checks) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (err) {
+    failed++;
+    console.log(`FAIL ${name} (${Date.now() - t0} ms)\n     ${String(err.stack || err).replace(/\n/g, '\n     ')}`);
+  }
+}
+await browser.close();
+console.log(failed ? `${failed} of ${checks.length} checks failed` : `all ${checks.length} checks passed`);
+process.exit(failed ? 1 : 0);
