@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -536,5 +537,83 @@ func TestRateLimitSpacesRequests(t *testing.T) {
 			t.Fatalf("requests %v: %c went twice in a row while both sources had jobs", s.sent, src)
 		}
 		left[src]--
+	}
+}
+
+// panicky is an integration whose Transform always panics.
+type panicky struct{}
+
+func (panicky) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
+	var m map[string]int
+	m["boom"]++ // a nil map write: the kind of bug that reaches production
+	return destinations.Plan{}, nil
+}
+
+func (panicky) Classify(*destinations.Request, *destinations.Response) []destinations.Result { return nil }
+
+// A panicking integration costs its own jobs an attempt each, and once it
+// keeps panicking its circuit opens; the process and the other destination
+// carry on.
+func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook"})
+	store := b.store
+	clk := b.clk
+	reports := make(chan delivery.Report, 1000)
+	eng, err := delivery.New(delivery.Options{
+		Store: store, Clock: clk, Seed: 1, Logger: quiet,
+		Targets: []delivery.Target{
+			{Name: "broken", Type: "panicky", Destination: panicky{}, Concurrency: 1},
+			{Name: "fine", Type: "test", Destination: decider{&scripted{url: b.dests["hook"].url, tries: map[string]int{}}}, Concurrency: 1},
+		},
+		Archive: archive.NewWriter(filepath.Join(b.dataDir, "archive2")),
+		Observe: func(r delivery.Report) { reports <- r },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); eng.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	entries := make([]jobstore.Entry, 20)
+	for i := range entries {
+		id := fmt.Sprintf("p-%d", i)
+		entries[i] = jobstore.Entry{
+			Event:        event.Event{Source: "web", MessageID: id, Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(`{}`)},
+			Destinations: []string{"broken", "fine"},
+		}
+	}
+	if _, err := store.Append(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	eng.Notify(entries)
+	var broken, fine int
+	for broken < delivery.CircuitThreshold || fine < 20 {
+		select {
+		case r := <-reports:
+			switch r.Queue.Destination {
+			case "broken":
+				broken++
+				if r.End != delivery.EndRetrying || !strings.Contains(r.Result.Reason, "panicked") {
+					t.Fatalf("broken: %v %q, want retrying because the integration panicked", r.End, r.Result.Reason)
+				}
+			case "fine":
+				fine++
+				if r.End != delivery.EndDelivered {
+					t.Fatalf("fine: %v", r.End)
+				}
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("reports: broken %d, fine %d", broken, fine)
+		}
+	}
+	for _, d := range eng.State(ctx) {
+		if d.Name == "broken" && !d.CircuitOpen {
+			t.Fatalf("after %d panics the circuit is closed", broken)
+		}
+		if d.Name == "broken" && d.InFlight != 0 {
+			t.Fatalf("broken has %d requests in flight with its circuit open", d.InFlight)
+		}
 	}
 }
