@@ -4,8 +4,11 @@
 #               127.0.0.1:9090) in the background and `fanout serve` with
 #               fanout.example.yaml in the foreground; Ctrl-C stops both.
 #   make test   installs what the tests need when it is missing (the Node
-#               packages of test/compat), then runs go vet and go test -race
-#               over every package.
+#               packages of test/compat and test/ui), then runs go vet and
+#               go test -race over every package. The UI test also needs
+#               chromium at /usr/bin/chromium (apt-get install chromium).
+#   make ui     rebuilds the web UI (web/) into internal/admin/ui/dist, which
+#               is committed and embedded: run it after changing web/.
 #   make fmt-check  lists the tracked Go files gofmt would change.
 
 SHELL := /bin/bash
@@ -13,8 +16,9 @@ GO    ?= go
 NPM   ?= npm
 BIN   := bin/fanout
 NODE_DIR := test/compat/node
+UI_TEST_DIR := test/ui
 
-.PHONY: run test build vet fmt-check go-test
+.PHONY: run test build vet fmt-check go-test ui
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fanout
@@ -25,12 +29,20 @@ run: build
 	trap 'exit 130' INT TERM; \
 	$(BIN) serve --config fanout.example.yaml
 
-test: $(NODE_DIR)/node_modules vet go-test
+test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules vet go-test
 
 # npm ci recreates node_modules, so the directory is newer than the lock file
 # until the lock file changes.
 $(NODE_DIR)/node_modules: $(NODE_DIR)/package-lock.json
 	$(NPM) ci --prefix $(NODE_DIR) --no-audit --no-fund
+
+$(UI_TEST_DIR)/node_modules: $(UI_TEST_DIR)/package-lock.json
+	$(NPM) ci --prefix $(UI_TEST_DIR) --no-audit --no-fund
+
+# The built UI is committed, so `go build` needs no Node; this rebuilds it.
+ui:
+	$(NPM) ci --prefix web --no-audit --no-fund
+	$(NPM) run build --prefix web
 
 fmt-check:
 	@out=$$(git ls-files -z '*.go' | xargs -0 -r gofmt -l); \
