@@ -10,6 +10,7 @@ import (
 	"github.com/fanout/fanout/destinations/braze"
 	"github.com/fanout/fanout/destinations/customerio"
 	"github.com/fanout/fanout/destinations/ga4"
+	"github.com/fanout/fanout/destinations/hubspot"
 	"github.com/fanout/fanout/destinations/intercom"
 	"github.com/fanout/fanout/destinations/marketo"
 	"github.com/fanout/fanout/destinations/mixpanel"
@@ -20,6 +21,7 @@ import (
 
 // integrations is every integration, in no particular order.
 var integrations = []*destinations.Integration{
+	hubspot.Integration,
 	braze.Integration,
 	customerio.Integration,
 	amplitude.Integration,

@@ -1,0 +1,308 @@
+package hubspot
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
+
+// bundle is what a HubSpot test needs.
+type bundle struct {
+	tape   *tape.Tape
+	dest   destinations.Destination
+	sender *destinations.Sender
+}
+
+// settings are the tests' mappings.
+var settings = map[string]any{
+	"events":     map[string]any{"Signed Up": "pe1234567_signed_up"},
+	"properties": map[string]any{"plan": "plan_tier"},
+}
+
+// setup opens testdata/<name>.yaml and builds a destination whose token
+// comes from the tape (HUBSPOT_ACCESS_TOKEN when recording).
+func setup(t *testing.T, name string) *bundle {
+	t.Helper()
+	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+	s := map[string]any{"access_token": tp.Secret("HUBSPOT_ACCESS_TOKEN")}
+	for k, v := range settings {
+		s[k] = v
+	}
+	valid, err := Integration.Settings.Validate(s)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	d, err := Integration.New(destinations.Config{Name: "hs", Settings: valid, Client: tp.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return &bundle{tape: tp, dest: d,
+		sender: &destinations.Sender{Client: tp.Client(), Name: "hs", Now: func() time.Time { return now }}}
+}
+
+func (b *bundle) send(events ...event.Event) []destinations.SendResult {
+	return b.sender.Send(context.Background(), b.dest, events)
+}
+
+func ev(t testing.TB, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
+
+func identify(t testing.TB, id, email string) event.Event {
+	return ev(t, `{"type":"identify","userId":"u-`+id+`","messageId":"`+id+`",`+ts+`,"traits":{"email":"`+email+`"}}`)
+}
+
+func signedUp(t testing.TB) event.Event {
+	return ev(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-t1",`+ts+`,
+		"properties":{"plan":"pro"},"context":{"traits":{"email":"Ada@Example.com"}}}`)
+}
+
+type want struct {
+	outcome    destinations.Outcome
+	status     int
+	reason     string
+	retryAfter time.Duration
+}
+
+func check(t *testing.T, got []destinations.SendResult, wants ...want) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
+			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
+		}
+	}
+}
+
+func TestTapes(t *testing.T) {
+	ok := want{outcome: destinations.Delivered, status: 200}
+	two := func(t *testing.T) []event.Event {
+		return []event.Event{identify(t, "m-1", "ada@example.com"), identify(t, "m-2", "not-an-email")}
+	}
+	cases := []struct {
+		tape   string
+		events func(t *testing.T) []event.Event
+		want   []want
+	}{
+		{
+			// Two contacts in one upsert; the second identify of Ada goes
+			// in a second request, after the first.
+			tape: "identify",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					ev(t, `{"type":"identify","userId":"u1","messageId":"m-1",`+ts+`,"traits":{"email":"Ada@Example.com",
+						"name":"Ada Lovelace","phone":"+44 20 7946 0000","company":{"name":"Analytical Engines"},"title":"CTO",
+						"website":"https://ada.dev","address":{"street":"12 St James's Square","city":"London","postal_code":"SW1Y 4JH","country":"GB"},
+						"birthday":"1815-12-10","plan":"pro","favorite_color":"green"}}`),
+					identify(t, "m-2", "grace@example.com"),
+					ev(t, `{"type":"identify","userId":"u1","messageId":"m-3",`+ts+`,"traits":{"email":"ada@example.com","plan":"max"}}`),
+				}
+			},
+			want: []want{ok, ok, ok},
+		},
+		{
+			tape:   "track",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Delivered, status: 204}},
+		},
+		{
+			// Multi-status: the error names m-2 by objectWriteTraceId.
+			tape:   "multi_status",
+			events: two,
+			want: []want{
+				{outcome: destinations.Delivered, status: 207},
+				{outcome: destinations.Rejected, status: 207, reason: "VALIDATION_ERROR: Property values were not valid"},
+			},
+		},
+		{
+			// 400 naming one input: it is rejected, the other goes again.
+			tape:   "validation",
+			events: two,
+			want: []want{
+				{outcome: destinations.Retryable, status: 400, reason: "because of another contact"},
+				{outcome: destinations.Rejected, status: 400, reason: "INVALID_EMAIL: Email address not-an-email is invalid"},
+			},
+		},
+		{
+			tape:   "unauthorized",
+			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "check access_token"}},
+		},
+		{
+			tape:   "forbidden",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Rejected, status: 403, reason: "needs the analytics.behavioral_events.send scope"}},
+		},
+		{
+			tape:   "rate_limited",
+			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "ten_secondly_rolling limit", retryAfter: 10 * time.Second}},
+		},
+		{
+			// The same uuid again: the first occurrence was accepted.
+			tape:   "duplicate",
+			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			want:   []want{{outcome: destinations.Delivered, status: 409}},
+		},
+		{
+			tape:   "server_error",
+			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			want:   []want{{outcome: destinations.Retryable, status: 502, reason: "HTTP 502 Bad Gateway"}},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			b := setup(t, c.tape)
+			check(t, b.send(c.events(t)...), c.want...)
+		})
+	}
+}
+
+func newDest(t testing.TB) destinations.Destination {
+	s := map[string]any{"access_token": "tok"}
+	for k, v := range settings {
+		s[k] = v
+	}
+	valid, err := Integration.Settings.Validate(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func TestClassify(t *testing.T) {
+	d := newDest(t)
+	p, _ := d.Transform(context.Background(), []event.Event{identify(t, "m-1", "a@example.com"), identify(t, "m-2", "b@example.com")})
+	req := p.Requests[0]
+	cases := []struct {
+		name   string
+		code   int
+		header http.Header
+		body   string
+		want   destinations.Outcome
+		reason string
+		after  time.Duration
+	}{
+		{"daily limit", 429, nil, `{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}`, destinations.Retryable, "midnight in the account's time zone", 0},
+		{"retry-after wins", 429, http.Header{"Retry-After": {"4"}}, `{"policyName":"TEN_SECONDLY_ROLLING"}`, destinations.Retryable, "429", 4 * time.Second},
+		{"locked", 423, nil, `{"message":"locked"}`, destinations.Retryable, "2 s", 2 * time.Second},
+		{"migration", 477, http.Header{"Retry-After": {"3600"}}, ``, destinations.Retryable, "migrated", time.Hour},
+		{"conflict", 409, nil, `{"status":"error","message":"Contact already exists","category":"CONFLICT"}`, destinations.Rejected, "conflict: Contact already exists", 0},
+		{"400 naming no one", 400, nil, `{"status":"error","message":"Invalid input JSON","category":"VALIDATION_ERROR"}`, destinations.Rejected, "HubSpot refused the batch: Invalid input JSON", 0},
+		{"200 not JSON", 200, nil, `<html>`, destinations.Retryable, "not a batch answer", 0},
+		{"207 error naming no one", 207, nil, `{"status":"COMPLETE","errors":[{"message":"boom"}]}`, destinations.Retryable, "name no contact: boom", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := c.header
+			if h == nil {
+				h = http.Header{}
+			}
+			for i, r := range d.Classify(req, &destinations.Response{StatusCode: c.code, Header: h, Body: []byte(c.body), ReceivedAt: now}) {
+				if r.Outcome != c.want || !strings.Contains(r.Reason, c.reason) || r.RetryAfter != c.after {
+					t.Errorf("event %d: %+v", i, r)
+				}
+			}
+		})
+	}
+}
+
+func TestBatches(t *testing.T) {
+	d := newDest(t)
+	var evs []event.Event
+	for i := 0; i < MaxBatchInputs+1; i++ {
+		evs = append(evs, identify(t, fmt.Sprint("m-", i), fmt.Sprintf("u%d@example.com", i)))
+	}
+	p, err := d.Transform(context.Background(), evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchInputs || len(p.Requests[1].Events) != 1 {
+		t.Fatalf("got %d requests", len(p.Requests))
+	}
+}
+
+func TestWithoutRequest(t *testing.T) {
+	d := newDest(t)
+	cases := []struct {
+		name    string
+		e       event.Event
+		outcome destinations.Outcome
+		reason  string
+	}{
+		{"identify without email", ev(t, `{"type":"identify","userId":"u","messageId":"m","traits":{"name":"x"}}`), destinations.Rejected, "no email"},
+		{"unmapped event", ev(t, `{"type":"track","event":"Other","userId":"u","messageId":"m"}`), destinations.Unsupported, "no HubSpot custom event in the `events` setting"},
+		{"track without email", ev(t, `{"type":"track","event":"Signed Up","userId":"u","messageId":"m"}`), destinations.Rejected, "no email"},
+		{"page", ev(t, `{"type":"page","userId":"u","messageId":"m"}`), destinations.Unsupported, "not page"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := d.Transform(context.Background(), []event.Event{c.e})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
+				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
+			}
+		})
+	}
+}
+
+func TestEventUUID(t *testing.T) {
+	if got := EventUUID("123E4567-E89B-12D3-A456-426614174000"); got != "123e4567-e89b-12d3-a456-426614174000" {
+		t.Errorf("UUID messageId: %s", got)
+	}
+	a := EventUUID("m-t1")
+	if a != EventUUID("m-t1") || !isUUID(a) || a[14] != '5' || EventUUID("m-t2") == a {
+		t.Errorf("EventUUID(m-t1) = %s", a)
+	}
+}
+
+func TestSettings(t *testing.T) {
+	cases := []struct {
+		settings map[string]any
+		err      string
+	}{
+		{map[string]any{}, "access_token: required"},
+		{map[string]any{"access_token": "Bearer x"}, "without"},
+		{map[string]any{"access_token": "x", "events": map[string]any{"Signed Up": "signed_up"}}, "events: \"Signed Up\" maps to \"signed_up\""},
+		{map[string]any{"access_token": "x", "api_url": "api.hubapi.com"}, "api_url: expected"},
+	}
+	for _, c := range cases {
+		valid, err := Integration.Settings.Validate(c.settings)
+		if err == nil {
+			_, err = New(destinations.Config{Settings: valid})
+		}
+		if err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("%v: got %v, want %q", c.settings, err, c.err)
+		}
+	}
+}
