@@ -34,6 +34,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"path"
 	"sort"
 	"strconv"
 	"strings"
@@ -125,6 +126,9 @@ func public(r *http.Request) bool {
 		return false
 	}
 	p := r.URL.Path
+	if p != path.Clean(p) {
+		return false // the mux redirects it to its clean form, which is checked again
+	}
 	return p == "/healthz" || p == "/" || strings.HasPrefix(p, "/assets/")
 }
 

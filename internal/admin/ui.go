@@ -34,6 +34,10 @@ func newUIHandler() http.Handler {
 		hd.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 		hd.Set("X-Content-Type-Options", "nosniff")
 		hd.Set("Referrer-Policy", "no-referrer")
+		if r.URL.Path != "/" && strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r) // no directory listings
+			return
+		}
 		if strings.HasPrefix(r.URL.Path, "/assets/") {
 			// Vite puts a content hash in every asset's name.
 			hd.Set("Cache-Control", "public, max-age=31536000, immutable")
