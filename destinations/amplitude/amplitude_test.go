@@ -3,97 +3,42 @@ package amplitude
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
 
-// bundle is what an Amplitude test needs: the tape, a destination built
-// from settings, and a Sender sending through the tape.
-type bundle struct {
-	tape   *tape.Tape
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination whose API key
 // comes from the tape (AMPLITUDE_API_KEY when recording).
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name)
 	settings := map[string]any{"api_key": tp.Secret("AMPLITUDE_API_KEY")}
-	for k, v := range extra {
-		settings[k] = v
-	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := Integration.New(destinations.Config{Name: "amp", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		tape: tp,
-		dest: d,
-		sender: &destinations.Sender{
-			Client: tp.Client(),
-			Name:   "amp",
-			Now:    func() time.Time { return time.Unix(1767323100, 0) },
-		},
-	}
+	maps.Copy(settings, extra)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         time.Unix(1767323100, 0),
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
-
-// ev builds a stored event from its JSON payload, as ingest would.
-func ev(t *testing.T, payload string) event.Event {
-	t.Helper()
-	var head struct {
-		Type      string `json:"type"`
-		MessageID string `json:"messageId"`
-	}
-	if err := json.Unmarshal([]byte(payload), &head); err != nil {
-		t.Fatalf("bad test payload %s: %v", payload, err)
-	}
-	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
 
 func signedUp(t *testing.T, user, id string) event.Event {
-	return ev(t, `{"type":"track","event":"Signed Up","userId":"`+user+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"`+user+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
 }
 
-// want is the expected outcome of one event.
-type want struct {
-	outcome    destinations.Outcome
-	status     int
-	reason     string // a substring of the reason
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
-		}
-	}
-}
-
-var delivered = want{outcome: destinations.Delivered, status: 200}
+var delivered = want{Outcome: destinations.Delivered, Status: 200}
 
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
@@ -112,12 +57,12 @@ func TestTapes(t *testing.T) {
 			tape: "track",
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
-					ev(t, `{"type":"track","event":"Order Completed","userId":"user-00001","anonymousId":"anon-00001","messageId":"m-track-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"user-00001","anonymousId":"anon-00001","messageId":"m-track-1",`+ts+`,
 						"properties":{"revenue":"19.99","currency":"USD","price":9.995,"quantity":2},
 						"context":{"ip":"203.0.113.7","os":{"name":"iOS","version":"17.2"},"app":{"version":"4.2.0"},"locale":"en-GB"}}`),
-					ev(t, `{"type":"page","name":"Pricing","anonymousId":"anon-00002","messageId":"m-page-1",`+ts+`,"properties":{"path":"/pricing"}}`),
-					ev(t, `{"type":"screen","name":"Home","userId":"user-00003","messageId":"m-screen-1",`+ts+`,"context":{"device":{"model":"iPhone15,2"}}}`),
-					ev(t, `{"type":"identify","userId":"user-00001","messageId":"m-identify-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"page","name":"Pricing","anonymousId":"anon-00002","messageId":"m-page-1",`+ts+`,"properties":{"path":"/pricing"}}`),
+					destinationstest.Event(t, `{"type":"screen","name":"Home","userId":"user-00003","messageId":"m-screen-1",`+ts+`,"context":{"device":{"model":"iPhone15,2"}}}`),
+					destinationstest.Event(t, `{"type":"identify","userId":"user-00001","messageId":"m-identify-1",`+ts+`,
 						"traits":{"first_name":"Ada","last_name":"Lovelace","email":"ada@example.com","plan":"pro","address":{"city":"London","country":"GB"}}}`),
 				}
 			},
@@ -135,54 +80,54 @@ func TestTapes(t *testing.T) {
 			tape:   "invalid_fields",
 			events: two,
 			want: []want{
-				{outcome: destinations.Retryable, status: 400, reason: "because of other events in it"},
-				{outcome: destinations.Rejected, status: 400, reason: "Amplitude refused the event: invalid time; missing event_type (Request missing required field)"},
+				{Outcome: destinations.Retryable, Status: 400, Reason: "because of other events in it"},
+				{Outcome: destinations.Rejected, Status: 400, Reason: "Amplitude refused the event: invalid time; missing event_type (Request missing required field)"},
 			},
 		},
 		{
 			tape:   "invalid_api_key",
 			events: one,
-			want:   []want{{outcome: destinations.Rejected, status: 400, reason: "Amplitude refused the API key (Invalid API key: REDACTED): check api_key"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Amplitude refused the API key (Invalid API key: REDACTED): check api_key"}},
 		},
 		{
 			tape:   "throttled",
 			events: two,
 			want: []want{
-				{outcome: destinations.Retryable, status: 429, reason: "more than 30 events per second", retryAfter: ThrottleWait},
-				{outcome: destinations.Retryable, status: 429, reason: "may not have ingested this one"},
+				{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
+				{Outcome: destinations.Retryable, Status: 429, Reason: "may not have ingested this one"},
 			},
 		},
 		{
 			tape:   "daily_quota",
 			events: two,
 			want: []want{
-				{outcome: destinations.Retryable, status: 429, reason: "over the daily event quota"},
-				{outcome: destinations.Retryable, status: 429, reason: "more than 30 events per second", retryAfter: ThrottleWait},
+				{Outcome: destinations.Retryable, Status: 429, Reason: "over the daily event quota"},
+				{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
 			},
 		},
 		{
 			tape:   "too_large",
 			events: one,
-			want:   []want{{outcome: destinations.Rejected, status: 413, reason: "the event alone is over Amplitude's 1 MB"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "the event alone is over Amplitude's 1 MB"}},
 		},
 		{
 			tape:   "too_large_batch",
 			events: two,
 			want: []want{
-				{outcome: destinations.Retryable, status: 413, reason: "sent again in other batches"},
-				{outcome: destinations.Retryable, status: 413, reason: "sent again in other batches"},
+				{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in other batches"},
+				{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in other batches"},
 			},
 		},
 		{
 			tape:   "server_error",
 			events: one,
-			want:   []want{{outcome: destinations.Retryable, status: 503, reason: "HTTP 503 Service Unavailable"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, c.settings)
-			check(t, b.send(c.events(t)...), c.want...)
+			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
 		})
 	}
 }
@@ -246,7 +191,7 @@ func TestBatchLimits(t *testing.T) {
 	big := strings.Repeat("x", 300_000)
 	events = make([]event.Event, 4)
 	for i := range events {
-		events[i] = ev(t, `{"type":"track","event":"Big","userId":"user-1","messageId":"m",`+ts+`,"properties":{"blob":"`+big+`"}}`)
+		events[i] = destinationstest.Event(t, `{"type":"track","event":"Big","userId":"user-1","messageId":"m",`+ts+`,"properties":{"blob":"`+big+`"}}`)
 	}
 	p, err = d.Transform(context.Background(), events)
 	if err != nil {

@@ -2,14 +2,15 @@ package braze
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
@@ -17,99 +18,48 @@ import (
 // now is the tests' clock: Unix 1767323100.
 var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
 
-// bundle is what a Braze test needs.
-type bundle struct {
-	tape   *tape.Tape
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination whose key and
 // instance come from the tape (BRAZE_API_KEY and BRAZE_REST_ENDPOINT when
 // recording).
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	settings := map[string]any{
 		"rest_endpoint": tp.Var("BRAZE_REST_ENDPOINT", "rest.iad-01.braze.com"),
 		"api_key":       tp.Secret("BRAZE_API_KEY"),
 	}
-	for k, v := range extra {
-		settings[k] = v
-	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := Integration.New(destinations.Config{Name: "braze", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		tape:   tp,
-		dest:   d,
-		sender: &destinations.Sender{Client: tp.Client(), Name: "braze", Now: func() time.Time { return now }},
-	}
+	maps.Copy(settings, extra)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
-
-// ev builds a stored event from its JSON payload, as ingest would.
-func ev(t testing.TB, payload string) event.Event {
-	t.Helper()
-	var head struct {
-		Type      string `json:"type"`
-		MessageID string `json:"messageId"`
-	}
-	if err := json.Unmarshal([]byte(payload), &head); err != nil {
-		t.Fatalf("bad test payload %s: %v", payload, err)
-	}
-	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
 
 func track(t testing.TB, user, name string) event.Event {
-	return ev(t, `{"type":"track","event":"`+name+`","userId":"`+user+`","messageId":"m-`+name+`",`+ts+`,"properties":{"plan":"pro"}}`)
+	return destinationstest.Event(t, `{"type":"track","event":"`+name+`","userId":"`+user+`","messageId":"m-`+name+`",`+ts+`,"properties":{"plan":"pro"}}`)
 }
 
 func identify(t testing.TB, user string) event.Event {
-	return ev(t, `{"type":"identify","userId":"`+user+`","messageId":"m-id-`+user+`",`+ts+`,"traits":{"email":"`+user+`@example.com"}}`)
+	return destinationstest.Event(t, `{"type":"identify","userId":"`+user+`","messageId":"m-id-`+user+`",`+ts+`,"traits":{"email":"`+user+`@example.com"}}`)
 }
 
 func order(t testing.TB, id string) event.Event {
-	return ev(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"m-`+id+`",`+ts+`,
+	return destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"m-`+id+`",`+ts+`,
 		"properties":{"order_id":"`+id+`","currency":"eur","products":[
 			{"product_id":"sku-1","name":"Socks","price":4.99,"quantity":2},
 			{"sku":"sku-2","price":"19.90"}]}}`)
 }
 
-type want struct {
-	outcome    destinations.Outcome
-	status     int
-	reason     string // a substring of the reason
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
-		}
-	}
-}
-
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
-	delivered := want{outcome: destinations.Delivered, status: 201}
+	delivered := want{Outcome: destinations.Delivered, Status: 201}
 	one := func(t *testing.T) []event.Event { return []event.Event{track(t, "u1", "Signed Up")} }
 	cases := []struct {
 		tape     string
@@ -125,11 +75,11 @@ func TestTapes(t *testing.T) {
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					order(t, "o-1"),
-					ev(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
 						"traits":{"email":"ada@example.com","name":"Ada Lovelace","gender":"female","birthday":"1815-12-10",
 						"phone":"+44 20 7946 0000","address":{"city":"London","country":"GB"},"plan":"pro","logins":3}}`),
 					track(t, "u1", "Signed Up"),
-					ev(t, `{"type":"track","event":"Viewed Product","anonymousId":"a1","messageId":"m-anon",`+ts+`}`),
+					destinationstest.Event(t, `{"type":"track","event":"Viewed Product","anonymousId":"a1","messageId":"m-anon",`+ts+`}`),
 				}
 			},
 			want: []want{delivered, delivered, delivered, delivered},
@@ -143,36 +93,36 @@ func TestTapes(t *testing.T) {
 			},
 			want: []want{
 				delivered,
-				{outcome: destinations.Rejected, status: 201, reason: "Braze refused the event object: Event name '$bad' is invalid"},
+				{Outcome: destinations.Rejected, Status: 201, Reason: "Braze refused the event object: Event name '$bad' is invalid"},
 				delivered,
-				{outcome: destinations.Rejected, status: 201, reason: "Braze refused the purchase object: 'currency' is invalid"},
+				{Outcome: destinations.Rejected, Status: 201, Reason: "Braze refused the purchase object: 'currency' is invalid"},
 			},
 		},
 		{
 			tape:   "unauthorized",
 			events: one,
-			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "check api_key"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check api_key"}},
 		},
 		{
 			tape:   "bad_request",
 			events: one,
-			want:   []want{{outcome: destinations.Rejected, status: 400, reason: "Braze refused the request: Valid data must be provided"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Braze refused the request: Valid data must be provided"}},
 		},
 		{
 			tape:   "rate_limited",
 			events: one,
-			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "HTTP 429 Too Many Requests", retryAfter: 3 * time.Second}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 3 * time.Second}},
 		},
 		{
 			tape:   "server_error",
 			events: one,
-			want:   []want{{outcome: destinations.Retryable, status: 500, reason: "HTTP 500 Internal Server Error"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, c.settings)
-			check(t, b.send(c.events(t)...), c.want...)
+			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
 		})
 	}
 }
@@ -268,11 +218,11 @@ func TestWithoutRequest(t *testing.T) {
 		outcome destinations.Outcome
 		reason  string
 	}{
-		{"no user", ev(t, `{"type":"track","event":"x","messageId":"m",`+ts+`}`), destinations.Rejected, "neither userId nor anonymousId"},
-		{"no name", ev(t, `{"type":"track","userId":"u","messageId":"m",`+ts+`}`), destinations.Rejected, "no event name"},
-		{"no timestamp", ev(t, `{"type":"track","event":"x","userId":"u","messageId":"m"}`), destinations.Rejected, "no readable timestamp"},
-		{"product without price", ev(t, `{"type":"track","event":"Order Completed","userId":"u","messageId":"m",`+ts+`,"properties":{"products":[{"product_id":"p"}]}}`), destinations.Rejected, "product 0 of the order"},
-		{"page", ev(t, `{"type":"page","userId":"u","messageId":"m",`+ts+`}`), destinations.Unsupported, "not page"},
+		{"no user", destinationstest.Event(t, `{"type":"track","event":"x","messageId":"m",`+ts+`}`), destinations.Rejected, "neither userId nor anonymousId"},
+		{"no name", destinationstest.Event(t, `{"type":"track","userId":"u","messageId":"m",`+ts+`}`), destinations.Rejected, "no event name"},
+		{"no timestamp", destinationstest.Event(t, `{"type":"track","event":"x","userId":"u","messageId":"m"}`), destinations.Rejected, "no readable timestamp"},
+		{"product without price", destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u","messageId":"m",`+ts+`,"properties":{"products":[{"product_id":"p"}]}}`), destinations.Rejected, "product 0 of the order"},
+		{"page", destinationstest.Event(t, `{"type":"page","userId":"u","messageId":"m",`+ts+`}`), destinations.Unsupported, "not page"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

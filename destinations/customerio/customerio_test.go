@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
@@ -15,85 +16,36 @@ import (
 // now is the tests' clock.
 var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
 
-// bundle is what a Customer.io test needs.
-type bundle struct {
-	tape   *tape.Tape
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination whose
 // credentials come from the tape (CUSTOMERIO_SITE_ID and
 // CUSTOMERIO_API_KEY when recording).
-func setup(t *testing.T, name string) *bundle {
+func setup(t *testing.T, name string) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	settings := map[string]any{
 		"site_id": tp.Var("CUSTOMERIO_SITE_ID", "site-1"),
 		"api_key": tp.Secret("CUSTOMERIO_API_KEY"),
 	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := Integration.New(destinations.Config{Name: "cio", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		tape:   tp,
-		dest:   d,
-		sender: &destinations.Sender{Client: tp.Client(), Name: "cio", Now: func() time.Time { return now }},
-	}
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
-
-// ev builds a stored event from its JSON payload, as ingest would.
-func ev(t *testing.T, payload string) event.Event {
-	t.Helper()
-	var head struct {
-		Type      string `json:"type"`
-		MessageID string `json:"messageId"`
-	}
-	if err := json.Unmarshal([]byte(payload), &head); err != nil {
-		t.Fatalf("bad test payload %s: %v", payload, err)
-	}
-	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
 
 func signedUp(t *testing.T) event.Event {
-	return ev(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-1",`+ts+`,"properties":{"plan":"pro"}}`)
-}
-
-type want struct {
-	outcome    destinations.Outcome
-	status     int
-	reason     string // a substring of the reason
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
-		}
-	}
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-1",`+ts+`,"properties":{"plan":"pro"}}`)
 }
 
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
-	delivered := want{outcome: destinations.Delivered, status: 200}
+	delivered := want{Outcome: destinations.Delivered, Status: 200}
 	cases := []struct {
 		tape   string
 		events func(t *testing.T) []event.Event
@@ -102,7 +54,7 @@ func TestTapes(t *testing.T) {
 		{
 			tape: "identify",
 			events: func(t *testing.T) []event.Event {
-				return []event.Event{ev(t, `{"type":"identify","userId":"u 1","anonymousId":"a1","messageId":"m-id-1",`+ts+`,
+				return []event.Event{destinationstest.Event(t, `{"type":"identify","userId":"u 1","anonymousId":"a1","messageId":"m-id-1",`+ts+`,
 					"traits":{"email":"ada@example.com","first_name":"Ada","created_at":"2024-05-06T07:08:09Z","plan":"pro"}}`)}
 			},
 			want: []want{delivered},
@@ -111,13 +63,13 @@ func TestTapes(t *testing.T) {
 			tape: "track",
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
-					ev(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"01JGMZ3Q5X9T8Y7W6V5T4S3R2Q",`+ts+`,
+					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"01JGMZ3Q5X9T8Y7W6V5T4S3R2Q",`+ts+`,
 						"properties":{"revenue":19.99,"currency":"USD"}}`),
-					ev(t, `{"type":"page","name":"Pricing","userId":"u1","messageId":"m-page-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"page","name":"Pricing","userId":"u1","messageId":"m-page-1",`+ts+`,
 						"properties":{"url":"https://shop.example/pricing"}}`),
-					ev(t, `{"type":"screen","name":"Home","userId":"u1","messageId":"m-screen-1",`+ts+`}`),
+					destinationstest.Event(t, `{"type":"screen","name":"Home","userId":"u1","messageId":"m-screen-1",`+ts+`}`),
 					// Anonymous: /api/v1/events with anonymous_id.
-					ev(t, `{"type":"track","event":"Viewed Product","anonymousId":"a2","messageId":"m-anon-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"track","event":"Viewed Product","anonymousId":"a2","messageId":"m-anon-1",`+ts+`,
 						"properties":{"sku":"X1"}}`),
 				}
 			},
@@ -126,36 +78,36 @@ func TestTapes(t *testing.T) {
 		{
 			tape:   "unauthorized",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "check site_id and api_key"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check site_id and api_key"}},
 		},
 		{
 			tape: "invalid",
 			events: func(t *testing.T) []event.Event {
-				return []event.Event{ev(t, `{"type":"identify","userId":"u1","messageId":"m-id-2",`+ts+`,
+				return []event.Event{destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-2",`+ts+`,
 					"traits":{"`+strings.Repeat("x", 151)+`":"y"}}`)}
 			},
-			want: []want{{outcome: destinations.Rejected, status: 400, reason: "Customer.io refused the event: attribute name cannot be longer than 150 bytes"}},
+			want: []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the event: attribute name cannot be longer than 150 bytes"}},
 		},
 		{
 			tape:   "rate_limited",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "HTTP 429 Too Many Requests"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests"}},
 		},
 		{
 			tape:   "server_error",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Retryable, status: 503, reason: "HTTP 503 Service Unavailable", retryAfter: 30 * time.Second}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable", RetryAfter: 30 * time.Second}},
 		},
 		{
 			tape:   "redirect",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Rejected, status: 307, reason: "region: eu"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 307, Reason: "region: eu"}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape)
-			check(t, b.send(c.events(t)...), c.want...)
+			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
 		})
 	}
 }

@@ -3,11 +3,13 @@ package ga4
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
@@ -15,87 +17,38 @@ import (
 // now is the tests' clock, a minute after the events' timestamp.
 var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
 
-// bundle is what a GA4 test needs.
-type bundle struct {
-	tape   *tape.Tape
-	dest   *destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination whose API
 // secret comes from the tape (GA4_API_SECRET and GA4_MEASUREMENT_ID when
 // recording).
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name)
 	settings := map[string]any{
 		"measurement_id": tp.Var("GA4_MEASUREMENT_ID", "G-ABC123DEF4"),
 		"api_secret":     tp.Secret("GA4_API_SECRET"),
 	}
-	for k, v := range extra {
-		settings[k] = v
-	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := newDestination(destinations.Config{Name: "ga", Settings: valid, Client: tp.Client()},
-		func() time.Time { return now })
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		tape:   tp,
-		dest:   d,
-		sender: &destinations.Sender{Client: tp.Client(), Name: "ga", Now: func() time.Time { return now }},
-	}
+	maps.Copy(settings, extra)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		New: func(cfg destinations.Config) (destinations.Destination, error) {
+			return newDestination(cfg, func() time.Time { return now })
+		},
+		Tape:     tp,
+		Settings: settings,
+		Now:      now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
-
-// ev builds a stored event from its JSON payload, as ingest would.
-func ev(t *testing.T, payload string) event.Event {
-	t.Helper()
-	var head struct {
-		Type      string `json:"type"`
-		MessageID string `json:"messageId"`
-	}
-	if err := json.Unmarshal([]byte(payload), &head); err != nil {
-		t.Fatalf("bad test payload %s: %v", payload, err)
-	}
-	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
 
 func signedUp(t *testing.T) event.Event {
-	return ev(t, `{"type":"track","event":"Signed Up","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,"properties":{"plan":"pro"}}`)
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,"properties":{"plan":"pro"}}`)
 }
 
-type want struct {
-	outcome    destinations.Outcome
-	status     int
-	reason     string
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
-		}
-	}
-}
-
-var delivered = want{outcome: destinations.Delivered, status: 204}
+var delivered = want{Outcome: destinations.Delivered, Status: 204}
 
 func TestTapes(t *testing.T) {
 	one := func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} }
@@ -111,11 +64,11 @@ func TestTapes(t *testing.T) {
 			tape: "track",
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
-					ev(t, `{"type":"track","event":"Order Completed","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"track","event":"Order Completed","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,
 						"properties":{"Order ID":"o-17","revenue":19.99,"currency":"usd","coupon":null,"gift":true,
 						"items":[{"item_id":"sku-1","price":19.99}]}}`),
-					ev(t, `{"type":"track","event":"Signed Up","anonymousId":"777.4321","messageId":"m-2",`+ts+`}`),
-					ev(t, `{"type":"page","name":"Pricing","anonymousId":"555.1234","userId":"u1","messageId":"m-3",`+ts+`,
+					destinationstest.Event(t, `{"type":"track","event":"Signed Up","anonymousId":"777.4321","messageId":"m-2",`+ts+`}`),
+					destinationstest.Event(t, `{"type":"page","name":"Pricing","anonymousId":"555.1234","userId":"u1","messageId":"m-3",`+ts+`,
 						"properties":{"path":"/pricing","url":"https://shop.example/pricing"},
 						"context":{"page":{"referrer":"https://search.example/"}}}`),
 				}
@@ -130,10 +83,10 @@ func TestTapes(t *testing.T) {
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					signedUp(t),
-					ev(t, `{"type":"track","event":"Logged In","anonymousId":"555.1234","userId":"u1","messageId":"m-2",`+ts+`,"properties":{"method":"sso"}}`),
+					destinationstest.Event(t, `{"type":"track","event":"Logged In","anonymousId":"555.1234","userId":"u1","messageId":"m-2",`+ts+`,"properties":{"method":"sso"}}`),
 				}
 			},
-			want: []want{delivered, {outcome: destinations.Rejected, reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
+			want: []want{delivered, {Outcome: destinations.Rejected, Reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
 		},
 		{
 			// A message about the request as a whole rejects every event
@@ -141,13 +94,13 @@ func TestTapes(t *testing.T) {
 			tape:     "validate_request",
 			settings: map[string]any{"validate": true},
 			events:   one,
-			want:     []want{{outcome: destinations.Rejected, reason: "client_id (VALUE_INVALID at client_id)"}},
+			want:     []want{{Outcome: destinations.Rejected, Reason: "client_id (VALUE_INVALID at client_id)"}},
 		},
 		{
 			tape:     "validate_unavailable",
 			settings: map[string]any{"validate": true},
 			events:   one,
-			want:     []want{{outcome: destinations.Retryable, reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
+			want:     []want{{Outcome: destinations.Retryable, Reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
 		},
 		{
 			tape:     "eu",
@@ -158,28 +111,28 @@ func TestTapes(t *testing.T) {
 		{
 			tape:   "forbidden",
 			events: one,
-			want:   []want{{outcome: destinations.Rejected, status: 403, reason: "check api_secret"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "check api_secret"}},
 		},
 		{
 			tape:   "rate_limited",
 			events: one,
-			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "HTTP 429 Too Many Requests", retryAfter: 60 * time.Second}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 60 * time.Second}},
 		},
 		{
 			tape:   "server_error",
 			events: one,
-			want:   []want{{outcome: destinations.Retryable, status: 500, reason: "HTTP 500 Internal Server Error"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
 		},
 		{
 			tape:   "bad_request",
 			events: one,
-			want:   []want{{outcome: destinations.Rejected, status: 400, reason: "HTTP 400 Bad Request"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "HTTP 400 Bad Request"}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, c.settings)
-			check(t, b.send(c.events(t)...), c.want...)
+			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
 		})
 	}
 }

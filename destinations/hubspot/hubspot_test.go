@@ -2,26 +2,20 @@ package hubspot
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
 
 var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
-
-// bundle is what a HubSpot test needs.
-type bundle struct {
-	tape   *tape.Tape
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
 
 // settings are the tests' mappings.
 var settings = map[string]any{
@@ -31,75 +25,35 @@ var settings = map[string]any{
 
 // setup opens testdata/<name>.yaml and builds a destination whose token
 // comes from the tape (HUBSPOT_ACCESS_TOKEN when recording).
-func setup(t *testing.T, name string) *bundle {
+func setup(t *testing.T, name string) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	s := map[string]any{"access_token": tp.Secret("HUBSPOT_ACCESS_TOKEN")}
-	for k, v := range settings {
-		s[k] = v
-	}
-	valid, err := Integration.Settings.Validate(s)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := Integration.New(destinations.Config{Name: "hs", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{tape: tp, dest: d,
-		sender: &destinations.Sender{Client: tp.Client(), Name: "hs", Now: func() time.Time { return now }}}
+	maps.Copy(s, settings)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    s,
+		Now:         now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
-
-func ev(t testing.TB, payload string) event.Event {
-	t.Helper()
-	var head struct {
-		Type      string `json:"type"`
-		MessageID string `json:"messageId"`
-	}
-	if err := json.Unmarshal([]byte(payload), &head); err != nil {
-		t.Fatalf("bad test payload %s: %v", payload, err)
-	}
-	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
 
 func identify(t testing.TB, id, email string) event.Event {
-	return ev(t, `{"type":"identify","userId":"u-`+id+`","messageId":"`+id+`",`+ts+`,"traits":{"email":"`+email+`"}}`)
+	return destinationstest.Event(t, `{"type":"identify","userId":"u-`+id+`","messageId":"`+id+`",`+ts+`,"traits":{"email":"`+email+`"}}`)
 }
 
 func signedUp(t testing.TB) event.Event {
-	return ev(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-t1",`+ts+`,
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-t1",`+ts+`,
 		"properties":{"plan":"pro"},"context":{"traits":{"email":"Ada@Example.com"}}}`)
 }
 
-type want struct {
-	outcome    destinations.Outcome
-	status     int
-	reason     string
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
-		}
-	}
-}
-
 func TestTapes(t *testing.T) {
-	ok := want{outcome: destinations.Delivered, status: 200}
+	ok := want{Outcome: destinations.Delivered, Status: 200}
 	two := func(t *testing.T) []event.Event {
 		return []event.Event{identify(t, "m-1", "ada@example.com"), identify(t, "m-2", "not-an-email")}
 	}
@@ -114,12 +68,12 @@ func TestTapes(t *testing.T) {
 			tape: "identify",
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
-					ev(t, `{"type":"identify","userId":"u1","messageId":"m-1",`+ts+`,"traits":{"email":"Ada@Example.com",
+					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-1",`+ts+`,"traits":{"email":"Ada@Example.com",
 						"name":"Ada Lovelace","phone":"+44 20 7946 0000","company":{"name":"Analytical Engines"},"title":"CTO",
 						"website":"https://ada.dev","address":{"street":"12 St James's Square","city":"London","postal_code":"SW1Y 4JH","country":"GB"},
 						"birthday":"1815-12-10","plan":"pro","favorite_color":"green"}}`),
 					identify(t, "m-2", "grace@example.com"),
-					ev(t, `{"type":"identify","userId":"u1","messageId":"m-3",`+ts+`,"traits":{"email":"ada@example.com","plan":"max"}}`),
+					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-3",`+ts+`,"traits":{"email":"ada@example.com","plan":"max"}}`),
 				}
 			},
 			want: []want{ok, ok, ok},
@@ -127,15 +81,15 @@ func TestTapes(t *testing.T) {
 		{
 			tape:   "track",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Delivered, status: 204}},
+			want:   []want{{Outcome: destinations.Delivered, Status: 204}},
 		},
 		{
 			// Multi-status: the error names m-2 by objectWriteTraceId.
 			tape:   "multi_status",
 			events: two,
 			want: []want{
-				{outcome: destinations.Delivered, status: 207},
-				{outcome: destinations.Rejected, status: 207, reason: "VALIDATION_ERROR: Property values were not valid"},
+				{Outcome: destinations.Delivered, Status: 207},
+				{Outcome: destinations.Rejected, Status: 207, Reason: "VALIDATION_ERROR: Property values were not valid"},
 			},
 		},
 		{
@@ -143,50 +97,48 @@ func TestTapes(t *testing.T) {
 			tape:   "validation",
 			events: two,
 			want: []want{
-				{outcome: destinations.Retryable, status: 400, reason: "because of another contact"},
-				{outcome: destinations.Rejected, status: 400, reason: "INVALID_EMAIL: Email address not-an-email is invalid"},
+				{Outcome: destinations.Retryable, Status: 400, Reason: "because of another contact"},
+				{Outcome: destinations.Rejected, Status: 400, Reason: "INVALID_EMAIL: Email address not-an-email is invalid"},
 			},
 		},
 		{
 			tape:   "unauthorized",
 			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
-			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "check access_token"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check access_token"}},
 		},
 		{
 			tape:   "forbidden",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Rejected, status: 403, reason: "needs the analytics.behavioral_events.send scope"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "needs the analytics.behavioral_events.send scope"}},
 		},
 		{
 			tape:   "rate_limited",
 			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
-			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "ten_secondly_rolling limit", retryAfter: 10 * time.Second}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "ten_secondly_rolling limit", RetryAfter: 10 * time.Second}},
 		},
 		{
 			// The same uuid again: the first occurrence was accepted.
 			tape:   "duplicate",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{outcome: destinations.Delivered, status: 409}},
+			want:   []want{{Outcome: destinations.Delivered, Status: 409}},
 		},
 		{
 			tape:   "server_error",
 			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
-			want:   []want{{outcome: destinations.Retryable, status: 502, reason: "HTTP 502 Bad Gateway"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 502, Reason: "HTTP 502 Bad Gateway"}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape)
-			check(t, b.send(c.events(t)...), c.want...)
+			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
 		})
 	}
 }
 
 func newDest(t testing.TB) destinations.Destination {
 	s := map[string]any{"access_token": "tok"}
-	for k, v := range settings {
-		s[k] = v
-	}
+	maps.Copy(s, settings)
 	valid, err := Integration.Settings.Validate(s)
 	if err != nil {
 		t.Fatal(err)
@@ -258,10 +210,10 @@ func TestWithoutRequest(t *testing.T) {
 		outcome destinations.Outcome
 		reason  string
 	}{
-		{"identify without email", ev(t, `{"type":"identify","userId":"u","messageId":"m","traits":{"name":"x"}}`), destinations.Rejected, "no email"},
-		{"unmapped event", ev(t, `{"type":"track","event":"Other","userId":"u","messageId":"m"}`), destinations.Unsupported, "no HubSpot custom event in the `events` setting"},
-		{"track without email", ev(t, `{"type":"track","event":"Signed Up","userId":"u","messageId":"m"}`), destinations.Rejected, "no email"},
-		{"page", ev(t, `{"type":"page","userId":"u","messageId":"m"}`), destinations.Unsupported, "not page"},
+		{"identify without email", destinationstest.Event(t, `{"type":"identify","userId":"u","messageId":"m","traits":{"name":"x"}}`), destinations.Rejected, "no email"},
+		{"unmapped event", destinationstest.Event(t, `{"type":"track","event":"Other","userId":"u","messageId":"m"}`), destinations.Unsupported, "no HubSpot custom event in the `events` setting"},
+		{"track without email", destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"u","messageId":"m"}`), destinations.Rejected, "no email"},
+		{"page", destinationstest.Event(t, `{"type":"page","userId":"u","messageId":"m"}`), destinations.Unsupported, "not page"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -3,12 +3,14 @@ package marketo
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
@@ -17,17 +19,10 @@ import (
 // the day before.
 var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-// bundle is what a Marketo test needs.
-type bundle struct {
-	tape   *tape.Tape
-	dest   *destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination whose
 // credentials and instance come from the tape (MARKETO_CLIENT_ID,
 // MARKETO_CLIENT_SECRET and MARKETO_BASE_URL when recording).
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	settings := map[string]any{
@@ -35,68 +30,32 @@ func setup(t *testing.T, name string, extra map[string]any) *bundle {
 		"client_id":     tp.Secret("MARKETO_CLIENT_ID"),
 		"client_secret": tp.Secret("MARKETO_CLIENT_SECRET"),
 	}
-	for k, v := range extra {
-		settings[k] = v
-	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := newDestination(destinations.Config{Name: "mkto", Settings: valid, Client: tp.Client()},
-		func() time.Time { return now })
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		tape: tp,
-		dest: d,
-		sender: &destinations.Sender{
-			Client: tp.Client(),
-			Name:   "mkto",
-			Now:    func() time.Time { return now },
+	maps.Copy(settings, extra)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		New: func(cfg destinations.Config) (destinations.Destination, error) {
+			return newDestination(cfg, func() time.Time { return now })
 		},
-	}
+		Tape:     tp,
+		Settings: settings,
+		Now:      now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 // identify builds an identify call with traits.
 func identify(t *testing.T, id, traitsJSON string) event.Event {
 	t.Helper()
-	payload := `{"type":"identify","userId":"u-` + id + `","messageId":"` + id + `","timestamp":"2026-01-02T03:00:00Z","traits":` + traitsJSON + `}`
-	if !json.Valid([]byte(payload)) {
-		t.Fatalf("bad test payload %s", payload)
-	}
-	return event.Event{Source: "crm", MessageID: id, Type: event.Identify, Payload: json.RawMessage(payload)}
+	return destinationstest.Event(t, `{"type":"identify","userId":"u-`+id+`","messageId":"`+id+`","timestamp":"2026-01-02T03:00:00Z","traits":`+traitsJSON+`}`)
 }
 
 func ada(t *testing.T) event.Event {
 	return identify(t, "m1", `{"email":"ada@example.com","name":"Ada Lovelace"}`)
 }
 
-type want struct {
-	outcome    destinations.Outcome
-	reason     string
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
-				i, g.Outcome, g.Reason, g.RetryAfter, w.outcome, w.reason, w.retryAfter)
-		}
-	}
-}
-
-var delivered = want{outcome: destinations.Delivered}
+var delivered = want{Outcome: destinations.Delivered}
 
 func TestIdentify(t *testing.T) {
 	b := setup(t, "identify", map[string]any{
@@ -111,10 +70,10 @@ func TestIdentify(t *testing.T) {
 		"address":{"street":"12 St James's Square","city":"London","postal_code":"SW1Y 4JH","country":"GB"},
 		"birthday":"1815-12-10","plan":"pro","favorite_color":"green"}`)
 	second := identify(t, "m2", `{"email":"grace@example.com","name":"Grace Hopper"}`)
-	check(t, b.send(first, second), delivered, delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(first, second), delivered, delivered)
 	// The cached token serves the next batch: the tape has no second
 	// token request.
-	check(t, b.send(ada(t)), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), delivered)
 }
 
 func TestTapes(t *testing.T) {
@@ -123,22 +82,22 @@ func TestTapes(t *testing.T) {
 		want want
 	}{
 		// Auth failure at the identity endpoint: no leads call is made.
-		{"bad_credentials", want{outcome: destinations.Rejected,
-			reason: "Marketo refused client_id and client_secret (HTTP 401: Bad client credentials): copy them again from Admin > Integration > LaunchPoint"}},
-		{"access_denied", want{outcome: destinations.Rejected, reason: "603 Access denied: the custom service's API-only user needs a role with the Read-Write Lead permission"}},
-		{"invalid_json", want{outcome: destinations.Rejected, reason: "609 Invalid JSON"}},
-		{"rate_limited", want{outcome: destinations.Retryable, reason: "606 Max rate limit", retryAfter: 20 * time.Second}},
+		{"bad_credentials", want{Outcome: destinations.Rejected,
+			Reason: "Marketo refused client_id and client_secret (HTTP 401: Bad client credentials): copy them again from Admin > Integration > LaunchPoint"}},
+		{"access_denied", want{Outcome: destinations.Rejected, Reason: "603 Access denied: the custom service's API-only user needs a role with the Read-Write Lead permission"}},
+		{"invalid_json", want{Outcome: destinations.Rejected, Reason: "609 Invalid JSON"}},
+		{"rate_limited", want{Outcome: destinations.Retryable, Reason: "606 Max rate limit", RetryAfter: 20 * time.Second}},
 		// 21:04:05 CST to midnight.
-		{"quota", want{outcome: destinations.Retryable, reason: "607 Daily quota reached", retryAfter: 2*time.Hour + 55*time.Minute + 55*time.Second}},
-		{"concurrent", want{outcome: destinations.Retryable, reason: "615 Concurrent access limit reached"}},
-		{"system_error", want{outcome: destinations.Retryable, reason: "611 System error"}},
-		{"bad_gateway", want{outcome: destinations.Retryable, reason: "HTTP 502 Bad Gateway"}},
-		{"too_large", want{outcome: destinations.Rejected, reason: "HTTP 413 Request Entity Too Large"}},
+		{"quota", want{Outcome: destinations.Retryable, Reason: "607 Daily quota reached", RetryAfter: 2*time.Hour + 55*time.Minute + 55*time.Second}},
+		{"concurrent", want{Outcome: destinations.Retryable, Reason: "615 Concurrent access limit reached"}},
+		{"system_error", want{Outcome: destinations.Retryable, Reason: "611 System error"}},
+		{"bad_gateway", want{Outcome: destinations.Retryable, Reason: "HTTP 502 Bad Gateway"}},
+		{"too_large", want{Outcome: destinations.Rejected, Reason: "HTTP 413 Request Entity Too Large"}},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, nil)
-			check(t, b.send(ada(t)), c.want)
+			destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), c.want)
 		})
 	}
 }
@@ -146,19 +105,19 @@ func TestTapes(t *testing.T) {
 // TestSkipped is the 200 with "success": true that still failed leads.
 func TestSkipped(t *testing.T) {
 	b := setup(t, "skipped", map[string]any{"fields": map[string]any{"plan": "planTier"}})
-	got := b.send(
+	got := b.Send(
 		identify(t, "m1", `{"email":"ada@example.com"}`),
 		identify(t, "m2", `{"email":"not-an-email"}`),
 		identify(t, "m3", `{"email":"grace@example.com","plan":"pro"}`),
 		identify(t, "m4", `{"email":"twins@example.com"}`),
 		identify(t, "m5", `{"email":"busy@example.com"}`),
 	)
-	check(t, got,
+	destinationstest.CheckIgnoringStatus(t, got,
 		delivered,
-		want{outcome: destinations.Rejected, reason: "Marketo skipped the lead: 1003 Value for field 'email' is invalid (a value is not valid"},
-		want{outcome: destinations.Rejected, reason: "1006 Field 'planTier' not found (a field in the `fields` setting does not exist in Marketo"},
-		want{outcome: destinations.Rejected, reason: "1007 Multiple lead match lookup criteria (several leads share"},
-		want{outcome: destinations.Retryable, reason: "1029 Too many jobs in queue"},
+		want{Outcome: destinations.Rejected, Reason: "Marketo skipped the lead: 1003 Value for field 'email' is invalid (a value is not valid"},
+		want{Outcome: destinations.Rejected, Reason: "1006 Field 'planTier' not found (a field in the `fields` setting does not exist in Marketo"},
+		want{Outcome: destinations.Rejected, Reason: "1007 Multiple lead match lookup criteria (several leads share"},
+		want{Outcome: destinations.Retryable, Reason: "1029 Too many jobs in queue"},
 	)
 	for i, r := range got {
 		if r.StatusCode != 200 {
@@ -171,8 +130,8 @@ func TestSkipped(t *testing.T) {
 // fetches a new one and succeeds.
 func TestTokenExpired(t *testing.T) {
 	b := setup(t, "token_expired", nil)
-	check(t, b.send(ada(t)), want{outcome: destinations.Retryable, reason: "602 Access token expired; a new access token is fetched for the retry"})
-	check(t, b.send(ada(t)), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), want{Outcome: destinations.Retryable, Reason: "602 Access token expired; a new access token is fetched for the retry"})
+	destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), delivered)
 }
 
 func TestWithoutRequest(t *testing.T) {

@@ -3,111 +3,56 @@ package mixpanel
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
 
-// bundle is what a Mixpanel test needs: the tape, a destination built
-// from settings, and a Sender sending through the tape.
-type bundle struct {
-	tape   *tape.Tape
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
-
 // setup opens the tape testdata/<name>.yaml and builds a destination whose
 // credentials come from the tape (MIXPANEL_PROJECT_TOKEN and friends when
 // recording, REDACTED when replaying) and whose other settings are extra.
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	settings := map[string]any{"project_token": tp.Secret("MIXPANEL_PROJECT_TOKEN")}
-	for k, v := range extra {
-		settings[k] = v
-	}
+	maps.Copy(settings, extra)
 	if _, ok := extra["service_account_username"]; ok {
 		settings["service_account_username"] = tp.Secret("MIXPANEL_SERVICE_ACCOUNT_USERNAME")
 		settings["service_account_secret"] = tp.Secret("MIXPANEL_SERVICE_ACCOUNT_SECRET")
 	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := Integration.New(destinations.Config{Name: "mp", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		tape: tp,
-		dest: d,
-		sender: &destinations.Sender{
-			Client: tp.Client(),
-			Name:   "mp",
-			Now:    func() time.Time { return time.Unix(1767323100, 0) },
-		},
-	}
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         time.Unix(1767323100, 0),
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
-
-// ev builds a stored event from its JSON payload, as ingest would.
-func ev(t *testing.T, payload string) event.Event {
-	t.Helper()
-	var head struct {
-		Type      string `json:"type"`
-		MessageID string `json:"messageId"`
-	}
-	if err := json.Unmarshal([]byte(payload), &head); err != nil {
-		t.Fatalf("bad test payload %s: %v", payload, err)
-	}
-	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 const ts = `"timestamp":"2026-01-02T03:04:05.678Z"`
 
 func signedUp(t *testing.T, user, id string) event.Event {
-	return ev(t, `{"type":"track","event":"Signed Up","userId":"`+user+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"`+user+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
 }
 
 func identify(t *testing.T) event.Event {
-	return ev(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
+	return destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
 		"traits":{"email":"ada@example.com","first_name":"Ada","last_name":"Lovelace","created_at":"2024-05-06T07:08:09Z",
 		"plan":"pro","address":{"city":"London","country":"GB"}},
 		"context":{"ip":"203.0.113.7"}}`)
 }
 
-// want is the expected outcome of one event.
-type want struct {
-	outcome    destinations.Outcome
-	status     int
-	reason     string // a substring of the reason
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || g.StatusCode != w.status || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-				i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.outcome, w.status, w.reason, w.retryAfter)
-		}
-	}
-}
-
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
-	delivered := want{outcome: destinations.Delivered, status: 200}
+	delivered := want{Outcome: destinations.Delivered, Status: 200}
 	cases := []struct {
 		tape     string
 		settings map[string]any
@@ -118,13 +63,13 @@ func TestTapes(t *testing.T) {
 			tape: "track",
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
-					ev(t, `{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1","messageId":"m-track-1",`+ts+`,
+					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1","messageId":"m-track-1",`+ts+`,
 						"properties":{"revenue":19.99,"currency":"USD"},
 						"context":{"ip":"203.0.113.7","page":{"url":"https://shop.example/checkout"}}}`),
 					// A messageId too long for $insert_id is hashed.
-					ev(t, `{"type":"page","name":"Pricing","anonymousId":"a2","messageId":"ajs-next-1767323045678-0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e",`+ts+`,
+					destinationstest.Event(t, `{"type":"page","name":"Pricing","anonymousId":"a2","messageId":"ajs-next-1767323045678-0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e",`+ts+`,
 						"properties":{"path":"/pricing"}}`),
-					ev(t, `{"type":"screen","name":"Home","userId":"u3","messageId":"m-screen-1",`+ts+`,"context":{"os":{"name":"iOS"}}}`),
+					destinationstest.Event(t, `{"type":"screen","name":"Home","userId":"u3","messageId":"m-screen-1",`+ts+`,"context":{"os":{"name":"iOS"}}}`),
 				}
 			},
 			want: []want{delivered, delivered, delivered},
@@ -141,29 +86,29 @@ func TestTapes(t *testing.T) {
 				return []event.Event{signedUp(t, "u1", "m-1"), signedUp(t, "u2", "m-2")}
 			},
 			want: []want{
-				{outcome: destinations.Delivered, status: 400},
-				{outcome: destinations.Rejected, status: 400, reason: "'properties.time' is invalid"},
+				{Outcome: destinations.Delivered, Status: 400},
+				{Outcome: destinations.Rejected, Status: 400, Reason: "'properties.time' is invalid"},
 			},
 		},
 		{
 			tape:   "unauthorized",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{outcome: destinations.Rejected, status: 401, reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
 		},
 		{
 			tape:   "rate_limited",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{outcome: destinations.Retryable, status: 429, reason: "Project exceeded rate limits"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits"}},
 		},
 		{
 			tape:   "server_error",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{outcome: destinations.Retryable, status: 503, reason: "HTTP 503 Service Unavailable"}},
+			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
 		},
 		{
 			tape:   "too_large",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{outcome: destinations.Rejected, status: 413, reason: "request body too large"}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "request body too large"}},
 		},
 		{
 			tape:   "identify",
@@ -174,13 +119,13 @@ func TestTapes(t *testing.T) {
 			// The 200 that means failure.
 			tape:   "identify_refused",
 			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
-			want:   []want{{outcome: destinations.Rejected, status: 200, reason: `refused the profile update: Invalid token "REDACTED"`}},
+			want:   []want{{Outcome: destinations.Rejected, Status: 200, Reason: `refused the profile update: Invalid token "REDACTED"`}},
 		},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, c.settings)
-			check(t, b.send(c.events(t)...), c.want...)
+			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
 		})
 	}
 }

@@ -3,12 +3,14 @@ package salesforce
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
@@ -16,17 +18,11 @@ import (
 // now is the tests' clock.
 var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-// bundle is what a Salesforce test needs.
-type bundle struct {
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination whose org and
 // credentials come from the tape (SALESFORCE_INSTANCE_URL,
 // SALESFORCE_CLIENT_ID and SALESFORCE_CLIENT_SECRET when recording, and
 // SALESFORCE_USERNAME and SALESFORCE_PASSWORD for auth_flow password).
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	settings := map[string]any{
@@ -38,62 +34,29 @@ func setup(t *testing.T, name string, extra map[string]any) *bundle {
 		settings["username"] = tp.Var("SALESFORCE_USERNAME", "integration@acme.example")
 		settings["password"] = tp.Secret("SALESFORCE_PASSWORD")
 	}
-	for k, v := range extra {
-		settings[k] = v
-	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := New(destinations.Config{Name: "crm", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		dest:   d,
-		sender: &destinations.Sender{Client: tp.Client(), Name: "crm", Now: func() time.Time { return now }},
-	}
+	maps.Copy(settings, extra)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 // identify builds an identify call with traits.
 func identify(t *testing.T, id, userID, traitsJSON string) event.Event {
 	t.Helper()
-	payload := `{"type":"identify","userId":"` + userID + `","messageId":"` + id + `","timestamp":"2026-01-02T03:00:00Z","traits":` + traitsJSON + `}`
-	if !json.Valid([]byte(payload)) {
-		t.Fatalf("bad test payload %s", payload)
-	}
-	return event.Event{Source: "app", MessageID: id, Type: event.Identify, Payload: json.RawMessage(payload)}
+	return destinationstest.Event(t, `{"type":"identify","userId":"`+userID+`","messageId":"`+id+`","timestamp":"2026-01-02T03:00:00Z","traits":`+traitsJSON+`}`)
 }
 
 func ada(t *testing.T) event.Event {
 	return identify(t, "m1", "u-1", `{"email":"ada@example.com","name":"Ada Lovelace","company":{"name":"Analytical Engines"},"plan":"pro"}`)
 }
 
-type want struct {
-	outcome    destinations.Outcome
-	reason     string
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
-				i, g.Outcome, g.Reason, g.RetryAfter, w.outcome, w.reason, w.retryAfter)
-		}
-	}
-}
-
-var delivered = want{outcome: destinations.Delivered}
+var delivered = want{Outcome: destinations.Delivered}
 
 func TestIdentify(t *testing.T) {
 	b := setup(t, "identify", map[string]any{"fields": map[string]any{"plan": "Plan__c"}})
@@ -105,8 +68,8 @@ func TestIdentify(t *testing.T) {
 		"plan":"pro","favorite_color":"green"}`)
 	// Without last name and company, the placeholders Salesforce needs.
 	second := identify(t, "m2", "u-2", `{"email":"grace@example.com","firstName":"Grace"}`)
-	got := b.send(first, second)
-	check(t, got, delivered, delivered)
+	got := b.Send(first, second)
+	destinationstest.CheckIgnoringStatus(t, got, delivered, delivered)
 	if got[0].StatusCode != 201 || got[1].StatusCode != 204 {
 		t.Errorf("statuses %d, %d; want 201 created, 204 updated", got[0].StatusCode, got[1].StatusCode)
 	}
@@ -123,7 +86,7 @@ func TestContact(t *testing.T) {
 	})
 	ev := identify(t, "m1", "u-42", `{"email":"ada@example.com","name":"Ada Lovelace","company":"Analytical Engines",
 		"city":"London","country":"GB","birthday":"1815-12-10"}`)
-	check(t, b.send(ev), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(ev), delivered)
 }
 
 func TestTapes(t *testing.T) {
@@ -133,31 +96,31 @@ func TestTapes(t *testing.T) {
 		want  want
 	}{
 		// Auth failure at the token endpoint: no upsert is made.
-		{"bad_credentials", nil, want{outcome: destinations.Rejected,
-			reason: "Salesforce refused the client_credentials flow's credentials (HTTP 400 invalid_client: invalid client credentials): copy client_id and client_secret again"}},
-		{"token_unavailable", nil, want{outcome: destinations.Retryable, reason: "Salesforce token endpoint: HTTP 503 Service Unavailable"}},
+		{"bad_credentials", nil, want{Outcome: destinations.Rejected,
+			Reason: "Salesforce refused the client_credentials flow's credentials (HTTP 400 invalid_client: invalid client credentials): copy client_id and client_secret again"}},
+		{"token_unavailable", nil, want{Outcome: destinations.Retryable, Reason: "Salesforce token endpoint: HTTP 503 Service Unavailable"}},
 		// A token refused as soon as it is issued: a refresh does not help.
-		{"unauthorized", nil, want{outcome: destinations.Rejected,
-			reason: "Salesforce refused an access token it had just issued (INVALID_SESSION_ID: Session expired or invalid): check that instance_url is the org's My Domain URL"}},
-		{"required_field_missing", nil, want{outcome: destinations.Rejected,
-			reason: "Salesforce refused the Lead: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c] (fields: Region__c) (a field the Lead requires has no value"}},
-		{"invalid_field", map[string]any{"fields": map[string]any{"plan": "Plan__c"}}, want{outcome: destinations.Rejected,
-			reason: "INVALID_FIELD: No such column 'Plan__c' on sobject of type Lead (a field in the fields setting does not exist on Lead"}},
-		{"unable_to_lock_row", nil, want{outcome: destinations.Retryable, reason: "Salesforce could not lock the Lead"}},
-		{"request_limit", nil, want{outcome: destinations.Retryable, reason: "the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.)"}},
-		{"insufficient_access", nil, want{outcome: destinations.Rejected,
-			reason: "Salesforce refused the integration user (HTTP 403 INSUFFICIENT_ACCESS_OR_READONLY: insufficient access rights on object id): give it"}},
-		{"multiple_matches", nil, want{outcome: destinations.Rejected,
-			reason: "Salesforce found 2 Leads with this Email (HTTP 300) and updated none: merge the duplicates"}},
-		{"not_found", map[string]any{"external_id_field": "Fanout_Id__c", "external_id_value": "user_id"}, want{outcome: destinations.Rejected,
-			reason: "Salesforce has no Lead field Fanout_Id__c to upsert on, or the integration user cannot see it (HTTP 404 NOT_FOUND: Provided external ID field does not exist or is not accessible: Fanout_Id__c): check object and external_id_field"}},
-		{"server_error", nil, want{outcome: destinations.Retryable, reason: "HTTP 500 Internal Server Error: UNKNOWN_EXCEPTION: An unexpected error occurred."}},
-		{"unavailable", nil, want{outcome: destinations.Retryable, reason: "HTTP 503 Service Unavailable: SERVER_UNAVAILABLE", retryAfter: 2 * time.Minute}},
+		{"unauthorized", nil, want{Outcome: destinations.Rejected,
+			Reason: "Salesforce refused an access token it had just issued (INVALID_SESSION_ID: Session expired or invalid): check that instance_url is the org's My Domain URL"}},
+		{"required_field_missing", nil, want{Outcome: destinations.Rejected,
+			Reason: "Salesforce refused the Lead: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c] (fields: Region__c) (a field the Lead requires has no value"}},
+		{"invalid_field", map[string]any{"fields": map[string]any{"plan": "Plan__c"}}, want{Outcome: destinations.Rejected,
+			Reason: "INVALID_FIELD: No such column 'Plan__c' on sobject of type Lead (a field in the fields setting does not exist on Lead"}},
+		{"unable_to_lock_row", nil, want{Outcome: destinations.Retryable, Reason: "Salesforce could not lock the Lead"}},
+		{"request_limit", nil, want{Outcome: destinations.Retryable, Reason: "the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.)"}},
+		{"insufficient_access", nil, want{Outcome: destinations.Rejected,
+			Reason: "Salesforce refused the integration user (HTTP 403 INSUFFICIENT_ACCESS_OR_READONLY: insufficient access rights on object id): give it"}},
+		{"multiple_matches", nil, want{Outcome: destinations.Rejected,
+			Reason: "Salesforce found 2 Leads with this Email (HTTP 300) and updated none: merge the duplicates"}},
+		{"not_found", map[string]any{"external_id_field": "Fanout_Id__c", "external_id_value": "user_id"}, want{Outcome: destinations.Rejected,
+			Reason: "Salesforce has no Lead field Fanout_Id__c to upsert on, or the integration user cannot see it (HTTP 404 NOT_FOUND: Provided external ID field does not exist or is not accessible: Fanout_Id__c): check object and external_id_field"}},
+		{"server_error", nil, want{Outcome: destinations.Retryable, Reason: "HTTP 500 Internal Server Error: UNKNOWN_EXCEPTION: An unexpected error occurred."}},
+		{"unavailable", nil, want{Outcome: destinations.Retryable, Reason: "HTTP 503 Service Unavailable: SERVER_UNAVAILABLE", RetryAfter: 2 * time.Minute}},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, c.extra)
-			check(t, b.send(ada(t)), c.want)
+			destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), c.want)
 		})
 	}
 }
@@ -166,10 +129,10 @@ func TestTapes(t *testing.T) {
 // so that the retry fetches a new one and succeeds.
 func TestTokenExpired(t *testing.T) {
 	b := setup(t, "token_expired", nil)
-	check(t, b.send(ada(t)), delivered)
-	check(t, b.send(ada(t)), want{outcome: destinations.Retryable,
-		reason: "Salesforce refused the access token (INVALID_SESSION_ID: Session expired or invalid): it expired; a new one is fetched for the retry"})
-	check(t, b.send(ada(t)), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), want{Outcome: destinations.Retryable,
+		Reason: "Salesforce refused the access token (INVALID_SESSION_ID: Session expired or invalid): it expired; a new one is fetched for the retry"})
+	destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), delivered)
 }
 
 func TestWithoutRequest(t *testing.T) {

@@ -3,11 +3,13 @@ package slack
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/destinationstest"
 	"github.com/fanout/fanout/destinations/tape"
 	"github.com/fanout/fanout/internal/event"
 )
@@ -15,49 +17,30 @@ import (
 // now is the tests' clock.
 var now = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-// bundle is what a Slack test needs.
-type bundle struct {
-	dest   destinations.Destination
-	sender *destinations.Sender
-}
-
 // setup opens testdata/<name>.yaml and builds a destination posting to the
 // tape's webhook (SLACK_WEBHOOK_URL when recording).
-func setup(t *testing.T, name string, extra map[string]any) *bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name)
 	settings := map[string]any{
 		"webhook_url": tp.Var("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"),
 	}
-	for k, v := range extra {
-		settings[k] = v
-	}
-	valid, err := Integration.Settings.Validate(settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	d, err := New(destinations.Config{Name: "alerts", Settings: valid, Client: tp.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	return &bundle{
-		dest:   d,
-		sender: &destinations.Sender{Client: tp.Client(), Name: "alerts", Now: func() time.Time { return now }},
-	}
+	maps.Copy(settings, extra)
+	return destinationstest.New(t, destinationstest.Config{
+		Integration: Integration,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         now,
+	})
 }
 
-func (b *bundle) send(events ...event.Event) []destinations.SendResult {
-	return b.sender.Send(context.Background(), b.dest, events)
-}
+// want is the expected outcome of one event.
+type want = destinationstest.Want
 
 // call builds an event of type typ from the rest of its JSON.
 func call(t *testing.T, typ, id, rest string) event.Event {
 	t.Helper()
-	payload := `{"type":"` + typ + `","messageId":"` + id + `","timestamp":"2026-01-02T03:00:00Z",` + rest + `}`
-	if !json.Valid([]byte(payload)) {
-		t.Fatalf("bad test payload %s", payload)
-	}
-	return event.Event{Source: "web", MessageID: id, Type: typ, Payload: json.RawMessage(payload)}
+	return destinationstest.Event(t, `{"type":"`+typ+`","messageId":"`+id+`","timestamp":"2026-01-02T03:00:00Z",`+rest+`}`)
 }
 
 // order is a track call whose user's name comes from context.traits.
@@ -67,31 +50,11 @@ func order(t *testing.T) event.Event {
 		"context":{"traits":{"first_name":"Ada","last_name":"Lovelace","email":"ada@example.com"}}`)
 }
 
-type want struct {
-	outcome    destinations.Outcome
-	reason     string
-	retryAfter time.Duration
-}
-
-func check(t *testing.T, got []destinations.SendResult, wants ...want) {
-	t.Helper()
-	if len(got) != len(wants) {
-		t.Fatalf("%d results, want %d", len(got), len(wants))
-	}
-	for i, w := range wants {
-		g := got[i].Result
-		if g.Outcome != w.outcome || !strings.Contains(g.Reason, w.reason) || g.RetryAfter != w.retryAfter {
-			t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
-				i, g.Outcome, g.Reason, g.RetryAfter, w.outcome, w.reason, w.retryAfter)
-		}
-	}
-}
-
-var delivered = want{outcome: destinations.Delivered}
+var delivered = want{Outcome: destinations.Delivered}
 
 func TestTrack(t *testing.T) {
 	b := setup(t, "track", map[string]any{"channel": "#orders", "username": "fanout", "icon_emoji": ":moneybag:"})
-	check(t, b.send(order(t)), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(order(t)), delivered)
 }
 
 func TestIdentify(t *testing.T) {
@@ -99,7 +62,7 @@ func TestIdentify(t *testing.T) {
 	grace := call(t, event.Identify, "m1", `"userId":"u-2","traits":{"name":"Grace Hopper","email":"grace@example.com"}`)
 	// No name: the email names the user, once.
 	ada := call(t, event.Identify, "m2", `"anonymousId":"a-1","traits":{"email":"ada@example.com"}`)
-	check(t, b.send(grace, ada), delivered, delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(grace, ada), delivered, delivered)
 }
 
 // TestCustomTemplate renders every field family and checks that the event's
@@ -111,7 +74,7 @@ func TestCustomTemplate(t *testing.T) {
 	})
 	ev := call(t, event.Track, "m1", `"userId":"u-1","event":"Order Completed",
 		"properties":{"revenue":19.99,"currency":"USD","coupon":"<!channel> & friends","email":"ada@example.com"}`)
-	check(t, b.send(ev), delivered)
+	destinationstest.CheckIgnoringStatus(t, b.Send(ev), delivered)
 }
 
 func TestTapes(t *testing.T) {
@@ -119,22 +82,22 @@ func TestTapes(t *testing.T) {
 		tape string
 		want want
 	}{
-		{"rate_limited", want{outcome: destinations.Retryable, reason: "HTTP 429 Too Many Requests: rate_limited", retryAfter: 30 * time.Second}},
-		{"server_error", want{outcome: destinations.Retryable, reason: "HTTP 500 Internal Server Error: rollup_error"}},
+		{"rate_limited", want{Outcome: destinations.Retryable, Reason: "HTTP 429 Too Many Requests: rate_limited", RetryAfter: 30 * time.Second}},
+		{"server_error", want{Outcome: destinations.Retryable, Reason: "HTTP 500 Internal Server Error: rollup_error"}},
 		// Auth failures: the webhook URL is the credential.
-		{"invalid_token", want{outcome: destinations.Rejected,
-			reason: "Slack refused the message (HTTP 403 invalid_token): the webhook URL is no longer valid (revoked, or the app was uninstalled): create a new one in your Slack app > Incoming Webhooks and set webhook_url"}},
-		{"no_service", want{outcome: destinations.Rejected, reason: "(HTTP 404 no_service): the webhook is disabled, removed or invalid"}},
-		{"channel_not_found", want{outcome: destinations.Rejected, reason: "(HTTP 404 channel_not_found): the webhook's channel, or the channel setting, does not exist"}},
-		{"channel_is_archived", want{outcome: destinations.Rejected, reason: "(HTTP 410 channel_is_archived): the webhook's channel is archived: unarchive it"}},
-		{"action_prohibited", want{outcome: destinations.Rejected, reason: "(HTTP 403 action_prohibited): the workspace restricts"}},
+		{"invalid_token", want{Outcome: destinations.Rejected,
+			Reason: "Slack refused the message (HTTP 403 invalid_token): the webhook URL is no longer valid (revoked, or the app was uninstalled): create a new one in your Slack app > Incoming Webhooks and set webhook_url"}},
+		{"no_service", want{Outcome: destinations.Rejected, Reason: "(HTTP 404 no_service): the webhook is disabled, removed or invalid"}},
+		{"channel_not_found", want{Outcome: destinations.Rejected, Reason: "(HTTP 404 channel_not_found): the webhook's channel, or the channel setting, does not exist"}},
+		{"channel_is_archived", want{Outcome: destinations.Rejected, Reason: "(HTTP 410 channel_is_archived): the webhook's channel is archived: unarchive it"}},
+		{"action_prohibited", want{Outcome: destinations.Rejected, Reason: "(HTTP 403 action_prohibited): the workspace restricts"}},
 		// Validation failure.
-		{"invalid_payload", want{outcome: destinations.Rejected, reason: "(HTTP 400 invalid_payload): Slack could not read the message"}},
+		{"invalid_payload", want{Outcome: destinations.Rejected, Reason: "(HTTP 400 invalid_payload): Slack could not read the message"}},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, map[string]any{"track_template": `{{.User}} did *{{.Event}}*`})
-			check(t, b.send(order(t)), c.want)
+			destinationstest.CheckIgnoringStatus(t, b.Send(order(t)), c.want)
 		})
 	}
 }

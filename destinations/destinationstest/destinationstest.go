@@ -1,0 +1,165 @@
+// Package destinationstest is the harness of integration tests: events
+// built from JSON payloads as ingest would, a destination built from
+// settings that sends through a tape with a fixed clock, and the expected
+// outcome of each event with its check. Import it from _test.go files
+// only.
+//
+// A test reads:
+//
+//	func setup(t *testing.T, name string) *destinationstest.Bundle {
+//		t.Helper()
+//		tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
+//		return destinationstest.New(t, destinationstest.Config{
+//			Integration: Integration,
+//			Tape:        tp,
+//			Settings:    map[string]any{"api_key": tp.Secret("ACME_API_KEY")},
+//			Now:         now,
+//		})
+//	}
+//
+//	func TestTrack(t *testing.T) {
+//		b := setup(t, "track")
+//		got := b.Send(destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-1"}`))
+//		destinationstest.Check(t, got, destinationstest.Want{Outcome: destinations.Delivered, Status: 200})
+//	}
+package destinationstest
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/tape"
+	"github.com/fanout/fanout/internal/event"
+)
+
+// Event builds a stored event from its JSON payload, as ingest would: Type
+// and MessageID are read from the payload's "type" and "messageId", Source
+// is "web". A payload that is not a JSON object fails t.
+func Event(t testing.TB, payload string) event.Event {
+	t.Helper()
+	var head struct {
+		Type      string `json:"type"`
+		MessageID string `json:"messageId"`
+	}
+	if err := json.Unmarshal([]byte(payload), &head); err != nil {
+		t.Fatalf("bad test payload %s: %v", payload, err)
+	}
+	return event.Event{Source: "web", MessageID: head.MessageID, Type: head.Type, Payload: json.RawMessage(payload)}
+}
+
+// Config is what New builds a test's destination from.
+type Config struct {
+	// Integration is the integration under test. Its Settings validate
+	// Settings, and its New builds the destination unless New is set.
+	// Required.
+	Integration *destinations.Integration
+	// New, when set, builds the destination in place of Integration.New:
+	// for an integration whose constructor also takes the test's clock.
+	New func(destinations.Config) (destinations.Destination, error)
+	// Tape carries every request: the destination's own (token endpoints,
+	// lookups) through destinations.Config.Client, and the Sender's.
+	// Required.
+	Tape *tape.Tape
+	// Settings are the destination's settings as a user would write them;
+	// they are validated against Integration.Settings, defaults filled in.
+	Settings map[string]any
+	// Now is the Sender's clock: Response.ReceivedAt, from which an
+	// HTTP-date Retry-After or a rate-limit reset time is measured.
+	Now time.Time
+}
+
+// Bundle is a destination built for a test, with the Sender that sends
+// events to it through the tape.
+type Bundle struct {
+	Destination destinations.Destination
+	Sender      *destinations.Sender
+}
+
+// New validates cfg.Settings against the integration's schema, builds the
+// destination with the tape's client, and returns it with a Sender
+// through the tape whose clock stands still at cfg.Now. The configured
+// destination is named after the integration's type. A setting the schema
+// or the constructor refuses fails t.
+func New(t testing.TB, cfg Config) *Bundle {
+	t.Helper()
+	valid, err := cfg.Integration.Settings.Validate(cfg.Settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	build := cfg.New
+	if build == nil {
+		build = cfg.Integration.New
+	}
+	name := cfg.Integration.Type
+	d, err := build(destinations.Config{Name: name, Settings: valid, Client: cfg.Tape.Client()})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	now := cfg.Now
+	return &Bundle{
+		Destination: d,
+		Sender: &destinations.Sender{
+			Client: cfg.Tape.Client(),
+			Name:   name,
+			Now:    func() time.Time { return now },
+		},
+	}
+}
+
+// Send sends events to the destination and returns one result per event,
+// in order.
+func (b *Bundle) Send(events ...event.Event) []destinations.SendResult {
+	return b.Sender.Send(context.Background(), b.Destination, events)
+}
+
+// Want is the expected outcome of one event.
+type Want struct {
+	Outcome destinations.Outcome
+	// Status is the HTTP status the result carries: 0 when the outcome was
+	// decided without an answer. CheckIgnoringStatus does not compare it.
+	Status int
+	// Reason is a substring of the result's reason; "" matches any.
+	Reason     string
+	RetryAfter time.Duration
+}
+
+// Check compares got with wants, one Want per event in order: the
+// outcome, the status, the reason (a substring) and the retry-after. A
+// different number of results fails t at once; each mismatch is an error
+// naming the event.
+func Check(t testing.TB, got []destinations.SendResult, wants ...Want) {
+	t.Helper()
+	check(t, got, wants, true)
+}
+
+// CheckIgnoringStatus is Check without the status: for a test whose wants
+// leave Status out and which checks the statuses that matter itself.
+func CheckIgnoringStatus(t testing.TB, got []destinations.SendResult, wants ...Want) {
+	t.Helper()
+	check(t, got, wants, false)
+}
+
+func check(t testing.TB, got []destinations.SendResult, wants []Want, status bool) {
+	t.Helper()
+	if len(got) != len(wants) {
+		t.Fatalf("%d results, want %d", len(got), len(wants))
+		return
+	}
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Outcome != w.Outcome || (status && g.StatusCode != w.Status) ||
+			!strings.Contains(g.Reason, w.Reason) || g.RetryAfter != w.RetryAfter {
+			if status {
+				t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
+					i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.Outcome, w.Status, w.Reason, w.RetryAfter)
+			} else {
+				t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
+					i, g.Outcome, g.Reason, g.RetryAfter, w.Outcome, w.Reason, w.RetryAfter)
+			}
+		}
+	}
+}
