@@ -7,7 +7,7 @@ import 'uplot/dist/uPlot.min.css';
 // Chart draws data ([xs, ...ys], xs in Unix seconds) with series (uPlot
 // series options without the x series). It rebuilds the plot when the
 // series change and only sets the data when the data change.
-export function Chart({ data, series, height = 200, yFormat = (v) => String(v), title, testid }) {
+export function Chart({ data, series, height = 200, yFormat = (v) => String(v), yScale = {}, ySplits, title, testid }) {
   const box = useRef(null);
   const plot = useRef(null);
   const key = series.map((s) => s.label).join('|');
@@ -19,7 +19,7 @@ export function Chart({ data, series, height = 200, yFormat = (v) => String(v), 
       height,
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
-      scales: { x: { time: true } },
+      scales: { x: { time: true }, y: yScale },
       axes: [
         { stroke: '#6b7280', grid: { stroke: '#eef0f3' }, ticks: { stroke: '#eef0f3' } },
         {
@@ -27,6 +27,7 @@ export function Chart({ data, series, height = 200, yFormat = (v) => String(v), 
           grid: { stroke: '#eef0f3' },
           ticks: { stroke: '#eef0f3' },
           size: 60,
+          splits: ySplits && ((u, i, min, max) => ySplits.filter((v) => v >= min && v <= max)),
           values: (u, vals) => vals.map((v) => (v == null ? '' : yFormat(v))),
         },
       ],

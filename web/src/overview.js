@@ -142,11 +142,16 @@ function Trends({ series }) {
           { label: 'Failed or archived', stroke: '#dc2626', fill: 'rgba(220,38,38,0.10)', paths: stepped, width: 2 },
         ]} />
       <${Chart} title="P95 latency" testid="chart-latency" data=${data.latency}
-        yFormat=${(v) => latency(v)}
+        yFormat=${(v) => latency(v)} yScale=${logScale} ySplits=${latencySplits}
         series=${[{ label: 'P95 latency', stroke: '#7c3aed', width: 2, points: { show: true, size: 5 }, value: (u, v) => (v == null ? '–' : latency(v)) }]} />
     </div>
   </section>`;
 }
+
+// Latencies span milliseconds to hours (a retried event): a log scale
+// keeps both readable.
+const logScale = { distr: 3, log: 10 };
+const latencySplits = [1, 10, 100, 1000, 10_000, 60_000, 600_000, 3_600_000, 36_000_000];
 
 function SourceTable({ source, pairs, sel, select }) {
   const rows = source.destinations.map(
