@@ -2,6 +2,7 @@ package destinations
 
 import (
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 )
@@ -121,6 +122,26 @@ func (t FieldType) convert(v any) (any, error) {
 		}
 	}
 	return nil, fmt.Errorf("expected %s, found %T", t, v)
+}
+
+// IsHTTPURL reports whether s is an absolute http or https URL with a
+// host, as a setting naming an endpoint must be. An integration whose
+// setting has a more specific form (an instance URL without a path, a
+// credential that must not be quoted) checks that too and says what it
+// expects in its own words; the others use CheckURL.
+func IsHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// CheckURL returns an error naming the setting key unless value is an
+// absolute http or https URL with a host (IsHTTPURL): for an API base URL
+// override (`api_url`) or an endpoint the user picks (the webhook's `url`).
+func CheckURL(key, value string) error {
+	if !IsHTTPURL(value) {
+		return fmt.Errorf("%s: expected an http or https URL, found %q", key, value)
+	}
+	return nil
 }
 
 // Registry maps an integration's type name to its description.

@@ -432,6 +432,32 @@ func Snippet(body []byte, max int) string {
 	return b.String()
 }
 
+// Fill returns n copies of r: the outcome of every event of a request the
+// destination answered as a whole (an auth failure, a rate limit, a batch
+// refused for its envelope).
+func Fill(n int, r Result) []Result {
+	out := make([]Result, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
+}
+
+// ParseRateLimitReset reads the X-RateLimit-Reset header as a Unix time in
+// seconds (Braze's and Intercom's meaning; not the delay in seconds of the
+// IETF RateLimit-Reset draft) and returns how long from now until then. It
+// returns 0 when the header is absent, malformed or in the past.
+func ParseRateLimitReset(h http.Header, now time.Time) time.Duration {
+	n, err := strconv.ParseInt(strings.TrimSpace(h.Get("X-RateLimit-Reset")), 10, 64)
+	if err != nil {
+		return 0
+	}
+	if d := time.Unix(n, 0).Sub(now); d > 0 {
+		return d
+	}
+	return 0
+}
+
 // ParseRetryAfter reads the Retry-After header: a number of seconds or an
 // HTTP date, the latter measured from now. It returns 0 when the header is
 // absent, malformed or in the past. A value too large for a Duration is

@@ -389,6 +389,48 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
+func TestParseRateLimitReset(t *testing.T) {
+	now := time.Unix(1767323100, 0)
+	tests := []struct {
+		value string
+		want  time.Duration
+	}{
+		{"", 0},
+		{"1767323110", 10 * time.Second},
+		{" 1767323160 ", time.Minute},
+		{"1767323100", 0}, // now
+		{"1767323000", 0}, // in the past
+		{"10", 0},         // a delay in seconds is read as a Unix time long past
+		{"1767323110.5", 0},
+		{"soon", 0},
+		{"99999999999999999999", 0},
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.value != "" {
+			h.Set("X-RateLimit-Reset", tt.value)
+		}
+		if got := ParseRateLimitReset(h, now); got != tt.want {
+			t.Errorf("ParseRateLimitReset(%q) = %v, want %v", tt.value, got, tt.want)
+		}
+	}
+}
+
+func TestFill(t *testing.T) {
+	r := Result{Outcome: Rejected, StatusCode: 401, Reason: "check api_key"}
+	for _, n := range []int{0, 1, 3} {
+		got := Fill(n, r)
+		if len(got) != n {
+			t.Fatalf("Fill(%d) gave %d results", n, len(got))
+		}
+		for i := range got {
+			if got[i] != r {
+				t.Errorf("Fill(%d)[%d] = %+v, want %+v", n, i, got[i], r)
+			}
+		}
+	}
+}
+
 func FuzzParseRetryAfter(f *testing.F) {
 	for _, s := range []string{"0", "120", "Sun, 01 Mar 2026 12:01:00 GMT", "-1", "99999999999999999999"} {
 		f.Add(s)

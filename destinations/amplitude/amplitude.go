@@ -63,7 +63,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -153,8 +152,8 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		if base, ok = regions[region]; !ok {
 			return nil, fmt.Errorf("region: expected us or eu, found %q", region)
 		}
-	} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api_url: expected an http or https URL, found %q", base)
+	} else if err := destinations.CheckURL("api_url", base); err != nil {
+		return nil, err
 	}
 	d.url = strings.TrimRight(base, "/") + "/2/httpapi"
 
@@ -361,19 +360,19 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	case code == http.StatusBadRequest && parsed:
 		return classifyBadRequest(n, code, &a, resp.Body)
 	case code == http.StatusUnauthorized, code == http.StatusForbidden:
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) + ": " + checkKey})
 	case code == http.StatusRequestEntityTooLarge:
 		if n > 1 {
-			return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 				Reason: destinations.StatusReason(code, resp.Body) + ": the batch was over Amplitude's size limit; its events are sent again in other batches"})
 		}
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) + ": the event alone is over Amplitude's 1 MB request limit"})
 	case code == http.StatusTooManyRequests && parsed:
 		return classifyThrottled(req, code, &a, resp)
 	}
-	return fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
+	return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 }
 
 const checkKey = "check api_key (Organization settings > Projects > the project > General), and that region matches the project's data residency (an EU project's key is unknown to the US endpoint)"
@@ -381,7 +380,7 @@ const checkKey = "check api_key (Organization settings > Projects > the project 
 // classifyBadRequest reads a 400: nothing was ingested.
 func classifyBadRequest(n, code int, a *answer, body []byte) []destinations.Result {
 	if strings.Contains(strings.ToLower(a.Error), "api key") || a.MissingField == "api_key" {
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: "Amplitude refused the API key (" + destinations.Snippet([]byte(a.Error), 120) + "): " + checkKey})
 	}
 	reasons := make([]string, n)
@@ -421,7 +420,7 @@ func classifyBadRequest(n, code int, a *answer, body []byte) []destinations.Resu
 		}
 	}
 	if !blamed {
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, body)})
 	}
 	for i := range out {
@@ -477,14 +476,6 @@ func classifyThrottled(req *destinations.Request, code int, a *answer, resp *des
 			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 				Reason: "Amplitude throttled other events of the batch and may not have ingested this one (its insert_id makes the retry safe): " + destinations.Snippet([]byte(a.Error), 120)}
 		}
-	}
-	return out
-}
-
-func fill(n int, r destinations.Result) []destinations.Result {
-	out := make([]destinations.Result, n)
-	for i := range out {
-		out[i] = r
 	}
 	return out
 }

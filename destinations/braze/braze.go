@@ -465,31 +465,31 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	switch {
 	case code >= 200 && code <= 299:
 		if !parsed {
-			return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 				Reason: fmt.Sprintf("Braze answered %d with a body that is not its JSON answer: %s", code, destinations.Snippet(resp.Body, 200))})
 		}
 		if msg != "success" && msg != "queued" {
-			return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 				Reason: fmt.Sprintf("Braze answered %d with a fatal error: %s", code, msg)})
 		}
 		return minorErrors(req, resp, a.Errors)
 	case code == http.StatusTooManyRequests:
 		r := destinations.ClassifyStatus(resp, resp.ReceivedAt)
 		r.RetryAfter = retryAfter(resp)
-		return fill(n, r)
+		return destinations.Fill(n, r)
 	case code == http.StatusUnauthorized, code == http.StatusNotFound:
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) +
 				": check api_key (a REST API key from Settings > APIs and Identifiers > API Keys) and that rest_endpoint is the REST endpoint of the instance the key belongs to"})
 	case code == http.StatusForbidden:
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) +
 				": give the API key the users.track permission, and allow fanout's address if the key has an IP allowlist"})
 	case code == http.StatusBadRequest && parsed && msg != "":
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: "Braze refused the request: " + msg})
 	}
-	return fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
+	return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 }
 
 // minorErrors resolves a successful answer per event: the objects its
@@ -497,13 +497,13 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 func minorErrors(req *destinations.Request, resp *destinations.Response, errs []json.RawMessage) []destinations.Result {
 	n := len(req.Events)
 	code := resp.StatusCode
-	out := fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
+	out := destinations.Fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
 	if len(errs) == 0 {
 		return out
 	}
 	owners, err := layout(req)
 	if err != nil {
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 			Reason: "integration bug: cannot read back the request to resolve Braze's errors: " + err.Error()})
 	}
 	var unplaced []string
@@ -570,14 +570,6 @@ func layout(req *destinations.Request) (map[string][]int, error) {
 	return owners, nil
 }
 
-func fill(n int, r destinations.Result) []destinations.Result {
-	out := make([]destinations.Result, n)
-	for i := range out {
-		out[i] = r
-	}
-	return out
-}
-
 // retryAfter is how long a 429 asks to wait: Retry-After or
 // X-RateLimit-Retry-After in seconds, else until X-RateLimit-Reset, the
 // UTC epoch second when the window resets.
@@ -588,10 +580,5 @@ func retryAfter(resp *destinations.Response) time.Duration {
 	if s, err := strconv.ParseUint(strings.TrimSpace(resp.Header.Get("X-RateLimit-Retry-After")), 10, 32); err == nil && s > 0 {
 		return time.Duration(s) * time.Second
 	}
-	if s, err := strconv.ParseInt(strings.TrimSpace(resp.Header.Get("X-RateLimit-Reset")), 10, 64); err == nil {
-		if d := time.Unix(s, 0).Sub(resp.ReceivedAt); d > 0 {
-			return d
-		}
-	}
-	return 0
+	return destinations.ParseRateLimitReset(resp.Header, resp.ReceivedAt)
 }

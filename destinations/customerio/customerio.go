@@ -122,8 +122,8 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		if base, ok = regions[region]; !ok {
 			return nil, fmt.Errorf("region: expected us or eu, found %q", region)
 		}
-	} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api_url: expected an http or https URL, found %q", base)
+	} else if err := destinations.CheckURL("api_url", base); err != nil {
+		return nil, err
 	}
 	site, key := str("site_id"), str("api_key")
 	if strings.Contains(site, ":") {

@@ -168,8 +168,8 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 	if base == "" {
 		base = "https://www.google-analytics.com"
 	}
-	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api_url: expected an http or https URL, found %q", base)
+	if err := destinations.CheckURL("api_url", base); err != nil {
+		return nil, err
 	}
 	base = strings.TrimRight(base, "/")
 	q := url.Values{"measurement_id": {id}, "api_secret": {str("api_secret")}}.Encode()

@@ -74,7 +74,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -138,8 +137,8 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	if base == "" {
 		base = "https://api.hubapi.com"
 	}
-	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api_url: expected an http or https URL, found %q", base)
+	if err := destinations.CheckURL("api_url", base); err != nil {
+		return nil, err
 	}
 	token := str("access_token")
 	if strings.HasPrefix(strings.ToLower(token), "bearer ") {
@@ -400,18 +399,18 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	switch {
 	case code == http.StatusOK || code == http.StatusMultiStatus:
 		if isEvent {
-			return fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
 		}
 		return d.batch(req, resp)
 	case code >= 200 && code <= 299:
-		return fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
 	case code == http.StatusBadRequest:
 		if isEvent {
-			return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: reason("HubSpot refused the event occurrence: ") + details(e)})
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: reason("HubSpot refused the event occurrence: ") + details(e)})
 		}
 		return d.refusedBatch(req, resp, e)
 	case code == http.StatusUnauthorized:
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: reason("") + ": check access_token: a private app's access token (Settings > Integrations > Private Apps > the app > Auth); a rotated token or a deleted app stops working"})
 	case code == http.StatusForbidden:
 		scope := "crm.objects.contacts.write"
@@ -422,16 +421,16 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		if missing := e.Context["missingScopes"]; len(missing) > 0 {
 			r += "; missing: " + strings.Join(missing, ", ")
 		}
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: r})
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: r})
 	case code == http.StatusConflict:
 		if isEvent {
 			// The first occurrence with this uuid was accepted (see the
 			// package doc): this is a retry of a delivered event.
-			return fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
 		}
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: reason("HubSpot reports a conflict: ")})
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: reason("HubSpot reports a conflict: ")})
 	case code == http.StatusLocked:
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, RetryAfter: 2 * time.Second,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, RetryAfter: 2 * time.Second,
 			Reason: reason("") + " (HubSpot locks a record for 2 s during a burst of writes)"})
 	case code == http.StatusTooManyRequests:
 		r := destinations.ClassifyStatus(resp, resp.ReceivedAt)
@@ -445,13 +444,13 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 				r.RetryAfter = 10 * time.Second
 			}
 		}
-		return fill(n, r)
+		return destinations.Fill(n, r)
 	case code == 477:
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 			RetryAfter: destinations.ParseRetryAfter(resp.Header, resp.ReceivedAt),
 			Reason:     destinations.StatusReason(code, resp.Body) + ": the account is being migrated between data centers"})
 	}
-	return fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
+	return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 }
 
 // details lists the detailed errors of e, if any.
@@ -532,16 +531,16 @@ func (d *destination) batch(req *destinations.Request, resp *destinations.Respon
 	n, code := len(req.Events), resp.StatusCode
 	var a batchAnswer
 	if err := json.Unmarshal(resp.Body, &a); err != nil || (a.Status == "" && a.Results == nil && a.Errors == nil) {
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 			Reason: fmt.Sprintf("HubSpot answered %d with a body that is not a batch answer: %s", code, destinations.Snippet(resp.Body, 200))})
 	}
-	out := fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
+	out := destinations.Fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
 	if len(a.Errors) == 0 {
 		return out
 	}
 	traceIDs, emails, err := inputs(req)
 	if err != nil {
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 			Reason: "integration bug: cannot read back the upsert to resolve HubSpot's errors: " + err.Error()})
 	}
 	var unplaced []string
@@ -581,9 +580,9 @@ func (d *destination) refusedBatch(req *destinations.Request, resp *destinations
 	}
 	traceIDs, emails, err := inputs(req)
 	if err != nil {
-		return fill(n, all)
+		return destinations.Fill(n, all)
 	}
-	out := fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+	out := destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
 		Reason: "HubSpot refused the batch because of another contact in it; this one was not written and goes again without it"})
 	named := 0
 	reject := func(j int, msg string) {
@@ -612,15 +611,7 @@ func (d *destination) refusedBatch(req *destinations.Request, resp *destinations
 	}
 	if named == 0 {
 		// Nothing says which contact: with one, it is that one.
-		return fill(n, all)
-	}
-	return out
-}
-
-func fill(n int, r destinations.Result) []destinations.Result {
-	out := make([]destinations.Result, n)
-	for i := range out {
-		out[i] = r
+		return destinations.Fill(n, all)
 	}
 	return out
 }

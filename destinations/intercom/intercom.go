@@ -137,8 +137,8 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 	if base == "" {
 		base = "https://api.intercom.io"
 	}
-	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api_url: expected an http or https URL, found %q", base)
+	if err := destinations.CheckURL("api_url", base); err != nil {
+		return nil, err
 	}
 	version := str("api_version")
 	if version == "" {
@@ -456,21 +456,9 @@ func classify(isEvent bool, resp *destinations.Response) destinations.Result {
 		r.Reason = "Intercom refused the data (" + msg + ")"
 	case http.StatusTooManyRequests:
 		r.Reason = "Intercom rate limit (" + msg + ")"
-		if wait := resetWait(resp.Header, resp.ReceivedAt); wait > 0 {
+		if wait := destinations.ParseRateLimitReset(resp.Header, resp.ReceivedAt); wait > 0 {
 			r.RetryAfter = wait
 		}
 	}
 	return r
-}
-
-// resetWait is the time until X-RateLimit-Reset, 0 when absent or past.
-func resetWait(h http.Header, now time.Time) time.Duration {
-	n, err := strconv.ParseInt(strings.TrimSpace(h.Get("X-RateLimit-Reset")), 10, 64)
-	if err != nil {
-		return 0
-	}
-	if d := time.Unix(n, 0).Sub(now); d > 0 {
-		return d
-	}
-	return 0
 }

@@ -67,7 +67,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
@@ -137,10 +136,7 @@ type destination struct {
 	partition   string
 	client      *http.Client
 	now         func() time.Time
-
-	mu      sync.Mutex
-	token   string
-	expires time.Time
+	tokens      destinations.TokenCache
 }
 
 var _ destinations.Destination = (*destination)(nil)
@@ -163,7 +159,7 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		now:         now,
 	}
 	d.fields, _ = s["fields"].(map[string]string)
-	if u, err := url.Parse(d.base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if !destinations.IsHTTPURL(d.base) {
 		return nil, fmt.Errorf("base_url: expected the instance's https URL, such as https://123-ABC-456.mktorest.com, found %q", d.base)
 	}
 	d.base = strings.TrimSuffix(d.base, "/rest")
@@ -295,12 +291,22 @@ type tokenAnswer struct {
 // rejected reports that the identity endpoint refused the credentials,
 // which no retry fixes.
 func (d *destination) accessToken(ctx context.Context) (token string, rejected bool, err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	now := d.now()
-	if d.token != "" && now.Before(d.expires) {
-		return d.token, false, nil
-	}
+	token, err = d.tokens.Get(now, func() (string, time.Time, error) {
+		a, rej, err := d.fetchToken(ctx)
+		rejected = rej
+		if err != nil {
+			return "", time.Time{}, err
+		}
+		// A minute's margin, so that a token does not expire between
+		// Transform and the request.
+		return a.AccessToken, now.Add(time.Duration(a.ExpiresIn)*time.Second - time.Minute), nil
+	})
+	return token, rejected, err
+}
+
+// fetchToken asks the identity endpoint for a token.
+func (d *destination) fetchToken(ctx context.Context) (a tokenAnswer, rejected bool, err error) {
 	q := url.Values{
 		"grant_type":    {"client_credentials"},
 		"client_id":     {d.clientID},
@@ -308,7 +314,7 @@ func (d *destination) accessToken(ctx context.Context) (token string, rejected b
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.base+"/identity/oauth/token?"+q.Encode(), nil)
 	if err != nil {
-		return "", true, fmt.Errorf("base_url: cannot build the token request: %w", err)
+		return a, true, fmt.Errorf("base_url: cannot build the token request: %w", err)
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
@@ -317,10 +323,9 @@ func (d *destination) accessToken(ctx context.Context) (token string, rejected b
 		if errors.As(err, &uerr) {
 			err = uerr.Err
 		}
-		return "", false, fmt.Errorf("Marketo identity endpoint: %v", err)
+		return a, false, fmt.Errorf("Marketo identity endpoint: %v", err)
 	}
 	defer resp.Body.Close()
-	var a tokenAnswer
 	// A read error leaves a short body, which then fails to parse: the
 	// status code decides.
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
@@ -332,28 +337,14 @@ func (d *destination) accessToken(ctx context.Context) (token string, rejected b
 		if msg == "" {
 			msg = destinations.Snippet(body, 200)
 		}
-		return "", true, fmt.Errorf("Marketo refused client_id and client_secret (HTTP %d: %s): copy them again from Admin > Integration > LaunchPoint > View Details, and check base_url is this instance's",
+		return a, true, fmt.Errorf("Marketo refused client_id and client_secret (HTTP %d: %s): copy them again from Admin > Integration > LaunchPoint > View Details, and check base_url is this instance's",
 			resp.StatusCode, msg)
 	case destinations.RetryableStatus(resp.StatusCode):
-		return "", false, fmt.Errorf("Marketo identity endpoint: %s", destinations.StatusReason(resp.StatusCode, body))
+		return a, false, fmt.Errorf("Marketo identity endpoint: %s", destinations.StatusReason(resp.StatusCode, body))
 	default:
-		return "", true, fmt.Errorf("Marketo identity endpoint gave no token: %s", destinations.StatusReason(resp.StatusCode, body))
+		return a, true, fmt.Errorf("Marketo identity endpoint gave no token: %s", destinations.StatusReason(resp.StatusCode, body))
 	}
-	d.token = a.AccessToken
-	// A minute's margin, so that a token does not expire between
-	// Transform and the request.
-	d.expires = now.Add(time.Duration(a.ExpiresIn)*time.Second - time.Minute)
-	return d.token, false, nil
-}
-
-// dropToken forgets the cached token if it is the one auth carried, so
-// that the next Transform fetches another; a newer token stays.
-func (d *destination) dropToken(auth string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.token != "" && auth == "Bearer "+d.token {
-		d.token = ""
-	}
+	return a, false, nil
 }
 
 // answer is the body of a REST API response.
@@ -381,11 +372,11 @@ func (c codedText) String() string { return string(c.Code) + " " + c.Message }
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	n := len(req.Events)
 	if resp.StatusCode != http.StatusOK {
-		return fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
+		return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 	}
 	var a answer
 	if err := json.Unmarshal(resp.Body, &a); err != nil || a.Success == nil {
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
 			Reason: "Marketo answered 200 with a body that is not its JSON envelope: " + destinations.Snippet(resp.Body, 200)})
 	}
 	if !*a.Success {
@@ -395,10 +386,10 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		}
 		r := d.requestError(e, req, resp.ReceivedAt)
 		r.StatusCode = resp.StatusCode
-		return fill(n, r)
+		return destinations.Fill(n, r)
 	}
 	if len(a.Result) != n {
-		return fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode,
 			Reason: fmt.Sprintf("Marketo answered %d results for %d leads, so the outcome of each is unknown", len(a.Result), n)})
 	}
 	out := make([]destinations.Result, n)
@@ -420,14 +411,6 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	return out
 }
 
-func fill(n int, r destinations.Result) []destinations.Result {
-	out := make([]destinations.Result, n)
-	for i := range out {
-		out[i] = r
-	}
-	return out
-}
-
 // central is US Central Standard Time, when Marketo's daily quota resets.
 var central = time.FixedZone("CST", -6*60*60)
 
@@ -440,7 +423,8 @@ func (d *destination) requestError(e codedText, req *destinations.Request, now t
 	}
 	switch e.Code {
 	case "601", "602":
-		d.dropToken(req.Header.Get("Authorization"))
+		// Forget the token, so that the next Transform fetches another.
+		d.tokens.Failed(req.Header.Get("Authorization"))
 		return retry(0, "; a new access token is fetched for the retry")
 	case "606":
 		// The window is 20 seconds: waiting it out is enough.

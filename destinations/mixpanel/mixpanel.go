@@ -149,8 +149,8 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		if base, ok = regions[region]; !ok {
 			return nil, fmt.Errorf("region: expected us, eu or in, found %q", region)
 		}
-	} else if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("api_url: expected an http or https URL, found %q", base)
+	} else if err := destinations.CheckURL("api_url", base); err != nil {
+		return nil, err
 	}
 	base = strings.TrimRight(base, "/")
 
@@ -380,17 +380,9 @@ func (d *destination) engageRecord(m map[string]any) ([]byte, string) {
 // Classify reads /import and engage answers (see the package doc).
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	if strings.Contains(req.URL, "/engage") {
-		return fill(len(req.Events), classifyEngage(resp))
+		return destinations.Fill(len(req.Events), classifyEngage(resp))
 	}
 	return classifyImport(req, resp)
-}
-
-func fill(n int, r destinations.Result) []destinations.Result {
-	out := make([]destinations.Result, n)
-	for i := range out {
-		out[i] = r
-	}
-	return out
 }
 
 // importAnswer is the body of an /import response.
@@ -415,7 +407,7 @@ func classifyImport(req *destinations.Request, resp *destinations.Response) []de
 		var a importAnswer
 		if json.Unmarshal(resp.Body, &a) == nil && len(a.FailedRecords) > 0 {
 			// Partial success: the records not listed were ingested.
-			out := fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
+			out := destinations.Fill(n, destinations.Result{Outcome: destinations.Delivered, StatusCode: code})
 			for _, f := range a.FailedRecords {
 				if f.Index < 0 || f.Index >= n {
 					continue
@@ -430,14 +422,14 @@ func classifyImport(req *destinations.Request, resp *destinations.Response) []de
 			return out
 		}
 	case http.StatusUnauthorized:
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) +
 				": check project_token, or service_account_username, service_account_secret and project_id (the service account needs the Owner or Admin role), and that region matches the project's data residency"})
 	case http.StatusForbidden:
-		return fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) + ": the credentials are valid but may not import into this project"})
 	}
-	return fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
+	return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 }
 
 // engageAnswer is the body of an engage response with verbose=1.

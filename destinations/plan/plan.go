@@ -1,8 +1,9 @@
 // Package plan helps an integration's Transform build its
 // destinations.Plan: cutting events into batches that respect the API's
-// limits, and recording the outcomes decided without a request. It belongs
-// beside the framework (it would live in package destinations, which other
-// work owns at the moment) and may move there.
+// limits, and recording the outcomes decided without a request. It stays a
+// package of its own so that its names read at the call site (plan.Builder,
+// plan.Batches, plan.Item) beside destinations.Plan, which a Builder in
+// package destinations would have to be renamed around.
 package plan
 
 import "github.com/fanout/fanout/destinations"

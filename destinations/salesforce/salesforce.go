@@ -91,7 +91,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/destinations/plan"
@@ -196,10 +196,9 @@ type destination struct {
 	extFromUser bool // external_id_value is user_id
 	fields      map[string]string
 	client      *http.Client
-
-	mu     sync.Mutex
-	token  string
-	proven bool // a request with token got an answer other than 401
+	// tokens holds the access token; Salesforce gives no expiry, so it
+	// is kept until a 401 drops it.
+	tokens destinations.TokenCache
 }
 
 var _ destinations.Destination = (*destination)(nil)
@@ -398,11 +397,17 @@ type tokenAnswer struct {
 // reports that the token endpoint refused the settings, which no retry
 // fixes.
 func (d *destination) accessToken(ctx context.Context) (token string, rejected bool, err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.token != "" {
-		return d.token, false, nil
-	}
+	token, err = d.tokens.Get(time.Time{}, func() (string, time.Time, error) {
+		token, rej, err := d.fetchToken(ctx)
+		rejected = rej
+		return token, time.Time{}, err
+	})
+	return token, rejected, err
+}
+
+// fetchToken asks the token endpoint for a token with the auth_flow's
+// grant.
+func (d *destination) fetchToken(ctx context.Context) (token string, rejected bool, err error) {
 	form := url.Values{
 		"grant_type":    {d.flow},
 		"client_id":     {d.clientID},
@@ -433,8 +438,7 @@ func (d *destination) accessToken(ctx context.Context) (token string, rejected b
 	_ = json.Unmarshal(body, &a)
 	switch {
 	case resp.StatusCode == http.StatusOK && a.AccessToken != "":
-		d.token, d.proven = a.AccessToken, false
-		return d.token, false, nil
+		return a.AccessToken, false, nil
 	case a.Error == "rate_limit_exceeded" || destinations.RetryableStatus(resp.StatusCode):
 		return "", false, fmt.Errorf("Salesforce token endpoint: %s", destinations.StatusReason(resp.StatusCode, body))
 	case a.Error != "":
@@ -460,31 +464,6 @@ func (d *destination) tokenHint(code string) string {
 		return "the integration user or the org is inactive: reactivate it, or use another user"
 	}
 	return "check instance_url, client_id, client_secret and auth_flow"
-}
-
-// tokenFailed records a 401 answered to a request made with auth, and
-// reports whether that token had worked before. The token is dropped so
-// that the next Transform fetches another; a newer token stays. A token
-// already replaced counts as having worked: another request saw it fail
-// first, and the retry will use the new one.
-func (d *destination) tokenFailed(auth string) (hadWorked bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.token == "" || auth != "Bearer "+d.token {
-		return true
-	}
-	hadWorked = d.proven
-	d.token, d.proven = "", false
-	return hadWorked
-}
-
-// tokenWorked records an answer other than 401 to a request made with auth.
-func (d *destination) tokenWorked(auth string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.token != "" && auth == "Bearer "+d.token {
-		d.proven = true
-	}
 }
 
 // apiError is one entry of the REST API's error body, or of the errors of
@@ -519,7 +498,7 @@ type upsertAnswer struct {
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	auth := req.Header.Get("Authorization")
 	if resp.StatusCode != http.StatusUnauthorized {
-		d.tokenWorked(auth)
+		d.tokens.Worked(auth)
 	}
 	r := d.classify(auth, resp)
 	r.StatusCode = resp.StatusCode
@@ -564,7 +543,7 @@ func (d *destination) classify(auth string, resp *destinations.Response) destina
 		}
 		return destinations.Result{Outcome: destinations.Rejected, Reason: reason}
 	case code == http.StatusUnauthorized:
-		if d.tokenFailed(auth) {
+		if d.tokens.Failed(auth) {
 			return destinations.Result{Outcome: destinations.Retryable,
 				Reason: "Salesforce refused the access token (" + detail + "): it expired; a new one is fetched for the retry"}
 		}

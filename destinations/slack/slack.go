@@ -72,7 +72,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"text/template"
 
@@ -224,11 +223,11 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	}
 	// The URL is a credential: the error says what was expected, never
 	// what was found.
-	if u, err := url.Parse(d.url); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	if !destinations.IsHTTPURL(d.url) {
 		return nil, fmt.Errorf("webhook_url: expected the webhook's https URL, such as https://hooks.slack.com/services/T000/B000/XXXX")
 	}
 	if d.overrides.IconURL != "" {
-		if u, err := url.Parse(d.overrides.IconURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		if !destinations.IsHTTPURL(d.overrides.IconURL) {
 			return nil, fmt.Errorf("icon_url: expected an image's http or https URL, found %q", d.overrides.IconURL)
 		}
 	}

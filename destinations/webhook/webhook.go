@@ -60,7 +60,6 @@ import (
 	"fmt"
 	"hash"
 	"net/http"
-	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -158,9 +157,8 @@ func newDestination(settings map[string]any, now func() time.Time) (*destination
 	d := &destination{now: now}
 
 	d.url, _ = settings["url"].(string)
-	u, err := url.Parse(d.url)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("url: expected an http or https URL, found %q", d.url)
+	if err := destinations.CheckURL("url", d.url); err != nil {
+		return nil, err
 	}
 
 	if secret, _ := settings["secret"].(string); secret != "" {
