@@ -140,6 +140,16 @@ check('overview shows the same counts as the admin API', async () => {
   // Both charts drew.
   assert.equal(await page.locator('[data-testid=chart-delivery] canvas').count(), 1);
   assert.equal(await page.locator('[data-testid=chart-latency] canvas').count(), 1);
+  // A row narrows the figures to its (source, destination).
+  await page.click('[data-testid=pair][data-source=web][data-destination=flaky]');
+  await page.waitForSelector('[data-testid=selection]:text("web → flaky")');
+  await page.waitForFunction(() => !document.querySelector('[data-testid=updated]')?.textContent.includes('Loading'));
+  await refresh(page);
+  const one = (await api(ADMIN, '/overview?range=1h&source=web&destination=flaky')).body;
+  for (const f of figureFields) {
+    const shown = await page.textContent(`[data-testid=figures] [data-field=${f}]`);
+    assert.equal(num(shown), one[f], `web → flaky headline ${f} shows ${shown}, API says ${one[f]}`);
+  }
   // Another range asks the API again.
   await page.click('[data-range="10m"]');
   await page.waitForURL(/range=10m/);

@@ -44,7 +44,7 @@ export function Status({ poll }) {
   return html`<div class="status">
     ${poll.error && html`<span class="error" role="alert">${String(poll.error.message || poll.error)}</span>`}
     <span class="updated" data-testid="updated" data-updated=${t ? t.getTime() : ''}>
-      ${poll.loading ? 'Loading…' : t ? `Updated ${t.toLocaleTimeString()}` : ''}
+      ${t ? `Updated ${t.toLocaleTimeString()}` : poll.loading ? 'Loading…' : ''}
     </span>
     <button class="ghost" data-testid="refresh" onClick=${() => poll.refresh()}>Refresh</button>
   </div>`;
