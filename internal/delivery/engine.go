@@ -27,6 +27,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"runtime/pprof"
+	"slices"
 	"sync"
 	"time"
 
@@ -202,9 +203,15 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 // Notify tells the engine that entries were appended to the store. It never
-// blocks: the schedulers read the new jobs from the store themselves.
+// blocks: the schedulers read the new jobs from the store themselves, so a
+// notification only says which queues have work, and the entries of a batch
+// (one source, the same destinations) make one notification per queue.
 func (e *Engine) Notify(entries []jobstore.Entry) {
 	for i := range entries {
+		if i > 0 && entries[i].Event.Source == entries[i-1].Event.Source &&
+			slices.Equal(entries[i].Destinations, entries[i-1].Destinations) {
+			continue
+		}
 		for _, name := range entries[i].Destinations {
 			if d, ok := e.dests[name]; ok {
 				d.notify(entries[i].Event.Source)

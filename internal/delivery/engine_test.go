@@ -549,7 +549,9 @@ func (panicky) Transform(ctx context.Context, events []event.Event) (destination
 	return destinations.Plan{}, nil
 }
 
-func (panicky) Classify(*destinations.Request, *destinations.Response) []destinations.Result { return nil }
+func (panicky) Classify(*destinations.Request, *destinations.Response) []destinations.Result {
+	return nil
+}
 
 // A panicking integration costs its own jobs an attempt each, and once it
 // keeps panicking its circuit opens; the process and the other destination

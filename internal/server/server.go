@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
@@ -66,7 +67,16 @@ func New(opts Options) (*Server, error) {
 	if cfg.Storage.Postgres != "" {
 		return nil, errors.New("storage.postgres: PostgreSQL storage is not built yet; leave it empty to use the embedded store")
 	}
+	// The engine is told of new jobs as soon as the store has applied them,
+	// while their fsync runs (see pebble.Options.Applied); it is built after
+	// the store, and no event arrives before Run, so the hook starts unset.
+	var notify atomic.Pointer[delivery.Engine]
 	store, err := pebble.Open(filepath.Join(cfg.DataDir, "jobs"), pebble.Options{
+		Applied: func(entries []jobstore.Entry) {
+			if e := notify.Load(); e != nil {
+				e.Notify(entries)
+			}
+		},
 		DedupeWindow: cfg.DedupeWindow,
 		Now:          opts.Clock.Now,
 		Logger:       opts.Logger,
@@ -152,6 +162,7 @@ func New(opts Options) (*Server, error) {
 		s.closeStores()
 		return nil, err
 	}
+	notify.Store(s.engine)
 
 	observeIngest := func(r ingest.Report) {
 		s.stats.ObserveIngest(r)
@@ -162,13 +173,12 @@ func New(opts Options) (*Server, error) {
 		observeIngest = nil
 	}
 	tracking := ingest.New(ingest.Options{
-		Sources:    cfg.Sources,
-		Router:     route,
-		Store:      store,
-		OnAccepted: s.engine.Notify,
-		Observe:    observeIngest,
-		Now:        opts.Clock.Now,
-		Logger:     opts.Logger,
+		Sources: cfg.Sources,
+		Router:  route,
+		Store:   store,
+		Observe: observeIngest,
+		Now:     opts.Clock.Now,
+		Logger:  opts.Logger,
 	})
 	s.track = newHTTPServer(tracking, opts.Logger)
 	s.admin = newHTTPServer(admin.New(admin.Options{

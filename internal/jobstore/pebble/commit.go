@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
@@ -210,7 +211,28 @@ func (s *Store) commitLoop() {
 			continue
 		}
 		s.appliedGen.Store(g.gen)
+		if s.opts.Applied != nil {
+			s.announce(g)
+		}
 		synced <- g
+	}
+}
+
+// announce passes the entries a group stored to Options.Applied.
+func (s *Store) announce(g *group) {
+	for _, r := range g.reqs {
+		stored := r.entries
+		if slices.Contains(r.dup, true) {
+			stored = make([]jobstore.Entry, 0, len(r.entries))
+			for i, e := range r.entries {
+				if !r.dup[i] {
+					stored = append(stored, e)
+				}
+			}
+		}
+		if len(stored) > 0 {
+			s.opts.Applied(stored)
+		}
 	}
 }
 

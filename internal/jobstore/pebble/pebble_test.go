@@ -403,3 +403,36 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("Append after a WAL error = %v, want jobstore.ErrUnavailable", err)
 	}
 }
+
+// Applied hears of every stored entry, duplicates left out, by the time
+// Append returns.
+func TestAppliedAnnouncesStoredEntries(t *testing.T) {
+	var mu sync.Mutex
+	var heard []string
+	s, err := Open(t.TempDir(), Options{Logger: testLogger(t), Applied: func(entries []jobstore.Entry) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range entries {
+			heard = append(heard, e.Event.MessageID)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	for _, ids := range [][]string{{"m1", "m2"}, {"m2", "m3", "m3"}} {
+		entries := make([]jobstore.Entry, len(ids))
+		for i, id := range ids {
+			entries[i] = entry(id)
+		}
+		if _, err := s.Append(ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"m1", "m2", "m3"}; !slices.Equal(heard, want) {
+		t.Fatalf("Applied heard %v, want %v", heard, want)
+	}
+}
