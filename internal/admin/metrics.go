@@ -29,6 +29,8 @@ import (
 //	fanout_inflight_requests{destination}                gauge: requests in flight
 //	fanout_concurrency_limit{destination}                gauge: the destination's concurrency setting
 //	fanout_circuit_open{destination}                     gauge: 1 while the circuit is open
+//	fanout_queue_oldest_job_age_seconds{destination}     gauge: age of the oldest job in memory (the head of
+//	                                                     each queue; retry jobs not yet due are not seen)
 //
 // plus the Go runtime and process collectors (go_*, process_*).
 type Metrics struct {
@@ -163,10 +165,11 @@ var (
 	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
 	descLimit    = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
 	descCircuit  = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
+	descOldest   = prometheus.NewDesc("fanout_queue_oldest_job_age_seconds", "Age of the oldest job the destination's queues hold in memory: each queue's head of pending jobs, and its due retries. Retry jobs not yet due are not seen.", []string{"destination"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descInflight, descLimit, descCircuit} {
+	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descInflight, descLimit, descCircuit, descOldest} {
 		ch <- d
 	}
 }
@@ -179,8 +182,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	now := time.Now()
 	for _, d := range c.state(ctx) {
-		var depth, backlog, paused float64
+		var depth, backlog, paused, oldest float64
 		for _, q := range d.Queues {
+			if !q.Oldest.IsZero() {
+				oldest = max(oldest, now.Sub(q.Oldest).Seconds())
+			}
 			depth += float64(q.Buffered)
 			if q.Backlog {
 				backlog++
@@ -204,5 +210,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(d.InFlight), d.Name)
 		ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(d.Concurrency), d.Name)
 		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, open, d.Name)
+		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, oldest, d.Name)
 	}
 }

@@ -50,8 +50,9 @@ type queue struct {
 }
 
 type pend struct {
-	seq  uint64
-	done bool
+	seq        uint64
+	receivedAt time.Time
+	done       bool
 }
 
 func newQueue(id jobstore.Queue, limit int) *queue {
@@ -102,8 +103,25 @@ func (q *queue) track(jobs []jobstore.Job) {
 		q.out, q.outHead = q.out[:0], 0
 	}
 	for _, j := range jobs {
-		q.out = append(q.out, pend{seq: j.Seq})
+		q.out = append(q.out, pend{seq: j.Seq, receivedAt: j.Event.ReceivedAt})
 	}
+}
+
+// oldest returns when the oldest job the queue has loaded was received:
+// the head of its pending jobs (loaded in Seq order, so the oldest pending
+// job of the queue) or a loaded retry job. Retry jobs still on disk are not
+// seen. Zero when nothing is loaded.
+func (q *queue) oldest() time.Time {
+	var t time.Time
+	if q.outHead < len(q.out) {
+		t = q.out[q.outHead].receivedAt
+	}
+	for i := range q.buf {
+		if r := q.buf[i].Event.ReceivedAt; !q.buf[i].DueAt.IsZero() && (t.IsZero() || r.Before(t)) {
+			t = r
+		}
+	}
+	return t
 }
 
 // settle marks a pending job ended (or moved to the retry set) and returns

@@ -24,6 +24,9 @@ type QueueState struct {
 	RetryNext time.Time
 	// Throttled counts the 429s the queue has met since it was loaded.
 	Throttled int
+	// Oldest is when the oldest job the queue has in memory was received:
+	// its oldest pending job, or a retry job that is due. Zero when none.
+	Oldest time.Time
 }
 
 // DestinationState is a snapshot of one destination's scheduler.
@@ -69,6 +72,7 @@ func (d *dest) snapshot() DestinationState {
 		s.Queues = append(s.Queues, QueueState{
 			Queue: q.id, Buffered: len(q.buf), Backlog: q.diskMore, InFlight: q.inflight,
 			Limit: q.limit, PausedUntil: q.pausedUntil, RetryNext: q.retryNext, Throttled: q.throttle,
+			Oldest: q.oldest(),
 		})
 	}
 	sort.Slice(s.Queues, func(i, j int) bool { return s.Queues[i].Queue.Source < s.Queues[j].Queue.Source })
