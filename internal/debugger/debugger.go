@@ -19,6 +19,13 @@ import (
 // Size is how many events the debugger keeps per source.
 const Size = 500
 
+// SampleRate is how many events per second of each source the debugger
+// takes in, the most recent of each request first. A person reading the
+// stream cannot follow more, and copying every event of a source sending
+// 100,000 a second would cost the tracking API throughput for events that
+// are overwritten milliseconds later.
+const SampleRate = 200
+
 // subscriberBuffer is how many updates a subscriber may fall behind before
 // updates to it are dropped: a slow client must never slow delivery.
 const subscriberBuffer = 256
@@ -82,6 +89,20 @@ type ring struct {
 	seq    uint64
 	byID   map[string]*Event
 	subs   map[chan Update]struct{}
+	// second is the Unix second of the sampling window, taken the number
+	// of events taken in it.
+	second int64
+	taken  int
+}
+
+// budget returns how many of n events received at at may be taken in.
+func (r *ring) budget(at time.Time, n int) int {
+	if s := at.Unix(); s != r.second {
+		r.second, r.taken = s, 0
+	}
+	k := max(0, min(n, SampleRate-r.taken))
+	r.taken += k
+	return k
 }
 
 // New returns a Debugger. r recomputes filtered and unsupported
@@ -105,10 +126,17 @@ func (d *Debugger) ObserveIngest(rep ingest.Report) {
 	if len(rep.Accepted) == 0 {
 		return
 	}
+	d.mu.Lock()
+	k := d.ring(rep.Source).budget(rep.Accepted[0].Event.ReceivedAt, len(rep.Accepted))
+	d.mu.Unlock()
+	if k == 0 {
+		return
+	}
+	accepted := rep.Accepted[len(rep.Accepted)-k:]
 	// Built outside the lock: the copies are the expensive part.
-	evs := make([]*Event, len(rep.Accepted))
-	for i := range rep.Accepted {
-		e := &rep.Accepted[i]
+	evs := make([]*Event, len(accepted))
+	for i := range accepted {
+		e := &accepted[i]
 		dec := stats.Decide(d.router, e.Event.Source, e.Event.Type, e.Destinations, e.Event.Payload)
 		outs := make([]Outcome, 0, len(dec.To)+len(dec.Filtered)+len(dec.Unsupported))
 		for _, n := range dec.To {

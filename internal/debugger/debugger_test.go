@@ -1,0 +1,53 @@
+package debugger
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/ingest"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/router"
+)
+
+// A source sending more than SampleRate events a second is sampled: the
+// debugger takes the most recent SampleRate of each second.
+func TestSampling(t *testing.T) {
+	cfg := &config.Config{Sources: []config.Source{{Name: "web", WriteKey: "wk"}}}
+	d := New(router.New(cfg, destinations.Registry{}), nil)
+	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	send := func(at time.Time, n int, prefix string) {
+		rep := ingest.Report{Source: "web", Status: 200}
+		for i := range n {
+			rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{
+				Source: "web", MessageID: fmt.Sprintf("%s-%d", prefix, i), Type: event.Track,
+				ReceivedAt: at, Payload: []byte(`{}`)}})
+		}
+		d.ObserveIngest(rep)
+	}
+	cases := []struct {
+		at        time.Time
+		n         int
+		prefix    string
+		wantTotal int
+		wantLast  string
+	}{
+		{at, 150, "a", 150, "a-149"},
+		{at.Add(500 * time.Millisecond), 100, "b", 200, "b-99"}, // 50 of b's 100 fit in the second
+		{at.Add(900 * time.Millisecond), 10, "c", 200, "b-99"},  // the second's budget is spent
+		{at.Add(time.Second), 1000, "d", 400, "d-999"},          // a new second: the last 200 of d
+	}
+	for i, c := range cases {
+		send(c.at, c.n, c.prefix)
+		evs := d.Events("web")
+		if len(evs) != c.wantTotal || evs[len(evs)-1].MessageID != c.wantLast {
+			t.Fatalf("step %d: %d events, last %q; want %d, last %q", i, len(evs), evs[len(evs)-1].MessageID, c.wantTotal, c.wantLast)
+		}
+	}
+	if evs := d.Events("web"); evs[200].MessageID != "d-800" {
+		t.Fatalf("first kept of d is %q, want d-800 (the most recent 200)", evs[200].MessageID)
+	}
+}
