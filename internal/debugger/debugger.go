@@ -93,7 +93,15 @@ type ring struct {
 	// of events taken in it.
 	second int64
 	taken  int
+	// early holds outcomes that arrived before their event: delivery starts
+	// as soon as the store has applied a job, before the fsync that the
+	// tracking API waits for, so an attempt can end before ObserveIngest
+	// hears of the event. Bounded by earlyMax; cleared when full.
+	early map[string][]delivery.Report
 }
+
+// earlyMax bounds the outcomes a source keeps for events not yet seen.
+const earlyMax = 4096
 
 // budget returns how many of n events received at at may be taken in.
 func (r *ring) budget(at time.Time, n int) int {
@@ -168,6 +176,12 @@ func (d *Debugger) ObserveIngest(rep ingest.Report) {
 		r.next = (r.next + 1) % Size
 		r.byID[ev.MessageID] = ev
 		r.publish("event", ev)
+		if early, ok := r.early[ev.MessageID]; ok {
+			delete(r.early, ev.MessageID)
+			for _, rep := range early {
+				d.apply(r, ev, rep)
+			}
+		}
 	}
 }
 
@@ -176,14 +190,25 @@ func (d *Debugger) ObserveIngest(rep ingest.Report) {
 func (d *Debugger) Observe(rep delivery.Report) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	r := d.sources[rep.Queue.Source]
-	if r == nil {
-		return
-	}
+	r := d.ring(rep.Queue.Source)
 	ev := r.byID[rep.Job.Event.MessageID]
 	if ev == nil {
+		// Keep it for ObserveIngest, unless the event's second is already
+		// out of sampling budget and the event cannot be taken in.
+		if rep.Job.Attempts == 1 && (rep.Job.Event.ReceivedAt.Unix() != r.second || r.taken < SampleRate) {
+			if r.early == nil || len(r.early) >= earlyMax {
+				r.early = map[string][]delivery.Report{}
+			}
+			id := rep.Job.Event.MessageID
+			r.early[id] = append(r.early[id], rep)
+		}
 		return
 	}
+	d.apply(r, ev, rep)
+}
+
+// apply records one attempt's outcome on its event and publishes it.
+func (d *Debugger) apply(r *ring, ev *Event, rep delivery.Report) {
 	for i := range ev.Destinations {
 		o := &ev.Destinations[i]
 		if o.Destination != rep.Queue.Destination {

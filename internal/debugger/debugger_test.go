@@ -7,6 +7,7 @@ import (
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
@@ -49,5 +50,29 @@ func TestSampling(t *testing.T) {
 	}
 	if evs := d.Events("web"); evs[200].MessageID != "d-800" {
 		t.Fatalf("first kept of d is %q, want d-800 (the most recent 200)", evs[200].MessageID)
+	}
+}
+
+// An attempt can end before the tracking API reports its event (delivery
+// starts before the fsync the API waits for): the outcome is kept and
+// applied when the event arrives.
+func TestOutcomeBeforeEvent(t *testing.T) {
+	cfg := &config.Config{
+		Sources:      []config.Source{{Name: "web", WriteKey: "wk"}},
+		Destinations: []config.Destination{{Name: "hook", Type: "webhook", Sources: []string{"web"}}},
+	}
+	reg := destinations.Registry{"webhook": &destinations.Integration{Type: "webhook"}}
+	d := New(router.New(cfg, reg), nil)
+	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	e := jobstore.Entry{
+		Event:        event.Event{Source: "web", MessageID: "m1", Type: event.Track, ReceivedAt: at, Payload: []byte(`{}`)},
+		Destinations: []string{"hook"},
+	}
+	job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"}, Event: e.Event, Attempts: 1}
+	d.Observe(delivery.Report{Queue: job.Queue, Job: job, End: delivery.EndDelivered, At: at.Add(time.Millisecond)})
+	d.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: []jobstore.Entry{e}})
+	evs := d.Events("web")
+	if len(evs) != 1 || len(evs[0].Destinations) != 1 || evs[0].Destinations[0].Status != StatusDelivered {
+		t.Fatalf("events %+v, want m1 delivered to hook", evs)
 	}
 }
