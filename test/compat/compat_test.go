@@ -28,20 +28,7 @@ import (
 // bin is the fanout binary TestMain builds.
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fanout-compat-")
-	if err != nil {
-		log.Fatal(err)
-	}
-	bin, err = fanouttest.Build(dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		log.Fatal(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fanouttest.Main(m, &bin) }
 
 const writeKey = "wk_compat"
 

@@ -9,9 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,20 +21,7 @@ import (
 // bin is the fanout binary TestMain builds.
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fanout-durability-")
-	if err != nil {
-		log.Fatal(err)
-	}
-	bin, err = fanouttest.Build(dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		log.Fatal(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fanouttest.Main(m, &bin) }
 
 const (
 	writeKey = "wk_durability"

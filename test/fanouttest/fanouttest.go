@@ -330,3 +330,23 @@ func Eventually(ctx context.Context, timeout time.Duration, cond func() bool) bo
 		}
 	}
 }
+
+// Main is the TestMain of a package that runs the fanout binary: it builds
+// the binary into a temporary directory, sets *bin to its path, runs the
+// tests and removes the directory.
+func Main(m *testing.M, bin *string) {
+	dir, err := os.MkdirTemp("", "fanout-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin, err = Build(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}

@@ -10,10 +10,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -23,20 +21,7 @@ import (
 
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fanout-integrations-")
-	if err != nil {
-		log.Fatal(err)
-	}
-	bin, err = fanouttest.Build(dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		log.Fatal(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fanouttest.Main(m, &bin) }
 
 // api stands in for a third-party API: it records each request and answers
 // with the success body its documentation shows.

@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -34,20 +33,7 @@ import (
 // bin is the fanout binary TestMain builds.
 var bin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "fanout-ui-")
-	if err != nil {
-		log.Fatal(err)
-	}
-	bin, err = fanouttest.Build(dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		log.Fatal(err)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { fanouttest.Main(m, &bin) }
 
 const (
 	webKey = "wk_ui_web"
