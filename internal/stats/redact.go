@@ -32,7 +32,7 @@ type Redactor struct {
 func NewRedactor(secrets []string) *Redactor {
 	seen := map[string]bool{}
 	var vals []string
-	for _, s := range secrets {
+	for _, s := range withCredentials(secrets) {
 		if len(s) >= minSecretLen && !seen[s] {
 			seen[s] = true
 			vals = append(vals, s)
@@ -52,6 +52,23 @@ func NewRedactor(secrets []string) *Redactor {
 		r.replacer = strings.NewReplacer(pairs...)
 	}
 	return r
+}
+
+// withCredentials adds, for each secret that is an Authorization-style value
+// ("Bearer sk_live_...", "Basic ...", "Token ..."), the credential alone: a
+// destination that echoes the key back in its response does so without the
+// scheme.
+func withCredentials(secrets []string) []string {
+	out := append([]string(nil), secrets...)
+	for _, s := range secrets {
+		if scheme, cred, ok := strings.Cut(s, " "); ok && !strings.Contains(cred, " ") {
+			switch strings.ToLower(scheme) {
+			case "bearer", "basic", "token":
+				out = append(out, cred)
+			}
+		}
+	}
+	return out
 }
 
 // SecretValues returns the values of the settings that schema marks
