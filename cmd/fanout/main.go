@@ -18,11 +18,12 @@ var commands = map[string]struct {
 	run     func(ctx context.Context, args []string) error
 	summary string
 }{
-	"serve": {runServe, "run the tracking API, delivery and the admin API"},
-	"send":  {runSend, "send events to a running server"},
-	"sink":  {runSink, "a stand-in destination with fault injection"},
-	"tail":  {runTail, "follow a source's live events and their outcomes"},
-	"bench": {runBench, "run a benchmark scenario and print its figures"},
+	"serve":  {runServe, "run the tracking API, delivery and the admin API"},
+	"send":   {runSend, "send events to a running server"},
+	"sink":   {runSink, "a stand-in destination with fault injection"},
+	"tail":   {runTail, "follow a source's live events and their outcomes"},
+	"bench":  {runBench, "run a benchmark scenario and print its figures"},
+	"replay": {runReplay, "re-deliver archived events of a source to a destination"},
 }
 
 func main() {

@@ -35,6 +35,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,6 +59,10 @@ type Options struct {
 	Debugger *debugger.Debugger
 	// Metrics, when set, is served at /metrics.
 	Metrics *Metrics
+	// Replay re-delivers the archived events of one (source, destination)
+	// received in [from, to) and returns how many it queued. When nil,
+	// POST /api/v1/replay answers 501.
+	Replay func(ctx context.Context, source, destination string, from, to time.Time) (int, error)
 	// Token, when not empty, is required as a bearer token.
 	Token string
 	// Now is the clock ranges end at. Default time.Now.
@@ -95,6 +100,7 @@ func New(o Options) http.Handler {
 	m.HandleFunc("GET /api/v1/series", h.series)
 	m.HandleFunc("GET /api/v1/issues", h.issues)
 	m.HandleFunc("GET /api/v1/queues", h.queues)
+	m.HandleFunc("POST /api/v1/replay", h.replay)
 	m.HandleFunc("GET /api/v1/sources/{name}/events", h.events)
 	m.HandleFunc("GET /api/v1/sources/{name}/events/stream", h.stream)
 	if o.Metrics != nil {
@@ -355,6 +361,45 @@ func parseRange(v string) (time.Duration, error) {
 		return 0, fmt.Errorf("range: expected a duration such as 10m, 1h, 24h or 7d, found %q", v)
 	}
 	return d, nil
+}
+
+// replay re-delivers archived events: POST /api/v1/replay?source=&
+// destination=&from=&to= (or range=), answered with {"replayed": n}.
+func (h *handler) replay(w http.ResponseWriter, r *http.Request) {
+	if h.Replay == nil {
+		writeError(w, http.StatusNotImplemented, "replay is not available on this server")
+		return
+	}
+	f, err := h.filter(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if f.Source == "" || f.Destination == "" {
+		writeError(w, http.StatusBadRequest, "expected source and destination, the queue whose archive to replay")
+		return
+	}
+	if !h.connected(f.Source, f.Destination) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no destination %q connected to source %q in the configuration", f.Destination, f.Source))
+		return
+	}
+	n, err := h.Replay(r.Context(), f.Source, f.Destination, f.From, f.To)
+	if err != nil {
+		h.Logger.Error("replay", "source", f.Source, "destination", f.Destination, "err", err)
+		writeError(w, http.StatusInternalServerError, "replay failed after queueing "+strconv.Itoa(n)+" events: "+err.Error())
+		return
+	}
+	writeJSON(w, map[string]int{"replayed": n})
+}
+
+// connected reports whether the configuration connects source to destination.
+func (h *handler) connected(source, destination string) bool {
+	for _, d := range h.Config.Destinations {
+		if d.Name == destination {
+			return slices.Contains(d.Sources, source)
+		}
+	}
+	return false
 }
 
 func (h *handler) overview(w http.ResponseWriter, r *http.Request) {

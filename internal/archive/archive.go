@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -103,6 +104,36 @@ func Read(path string) ([]Record, error) {
 			return out, fmt.Errorf("archive %s: %w", path, err)
 		}
 		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Scan returns the records of q whose event was received in [from, to),
+// oldest file first. A file that does not decode is reported, not skipped.
+func (w *Writer) Scan(q jobstore.Queue, from, to time.Time) ([]Record, error) {
+	dir := filepath.Dir(w.Path(q, from))
+	names, err := filepath.Glob(filepath.Join(dir, "*.jsonl.gz"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names) // the names are hours, so this is time order
+	// An event is archived after it was received, so files of hours before
+	// from's hold none of the events asked for.
+	first := from.UTC().Truncate(time.Hour).Format("2006-01-02T15") + ".jsonl.gz"
+	var out []Record
+	for _, name := range names {
+		if filepath.Base(name) < first {
+			continue
+		}
+		recs, err := Read(name)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range recs {
+			if !r.ReceivedAt.Before(from) && r.ReceivedAt.Before(to) {
+				out = append(out, r)
+			}
+		}
 	}
 	return out, nil
 }

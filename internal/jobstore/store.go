@@ -42,6 +42,9 @@ type Job struct {
 type Entry struct {
 	Event        event.Event
 	Destinations []string
+	// Replay skips deduplication: the event is delivered again on purpose
+	// (fanout replay of archived events), and leaves no dedupe record.
+	Replay bool
 }
 
 // Reschedule moves a job to the retry set, due at DueAt.

@@ -113,7 +113,7 @@ func (s *Store) prepare(r *appendReq) error {
 	r.recs = make([][]byte, len(r.entries))
 	var inCall map[dedupeID]bool
 	for i, e := range r.entries {
-		if id := (dedupeID{e.Event.Source, e.Event.MessageID}); id.messageID != "" {
+		if id := (dedupeID{e.Event.Source, e.Event.MessageID}); id.messageID != "" && !e.Replay {
 			if inCall[id] {
 				r.dup[i] = true
 				continue
@@ -294,7 +294,7 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 			if r.dup[i] {
 				continue
 			}
-			if e.Event.MessageID != "" {
+			if e.Event.MessageID != "" && !e.Replay {
 				id := dedupeID{e.Event.Source, e.Event.MessageID}
 				s.recent.add(g.gen, id)
 				g.ids = append(g.ids, id)
@@ -338,7 +338,7 @@ func (s *Store) finishDedupe(r *appendReq, now time.Time) error {
 		defer look.close()
 	}
 	for i, e := range r.entries {
-		if r.dup[i] || e.Event.MessageID == "" {
+		if r.dup[i] || e.Event.MessageID == "" || e.Replay {
 			continue
 		}
 		id := dedupeID{e.Event.Source, e.Event.MessageID}

@@ -56,6 +56,7 @@ func Run(t *testing.T, open OpenFunc) {
 		{"Dedupe", testDedupe},
 		{"DedupeWithinAppend", testDedupeWithinAppend},
 		{"DedupeConcurrent", testDedupeConcurrent},
+		{"Replay", testReplay},
 		{"SeqSurvivesReopen", testSeqSurvivesReopen},
 		{"StateSurvivesReopen", testStateSurvivesReopen},
 		{"ConcurrentAppendOrder", testConcurrentAppendOrder},
@@ -917,5 +918,34 @@ func testAppendAfterClose(t *testing.T, h *harness) {
 	h.store = h.open(t, h.env)
 	if got := messageIDs(h.pending(qWebHook)); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("Pending after reopen = %v, want [a]", got)
+	}
+}
+
+// testReplay: a replayed entry is stored whatever the dedupe records say,
+// and leaves none of its own.
+func testReplay(t *testing.T, h *harness) {
+	q := jobstore.Queue{Source: "web", Destination: "hook"}
+	appendOne := func(replay bool) bool {
+		t.Helper()
+		dup, err := h.store.Append(h.ctx, []jobstore.Entry{{Event: h.ev("web", "replayed"), Destinations: []string{"hook"}, Replay: replay}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dup[0]
+	}
+	for i, step := range []struct {
+		replay, dup bool
+	}{
+		{false, false}, // first delivery
+		{true, false},  // replayed although seen
+		{true, false},  // and again
+		{false, true},  // an ordinary resend is still a duplicate
+	} {
+		if got := appendOne(step.replay); got != step.dup {
+			t.Fatalf("step %d (replay %v): duplicate = %v, want %v", i, step.replay, got, step.dup)
+		}
+	}
+	if n := len(h.pending(q)); n != 3 {
+		t.Fatalf("%d jobs pending, want 3 (the first and two replays)", n)
 	}
 }
