@@ -224,6 +224,12 @@ type QueueState struct {
 	Backlog  bool    `json:"backlog"`
 	InFlight int     `json:"in_flight"`
 	Limit    float64 `json:"limit"`
+	// Depth is every job of the queue made and not ended yet: loaded, in
+	// flight, waiting on disk or waiting for a retry (from stats).
+	Depth int64 `json:"depth"`
+	// OldestAgeSeconds is how long ago the oldest job the queue has loaded
+	// was received; 0 when it has none loaded.
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
 	// PendingRetry are the jobs in the retry set (from stats).
 	PendingRetry int64      `json:"pending_retry"`
 	PausedUntil  *time.Time `json:"paused_until,omitempty"`
@@ -244,21 +250,28 @@ func (h *handler) state(ctx context.Context) map[string]*State {
 	out := map[string]*State{}
 	for _, d := range h.State(ctx) {
 		pending := h.Stats.PendingRetry(d.Name)
+		depth := h.Stats.Depth(d.Name)
+		now := h.Now()
 		st := &State{Name: d.Name, InFlight: d.InFlight, Concurrency: d.Concurrency,
 			CircuitOpen: d.CircuitOpen, ProbeAt: timePtr(d.ProbeAt), Queues: []QueueState{}}
 		seen := map[string]bool{}
 		for _, q := range d.Queues {
 			seen[q.Queue.Source] = true
+			age := 0.0
+			if !q.Oldest.IsZero() {
+				age = max(now.Sub(q.Oldest).Seconds(), 0)
+			}
 			st.Queues = append(st.Queues, QueueState{
 				Source: q.Queue.Source, Buffered: q.Buffered, Backlog: q.Backlog, InFlight: q.InFlight,
-				Limit: q.Limit, PendingRetry: pending[q.Queue.Source], PausedUntil: timePtr(q.PausedUntil),
+				Limit: q.Limit, Depth: max(depth[q.Queue.Source], int64(q.Buffered+q.InFlight)),
+				OldestAgeSeconds: age, PendingRetry: pending[q.Queue.Source], PausedUntil: timePtr(q.PausedUntil),
 				RetryNext: timePtr(q.RetryNext), Throttled: q.Throttled,
 			})
 		}
 		// A queue idle in the scheduler may still hold retries on disk.
 		for src, n := range pending {
 			if !seen[src] && n > 0 {
-				st.Queues = append(st.Queues, QueueState{Source: src, PendingRetry: n})
+				st.Queues = append(st.Queues, QueueState{Source: src, PendingRetry: n, Depth: max(depth[src], n)})
 			}
 		}
 		sort.Slice(st.Queues, func(i, j int) bool { return st.Queues[i].Source < st.Queues[j].Source })

@@ -22,8 +22,8 @@ import (
 //	fanout_delivery_latency_seconds{destination}         histogram: receivedAt to the delivering attempt's end
 //	fanout_delivery_throttled_total{destination}         counter: events answered 429; each pauses its queue
 //	fanout_ingest_events_total{source,result}            counter: accepted, deduplicated, rejected
-//	fanout_queue_depth{destination}                      gauge: jobs loaded and waiting to be sent, plus jobs
-//	                                                     in the retry set (see Options.Pending)
+//	fanout_queue_depth{destination}                      gauge: jobs made and not ended, the backlog on disk
+//	                                                     included (from the stats; see MetricsOptions.Depth)
 //	fanout_queue_backlog_queues{destination}             gauge: queues with more pending jobs on disk than loaded
 //	fanout_queue_paused_queues{destination}              gauge: queues paused by a 429
 //	fanout_inflight_requests{destination}                gauge: requests in flight
@@ -58,9 +58,10 @@ type MetricsOptions struct {
 	Sources      []string
 	// State returns the delivery engine's state; read at every scrape.
 	State func(ctx context.Context) []delivery.DestinationState
-	// Pending returns the jobs of a destination in the retry set, by
-	// source. Optional.
-	Pending func(destination string) map[string]int64
+	// Depth returns, per source, the jobs made for a destination and not
+	// ended yet, the backlog on disk included (stats.Stats.Depth).
+	// Optional: without it, the depth is what the queues hold in memory.
+	Depth func(destination string) map[string]int64
 }
 
 // NewMetrics builds the registry.
@@ -85,7 +86,7 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	}, []string{"source", "result"})
 	m.reg.MustRegister(attempts, latency, throttled, events,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&stateCollector{state: o.State, pending: o.Pending})
+		&stateCollector{state: o.State, depth: o.Depth})
 	for _, d := range o.Destinations {
 		dm := &destMetrics{latency: latency.WithLabelValues(d), throttled: throttled.WithLabelValues(d)}
 		for e := delivery.EndDelivered; e <= delivery.EndRetrying; e++ {
@@ -154,12 +155,12 @@ func (m *Metrics) ObserveIngest(r ingest.Report) {
 // stateCollector turns the engine's state into gauges at scrape time, so
 // the schedulers do no metric work of their own.
 type stateCollector struct {
-	state   func(ctx context.Context) []delivery.DestinationState
-	pending func(destination string) map[string]int64
+	state func(ctx context.Context) []delivery.DestinationState
+	depth func(destination string) map[string]int64
 }
 
 var (
-	descDepth    = prometheus.NewDesc("fanout_queue_depth", "Jobs loaded and waiting to be sent plus jobs in the retry set, per destination. Jobs on disk beyond each queue's loaded page are not counted: see fanout_queue_backlog_queues.", []string{"destination"}, nil)
+	descDepth    = prometheus.NewDesc("fanout_queue_depth", "Jobs made for the destination and not ended yet (delivered, failed, unsupported or archived), the backlog waiting on disk included. Approximate after a crash.", []string{"destination"}, nil)
 	descBacklog  = prometheus.NewDesc("fanout_queue_backlog_queues", "Queues with more pending jobs on disk than are loaded.", []string{"destination"}, nil)
 	descPaused   = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused by a 429.", []string{"destination"}, nil)
 	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
@@ -187,7 +188,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			if !q.Oldest.IsZero() {
 				oldest = max(oldest, now.Sub(q.Oldest).Seconds())
 			}
-			depth += float64(q.Buffered)
+			depth += float64(q.Buffered + q.InFlight)
 			if q.Backlog {
 				backlog++
 			}
@@ -195,9 +196,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				paused++
 			}
 		}
-		if c.pending != nil {
-			for _, n := range c.pending(d.Name) {
-				depth += float64(max(n, 0))
+		if c.depth != nil {
+			depth = 0
+			for _, n := range c.depth(d.Name) {
+				depth += float64(n)
 			}
 		}
 		open := 0.0

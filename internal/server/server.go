@@ -122,8 +122,8 @@ func New(opts Options) (*Server, error) {
 	}
 	metrics := admin.NewMetrics(admin.MetricsOptions{
 		Destinations: destNames, Sources: srcNames,
-		State:   func(ctx context.Context) []delivery.DestinationState { return s.engine.State(ctx) },
-		Pending: s.stats.PendingRetry,
+		State: func(ctx context.Context) []delivery.DestinationState { return s.engine.State(ctx) },
+		Depth: s.stats.Depth,
 	})
 
 	targets := make([]delivery.Target, 0, len(cfg.Destinations))
@@ -326,6 +326,7 @@ func (s *Server) replay(ctx context.Context, source, destination string, from, t
 			return queued, err
 		}
 		queued += len(entries)
+		s.stats.Replayed(source, destination, len(entries))
 	}
 	s.opts.Logger.Info("replayed archived events", "source", source, "destination", destination, "events", queued)
 	return queued, nil

@@ -206,6 +206,11 @@ type Stats struct {
 	// that metrics need not read 14 days.
 	pending      map[Pair]int64
 	pendingDirty map[Pair]bool
+	// open is, per pair, the jobs made and not ended: the queue's depth,
+	// the backlog on disk included. Persisted with pending (in the same
+	// gauge record). Approximate after a crash, which can lose the last
+	// writes of either side; never reported below zero.
+	open map[Pair]int64
 }
 
 // Open opens or creates the stats database in opts.Dir and loads the hot
@@ -251,6 +256,7 @@ func Open(opts Options) (*Stats, error) {
 		issues:       map[Pair]*pairIssues{},
 		pending:      map[Pair]int64{},
 		pendingDirty: map[Pair]bool{},
+		open:         map[Pair]int64{},
 		completeFrom: minuteOf(opts.Now().Add(-opts.Hot)),
 	}
 	if err := s.load(); err != nil {
@@ -299,6 +305,10 @@ func (s *Stats) Observe(r delivery.Report) {
 	}
 	if ended && j.Attempts > 1 {
 		c.PendingRetry = -1
+	}
+	if ended {
+		s.open[p]--
+		s.pendingDirty[p] = true
 	}
 	if c.PendingRetry != 0 {
 		s.pending[p] += c.PendingRetry
@@ -358,6 +368,11 @@ func (s *Stats) ObserveIngest(r ingest.Report) {
 			if b := get(n, minute); b != nil {
 				b.c.Received++
 			}
+		}
+		for _, n := range e.Destinations {
+			p := Pair{r.Source, n}
+			s.open[p]++
+			s.pendingDirty[p] = true
 		}
 		for _, n := range d.Filtered {
 			if b := get(n, minute); b != nil {
@@ -481,7 +496,7 @@ func (s *Stats) Flush() error {
 		}
 	}
 	for p := range s.pendingDirty {
-		batch.Set(gaugeKey(p), binary.AppendVarint(nil, s.pending[p]), nil)
+		batch.Set(gaugeKey(p), binary.AppendVarint(binary.AppendVarint(nil, s.pending[p]), s.open[p]), nil)
 		delete(s.pendingDirty, p)
 	}
 	s.mu.Unlock()
@@ -560,6 +575,30 @@ func (s *Stats) PendingRetry(destination string) map[string]int64 {
 		}
 	}
 	return out
+}
+
+// Depth returns, per source, the jobs for destination that were made and
+// have not ended: each queue's depth, the backlog waiting on disk included.
+func (s *Stats) Depth(destination string) map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int64{}
+	for p, n := range s.open {
+		if p.Destination == destination {
+			out[p.Source] = max(n, 0)
+		}
+	}
+	return out
+}
+
+// Replayed counts jobs made by a replay of archived events, which do not
+// pass through the tracking API.
+func (s *Stats) Replayed(source, destination string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := Pair{source, destination}
+	s.open[p] += int64(n)
+	s.pendingDirty[p] = true
 }
 
 // Filter selects the stats of a query. Empty Source or Destination means
@@ -740,6 +779,11 @@ func (s *Stats) load() error {
 		n, k := binary.Varint(it.Value())
 		if ok && k > 0 {
 			s.pending[p] = n
+			// The open count follows; records written before it existed
+			// have none.
+			if o, k2 := binary.Varint(it.Value()[k:]); k2 > 0 {
+				s.open[p] = o
+			}
 		}
 	}
 	if err := it.Close(); err != nil {
@@ -765,7 +809,7 @@ func (s *Stats) load() error {
 //
 //	'm' minute(8, big endian) source 0x00 destination -> bucket
 //	'i' source 0x00 destination 0x00 id(4)             -> issue group, JSON
-//	'g' source 0x00 destination                        -> pending retry, varint
+//	'g' source 0x00 destination                        -> pending retry, then open jobs: varints
 //
 // Configured names never hold a NUL byte.
 func bucketKey(p Pair, minute int64) []byte {

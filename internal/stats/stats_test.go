@@ -12,6 +12,7 @@ import (
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/router"
 )
@@ -130,5 +131,66 @@ func TestRedactor(t *testing.T) {
 	h := r.Header(map[string][]string{"Authorization": {"Bearer x"}, "X-Custom": {"hdr-secret-2"}, "Accept": {"json"}})
 	if h.Get("Authorization") != Redacted || h.Get("X-Custom") != Redacted || h.Get("Accept") != "json" {
 		t.Errorf("Header = %v", h)
+	}
+}
+
+// Depth counts the jobs made and not ended per queue, through retries and
+// across a reopen.
+func TestDepth(t *testing.T) {
+	cfg := &config.Config{
+		Sources:      []config.Source{{Name: "web", WriteKey: "wk"}},
+		Destinations: []config.Destination{{Name: "hook", Type: "webhook", Sources: []string{"web"}}},
+	}
+	reg := destinations.Registry{"webhook": &destinations.Integration{Type: "webhook"}}
+	dir := filepath.Join(t.TempDir(), "stats")
+	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	open := func() *Stats {
+		s, err := Open(Options{Dir: dir, Router: router.New(cfg, reg), Now: func() time.Time { return at }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	var entries []jobstore.Entry
+	for _, id := range []string{"a", "b", "c", "d"} {
+		entries = append(entries, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
+			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
+	}
+	s.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: entries})
+	attempt := func(id string, attempts int, end delivery.End) {
+		job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"},
+			Event: event.Event{Source: "web", MessageID: id, ReceivedAt: at}, Attempts: attempts}
+		s.Observe(delivery.Report{Queue: job.Queue, Job: job, End: end, At: at})
+	}
+	steps := []struct {
+		id       string
+		attempts int
+		end      delivery.End
+		want     int64
+	}{
+		{"a", 1, delivery.EndDelivered, 3},
+		{"b", 1, delivery.EndRetrying, 3}, // still waiting
+		{"b", 2, delivery.EndRetrying, 3},
+		{"b", 3, delivery.EndDelivered, 2},
+		{"c", 1, delivery.EndFailed, 1},
+	}
+	for i, st := range steps {
+		attempt(st.id, st.attempts, st.end)
+		if got := s.Depth("hook")["web"]; got != st.want {
+			t.Fatalf("step %d: depth %d, want %d", i, got, st.want)
+		}
+	}
+	s.Replayed("web", "hook", 2)
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open()
+	defer s.Close()
+	if got := s.Depth("hook")["web"]; got != 3 {
+		t.Fatalf("after a reopen: depth %d, want 3 (d and two replayed)", got)
 	}
 }

@@ -247,6 +247,14 @@ check('the destinations page shows the queue the 429s paused', async () => {
   assert.equal(await q.getAttribute('data-paused'), 'true');
   assert.match(await q.locator('[data-field=state]').textContent(), /paused \(429\) · resumes in (59|60)m/);
   assert.match(await limited.locator('[data-field=paused]').textContent(), /rate limited/);
+  // Nothing reaches limited, so its queue's depth is every event web has
+  // sent (28 of the known traffic and the debugger's), as the API says.
+  const dests = (await api(ADMIN, '/destinations')).body;
+  const apiQueue = dests.find((d) => d.name === 'limited').state.queues.find((x) => x.source === 'web');
+  const depth = Number((await q.locator('[data-field=depth]').textContent()).replace(/,/g, ''));
+  assert.ok(depth >= 28, `limited/web depth ${depth}, want at least the 28 events of the known traffic`);
+  assert.equal(depth, apiQueue.depth, 'the page shows the depth the API reports');
+  assert.match(await q.locator('[data-field=oldest]').textContent(), /^\d+(s|m)/, 'the oldest job age is shown');
   const flaky = page.locator('[data-testid=destination][data-name=flaky]');
   assert.equal(await flaky.locator('[data-setting=secret]').textContent(), '[redacted]');
   assert.match(await flaky.locator('[data-setting=headers]').textContent(), /X-Api-Key\s*\[redacted\]/);

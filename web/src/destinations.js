@@ -2,7 +2,7 @@
 // redacted by the server) and the live state of its queues.
 import { html } from 'htm/preact';
 import { get } from './api.js';
-import { count, timestamp, until } from './format.js';
+import { count, duration, timestamp, until } from './format.js';
 import { Status, usePoll } from './poll.js';
 
 export function Destinations() {
@@ -50,7 +50,9 @@ function Destination({ d }) {
       ? html`<p class="empty">No queue has work.</p>`
       : html`<table class="grid" data-testid="queues">
       <thead><tr>
-        <th>Source</th><th class="num">Queued</th><th class="num">Pending retry</th><th class="num">In flight</th>
+        <th>Source</th><th class="num" title="Jobs not ended yet: loaded, in flight, on disk or waiting for a retry">Depth</th>
+        <th class="num" title="Loaded in memory, waiting to be sent">Loaded</th><th class="num">Oldest job</th>
+        <th class="num">Pending retry</th><th class="num">In flight</th>
         <th class="num">Concurrency limit</th><th>State</th><th class="num">429s</th>
       </tr></thead>
       <tbody>${st.queues.map((q) => html`<${Queue} q=${q} />`)}</tbody>
@@ -71,7 +73,9 @@ function Queue({ q }) {
   }
   return html`<tr data-testid="queue" data-source=${q.source} data-paused=${pausedUntil ? 'true' : 'false'}>
     <td>${q.source}</td>
+    <td class="num" data-field="depth">${count(q.depth)}</td>
     <td class="num" data-field="buffered">${count(q.buffered)}${q.backlog ? ' + more on disk' : ''}</td>
+    <td class="num" data-field="oldest">${q.oldest_age_seconds ? duration(q.oldest_age_seconds) : '–'}</td>
     <td class="num" data-field="pending_retry">${count(q.pending_retry)}</td>
     <td class="num">${count(q.in_flight)}</td>
     <td class="num">${q.limit ? Math.round(q.limit * 10) / 10 : '–'}</td>

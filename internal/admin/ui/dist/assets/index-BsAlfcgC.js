@@ -226,14 +226,18 @@
     <h3>Queues</h3>
     ${!t||t.queues.length===0?L`<p class="empty">No queue has work.</p>`:L`<table class="grid" data-testid="queues">
       <thead><tr>
-        <th>Source</th><th class="num">Queued</th><th class="num">Pending retry</th><th class="num">In flight</th>
+        <th>Source</th><th class="num" title="Jobs not ended yet: loaded, in flight, on disk or waiting for a retry">Depth</th>
+        <th class="num" title="Loaded in memory, waiting to be sent">Loaded</th><th class="num">Oldest job</th>
+        <th class="num">Pending retry</th><th class="num">In flight</th>
         <th class="num">Concurrency limit</th><th>State</th><th class="num">429s</th>
       </tr></thead>
       <tbody>${t.queues.map(e=>L`<${Po} q=${e} />`)}</tbody>
     </table>`}
   </section>`}function Po({q:e}){let t=Date.now(),n=e.paused_until&&Date.parse(e.paused_until)>t?e.paused_until:null,r=L`<span class="badge delivered">sending</span>`;return n?r=L`<span class="badge retrying" data-field="state" title=${`until `+eo(n)}>paused (429) · resumes ${$a(n)}</span>`:e.retry_next?r=L`<span class="badge pending" data-field="state" title=${eo(e.retry_next)}>next retry ${$a(e.retry_next)}</span>`:e.buffered||e.in_flight||e.backlog||(r=L`<span class="badge pending" data-field="state">idle</span>`),L`<tr data-testid="queue" data-source=${e.source} data-paused=${n?`true`:`false`}>
     <td>${e.source}</td>
+    <td class="num" data-field="depth">${Ja(e.depth)}</td>
     <td class="num" data-field="buffered">${Ja(e.buffered)}${e.backlog?` + more on disk`:``}</td>
+    <td class="num" data-field="oldest">${e.oldest_age_seconds?Xa(e.oldest_age_seconds):`–`}</td>
     <td class="num" data-field="pending_retry">${Ja(e.pending_retry)}</td>
     <td class="num">${Ja(e.in_flight)}</td>
     <td class="num">${e.limit?Math.round(e.limit*10)/10:`–`}</td>
