@@ -18,7 +18,9 @@ import (
 // (outcome, result), so cardinality is bounded by the configuration.
 //
 //	fanout_delivery_attempts_total{destination,outcome}  counter: events attempted, by how the attempt left them
-//	                                                     (delivered, failed, unsupported, archived, retrying)
+//	                                                     (delivered, failed, unsupported, archived, retrying);
+//	                                                     archived also counts jobs an open circuit's sweep
+//	                                                     archived without an attempt (delivery.Report.Expired)
 //	fanout_delivery_latency_seconds{destination}         histogram: receivedAt to the delivering attempt's end
 //	fanout_delivery_throttled_total{destination}         counter: events answered 429; each pauses its queue
 //	fanout_ingest_events_total{source,result}            counter: accepted, deduplicated, rejected

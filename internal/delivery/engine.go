@@ -83,6 +83,11 @@ type Report struct {
 	Result destinations.SendResult
 	End    End
 	At     time.Time
+	// Expired says the job was archived without an attempt: its retry
+	// window ended while the destination's circuit was open. Job.Attempts
+	// then counts only the attempts made before, and Result holds no
+	// request.
+	Expired bool
 }
 
 // Options configures an Engine.
@@ -242,6 +247,9 @@ type dest struct {
 	inflight int
 	limiter  *rate.Limiter
 	circuit  circuit
+	// expireAt is when an open circuit's queues are next swept for jobs
+	// whose retry window has ended (see expireSweep).
+	expireAt time.Time
 	update   jobstore.Update
 	rnd      *rand.Rand
 	sender   destinations.Sender
@@ -407,6 +415,13 @@ func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.T
 	for d.inflight < d.Concurrency && d.ring.len() > 0 {
 		ok, probe := d.circuit.allow(now)
 		if !ok {
+			if !now.Before(d.expireAt) {
+				d.expireAt = now.Add(expireEvery)
+				if d.expireSweep(now) {
+					d.expireAt = now
+					return time.Millisecond
+				}
+			}
 			if d.circuit.probing {
 				return 0
 			}
@@ -444,6 +459,11 @@ func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.T
 	}
 	return 0
 }
+
+// expireEvery is how often an open circuit's queues are swept for jobs
+// whose retry window has ended: a job is archived at most this long after
+// its window.
+const expireEvery = time.Minute
 
 // storeRetry is how long a queue waits after its jobs could not be read.
 const storeRetry = time.Second
@@ -573,7 +593,7 @@ func (d *dest) complete(c completion) {
 		if retryAfter <= 0 {
 			retryAfter = DefaultRetryAfter
 		}
-		q.pausedUntil = now.Add(retryAfter)
+		q.pausedUntil = now.Add(min(retryAfter, MaxRetryAfter))
 		q.limit = aimdDecrease(q.limit)
 		q.throttle++
 	} else if serverFail {
@@ -582,8 +602,8 @@ func (d *dest) complete(c completion) {
 		q.limit = aimdIncrease(q.limit, d.Concurrency)
 	}
 
-	var archived []archive.Record
-	var archivedJobs []*jobstore.Job
+	var expired []*jobstore.Job
+	var expiredResults []destinations.SendResult
 	var requeue []jobstore.Job
 	for i := range c.jobs {
 		j := &c.jobs[i]
@@ -599,22 +619,15 @@ func (d *dest) complete(c completion) {
 			end = EndUnsupported
 		default:
 			j.LastError = r.Reason
-			if !now.Before(j.Event.ReceivedAt.Add(d.RetryWindow)) {
-				end = EndArchived
-				archived = append(archived, archive.Record{
-					Source: q.id.Source, Destination: q.id.Destination, MessageID: j.Event.MessageID,
-					ReceivedAt: j.Event.ReceivedAt, ArchivedAt: now, Attempts: j.Attempts,
-					LastError: r.Reason, Event: j.Event.Payload,
-				})
-				archivedJobs = append(archivedJobs, j)
+			if d.expired(j, now) {
+				// Reported and settled by archive, once the record is written.
+				expired = append(expired, j)
+				expiredResults = append(expiredResults, c.results[i])
+				continue
 			}
 		}
-		if d.e.opts.Observe != nil {
-			d.e.opts.Observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: end, At: now})
-		}
+		d.observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: end, At: now})
 		switch {
-		case end == EndArchived:
-			// settled below, once the archive is durable
 		case end != EndRetrying:
 			d.settle(q, j)
 		case r.StatusCode == http.StatusTooManyRequests:
@@ -625,16 +638,13 @@ func (d *dest) complete(c completion) {
 			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), r.Reason)
 		}
 	}
-	if len(archived) > 0 {
-		if err := d.e.opts.Archive.Write(q.id, now, archived); err != nil {
-			// Keep the jobs and try to archive them again later.
-			d.log.Error("archive jobs", "source", q.id.Source, "err", err, "jobs", len(archived))
-			for _, j := range archivedJobs {
+	if len(expired) > 0 {
+		if err := d.archive(q, expired, expiredResults, now, false); err != nil {
+			// Keep the jobs and try to archive them again after their next
+			// attempt.
+			for i, j := range expired {
+				d.observe(Report{Queue: q.id, Job: j, Result: expiredResults[i], End: EndRetrying, At: now})
 				d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), j.LastError)
-			}
-		} else {
-			for _, j := range archivedJobs {
-				d.settle(q, j)
 			}
 		}
 	}
@@ -642,6 +652,110 @@ func (d *dest) complete(c completion) {
 		q.buf = append(requeue, q.buf...)
 	}
 	d.consider(q, now)
+}
+
+func (d *dest) observe(r Report) {
+	if d.e.opts.Observe != nil {
+		d.e.opts.Observe(r)
+	}
+}
+
+// expired reports whether j's retry window has ended.
+func (d *dest) expired(j *jobstore.Job, now time.Time) bool {
+	return !now.Before(j.Event.ReceivedAt.Add(d.RetryWindow))
+}
+
+// archive writes jobs whose retry window ended to the archive, each with its
+// last error, then reports them archived and settles them: observers hear
+// of an archived job only once its record is written. results[i] is what
+// ended jobs[i]; expired says no attempt was made (see Report.Expired). On
+// error nothing is settled or reported, and the caller keeps the jobs.
+func (d *dest) archive(q *queue, jobs []*jobstore.Job, results []destinations.SendResult, now time.Time, expired bool) error {
+	recs := make([]archive.Record, len(jobs))
+	for i, j := range jobs {
+		recs[i] = archive.Record{
+			Source: q.id.Source, Destination: q.id.Destination, MessageID: j.Event.MessageID,
+			ReceivedAt: j.Event.ReceivedAt, ArchivedAt: now, Attempts: j.Attempts,
+			LastError: j.LastError, Event: j.Event.Payload,
+		}
+	}
+	if err := d.e.opts.Archive.Write(q.id, now, recs); err != nil {
+		d.log.Error("archive jobs", "source", q.id.Source, "err", err, "jobs", len(jobs))
+		return err
+	}
+	for i, j := range jobs {
+		d.observe(Report{Queue: q.id, Job: j, Result: results[i], End: EndArchived, At: now, Expired: expired})
+		d.settle(q, j)
+	}
+	return nil
+}
+
+// expireBudget bounds the jobs one sweep of an open circuit's queues
+// archives, so that the scheduler turn stays short; a sweep that uses it up
+// is followed by another right away.
+const expireBudget = 20000
+
+// expireSweep archives, without an attempt, the loaded and waiting jobs of
+// the destination's queues whose retry window has ended. It runs while the
+// destination's circuit is open: then only probes are sent, so jobs would
+// otherwise wait past their window for as long as the destination is down,
+// and "retried until the window ends, then archived" would not hold. It
+// reports whether the budget ran out before the sweep was done.
+func (d *dest) expireSweep(now time.Time) (more bool) {
+	budget := expireBudget
+	for _, q := range d.queues {
+		if budget <= 0 {
+			return true
+		}
+		budget -= d.expireQueue(q, now, budget)
+	}
+	return budget <= 0
+}
+
+// expireQueue archives up to budget expired jobs of q: the expired ones
+// among those loaded, and, while every loaded job has expired, the next page
+// from the store. It returns how many it archived.
+func (d *dest) expireQueue(q *queue, now time.Time, budget int) int {
+	reason := "retry window ended while the destination's circuit was open; no attempt made since"
+	done := 0
+	for done < budget {
+		if len(q.buf) == 0 && q.hasWork(now) {
+			if err := d.load(q, now); err != nil {
+				d.log.Error("read jobs to archive", "source", q.id.Source, "err", err)
+				break
+			}
+		}
+		var jobs []*jobstore.Job
+		var keep []jobstore.Job
+		for i := range q.buf {
+			j := q.buf[i]
+			if len(jobs) < budget-done && d.expired(&j, now) {
+				if j.LastError == "" {
+					j.LastError = reason
+				}
+				jobs = append(jobs, &j)
+			} else {
+				keep = append(keep, j)
+			}
+		}
+		if len(jobs) == 0 {
+			break
+		}
+		results := make([]destinations.SendResult, len(jobs))
+		for i := range results {
+			results[i].Reason = reason
+		}
+		if err := d.archive(q, jobs, results, now, true); err != nil {
+			break // the jobs stay loaded; the next sweep tries again
+		}
+		q.buf = keep
+		done += len(jobs)
+		if len(keep) > 0 {
+			break // the rest of the queue is younger
+		}
+	}
+	d.consider(q, now)
+	return done
 }
 
 // dropEvery is how far a queue's settled prefix must advance before it is

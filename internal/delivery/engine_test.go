@@ -472,6 +472,72 @@ func TestRetryWindowEndsInArchive(t *testing.T) {
 	}
 }
 
+// While a destination's circuit is open only probes go out, so the jobs
+// waiting behind it are archived by a sweep once their retry window ends,
+// without an attempt each, rather than waiting as long as the outage lasts.
+func TestOpenCircuitArchivesExpiredJobs(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", concurrency: 1, window: 10 * time.Minute, decide: func(ev event.Event, attempt int) destinations.Result {
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: 503, Reason: "HTTP 503: down for maintenance"}
+	}})
+	b.send(t, "web", 200, "hook")
+	b.await(t, delivery.CircuitThreshold)
+	if d, _ := b.state(t, "hook", "web"); !d.CircuitOpen {
+		t.Fatal("circuit closed after the threshold of failures")
+	}
+	b.clk.Advance(11 * time.Minute) // past every job's window: one probe, then the sweep
+	rs := b.await(t, 200)
+	expired, attempted := 0, 0
+	for _, r := range rs {
+		if r.End != delivery.EndArchived {
+			t.Fatalf("%s ended %v, want archived", r.Job.Event.MessageID, r.End)
+		}
+		if r.Expired {
+			expired++
+		} else {
+			attempted++
+		}
+	}
+	if attempted != 1 || expired != 199 {
+		t.Fatalf("archived %d after an attempt (the probe) and %d by the sweep, want 1 and 199", attempted, expired)
+	}
+	if n := len(b.dests["hook"].sent); n != delivery.CircuitThreshold+1 {
+		t.Fatalf("%d requests sent, want the %d that opened the circuit and one probe", n, delivery.CircuitThreshold)
+	}
+	files, _ := filepath.Glob(filepath.Join(b.dataDir, "archive", "web", "hook", "*.jsonl.gz"))
+	var recs []archive.Record
+	for _, f := range files {
+		got, err := archive.Read(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, got...)
+	}
+	if len(recs) != 200 {
+		t.Fatalf("%d archive records, want 200", len(recs))
+	}
+	for _, r := range recs {
+		// The ten that opened the circuit keep their own last error.
+		if !strings.HasPrefix(r.LastError, "HTTP 503") && !strings.Contains(r.LastError, "circuit was open") {
+			t.Fatalf("archived %s with last error %q", r.MessageID, r.LastError)
+		}
+	}
+	if qs, err := b.store.Queues(context.Background()); err != nil || len(qs) != 0 {
+		t.Fatalf("store still holds queues %v (%v)", qs, err)
+	}
+}
+
+// A 429 asking for a day pauses its queue for MaxRetryAfter at most.
+func TestRetryAfterIsCapped(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook", decide: func(ev event.Event, attempt int) destinations.Result {
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, RetryAfter: 24 * time.Hour, Reason: "HTTP 429: daily quota"}
+	}})
+	b.send(t, "web", 1, "hook")
+	b.await(t, 1)
+	if _, q := b.state(t, "hook", "web"); !q.PausedUntil.Equal(start.Add(delivery.MaxRetryAfter)) {
+		t.Fatalf("paused until %v, want %v", q.PausedUntil, start.Add(delivery.MaxRetryAfter))
+	}
+}
+
 // In batch mode, the events of a batch that failed retryably are retried
 // alone; the delivered ones are not sent again.
 func TestPartialBatchFailureRetriesOnlyTheFailed(t *testing.T) {

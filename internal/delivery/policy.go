@@ -33,8 +33,14 @@ func Backoff(attempts int, r float64) time.Duration {
 }
 
 // DefaultRetryAfter is how long a queue pauses after a 429 that does not
-// say how long to wait.
-const DefaultRetryAfter = time.Second
+// say how long to wait. MaxRetryAfter caps what a 429 may ask for: a
+// destination that answers "come back tomorrow" (a daily quota) is asked
+// again every hour, so a mistaken or hostile header cannot stop a queue for
+// good.
+const (
+	DefaultRetryAfter = time.Second
+	MaxRetryAfter     = time.Hour
+)
 
 // Circuit breaking: after CircuitThreshold consecutive failed attempts
 // (transport errors and 5xx) across a destination, its circuit opens. While

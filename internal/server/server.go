@@ -112,6 +112,14 @@ func New(opts Options) (*Server, error) {
 		store.Close()
 		return nil, err
 	}
+	// A crash can leave the depth of a queue off; those the store holds no
+	// job for are empty, whatever the counts say.
+	holding, err := store.Queues(context.Background())
+	if err != nil {
+		s.closeStores()
+		return nil, fmt.Errorf("list queues: %w", err)
+	}
+	s.stats.KeepDepth(holding)
 	dbg := debugger.New(route, redactors)
 	var destNames, srcNames []string
 	for _, d := range cfg.Destinations {
@@ -120,11 +128,15 @@ func New(opts Options) (*Server, error) {
 	for _, src := range cfg.Sources {
 		srcNames = append(srcNames, src.Name)
 	}
-	metrics := admin.NewMetrics(admin.MetricsOptions{
+	mo := admin.MetricsOptions{
 		Destinations: destNames, Sources: srcNames,
 		State: func(ctx context.Context) []delivery.DestinationState { return s.engine.State(ctx) },
-		Depth: s.stats.Depth,
-	})
+	}
+	if !opts.NoVisibility {
+		// The stats count the depth only when they are fed.
+		mo.Depth = s.stats.Depth
+	}
+	metrics := admin.NewMetrics(mo)
 
 	targets := make([]delivery.Target, 0, len(cfg.Destinations))
 	for _, d := range cfg.Destinations {

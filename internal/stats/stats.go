@@ -45,6 +45,7 @@ import (
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/ingest"
+	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -201,16 +202,48 @@ type Stats struct {
 	hot          map[bkey]*bucket
 	completeFrom int64
 	issues       map[Pair]*pairIssues
-	// pending is, per pair, the jobs that failed at least once and have
-	// not ended: the sum of PendingRetry over all minutes, kept apart so
-	// that metrics need not read 14 days.
-	pending      map[Pair]int64
-	pendingDirty map[Pair]bool
-	// open is, per pair, the jobs made and not ended: the queue's depth,
-	// the backlog on disk included. Persisted with pending (in the same
-	// gauge record). Approximate after a crash, which can lose the last
-	// writes of either side; never reported below zero.
-	open map[Pair]int64
+	// gauges are the running counts of each pair, by destination then
+	// source, so that a destination's queues are read without walking
+	// every pair; dirty lists those changed since the last Flush.
+	gauges map[string]map[string]*gauge
+	dirty  []Pair
+}
+
+// gauge is one pair's running counts, kept apart from the minutes so that
+// metrics and the queue state need not read 14 days.
+type gauge struct {
+	// pending counts the jobs that failed at least once and have not
+	// ended: the sum of PendingRetry over all minutes.
+	pending int64
+	// open counts the jobs made minus the jobs ended: the queue's depth,
+	// the backlog on disk included. Both sides are counted in whatever
+	// order they are observed (a delivery can end before the tracking
+	// API's fsync returns and reports its event), so it may dip below
+	// zero for a moment and is reported as at least zero. A crash can
+	// lose the last writes of either side or deliver a job twice; KeepDepth
+	// sets the count of every queue the store holds nothing for back to
+	// zero at start-up.
+	open  int64
+	dirty bool
+}
+
+// gauge returns p's gauge, marked dirty. Call it with mu held.
+func (s *Stats) gauge(p Pair) *gauge {
+	bySrc := s.gauges[p.Destination]
+	if bySrc == nil {
+		bySrc = map[string]*gauge{}
+		s.gauges[p.Destination] = bySrc
+	}
+	g := bySrc[p.Source]
+	if g == nil {
+		g = &gauge{}
+		bySrc[p.Source] = g
+	}
+	if !g.dirty {
+		g.dirty = true
+		s.dirty = append(s.dirty, p)
+	}
+	return g
 }
 
 // Open opens or creates the stats database in opts.Dir and loads the hot
@@ -254,9 +287,7 @@ func Open(opts Options) (*Stats, error) {
 		opts: opts, log: log, db: db,
 		hot:          map[bkey]*bucket{},
 		issues:       map[Pair]*pairIssues{},
-		pending:      map[Pair]int64{},
-		pendingDirty: map[Pair]bool{},
-		open:         map[Pair]int64{},
+		gauges:       map[string]map[string]*gauge{},
 		completeFrom: minuteOf(opts.Now().Add(-opts.Hot)),
 	}
 	if err := s.load(); err != nil {
@@ -281,6 +312,13 @@ func (s *Stats) Observe(r delivery.Report) {
 	}
 	var c Counts
 	ended := true
+	// prior counts the failed attempts before this report: a job with
+	// any is in the retry set. Attempts counts this report's attempt
+	// too, unless the job expired without one.
+	prior := j.Attempts
+	if !r.Expired {
+		prior--
+	}
 	switch r.End {
 	case delivery.EndDelivered:
 		if j.Attempts <= 1 {
@@ -299,20 +337,19 @@ func (s *Stats) Observe(r delivery.Report) {
 		c.Archived = 1
 	case delivery.EndRetrying:
 		ended = false
-		if j.Attempts == 1 {
+		if prior == 0 {
 			c.PendingRetry = 1
 		}
 	}
-	if ended && j.Attempts > 1 {
+	if ended && prior > 0 {
 		c.PendingRetry = -1
 	}
-	if ended {
-		s.open[p]--
-		s.pendingDirty[p] = true
-	}
-	if c.PendingRetry != 0 {
-		s.pending[p] += c.PendingRetry
-		s.pendingDirty[p] = true
+	if ended || c.PendingRetry != 0 {
+		g := s.gauge(p)
+		if ended {
+			g.open--
+		}
+		g.pending += c.PendingRetry
 	}
 	if b != nil {
 		b.c.add(&c)
@@ -370,9 +407,7 @@ func (s *Stats) ObserveIngest(r ingest.Report) {
 			}
 		}
 		for _, n := range e.Destinations {
-			p := Pair{r.Source, n}
-			s.open[p]++
-			s.pendingDirty[p] = true
+			s.gauge(Pair{r.Source, n}).open++
 		}
 		for _, n := range d.Filtered {
 			if b := get(n, minute); b != nil {
@@ -495,10 +530,12 @@ func (s *Stats) Flush() error {
 			}
 		}
 	}
-	for p := range s.pendingDirty {
-		batch.Set(gaugeKey(p), binary.AppendVarint(binary.AppendVarint(nil, s.pending[p]), s.open[p]), nil)
-		delete(s.pendingDirty, p)
+	for _, p := range s.dirty {
+		g := s.gauges[p.Destination][p.Source]
+		batch.Set(gaugeKey(p), binary.AppendVarint(binary.AppendVarint(nil, g.pending), g.open), nil)
+		g.dirty = false
 	}
+	s.dirty = s.dirty[:0]
 	s.mu.Unlock()
 	if batch.Empty() {
 		return nil
@@ -569,9 +606,9 @@ func (s *Stats) PendingRetry(destination string) map[string]int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]int64{}
-	for p, n := range s.pending {
-		if p.Destination == destination {
-			out[p.Source] = n
+	for src, g := range s.gauges[destination] {
+		if g.pending != 0 {
+			out[src] = g.pending
 		}
 	}
 	return out
@@ -583,9 +620,9 @@ func (s *Stats) Depth(destination string) map[string]int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := map[string]int64{}
-	for p, n := range s.open {
-		if p.Destination == destination {
-			out[p.Source] = max(n, 0)
+	for src, g := range s.gauges[destination] {
+		if g.open > 0 {
+			out[src] = g.open
 		}
 	}
 	return out
@@ -596,9 +633,27 @@ func (s *Stats) Depth(destination string) map[string]int64 {
 func (s *Stats) Replayed(source, destination string, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := Pair{source, destination}
-	s.open[p] += int64(n)
-	s.pendingDirty[p] = true
+	s.gauge(Pair{source, destination}).open += int64(n)
+}
+
+// KeepDepth sets the depth of every queue not in holding to zero: holding
+// lists the queues the job store holds jobs for (jobstore.Store.Queues), so
+// the others hold none, whatever a crash made the counts say. Call it at
+// start-up, before delivery begins.
+func (s *Stats) KeepDepth(holding []jobstore.Queue) {
+	keep := make(map[Pair]bool, len(holding))
+	for _, q := range holding {
+		keep[Pair{q.Source, q.Destination}] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for dst, bySrc := range s.gauges {
+		for src, g := range bySrc {
+			if g.open != 0 && !keep[Pair{src, dst}] {
+				s.gauge(Pair{src, dst}).open = 0
+			}
+		}
+	}
 }
 
 // Filter selects the stats of a query. Empty Source or Destination means
@@ -778,14 +833,17 @@ func (s *Stats) load() error {
 		p, ok := parsePair(it.Key()[1:])
 		n, k := binary.Varint(it.Value())
 		if ok && k > 0 {
-			s.pending[p] = n
+			g := s.gauge(p)
+			g.pending = n
 			// The open count follows; records written before it existed
 			// have none.
 			if o, k2 := binary.Varint(it.Value()[k:]); k2 > 0 {
-				s.open[p] = o
+				g.open = o
 			}
+			g.dirty = false
 		}
 	}
+	s.dirty = s.dirty[:0]
 	if err := it.Close(); err != nil {
 		return err
 	}

@@ -158,27 +158,36 @@ func TestDepth(t *testing.T) {
 			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
 	}
 	s.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: entries})
-	attempt := func(id string, attempts int, end delivery.End) {
+	attempt := func(id string, attempts int, end delivery.End, expired bool) {
 		job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"},
 			Event: event.Event{Source: "web", MessageID: id, ReceivedAt: at}, Attempts: attempts}
-		s.Observe(delivery.Report{Queue: job.Queue, Job: job, End: end, At: at})
+		s.Observe(delivery.Report{Queue: job.Queue, Job: job, End: end, At: at, Expired: expired})
 	}
 	steps := []struct {
-		id       string
-		attempts int
-		end      delivery.End
-		want     int64
+		id          string
+		attempts    int
+		end         delivery.End
+		expired     bool
+		wantDepth   int64
+		wantPending int64
 	}{
-		{"a", 1, delivery.EndDelivered, 3},
-		{"b", 1, delivery.EndRetrying, 3}, // still waiting
-		{"b", 2, delivery.EndRetrying, 3},
-		{"b", 3, delivery.EndDelivered, 2},
-		{"c", 1, delivery.EndFailed, 1},
+		{"a", 1, delivery.EndDelivered, false, 3, 0},
+		{"b", 1, delivery.EndRetrying, false, 3, 1}, // still waiting
+		{"b", 2, delivery.EndRetrying, false, 3, 1},
+		{"b", 3, delivery.EndDelivered, false, 2, 0},
+		{"c", 1, delivery.EndRetrying, false, 2, 1},
+		// Archived by an open circuit's sweep: no attempt, one before.
+		{"c", 1, delivery.EndArchived, true, 1, 0},
+		// Expired without ever being tried: never in the retry set.
+		{"d", 0, delivery.EndArchived, true, 0, 0},
 	}
 	for i, st := range steps {
-		attempt(st.id, st.attempts, st.end)
-		if got := s.Depth("hook")["web"]; got != st.want {
-			t.Fatalf("step %d: depth %d, want %d", i, got, st.want)
+		attempt(st.id, st.attempts, st.end, st.expired)
+		if got := s.Depth("hook")["web"]; got != st.wantDepth {
+			t.Fatalf("step %d: depth %d, want %d", i, got, st.wantDepth)
+		}
+		if got := s.PendingRetry("hook")["web"]; got != st.wantPending {
+			t.Fatalf("step %d: pending retry %d, want %d", i, got, st.wantPending)
 		}
 	}
 	s.Replayed("web", "hook", 2)
@@ -190,7 +199,17 @@ func TestDepth(t *testing.T) {
 	}
 	s = open()
 	defer s.Close()
-	if got := s.Depth("hook")["web"]; got != 3 {
-		t.Fatalf("after a reopen: depth %d, want 3 (d and two replayed)", got)
+	if got := s.Depth("hook")["web"]; got != 2 {
+		t.Fatalf("after a reopen: depth %d, want 2 (the two replayed)", got)
+	}
+	// The store holds nothing for the queue: its depth is zero, whatever
+	// the counts say.
+	s.KeepDepth([]jobstore.Queue{{Source: "web", Destination: "hook"}})
+	if got := s.Depth("hook")["web"]; got != 2 {
+		t.Fatalf("after KeepDepth of the queue: depth %d, want 2", got)
+	}
+	s.KeepDepth(nil)
+	if got := s.Depth("hook")["web"]; got != 0 {
+		t.Fatalf("after KeepDepth of no queue: depth %d, want 0", got)
 	}
 }
