@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -584,6 +585,9 @@ func (d *decoder) validate(c *Config, reg destinations.Registry) error {
 		if err := d.validateSettings(dst, integ.Settings, path+".settings"); err != nil {
 			return err
 		}
+		if err := d.checkIntegration(dst, integ, path+".settings"); err != nil {
+			return err
+		}
 		dp := path + ".delivery"
 		if dst.Delivery.Concurrency <= 0 {
 			return d.invalid(dp+".concurrency", "must be greater than zero, found %d", dst.Delivery.Concurrency)
@@ -654,6 +658,29 @@ func (d *decoder) validateSettings(dst *Destination, schema destinations.Schema,
 		Path:    path,
 		Problem: fmt.Sprintf("unknown settings %s (known settings: %s)", keys, strings.Join(known, ", ")),
 	}
+}
+
+// checkIntegration builds the destination once, without sending anything,
+// so that the checks its integration makes beyond the schema (one setting
+// that depends on another, a region name, a URL's shape) stop start-up
+// with the same kind of message as a schema error. Integrations word those
+// errors "key: problem", or "key, key: problem" for several keys.
+func (d *decoder) checkIntegration(dst *Destination, integ *destinations.Integration, path string) error {
+	if integ.New == nil {
+		return nil
+	}
+	_, err := integ.New(destinations.Config{Name: dst.Name, Settings: dst.Settings, Client: &http.Client{}})
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	keys, problem, ok := strings.Cut(msg, ": ")
+	first, _, _ := strings.Cut(keys, ",")
+	first, _, _ = strings.Cut(first, " and ")
+	if !ok || strings.ContainsAny(first, " \"") {
+		return d.invalid(path, "%s", msg)
+	}
+	return &Error{File: d.file, Line: d.lineOf(path + "." + first), Path: path + "." + keys, Problem: problem}
 }
 
 func knownTypes(reg destinations.Registry) string {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,6 +26,17 @@ func testRegistry() destinations.Registry {
 			},
 		},
 		"other": {Type: "other"},
+		// regional checks a setting beyond its schema, in New.
+		"regional": {
+			Type:     "regional",
+			Settings: destinations.Schema{{Name: "region", Type: destinations.String, Default: "us"}},
+			New: func(cfg destinations.Config) (destinations.Destination, error) {
+				if r := cfg.Settings["region"]; r != "us" && r != "eu" {
+					return nil, fmt.Errorf("region: expected us or eu, found %q", r)
+				}
+				return nil, nil
+			},
+		},
 	}
 }
 
@@ -168,6 +180,8 @@ func TestLoadErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
+		{"integration's own check", replace("    type: hook\n    sources: [web]\n    settings:\n      url: https://example.com/hook", "    type: regional\n    sources: [web]\n    settings:\n      region: mars"), nil,
+			`fanout.yaml:10: destinations[0].settings.region: expected us or eu, found "mars"`},
 		{"empty file", "", nil,
 			"fanout.yaml: the file is empty"},
 		{"syntax", "sources: [web\n", nil,
@@ -207,7 +221,7 @@ func TestLoadErrors(t *testing.T) {
 		{"type missing", replace("    type: hook\n", ""), nil,
 			"fanout.yaml:6: destinations[0].type: required key is missing"},
 		{"unknown type", replace("type: hook", "type: hookz"), nil,
-			`fanout.yaml:7: destinations[0].type: unknown destination type "hookz" (known types: hook, other)`},
+			`fanout.yaml:7: destinations[0].type: unknown destination type "hookz" (known types: hook, other, regional)`},
 		{"unknown source", replace("[web]", "[web, ios]"), nil,
 			`fanout.yaml:8: destinations[0].sources[1]: unknown source "ios"`},
 		{"source listed twice", replace("[web]", "[web, web]"), nil,
