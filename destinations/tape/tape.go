@@ -34,6 +34,20 @@
 // command that records the tape; an interaction no request used fails it
 // too, since it is a request fanout no longer sends.
 //
+// # Serving a tape
+//
+// Client suits a test that builds the integration itself. A test that runs
+// fanout as a user does (the fanout serve binary, configured with an API
+// base URL) cannot hand it a client; it starts an httptest.Server on
+// Handler instead and points the destination's api_url at it:
+//
+//	tp := tape.New(t, "mixpanel", tape.MatchHeaders("Authorization"))
+//	api := httptest.NewServer(tp.Handler("https://api.mixpanel.com"))
+//	t.Cleanup(api.Close)
+//
+// The handler matches, answers and checks requests exactly as Client does,
+// so one tape format and one matcher serve both kinds of test.
+//
 // # Recording
 //
 // With FANOUT_RECORD=1 in the environment, the client sends the requests to
@@ -54,7 +68,9 @@
 // The live APIs are often unreachable from where fanout is developed, so
 // the first tape of an integration is usually written by hand from the
 // request and response examples of the API's documentation; the package
-// doc of each integration says which pages.
+// doc of each integration says which pages. A tape that holds answers no
+// live API gives on demand, such as a test's scripted 429, is opened with
+// NotRecorded: recording skips its test rather than overwrite it.
 package tape
 
 import (
@@ -116,6 +132,15 @@ func MatchHeaders(names ...string) Option {
 	}
 }
 
+// NotRecorded marks a tape written by hand that recording must not
+// overwrite, because it holds answers a live API cannot be made to give on
+// demand (a 429, say), which reason names. With FANOUT_RECORD=1, New skips
+// the test instead of recording; a request the tape does not hold is
+// reported with the advice to edit the tape rather than to record it.
+func NotRecorded(reason string) Option {
+	return func(tp *Tape) { tp.notRecorded = reason }
+}
+
 // ScrubHeaders adds headers whose values are replaced by REDACTED.
 func ScrubHeaders(names ...string) Option {
 	return func(tp *Tape) {
@@ -144,6 +169,7 @@ type Tape struct {
 	client    *http.Client
 
 	match        []string
+	notRecorded  string // why the tape is written by hand; empty: it is recorded
 	scrubHeaders map[string]bool
 	scrubFields  map[string]bool
 
@@ -176,12 +202,16 @@ func New(t testing.TB, name string, opts ...Option) *Tape {
 		o(tp)
 	}
 
+	if tp.recording && tp.notRecorded != "" {
+		// Before the recorder exists: stopping it would save an empty tape.
+		t.Skipf("tape %s is written by hand, not recorded: %s", tp.file, tp.notRecorded)
+	}
 	mode := recorder.ModeReplayOnly
 	if tp.recording {
 		mode = recorder.ModeRecordOnly
 	} else {
 		if _, err := os.Stat(tp.file); err != nil {
-			t.Fatalf("tape %s: %v\nrecord it against the live API with:\n\t%s", tp.file, err, tp.recordHint())
+			t.Fatalf("tape %s: %v\n%s", tp.file, err, tp.fixHint())
 		}
 	}
 	rec, err := recorder.New(strings.TrimSuffix(tp.file, ".yaml"),
@@ -265,6 +295,15 @@ func (tp *Tape) Var(env, replay string) string {
 	return v
 }
 
+// fixHint says how to bring the tape up to date: the command that records
+// it, or, for a tape written by hand, to edit it.
+func (tp *Tape) fixHint() string {
+	if tp.notRecorded != "" {
+		return fmt.Sprintf("edit the tape by hand: it is not recorded (%s)", tp.notRecorded)
+	}
+	return "record the tape against the live API with:\n\t" + tp.recordHint()
+}
+
 // recordHint is the command that records this test's tape.
 func (tp *Tape) recordHint() string {
 	pkg := "."
@@ -315,9 +354,79 @@ func (tr *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if errors.Is(err, cassette.ErrInteractionNotFound) {
 		msg := tr.tp.mismatch(req, body)
 		tr.tp.t.Errorf("%s", msg)
-		return nil, errors.New(msg)
+		return nil, &mismatchError{msg}
 	}
 	return resp, err
+}
+
+// mismatchError is the error of a request no interaction matched; the test
+// has been failed already. Handler tells it from a transport error.
+type mismatchError struct{ msg string }
+
+func (e *mismatchError) Error() string { return e.msg }
+
+// Handler serves the tape as the API at base (its scheme and host, such as
+// https://api.mixpanel.com, as the tape's URLs spell them) would answer,
+// for a test whose code under test runs elsewhere, such as a fanout serve
+// subprocess whose API base URL points at an httptest.Server on Handler.
+//
+// Each request's path and query are joined to base and the request goes
+// through Client's transport: it is matched, answered and counted (or, when
+// recording, sent to base) exactly as Client's requests are. A request no
+// interaction matches fails the test as it would through Client, and is
+// answered 501 Not Implemented with the explanation as its body: a status
+// fanout never retries, so one wrong request is reported once, not again at
+// every retry. A live API that cannot be reached while recording is
+// answered 502 Bad Gateway.
+//
+// Start the server after New and close it in a t.Cleanup registered after
+// New's, so that it stops before the tape checks that every interaction was
+// used.
+func (tp *Tape) Handler(base string) http.Handler {
+	tp.t.Helper()
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme == "" || u.Host == "" || u.RawQuery != "" {
+		tp.t.Fatalf("tape %s: Handler needs the API's base URL as the tape spells it, such as https://api.example.com; found %q", tp.file, base)
+	}
+	base = strings.TrimRight(base, "/")
+	rt := tp.client.Transport
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "tape: read the request body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		out, err := http.NewRequestWithContext(r.Context(), r.Method, base+r.URL.RequestURI(), bytes.NewReader(body))
+		if err != nil {
+			http.Error(w, "tape: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		out.Header = r.Header.Clone()
+		// The outbound transport negotiates its own compression and
+		// connection; forwarding the client's would have a recording
+		// keep a gzipped body.
+		out.Header.Del("Accept-Encoding")
+		out.Header.Del("Connection")
+		resp, err := rt.RoundTrip(out)
+		var miss *mismatchError
+		switch {
+		case errors.As(err, &miss):
+			http.Error(w, miss.Error(), http.StatusNotImplemented)
+			return
+		case err != nil:
+			http.Error(w, "tape: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			// net/http sets the length of what is written.
+			if k != "Content-Length" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	})
 }
 
 // readBody reads req's body and puts it back, so that it can be read again.
@@ -401,7 +510,7 @@ func (tp *Tape) mismatch(req *http.Request, body []byte) string {
 			b.WriteString("\n\t- " + d)
 		}
 	}
-	fmt.Fprintf(&b, "\n\tif the request is right, record the tape against the live API with:\n\t%s", tp.recordHint())
+	fmt.Fprintf(&b, "\n\tif the request is right, %s", tp.fixHint())
 	return b.String()
 }
 

@@ -1,6 +1,7 @@
 package tape
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -173,11 +174,17 @@ func TestMissingTape(t *testing.T) {
 	}
 }
 
-// fatalSpy captures Fatalf and stops the calling goroutine, as testing does.
+// fatalSpy captures Fatalf and Skipf and stops the calling goroutine, as
+// testing does.
 type fatalSpy struct{ spy }
 
 func (s *fatalSpy) Fatalf(format string, args ...any) {
 	s.Errorf(format, args...)
+	runtime.Goexit()
+}
+
+func (s *fatalSpy) Skipf(format string, args ...any) {
+	s.Errorf("skip: "+format, args...)
 	runtime.Goexit()
 }
 
@@ -260,4 +267,150 @@ func TestRecord(t *testing.T) {
 			t.Errorf("replay: %d, Retry-After %q, %v", code, retryAfter, err)
 		}
 	})
+}
+
+func TestHandler(t *testing.T) {
+	const events = `{"event":"Signed Up","properties":{"plan":"pro","seats":3}}`
+	type request struct{ path, contentType, auth, body string }
+	track := request{"/v1/events?a=1&b=2", "application/json", "Bearer x", events}
+	cases := []struct {
+		name string
+		// requests are sent in order; the last one's answer is checked.
+		requests   []request
+		wantCode   int
+		wantHeader http.Header
+		wantBody   string
+		// wantFailure is in the test's failures; empty: the test passes.
+		wantFailure string
+	}{
+		{
+			name: "answers from the tape", requests: []request{track},
+			wantCode: 429, wantHeader: http.Header{"Retry-After": {"30"}, "Content-Type": {"application/json"}},
+			wantBody: `{"error": "slow down"}`,
+		},
+		{
+			name:     "form",
+			requests: []request{{"/oauth/token", "application/x-www-form-urlencoded", "", "client_id=abc&grant_type=client_credentials&client_secret=s3cr3t"}},
+			wantCode: 200, wantBody: `{"access_token": "REDACTED", "expires_in": 3600}`,
+		},
+		{
+			// The path is joined to the base URL before matching, so a
+			// request to another path is not the tape's.
+			name:     "no interaction",
+			requests: []request{{"/v2/events?a=1&b=2", "application/json", "Bearer x", events}},
+			wantCode: 501, wantBody: "tape testdata/replay.yaml has no interaction for POST https://api.example.com/v2/events?a=1&b=2",
+			wantFailure: "url: tape has https://api.example.com/v1/events?b=2&a=1, request has https://api.example.com/v2/events?a=1&b=2",
+		},
+		{
+			name:     "used once",
+			requests: []request{track, track},
+			wantCode: 501, wantBody: "interaction 0 matches but was already used",
+			wantFailure: "interaction 0 matches but was already used",
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := &spy{TB: t}
+			tp := New(s, "replay", MatchHeaders("Authorization"))
+			api := httptest.NewServer(tp.Handler("https://api.example.com/"))
+			defer api.Close()
+			var (
+				code   int
+				header http.Header
+				body   string
+			)
+			for _, r := range c.requests {
+				req, err := http.NewRequest("POST", api.URL+r.path, strings.NewReader(r.body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.Header.Set("Content-Type", r.contentType)
+				if r.auth != "" {
+					req.Header.Set("Authorization", r.auth)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				code, header, body = resp.StatusCode, resp.Header, string(b)
+			}
+			if code != c.wantCode || !strings.Contains(body, c.wantBody) {
+				t.Errorf("answered %d %q, want %d with %q", code, body, c.wantCode, c.wantBody)
+			}
+			for k := range c.wantHeader {
+				if got := header.Get(k); got != c.wantHeader.Get(k) {
+					t.Errorf("header %s = %q, want %q", k, got, c.wantHeader.Get(k))
+				}
+			}
+			// Checked before the tape's own end-of-test check, which adds
+			// the interactions these cases leave unused.
+			msg := s.failures()
+			switch {
+			case c.wantFailure == "" && msg != "":
+				t.Errorf("the test failed: %s", msg)
+			case c.wantFailure != "" && !strings.Contains(msg, c.wantFailure):
+				t.Errorf("failure lacks %q:\n%s", c.wantFailure, msg)
+			case c.wantFailure != "" && !strings.Contains(msg, "FANOUT_RECORD=1 go test ./destinations/tape"):
+				t.Errorf("failure does not say how to record:\n%s", msg)
+			}
+		})
+	}
+}
+
+func TestHandlerBase(t *testing.T) {
+	for _, base := range []string{"", "api.example.com", "https://api.example.com?x=1"} {
+		t.Run(base, func(t *testing.T) {
+			s := &fatalSpy{spy: spy{TB: t}}
+			tp := New(s, "replay")
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				tp.Handler(base)
+			}()
+			<-done
+			if msg := s.failures(); !strings.Contains(msg, "Handler needs the API's base URL") {
+				t.Errorf("base %q: %s", base, msg)
+			}
+		})
+	}
+}
+
+func TestNotRecorded(t *testing.T) {
+	const reason = "the 429 is scripted"
+	cases := []struct {
+		name   string
+		record string // the value of FANOUT_RECORD
+		// want is in the test's failures, and lack is not.
+		want, lack string
+	}{
+		{"replay", "", "if the request is right, edit the tape by hand: it is not recorded (" + reason + ")", "FANOUT_RECORD=1 go test"},
+		{"record", "1", "skip: tape testdata/replay.yaml is written by hand, not recorded: " + reason, "no interaction"},
+	}
+	before, err := os.ReadFile(filepath.Join("testdata", "replay.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv(RecordEnv, c.record)
+			s := &fatalSpy{spy: spy{TB: t}}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				tp := New(s, "replay", NotRecorded(reason))
+				do(t, tp.Client(), "POST", "https://api.example.com/nowhere", "application/json", "", "{}")
+			}()
+			<-done
+			msg := s.failures()
+			if !strings.Contains(msg, c.want) || strings.Contains(msg, c.lack) {
+				t.Errorf("failures want %q, not %q:\n%s", c.want, c.lack, msg)
+			}
+		})
+	}
+	// Recording never overwrote the tape.
+	if after, err := os.ReadFile(filepath.Join("testdata", "replay.yaml")); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("testdata/replay.yaml changed (%v)", err)
+	}
 }
