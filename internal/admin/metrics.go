@@ -31,8 +31,8 @@ import (
 //	fanout_inflight_requests{destination}                gauge: requests in flight
 //	fanout_concurrency_limit{destination}                gauge: the destination's concurrency setting
 //	fanout_circuit_open{destination}                     gauge: 1 while the circuit is open
-//	fanout_queue_oldest_job_age_seconds{destination}     gauge: age of the oldest job in memory (the head of
-//	                                                     each queue; retry jobs not yet due are not seen)
+//	fanout_queue_oldest_job_age_seconds{destination}     gauge: age of the oldest job of the destination's queues
+//	                                                     (see delivery.QueueState.Oldest)
 //
 // plus the Go runtime and process collectors (go_*, process_*).
 type Metrics struct {
@@ -64,6 +64,8 @@ type MetricsOptions struct {
 	// ended yet, the backlog on disk included (stats.Stats.Depth).
 	// Optional: without it, the depth is what the queues hold in memory.
 	Depth func(destination string) map[string]int64
+	// Now is the clock ages and pauses are measured on. Default time.Now.
+	Now func() time.Time
 }
 
 // NewMetrics builds the registry.
@@ -88,7 +90,7 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	}, []string{"source", "result"})
 	m.reg.MustRegister(attempts, latency, throttled, events,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&stateCollector{state: o.State, depth: o.Depth})
+		&stateCollector{state: o.State, depth: o.Depth, now: o.Now})
 	for _, d := range o.Destinations {
 		dm := &destMetrics{latency: latency.WithLabelValues(d), throttled: throttled.WithLabelValues(d)}
 		for e := delivery.EndDelivered; e <= delivery.EndRetrying; e++ {
@@ -159,6 +161,7 @@ func (m *Metrics) ObserveIngest(r ingest.Report) {
 type stateCollector struct {
 	state func(ctx context.Context) []delivery.DestinationState
 	depth func(destination string) map[string]int64
+	now   func() time.Time
 }
 
 var (
@@ -168,7 +171,7 @@ var (
 	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
 	descLimit    = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
 	descCircuit  = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
-	descOldest   = prometheus.NewDesc("fanout_queue_oldest_job_age_seconds", "Age of the oldest job the destination's queues hold in memory: each queue's head of pending jobs, and its due retries. Retry jobs not yet due are not seen.", []string{"destination"}, nil)
+	descOldest   = prometheus.NewDesc("fanout_queue_oldest_job_age_seconds", "Age of the oldest job the destination's queues hold: each queue's head of pending jobs, and its retries (for those on disk, the oldest rescheduled since the queue's retry set was last empty).", []string{"destination"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -184,6 +187,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	now := time.Now()
+	if c.now != nil {
+		now = c.now()
+	}
 	for _, d := range c.state(ctx) {
 		var depth, backlog, paused, oldest float64
 		for _, q := range d.Queues {

@@ -792,6 +792,9 @@ func (d *dest) reschedule(q *queue, j *jobstore.Job, due time.Time, reason strin
 	if q.retryNext.IsZero() || due.Before(q.retryNext) {
 		q.retryNext = due
 	}
+	if r := j.Event.ReceivedAt; q.retryOldest.IsZero() || r.Before(q.retryOldest) {
+		q.retryOldest = r
+	}
 }
 
 // flush writes the coalesced store changes.

@@ -36,6 +36,11 @@ type queue struct {
 	// so that a reload does not take them twice.
 	retryNext     time.Time
 	loadedRetries map[uint64]struct{}
+	// retryOldest is the earliest receipt among the jobs rescheduled since
+	// the retry set was last seen empty: the age of a queue whose jobs all
+	// wait for a retry on disk (a destination that is down). It can be
+	// older than the oldest job still waiting, never younger.
+	retryOldest time.Time
 
 	// pausedUntil is set by a 429: the queue dispatches nothing before it.
 	pausedUntil time.Time
@@ -107,14 +112,20 @@ func (q *queue) track(jobs []jobstore.Job) {
 	}
 }
 
-// oldest returns when the oldest job the queue has loaded was received:
-// the head of its pending jobs (loaded in Seq order, so the oldest pending
-// job of the queue) or a loaded retry job. Retry jobs still on disk are not
-// seen. Zero when nothing is loaded.
+// oldest returns when the oldest job of the queue was received: the head
+// of its pending jobs (loaded in Seq order, so the oldest pending job of the
+// queue), a loaded retry job, or retryOldest for those still on disk. Zero
+// when the queue holds none.
 func (q *queue) oldest() time.Time {
 	var t time.Time
 	if q.outHead < len(q.out) {
 		t = q.out[q.outHead].receivedAt
+	}
+	if q.retryNext.IsZero() && len(q.loadedRetries) == 0 {
+		q.retryOldest = time.Time{} // the retry set is empty
+	}
+	if r := q.retryOldest; !r.IsZero() && (t.IsZero() || r.Before(t)) {
+		t = r
 	}
 	for i := range q.buf {
 		if r := q.buf[i].Event.ReceivedAt; !q.buf[i].DueAt.IsZero() && (t.IsZero() || r.Before(t)) {

@@ -24,8 +24,10 @@ type QueueState struct {
 	RetryNext time.Time
 	// Throttled counts the 429s the queue has met since it was loaded.
 	Throttled int
-	// Oldest is when the oldest job the queue has in memory was received:
-	// its oldest pending job, or a retry job that is due. Zero when none.
+	// Oldest is when the oldest job of the queue was received: its oldest
+	// pending job, or a retry job. For retry jobs still on disk it is the
+	// oldest rescheduled since the retry set was last empty, so it may be
+	// older than the oldest still waiting, never younger. Zero when none.
 	Oldest time.Time
 }
 

@@ -284,6 +284,9 @@ func settledMetrics() map[string]float64 {
 // fanout metric's exact value, before and after the retries.
 func TestQueueMetrics(t *testing.T) {
 	b := queueSetup(t)
+	// Ages are measured on the server's clock: let some pass, short of
+	// any retry, pause end or probe.
+	b.clock.Advance(500 * time.Millisecond)
 	got := scrape(t, b.r)
 	// queueSetup waited for settledMetrics; the rest is checked here.
 	if d := diff(got, settledMetrics()); d != "" {
@@ -307,7 +310,7 @@ func TestQueueMetrics(t *testing.T) {
 	for _, c := range []struct {
 		dest     string
 		positive bool
-	}{{"throttled", true}, {"hang", true}, {"ok", false}, {"reject", false}} {
+	}{{"throttled", true}, {"hang", true}, {"down", true}, {"flaky", true}, {"ok", false}, {"reject", false}} {
 		age, ok := got[metric("fanout_queue_oldest_job_age_seconds", "destination", c.dest)]
 		switch {
 		case !ok:
@@ -328,7 +331,7 @@ func TestQueueMetrics(t *testing.T) {
 
 	// Past the first backoff (1-2 s): flaky's retries deliver, archive's
 	// run out of retry window. The throttled queue stays paused.
-	b.clock.Advance(2500 * time.Millisecond)
+	b.clock.Advance(2 * time.Second) // t0+2.5s: past every first backoff
 	want := map[string]float64{
 		metric("fanout_delivery_attempts_total", "destination", "flaky", "outcome", "delivered"): 6,
 		metric("fanout_delivery_attempts_total", "destination", "flaky", "outcome", "retrying"):  6,
@@ -376,14 +379,15 @@ func TestQueueState(t *testing.T) {
 		inFlight    int
 		queues      []want // queues holding nothing may be absent
 	}{
-		"ok":      {},
-		"reject":  {},
-		"flaky":   {queues: []want{{source: "web", depth: 6, pending: 6}}},
-		"archive": {queues: []want{{source: "legacy", depth: 3, pending: 3}}},
+		"ok":     {},
+		"reject": {},
+		// Queues whose jobs all wait for a retry on disk still age.
+		"flaky":   {queues: []want{{source: "web", depth: 6, pending: 6, age: 0.5}}},
+		"archive": {queues: []want{{source: "legacy", depth: 3, pending: 3, age: 0.5}}},
 		// The circuit opened at t0, when the tenth 503 came back; its
 		// probe is due a second later (delivery.CircuitProbeMin).
 		"down": {circuitOpen: true, probeAt: t0.Add(time.Second),
-			queues: []want{{source: "app", depth: 10, pending: 10}}},
+			queues: []want{{source: "app", depth: 10, pending: 10, age: 0.5}}},
 		// One attempt, answered 429: the queue pauses for Retry-After and
 		// keeps its three jobs in memory, the throttled one at the head.
 		"throttled": {queues: []want{{source: "mobile", depth: 3, pending: 1, age: 0.5,
