@@ -392,6 +392,38 @@ func TestAIMD(t *testing.T) {
 	}
 }
 
+// A 5xx or a timeout halves the queue's concurrency as a 429 does, without
+// pausing it; successes then add back 1/limit each.
+func TestAIMDOnServerErrors(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		result destinations.Result
+	}{
+		{"503", destinations.Result{Outcome: destinations.Retryable, StatusCode: 503, Reason: "HTTP 503"}},
+		{"timeout", destinations.Result{Outcome: destinations.Retryable, Reason: "timeout after 10s"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := setup(t, targetSpec{name: "hook", concurrency: 16, decide: func(ev event.Event, attempt int) destinations.Result {
+				if ev.MessageID == "web-0" && attempt == 1 {
+					return c.result
+				}
+				return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+			}})
+			b.sendOne(t, "web", "web-0")
+			b.await(t, 1)
+			_, q := b.state(t, "hook", "web")
+			if q.Limit != 8 || !q.PausedUntil.IsZero() {
+				t.Fatalf("after a %s: limit %v, paused until %v; want 16/2 = 8, not paused", c.name, q.Limit, q.PausedUntil)
+			}
+			b.sendOne(t, "web", "web-1")
+			b.await(t, 1)
+			if _, q = b.state(t, "hook", "web"); q.Limit != 8+1.0/8 {
+				t.Fatalf("after a success: limit %v, want 8 + 1/8", q.Limit)
+			}
+		})
+	}
+}
+
 func (b *bundle) sendOne(t *testing.T, source, id string) {
 	t.Helper()
 	e := jobstore.Entry{
