@@ -173,22 +173,81 @@ func TestSendTransportErrors(t *testing.T) {
 		name         string
 		url          string
 		allowPrivate bool
-		wantReason   string
+		// resolver, when set, resolves the client's names.
+		resolver   *net.Resolver
+		wantReason string
 	}{
-		{"connection refused", closed, true, "connection refused by " + closed[len("http://"):]},
-		{"private address", closed, false, "refused to connect to 127.0.0.1, a loopback address: set network.allow_private: true"},
-		{"no such host", "http://no-such-host.invalid", true, "DNS: no such host no-such-host.invalid"},
-		{"bad URL", "http://[::1", true, "integration built an invalid request: "},
+		{"connection refused", closed, true, nil, "connection refused by " + closed[len("http://"):]},
+		{"private address", closed, false, nil, "refused to connect to 127.0.0.1, a loopback address: set network.allow_private: true"},
+		{"no such host", "http://no-such-host.invalid", true, nxdomainResolver(t), "DNS: no such host no-such-host.invalid"},
+		{"bad URL", "http://[::1", true, nil, "integration built an invalid request: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := &testDest{url: tt.url}
-			got := Send(context.Background(), d, NewClient(time.Second, tt.allowPrivate), events("x"))
+			client := NewClient(time.Second, tt.allowPrivate)
+			if tt.resolver != nil {
+				client.Transport.(*http.Transport).DialContext = (&net.Dialer{Timeout: time.Second, Resolver: tt.resolver}).DialContext
+			}
+			got := Send(context.Background(), d, client, events("x"))
 			if got[0].Outcome != Retryable || !strings.HasPrefix(got[0].Reason, tt.wantReason) {
 				t.Errorf("got %+v, want Retryable with reason starting %q", got[0], tt.wantReason)
 			}
 		})
 	}
+}
+
+// nxdomainResolver returns a resolver whose every query goes to a DNS
+// server on loopback that answers NXDOMAIN, so that a lookup fails as it
+// does for a name that does not exist, without a packet leaving the
+// machine. The server stops when the test ends.
+func nxdomainResolver(t *testing.T) *net.Resolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return // closed
+			}
+			if resp := nxdomain(buf[:n]); resp != nil {
+				pc.WriteTo(resp, addr)
+			}
+		}
+	}()
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "udp", pc.LocalAddr().String())
+		},
+	}
+}
+
+// nxdomain answers the DNS query q (RFC 1035 section 4.1) with NXDOMAIN:
+// q's header and question, flagged as a response (QR) with recursion
+// available (RA) and RCODE 3, and no other records. It returns nil for a
+// query too short to answer.
+func nxdomain(q []byte) []byte {
+	const header = 12
+	end := header
+	for end < len(q) && q[end] != 0 {
+		end += 1 + int(q[end]) // a label: its length, then its bytes
+	}
+	end += 1 + 4 // the root label, QTYPE and QCLASS
+	if len(q) < header || end > len(q) {
+		return nil
+	}
+	resp := append([]byte(nil), q[:end]...)
+	resp[2] = 0x80 | q[2]&0x79 // QR; the query's opcode and RD
+	resp[3] = 0x80 | 3         // RA; RCODE 3, NXDOMAIN
+	clear(resp[6:header])      // no answer, authority or additional records
+	return resp
 }
 
 func TestSendPanics(t *testing.T) {

@@ -3,6 +3,7 @@ package customerio
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,8 @@ func TestTapes(t *testing.T) {
 			want: []want{delivered},
 		},
 		{
+			// u1's three events in one batch; the anonymous one alone
+			// through v1.
 			tape: "track",
 			events: func(t *testing.T) []event.Event {
 				return []event.Event{
@@ -68,7 +71,6 @@ func TestTapes(t *testing.T) {
 					destinationstest.Event(t, `{"type":"page","name":"Pricing","userId":"u1","messageId":"m-page-1",`+ts+`,
 						"properties":{"url":"https://shop.example/pricing"}}`),
 					destinationstest.Event(t, `{"type":"screen","name":"Home","userId":"u1","messageId":"m-screen-1",`+ts+`}`),
-					// Anonymous: /api/v1/events with anonymous_id.
 					destinationstest.Event(t, `{"type":"track","event":"Viewed Product","anonymousId":"a2","messageId":"m-anon-1",`+ts+`,
 						"properties":{"sku":"X1"}}`),
 				}
@@ -76,17 +78,49 @@ func TestTapes(t *testing.T) {
 			want: []want{delivered, delivered, delivered, delivered},
 		},
 		{
+			// A 207: the operation it names is rejected, the others
+			// were accepted.
+			tape: "partial_failure",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,"traits":{"email":"ada@example.com"}}`),
+					destinationstest.Event(t, `{"type":"identify","userId":"u2","messageId":"m-id-2",`+ts+`,"traits":{"`+strings.Repeat("x", 151)+`":"y"}}`),
+					signedUp(t),
+				}
+			},
+			want: []want{
+				{Outcome: destinations.Delivered, Status: 207},
+				{Outcome: destinations.Rejected, Status: 207,
+					Reason: "Customer.io refused the event: invalid: attribute name cannot be longer than 150 bytes (field attributes)"},
+				{Outcome: destinations.Delivered, Status: 207},
+			},
+		},
+		{
+			// A 400 to the whole batch, naming no operation.
+			tape: "malformed",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{
+					signedUp(t),
+					destinationstest.Event(t, `{"type":"identify","userId":"u2","messageId":"m-id-2",`+ts+`,"traits":{"email":"grace@example.com"}}`),
+				}
+			},
+			want: []want{
+				{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch)"},
+				{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch)"},
+			},
+		},
+		{
+			// v1's 400, to an anonymous event.
+			tape: "invalid",
+			events: func(t *testing.T) []event.Event {
+				return []event.Event{destinationstest.Event(t, `{"type":"track","event":"Viewed `+strings.Repeat("n", 95)+`","anonymousId":"a2","messageId":"m-anon-2",`+ts+`}`)}
+			},
+			want: []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the event: event name cannot be longer than 100 bytes"}},
+		},
+		{
 			tape:   "unauthorized",
 			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
 			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check site_id and api_key"}},
-		},
-		{
-			tape: "invalid",
-			events: func(t *testing.T) []event.Event {
-				return []event.Event{destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-2",`+ts+`,
-					"traits":{"`+strings.Repeat("x", 151)+`":"y"}}`)}
-			},
-			want: []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the event: attribute name cannot be longer than 150 bytes"}},
 		},
 		{
 			tape:   "rate_limited",
@@ -112,8 +146,10 @@ func TestTapes(t *testing.T) {
 	}
 }
 
-// TestWithoutRequest covers events decided in Transform.
-func TestWithoutRequest(t *testing.T) {
+// newDestination builds a destination without a tape, for tests of
+// Transform and Classify alone.
+func newDestination(t *testing.T) *destination {
+	t.Helper()
 	valid, err := Integration.Settings.Validate(map[string]any{"site_id": "s", "api_key": "k"})
 	if err != nil {
 		t.Fatal(err)
@@ -122,6 +158,112 @@ func TestWithoutRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return d.(*destination)
+}
+
+// TestBatches checks how Transform cuts batches: by count, by bytes, and
+// an operation too large for v2 alone through v1.
+func TestBatches(t *testing.T) {
+	d := newDestination(t)
+	track := func(i int, props string) event.Event {
+		return destinationstest.Event(t, fmt.Sprintf(`{"type":"track","event":"Viewed","userId":"u%d","messageId":"m-%d",%s,"properties":%s}`, i, i, ts, props))
+	}
+	cases := []struct {
+		name   string
+		events int
+		props  string
+		want   []int // events per request
+		url    string
+	}{
+		{"by count", 2*MaxBatchEvents + 50, `{"plan":"pro"}`, []int{MaxBatchEvents, MaxBatchEvents, 50}, batchPath},
+		// 20 KB each: 24 fit in 500,000 bytes.
+		{"by bytes", 50, `{"blob":"` + strings.Repeat("b", 20_000) + `"}`, []int{24, 24, 2}, batchPath},
+		{"too large for v2", 2, `{"blob":"` + strings.Repeat("b", MaxOperationBytes) + `"}`, []int{1, 1}, "/api/v1/customers/u"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var evs []event.Event
+			for i := range c.events {
+				evs = append(evs, track(i, c.props))
+			}
+			p, err := d.Transform(context.Background(), evs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Results) != 0 {
+				t.Fatalf("results without request: %v", p.Results)
+			}
+			var got []int
+			seen := map[int]bool{}
+			for _, r := range p.Requests {
+				got = append(got, len(r.Events))
+				if !strings.Contains(r.URL, c.url) {
+					t.Errorf("request to %s, want %s", r.URL, c.url)
+				}
+				if r.URL == d.base+batchPath && len(r.Body) > MaxBatchBytes {
+					t.Errorf("batch of %d bytes, more than %d", len(r.Body), MaxBatchBytes)
+				}
+				for _, i := range r.Events {
+					if seen[i] {
+						t.Errorf("event %d in two requests", i)
+					}
+					seen[i] = true
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(c.want) || len(seen) != c.events {
+				t.Errorf("requests of %v events (%d in all), want %v", got, len(seen), c.want)
+			}
+		})
+	}
+}
+
+// TestClassify covers answers no tape needs.
+func TestClassify(t *testing.T) {
+	d := newDestination(t)
+	batch := &destinations.Request{URL: d.base + batchPath, Events: []int{0, 1, 2}}
+	cases := []struct {
+		name string
+		code int
+		body string
+		want []destinations.Outcome
+		// reason is a substring of every result's reason but the
+		// delivered ones'.
+		reason string
+	}{
+		{"empty 200", 200, ``, []destinations.Outcome{destinations.Delivered, destinations.Delivered, destinations.Delivered}, ""},
+		{"200 not JSON", 200, `<html>`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "not its JSON answer: <html>"},
+		{"207 naming none", 207, `{}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "without saying which"},
+		{"error without batch_index", 207, `{"errors":[{"batch_index":0,"reason":"invalid","message":"bad"},{"reason":"internal","message":"try again"}]}`,
+			[]destinations.Outcome{destinations.Rejected, destinations.Retryable, destinations.Retryable}, ""},
+		{"batch_index out of range", 207, `{"errors":[{"batch_index":3,"message":"bad"}]}`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "name no operation: bad"},
+		{"400 naming an operation", 400, `{"errors":[{"batch_index":2,"field":"name","message":"cannot be blank"}]}`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Rejected}, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := d.Classify(batch, &destinations.Response{StatusCode: c.code, Body: []byte(c.body), ReceivedAt: now})
+			if len(got) != len(c.want) {
+				t.Fatalf("%d results", len(got))
+			}
+			for i, g := range got {
+				if g.Outcome != c.want[i] || g.StatusCode != c.code || (g.Outcome != destinations.Delivered && !strings.Contains(g.Reason, c.reason)) {
+					t.Errorf("event %d: got %+v, want %v with %q", i, g, c.want[i], c.reason)
+				}
+			}
+		})
+	}
+	// The named operation's reason, and the others', in a 400.
+	got := d.Classify(batch, &destinations.Response{StatusCode: 400, ReceivedAt: now,
+		Body: []byte(`{"errors":[{"batch_index":2,"field":"name","message":"cannot be blank"}]}`)})
+	if got[2].Reason != "Customer.io refused the event: cannot be blank (field name)" || !strings.Contains(got[0].Reason, "goes again without it") {
+		t.Errorf("400 reasons: %q, %q", got[2].Reason, got[0].Reason)
+	}
+}
+
+// TestWithoutRequest covers events decided in Transform.
+func TestWithoutRequest(t *testing.T) {
+	d := newDestination(t)
 	cases := []struct {
 		name, typ, payload string
 		outcome            destinations.Outcome

@@ -1,25 +1,41 @@
 // Package intercom creates and updates Intercom contacts from identify
 // calls and records data events from track calls, through the REST API.
 //
-// The formats come from Intercom's public developer documentation
-// (developers.intercom.com/docs/references/<version>/rest-api/...):
+// The formats come from Intercom's public developer documentation, for
+// the API version 2.11 that api_version defaults to:
 //
-//   - Contacts: Create a contact (POST /contacts with role, external_id,
-//     email, name, phone, avatar, signed_up_at, custom_attributes; 409 when
-//     a matching contact exists), Search contacts (POST /contacts/search
-//     with a query on external_id and email), Update a contact
+//   - Create a contact,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/api.intercom.io/contacts/createcontact
+//     (POST /contacts with role, external_id, email, name, phone, avatar,
+//     signed_up_at, custom_attributes; 409 when a matching contact
+//     exists);
+//   - Search contacts,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/api.intercom.io/contacts/searchcontacts
+//     (POST /contacts/search with a query on external_id and email);
+//   - Update a contact,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/api.intercom.io/contacts/updatecontact
 //     (PUT /contacts/{id});
-//   - Data Events: Submit a data event (POST /events with event_name,
-//     created_at, user_id or email, metadata; 202 Accepted; metadata values
-//     are flat, at most 10 keys; a monetary amount is {amount in cents,
-//     currency});
-//   - Errors: the error.list body ({"type": "error.list", "errors":
-//     [{"code", "message"}]}), 401 unauthorized, 404 not found, 409
-//     conflict, 422 and 400 validation errors;
-//   - Rate Limiting: 429 with X-RateLimit-Limit, X-RateLimit-Remaining and
-//     X-RateLimit-Reset (a Unix time);
-//   - Authentication (Authorization: Bearer <access token>) and API
-//     versioning (the Intercom-Version header).
+//   - Submit a data event,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/api.intercom.io/data-events/createdataevent
+//     (POST /events with event_name, created_at, user_id or email,
+//     metadata; 202 Accepted; metadata values are flat, at most 10 keys; a
+//     monetary amount is {amount in cents, currency});
+//   - Error codes,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/errors/error-codes,
+//     and HTTP responses,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/errors/http-responses
+//     (the error.list body, {"type": "error.list", "errors": [{"code",
+//     "message"}]}; 401 unauthorized, 404 not found, 409 conflict, 422 and
+//     400 validation errors);
+//   - Rate limiting,
+//     https://developers.intercom.com/docs/references/2.11/rest-api/errors/rate-limiting
+//     (429 with X-RateLimit-Limit, X-RateLimit-Remaining and
+//     X-RateLimit-Reset, a Unix time);
+//   - Authentication,
+//     https://developers.intercom.com/docs/build-an-integration/learn-more/authentication
+//     (Authorization: Bearer <access token>), and Update your API version,
+//     https://developers.intercom.com/docs/build-an-integration/learn-more/rest-apis/update-your-api-version
+//     (the Intercom-Version header).
 //
 // The tapes in testdata/ were written by hand from the request and response
 // examples of those pages, since the live API cannot be reached from where

@@ -1,22 +1,23 @@
-// Package salesforce upserts a Lead or a Contact in Salesforce for each
-// identify call, through the REST API.
+// Package salesforce upserts Leads or Contacts in Salesforce from identify
+// calls, in batches, through the REST API's sObject Collections.
 //
 // The formats come from Salesforce's public documentation:
 //
-//   - Upsert Records Using sObject Rows by External ID,
-//     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_patch.htm,
-//     and Insert or Update (Upsert) a Record Using an External ID,
-//     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm
-//     (PATCH /services/data/vXX.X/sobjects/<object>/<field>/<value>; 201
-//     created, 200 or 204 updated, 300 with the matching records when the
-//     value matches several, 404 NOT_FOUND for an unknown field; the
-//     external ID field must not also be in the body; the Lead/Email
-//     example);
+//   - Upsert Records Using sObject Collections,
+//     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_composite_sobjects_collections_upsert.htm
+//     (PATCH /services/data/vXX.X/composite/sobjects/<object>/<external ID
+//     field>, API version 46.0 and later, with {"allOrNone": false,
+//     "records": [...]}: up to 200 records of the object in the URL, each
+//     with an attributes map naming its type and the external ID field in
+//     the body; records are upserted in order, and the answer is 200 with
+//     one result per record in the same order, {"id", "success", "errors",
+//     "created"}, the errors of a failed record as {"statusCode",
+//     "message", "fields"}; 400 when the request is not well formed);
 //   - Status Codes and Error Responses,
 //     https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
 //     (the [{"message", "errorCode", "fields"}] error body; 401 for an
 //     expired or invalid session; 403 REQUEST_LIMIT_EXCEEDED when the org's
-//     API request limit is used up);
+//     API request limit is used up; 404 for an unknown object or field);
 //   - OAuth 2.0 Client Credentials Flow for Server-to-Server Integration,
 //     https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_client_credentials_flow.htm,
 //     and OAuth 2.0 Username-Password Flow for Special Scenarios,
@@ -34,24 +35,31 @@
 //
 // # Requests
 //
-// Each identify call is one upsert (the REST API's upsert by external ID
-// takes one record; there is no batch limit to declare):
+// Identify calls are batched, up to MaxBatchRecords per request, into one
+// upsert on the external ID field:
 //
-//	PATCH <instance_url>/services/data/v62.0/sobjects/Lead/Email/ada@example.com
-//	{"FirstName": "Ada", "LastName": "Lovelace", "Company": "Analytical Engines", ...}
+//	PATCH <instance_url>/services/data/v62.0/composite/sobjects/Lead/Email
+//	{"allOrNone": false, "records": [{"attributes": {"type": "Lead"},
+//	 "Email": "ada@example.com", "FirstName": "Ada", "LastName": "Lovelace", ...}]}
 //
-// The record carries the standard fields the trait helpers read (names,
-// email, phone, title, website, postal address, and a Contact's
-// Birthdate) and the traits that the `fields` setting maps to Salesforce
-// fields, less the external ID field itself, which the URL carries.
-// Salesforce requires LastName, and Company on a Lead: an identify call
-// without them sends "[not provided]", as is common practice. Because the
-// upsert cannot tell creating from updating in advance, that placeholder
-// also overwrites the field of an existing record when a later identify
-// call lacks it.
+// allOrNone is false so that one refused record does not roll back the
+// others. Each record carries the external ID field with the event's value
+// (its email, or its userId: external_id_value), the standard fields the
+// trait helpers read (names, email, phone, title, website, postal address,
+// and a Contact's Birthdate) and the traits that the `fields` setting maps
+// to Salesforce fields. Salesforce requires LastName, and Company on a
+// Lead: an identify call without them sends "[not provided]", as is common
+// practice. Because the upsert cannot tell creating from updating in
+// advance, that placeholder also overwrites the field of an existing record
+// when a later identify call lacks it. A request never names one external
+// ID value twice (Salesforce refuses a duplicate external ID in one
+// request): a second identify call of the same value goes in a later
+// request, after the first.
 //
 // The upsert is idempotent by construction: a retried event updates the
-// record it created. Salesforce has no other idempotency key.
+// record it created. Salesforce has no other idempotency key. A batch also
+// spends one call of the org's daily API request limit where single
+// upserts spent one per event.
 //
 // The access token comes from <instance_url>/services/oauth2/token by the
 // client credentials flow or the username-password flow (auth_flow) and is
@@ -60,16 +68,20 @@
 //
 // # Outcomes
 //
-//   - 2xx is delivered (201 created; 200 or 204 updated), unless its body
-//     says "success": false, which is rejected with its errors.
-//   - 300 is rejected: several records share the external ID value.
-//   - 400 is rejected with each error's code, message and fields, and a
-//     hint for the common codes (REQUIRED_FIELD_MISSING, INVALID_FIELD,
-//     ...), except UNABLE_TO_LOCK_ROW, which passes and is retried.
+//   - 200 is resolved per record, from its result: success true is
+//     delivered; success false is rejected with each error's code, message
+//     and fields, and a hint for the common codes (REQUIRED_FIELD_MISSING,
+//     DUPLICATE_EXTERNAL_ID when several records share the value, ...),
+//     except UNABLE_TO_LOCK_ROW and ALL_OR_NONE_OPERATION_ROLLED_BACK,
+//     which pass and are retried. A 2xx that is not one result per record
+//     is retried.
+//   - 400 (the request is not well formed) rejects every event of the
+//     request with each error's code, message and fields and the hint,
+//     except UNABLE_TO_LOCK_ROW, which is retried.
 //   - 401 (INVALID_SESSION_ID) drops the cached token. If the token had
-//     worked before, it expired: the event is retried with a new one. If it
-//     never worked, the failure persists past a refresh and is rejected with
-//     the settings to check.
+//     worked before, it expired: the events are retried with a new one. If
+//     it never worked, the failure persists past a refresh and is rejected
+//     with the settings to check.
 //   - 403 REQUEST_LIMIT_EXCEEDED is retried (the limit counts the last 24
 //     hours); any other 403 is rejected as a permission to grant.
 //   - 404 is rejected: no such object or external ID field, or the
@@ -90,6 +102,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -101,6 +114,13 @@ import (
 
 // NotProvided is the value sent for a required field the event lacks.
 const NotProvided = "[not provided]"
+
+// MaxBatchRecords is the documented number of records of an sObject
+// Collections upsert.
+const MaxBatchRecords = 200
+
+// minVersion is the first API version with the sObject Collections upsert.
+const minVersion = 46
 
 // The values of the auth_flow setting.
 const (
@@ -122,7 +142,7 @@ var Integration = &destinations.Integration{
 			Name:        "api_version",
 			Type:        destinations.String,
 			Default:     "62.0",
-			Description: "The REST API version, such as 62.0.",
+			Description: "The REST API version, such as 62.0; 46.0 or later, which has the sObject Collections upsert.",
 		},
 		{
 			Name:        "auth_flow",
@@ -179,6 +199,7 @@ var Integration = &destinations.Integration{
 		},
 	},
 	EventTypes: []string{event.Identify},
+	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchRecords},
 	New:        New,
 }
 
@@ -230,6 +251,9 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	if !versionRE.MatchString(d.version) {
 		return nil, fmt.Errorf("api_version: expected a version such as 62.0, found %q", str("api_version"))
 	}
+	if major, _ := strconv.Atoi(strings.Split(d.version, ".")[0]); major < minVersion {
+		return nil, fmt.Errorf("api_version: expected %d.0 or later, the first with the sObject Collections upsert, found %q", minVersion, str("api_version"))
+	}
 	switch d.flow {
 	case ClientCredentials:
 	case Password:
@@ -268,9 +292,9 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	return d, nil
 }
 
-// record builds the Lead or Contact of an identify call, without the
-// external ID field.
-func (d *destination) record(m map[string]any) map[string]any {
+// record builds the Lead or Contact of an identify call, whose external
+// ID field holds value.
+func (d *destination) record(m map[string]any, value string) map[string]any {
 	rec := map[string]any{}
 	put := func(k, v string) {
 		if v != "" {
@@ -310,26 +334,27 @@ func (d *destination) record(m map[string]any) map[string]any {
 	if _, ok := rec["Company"]; !ok && d.object == "Lead" {
 		rec["Company"] = NotProvided
 	}
-	// Salesforce refuses the external ID field in the body; field names
-	// are case-insensitive.
+	// The external ID field holds the value the upsert matches on, under
+	// the setting's spelling alone: field names are case-insensitive.
 	for k := range rec {
 		if strings.EqualFold(k, d.extField) {
 			delete(rec, k)
 		}
 	}
+	rec[d.extField] = value
+	rec["attributes"] = map[string]string{"type": d.object}
 	return rec
 }
 
-// Transform builds one upsert per identify call, fetching an access token
-// first when none is cached.
+// Transform batches identify calls into upserts of at most MaxBatchRecords
+// records, fetching an access token first when none is cached.
 func (d *destination) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
 	var b plan.Builder
-	type upsert struct {
-		event int
-		url   string
-		body  []byte
-	}
-	var ups []upsert
+	// generations[g] holds the g-th identify call of each external ID
+	// value, so that no request names a value twice and a later call is
+	// written later.
+	var generations [][]plan.Item
+	seen := map[string]int{}
 	for i := range events {
 		if events[i].Type != event.Identify {
 			b.Unsupported(i, "Salesforce takes identify calls only, not "+events[i].Type)
@@ -349,39 +374,53 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 				from, d.extField, d.object))
 			continue
 		}
-		body, err := json.Marshal(d.record(m))
+		body, err := json.Marshal(d.record(m, value))
 		if err != nil {
 			b.Reject(i, "the record cannot be encoded: "+err.Error())
 			continue
 		}
-		ups = append(ups, upsert{
-			event: i,
-			url:   fmt.Sprintf("%s/services/data/v%s/sobjects/%s/%s/%s", d.base, d.version, d.object, d.extField, url.PathEscape(value)),
-			body:  body,
-		})
+		// Email matching is case-insensitive; a custom external ID
+		// field may be either, and putting two values that differ only
+		// in case in two requests is merely one request more.
+		key := strings.ToLower(value)
+		g := seen[key]
+		seen[key] = g + 1
+		if g == len(generations) {
+			generations = append(generations, nil)
+		}
+		generations[g] = append(generations[g], plan.Item{Event: i, Body: body})
 	}
-	if len(ups) == 0 {
+	if len(seen) == 0 {
 		return b.Plan, nil
 	}
 	token, rejected, err := d.accessToken(ctx)
 	if err != nil {
-		for _, u := range ups {
-			if rejected {
-				b.Reject(u.event, err.Error())
-			} else {
-				b.Retry(u.event, err.Error())
+		for _, gen := range generations {
+			for _, it := range gen {
+				if rejected {
+					b.Reject(it.Event, err.Error())
+				} else {
+					b.Retry(it.Event, err.Error())
+				}
 			}
 		}
 		return b.Plan, nil
 	}
-	for _, u := range ups {
-		b.Add(&destinations.Request{
-			Method: http.MethodPatch,
-			URL:    u.url,
-			Header: http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer " + token}},
-			Body:   u.body,
-			Events: []int{u.event},
-		})
+	endpoint := fmt.Sprintf("%s/services/data/v%s/composite/sobjects/%s/%s", d.base, d.version, d.object, d.extField)
+	const envelope = len(`{"allOrNone":false,"records":[]}`)
+	for _, gen := range generations {
+		for _, run := range plan.Batches(gen, MaxBatchRecords, 0, 1, envelope) {
+			records, idx := plan.JSONArray(run)
+			body := make([]byte, 0, len(records)+envelope)
+			body = append(append(append(body, `{"allOrNone":false,"records":`...), records...), '}')
+			b.Add(&destinations.Request{
+				Method: http.MethodPatch,
+				URL:    endpoint,
+				Header: http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer " + token}},
+				Body:   body,
+				Events: idx,
+			})
+		}
 	}
 	return b.Plan, nil
 }
@@ -467,7 +506,7 @@ func (d *destination) tokenHint(code string) string {
 }
 
 // apiError is one entry of the REST API's error body, or of the errors of
-// a save result, which name the code statusCode.
+// a record's result, which name the code statusCode.
 type apiError struct {
 	Message    string   `json:"message"`
 	ErrorCode  string   `json:"errorCode"`
@@ -475,20 +514,24 @@ type apiError struct {
 	Fields     []string `json:"fields"`
 }
 
-func (e apiError) String() string {
-	code := e.ErrorCode
-	if code == "" {
-		code = e.StatusCode
+// code is the error's code, under either name.
+func (e apiError) code() string {
+	if e.ErrorCode != "" {
+		return e.ErrorCode
 	}
-	s := code + ": " + e.Message
+	return e.StatusCode
+}
+
+func (e apiError) String() string {
+	s := e.code() + ": " + e.Message
 	if len(e.Fields) > 0 {
 		s += " (fields: " + strings.Join(e.Fields, ", ") + ")"
 	}
 	return s
 }
 
-// upsertAnswer is the body of a 2xx upsert answer; a 204 has none.
-type upsertAnswer struct {
+// saveResult is one record's result in a 200 upsert answer.
+type saveResult struct {
 	ID      string     `json:"id"`
 	Success *bool      `json:"success"`
 	Errors  []apiError `json:"errors"`
@@ -497,18 +540,78 @@ type upsertAnswer struct {
 // Classify reads an upsert's answer (see the package doc).
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	auth := req.Header.Get("Authorization")
-	if resp.StatusCode != http.StatusUnauthorized {
+	code := resp.StatusCode
+	if code != http.StatusUnauthorized {
 		d.tokens.Worked(auth)
 	}
+	n := len(req.Events)
+	if code >= 200 && code <= 299 {
+		return d.results(n, resp)
+	}
 	r := d.classify(auth, resp)
-	r.StatusCode = resp.StatusCode
-	out := make([]destinations.Result, len(req.Events))
-	for i := range out {
-		out[i] = r
+	r.StatusCode = code
+	return destinations.Fill(n, r)
+}
+
+// results resolves a 2xx answer to an upsert of n records per record.
+// Anything but one result per record is retried: the upsert is
+// idempotent, so a record written already is written again unchanged.
+func (d *destination) results(n int, resp *destinations.Response) []destinations.Result {
+	code := resp.StatusCode
+	var results []saveResult
+	err := json.Unmarshal(resp.Body, &results)
+	if err != nil || len(results) != n {
+		got := "a body that is not a list of results"
+		if err == nil {
+			got = fmt.Sprintf("%d results", len(results))
+		}
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+			Reason: fmt.Sprintf("Salesforce answered HTTP %d with %s for %d records: %s", code, got, n, destinations.Snippet(resp.Body, 200))})
+	}
+	out := make([]destinations.Result, n)
+	for j, res := range results {
+		out[j] = d.recordResult(res)
+		out[j].StatusCode = code
 	}
 	return out
 }
 
+// recordResult is the outcome of one record's result.
+func (d *destination) recordResult(res saveResult) destinations.Result {
+	switch {
+	case res.Success == nil:
+		return destinations.Result{Outcome: destinations.Retryable,
+			Reason: "Salesforce's result for the " + d.object + " says neither success nor failure"}
+	case *res.Success:
+		return destinations.Result{Outcome: destinations.Delivered}
+	}
+	detail := joinErrors(res.Errors, nil)
+	if detail == "" {
+		detail = "no details"
+	}
+	switch {
+	case hasCode(res.Errors, "UNABLE_TO_LOCK_ROW"):
+		return destinations.Result{Outcome: destinations.Retryable,
+			Reason: fmt.Sprintf("Salesforce could not lock the %s, which another update holds: %s", d.object, detail)}
+	case hasCode(res.Errors, "ALL_OR_NONE_OPERATION_ROLLED_BACK"):
+		return destinations.Result{Outcome: destinations.Retryable,
+			Reason: fmt.Sprintf("Salesforce rolled the %s back with the other records of its request: %s", d.object, detail)}
+	case hasCode(res.Errors, "DUPLICATE_EXTERNAL_ID"):
+		return destinations.Result{Outcome: destinations.Rejected,
+			Reason: fmt.Sprintf("Salesforce found several %ss with this %s and updated none (%s): merge the duplicates in Salesforce, or upsert on a unique external_id_field",
+				d.object, d.extField, detail)}
+	}
+	reason := fmt.Sprintf("Salesforce refused the %s: %s", d.object, detail)
+	if len(res.Errors) > 0 {
+		if hint := d.hint(res.Errors[0].code()); hint != "" {
+			reason += " (" + hint + ")"
+		}
+	}
+	return destinations.Result{Outcome: destinations.Rejected, Reason: reason}
+}
+
+// classify is the outcome of every event of a request Salesforce answered
+// with an error status.
 func (d *destination) classify(auth string, resp *destinations.Response) destinations.Result {
 	code := resp.StatusCode
 	errs, detail := parseErrors(resp.Body)
@@ -516,28 +619,14 @@ func (d *destination) classify(auth string, resp *destinations.Response) destina
 		return destinations.Result{Outcome: destinations.Rejected, Reason: fmt.Sprintf(format, args...)}
 	}
 	switch {
-	case code >= 200 && code <= 299:
-		var a upsertAnswer
-		if json.Unmarshal(resp.Body, &a) == nil && a.Success != nil && !*a.Success {
-			return rejected("Salesforce answered HTTP %d but did not save the %s: %s", code, d.object, joinErrors(a.Errors, resp.Body))
-		}
-		return destinations.Result{Outcome: destinations.Delivered}
-	case code == http.StatusMultipleChoices:
-		var matches []string
-		n := "several"
-		if json.Unmarshal(resp.Body, &matches) == nil && len(matches) > 1 {
-			n = fmt.Sprint(len(matches))
-		}
-		return rejected("Salesforce found %s %ss with this %s (HTTP 300) and updated none: merge the duplicates in Salesforce, or upsert on a unique external_id_field",
-			n, d.object, d.extField)
 	case code == http.StatusBadRequest:
 		if hasCode(errs, "UNABLE_TO_LOCK_ROW") {
 			return destinations.Result{Outcome: destinations.Retryable,
-				Reason: fmt.Sprintf("Salesforce could not lock the %s, which another update holds: %s", d.object, detail)}
+				Reason: fmt.Sprintf("Salesforce could not lock a %s, which another update holds: %s", d.object, detail)}
 		}
-		reason := fmt.Sprintf("Salesforce refused the %s: %s", d.object, detail)
+		reason := fmt.Sprintf("Salesforce refused the %s upsert: %s", d.object, detail)
 		if len(errs) > 0 {
-			if hint := d.hint(errs[0].ErrorCode); hint != "" {
+			if hint := d.hint(errs[0].code()); hint != "" {
 				reason += " (" + hint + ")"
 			}
 		}
@@ -555,7 +644,7 @@ func (d *destination) classify(auth string, resp *destinations.Response) destina
 		}
 		return rejected("Salesforce refused the integration user (HTTP 403 %s): give it the API Enabled permission, and Create and Edit on %s and its fields", detail, d.object)
 	case code == http.StatusNotFound:
-		return rejected("Salesforce has no %s field %s to upsert on, or the integration user cannot see it (HTTP 404 %s): check object and external_id_field (a custom External ID field ends in __c; an email ending in .inc also gives this)",
+		return rejected("Salesforce has no %s field %s to upsert on, or the integration user cannot see it (HTTP 404 %s): check object and external_id_field (a custom External ID field ends in __c)",
 			d.object, d.extField, detail)
 	}
 	r := destinations.ClassifyStatus(resp, resp.ReceivedAt)
@@ -568,7 +657,7 @@ func (d *destination) classify(auth string, resp *destinations.Response) destina
 // parseErrors reads the REST API's error body. detail describes it: the
 // errors, or the start of the body when it is not that list.
 func parseErrors(body []byte) (errs []apiError, detail string) {
-	if json.Unmarshal(body, &errs) == nil && len(errs) > 0 && errs[0].ErrorCode != "" {
+	if json.Unmarshal(body, &errs) == nil && len(errs) > 0 && errs[0].code() != "" {
 		return errs, joinErrors(errs, body)
 	}
 	if s := destinations.Snippet(body, 200); s != "" {
@@ -590,7 +679,7 @@ func joinErrors(errs []apiError, body []byte) string {
 
 func hasCode(errs []apiError, code string) bool {
 	for _, e := range errs {
-		if e.ErrorCode == code {
+		if e.code() == code {
 			return true
 		}
 	}

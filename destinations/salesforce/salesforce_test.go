@@ -3,6 +3,7 @@ package salesforce
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"strings"
@@ -68,11 +69,27 @@ func TestIdentify(t *testing.T) {
 		"plan":"pro","favorite_color":"green"}`)
 	// Without last name and company, the placeholders Salesforce needs.
 	second := identify(t, "m2", "u-2", `{"email":"grace@example.com","firstName":"Grace"}`)
-	got := b.Send(first, second)
-	destinationstest.CheckIgnoringStatus(t, got, delivered, delivered)
-	if got[0].StatusCode != 201 || got[1].StatusCode != 204 {
-		t.Errorf("statuses %d, %d; want 201 created, 204 updated", got[0].StatusCode, got[1].StatusCode)
-	}
+	// Ada again, in another case: a second request, after the first.
+	third := identify(t, "m3", "u-1", `{"email":"Ada@Example.com","plan":"max"}`)
+	ok := want{Outcome: destinations.Delivered, Status: 200}
+	destinationstest.Check(t, b.Send(first, second, third), ok, ok, ok)
+}
+
+// TestPartialFailure resolves a batch per record: created, refused,
+// locked (retried), and matching several records.
+func TestPartialFailure(t *testing.T) {
+	b := setup(t, "partial_failure", nil)
+	got := b.Send(ada(t),
+		identify(t, "m2", "u-2", `{"email":"grace@example.com","name":"Grace Hopper"}`),
+		identify(t, "m3", "u-3", `{"email":"alan@example.com","name":"Alan Turing"}`),
+		identify(t, "m4", "u-4", `{"email":"edsger@example.com","name":"Edsger Dijkstra"}`))
+	destinationstest.Check(t, got,
+		want{Outcome: destinations.Delivered, Status: 200},
+		want{Outcome: destinations.Rejected, Status: 200,
+			Reason: "Salesforce refused the Lead: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c] (fields: Region__c) (a field the Lead requires has no value"},
+		want{Outcome: destinations.Retryable, Status: 200, Reason: "Salesforce could not lock the Lead, which another update holds: UNABLE_TO_LOCK_ROW"},
+		want{Outcome: destinations.Rejected, Status: 200,
+			Reason: "Salesforce found several Leads with this Email and updated none (DUPLICATE_EXTERNAL_ID: Email: more than one record found for external id field"})
 }
 
 // TestContact upserts a Contact on a custom External ID field holding the
@@ -102,16 +119,11 @@ func TestTapes(t *testing.T) {
 		// A token refused as soon as it is issued: a refresh does not help.
 		{"unauthorized", nil, want{Outcome: destinations.Rejected,
 			Reason: "Salesforce refused an access token it had just issued (INVALID_SESSION_ID: Session expired or invalid): check that instance_url is the org's My Domain URL"}},
-		{"required_field_missing", nil, want{Outcome: destinations.Rejected,
-			Reason: "Salesforce refused the Lead: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c] (fields: Region__c) (a field the Lead requires has no value"}},
 		{"invalid_field", map[string]any{"fields": map[string]any{"plan": "Plan__c"}}, want{Outcome: destinations.Rejected,
-			Reason: "INVALID_FIELD: No such column 'Plan__c' on sobject of type Lead (a field in the fields setting does not exist on Lead"}},
-		{"unable_to_lock_row", nil, want{Outcome: destinations.Retryable, Reason: "Salesforce could not lock the Lead"}},
+			Reason: "Salesforce refused the Lead upsert: INVALID_FIELD: No such column 'Plan__c' on sobject of type Lead (a field in the fields setting does not exist on Lead"}},
 		{"request_limit", nil, want{Outcome: destinations.Retryable, Reason: "the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.)"}},
 		{"insufficient_access", nil, want{Outcome: destinations.Rejected,
 			Reason: "Salesforce refused the integration user (HTTP 403 INSUFFICIENT_ACCESS_OR_READONLY: insufficient access rights on object id): give it"}},
-		{"multiple_matches", nil, want{Outcome: destinations.Rejected,
-			Reason: "Salesforce found 2 Leads with this Email (HTTP 300) and updated none: merge the duplicates"}},
 		{"not_found", map[string]any{"external_id_field": "Fanout_Id__c", "external_id_value": "user_id"}, want{Outcome: destinations.Rejected,
 			Reason: "Salesforce has no Lead field Fanout_Id__c to upsert on, or the integration user cannot see it (HTTP 404 NOT_FOUND: Provided external ID field does not exist or is not accessible: Fanout_Id__c): check object and external_id_field"}},
 		{"server_error", nil, want{Outcome: destinations.Retryable, Reason: "HTTP 500 Internal Server Error: UNKNOWN_EXCEPTION: An unexpected error occurred."}},
@@ -182,6 +194,7 @@ func TestSettings(t *testing.T) {
 		{with("instance_url", "acme.my.salesforce.com"), `instance_url: expected the org's My Domain URL, such as https://acme.my.salesforce.com, found "acme.my.salesforce.com"`},
 		{with("instance_url", "https://acme.my.salesforce.com/services/data"), "instance_url: expected the org's My Domain URL"},
 		{with("api_version", "latest"), `api_version: expected a version such as 62.0, found "latest"`},
+		{with("api_version", "45.0"), `api_version: expected 46.0 or later, the first with the sObject Collections upsert, found "45.0"`},
 		{with("auth_flow", "jwt"), `auth_flow: expected client_credentials or password, found "jwt"`},
 		{with("auth_flow", "password", "username", "u@x"), "username, password: auth_flow password needs both"},
 		{with("object", "Account"), `object: expected Lead or Contact, found "Account"`},
@@ -205,33 +218,90 @@ func TestSettings(t *testing.T) {
 	}
 }
 
-// TestClassify covers answers no tape needs: a 2xx that says it failed,
-// and bodies that are not Salesforce's error list.
+// TestBatches checks that Transform cuts identify calls into requests of
+// at most MaxBatchRecords records, each event in one request.
+func TestBatches(t *testing.T) {
+	valid, err := Integration.Settings.Validate(map[string]any{
+		"instance_url": "https://acme.my.salesforce.com", "client_id": "id", "client_secret": "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := New(destinations.Config{Settings: valid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := dst.(*destination)
+	// A cached token: Transform makes no token request.
+	if _, err := d.tokens.Get(time.Time{}, func() (string, time.Time, error) { return "t", time.Time{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	var evs []event.Event
+	for i := range 2*MaxBatchRecords + 50 {
+		evs = append(evs, identify(t, fmt.Sprint("m", i), fmt.Sprint("u-", i), fmt.Sprintf(`{"email":"user%d@example.com"}`, i)))
+	}
+	p, err := d.Transform(context.Background(), evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int
+	seen := map[int]bool{}
+	for _, r := range p.Requests {
+		sizes = append(sizes, len(r.Events))
+		for _, i := range r.Events {
+			if seen[i] {
+				t.Errorf("event %d in two requests", i)
+			}
+			seen[i] = true
+		}
+	}
+	if fmt.Sprint(sizes) != fmt.Sprint([]int{MaxBatchRecords, MaxBatchRecords, 50}) || len(seen) != len(evs) {
+		t.Errorf("requests of %v events (%d in all), want [200 200 50]", sizes, len(seen))
+	}
+}
+
+// TestClassify covers answers no tape needs: results that do not match
+// the records, and bodies that are not Salesforce's.
 func TestClassify(t *testing.T) {
 	d := &destination{object: "Lead", extField: "Email"}
-	req := &destinations.Request{Events: []int{0}, Header: http.Header{"Authorization": {"Bearer t"}}}
+	req := &destinations.Request{Events: []int{0, 1}, Header: http.Header{"Authorization": {"Bearer t"}}}
 	cases := []struct {
 		code   int
 		body   string
-		want   destinations.Outcome
+		want   []destinations.Outcome
 		reason string
 	}{
-		{201, `{"id":"00Q","success":true,"errors":[],"created":true}`, destinations.Delivered, ""},
-		{200, `not json`, destinations.Delivered, ""},
-		{200, `{"id":"","success":false,"errors":[{"statusCode":"DUPLICATES_DETECTED","message":"Use one of these records?"}]}`,
-			destinations.Rejected, "Salesforce answered HTTP 200 but did not save the Lead: DUPLICATES_DETECTED: Use one of these records?"},
-		{300, `<html>`, destinations.Rejected, "Salesforce found several Leads with this Email"},
-		{400, `<html>bad</html>`, destinations.Rejected, "Salesforce refused the Lead: <html>bad</html>"},
-		{502, ``, destinations.Retryable, "HTTP 502 Bad Gateway"},
-		{401, `[{"errorCode":"INVALID_SESSION_ID","message":"Session expired or invalid"}]`, destinations.Retryable, "it expired"},
+		{200, `not json`, []destinations.Outcome{destinations.Retryable, destinations.Retryable},
+			"Salesforce answered HTTP 200 with a body that is not a list of results for 2 records: not json"},
+		{200, `[{"id":"00Q","success":true,"errors":[]}]`, []destinations.Outcome{destinations.Retryable, destinations.Retryable},
+			"Salesforce answered HTTP 200 with 1 results for 2 records"},
+		{200, `[{"id":"00Q","success":true,"errors":[]},{"id":"00Q2"}]`, []destinations.Outcome{destinations.Delivered, destinations.Retryable},
+			"says neither success nor failure"},
+		{200, `[{"success":false,"errors":[{"statusCode":"ALL_OR_NONE_OPERATION_ROLLED_BACK","message":"Record rolled back because not all records were valid and the request was using AllOrNone header","fields":[]}]},
+			{"success":false,"errors":[{"statusCode":"DUPLICATES_DETECTED","message":"Use one of these records?","fields":[]}]}]`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Rejected}, ""},
+		{400, `<html>bad</html>`, []destinations.Outcome{destinations.Rejected, destinations.Rejected}, "Salesforce refused the Lead upsert: <html>bad</html>"},
+		{400, `[{"errorCode":"UNABLE_TO_LOCK_ROW","message":"unable to obtain exclusive access to this record"}]`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable}, "Salesforce could not lock a Lead"},
+		{502, ``, []destinations.Outcome{destinations.Retryable, destinations.Retryable}, "HTTP 502 Bad Gateway"},
+		{401, `[{"errorCode":"INVALID_SESSION_ID","message":"Session expired or invalid"}]`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable}, "it expired"},
 	}
 	for _, c := range cases {
 		got := d.Classify(req, &destinations.Response{StatusCode: c.code, Body: []byte(c.body), ReceivedAt: now})
-		if len(got) != 1 {
+		if len(got) != len(c.want) {
 			t.Fatalf("%d results", len(got))
 		}
-		if g := got[0]; g.Outcome != c.want || !strings.Contains(g.Reason, c.reason) || g.StatusCode != c.code {
-			t.Errorf("%d %q: got %+v", c.code, c.body, g)
+		for i, g := range got {
+			if g.Outcome != c.want[i] || g.StatusCode != c.code || (g.Outcome != destinations.Delivered && !strings.Contains(g.Reason, c.reason)) {
+				t.Errorf("%d %q, event %d: got %+v", c.code, c.body, i, g)
+			}
 		}
+	}
+	got := d.Classify(req, &destinations.Response{StatusCode: 200, ReceivedAt: now,
+		Body: []byte(`[{"success":false,"errors":[{"statusCode":"ALL_OR_NONE_OPERATION_ROLLED_BACK","message":"rolled back","fields":[]}]},
+			{"success":false,"errors":[{"statusCode":"DUPLICATES_DETECTED","message":"Use one of these records?","fields":[]}]}]`)})
+	if got[0].Reason != "Salesforce rolled the Lead back with the other records of its request: ALL_OR_NONE_OPERATION_ROLLED_BACK: rolled back" ||
+		got[1].Reason != "Salesforce refused the Lead: DUPLICATES_DETECTED: Use one of these records? (a duplicate rule in Salesforce blocked the record)" {
+		t.Errorf("reasons %q, %q", got[0].Reason, got[1].Reason)
 	}
 }

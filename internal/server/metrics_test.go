@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -497,6 +498,20 @@ func TestQueueState(t *testing.T) {
 	})
 	if ov.PendingRetry != 10+1 {
 		t.Errorf("overview pending_retry = %d, want 11 (down's 10, throttled's 1)", ov.PendingRetry)
+	}
+	// flaky's six were received at t0 and delivered at t0+2.5s on the
+	// fake clock: every percentile is 2.5 s, within the stated error.
+	for _, p := range ov.Pairs {
+		if p.Pair != pair("web", "flaky") {
+			continue
+		}
+		l := p.Latency
+		for _, v := range []float64{l.P50, l.P95, l.P99} {
+			if l.Count != 6 || math.Abs(v-2500) > 2500*stats.HistogramError {
+				t.Errorf("web/flaky latency %+v, want 6 at 2500 ms within %v%%", l, 100*stats.HistogramError)
+				break
+			}
+		}
 	}
 	b.r.get(t, "/api/v1/queues", &queues)
 	for _, st := range queues {
