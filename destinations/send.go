@@ -443,6 +443,20 @@ func Fill(n int, r Result) []Result {
 	return out
 }
 
+// RetryUnresolved turns every Delivered result in out into r: for a batch
+// answer that reports errors without naming the events they concern (Braze,
+// HubSpot, Customer.io), so that an event the destination may not have taken
+// is sent again rather than counted delivered. Results already rejected keep
+// their reason. Integrations pass the event's messageId as the idempotency
+// key, which makes sending one again safe.
+func RetryUnresolved(out []Result, r Result) {
+	for i := range out {
+		if out[i].Outcome == Delivered {
+			out[i] = r
+		}
+	}
+}
+
 // ParseRateLimitReset reads the X-RateLimit-Reset header as a Unix time in
 // seconds (Braze's and Intercom's meaning; not the delay in seconds of the
 // IETF RateLimit-Reset draft) and returns how long from now until then. It

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -487,6 +488,17 @@ func TestFill(t *testing.T) {
 				t.Errorf("Fill(%d)[%d] = %+v, want %+v", n, i, got[i], r)
 			}
 		}
+	}
+}
+
+func TestRetryUnresolved(t *testing.T) {
+	ok := Result{Outcome: Delivered, StatusCode: 200}
+	bad := Result{Outcome: Rejected, StatusCode: 200, Reason: "invalid email"}
+	retry := Result{Outcome: Retryable, StatusCode: 200, Reason: "errors that name no event"}
+	out := []Result{ok, bad, ok}
+	RetryUnresolved(out, retry)
+	if want := []Result{retry, bad, retry}; !reflect.DeepEqual(out, want) {
+		t.Fatalf("RetryUnresolved: %+v, want %+v", out, want)
 	}
 }
 

@@ -528,12 +528,8 @@ func minorErrors(req *destinations.Request, resp *destinations.Response, errs []
 	if len(unplaced) > 0 {
 		// An error that names no object may concern any event not already
 		// rejected: their fate is unknown.
-		reason := "Braze answered success with errors that name no object: " + strings.Join(unplaced, "; ")
-		for j := range out {
-			if out[j].Outcome == destinations.Delivered {
-				out[j] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Reason: reason}
-			}
-		}
+		destinations.RetryUnresolved(out, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+			Reason: "Braze answered success with errors that name no object: " + strings.Join(unplaced, "; ")})
 	}
 	return out
 }

@@ -541,12 +541,8 @@ func accepted(n int, resp *destinations.Response) []destinations.Result {
 	if len(unplaced) > 0 {
 		// The operations not named may or may not have been taken: the
 		// event ids make sending them again safe.
-		for j := range out {
-			if out[j].Outcome == destinations.Delivered {
-				out[j] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-					Reason: "Customer.io reported errors that name no operation: " + strings.Join(unplaced, "; ")}
-			}
-		}
+		destinations.RetryUnresolved(out, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+			Reason: "Customer.io reported errors that name no operation: " + strings.Join(unplaced, "; ")})
 	}
 	return out
 }

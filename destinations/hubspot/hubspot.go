@@ -557,12 +557,8 @@ func (d *destination) batch(req *destinations.Request, resp *destinations.Respon
 	if len(unplaced) > 0 {
 		// An error that names no input may concern any contact not
 		// already resolved: an upsert is idempotent, so send them again.
-		for j := range out {
-			if out[j].Outcome == destinations.Delivered {
-				out[j] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-					Reason: "HubSpot reported errors that name no contact: " + strings.Join(unplaced, "; ")}
-			}
-		}
+		destinations.RetryUnresolved(out, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
+			Reason: "HubSpot reported errors that name no contact: " + strings.Join(unplaced, "; ")})
 	}
 	return out
 }
