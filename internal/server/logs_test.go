@@ -175,14 +175,8 @@ destinations:%s%s%s
 			if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			// vault's archive directory is a file: archiving its jobs
-			// fails, and the engine logs the error.
-			if err := os.MkdirAll(filepath.Join(data, "archive", "web"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(data, "archive", "web", "vault"), nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			// Archiving vault's jobs fails, and the engine logs the error.
+			blockArchive(t, data, "web", "vault")
 
 			clk := clock.NewFake(time.Now().UTC())
 			r := startWith(t, p, clk, slog.New(format.handler(logs)))

@@ -798,13 +798,7 @@ destinations:
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The queue's archive directory is a file: every archive write fails.
-	if err := os.MkdirAll(filepath.Join(data, "archive", "web"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(data, "archive", "web", "vault"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	blockArchive(t, data, "web", "vault")
 	logs := &syncBuffer{}
 	clk := clock.NewFake(time.Now().UTC())
 	r := startWith(t, p, clk, slog.New(slog.NewJSONHandler(logs, nil)))
@@ -867,4 +861,16 @@ func archiveErrors(t *testing.T, log string) int {
 		}
 	}
 	return n
+}
+
+// blockArchive makes the archive directory of source's queue to destination
+// a file, so that every archive write of that queue fails.
+func blockArchive(t *testing.T, dataDir, source, destination string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dataDir, "archive", source), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, "archive", source, destination), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
