@@ -194,6 +194,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		dq := d.queue(q.Source)
 		dq.diskMore = true
 		dq.retryNext = now // unknown until the store is asked
+		// Into the ring, or nothing would read the queue before a new
+		// event for it arrives. The schedulers have not started yet.
+		d.consider(dq, now)
 	}
 	var wg sync.WaitGroup
 	for _, d := range e.dests {
@@ -427,9 +430,12 @@ func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.T
 			}
 			return d.circuit.probeAt.Sub(now)
 		}
-		if d.limiter != nil && !d.limiter.AllowN(now, 1) {
-			need := 1 - d.limiter.TokensAt(now)
-			return max(time.Millisecond, time.Duration(need/float64(d.limiter.Limit())*float64(time.Second)))
+		// The token is looked at here and taken below, once a job is in
+		// hand: a queue that turns out to be empty must not spend it.
+		if d.limiter != nil {
+			if tokens := d.limiter.TokensAt(now); tokens < 1 {
+				return max(time.Millisecond, time.Duration((1-tokens)/float64(d.limiter.Limit())*float64(time.Second)))
+			}
 		}
 		q := d.ring.pop()
 		q.inRing = false
@@ -447,6 +453,9 @@ func (d *dest) dispatch(ctx context.Context, workers *sync.WaitGroup, now time.T
 		if len(jobs) == 0 {
 			d.consider(q, now)
 			continue
+		}
+		if d.limiter != nil {
+			d.limiter.AllowN(now, 1) // there is a token: TokensAt said so
 		}
 		d.inflight++
 		q.inflight++

@@ -125,10 +125,14 @@ type targetSpec struct {
 
 func setup(t *testing.T, specs ...targetSpec) *bundle {
 	t.Helper()
+	return setupIn(t, t.TempDir(), clock.NewFake(start), specs...)
+}
+
+// setupIn is setup on a data directory that may already hold jobs.
+func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bundle {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	t.Cleanup(srv.Close)
-	dir := t.TempDir()
-	clk := clock.NewFake(start)
 	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -389,6 +393,46 @@ func TestAIMD(t *testing.T) {
 	}
 	if diff := q.Limit - limit; diff > 1e-9 || diff < -1e-9 {
 		t.Fatalf("limit %v, want %v", q.Limit, limit)
+	}
+}
+
+// Jobs in the store when the engine starts, pending or waiting for a
+// retry, are delivered without a new event for their queue.
+func TestDeliversWhatTheStoreHoldsAtStart(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(start)
+	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []jobstore.Entry
+	for i := range 6 {
+		id := fmt.Sprintf("web-%d", i)
+		entries = append(entries, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
+			ReceivedAt: start, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
+	}
+	if _, err := store.Append(context.Background(), entries); err != nil {
+		t.Fatal(err)
+	}
+	// Half of them wait in the retry set, due now.
+	jobs, err := store.Pending(context.Background(), jobstore.Queue{Source: "web", Destination: "hook"}, 0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u jobstore.Update
+	for _, j := range jobs {
+		u.Reschedule = append(u.Reschedule, jobstore.Reschedule{Job: j, DueAt: start, Attempts: 1, LastError: "HTTP 503"})
+	}
+	if err := store.Apply(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := setupIn(t, dir, clk, targetSpec{name: "hook"})
+	rs := b.await(t, 6)
+	if n := count(rs, "web", delivery.EndDelivered); n != 6 {
+		t.Fatalf("%d of the 6 stored jobs delivered", n)
 	}
 }
 

@@ -40,7 +40,30 @@ type Options struct {
 	// NoVisibility leaves the stats, the debugger and the metrics unfed, so
 	// that `fanout bench throughput --visibility both` can measure their cost.
 	NoVisibility bool
+
+	// ReadHeaderTimeout bounds how long a client of the tracking and admin
+	// APIs may take to send a request's headers, so that one sending them a
+	// byte at a time (slowloris) cannot hold a connection. Default 5s.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, body included. Default 30s.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds handling a request and writing its response,
+	// counted from the end of its headers. Default 30s.
+	WriteTimeout time.Duration
+	// IdleTimeout is how long a keep-alive connection may wait for its next
+	// request. Default 2m.
+	//
+	// None of the four can be negative: zero means the default.
+	IdleTimeout time.Duration
 }
+
+// Defaults of the Options timeouts, used where a field is zero.
+const (
+	DefaultReadHeaderTimeout = 5 * time.Second
+	DefaultReadTimeout       = 30 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+	DefaultIdleTimeout       = 2 * time.Minute
+)
 
 // Server is one running fanout.
 type Server struct {
@@ -63,6 +86,24 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Clock == nil {
 		opts.Clock = clock.Real{}
+	}
+	for _, d := range []struct {
+		name  string
+		field *time.Duration
+		def   time.Duration
+	}{
+		{"ReadHeaderTimeout", &opts.ReadHeaderTimeout, DefaultReadHeaderTimeout},
+		{"ReadTimeout", &opts.ReadTimeout, DefaultReadTimeout},
+		{"WriteTimeout", &opts.WriteTimeout, DefaultWriteTimeout},
+		{"IdleTimeout", &opts.IdleTimeout, DefaultIdleTimeout},
+	} {
+		// net/http takes a negative timeout for none at all.
+		if *d.field < 0 {
+			return nil, fmt.Errorf("%s cannot be negative, got %s", d.name, *d.field)
+		}
+		if *d.field == 0 {
+			*d.field = d.def
+		}
 	}
 	cfg := opts.Config
 	s := &Server{opts: opts}
@@ -131,6 +172,7 @@ func New(opts Options) (*Server, error) {
 	mo := admin.MetricsOptions{
 		Destinations: destNames, Sources: srcNames,
 		State: func(ctx context.Context) []delivery.DestinationState { return s.engine.State(ctx) },
+		Now:   opts.Clock.Now,
 	}
 	if !opts.NoVisibility {
 		// The stats count the depth only when they are fed.
@@ -196,12 +238,12 @@ func New(opts Options) (*Server, error) {
 		Now:     opts.Clock.Now,
 		Logger:  opts.Logger,
 	})
-	s.track = newHTTPServer(tracking, opts.Logger)
+	s.track = newHTTPServer(tracking, opts)
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
 		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
 		Replay: s.replay,
-	}), opts.Logger)
+	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		s.closeStores()
@@ -217,15 +259,15 @@ func New(opts Options) (*Server, error) {
 
 // newHTTPServer sets every timeout, so that a client sending its headers a
 // byte at a time cannot hold a connection forever.
-func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+func newHTTPServer(h http.Handler, opts Options) *http.Server {
 	return &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		ReadTimeout:       opts.ReadTimeout,
+		WriteTimeout:      opts.WriteTimeout,
+		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 	}
 }
 

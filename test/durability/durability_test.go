@@ -40,6 +40,9 @@ const (
 	latency = 5 * time.Millisecond
 	// deliverTimeout bounds the wait for every acknowledged event.
 	deliverTimeout = 120 * time.Second
+	// inFlightTimeout bounds the wait, before a kill, for the receiver to
+	// hold a delivery.
+	inFlightTimeout = 10 * time.Second
 )
 
 // batch is one /v1/batch request.
@@ -182,7 +185,8 @@ func TestKillDuringDelivery(t *testing.T) {
 	cfg := fanouttest.Config{WriteKey: writeKey, WebhookURL: recv.URL, DataDir: t.TempDir()}
 	srv := fanouttest.Start(t, bin, cfg)
 
-	var all []string // every messageId acknowledged, over all rounds
+	var all []string   // every messageId acknowledged, over all rounds
+	killsInFlight := 0 // kills with deliveries in flight
 	for round := 1; round <= rounds; round++ {
 		batches := makeBatches(t, round)
 		var roundIDs []string
@@ -209,8 +213,19 @@ func TestKillDuringDelivery(t *testing.T) {
 			t.Fatalf("round %d: sending ended before %d events were acknowledged (%d were): %v",
 				round, killAt, before.acked.Load(), res.err)
 		}
-		inFlight, receivedAtKill := recv.InFlight(), len(roundIDs)-len(recv.Missing(roundIDs))
+		// Kill while the receiver holds deliveries. It holds each for
+		// `latency`, far longer than the signal takes after the look, so
+		// those seen are still unanswered when the process dies.
+		receivedAtKill := len(roundIDs) - len(recv.Missing(roundIDs))
+		var inFlight int64
+		fanouttest.Eventually(t.Context(), inFlightTimeout, func() bool {
+			inFlight = recv.InFlight()
+			return inFlight > 0
+		})
 		srv.Kill()
+		if inFlight > 0 {
+			killsInFlight++
+		}
 		res = <-done
 		ackedBefore := before.ids()
 		t.Logf("round %d: SIGKILL after %d events acknowledged, %d received by the destination, %d deliveries in flight; %d events unacknowledged (first error: %v)",
@@ -244,6 +259,12 @@ func TestKillDuringDelivery(t *testing.T) {
 			t.Fatalf("round %d: %d acknowledged events lost (not received %v after the restart), %d of them acknowledged before the kill; first: %v",
 				round, len(lost), deliverTimeout, len(lostBefore), first(lost, 10))
 		}
+	}
+
+	// Otherwise the kills tested only acknowledged events not yet sent,
+	// not the deliveries a crash interrupts.
+	if killsInFlight == 0 {
+		t.Errorf("none of the %d kills happened with deliveries in flight", rounds)
 	}
 
 	// A clean stop must wait for in-flight deliveries; after it, the
