@@ -120,7 +120,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("jobstore/pebble: %w", err)
 	}
 	log := opts.Logger.With("component", "jobstore")
-	db, err := pebbledb.Open(dir, pebbleOptions(log, opts.fs))
+	db, err := pebbledb.Open(dir, pebbleOptions(opts.Logger.With("component", "jobstore.pebble"), opts.fs))
 	if err != nil {
 		return nil, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err)
 	}
@@ -164,7 +164,7 @@ func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 	o := &pebbledb.Options{
 		FS:                 fs, // nil: the OS filesystem
 		FormatMajorVersion: pebbledb.FormatNewest,
-		Logger:             pebbleLogger{log.With("component", "pebble")},
+		Logger:             pebbleLogger{log},
 		// A large memtable lets a job be appended, delivered and deleted
 		// while it is still in memory: the flush then drops its record,
 		// which the newer deletion shadows, and writes only the small
