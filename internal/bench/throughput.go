@@ -88,9 +88,11 @@ func runThroughput(ctx context.Context, e *env) (any, error) {
 	case "off":
 		modes = []string{"off"}
 	case "both":
-		// Alternated, twice each, so that a shift in the machine's load
-		// during the run weighs on both modes alike.
-		modes = []string{"off", "on", "off", "on"}
+		// Twice each, in the order off, on, on, off: a shift in the
+		// machine's speed that grows steadily through the run (load from
+		// elsewhere, a disk slowing as it fills) then weighs on both modes
+		// alike, where off, on, off, on would charge it to "on".
+		modes = []string{"off", "on", "on", "off"}
 	}
 	sum := map[string]*[2]float64{"on": {}, "off": {}}
 	for i, mode := range modes {
