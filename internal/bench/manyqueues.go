@@ -2,20 +2,24 @@ package bench
 
 import (
 	"context"
-
 	"fmt"
-	"github.com/fanout/fanout/internal/sink"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/fanout/fanout/internal/sink"
 )
 
 // ManyQueuesResult holds the many-queues scenario's figures.
 type ManyQueuesResult struct {
 	Scenario string `json:"scenario"`
-	// BaselineCPUUs is CPU per delivered event with one queue.
-	BaselineCPUUs float64         `json:"baseline_cpu_per_event_us"`
-	Runs          []ManyQueuesRun `json:"runs"`
+	// BaselineCPUUs is CPU per delivered event with one queue: the mean of
+	// BaselineFirstUs and BaselineLastUs, measured before and after the
+	// other sizes.
+	BaselineCPUUs   float64         `json:"baseline_cpu_per_event_us"`
+	BaselineFirstUs float64         `json:"baseline_first_cpu_per_event_us"`
+	BaselineLastUs  float64         `json:"baseline_last_cpu_per_event_us"`
+	Runs            []ManyQueuesRun `json:"runs"`
 }
 
 // ManyQueuesRun is one size of the scenario.
@@ -34,20 +38,32 @@ func runManyQueues(ctx context.Context, e *env) (any, error) {
 		return nil, err
 	}
 	res := ManyQueuesResult{Scenario: "many-queues"}
-	base, err := manyQueuesRun(ctx, e, sinkAddr, 1, 1, 100_000)
+	// The baseline runs first and last, and the sizes are compared with the
+	// mean of the two: on a shared machine whose speed drifts during the
+	// run, a baseline taken only at the start charges the drift to the
+	// sizes measured after it.
+	first, err := manyQueuesRun(ctx, e, sinkAddr, "first", 1, 1, 100_000)
 	if err != nil {
 		return nil, err
 	}
-	res.BaselineCPUUs = base.CPUUs
 	for _, size := range []struct{ sources, perSource int }{{100, 5}, {1000, 2}} {
-		r, err := manyQueuesRun(ctx, e, sinkAddr, size.sources, 100, size.perSource)
+		r, err := manyQueuesRun(ctx, e, sinkAddr, "", size.sources, 100, size.perSource)
 		if err != nil {
 			return nil, err
 		}
-		r.VsBase = r.CPUUs / base.CPUUs
 		res.Runs = append(res.Runs, r)
 	}
-	rows := [][2]string{{"1 queue (baseline)", fmt.Sprintf("%.1f µs CPU per delivered event (%d events, %.1f s)", base.CPUUs, base.Delivered, base.Seconds)}}
+	last, err := manyQueuesRun(ctx, e, sinkAddr, "last", 1, 1, 100_000)
+	if err != nil {
+		return nil, err
+	}
+	res.BaselineFirstUs, res.BaselineLastUs = first.CPUUs, last.CPUUs
+	res.BaselineCPUUs = (first.CPUUs + last.CPUUs) / 2
+	for i := range res.Runs {
+		res.Runs[i].VsBase = res.Runs[i].CPUUs / res.BaselineCPUUs
+	}
+	rows := [][2]string{{"1 queue (baseline)", fmt.Sprintf("%.1f µs CPU per delivered event (%.1f before the others, %.1f after; %d events each)",
+		res.BaselineCPUUs, first.CPUUs, last.CPUUs, first.Delivered)}}
 	for _, r := range res.Runs {
 		rows = append(rows, [2]string{fmt.Sprintf("%d queues", r.Pairs),
 			fmt.Sprintf("%.1f µs CPU per delivered event = %.2f x baseline (%d events, %.1f s, peak RSS %s)", r.CPUUs, r.VsBase, r.Delivered, r.Seconds, mb(r.PeakRSS))})
@@ -58,8 +74,9 @@ func runManyQueues(ctx context.Context, e *env) (any, error) {
 
 // manyQueuesRun starts a server with sources x dests pairs, sends perSource
 // events from every source, and measures the server's CPU until all are
-// delivered.
-func manyQueuesRun(ctx context.Context, e *env, sinkAddr string, sources, dests, perSource int) (ManyQueuesRun, error) {
+// delivered. tag tells apart runs of the same size: their servers, data
+// dirs and messageIds.
+func manyQueuesRun(ctx context.Context, e *env, sinkAddr, tag string, sources, dests, perSource int) (ManyQueuesRun, error) {
 	var cfg strings.Builder
 	cfg.WriteString("listen: {{listen}}\nadmin_listen: {{admin}}\ndata_dir: {{data}}\nnetwork:\n  allow_private: true\nsources:\n")
 	names := make([]string, sources)
@@ -80,7 +97,7 @@ func manyQueuesRun(ctx context.Context, e *env, sinkAddr string, sources, dests,
 		return ManyQueuesRun{}, err
 	}
 	pairs := sources * dests
-	srv, err := e.startServer(fmt.Sprintf("fanout-%d", pairs), cfg.String(), "")
+	srv, err := e.startServer(fmt.Sprintf("fanout-%d%s", pairs, tag), cfg.String(), "")
 	if err != nil {
 		return ManyQueuesRun{}, err
 	}
@@ -99,7 +116,7 @@ func manyQueuesRun(ctx context.Context, e *env, sinkAddr string, sources, dests,
 			defer wg.Done()
 			for i := range work {
 				batch := min(perSource, 100)
-				l := load{t: newTracker(srv.track, fmt.Sprintf("wk_s%d", i)), source: names[i], batch: batch, workers: 1, prefix: fmt.Sprintf("m%d-%d", pairs, i)}
+				l := load{t: newTracker(srv.track, fmt.Sprintf("wk_s%d", i)), source: names[i], batch: batch, workers: 1, prefix: fmt.Sprintf("m%d%s-%d", pairs, tag, i)}
 				r := l.run(ctx, int64(perSource))
 				mu.Lock()
 				acked += r.acked
