@@ -6,7 +6,7 @@
 #   make test   installs what the tests need when it is missing (the Node
 #               packages of test/compat and test/ui; Debian's chromium for the
 #               UI's browser test, with apt-get, as root or through sudo),
-#               then runs go vet and go test -race over every package.
+#               then checks gofmt and runs go vet and go test -race over every package.
 #   make ui     rebuilds the web UI (web/) into internal/admin/ui/dist, which
 #               is committed and embedded: run it after changing web/.
 #   make fmt-check  lists the tracked Go files gofmt would change.
@@ -29,7 +29,7 @@ run: build
 	trap 'exit 130' INT TERM; \
 	$(BIN) serve --config fanout.example.yaml
 
-test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules /usr/bin/chromium vet go-test
+test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules /usr/bin/chromium fmt-check vet go-test
 
 /usr/bin/chromium:
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
