@@ -51,6 +51,15 @@ func TestSampling(t *testing.T) {
 	if evs := d.Events("web"); evs[200].MessageID != "d-800" {
 		t.Fatalf("first kept of d is %q, want d-800 (the most recent 200)", evs[200].MessageID)
 	}
+	// Two more seconds take 400 more: the ring keeps the last Size, the
+	// oldest dropped first.
+	send(at.Add(2*time.Second), SampleRate, "e")
+	send(at.Add(3*time.Second), SampleRate, "f")
+	evs := d.Events("web")
+	if len(evs) != Size || evs[0].MessageID != "d-900" || evs[len(evs)-1].MessageID != "f-199" {
+		t.Fatalf("after 800 events: %d kept, from %q to %q; want %d, from d-900 to f-199",
+			len(evs), evs[0].MessageID, evs[len(evs)-1].MessageID, Size)
+	}
 }
 
 // An attempt can end before the tracking API reports its event (delivery
