@@ -167,10 +167,9 @@ type upsertInput struct {
 // event occurrence request per mapped track call.
 func (d *destination) Transform(_ context.Context, events []event.Event) (destinations.Plan, error) {
 	var b plan.Builder
-	// generations[g] holds the g-th identify of each email, so that no
-	// batch names an email twice and a later identify is written later.
-	var generations [][]plan.Item
-	seen := map[string]int{}
+	// Round n holds the n-th identify of each email, so that no batch
+	// names an email twice and a later identify is written later.
+	var rounds plan.Rounds
 	for i := range events {
 		m, err := events[i].Fields()
 		if err != nil {
@@ -189,12 +188,7 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 				b.Reject(i, "the contact cannot be encoded: "+err.Error())
 				continue
 			}
-			g := seen[in.ID]
-			seen[in.ID] = g + 1
-			if g == len(generations) {
-				generations = append(generations, nil)
-			}
-			generations[g] = append(generations[g], plan.Item{Event: i, Body: body})
+			rounds.Add(in.ID, plan.Item{Event: i, Body: body})
 		case event.Track:
 			req, reason, unsupported := d.occurrence(events[i].MessageID, m)
 			switch {
@@ -211,8 +205,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 		}
 	}
 	const envelope = len(`{"inputs":[]}`)
-	for _, gen := range generations {
-		for _, run := range plan.Batches(gen, MaxBatchInputs, 0, 1, envelope) {
+	for _, round := range rounds.Of {
+		for _, run := range plan.Batches(round, MaxBatchInputs, 0, 1, envelope) {
 			inputs, idx := plan.JSONArray(run)
 			body := make([]byte, 0, len(inputs)+envelope)
 			body = append(append(append(body, `{"inputs":`...), inputs...), '}')

@@ -48,6 +48,31 @@ type Item struct {
 	Body []byte
 }
 
+// Rounds sorts items so that no two items of one round share a key: the
+// n-th item added under a key goes in round n. It is for APIs that refuse
+// one record twice in a request (HubSpot's batch upsert by email,
+// Salesforce's upsert by external ID); sending the rounds in order, each
+// cut by Batches, also writes a record's later updates later. The zero
+// value is empty and ready to use.
+type Rounds struct {
+	// Of holds the rounds, first to last.
+	Of   [][]Item
+	seen map[string]int
+}
+
+// Add puts it in the first round that holds no item under key.
+func (r *Rounds) Add(key string, it Item) {
+	if r.seen == nil {
+		r.seen = map[string]int{}
+	}
+	n := r.seen[key]
+	r.seen[key] = n + 1
+	if n == len(r.Of) {
+		r.Of = append(r.Of, nil)
+	}
+	r.Of[n] = append(r.Of[n], it)
+}
+
 // Batches cuts items into runs of at most maxItems items whose bodies,
 // plus overhead bytes per item (separators) and envelope bytes per run,
 // sum to at most maxBytes. 0 means no bound. An item too big on its own

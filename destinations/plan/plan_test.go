@@ -70,3 +70,21 @@ func TestBuilder(t *testing.T) {
 		t.Errorf("%d requests", len(b.Plan.Requests))
 	}
 }
+
+func TestRounds(t *testing.T) {
+	var r Rounds
+	for i, key := range []string{"a", "b", "a", "c", "a", "b"} {
+		r.Add(key, Item{Event: i})
+	}
+	var got [][]int
+	for _, round := range r.Of {
+		var evs []int
+		for _, it := range round {
+			evs = append(evs, it.Event)
+		}
+		got = append(got, evs)
+	}
+	if want := [][]int{{0, 1, 3}, {2, 5}, {4}}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("rounds %v, want %v", got, want)
+	}
+}

@@ -350,11 +350,10 @@ func (d *destination) record(m map[string]any, value string) map[string]any {
 // records, fetching an access token first when none is cached.
 func (d *destination) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
 	var b plan.Builder
-	// generations[g] holds the g-th identify call of each external ID
-	// value, so that no request names a value twice and a later call is
-	// written later.
-	var generations [][]plan.Item
-	seen := map[string]int{}
+	// Round n holds the n-th identify call of each external ID value, so
+	// that no request names a value twice and a later call is written
+	// later.
+	var rounds plan.Rounds
 	for i := range events {
 		if events[i].Type != event.Identify {
 			b.Unsupported(i, "Salesforce takes identify calls only, not "+events[i].Type)
@@ -382,21 +381,15 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 		// Email matching is case-insensitive; a custom external ID
 		// field may be either, and putting two values that differ only
 		// in case in two requests is merely one request more.
-		key := strings.ToLower(value)
-		g := seen[key]
-		seen[key] = g + 1
-		if g == len(generations) {
-			generations = append(generations, nil)
-		}
-		generations[g] = append(generations[g], plan.Item{Event: i, Body: body})
+		rounds.Add(strings.ToLower(value), plan.Item{Event: i, Body: body})
 	}
-	if len(seen) == 0 {
+	if len(rounds.Of) == 0 {
 		return b.Plan, nil
 	}
 	token, rejected, err := d.accessToken(ctx)
 	if err != nil {
-		for _, gen := range generations {
-			for _, it := range gen {
+		for _, round := range rounds.Of {
+			for _, it := range round {
 				if rejected {
 					b.Reject(it.Event, err.Error())
 				} else {
@@ -408,8 +401,8 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 	}
 	endpoint := fmt.Sprintf("%s/services/data/v%s/composite/sobjects/%s/%s", d.base, d.version, d.object, d.extField)
 	const envelope = len(`{"allOrNone":false,"records":[]}`)
-	for _, gen := range generations {
-		for _, run := range plan.Batches(gen, MaxBatchRecords, 0, 1, envelope) {
+	for _, round := range rounds.Of {
+		for _, run := range plan.Batches(round, MaxBatchRecords, 0, 1, envelope) {
 			records, idx := plan.JSONArray(run)
 			body := make([]byte, 0, len(records)+envelope)
 			body = append(append(append(body, `{"allOrNone":false,"records":`...), records...), '}')
