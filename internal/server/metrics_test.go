@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/clock"
-	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/server"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -604,20 +602,7 @@ func reasons(m map[string]int64) string {
 // startWith is start with the clock and logger chosen by the test.
 func startWith(t *testing.T, cfgPath string, clk clock.Clock, log *slog.Logger) *running {
 	t.Helper()
-	reg := testRegistry()
-	cfg, err := config.Load(cfgPath, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := server.New(server.Options{Config: cfg, Registry: reg, Logger: log, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1), token: cfg.AdminToken}
-	go func() { r.done <- srv.Run(ctx) }()
-	t.Cleanup(r.stop)
-	return r
+	return run(t, cfgPath, testRegistry(), server.Options{Logger: log, Clock: clk})
 }
 
 // waitFor polls cond, which returns what is still wrong or "", until it
@@ -655,14 +640,7 @@ func metric(name string, labels ...string) string {
 // by metric; a histogram gives name_count and name_sum, a summary too.
 func scrape(t *testing.T, r *running) map[string]float64 {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+r.srv.AdminAddr()+"/metrics", nil)
-	if r.token != "" {
-		req.Header.Set("Authorization", "Bearer "+r.token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := r.fetch(t, "/metrics")
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("GET /metrics: %s", resp.Status)

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations/registry"
-	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/server"
 )
 
@@ -57,27 +55,15 @@ destinations:
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	reg := registry.All()
-	cfg, err := config.Load(path, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Config, opts.Registry = cfg, reg
 	opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := server.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
+	r := run(t, path, registry.All(), opts)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
+		r.stop()
+		if r.err != nil {
+			t.Errorf("Run: %v", r.err)
 		}
 	})
-	return &timeoutBundle{srv: srv}
+	return &timeoutBundle{srv: r.srv}
 }
 
 // slowloris opens a connection to addr and sends a request's headers a

@@ -131,21 +131,33 @@ type running struct {
 	srv    *server.Server
 	cancel context.CancelFunc
 	done   chan error
-	token  string
+	// err is what Run returned, once stop has returned.
+	err error
+	// token is the config's admin_token, sent with every admin request.
+	token string
 }
 
-func start(t *testing.T, cfgPath, token string) *running {
+// start runs the server of cfgPath on the test registry, logging nowhere.
+func start(t *testing.T, cfgPath string) *running {
 	t.Helper()
-	cfg, err := config.Load(cfgPath, testRegistry())
+	return run(t, cfgPath, testRegistry(), server.Options{Logger: quietLogger()})
+}
+
+// run loads cfgPath with reg and runs a server with opts (its Config and
+// Registry set from those) until stop, or the end of the test.
+func run(t *testing.T, cfgPath string, reg destinations.Registry, opts server.Options) *running {
+	t.Helper()
+	cfg, err := config.Load(cfgPath, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Options{Config: cfg, Registry: testRegistry(), Logger: quietLogger()})
+	opts.Config, opts.Registry = cfg, reg
+	srv, err := server.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1), token: token}
+	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1), token: cfg.AdminToken}
 	go func() { r.done <- srv.Run(ctx) }()
 	t.Cleanup(r.stop)
 	return r
@@ -156,7 +168,7 @@ func (r *running) stop() {
 		return
 	}
 	r.cancel()
-	<-r.done
+	r.err = <-r.done
 	r.cancel = nil
 }
 
@@ -174,7 +186,8 @@ func (r *running) send(t *testing.T, key, body string) int {
 	return resp.StatusCode
 }
 
-func (r *running) get(t *testing.T, path string, v any) int {
+// fetch GETs an admin path with the token; the caller closes the body.
+func (r *running) fetch(t *testing.T, path string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+r.srv.AdminAddr()+path, nil)
 	if r.token != "" {
@@ -184,6 +197,12 @@ func (r *running) get(t *testing.T, path string, v any) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return resp
+}
+
+func (r *running) get(t *testing.T, path string, v any) int {
+	t.Helper()
+	resp := r.fetch(t, path)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, secret := range []string{writeKey, appWriteKey, apiKey, bearer, signing} {
@@ -219,7 +238,7 @@ func setup(t *testing.T, token string) (*running, string) {
 	t.Cleanup(dead.Close)
 	dir := t.TempDir()
 	p := writeConfig(t, dir, token, sink.URL+"/hook", ok.URL, dead.URL)
-	return start(t, p, token), p
+	return start(t, p), p
 }
 
 // TestDeliveryOverview drives known traffic through a sink with scripted
@@ -326,7 +345,7 @@ func TestDeliveryOverview(t *testing.T) {
 
 	// Restart: the overview reads the same.
 	r.stop()
-	r2 := start(t, cfgPath, "")
+	r2 := start(t, cfgPath)
 	var after stats.Overview
 	r2.get(t, "/api/v1/overview?range=1h", &after)
 	if !matches(after, want) || after.Latency != ov.Latency {
