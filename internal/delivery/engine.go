@@ -13,7 +13,9 @@
 // exists to solve).
 //
 // Jobs live in the store. A queue holds only its head in memory and pages the
-// rest in by cursor. Outcomes flow back to the scheduler over a channel, and
+// rest in by cursor; a queue that has read everything the store held takes
+// the jobs the store announces as appended without reading them back, so a
+// queue that keeps up costs no store read per event. Outcomes flow back to the scheduler over a channel, and
 // the store changes they imply (prefix drops, retries, finished retries) are
 // coalesced into one unsynced write per scheduler turn.
 package delivery
@@ -27,7 +29,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"runtime/pprof"
-	"slices"
 	"sync"
 	"time"
 
@@ -159,7 +160,7 @@ func New(opts Options) (*Engine, error) {
 			e:        e,
 			log:      opts.Logger.With("destination", t.Name),
 			queues:   map[string]*queue{},
-			notified: map[string]struct{}{},
+			notified: map[string]*handoff{},
 			wake:     make(chan struct{}, 1),
 			done:     make(chan completion, t.Concurrency),
 			snap:     make(chan chan DestinationState),
@@ -210,22 +211,20 @@ func (e *Engine) Run(ctx context.Context) error {
 	return nil
 }
 
-// Notify tells the engine that entries were appended to the store. It never
-// blocks: the schedulers read the new jobs from the store themselves, so a
-// notification only says which queues have work, and the entries of a batch
-// (one source, the same destinations) make one notification per queue.
-func (e *Engine) Notify(entries []jobstore.Entry) {
-	for i := range entries {
-		if i > 0 && entries[i].Event.Source == entries[i-1].Event.Source &&
-			slices.Equal(entries[i].Destinations, entries[i-1].Destinations) {
-			continue
-		}
-		for _, name := range entries[i].Destinations {
+// Notify tells the engine of jobs the store has just made readable; wire it
+// to the store's announcement of each Append (pebble.Options.Applied). It
+// never blocks. A queue that has read everything the store held takes the
+// announced jobs as they are, without reading them back; any other reads
+// them from the store in its turn, so a notification for it only says that
+// it has work.
+func (e *Engine) Notify(a jobstore.Appended) {
+	a.Runs(func(entries []jobstore.Entry, dests []string, first uint64) {
+		for k, name := range dests {
 			if d, ok := e.dests[name]; ok {
-				d.notify(entries[i].Event.Source)
+				d.notify(entries, first+uint64(k), uint64(len(dests)))
 			}
 		}
-	}
+	})
 }
 
 // completion carries a finished request back to the scheduler.
@@ -260,20 +259,63 @@ type dest struct {
 	done chan completion
 	snap chan chan DestinationState
 
+	// notified holds, by source, what was announced since the scheduler
+	// last looked; free holds emptied handoffs for notify to reuse.
 	mu       sync.Mutex
-	notified map[string]struct{}
-	spare    map[string]struct{}
+	notified map[string]*handoff
+	free     []*handoff
 	wake     chan struct{}
+	// Owned by the scheduler: the emptied map and handoffs of the last look.
+	spare map[string]*handoff
+	freed []*handoff
 }
 
-func (d *dest) notify(source string) {
+// handoff holds the jobs announced for one queue since its scheduler last
+// looked. A queue that has read all the store holds takes them from here;
+// one that has not, or that was announced more than a page of jobs, reads
+// them from the store.
+type handoff struct {
+	jobs     []jobstore.Job
+	overflow bool
+}
+
+// notify takes in the jobs of entries, one source's, for this destination:
+// the first has Seq seq, the next ones follow every stride.
+func (d *dest) notify(entries []jobstore.Entry, seq, stride uint64) {
+	source := entries[0].Event.Source
 	d.mu.Lock()
-	d.notified[source] = struct{}{}
+	h := d.notified[source]
+	if h == nil {
+		h = d.spareHandoff()
+		d.notified[source] = h
+	}
+	if !h.overflow && len(h.jobs)+len(entries) > pageSize {
+		clear(h.jobs)
+		h.jobs, h.overflow = h.jobs[:0], true
+	}
+	if !h.overflow {
+		q := jobstore.Queue{Source: source, Destination: d.Name}
+		for _, e := range entries {
+			h.jobs = append(h.jobs, jobstore.Job{Queue: q, Seq: seq, Event: e.Event})
+			seq += stride
+		}
+	}
 	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
 	default:
 	}
+}
+
+// spareHandoff returns an emptied handoff to reuse, or a new one. Called
+// with d.mu held.
+func (d *dest) spareHandoff() *handoff {
+	if n := len(d.free); n > 0 {
+		h := d.free[n-1]
+		d.free = d.free[:n-1]
+		return h
+	}
+	return &handoff{}
 }
 
 func (d *dest) queue(source string) *queue {
@@ -352,18 +394,27 @@ func (d *dest) takeNotified() {
 		return
 	}
 	got := d.notified
-	if d.spare == nil {
-		d.spare = map[string]struct{}{}
-	}
 	d.notified, d.spare = d.spare, nil
-	d.mu.Unlock()
-	for src := range got {
-		q := d.queue(src)
-		q.diskMore = true
-		d.consider(q, time.Time{})
-		delete(got, src)
+	if d.notified == nil {
+		d.notified = map[string]*handoff{}
 	}
+	d.mu.Unlock()
+	now := d.e.opts.Clock.Now()
+	for src, h := range got {
+		q := d.queue(src)
+		q.takeHandoff(h)
+		d.consider(q, now)
+		clear(h.jobs) // let go of the events' payloads
+		h.jobs, h.overflow = h.jobs[:0], false
+		d.freed = append(d.freed, h)
+	}
+	clear(got)
 	d.spare = got
+	d.mu.Lock()
+	d.free = append(d.free, d.freed...)
+	d.mu.Unlock()
+	clear(d.freed)
+	d.freed = d.freed[:0]
 }
 
 // consider puts q in the ring if it may dispatch now, or in the wake heap

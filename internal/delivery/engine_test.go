@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,6 +108,7 @@ type bundle struct {
 	store   jobstore.Store
 	clk     *clock.Fake
 	engine  *delivery.Engine
+	listen  atomic.Pointer[delivery.Engine]
 	reports chan delivery.Report
 	dests   map[string]*scripted
 	dataDir string
@@ -133,11 +135,19 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	t.Cleanup(srv.Close)
-	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
+	b := &bundle{clk: clk, reports: make(chan delivery.Report, 1<<20), dests: map[string]*scripted{}, dataDir: dir}
+	// The store announces appended jobs to the engine as the server wires
+	// it, to whichever engine the test listens with.
+	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet,
+		Applied: func(a jobstore.Appended) {
+			if e := b.listen.Load(); e != nil {
+				e.Notify(a)
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bundle{store: store, clk: clk, reports: make(chan delivery.Report, 1<<20), dests: map[string]*scripted{}, dataDir: dir}
+	b.store = store
 	var targets []delivery.Target
 	for _, sp := range specs {
 		s := &scripted{url: srv.URL, decide: sp.decide, tries: map[string]int{}, gate: sp.gate}
@@ -157,6 +167,7 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 		t.Fatal(err)
 	}
 	b.engine = eng
+	b.listen.Store(eng)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -175,7 +186,7 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 	return b
 }
 
-// send appends n events from source to the destinations and notifies.
+// send appends n events from source to the destinations.
 func (b *bundle) send(t *testing.T, source string, n int, dests ...string) {
 	t.Helper()
 	entries := make([]jobstore.Entry, n)
@@ -190,7 +201,6 @@ func (b *bundle) send(t *testing.T, source string, n int, dests ...string) {
 	if _, err := b.store.Append(context.Background(), entries); err != nil {
 		t.Fatal(err)
 	}
-	b.engine.Notify(entries)
 }
 
 // await collects n reports, failing after a generous bound.
@@ -478,7 +488,6 @@ func (b *bundle) sendOne(t *testing.T, source, id string) {
 	if _, err := b.store.Append(context.Background(), []jobstore.Entry{e}); err != nil {
 		t.Fatal(err)
 	}
-	b.engine.Notify([]jobstore.Entry{e})
 }
 
 func TestCircuitOpensProbesAndCloses(t *testing.T) {
@@ -719,6 +728,7 @@ func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); eng.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	b.listen.Store(eng)
 
 	entries := make([]jobstore.Entry, 20)
 	for i := range entries {
@@ -731,7 +741,6 @@ func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
 	if _, err := store.Append(ctx, entries); err != nil {
 		t.Fatal(err)
 	}
-	eng.Notify(entries)
 	var broken, fine int
 	for broken < delivery.CircuitThreshold || fine < 20 {
 		select {

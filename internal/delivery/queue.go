@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"sort"
 	"time"
 
@@ -100,6 +101,40 @@ func (q *queue) nextWake(now time.Time) time.Time {
 		return q.retryNext
 	}
 	return time.Time{}
+}
+
+// takeHandoff takes in the jobs announced for the queue since its scheduler
+// last looked. If the queue has read everything the store held (no
+// diskMore), the announced jobs are the ones that follow its cursor, and
+// as many as fit in a page join buf without a read; the rest, and all of
+// them for a queue that is still reading its backlog, stay for load to read
+// from the store. Jobs at or below the cursor were read already: a read that
+// ran after the store applied them and before they were announced.
+func (q *queue) takeHandoff(h *handoff) {
+	if q.diskMore || h.overflow {
+		q.diskMore = true
+		return
+	}
+	jobs := h.jobs
+	for len(jobs) > 0 && jobs[0].Seq <= q.cursor {
+		jobs = jobs[1:]
+	}
+	if room := max(pageSize-len(q.buf), 0); len(jobs) > room {
+		jobs = jobs[:room]
+		q.diskMore = true
+	}
+	if len(jobs) == 0 {
+		return
+	}
+	start := len(q.buf)
+	q.buf = append(q.buf, jobs...)
+	for i := start; i < len(q.buf); i++ {
+		// A copy: the announced payload shares its memory with the rest of
+		// the request it came in, which must not live as long as the job.
+		q.buf[i].Event.Payload = bytes.Clone(q.buf[i].Event.Payload)
+	}
+	q.cursor = jobs[len(jobs)-1].Seq
+	q.track(jobs)
 }
 
 // track records pending jobs just loaded.

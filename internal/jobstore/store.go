@@ -7,6 +7,7 @@ package jobstore
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/fanout/fanout/internal/event"
@@ -45,6 +46,33 @@ type Entry struct {
 	// Replay skips deduplication: the event is delivered again on purpose
 	// (fanout replay of archived events), and leaves no dedupe record.
 	Replay bool
+}
+
+// Appended is what a store announces once the jobs of one Append call are
+// readable: the entries it stored (duplicates left out) and the Seq of the
+// first job. The jobs have consecutive Seqs from First, in the order of
+// Entries and, within an entry, of its Destinations.
+type Appended struct {
+	Entries []Entry
+	First   uint64
+}
+
+// Runs calls fn for each run of consecutive entries of a that have the same
+// source and destinations, in order. The job of entries[i] for dests[k] has
+// Seq first + i*len(dests) + k.
+func (a Appended) Runs(fn func(entries []Entry, dests []string, first uint64)) {
+	seq := a.First
+	for i := 0; i < len(a.Entries); {
+		e := a.Entries[i]
+		j := i + 1
+		for j < len(a.Entries) && a.Entries[j].Event.Source == e.Event.Source &&
+			slices.Equal(a.Entries[j].Destinations, e.Destinations) {
+			j++
+		}
+		fn(a.Entries[i:j], e.Destinations, seq)
+		seq += uint64((j - i) * len(e.Destinations))
+		i = j
+	}
 }
 
 // Reschedule moves a job to the retry set, due at DueAt.

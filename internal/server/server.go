@@ -116,9 +116,9 @@ func New(opts Options) (*Server, error) {
 	// the store, and no event arrives before Run, so the hook starts unset.
 	var notify atomic.Pointer[delivery.Engine]
 	store, err := pebble.Open(filepath.Join(cfg.DataDir, "jobs"), pebble.Options{
-		Applied: func(entries []jobstore.Entry) {
+		Applied: func(a jobstore.Appended) {
 			if e := notify.Load(); e != nil {
-				e.Notify(entries)
+				e.Notify(a)
 			}
 		},
 		DedupeWindow: cfg.DedupeWindow,

@@ -37,8 +37,10 @@ type appendReq struct {
 	dup []bool
 	// recs holds each non-duplicate entry's encoded job record.
 	recs [][]byte
-	size int
-	done chan appendResult // buffered: the committer never blocks on it
+	// first is the Seq of the call's first job, set by the committer.
+	first uint64
+	size  int
+	done  chan appendResult // buffered: the committer never blocks on it
 }
 
 type appendResult struct {
@@ -231,7 +233,7 @@ func (s *Store) announce(g *group) {
 			}
 		}
 		if len(stored) > 0 {
-			s.opts.Applied(stored)
+			s.opts.Applied(jobstore.Appended{Entries: stored, First: r.first})
 		}
 	}
 }
@@ -290,6 +292,7 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 			r.done <- appendResult{err: fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)}
 			continue
 		}
+		r.first = s.lastSeq + 1
 		for i, e := range r.entries {
 			if r.dup[i] {
 				continue
