@@ -139,8 +139,13 @@ func (q *queue) takeHandoff(h *handoff) {
 
 // track records pending jobs just loaded.
 func (q *queue) track(jobs []jobstore.Job) {
-	if q.outHead > 0 && q.outHead == len(q.out) {
-		q.out, q.outHead = q.out[:0], 0
+	// Move the live part to the front once the settled prefix is most of
+	// the slice: while a backlog drains, some jobs are always in flight,
+	// so the slice is never wholly settled, and without this it would grow
+	// by every job the queue ever loaded.
+	if q.outHead > 0 && q.outHead >= len(q.out)/2 {
+		n := copy(q.out, q.out[q.outHead:])
+		q.out, q.outHead = q.out[:n], 0
 	}
 	for _, j := range jobs {
 		q.out = append(q.out, pend{seq: j.Seq, receivedAt: j.Event.ReceivedAt})
