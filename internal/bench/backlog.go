@@ -93,18 +93,24 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 		s, err := sinkStats(up)
 		return Percentiles{s.Latency.Count, s.Latency.P50, s.Latency.P99}, err
 	}
+	// window measures the up destination's latency while app sends for
+	// the bench's duration, on a sink reset before and after.
+	window := func(prefix, what string) (Percentiles, error) {
+		e.logf("%s: app sends 100 events/s to the up destination for %v", what, e.opts.Duration)
+		sinkPost(up, "reset")
+		defer sinkPost(up, "reset")
+		lctx, cancel := context.WithTimeout(ctx, e.opts.Duration)
+		r := app(prefix).run(lctx, 0)
+		cancel()
+		if _, _, err := waitAccepted(up, uint64(r.acked), time.Minute); err != nil {
+			return Percentiles{}, err
+		}
+		return latency()
+	}
 
-	e.logf("quiet: app sends 100 events/s to the up destination for %v", e.opts.Duration)
-	lctx, cancel := context.WithTimeout(ctx, e.opts.Duration)
-	r := app("q").run(lctx, 0)
-	cancel()
-	if _, _, err := waitAccepted(up, uint64(r.acked), time.Minute); err != nil {
+	if res.Quiet, err = window("q", "quiet"); err != nil {
 		return nil, err
 	}
-	if res.Quiet, err = latency(); err != nil {
-		return nil, err
-	}
-	sinkPost(up, "reset")
 
 	e.logf("backlog: %d events pile up for the down destination while app keeps sending", e.opts.Events)
 	appCtx, stopApp := context.WithCancel(ctx)
@@ -128,16 +134,7 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	if res.Building, err = latency(); err != nil {
 		return nil, err
 	}
-	sinkPost(up, "reset")
-
-	e.logf("waiting: app sends 100 events/s for %v while the %d events wait", e.opts.Duration, res.Events)
-	lctx, cancel = context.WithTimeout(ctx, e.opts.Duration)
-	r = app("w").run(lctx, 0)
-	cancel()
-	if _, _, err := waitAccepted(up, uint64(r.acked), time.Minute); err != nil {
-		return nil, err
-	}
-	if res.Waiting, err = latency(); err != nil {
+	if res.Waiting, err = window("w", fmt.Sprintf("waiting (%d events wait)", res.Events)); err != nil {
 		return nil, err
 	}
 
@@ -161,15 +158,7 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	// The quiet figure again, with the backlog gone: the machine is shared,
 	// and a baseline taken only before the backlog would count the drift of
 	// the next minutes as the backlog's effect.
-	sinkPost(up, "reset")
-	e.logf("quiet again: app sends 100 events/s for %v with the backlog drained", e.opts.Duration)
-	lctx, cancel = context.WithTimeout(ctx, e.opts.Duration)
-	r = app("a").run(lctx, 0)
-	cancel()
-	if _, _, err := waitAccepted(up, uint64(r.acked), time.Minute); err != nil {
-		return nil, err
-	}
-	if res.QuietAfter, err = latency(); err != nil {
+	if res.QuietAfter, err = window("a", "quiet again (backlog drained)"); err != nil {
 		return nil, err
 	}
 	res.QuietP99 = (res.Quiet.P99 + res.QuietAfter.P99) / 2
