@@ -35,9 +35,10 @@ type BacklogResult struct {
 	// RSS samples, one per second, in MB.
 	RSSMB        []float64 `json:"rss_mb_per_second"`
 	PeakRSSBytes int64     `json:"peak_rss_bytes"`
-	// The other destination's latency at 100 events/s: quiet, while the
-	// backlog is ingested beside it (20,000 events/s on the same cores), and
-	// while the backlog waits. The target is on the waiting figure; the
+	// The other destination's latency at 100 events/s: quiet before the
+	// backlog and after its drain (the baseline is the mean of their p99s),
+	// while the backlog is ingested beside it (20,000 events/s on the same
+	// cores), and while it waits. The target is on the waiting figure; the
 	// building one is CPU shared with the ingest, as in noisy-neighbor.
 	Quiet         Percentiles `json:"up_quiet"`
 	QuietAfter    Percentiles `json:"up_quiet_after_drain"`

@@ -15,9 +15,10 @@
 // Jobs live in the store. A queue holds only its head in memory and pages the
 // rest in by cursor; a queue that has read everything the store held takes
 // the jobs the store announces as appended without reading them back, so a
-// queue that keeps up costs no store read per event. Outcomes flow back to the scheduler over a channel, and
-// the store changes they imply (prefix drops, retries, finished retries) are
-// coalesced into one unsynced write per scheduler turn.
+// queue that keeps up costs no store read per event. Outcomes flow back to
+// the scheduler over a channel, and the store changes they imply (prefix
+// drops, retries, finished retries) are coalesced into one unsynced write per
+// scheduler turn.
 package delivery
 
 import (
@@ -265,9 +266,8 @@ type dest struct {
 	notified map[string]*handoff
 	free     []*handoff
 	wake     chan struct{}
-	// Owned by the scheduler: the emptied map and handoffs of the last look.
+	// spare is the emptied map of the scheduler's last look; it owns it.
 	spare map[string]*handoff
-	freed []*handoff
 }
 
 // handoff holds the jobs announced for one queue since its scheduler last
@@ -406,15 +406,14 @@ func (d *dest) takeNotified() {
 		d.consider(q, now)
 		clear(h.jobs) // let go of the events' payloads
 		h.jobs, h.overflow = h.jobs[:0], false
-		d.freed = append(d.freed, h)
 	}
+	d.mu.Lock()
+	for _, h := range got {
+		d.free = append(d.free, h)
+	}
+	d.mu.Unlock()
 	clear(got)
 	d.spare = got
-	d.mu.Lock()
-	d.free = append(d.free, d.freed...)
-	d.mu.Unlock()
-	clear(d.freed)
-	d.freed = d.freed[:0]
 }
 
 // consider puts q in the ring if it may dispatch now, or in the wake heap

@@ -66,9 +66,8 @@ func TestAnnouncedJobsAreNotReadBack(t *testing.T) {
 	}
 	await := func(t *testing.T, n int) map[string]int {
 		t.Helper()
-		b := &bundle{reports: reports}
 		got := map[string]int{}
-		for _, r := range b.await(t, n) {
+		for _, r := range (&bundle{reports: reports}).await(t, n) {
 			if r.End != delivery.EndDelivered {
 				t.Fatalf("%s ended %s", r.Job.Event.MessageID, r.End)
 			}
