@@ -42,12 +42,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Applied, when set, is called by the committer for every Append call of
 	// a group, with the entries it stored (duplicates left out) and their
-	// Seqs, as soon as the group is applied and readable, before its fsync
-	// returns. Delivery can so start while the fsync runs instead of after
-	// it: the fsync of a large group takes milliseconds that would otherwise
-	// be added to every event's latency. If the fsync then fails, Append fails and the client sends the
-	// events again: a duplicate, which at-least-once delivery allows. It runs
-	// on the committer goroutine and must not block.
+	// Seqs, as soon as the group is applied and readable, while its fsync
+	// runs, and before Append returns. Delivery can so start while the fsync
+	// runs instead of after it: the fsync of a large group takes
+	// milliseconds that would otherwise be added to every event's latency.
+	// If the fsync then fails, Append fails and the client sends the events
+	// again: a duplicate, which at-least-once delivery allows. It runs on the
+	// committer goroutine and must not block.
 	Applied func(jobstore.Appended)
 
 	// fs replaces the operating system's filesystem in tests (a crashable
