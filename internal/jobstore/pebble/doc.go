@@ -84,6 +84,11 @@
 // referring to it from its jobs is left for later, when fan-out is wide
 // enough for the space to matter.
 //
+// When a memtable flushes, job records move to blob files (Pebble's value
+// separation) and the sstables keep their keys and a reference. Compactions
+// then move keys, not payloads: what a backlog of millions of jobs costs the
+// compactions, which share two cores with delivery, is the size of its keys.
+//
 // # Durability
 //
 // Append returns only after its batch is fsynced, and concurrent Appends

@@ -159,6 +159,10 @@ const (
 	memTables    = 4
 )
 
+// minSeparatedValue is the smallest value stored in a blob file: every job
+// record (an event is rarely under 200 bytes), no dedupe record.
+const minSeparatedValue = 128
+
 // pebbleOptions tunes Pebble for a write-heavy queue: most jobs are written,
 // read once soon after and deleted, often before their memtable is flushed.
 func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
@@ -197,6 +201,22 @@ func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 		// Two cores: one compaction normally, a second one when L0 backs
 		// up, leaving a core for ingest and delivery.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
+	}
+	// Job records go to blob files when their memtable flushes, and only
+	// their keys and a reference take part in compactions after that. A
+	// backlog behind a down destination is nearly all record bytes, written
+	// once and read once: without separation every compaction that the
+	// dedupe records' random keys cause rewrites them, level after level,
+	// taking a core from delivery while the backlog only waits. Dedupe
+	// records and the Seq mark are 8 bytes and stay inline.
+	o.Experimental.ValueSeparationPolicy = func() pebbledb.ValueSeparationPolicy {
+		return pebbledb.ValueSeparationPolicy{
+			Enabled:               true,
+			MinimumSize:           minSeparatedValue,
+			MaxBlobReferenceDepth: 10,
+			RewriteMinimumAge:     5 * time.Minute,
+			TargetGarbageRatio:    0.2,
+		}
 	}
 	// Bloom filters on every level, L0 included (Pebble's default is none):
 	// every appended event makes one or two dedupe point lookups, nearly all
