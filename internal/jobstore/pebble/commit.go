@@ -110,10 +110,7 @@ func (s *Store) prepare(r *appendReq) error {
 	}
 	defer s.mu.RUnlock()
 	r.gen = s.appliedGen.Load()
-	look, err := s.newDedupeLookup(s.opts.Now())
-	if err != nil {
-		return fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)
-	}
+	look := s.newDedupeLookup(s.opts.Now())
 	defer look.close()
 	r.dup = make([]bool, len(r.entries))
 	r.recs = make([][]byte, len(r.entries))
@@ -295,10 +292,12 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 	if oldest > s.dedupeDropped {
 		_ = b.DeleteRange(dedupeBucketStart(0), dedupeBucketStart(oldest), nil)
 		s.dedupeDropped = oldest
+		s.filter.dropBelow(oldest)
 	}
 
 	var nowVal [8]byte
 	binary.BigEndian.PutUint64(nowVal[:], timeKey(now))
+	var stored [][]byte // filterKeys of the dedupe records written
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
 			r.done <- appendResult{err: err}
@@ -317,7 +316,9 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 				id := dedupeID{e.Event.Source, e.Event.MessageID}
 				s.recent.add(g.gen, id)
 				g.ids = append(g.ids, id)
-				_ = b.Set(dedupeKey(current, e.Event.Source, e.Event.MessageID), nowVal[:], nil)
+				k := dedupeKey(current, e.Event.Source, e.Event.MessageID)
+				_ = b.Set(k, nowVal[:], nil)
+				stored = append(stored, filterKey(k))
 			}
 			// One copy of the record per destination: the key carries
 			// the queue, the value is the same for each.
@@ -331,6 +332,8 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 		g.reqs = append(g.reqs, r)
 	}
 	s.recent.endGroup(g.gen)
+	// Into the filter before the group is applied: see dedupeFilter.
+	s.filter.add(current, stored)
 	if len(g.reqs) == 0 {
 		b.Close()
 		return nil
@@ -350,10 +353,7 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 func (s *Store) finishDedupe(r *appendReq, now time.Time) error {
 	var look *dedupeLookup
 	if !s.recent.covers(r.gen) {
-		var err error
-		if look, err = s.newDedupeLookup(now); err != nil {
-			return err
-		}
+		look = s.newDedupeLookup(now)
 		defer look.close()
 	}
 	for i, e := range r.entries {
@@ -376,33 +376,35 @@ func (s *Store) finishDedupe(r *appendReq, now time.Time) error {
 	return nil
 }
 
-// dedupeLookup looks messageIds up in the dedupe records as of one moment.
-// It uses one iterator for all the lookups of a call: a Get sets up an
+// dedupeLookup looks messageIds up in the dedupe filter and, when it says
+// "maybe", in the dedupe records. It opens one iterator, at the first
+// lookup that needs it, for all the lookups of a call: a Get sets up an
 // iterator over every level each time, which was a third of Append's CPU,
 // while SeekPrefixGE on one iterator still consults the bloom filters but
-// sets the levels up once.
+// sets the levels up once. The iterator sees at least every group up to
+// the caller's appliedGen.
 type dedupeLookup struct {
-	it              *pebbledb.Iterator
-	cutoff          uint64 // timeKey of now - window
-	oldest, current uint64 // buckets that can hold a record from the window
+	s               *Store
+	it              *pebbledb.Iterator // nil until the first seek
+	cutoff          uint64             // timeKey of now - window
+	oldest, current uint64             // buckets that can hold a record from the window
 	key             []byte
 }
 
-func (s *Store) newDedupeLookup(now time.Time) (*dedupeLookup, error) {
-	l := &dedupeLookup{
+func (s *Store) newDedupeLookup(now time.Time) *dedupeLookup {
+	return &dedupeLookup{
+		s:       s,
 		cutoff:  timeKey(now.Add(-s.opts.DedupeWindow)),
 		oldest:  dedupeBucket(now.Add(-s.opts.DedupeWindow)),
 		current: dedupeBucket(now),
 	}
-	var err error
-	l.it, err = s.db.NewIter(&pebbledb.IterOptions{
-		LowerBound: dedupeBucketStart(l.oldest),
-		UpperBound: dedupeBucketStart(l.current + 1),
-	})
-	return l, err
 }
 
-func (l *dedupeLookup) close() { l.it.Close() }
+func (l *dedupeLookup) close() {
+	if l.it != nil {
+		l.it.Close()
+	}
+}
 
 // storedWithin looks id up in every bucket that can hold a record from the
 // window, newest first, and compares the stored time with the window
@@ -410,25 +412,43 @@ func (l *dedupeLookup) close() { l.it.Close() }
 func (l *dedupeLookup) storedWithin(id dedupeID) (bool, error) {
 	for b := l.current; ; b-- {
 		l.key = appendDedupeKey(l.key[:0], b, id.source, id.messageID)
-		if l.it.SeekPrefixGE(l.key) && bytes.Equal(l.it.Key(), l.key) {
-			v, err := l.it.ValueAndErr()
+		if l.s.filter.mayContain(b, filterKey(l.key)) {
+			v, found, err := l.get(l.key)
 			if err != nil {
 				return false, err
 			}
-			if len(v) != 8 {
-				return false, fmt.Errorf("%w: dedupe record of %q has %d bytes", errCorrupt, id.messageID, len(v))
+			if found {
+				if len(v) != 8 {
+					return false, fmt.Errorf("%w: dedupe record of %q has %d bytes", errCorrupt, id.messageID, len(v))
+				}
+				// The newest bucket's record is the latest time the
+				// pair was stored, so it alone decides.
+				return binary.BigEndian.Uint64(v) > l.cutoff, nil
 			}
-			// The newest bucket's record is the latest time the pair
-			// was stored, so it alone decides.
-			return binary.BigEndian.Uint64(v) > l.cutoff, nil
-		}
-		if err := l.it.Error(); err != nil {
-			return false, err
 		}
 		if b == l.oldest || b == 0 {
 			return false, nil
 		}
 	}
+}
+
+// get reads the dedupe record under key from Pebble.
+func (l *dedupeLookup) get(key []byte) (v []byte, found bool, err error) {
+	if l.it == nil {
+		l.it, err = l.s.db.NewIter(&pebbledb.IterOptions{
+			LowerBound: dedupeBucketStart(l.oldest),
+			UpperBound: dedupeBucketStart(l.current + 1),
+		})
+		if err != nil {
+			return nil, false, err
+		}
+	}
+	l.s.dedupeSeeks.Add(1)
+	if !l.it.SeekPrefixGE(key) || !bytes.Equal(l.it.Key(), key) {
+		return nil, false, l.it.Error()
+	}
+	v, err = l.it.ValueAndErr()
+	return v, err == nil, err
 }
 
 // recentIDs remembers which group stored each messageId, for the last n

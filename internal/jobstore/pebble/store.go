@@ -98,6 +98,10 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 
+	// filter spares Append the Pebble lookups of new messageIds. Set by
+	// Open, then written by the committer only.
+	filter *dedupeFilter
+
 	// appliedGen is the number of the last group applied to the database
 	// (visible to reads). Append notes it before its own dedupe lookups.
 	appliedGen atomic.Uint64
@@ -112,6 +116,9 @@ type Store struct {
 	// Queues stepped over, so a test can check that drained jobs are not
 	// iterated.
 	stepped atomic.Uint64
+	// dedupeSeeks counts the dedupe lookups that went to Pebble, so a test
+	// can check that the filter spares the lookups of new messageIds.
+	dedupeSeeks atomic.Uint64
 }
 
 // Open opens the store in dir, creating it if needed, and starts its
@@ -149,8 +156,44 @@ func Open(dir string, opts Options) (*Store, error) {
 		s.lastSeq = binary.BigEndian.Uint64(v)
 		closer.Close()
 	}
+	if err := s.loadFilter(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("jobstore/pebble: open %s: read dedupe records: %w", dir, err)
+	}
 	go s.commitLoop()
 	return s, nil
+}
+
+// loadFilter reads the dedupe records of the window's buckets, and of any
+// newer ones, into a new dedupeFilter.
+func (s *Store) loadFilter() error {
+	start := time.Now()
+	oldest := dedupeBucket(s.opts.Now().Add(-s.opts.DedupeWindow))
+	s.filter = newDedupeFilter(oldest)
+	it, err := s.db.NewIter(&pebbledb.IterOptions{
+		LowerBound: dedupeBucketStart(oldest),
+		UpperBound: prefixEnd([]byte{prefixDedupe}),
+	})
+	if err != nil {
+		return err
+	}
+	n := 0
+	for valid := it.First(); valid; valid = it.Next() {
+		k := it.Key()
+		if len(k) < 9 {
+			it.Close()
+			return fmt.Errorf("%w: dedupe key %q", errCorrupt, k)
+		}
+		s.filter.add(binary.BigEndian.Uint64(k[1:9]), [][]byte{filterKey(k)})
+		n++
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if n > 0 {
+		s.log.Info("dedupe filter loaded", "records", n, "bytes", s.filter.bytes, "took", time.Since(start).Round(time.Millisecond))
+	}
+	return nil
 }
 
 // Memtable sizing; see pebbleOptions.

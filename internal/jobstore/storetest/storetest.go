@@ -578,6 +578,7 @@ func testDedupe(t *testing.T, h *harness) {
 		}},
 		{"remembered across a reopen", []step{{0, "web", false, false}, {time.Minute, "web", true, true}}},
 		{"across a day boundary", []step{{0, "web", false, false}, {Window - time.Minute, "web", true, false}}},
+		{"across a day boundary and a reopen", []step{{0, "web", false, false}, {Window - time.Minute, "web", true, true}}},
 		{"days later", []step{{0, "web", false, false}, {72 * time.Hour, "web", false, false}, {0, "web", true, false}}},
 	}
 	for i, tt := range tests {
