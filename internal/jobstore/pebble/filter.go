@@ -39,15 +39,21 @@ const (
 type dedupeFilter struct {
 	seed maphash.Seed
 	mu   sync.RWMutex
+	// loaded is set once the stored records are all in the filters;
+	// until then every lookup goes to Pebble.
+	loaded bool
 	// buckets holds a filter for every bucket at or above scannedFrom that
 	// has records; a bucket there without one has none.
 	buckets map[uint64]*filterChain
 	// scannedFrom is the oldest bucket Open read into the filters. Nothing
 	// is known of older ones (a clock set back could look them up).
 	scannedFrom uint64
-	bytes       int // memory of all filters
-	maxBytes    int // bound of bytes: maxFilterBytes but in tests
-	lastCap     int // capacity of the newest filter made
+	// dropped: the buckets below it were range-deleted; the loader must not
+	// bring one back.
+	dropped  uint64
+	bytes    int // memory of all filters
+	maxBytes int // bound of bytes: maxFilterBytes but in tests
+	lastCap  int // capacity of the newest filter made
 }
 
 type filterChain struct {
@@ -87,6 +93,9 @@ func (f *dedupeFilter) mayContain(bucket uint64, key []byte) bool {
 	h := maphash.Bytes(f.seed, key)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if !f.loaded {
+		return true
+	}
 	c := f.buckets[bucket]
 	if c == nil {
 		return false
@@ -102,14 +111,31 @@ func (f *dedupeFilter) mayContain(bucket uint64, key []byte) bool {
 	return false
 }
 
-// add notes that bucket holds records for keys (from filterKey). Only the
-// committer, and Open before it starts, call it.
+// setLoaded lets the filter answer lookups.
+func (f *dedupeFilter) setLoaded() {
+	f.mu.Lock()
+	f.loaded = true
+	f.mu.Unlock()
+}
+
+// size is the memory of all filters, in bytes.
+func (f *dedupeFilter) size() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.bytes
+}
+
+// add notes that bucket holds records for keys (from filterKey). The
+// committer and the loader call it.
 func (f *dedupeFilter) add(bucket uint64, keys [][]byte) {
 	if len(keys) == 0 {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if bucket < f.dropped {
+		return
+	}
 	c := f.buckets[bucket]
 	if c == nil {
 		c = &filterChain{}
@@ -149,6 +175,7 @@ func (f *dedupeFilter) add(bucket uint64, keys [][]byte) {
 func (f *dedupeFilter) dropBelow(bucket uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.dropped = max(f.dropped, bucket)
 	for b, c := range f.buckets {
 		if b < bucket {
 			for _, bf := range c.filters {

@@ -51,6 +51,10 @@ func TestDedupeFilter(t *testing.T) {
 			bucket - 1, absent, len(absent), len(absent)},
 		{"a dropped bucket holds nothing", func(f *dedupeFilter) { f.add(bucket, stored); f.dropBelow(bucket + 1) },
 			bucket, stored, 0, 0},
+		{"while loading, every lookup goes to Pebble", func(f *dedupeFilter) { f.loaded = false },
+			bucket, absent, len(absent), len(absent)},
+		{"a dropped bucket is not brought back by the loader", func(f *dedupeFilter) { f.dropBelow(bucket + 1); f.add(bucket, stored) },
+			bucket, stored, 0, 0},
 		{"past the memory bound, every lookup goes to Pebble", func(f *dedupeFilter) {
 			f.maxBytes = newBloomFilter(minFilterKeys).size()
 			f.add(bucket, stored)
@@ -59,6 +63,7 @@ func TestDedupeFilter(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newDedupeFilter(bucket)
+			f.setLoaded()
 			tt.setup(f)
 			if got := positives(f, tt.bucket, tt.keys); got < tt.want || got > tt.max {
 				t.Errorf("%d of %d keys may be in bucket %d, want %d to %d", got, len(tt.keys), tt.bucket, tt.want, tt.max)
@@ -74,6 +79,7 @@ func TestDedupeFilter(t *testing.T) {
 // and given back when buckets are dropped.
 func TestDedupeFilterMemory(t *testing.T) {
 	f := newDedupeFilter(0)
+	f.setLoaded()
 	f.add(1, filterKeys("a", 3*minFilterKeys))
 	f.add(2, filterKeys("b", minFilterKeys))
 	if f.bytes == 0 {
@@ -91,13 +97,15 @@ func TestDedupeFilterMemory(t *testing.T) {
 
 // TestFilterSparesLookups checks that Append asks Pebble about new
 // messageIds only for the filter's rare false positives, and still finds
-// every duplicate, before and after a reopen (which reloads the filter).
+// every duplicate: before a reopen, right after it (the filter is still
+// loading, so the lookups go to Pebble) and once the filter is loaded.
 func TestFilterSparesLookups(t *testing.T) {
 	dir := t.TempDir()
 	s, err := Open(dir, Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-s.filterDone
 	const n = 2000
 	batch := make([]jobstore.Entry, n)
 	for i := range batch {
@@ -134,4 +142,19 @@ func TestFilterSparesLookups(t *testing.T) {
 	}
 	defer s.Close()
 	appendAll(true)
+	<-s.filterDone
+	s.dedupeSeeks.Store(0)
+	batch = batch[:n/2]
+	appendAll(true)
+	if got := s.dedupeSeeks.Load(); got < n/2 {
+		t.Errorf("after reloading the filter: %d Pebble lookups for %d duplicates, want one each", got, n/2)
+	}
+	for i := range batch {
+		batch[i] = entry(fmt.Sprintf("new%d", i))
+	}
+	s.dedupeSeeks.Store(0)
+	appendAll(false)
+	if got := s.dedupeSeeks.Load(); got > n/50 {
+		t.Errorf("after reloading the filter: %d Pebble lookups for %d new messageIds, want about 1 in 200", got, n/2)
+	}
 }

@@ -91,7 +91,9 @@ type Store struct {
 	// committerDone is closed when the committer and its syncer have
 	// answered every request they took.
 	committerDone chan struct{}
-	closeOnce     sync.Once
+	// filterDone is closed when loadFilter has returned.
+	filterDone chan struct{}
+	closeOnce  sync.Once
 
 	// mu keeps reads and Apply off the database while Close closes it
 	// (Pebble panics on a closed DB).
@@ -139,6 +141,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		reqs:          make(chan *appendReq),
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
+		filterDone:    make(chan struct{}),
 		recent:        newRecentIDs(recentGroups),
 	}
 	v, closer, err := db.Get(metaSeqKey)
@@ -156,44 +159,64 @@ func Open(dir string, opts Options) (*Store, error) {
 		s.lastSeq = binary.BigEndian.Uint64(v)
 		closer.Close()
 	}
-	if err := s.loadFilter(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("jobstore/pebble: open %s: read dedupe records: %w", dir, err)
-	}
+	s.filter = newDedupeFilter(dedupeBucket(opts.Now().Add(-opts.DedupeWindow)))
 	go s.commitLoop()
+	go s.loadFilter()
 	return s, nil
 }
 
-// loadFilter reads the dedupe records of the window's buckets, and of any
-// newer ones, into a new dedupeFilter.
-func (s *Store) loadFilter() error {
+// loadFilter reads the stored dedupe records of the window's buckets, and
+// of any newer ones, into the filter, and then lets it answer lookups. It
+// runs beside the committer, so that a store with millions of records (2.5 s
+// for 5,000,000) takes requests at once: until the filter is loaded every
+// lookup goes to Pebble, as it would without a filter. A record is not
+// missed: the committer adds to the filter every record it writes, and the
+// scan, which starts after the filter was made, sees every record written
+// before it starts.
+func (s *Store) loadFilter() {
+	defer close(s.filterDone)
 	start := time.Now()
-	oldest := dedupeBucket(s.opts.Now().Add(-s.opts.DedupeWindow))
-	s.filter = newDedupeFilter(oldest)
 	it, err := s.db.NewIter(&pebbledb.IterOptions{
-		LowerBound: dedupeBucketStart(oldest),
+		LowerBound: dedupeBucketStart(s.filter.scannedFrom),
 		UpperBound: prefixEnd([]byte{prefixDedupe}),
 	})
 	if err != nil {
-		return err
+		s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", err)
+		return
 	}
 	n := 0
+	var keys [][]byte
+	bucket := uint64(0)
 	for valid := it.First(); valid; valid = it.Next() {
 		k := it.Key()
 		if len(k) < 9 {
+			s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", fmt.Errorf("%w: dedupe key %q", errCorrupt, k))
 			it.Close()
-			return fmt.Errorf("%w: dedupe key %q", errCorrupt, k)
+			return
 		}
-		s.filter.add(binary.BigEndian.Uint64(k[1:9]), [][]byte{filterKey(k)})
+		// One bucket's keys at a time, a few thousand per lock.
+		if b := binary.BigEndian.Uint64(k[1:9]); b != bucket || len(keys) == 4096 {
+			s.filter.add(bucket, keys)
+			keys, bucket = keys[:0], b
+			select {
+			case <-s.closing:
+				it.Close()
+				return
+			default:
+			}
+		}
+		keys = append(keys, append([]byte(nil), filterKey(k)...))
 		n++
 	}
+	s.filter.add(bucket, keys)
 	if err := it.Close(); err != nil {
-		return err
+		s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", err)
+		return
 	}
+	s.filter.setLoaded()
 	if n > 0 {
-		s.log.Info("dedupe filter loaded", "records", n, "bytes", s.filter.bytes, "took", time.Since(start).Round(time.Millisecond))
+		s.log.Info("dedupe filter loaded", "records", n, "bytes", s.filter.size(), "took", time.Since(start).Round(time.Millisecond))
 	}
-	return nil
 }
 
 // Memtable sizing; see pebbleOptions.
@@ -551,6 +574,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		<-s.committerDone
+		<-s.filterDone
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
