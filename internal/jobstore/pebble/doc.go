@@ -64,10 +64,10 @@
 //     within the window; the time is compared exactly, the bucket only
 //     narrows the lookup. When a group of appends first sees that a bucket
 //     has wholly left the window, one DeleteRange removes it and every older
-//     one. An in-memory Bloom filter per bucket (filter.go), loaded at Open,
-//     answers nearly every lookup of a new messageId without Pebble; a
-//     "maybe" goes to Pebble, whose bloom filters on every level keep that
-//     lookup cheap too.
+//     one. An in-memory Bloom filter per bucket (filter.go), loaded from the
+//     records when the store opens, answers nearly every lookup of a new
+//     messageId without Pebble; a "maybe" goes to Pebble, whose bloom
+//     filters on every level keep that lookup cheap too.
 //  8. The high-water mark is written in the same batch as the jobs it
 //     numbers, so after a crash the store resumes above every Seq that any
 //     stored job has, and never hands one out twice.

@@ -31,7 +31,7 @@ const (
 //
 // A bucket's filter is a chain: when one is full, a filter twice its size is
 // added, so a bucket needs no size known in advance. A new bucket starts at
-// the size the previous one reached.
+// the size of the newest filter made, the size its predecessor had reached.
 //
 // The committer adds the messageIds of a group before it applies the group,
 // and Append reads appliedGen before its lookups, so a lookup that should
@@ -45,8 +45,8 @@ type dedupeFilter struct {
 	// buckets holds a filter for every bucket at or above scannedFrom that
 	// has records; a bucket there without one has none.
 	buckets map[uint64]*filterChain
-	// scannedFrom is the oldest bucket Open read into the filters. Nothing
-	// is known of older ones (a clock set back could look them up).
+	// scannedFrom is the oldest bucket the loader reads into the filters.
+	// Nothing is known of older ones (a clock set back could look them up).
 	scannedFrom uint64
 	// dropped: the buckets below it were range-deleted; the loader must not
 	// bring one back.

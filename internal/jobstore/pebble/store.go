@@ -100,8 +100,8 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 
-	// filter spares Append the Pebble lookups of new messageIds. Set by
-	// Open, then written by the committer only.
+	// filter spares Append the Pebble lookups of new messageIds. Made by
+	// Open; the committer and loadFilter add to it.
 	filter *dedupeFilter
 
 	// appliedGen is the number of the last group applied to the database
