@@ -82,7 +82,7 @@ func newDedupeFilter(scannedFrom uint64) *dedupeFilter {
 
 // key is what a filter hashes: a dedupe key without its prefix and bucket,
 // that is the source and the messageId as appendDedupeKey encodes them.
-func filterKey(dedupeKey []byte) []byte { return dedupeKey[9:] }
+func filterKey(dedupeKey []byte) []byte { return dedupeKey[dedupeKeyHead:] }
 
 // mayContain reports whether bucket may hold a record for key (from
 // filterKey). False means it certainly does not.
@@ -156,10 +156,8 @@ func (f *dedupeFilter) add(bucket uint64, keys [][]byte) {
 			}
 			last = newBloomFilter(size)
 			if f.bytes+last.size() > f.maxBytes {
-				for _, bf := range c.filters {
-					f.bytes -= bf.size()
-				}
-				c.saturated, c.filters = true, nil
+				f.release(c)
+				c.saturated = true
 				return
 			}
 			f.bytes += last.size()
@@ -178,12 +176,18 @@ func (f *dedupeFilter) dropBelow(bucket uint64) {
 	f.dropped = max(f.dropped, bucket)
 	for b, c := range f.buckets {
 		if b < bucket {
-			for _, bf := range c.filters {
-				f.bytes -= bf.size()
-			}
+			f.release(c)
 			delete(f.buckets, b)
 		}
 	}
+}
+
+// release gives back the memory of c's filters. f.mu must be held.
+func (f *dedupeFilter) release(c *filterChain) {
+	for _, bf := range c.filters {
+		f.bytes -= bf.size()
+	}
+	c.filters = nil
 }
 
 func newBloomFilter(keys int) *bloomFilter {

@@ -160,6 +160,14 @@ func dedupeBucketStart(bucket uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixDedupe}, bucket)
 }
 
+// dedupeKeyHead is the length of a dedupe key's prefix byte and bucket;
+// the source and messageId follow.
+const dedupeKeyHead = 1 + 8
+
+// dedupeKeyBucket returns the bucket of a dedupe key, which must be at
+// least dedupeKeyHead long.
+func dedupeKeyBucket(k []byte) uint64 { return binary.BigEndian.Uint64(k[1:dedupeKeyHead]) }
+
 // dedupeKey is 'd' bucket source messageId.
 func dedupeKey(bucket uint64, source, messageID string) []byte {
 	return appendDedupeKey(nil, bucket, source, messageID)

@@ -176,32 +176,48 @@ func Open(dir string, opts Options) (*Store, error) {
 func (s *Store) loadFilter() {
 	defer close(s.filterDone)
 	start := time.Now()
+	n, err := s.scanDedupe()
+	switch {
+	case errors.Is(err, ErrClosed):
+	case err != nil:
+		s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", err)
+	default:
+		s.filter.setLoaded()
+		if n > 0 {
+			s.log.Info("dedupe filter loaded", "records", n, "bytes", s.filter.size(), "took", time.Since(start).Round(time.Millisecond))
+		}
+	}
+}
+
+// scanDedupe adds the stored dedupe records to the filter and returns how
+// many it read, or ErrClosed if the store began to close meanwhile.
+func (s *Store) scanDedupe() (n int, err error) {
 	it, err := s.db.NewIter(&pebbledb.IterOptions{
 		LowerBound: dedupeBucketStart(s.filter.scannedFrom),
 		UpperBound: prefixEnd([]byte{prefixDedupe}),
 	})
 	if err != nil {
-		s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", err)
-		return
+		return 0, err
 	}
-	n := 0
+	defer func() {
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+	}()
 	var keys [][]byte
 	bucket := uint64(0)
 	for valid := it.First(); valid; valid = it.Next() {
 		k := it.Key()
-		if len(k) < 9 {
-			s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", fmt.Errorf("%w: dedupe key %q", errCorrupt, k))
-			it.Close()
-			return
+		if len(k) < dedupeKeyHead {
+			return n, fmt.Errorf("%w: dedupe key %q", errCorrupt, k)
 		}
 		// One bucket's keys at a time, a few thousand per lock.
-		if b := binary.BigEndian.Uint64(k[1:9]); b != bucket || len(keys) == 4096 {
+		if b := dedupeKeyBucket(k); b != bucket || len(keys) == 4096 {
 			s.filter.add(bucket, keys)
 			keys, bucket = keys[:0], b
 			select {
 			case <-s.closing:
-				it.Close()
-				return
+				return n, ErrClosed
 			default:
 			}
 		}
@@ -209,14 +225,7 @@ func (s *Store) loadFilter() {
 		n++
 	}
 	s.filter.add(bucket, keys)
-	if err := it.Close(); err != nil {
-		s.log.Error("dedupe filter not loaded: every lookup goes to the store", "err", err)
-		return
-	}
-	s.filter.setLoaded()
-	if n > 0 {
-		s.log.Info("dedupe filter loaded", "records", n, "bytes", s.filter.size(), "took", time.Since(start).Round(time.Millisecond))
-	}
+	return n, nil
 }
 
 // Memtable sizing; see pebbleOptions.
