@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 )
@@ -63,16 +62,25 @@ func (l load) run(ctx context.Context, max int64) loadResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			events := make([][]byte, l.batch)
-			ids := make([]string, l.batch)
+			var body, id []byte
+			var ids []string
 			for i := range tickets {
-				for j := range events {
-					ids[j] = fmt.Sprintf("%s-%d-%d", l.prefix, i, j)
-					events[j] = event(ids[j], l.source)
+				body = append(body[:0], `{"batch":[`...)
+				ids = ids[:0]
+				for j := range l.batch {
+					if j > 0 {
+						body = append(body, ',')
+					}
+					id = appendID(id[:0], l.prefix, i, j)
+					body = appendEvent(body, id, l.source)
+					if l.keep {
+						ids = append(ids, string(id))
+					}
 				}
+				body = append(body, `]}`...)
 				// A request in flight when the load ends still counts: its
 				// answer says whether the events were stored.
-				err := l.t.send(context.WithoutCancel(ctx), events)
+				err := l.t.send(context.WithoutCancel(ctx), body)
 				mu.Lock()
 				if err != nil {
 					res.failed += int64(l.batch)

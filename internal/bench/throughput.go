@@ -213,11 +213,13 @@ func bareClient(ctx context.Context, url string, workers int, d time.Duration) f
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var body, id []byte
 			for i := 0; ctx.Err() == nil; i++ {
-				id := fmt.Sprintf("bare-%d-%d", w, i)
-				req, _ := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(event(id, "web")))
+				id = appendID(id[:0], "bare", int64(w), i)
+				body = appendEvent(body[:0], id, "web")
+				req, _ := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("webhook-id", id)
+				req.Header.Set("webhook-id", string(id))
 				resp, err := client.Do(req)
 				if err != nil {
 					continue
