@@ -103,6 +103,12 @@ type ring struct {
 // earlyMax bounds the outcomes a source keeps for events not yet seen.
 const earlyMax = 4096
 
+// earlyAge is how long after its event was received an outcome may still
+// come before the event: the tracking API reports an event as soon as the
+// store has synced it, milliseconds after receivedAt, seconds when the disk
+// stalls.
+const earlyAge = 10 * time.Second
+
 // budget returns how many of n events received at at may be taken in.
 func (r *ring) budget(at time.Time, n int) int {
 	if s := at.Unix(); s != r.second {
@@ -193,9 +199,14 @@ func (d *Debugger) Observe(rep delivery.Report) {
 	r := d.ring(rep.Queue.Source)
 	ev := r.byID[rep.Job.Event.MessageID]
 	if ev == nil {
-		// Keep it for ObserveIngest, unless the event's second is already
-		// out of sampling budget and the event cannot be taken in.
-		if rep.Job.Attempts == 1 && (rep.Job.Event.ReceivedAt.Unix() != r.second || r.taken < SampleRate) {
+		// Keep it for ObserveIngest, unless the event cannot be taken in:
+		// its second is already out of sampling budget, or it was received
+		// so long ago that the tracking API reported it already (a backlog
+		// draining after an outage, where keeping each outcome would cost
+		// an allocation per delivered event for nothing).
+		received := rep.Job.Event.ReceivedAt
+		if rep.Job.Attempts == 1 && rep.At.Sub(received) < earlyAge &&
+			(received.Unix() != r.second || r.taken < SampleRate) {
 			if r.early == nil || len(r.early) >= earlyMax {
 				r.early = map[string][]delivery.Report{}
 			}

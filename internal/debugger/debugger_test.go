@@ -64,24 +64,47 @@ func TestSampling(t *testing.T) {
 
 // An attempt can end before the tracking API reports its event (delivery
 // starts before the fsync the API waits for): the outcome is kept and
-// applied when the event arrives.
+// applied when the event arrives. An outcome for an event received long
+// before is not kept: its report came long ago.
 func TestOutcomeBeforeEvent(t *testing.T) {
 	cfg := &config.Config{
 		Sources:      []config.Source{{Name: "web", WriteKey: "wk"}},
 		Destinations: []config.Destination{{Name: "hook", Type: "webhook", Sources: []string{"web"}}},
 	}
 	reg := destinations.Registry{"webhook": &destinations.Integration{Type: "webhook"}}
-	d := New(router.New(cfg, reg), nil)
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
-	e := jobstore.Entry{
-		Event:        event.Event{Source: "web", MessageID: "m1", Type: event.Track, ReceivedAt: at, Payload: []byte(`{}`)},
-		Destinations: []string{"hook"},
+	cases := []struct {
+		name     string
+		after    time.Duration // from receivedAt to the attempt's end
+		attempts int
+		kept     bool
+	}{
+		{"first attempt, just after", time.Millisecond, 1, true},
+		{"first attempt, disk stalled", 5 * time.Second, 1, true},
+		{"first attempt, a backlog draining", time.Minute, 1, false},
+		{"a retry", time.Millisecond, 2, false},
 	}
-	job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"}, Event: e.Event, Attempts: 1}
-	d.Observe(delivery.Report{Queue: job.Queue, Job: job, End: delivery.EndDelivered, At: at.Add(time.Millisecond)})
-	d.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: []jobstore.Entry{e}})
-	evs := d.Events("web")
-	if len(evs) != 1 || len(evs[0].Destinations) != 1 || evs[0].Destinations[0].Status != StatusDelivered {
-		t.Fatalf("events %+v, want m1 delivered to hook", evs)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := New(router.New(cfg, reg), nil)
+			e := jobstore.Entry{
+				Event:        event.Event{Source: "web", MessageID: "m1", Type: event.Track, ReceivedAt: at, Payload: []byte(`{}`)},
+				Destinations: []string{"hook"},
+			}
+			job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"}, Event: e.Event, Attempts: c.attempts}
+			d.Observe(delivery.Report{Queue: job.Queue, Job: job, End: delivery.EndDelivered, At: at.Add(c.after)})
+			if n := len(d.sources["web"].early); n != map[bool]int{true: 1, false: 0}[c.kept] {
+				t.Fatalf("%d outcomes kept for later, want kept=%v", n, c.kept)
+			}
+			d.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: []jobstore.Entry{e}})
+			evs := d.Events("web")
+			want := StatusPending
+			if c.kept {
+				want = StatusDelivered
+			}
+			if len(evs) != 1 || len(evs[0].Destinations) != 1 || evs[0].Destinations[0].Status != want {
+				t.Fatalf("events %+v, want m1 %s at hook", evs, want)
+			}
+		})
 	}
 }
