@@ -10,6 +10,7 @@ import (
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/jsonscan"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -56,7 +57,7 @@ func BenchmarkParseBatch(b *testing.B) {
 			b.ReportAllocs()
 			cpu0 := cpuTime()
 			for b.Loop() {
-				if validate(body) != nil || !utf8.Valid(body) {
+				if jsonscan.Validate(body) != nil || !utf8.Valid(body) {
 					b.Fatal("invalid")
 				}
 				p := parserPool.Get().(*parser)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jsonscan"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -215,7 +216,7 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		return nil, err
 	}
 	body := trimSpace(buf.Bytes())
-	if err := validate(body); err != nil {
+	if err := jsonscan.Validate(body); err != nil {
 		return nil, badRequest("expected a JSON object, found invalid JSON: %v", err)
 	}
 	if !utf8.Valid(body) {
@@ -280,15 +281,15 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 	var list []byte
 	for _, m := range p.top {
 		// The last of repeated names wins, as for events.
-		switch string(m.name) {
+		switch string(m.Name) {
 		case "batch":
-			list = m.value
+			list = m.Value
 		case "context":
-			b.contextRaw = m.value
+			b.contextRaw = m.Value
 		case "integrations":
-			b.integrationsRaw = m.value
+			b.integrationsRaw = m.Value
 		case "sentAt":
-			b.sentAt = m.value
+			b.sentAt = m.Value
 		}
 	}
 	if list == nil || list[0] != '[' {
@@ -329,11 +330,11 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 	entries := make([]jobstore.Entry, 0, len(elems))
 	var rejected []Rejection
 	for i, el := range elems {
-		if !el.object {
-			rejected = append(rejected, Rejection{Index: i, Reason: "expected an event object, found " + describe(el.raw)})
+		if !el.Object {
+			rejected = append(rejected, Rejection{Index: i, Reason: "expected an event object, found " + describe(el.Raw)})
 			continue
 		}
-		e, reason := p.event(el.raw, p.flat[el.lo:el.hi], "", &b)
+		e, reason := p.event(el.Raw, p.flat[el.Lo:el.Hi], "", &b)
 		if reason != "" {
 			rejected = append(rejected, Rejection{Index: i, Reason: reason})
 			continue
@@ -353,11 +354,11 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 // batchObject checks a batch-level context or integrations member: absent,
 // null or an object. It returns the object's members, nil when there is
 // nothing to merge.
-func batchObject(name string, v []byte) ([]member, []byte, *requestError) {
+func batchObject(name string, v []byte) ([]jsonscan.Member, []byte, *requestError) {
 	if isNull(v) {
 		return nil, nil, nil
 	}
-	ms, ok := members(v, nil)
+	ms, ok := jsonscan.Members(v, nil)
 	if !ok {
 		return nil, nil, badRequest("expected the batch's %s to be an object, found %s", name, describe(v))
 	}
@@ -375,11 +376,11 @@ var (
 )
 
 // bodyKey finds the source from the writeKey member of the body.
-func (h *Handler) bodyKey(ms []member) (string, *requestError) {
+func (h *Handler) bodyKey(ms []jsonscan.Member) (string, *requestError) {
 	var key string
 	for _, m := range ms {
-		if m.is("writeKey") {
-			key, _ = stringValue(m.value)
+		if m.Is("writeKey") {
+			key, _ = jsonscan.StringValue(m.Value)
 		}
 	}
 	if key == "" {

@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jsonscan"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -41,8 +43,8 @@ const timeLayout = "2006-01-02T15:04:05.000Z"
 // batchDefaults are the batch-level members that apply to every event of a
 // batch. The zero value is a single call, which has none.
 type batchDefaults struct {
-	context      []member // nil when the batch has no context object
-	integrations []member
+	context      []jsonscan.Member // nil when the batch has no context object
+	integrations []jsonscan.Member
 	// contextRaw and integrationsRaw are the objects as sent, copied as is
 	// into events that have none of their own.
 	contextRaw      []byte
@@ -69,14 +71,14 @@ type parser struct {
 	// want is how many events the request holds, to size rnd.
 	want int
 
-	top   []member // the body's members
-	spans []span   // a batch's elements
-	flat  []member // the members of a batch's events, by span
-	mem   []member // the members of the event being built
+	top   []jsonscan.Member // the body's members
+	spans []jsonscan.Span   // a batch's elements
+	flat  []jsonscan.Member // the members of a batch's events, by span
+	mem   []jsonscan.Member // the members of the event being built
 	// lastIndex maps the names of a large event's members to their last
 	// index; nil until an event needs it.
 	lastIndex map[string]int
-	nested    []member // the members of its context or integrations
+	nested    []jsonscan.Member // the members of its context or integrations
 
 	// The last routing decision, reused while consecutive events of a
 	// batch have the same type and integrations, as they usually do.
@@ -111,10 +113,10 @@ func (p *parser) reset(source string, r *router.Router, now time.Time, want, bod
 // single call, or the batch's, with its events' found in the same pass.
 func (p *parser) scan(body []byte, batch bool) {
 	if batch {
-		p.top, p.spans, p.flat = batchMembers(body, p.top[:0], p.spans[:0], p.flat[:0])
+		p.top, p.spans, p.flat = jsonscan.BatchMembers(body, p.top[:0], p.spans[:0], p.flat[:0])
 		return
 	}
-	p.top, _ = members(body, p.top[:0])
+	p.top, _ = jsonscan.Members(body, p.top[:0])
 }
 
 // clear drops references into the request so the pooled parser does not keep
@@ -146,7 +148,7 @@ type fields struct {
 // the event names its own.
 // b is nil for a single call. On failure it returns the reason, which says
 // what was expected and what was found.
-func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (jobstore.Entry, string) {
+func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDefaults) (jobstore.Entry, string) {
 	if len(raw) > MaxEventBytes {
 		return jobstore.Entry{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
 	}
@@ -162,7 +164,7 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 	p.mem = mem
 	f := fields{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1}
 	for i := range p.mem {
-		switch string(p.mem[i].name) {
+		switch string(p.mem[i].Name) {
 		case "type":
 			f.typ = i
 		case "userId":
@@ -193,12 +195,12 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 		if i < 0 {
 			return nil
 		}
-		return p.mem[i].value
+		return p.mem[i].Value
 	}
 
 	if typ == "" {
 		v := val(f.typ)
-		s, isString := stringValue(v)
+		s, isString := jsonscan.StringValue(v)
 		if !isString || !slices.Contains(callTypes, s) {
 			return jobstore.Entry{}, fmt.Sprintf("expected type to be one of %s, found %s", strings.Join(callTypes, ", "), describe(v))
 		}
@@ -237,7 +239,7 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 	var messageID string
 	setMessageID := true
 	if v := val(f.messageID); !isNull(v) && string(v) != `""` {
-		s, isString := stringValue(v)
+		s, isString := jsonscan.StringValue(v)
 		if !isString {
 			return jobstore.Entry{}, "expected messageId to be a string, found " + describe(v)
 		}
@@ -299,7 +301,7 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 		if p.repeated(i) {
 			continue
 		}
-		switch string(m.name) {
+		switch string(m.Name) {
 		case "type", "receivedAt", "writeKey":
 			continue
 		case "messageId":
@@ -312,19 +314,19 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 			}
 		case "context":
 			if b != nil && b.context != nil {
-				out = p.appendMerged(append(append(out, ','), m.rawName...), m.value, b.context, b.contextRaw)
+				out = p.appendMerged(append(append(out, ','), m.RawName...), m.Value, b.context, b.contextRaw)
 				continue
 			}
 		case "integrations":
 			if b != nil && b.integrations != nil {
-				out = p.appendMerged(append(append(out, ','), m.rawName...), m.value, b.integrations, b.integrationsRaw)
+				out = p.appendMerged(append(append(out, ','), m.RawName...), m.Value, b.integrations, b.integrationsRaw)
 				continue
 			}
 		}
 		out = append(out, ',')
-		out = append(out, m.rawName...)
+		out = append(out, m.RawName...)
 		out = append(out, ':')
-		out = append(out, m.value...)
+		out = append(out, m.Value...)
 	}
 	if setMessageID {
 		messageID = p.newMessageID()
@@ -382,9 +384,9 @@ func (p *parser) event(raw []byte, mem []member, typ string, b *batchDefaults) (
 func (p *parser) repeated(i int) bool {
 	if len(p.mem) <= smallObject {
 		// Events have few members: the quadratic scan costs less than a set.
-		name := p.mem[i].name
+		name := p.mem[i].Name
 		for j := i + 1; j < len(p.mem); j++ {
-			if bytes.Equal(p.mem[j].name, name) {
+			if bytes.Equal(p.mem[j].Name, name) {
 				return true
 			}
 		}
@@ -393,7 +395,7 @@ func (p *parser) repeated(i int) bool {
 	if i == 0 || p.lastIndex == nil {
 		p.lastIndex = lastIndexes(p.mem, p.lastIndex)
 	}
-	return p.lastIndex[string(p.mem[i].name)] != i
+	return p.lastIndex[string(p.mem[i].Name)] != i
 }
 
 // smallObject is the member count up to which names are compared pairwise
@@ -402,25 +404,25 @@ func (p *parser) repeated(i int) bool {
 const smallObject = 32
 
 // lastIndexes maps each member name to the index of its last occurrence.
-func lastIndexes(ms []member, m map[string]int) map[string]int {
+func lastIndexes(ms []jsonscan.Member, m map[string]int) map[string]int {
 	if m == nil {
 		m = make(map[string]int, len(ms))
 	}
 	clear(m)
 	for i := range ms {
-		m[string(ms[i].name)] = i
+		m[string(ms[i].Name)] = i
 	}
 	return m
 }
 
 // appendMerged writes an event's object member (context or integrations)
 // merged with the batch-level one: the event's own keys win, one level deep.
-func (p *parser) appendMerged(out, own []byte, batch []member, batchRaw []byte) []byte {
+func (p *parser) appendMerged(out, own []byte, batch []jsonscan.Member, batchRaw []byte) []byte {
 	out = append(out, ':')
 	if isNull(own) {
 		return append(out, batchRaw...)
 	}
-	p.nested, _ = members(own, p.nested[:0])
+	p.nested, _ = jsonscan.Members(own, p.nested[:0])
 	if len(p.nested) == 0 {
 		return append(out, batchRaw...)
 	}
@@ -433,15 +435,15 @@ func (p *parser) appendMerged(out, own []byte, batch []member, batchRaw []byte) 
 			_, ok := index[string(name)]
 			return ok
 		}
-		return slices.ContainsFunc(p.nested, func(m member) bool { return bytes.Equal(m.name, name) })
+		return slices.ContainsFunc(p.nested, func(m jsonscan.Member) bool { return bytes.Equal(m.Name, name) })
 	}
 	out = append(out, own[:len(own)-1]...) // all but the closing brace
 	for i := range batch {
-		if !has(batch[i].name) {
+		if !has(batch[i].Name) {
 			out = append(out, ',')
-			out = append(out, batch[i].rawName...)
+			out = append(out, batch[i].RawName...)
 			out = append(out, ':')
-			out = append(out, batch[i].value...)
+			out = append(out, batch[i].Value...)
 		}
 	}
 	return append(out, '}')
@@ -455,10 +457,10 @@ func (p *parser) route(typ string, own []byte, b *batchDefaults) router.Decision
 		return p.lastDecision
 	}
 	var in map[string]any
-	add := func(ms []member) {
+	add := func(ms []jsonscan.Member) {
 		for _, m := range ms {
 			var v any
-			switch m.value[0] {
+			switch m.Value[0] {
 			case 't':
 				v = true
 			case 'f':
@@ -472,7 +474,7 @@ func (p *parser) route(typ string, own []byte, b *batchDefaults) router.Decision
 			if in == nil {
 				in = make(map[string]any, len(ms))
 			}
-			in[string(m.name)] = v
+			in[string(m.Name)] = v
 		}
 	}
 	if b != nil {
@@ -480,7 +482,7 @@ func (p *parser) route(typ string, own []byte, b *batchDefaults) router.Decision
 	}
 	if !isNull(own) {
 		// The event's own keys are added last, so they win.
-		p.nested, _ = members(own, p.nested[:0])
+		p.nested, _ = jsonscan.Members(own, p.nested[:0])
 		add(p.nested)
 	}
 	d := p.router.Route(p.source, typ, in)
@@ -536,11 +538,42 @@ func requireID(name string, v []byte) string {
 
 // parseTime reads an RFC 3339 date-time member.
 func parseTime(name string, v []byte) (time.Time, string) {
-	s, ok := stringValue(v)
+	s, ok := jsonscan.StringValue(v)
 	if ok {
 		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
 			return t, ""
 		}
 	}
 	return time.Time{}, fmt.Sprintf("expected %s to be an ISO 8601 date-time such as 2024-05-01T12:00:00.000Z, found %s", name, describe(v))
+}
+
+// isNull reports whether a member value is absent or JSON null, which the
+// tracking API treats alike.
+func isNull(v []byte) bool { return v == nil || string(v) == "null" }
+
+// describe names the kind of a JSON value for error messages ("found a
+// number"), quoting short strings so that a user sees what was sent.
+func describe(v []byte) string {
+	if v == nil {
+		return "nothing"
+	}
+	switch v[0] {
+	case '"':
+		if len(v) == 2 {
+			return "an empty string"
+		}
+		if len(v) <= 42 && utf8.Valid(v) {
+			return "the string " + string(v)
+		}
+		return "a string"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
 }

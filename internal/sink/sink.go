@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/fanout/fanout/internal/jsonscan"
 )
 
 // Options configures a Sink. The zero value answers 200 to everything and
@@ -270,21 +272,11 @@ var (
 // allocates little beyond the messageIds it keeps.
 type request struct {
 	body   bytes.Buffer
-	wire   wireBody
+	top    []jsonscan.Member // the body's members, when it is an object
+	spans  []jsonscan.Span   // the events of a batch
+	flat   []jsonscan.Member // the members of a batch's events, by span
 	events []parsed
 	line   bytes.Buffer
-}
-
-// wireBody is what the sink reads of a body: the fields it needs of one
-// event, or of each event of a batch (a JSON array, or {"batch": [...]}).
-type wireBody struct {
-	wireEvent
-	Batch []wireEvent `json:"batch"`
-}
-
-type wireEvent struct {
-	MessageID  string `json:"messageId"`
-	ReceivedAt string `json:"receivedAt"`
 }
 
 type parsed struct {
@@ -367,6 +359,11 @@ func (s *Sink) putRequest(req *request) {
 	}
 	clear(req.events) // drop references to the body and ids
 	req.events = req.events[:0]
+	// Members and spans point into the body: through them, a smaller
+	// buffer the body has since grown out of would stay alive.
+	clear(req.top)
+	clear(req.spans)
+	clear(req.flat)
 	s.bufs.Put(req)
 }
 
@@ -482,65 +479,82 @@ func (s *Sink) sleep(r *http.Request) bool {
 
 // parse finds the events in the body and their ids: for one event the
 // webhook-id header (Standard Webhooks) or else its messageId; for a batch
-// each element's messageId. A body that is not JSON is one event without
-// an id; an empty body holds none.
+// (a JSON array, or an object with a "batch" array) each element's
+// messageId. A body that is not JSON is one event without an id; an empty
+// body, or an empty batch, holds none.
+//
+// It runs on every request of a benchmark, on the machine fanout is being
+// measured on, so it validates the body once and reads the two members it
+// needs with jsonscan instead of decoding the body with encoding/json.
 func (s *Sink) parse(req *request, h http.Header) {
 	b := bytes.TrimSpace(req.body.Bytes())
 	if len(b) == 0 {
 		return
 	}
-	now := s.now()
-	wantRaw := s.opts.Print != nil || s.rec != nil
-	req.wire.MessageID, req.wire.ReceivedAt = "", ""
-	req.wire.Batch = req.wire.Batch[:0]
-	var err error
-	if b[0] == '[' {
-		err = json.Unmarshal(b, &req.wire.Batch)
-	} else {
-		err = json.Unmarshal(b, &req.wire)
-	}
-	if err != nil {
+	if jsonscan.Validate(b) != nil {
 		req.events = append(req.events, parsed{raw: b, latencyUS: -1})
 		return
 	}
-	if b[0] != '[' && len(req.wire.Batch) == 0 {
-		id := headerValue(h, "Webhook-Id")
-		if id == "" {
-			id = req.wire.MessageID
+	now := s.now()
+	req.top, req.spans, req.flat = req.top[:0], req.spans[:0], req.flat[:0]
+	batch := false
+	switch b[0] {
+	case '[':
+		req.spans, req.flat, batch = jsonscan.Elements(b, req.spans, req.flat)
+	case '{':
+		req.top, req.spans, req.flat = jsonscan.BatchMembers(b, req.top, req.spans, req.flat)
+		// The last "batch" member counts, as it does for encoding/json
+		// and for fanout's tracking API; BatchMembers found the elements
+		// of the last one that is an array.
+		for i := range req.top {
+			if req.top[i].Is("batch") {
+				batch = req.top[i].Value[0] == '['
+			}
 		}
-		req.events = append(req.events, parsed{id: id, raw: b, latencyUS: latency(now, req.wire.ReceivedAt)})
+	}
+	if !batch {
+		id, receivedAt := eventFields(req.top)
+		e := parsed{id: headerValue(h, "Webhook-Id"), raw: b, latencyUS: latency(now, receivedAt)}
+		if e.id == "" {
+			e.id, _ = jsonscan.StringValue(id)
+		}
+		req.events = append(req.events, e)
 		return
 	}
-	var raws []json.RawMessage
-	if wantRaw {
-		// Only printing and recording need each element's bytes; counting
-		// alone decodes the body once.
-		if b[0] == '[' {
-			_ = json.Unmarshal(b, &raws)
-		} else {
-			var env struct {
-				Batch []json.RawMessage `json:"batch"`
-			}
-			_ = json.Unmarshal(b, &env)
-			raws = env.Batch
+	for _, el := range req.spans {
+		e := parsed{raw: el.Raw, latencyUS: -1}
+		if el.Object {
+			id, receivedAt := eventFields(req.flat[el.Lo:el.Hi])
+			e.id, _ = jsonscan.StringValue(id)
+			e.latencyUS = latency(now, receivedAt)
 		}
-	}
-	for i, e := range req.wire.Batch {
-		p := parsed{id: e.MessageID, latencyUS: latency(now, e.ReceivedAt)}
-		if i < len(raws) {
-			p.raw = raws[i]
-		}
-		req.events = append(req.events, p)
+		req.events = append(req.events, e)
 	}
 }
 
+// eventFields returns the raw messageId and receivedAt members of an event,
+// nil when absent. Where a name repeats, the last one counts, as it does
+// for encoding/json.
+func eventFields(ms []jsonscan.Member) (messageID, receivedAt []byte) {
+	for i := range ms {
+		switch string(ms[i].Name) {
+		case "messageId":
+			messageID = ms[i].Value
+		case "receivedAt":
+			receivedAt = ms[i].Value
+		}
+	}
+	return messageID, receivedAt
+}
+
 // latency returns now - receivedAt in microseconds, or -1 when receivedAt
-// is missing or not RFC 3339.
-func latency(now time.Time, receivedAt string) int64 {
-	if receivedAt == "" {
+// (a raw JSON value) is missing, not a string or not RFC 3339.
+func latency(now time.Time, receivedAt []byte) int64 {
+	at, ok := jsonscan.StringValue(receivedAt)
+	if !ok {
 		return -1
 	}
-	t, err := time.Parse(time.RFC3339Nano, receivedAt)
+	t, err := time.Parse(time.RFC3339Nano, at)
 	if err != nil {
 		return -1
 	}

@@ -335,6 +335,62 @@ func TestLatencyCancelled(t *testing.T) {
 	}
 }
 
+// TestParse checks the events found in each kind of body: each event's id,
+// latency in microseconds (-1 for none) and raw bytes.
+func TestParse(t *testing.T) {
+	at := fixed.Add(-10 * time.Millisecond).Format(time.RFC3339Nano) // 10ms before the clock
+	tests := []struct {
+		name   string
+		body   string
+		header []string
+		want   []string
+	}{
+		{"one event", `{"messageId":"m1","receivedAt":"` + at + `"}`, nil,
+			[]string{`m1 10000 {"messageId":"m1","receivedAt":"` + at + `"}`}},
+		{"surrounding whitespace", " \n{\"messageId\": \"m1\"}\t", nil, []string{`m1 -1 {"messageId": "m1"}`}},
+		{"webhook-id wins", `{"messageId":"m1"}`, []string{"Webhook-Id", "msg_1"}, []string{`msg_1 -1 {"messageId":"m1"}`}},
+		{"escapes decoded", `{"messageId":"m\u0031\"\\","receivedAt":"` + strings.Replace(at, "T", `\u0054`, 1) + `"}`, nil,
+			[]string{`m1"\ 10000 {"messageId":"m\u0031\"\\","receivedAt":"` + strings.Replace(at, "T", `\u0054`, 1) + `"}`}},
+		{"last of repeated names", `{"messageId":"m1","messageId":"m2"}`, nil, []string{`m2 -1 {"messageId":"m1","messageId":"m2"}`}},
+		{"names are case-sensitive", `{"MessageId":"m1"}`, nil, []string{` -1 {"MessageId":"m1"}`}},
+		{"messageId not a string", `{"messageId":12,"receivedAt":"bad"}`, nil, []string{` -1 {"messageId":12,"receivedAt":"bad"}`}},
+		{"not an object", `"m1"`, []string{"Webhook-Id", "msg_1"}, []string{`msg_1 -1 "m1"`}},
+		{"array", `[{"messageId":"m1"}, {"messageId":"m2","receivedAt":"` + at + `"}]`, nil,
+			[]string{`m1 -1 {"messageId":"m1"}`, `m2 10000 {"messageId":"m2","receivedAt":"` + at + `"}`}},
+		{"batch", `{"messageId":"top","batch":[{"messageId":"m1"},{"messageId":"m2"}]}`, []string{"Webhook-Id", "batch_1"},
+			[]string{`m1 -1 {"messageId":"m1"}`, `m2 -1 {"messageId":"m2"}`}},
+		{"batch of non-objects", `{"batch":[1,"m1",null,[{"messageId":"m2"}]]}`, nil,
+			[]string{` -1 1`, ` -1 "m1"`, ` -1 null`, ` -1 [{"messageId":"m2"}]`}},
+		{"last batch counts", `{"batch":[{"messageId":"m1"}],"batch":[{"messageId":"m2"}]}`, nil, []string{`m2 -1 {"messageId":"m2"}`}},
+		{"batch not an array", `{"batch":[{"messageId":"m1"}],"batch":null,"messageId":"m2"}`, nil,
+			[]string{`m2 -1 {"batch":[{"messageId":"m1"}],"batch":null,"messageId":"m2"}`}},
+		{"empty array", `[]`, nil, nil},
+		{"empty batch", `{"batch":[]}`, nil, nil},
+		{"invalid JSON", `{"messageId":"m1"`, []string{"Webhook-Id", "msg_1"}, []string{` -1 {"messageId":"m1"`}},
+		{"not JSON", `not json`, nil, []string{` -1 not json`}},
+		{"empty body", " \n", nil, nil},
+	}
+	s := setup(t, Options{})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := http.Header{}
+			for i := 0; i+1 < len(tt.header); i += 2 {
+				h.Set(tt.header[i], tt.header[i+1])
+			}
+			req := new(request)
+			req.body.WriteString(tt.body)
+			s.parse(req, h)
+			var got []string
+			for _, e := range req.events {
+				got = append(got, fmt.Sprintf("%s %d %s", e.id, e.latencyUS, e.raw))
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("events of %s:\n%q\nwant\n%q", tt.body, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestPrintAndRecord(t *testing.T) {
 	var printed, recorded bytes.Buffer
 	s := setup(t, Options{Print: &printed, Record: &recorded, FailRate: 0})
@@ -467,3 +523,32 @@ type discardWriter struct{ h http.Header }
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *discardWriter) WriteHeader(int)             {}
+
+// webhookEvent is one event the way the webhook destination delivers it: the
+// stored payload, with the server-set messageId, receivedAt and timestamp,
+// about 600 bytes.
+const webhookEvent = `{"type":"track","event":"Order Completed","userId":"user-1842",` +
+	`"properties":{"orderId":"50314b8e9bcf000000000000","total":27.5,"revenue":25.0,"shipping":3,"tax":2.5,"currency":"USD",` +
+	`"products":[{"product_id":"507f1f77bcf86cd799439011","sku":"45790-32","name":"Monopoly: 3rd Edition","price":19,"quantity":1}]},` +
+	`"context":{"ip":"203.0.113.7","locale":"en-US","library":{"name":"analytics.js","version":"next-1.70.0"}},"integrations":{},` +
+	`"messageId":"ajs-next-1714564800000-1842","sentAt":"2026-03-01T11:59:58.250Z",` +
+	`"receivedAt":"2026-03-01T12:00:00.123Z","timestamp":"2026-03-01T11:59:58.120Z"}`
+
+// BenchmarkParse measures finding the events of one webhook request and their
+// ids and receivedAt, the part of the hot path that reads the body.
+func BenchmarkParse(b *testing.B) {
+	s, _ := New(Options{Logger: slog.New(slog.DiscardHandler)})
+	defer s.Close()
+	h := http.Header{"Webhook-Id": {"ajs-next-1714564800000-1842"}}
+	req := new(request)
+	req.body.WriteString(webhookEvent)
+	b.SetBytes(int64(len(webhookEvent)))
+	b.ReportAllocs()
+	for b.Loop() {
+		req.events = req.events[:0]
+		s.parse(req, h)
+		if len(req.events) != 1 || req.events[0].latencyUS < 0 {
+			b.Fatalf("parsed %+v", req.events)
+		}
+	}
+}

@@ -1,4 +1,4 @@
-package ingest
+package jsonscan
 
 import (
 	"encoding/json"
@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// FuzzValidate checks that validate accepts exactly what json.Valid accepts.
+// FuzzValidate checks that Validate accepts exactly what json.Valid accepts.
 func FuzzValidate(f *testing.F) {
 	for _, s := range []string{
 		``, ` `, `{}`, `[]`, `{"a":1}`, `{"a":[1,2,{"b":null}],"c":"\u00e9\n"}`, `[1,]`, `{"a":1,}`,
@@ -17,9 +17,9 @@ func FuzzValidate(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		err := validate(b)
+		err := Validate(b)
 		if want := json.Valid(b); (err == nil) != want {
-			t.Fatalf("validate(%q) = %v, json.Valid = %v", b, err, want)
+			t.Fatalf("Validate(%q) = %v, json.Valid = %v", b, err, want)
 		}
 	})
 }

@@ -1,35 +1,42 @@
-package ingest
+// Package jsonscan validates JSON and finds the members of its objects and
+// the elements of its arrays as slices of the input, without decoding values.
+//
+// It exists for fanout's hot paths. The tracking API must keep every value a
+// client sent byte for byte (a 19-digit userId must not become a float64),
+// and it sees tens of thousands of events a second, so it neither decodes
+// events into maps nor re-marshals them: it validates the whole body once
+// with Validate, then finds the top-level members of each object with the
+// small scanner below, which can be simple because its input is known to be
+// well formed. The benchmark sink, which shares the machine with fanout while
+// it is measured, reads each delivered event's messageId and receivedAt the
+// same way.
+//
+// Every function but Validate takes input that Validate has accepted, and
+// may panic or return nonsense on anything else.
+package jsonscan
 
 import (
 	"bytes"
 	"encoding/json"
-	"unicode/utf8"
 )
 
-// This file walks JSON that validate has already accepted. The tracking API
-// must keep every value a client sent byte for byte (a 19-digit userId must
-// not become a float64), and it sees tens of thousands of events a second, so
-// it neither decodes events into maps nor re-marshals them: it validates the
-// whole body once with validate, then finds the top-level members of each
-// object with the small scanner below, which can be simple because its input
-// is known to be well formed.
-
-// member is one name/value pair of a JSON object.
-type member struct {
-	// name is the decoded member name. It points into the input unless the
+// Member is one name/value pair of a JSON object.
+type Member struct {
+	// Name is the decoded member name. It points into the input unless the
 	// name had escape sequences.
-	name []byte
-	// rawName is the name as written, quotes included, for writing it back.
-	rawName []byte
-	// value is the raw value, without surrounding whitespace.
-	value []byte
+	Name []byte
+	// RawName is the name as written, quotes included, for writing it back.
+	RawName []byte
+	// Value is the raw value, without surrounding whitespace.
+	Value []byte
 }
 
-func (m *member) is(name string) bool { return string(m.name) == name }
+// Is reports whether the member's decoded name is name.
+func (m *Member) Is(name string) bool { return string(m.Name) == name }
 
-// members appends the members of the JSON object b to dst. b must be valid
+// Members appends the members of the JSON object b to dst. b must be valid
 // JSON with no surrounding whitespace; ok is false when it is not an object.
-func members(b []byte, dst []member) (_ []member, ok bool) {
+func Members(b []byte, dst []Member) (_ []Member, ok bool) {
 	if len(b) < 2 || b[0] != '{' {
 		return dst, false
 	}
@@ -39,7 +46,7 @@ func members(b []byte, dst []member) (_ []member, ok bool) {
 
 // membersAt appends the members of the object starting at b[i] (valid JSON)
 // to dst and returns the index just past it.
-func membersAt(b []byte, i int, dst []member) (_ []member, end int) {
+func membersAt(b []byte, i int, dst []Member) (_ []Member, end int) {
 	i = skipSpace(b, i+1)
 	if b[i] == '}' {
 		return dst, i + 1
@@ -47,13 +54,13 @@ func membersAt(b []byte, i int, dst []member) (_ []member, end int) {
 	for {
 		// b[i] is the opening quote of a name.
 		end := skipString(b, i)
-		var m member
-		m.rawName = b[i:end]
-		m.name = decodeName(m.rawName)
+		var m Member
+		m.RawName = b[i:end]
+		m.Name = decodeName(m.RawName)
 		i = skipSpace(b, end)
 		i = skipSpace(b, i+1) // the colon
 		end = skipValue(b, i)
-		m.value = b[i:end]
+		m.Value = b[i:end]
 		dst = append(dst, m)
 		i = skipSpace(b, end)
 		if b[i] == '}' {
@@ -63,46 +70,42 @@ func membersAt(b []byte, i int, dst []member) (_ []member, end int) {
 	}
 }
 
-// span is one element of a batch: its raw bytes and, for an object, the
-// range of its members in the flat member list batchMembers fills.
-type span struct {
-	raw    []byte
-	lo, hi int
-	object bool
+// Span is one element of an array: its raw bytes and, for an object, the
+// range flat[Lo:Hi] of its members in the flat member list that
+// BatchMembers or Elements fills.
+type Span struct {
+	Raw    []byte
+	Lo, Hi int
+	Object bool
 }
 
-// batchMembers walks the top-level object b (valid JSON, no surrounding
+// BatchMembers walks the top-level object b (valid JSON, no surrounding
 // whitespace, an object) once. It returns its members in top, and for the
 // last "batch" member that is an array, each element in spans with the
 // members of object elements in flat. One pass over the body instead of one
 // per level matters: the body is most of what a request costs to parse.
-func batchMembers(b []byte, top []member, spans []span, flat []member) ([]member, []span, []member) {
+//
+// A later "batch" member that is not an array leaves spans as they were: a
+// caller that wants the last "batch" member to count looks for it in top.
+func BatchMembers(b []byte, top []Member, spans []Span, flat []Member) ([]Member, []Span, []Member) {
 	i := skipSpace(b, 1)
 	if b[i] == '}' {
 		return top, spans, flat
 	}
 	for {
 		end := skipString(b, i)
-		var m member
-		m.rawName = b[i:end]
-		m.name = decodeName(m.rawName)
+		var m Member
+		m.RawName = b[i:end]
+		m.Name = decodeName(m.RawName)
 		i = skipSpace(b, end)
 		i = skipSpace(b, i+1) // the colon
-		if m.is("batch") && b[i] == '[' {
-			spans, flat = spans[:0], flat[:0] // the last "batch" counts
-			end = elementsAt(b, i, func(start, end int) {
-				spans = append(spans, span{raw: b[start:end]})
-			}, func(start int) int {
-				lo := len(flat)
-				var e int
-				flat, e = membersAt(b, start, flat)
-				spans = append(spans, span{raw: b[start:e], lo: lo, hi: len(flat), object: true})
-				return e
-			})
+		if m.Is("batch") && b[i] == '[' {
+			// The last "batch" counts.
+			spans, flat, end = spansAt(b, i, spans[:0], flat[:0])
 		} else {
 			end = skipValue(b, i)
 		}
-		m.value = b[i:end]
+		m.Value = b[i:end]
 		top = append(top, m)
 		i = skipSpace(b, end)
 		if b[i] == '}' {
@@ -110,6 +113,34 @@ func batchMembers(b []byte, top []member, spans []span, flat []member) ([]member
 		}
 		i = skipSpace(b, i+1) // the comma
 	}
+}
+
+// Elements appends each element of the JSON array b to spans, with the
+// members of object elements in flat, as BatchMembers does for the elements
+// of a batch. b must be valid JSON with no surrounding whitespace; ok is
+// false when it is not an array.
+func Elements(b []byte, spans []Span, flat []Member) (_ []Span, _ []Member, ok bool) {
+	if len(b) < 2 || b[0] != '[' {
+		return spans, flat, false
+	}
+	spans, flat, _ = spansAt(b, 0, spans, flat)
+	return spans, flat, true
+}
+
+// spansAt appends the elements of the array starting at b[i] (valid JSON) to
+// spans and the members of its object elements to flat, and returns the
+// index just past the array.
+func spansAt(b []byte, i int, spans []Span, flat []Member) ([]Span, []Member, int) {
+	end := elementsAt(b, i, func(start, end int) {
+		spans = append(spans, Span{Raw: b[start:end]})
+	}, func(start int) int {
+		lo := len(flat)
+		var e int
+		flat, e = membersAt(b, start, flat)
+		spans = append(spans, Span{Raw: b[start:e], Lo: lo, Hi: len(flat), Object: true})
+		return e
+	})
+	return spans, flat, end
 }
 
 // elementsAt walks the array starting at b[i] (valid JSON): it hands each
@@ -219,47 +250,17 @@ func decodeName(s []byte) []byte {
 	}
 	var out string
 	if err := json.Unmarshal(s, &out); err != nil {
-		// Unreachable for input that passed json.Valid.
+		// Unreachable for input that passed Validate.
 		return inner
 	}
 	return []byte(out)
 }
 
-// stringValue decodes a JSON string value; ok is false when v is not a string.
-func stringValue(v []byte) (_ string, ok bool) {
+// StringValue decodes v, a valid JSON value such as a Member's Value, when it
+// is a string; ok is false when v is not a string.
+func StringValue(v []byte) (_ string, ok bool) {
 	if len(v) < 2 || v[0] != '"' {
 		return "", false
 	}
 	return string(decodeName(v)), true
-}
-
-// isNull reports whether a member value is absent or JSON null, which the
-// tracking API treats alike.
-func isNull(v []byte) bool { return v == nil || string(v) == "null" }
-
-// describe names the kind of a JSON value for error messages ("found a
-// number"), quoting short strings so that a user sees what was sent.
-func describe(v []byte) string {
-	if v == nil {
-		return "nothing"
-	}
-	switch v[0] {
-	case '"':
-		if len(v) == 2 {
-			return "an empty string"
-		}
-		if len(v) <= 42 && utf8.Valid(v) {
-			return "the string " + string(v)
-		}
-		return "a string"
-	case '{':
-		return "an object"
-	case '[':
-		return "an array"
-	case 't', 'f':
-		return "a boolean"
-	case 'n':
-		return "null"
-	}
-	return "a number"
 }

@@ -1,18 +1,19 @@
-package ingest
+package jsonscan
 
 import (
 	"fmt"
 )
 
-// validate reports whether b is one valid JSON value (surrounding whitespace
-// allowed), accepting exactly what json.Valid accepts (FuzzValidate checks
-// that). It exists because json.Valid, a byte-at-a-time state machine with an
-// indirect call per byte, was half of the tracking API's parse cost; this
-// loop checks the same grammar at several times the speed. UTF-8 validity is
-// checked separately, with utf8.Valid.
+// Validate returns nil when b is one valid JSON value (surrounding
+// whitespace allowed), accepting exactly what json.Valid accepts
+// (FuzzValidate checks that). It exists because json.Valid, a byte-at-a-time
+// state machine with an indirect call per byte, was half of the tracking
+// API's parse cost; this loop checks the same grammar at several times the
+// speed. Like json.Valid it does not check that strings are valid UTF-8: a
+// caller that needs UTF-8 checks it with utf8.Valid.
 //
 // The error says where the input went wrong and what was expected there.
-func validate(b []byte) error {
+func Validate(b []byte) error {
 	// stack holds the open containers, '{' or '['.
 	var stackBuf [64]byte
 	stack := stackBuf[:0]
