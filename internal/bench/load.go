@@ -62,6 +62,9 @@ func (l load) run(ctx context.Context, max int64) loadResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// One body buffer per sender, reused once send returns: the
+			// tracking API reads a whole body before it answers, and the
+			// transport's own retries happen inside Do.
 			var body, id []byte
 			var ids []string
 			for i := range tickets {
