@@ -52,14 +52,9 @@ func membersAt(b []byte, i int, dst []Member) (_ []Member, end int) {
 		return dst, i + 1
 	}
 	for {
-		// b[i] is the opening quote of a name.
-		end := skipString(b, i)
 		var m Member
-		m.RawName = b[i:end]
-		m.Name = decodeName(m.RawName)
-		i = skipSpace(b, end)
-		i = skipSpace(b, i+1) // the colon
-		end = skipValue(b, i)
+		m, i = nameAt(b, i)
+		end := skipValue(b, i)
 		m.Value = b[i:end]
 		dst = append(dst, m)
 		i = skipSpace(b, end)
@@ -68,6 +63,17 @@ func membersAt(b []byte, i int, dst []Member) (_ []Member, end int) {
 		}
 		i = skipSpace(b, i+1) // the comma
 	}
+}
+
+// nameAt reads the member whose name starts at b[i] (valid JSON, the
+// opening quote) up to its colon. It returns the member with its names set
+// and the index where its value starts.
+func nameAt(b []byte, i int) (Member, int) {
+	end := skipString(b, i)
+	m := Member{RawName: b[i:end]}
+	m.Name = decodeName(m.RawName)
+	i = skipSpace(b, end)
+	return m, skipSpace(b, i+1) // past the colon
 }
 
 // Span is one element of an array: its raw bytes and, for an object, the
@@ -93,12 +99,9 @@ func BatchMembers(b []byte, top []Member, spans []Span, flat []Member) ([]Member
 		return top, spans, flat
 	}
 	for {
-		end := skipString(b, i)
 		var m Member
-		m.RawName = b[i:end]
-		m.Name = decodeName(m.RawName)
-		i = skipSpace(b, end)
-		i = skipSpace(b, i+1) // the colon
+		var end int
+		m, i = nameAt(b, i)
 		if m.Is("batch") && b[i] == '[' {
 			// The last "batch" counts.
 			spans, flat, end = spansAt(b, i, spans[:0], flat[:0])
