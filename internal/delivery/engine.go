@@ -531,7 +531,7 @@ const storeRetry = time.Second
 // store as needed: due retries first, then pending jobs.
 func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 	if len(q.buf) == 0 {
-		if err := d.load(q, now); err != nil {
+		if err := d.load(q, now, pageSize); err != nil {
 			return nil, err
 		}
 	}
@@ -540,8 +540,10 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 	}
 	n, size := 1, len(q.buf[0].Event.Payload)
 	if d.Batch.MaxEvents > 1 {
+		// A batch may be bigger than a page: read what it needs, so that
+		// a backlog goes out in full batches, not in pages.
 		if len(q.buf) < d.Batch.MaxEvents && q.diskMore {
-			if err := d.load(q, now); err != nil {
+			if err := d.load(q, now, d.Batch.MaxEvents); err != nil {
 				d.log.Warn("read more jobs for a batch", "source", q.id.Source, "err", err)
 			}
 		}
@@ -564,13 +566,15 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 	return jobs, nil
 }
 
-// load pages jobs of q in from the store. The coalesced update is written
-// first, so the store never returns a job this scheduler already settled.
-func (d *dest) load(q *queue, now time.Time) error {
+// load pages jobs of q in from the store until buf holds want, or at least
+// a page. The coalesced update is written first, so the store never
+// returns a job this scheduler already settled.
+func (d *dest) load(q *queue, now time.Time, want int) error {
 	d.flush(context.Background())
 	ctx := context.Background()
+	page := max(pageSize, want-len(q.buf))
 	if q.retryDue(now) {
-		jobs, next, err := d.e.opts.Store.Retries(ctx, q.id, now, pageSize+len(q.loadedRetries))
+		jobs, next, err := d.e.opts.Store.Retries(ctx, q.id, now, page+len(q.loadedRetries))
 		if err != nil {
 			return fmt.Errorf("read retries: %w", err)
 		}
@@ -582,17 +586,18 @@ func (d *dest) load(q *queue, now time.Time) error {
 			}
 		}
 		q.retryNext = next
-		if len(fresh) == pageSize {
+		if len(fresh) == page {
 			q.retryNext = now // more are due
 		}
 		q.buf = append(fresh, q.buf...)
 	}
-	if q.diskMore && len(q.buf) < pageSize {
-		jobs, err := d.e.opts.Store.Pending(ctx, q.id, q.cursor, pageSize)
+	if q.diskMore && len(q.buf) < want {
+		page = max(pageSize, want-len(q.buf))
+		jobs, err := d.e.opts.Store.Pending(ctx, q.id, q.cursor, page)
 		if err != nil {
 			return fmt.Errorf("read pending jobs: %w", err)
 		}
-		if len(jobs) < pageSize {
+		if len(jobs) < page {
 			q.diskMore = false
 		}
 		if len(jobs) > 0 {
@@ -806,7 +811,7 @@ func (d *dest) expireQueue(q *queue, now time.Time, budget int) int {
 	done := 0
 	for done < budget {
 		if len(q.buf) == 0 && q.hasWork(now) {
-			if err := d.load(q, now); err != nil {
+			if err := d.load(q, now, pageSize); err != nil {
 				d.log.Error("read jobs to archive", "source", q.id.Source, "err", err)
 				break
 			}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -648,6 +649,39 @@ func TestPartialBatchFailureRetriesOnlyTheFailed(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.batches) != 2 || len(s.batches[0]) != 10 || len(s.batches[1]) != 4 {
 		t.Fatalf("batches %v, want one of 10 then one of the 4 failed", s.batches)
+	}
+}
+
+// A batch can be bigger than a queue's usual page: the queue then loads a
+// whole batch at once, from the store or from what was just announced, so
+// that requests are full and not cut at the page size.
+func TestBatchesBiggerThanAPageAreFull(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		events int
+		want   []int
+	}{
+		{"backlog read from the store", 450, []int{150, 150, 150}},
+		{"announced jobs beyond a page", 120, []int{120}},
+		{"backlog with a partial last batch", 400, []int{150, 150, 100}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := setup(t, targetSpec{name: "hook", batch: 150, concurrency: 1, decide: func(event.Event, int) destinations.Result {
+				return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+			}})
+			b.send(t, "web", tc.events, "hook")
+			b.await(t, tc.events)
+			s := b.dests["hook"]
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			var sizes []int
+			for _, batch := range s.batches {
+				sizes = append(sizes, len(batch))
+			}
+			if !slices.Equal(sizes, tc.want) {
+				t.Fatalf("batches of %v, want %v", sizes, tc.want)
+			}
+		})
 	}
 }
 
