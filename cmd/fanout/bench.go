@@ -14,7 +14,7 @@ import (
 func runBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	duration := fs.Duration("duration", 10*time.Second, "length of each load phase")
-	events := fs.Int("events", 5_000_000, "backlog: events that pile up for the down destination")
+	events := fs.Int("events", 5_000_000, "backlog: events that pile up for each down destination (one event per request, then batched)")
 	out := fs.String("out", "", "where to write the figures as JSON (default bench-SCENARIO.json)")
 	keep := fs.Bool("keep", false, "keep the work dir (data, configs, logs)")
 	visibility := fs.String("visibility", "on", "throughput: stats, debugger and metrics on, off, or both (measures their cost)")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/fanout/fanout/internal/sink"
 )
 
 const backlogConfig = `listen: {{listen}}
@@ -15,6 +17,7 @@ network:
 sources:
   - {name: bulk, write_key: wk_bulk}
   - {name: app, write_key: wk_app}
+  - {name: bulk2, write_key: wk_bulk2}
 destinations:
   - name: down
     type: webhook
@@ -24,7 +27,14 @@ destinations:
     type: webhook
     sources: [app]
     settings: {url: "http://%s/up"}
+  - name: down-batch
+    type: webhook
+    sources: [bulk2]
+    settings: {url: "http://%s/down-batch", batch: %d}
 `
+
+// backlogBatch is the down-batch destination's events per request.
+const backlogBatch = 100
 
 // BacklogResult holds the backlog scenario's figures.
 type BacklogResult struct {
@@ -50,8 +60,29 @@ type BacklogResult struct {
 	// FirstDeliveryAfter is how long after the destination came back its
 	// circuit probe went through.
 	FirstDeliveryAfterSec float64 `json:"first_delivery_after_recovery_sec"`
+	// DrainPerSec is the drain with one event per request, and
+	// DrainVsBare its ratio to a bare Go HTTP client posting one event per
+	// request to the same kind of sink right after it: the machine's
+	// request rate at that moment.
+	DrainPerSec        float64 `json:"drain_per_sec"`
+	BareRequestsPerSec float64 `json:"bare_requests_per_sec"`
+	DrainVsBare        float64 `json:"drain_vs_bare"`
+	Lost               int64   `json:"lost"`
+	// Batched is the same backlog again, for a destination whose webhook
+	// sends backlogBatch events per request (the engine's batch path).
+	Batched BatchedDrain `json:"batched"`
+}
+
+// BatchedDrain is the backlog scenario's second backlog, drained in batches.
+type BatchedDrain struct {
+	Events                int64   `json:"backlog_events"`
+	IngestPerSec          float64 `json:"backlog_ingest_per_sec"`
+	BatchSize             int     `json:"batch_size"`
+	FirstDeliveryAfterSec float64 `json:"first_delivery_after_recovery_sec"`
 	DrainPerSec           float64 `json:"drain_per_sec"`
-	Lost                  int64   `json:"lost"`
+	// EventsPerRequest is accepted events over requests answered 200.
+	EventsPerRequest float64 `json:"events_per_request"`
+	Lost             int64   `json:"lost"`
 }
 
 func runBacklog(ctx context.Context, e *env) (any, error) {
@@ -63,7 +94,11 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv, err := e.startServer("fanout", fmt.Sprintf(backlogConfig, down, up), "")
+	downBatch, _, err := e.startSink("down-batch", "--down")
+	if err != nil {
+		return nil, err
+	}
+	srv, err := e.startServer("fanout", fmt.Sprintf(backlogConfig, down, up, downBatch, backlogBatch), "")
 	if err != nil {
 		return nil, err
 	}
@@ -140,21 +175,21 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	}
 
 	e.logf("recovery: the down destination comes back")
-	recovered := time.Now()
-	if err := sinkPost(down, "up"); err != nil {
-		return nil, err
-	}
-	first, _, err := waitAccepted(down, 1, 5*time.Minute)
+	d, err := drain(down, br.acked)
 	if err != nil {
 		return nil, err
 	}
-	res.FirstDeliveryAfterSec = first.Sub(recovered).Seconds()
-	done, s, err := waitAccepted(down, uint64(br.acked), 30*time.Minute)
+	res.FirstDeliveryAfterSec, res.DrainPerSec, res.Lost = d.firstAfter, d.perSec, d.lost
+	// The machine's request rate right after the drain, on a sink of its
+	// own so that the up destination's counts stay fanout's.
+	bareSink, bareProc, err := e.startSink("bare")
 	if err != nil {
 		return nil, err
 	}
-	res.DrainPerSec = float64(s.Unique) / done.Sub(first).Seconds()
-	res.Lost = br.acked - int64(s.Unique)
+	e.logf("bare client: 64 workers posting one event per request for %v", e.opts.Duration/2)
+	res.BareRequestsPerSec = bareClient(ctx, "http://"+bareSink+"/hook", 64, e.opts.Duration/2)
+	res.DrainVsBare = res.DrainPerSec / res.BareRequestsPerSec
+	bareProc.stop()
 
 	// The quiet figure again, with the backlog gone: the machine is shared,
 	// and a baseline taken only before the backlog would count the drift of
@@ -165,6 +200,21 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	res.QuietP99 = (res.Quiet.P99 + res.QuietAfter.P99) / 2
 	res.P99Ratio = res.Waiting.P99 / res.QuietP99
 	res.BuildP99Ratio = res.Building.P99 / res.QuietP99
+
+	// The same backlog for a destination that takes batches: what the
+	// drain becomes when a request carries many events. It is ingested as
+	// fast as fanout takes it, since no latency is measured beside it.
+	e.logf("batched: %d events pile up for down-batch, whose webhook sends %d per request", e.opts.Events, backlogBatch)
+	b2 := load{t: newTracker(srv.track, "wk_bulk2"), source: "bulk2", batch: 100, workers: 8, prefix: "c"}.run(ctx, int64(e.opts.Events))
+	res.Batched = BatchedDrain{Events: b2.acked, IngestPerSec: b2.rate(), BatchSize: backlogBatch}
+	e.logf("recovery: down-batch comes back")
+	if d, err = drain(downBatch, b2.acked); err != nil {
+		return nil, err
+	}
+	res.Batched.FirstDeliveryAfterSec, res.Batched.DrainPerSec, res.Batched.Lost = d.firstAfter, d.perSec, d.lost
+	if n := d.stats.Status[200]; n > 0 {
+		res.Batched.EventsPerRequest = float64(d.stats.Accepted) / float64(n)
+	}
 	res.PeakRSSBytes, _ = peakRSS(pid)
 	close(stopRSS)
 	rssWG.Wait()
@@ -177,8 +227,43 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 		{"  while the backlog waits", fmt.Sprintf("%.1f ms (%d events), ratio %.2f", res.Waiting.P99, res.Waiting.Count, res.P99Ratio)},
 		{"  while it is ingested beside", fmt.Sprintf("%.1f ms (%d events), ratio %.2f", res.Building.P99, res.Building.Count, res.BuildP99Ratio)},
 		{"first delivery after recovery", fmt.Sprintf("%.1f s (circuit probe)", res.FirstDeliveryAfterSec)},
-		{"drain", fmt.Sprintf("%.0f events/s", res.DrainPerSec)},
+		{"drain, one event per request", fmt.Sprintf("%.0f events/s, %.2f x a bare client's %.0f req/s", res.DrainPerSec, res.DrainVsBare, res.BareRequestsPerSec)},
 		{"lost", fmt.Sprint(res.Lost)},
+		{"batched backlog", fmt.Sprintf("%d events, ingested at %.0f events/s", res.Batched.Events, res.Batched.IngestPerSec)},
+		{"first delivery after recovery", fmt.Sprintf("%.1f s (circuit probe)", res.Batched.FirstDeliveryAfterSec)},
+		{fmt.Sprintf("drain, batches of %d", res.Batched.BatchSize), fmt.Sprintf("%.0f events/s (%.1f events per request)", res.Batched.DrainPerSec, res.Batched.EventsPerRequest)},
+		{"lost", fmt.Sprint(res.Batched.Lost)},
 	})
 	return res, nil
+}
+
+// drained is how a backlog left once its destination came back.
+type drained struct {
+	firstAfter float64 // seconds from recovery to the first event accepted
+	perSec     float64 // events/s from the first event accepted to the last
+	lost       int64
+	stats      sink.Stats
+}
+
+// drain brings the sink at addr back up and waits until it has accepted
+// all n events of its backlog.
+func drain(addr string, n int64) (drained, error) {
+	recovered := time.Now()
+	if err := sinkPost(addr, "up"); err != nil {
+		return drained{}, err
+	}
+	first, _, err := waitAccepted(addr, 1, 5*time.Minute)
+	if err != nil {
+		return drained{}, err
+	}
+	done, s, err := waitAccepted(addr, uint64(n), 30*time.Minute)
+	if err != nil {
+		return drained{}, err
+	}
+	return drained{
+		firstAfter: first.Sub(recovered).Seconds(),
+		perSec:     float64(s.Unique) / done.Sub(first).Seconds(),
+		lost:       n - int64(s.Unique),
+		stats:      s,
+	}, nil
 }
