@@ -14,10 +14,11 @@ import (
 	"github.com/fanout/fanout/internal/jobstore"
 )
 
-// reads counts the pages a scheduler reads from the store.
+// reads counts the pages a scheduler reads from the store, and the
+// updates it writes.
 type reads struct {
 	jobstore.Store
-	pending atomic.Int64
+	pending, applies atomic.Int64
 }
 
 func (r *reads) Pending(ctx context.Context, q jobstore.Queue, after uint64, limit int) ([]jobstore.Job, error) {
@@ -25,18 +26,19 @@ func (r *reads) Pending(ctx context.Context, q jobstore.Queue, after uint64, lim
 	return r.Store.Pending(ctx, q, after, limit)
 }
 
-// A queue that has read everything the store holds takes newly announced
-// jobs without reading them back; one announced more than a page reads them
-// from the store; and whichever way a job comes, it is delivered once, also
-// while appends race with the scheduler's reads.
-func TestAnnouncedJobsAreNotReadBack(t *testing.T) {
-	b := setup(t, targetSpec{name: "hook"})
-	store := &reads{Store: b.store}
-	hook := &scripted{url: b.dests["hook"].url, tries: map[string]int{}}
+func (r *reads) Apply(ctx context.Context, u jobstore.Update) error {
+	r.applies.Add(1)
+	return r.Store.Apply(ctx, u)
+}
+
+// runOver runs a second engine, with target, over b's store seen through
+// store, and returns the channel of its reports. b's store announces to it.
+func runOver(t *testing.T, b *bundle, store jobstore.Store, target delivery.Target) chan delivery.Report {
+	t.Helper()
 	reports := make(chan delivery.Report, 1<<16)
 	eng, err := delivery.New(delivery.Options{
 		Store: store, Clock: b.clk, Seed: 1, Logger: quiet,
-		Targets: []delivery.Target{{Name: "hook", Type: "test", Destination: decider{hook}, Concurrency: 4}},
+		Targets: []delivery.Target{target},
 		Archive: archive.NewWriter(filepath.Join(b.dataDir, "archive2")),
 		Observe: func(r delivery.Report) { reports <- r },
 	})
@@ -47,8 +49,20 @@ func TestAnnouncedJobsAreNotReadBack(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
 	eng.State(ctx) // answered once the schedulers run: the store is listed
+	return reports
+}
+
+// A queue that has read everything the store holds takes newly announced
+// jobs without reading them back; one announced more than a page reads them
+// from the store; and whichever way a job comes, it is delivered once, also
+// while appends race with the scheduler's reads.
+func TestAnnouncedJobsAreNotReadBack(t *testing.T) {
+	b := setup(t, targetSpec{name: "hook"})
+	store := &reads{Store: b.store}
+	hook := &scripted{url: b.dests["hook"].url, tries: map[string]int{}}
+	reports := runOver(t, b, store, delivery.Target{Name: "hook", Type: "test", Destination: decider{hook}, Concurrency: 4})
 
 	appendIDs := func(t *testing.T, source string, ids ...string) {
 		t.Helper()
