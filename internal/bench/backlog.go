@@ -17,7 +17,6 @@ network:
 sources:
   - {name: bulk, write_key: wk_bulk}
   - {name: app, write_key: wk_app}
-  - {name: bulk2, write_key: wk_bulk2}
 destinations:
   - name: down
     type: webhook
@@ -27,14 +26,31 @@ destinations:
     type: webhook
     sources: [app]
     settings: {url: "http://%s/up"}
+`
+
+// batchedConfig is the second backlog's server: one source, one webhook
+// that sends backlogBatch events per request.
+const batchedConfig = `listen: {{listen}}
+admin_listen: {{admin}}
+data_dir: {{data}}
+network:
+  allow_private: true
+sources:
+  - {name: bulk, write_key: wk_bulk}
+destinations:
   - name: down-batch
     type: webhook
-    sources: [bulk2]
+    sources: [bulk]
     settings: {url: "http://%s/down-batch", batch: %d}
 `
 
 // backlogBatch is the down-batch destination's events per request.
 const backlogBatch = 100
+
+// backlogRate is how fast a backlog is sent: a steady rate, below what
+// ingest can take, so that the figures beside it are the backlog's and
+// not those of a saturated CPU.
+const backlogRate = 20000
 
 // BacklogResult holds the backlog scenario's figures.
 type BacklogResult struct {
@@ -68,18 +84,21 @@ type BacklogResult struct {
 	BareRequestsPerSec float64 `json:"bare_requests_per_sec"`
 	DrainVsBare        float64 `json:"drain_vs_bare"`
 	Lost               int64   `json:"lost"`
-	// Batched is the same backlog again, for a destination whose webhook
-	// sends backlogBatch events per request (the engine's batch path).
+	// Batched is the same backlog again, on a fresh server, for a
+	// destination whose webhook sends backlogBatch events per request (the
+	// engine's batch path).
 	Batched BatchedDrain `json:"batched"`
 }
 
 // BatchedDrain is the backlog scenario's second backlog, drained in batches.
 type BatchedDrain struct {
-	Events                int64   `json:"backlog_events"`
-	IngestPerSec          float64 `json:"backlog_ingest_per_sec"`
-	BatchSize             int     `json:"batch_size"`
-	FirstDeliveryAfterSec float64 `json:"first_delivery_after_recovery_sec"`
-	DrainPerSec           float64 `json:"drain_per_sec"`
+	Events                int64     `json:"backlog_events"`
+	IngestPerSec          float64   `json:"backlog_ingest_per_sec"`
+	RSSMB                 []float64 `json:"rss_mb_per_second"`
+	PeakRSSBytes          int64     `json:"peak_rss_bytes"`
+	BatchSize             int       `json:"batch_size"`
+	FirstDeliveryAfterSec float64   `json:"first_delivery_after_recovery_sec"`
+	DrainPerSec           float64   `json:"drain_per_sec"`
 	// EventsPerRequest is accepted events over requests answered 200.
 	EventsPerRequest float64 `json:"events_per_request"`
 	Lost             int64   `json:"lost"`
@@ -94,34 +113,13 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	downBatch, _, err := e.startSink("down-batch", "--down")
-	if err != nil {
-		return nil, err
-	}
-	srv, err := e.startServer("fanout", fmt.Sprintf(backlogConfig, down, up, downBatch, backlogBatch), "")
+	srv, err := e.startServer("fanout", fmt.Sprintf(backlogConfig, down, up), "")
 	if err != nil {
 		return nil, err
 	}
 	res := BacklogResult{Scenario: "backlog"}
 	pid := srv.cmd.Process.Pid
-	stopRSS := make(chan struct{})
-	var rssWG sync.WaitGroup
-	rssWG.Add(1)
-	go func() {
-		defer rssWG.Done()
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-tick.C:
-				if r, err := rss(pid); err == nil {
-					res.RSSMB = append(res.RSSMB, float64(r)/(1<<20))
-				}
-			case <-stopRSS:
-				return
-			}
-		}
-	}()
+	stopRSS := sampleRSS(pid)
 	app := func(prefix string) load {
 		return load{t: newTracker(srv.track, "wk_app"), source: "app", rate: 100, batch: 1, workers: 2, prefix: prefix}
 	}
@@ -157,9 +155,7 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 		defer appWG.Done()
 		appRes = app("d").run(appCtx, 0)
 	}()
-	// A steady rate, below what ingest can take, so that the figure is the
-	// other destination's latency beside a backlog, not beside a saturated CPU.
-	bulk := load{t: newTracker(srv.track, "wk_bulk"), source: "bulk", rate: 20000, batch: 100, workers: 8, prefix: "b"}
+	bulk := load{t: newTracker(srv.track, "wk_bulk"), source: "bulk", rate: backlogRate, batch: 100, workers: 8, prefix: "b"}
 	br := bulk.run(ctx, int64(e.opts.Events))
 	stopApp()
 	appWG.Wait()
@@ -201,11 +197,25 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	res.P99Ratio = res.Waiting.P99 / res.QuietP99
 	res.BuildP99Ratio = res.Building.P99 / res.QuietP99
 
+	res.PeakRSSBytes, _ = peakRSS(pid)
+	res.RSSMB = stopRSS()
+	srv.stop()
+
 	// The same backlog for a destination that takes batches: what the
-	// drain becomes when a request carries many events. It is ingested as
-	// fast as fanout takes it, since no latency is measured beside it.
+	// drain becomes when a request carries many events. A server of its
+	// own, so that it starts from the state the first one did.
+	downBatch, _, err := e.startSink("down-batch", "--down")
+	if err != nil {
+		return nil, err
+	}
+	bsrv, err := e.startServer("fanout-batched", fmt.Sprintf(batchedConfig, downBatch, backlogBatch), "")
+	if err != nil {
+		return nil, err
+	}
+	defer bsrv.stop()
+	stopRSS = sampleRSS(bsrv.cmd.Process.Pid)
 	e.logf("batched: %d events pile up for down-batch, whose webhook sends %d per request", e.opts.Events, backlogBatch)
-	b2 := load{t: newTracker(srv.track, "wk_bulk2"), source: "bulk2", batch: 100, workers: 8, prefix: "c"}.run(ctx, int64(e.opts.Events))
+	b2 := load{t: newTracker(bsrv.track, "wk_bulk"), source: "bulk", rate: backlogRate, batch: 100, workers: 8, prefix: "c"}.run(ctx, int64(e.opts.Events))
 	res.Batched = BatchedDrain{Events: b2.acked, IngestPerSec: b2.rate(), BatchSize: backlogBatch}
 	e.logf("recovery: down-batch comes back")
 	if d, err = drain(downBatch, b2.acked); err != nil {
@@ -215,10 +225,8 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	if n := d.stats.Status[200]; n > 0 {
 		res.Batched.EventsPerRequest = float64(d.stats.Accepted) / float64(n)
 	}
-	res.PeakRSSBytes, _ = peakRSS(pid)
-	close(stopRSS)
-	rssWG.Wait()
-	srv.stop()
+	res.Batched.PeakRSSBytes, _ = peakRSS(bsrv.cmd.Process.Pid)
+	res.Batched.RSSMB = stopRSS()
 
 	e.table([][2]string{
 		{"backlog", fmt.Sprintf("%d events, ingested at %.0f events/s", res.Events, res.IngestPerSec)},
@@ -229,12 +237,42 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 		{"first delivery after recovery", fmt.Sprintf("%.1f s (circuit probe)", res.FirstDeliveryAfterSec)},
 		{"drain, one event per request", fmt.Sprintf("%.0f events/s, %.2f x a bare client's %.0f req/s", res.DrainPerSec, res.DrainVsBare, res.BareRequestsPerSec)},
 		{"lost", fmt.Sprint(res.Lost)},
-		{"batched backlog", fmt.Sprintf("%d events, ingested at %.0f events/s", res.Batched.Events, res.Batched.IngestPerSec)},
+		{"batched backlog (fresh server)", fmt.Sprintf("%d events, ingested at %.0f events/s", res.Batched.Events, res.Batched.IngestPerSec)},
+		{"peak RSS", mb(res.Batched.PeakRSSBytes)},
 		{"first delivery after recovery", fmt.Sprintf("%.1f s (circuit probe)", res.Batched.FirstDeliveryAfterSec)},
 		{fmt.Sprintf("drain, batches of %d", res.Batched.BatchSize), fmt.Sprintf("%.0f events/s (%.1f events per request)", res.Batched.DrainPerSec, res.Batched.EventsPerRequest)},
 		{"lost", fmt.Sprint(res.Batched.Lost)},
 	})
 	return res, nil
+}
+
+// sampleRSS records the resident set size of process pid every second
+// until the returned function is called, which returns the samples in MB.
+func sampleRSS(pid int) func() []float64 {
+	var samples []float64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				if r, err := rss(pid); err == nil {
+					samples = append(samples, float64(r)/(1<<20))
+				}
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return func() []float64 {
+		close(stop)
+		wg.Wait()
+		return samples
+	}
 }
 
 // drained is how a backlog left once its destination came back.
