@@ -9,12 +9,7 @@ import (
 	"github.com/fanout/fanout/internal/sink"
 )
 
-const backlogConfig = `listen: {{listen}}
-admin_listen: {{admin}}
-data_dir: {{data}}
-network:
-  allow_private: true
-sources:
+const backlogConfig = `sources:
   - {name: bulk, write_key: wk_bulk}
   - {name: app, write_key: wk_app}
 destinations:
@@ -30,12 +25,7 @@ destinations:
 
 // batchedConfig is the second backlog's server: one source, one webhook
 // that sends backlogBatch events per request.
-const batchedConfig = `listen: {{listen}}
-admin_listen: {{admin}}
-data_dir: {{data}}
-network:
-  allow_private: true
-sources:
+const batchedConfig = `sources:
   - {name: bulk, write_key: wk_bulk}
 destinations:
   - name: down-batch

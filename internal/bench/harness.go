@@ -151,9 +151,11 @@ type server struct {
 	dataDir      string
 }
 
-// startServer writes cfg (YAML with {{listen}}, {{admin}} and {{data}}
-// placeholders) and starts `fanout serve` with it.
-func (e *env) startServer(name, cfg, dataDir string, flags ...string) (*server, error) {
+// startServer writes a configuration of fresh loopback addresses, dataDir
+// (by default one of its own under the work dir) and pipeline (the YAML of
+// the sources and destinations), and starts `fanout serve` with it. The
+// sinks are on loopback, which webhooks refuse unless allowed.
+func (e *env) startServer(name, pipeline, dataDir string, flags ...string) (*server, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -165,7 +167,7 @@ func (e *env) startServer(name, cfg, dataDir string, flags ...string) (*server, 
 	if dataDir == "" {
 		dataDir = filepath.Join(e.opts.Dir, name+"-data")
 	}
-	cfg = strings.NewReplacer("{{listen}}", listen, "{{admin}}", admin, "{{data}}", dataDir).Replace(cfg)
+	cfg := fmt.Sprintf("listen: %s\nadmin_listen: %s\ndata_dir: %s\nnetwork:\n  allow_private: true\n%s", listen, admin, dataDir, pipeline)
 	path := filepath.Join(e.opts.Dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

@@ -78,7 +78,7 @@ func runManyQueues(ctx context.Context, e *env) (any, error) {
 // dirs and messageIds.
 func manyQueuesRun(ctx context.Context, e *env, sinkAddr, tag string, sources, dests, perSource int) (ManyQueuesRun, error) {
 	var cfg strings.Builder
-	cfg.WriteString("listen: {{listen}}\nadmin_listen: {{admin}}\ndata_dir: {{data}}\nnetwork:\n  allow_private: true\nsources:\n")
+	cfg.WriteString("sources:\n")
 	names := make([]string, sources)
 	for i := range sources {
 		names[i] = fmt.Sprintf("s%d", i)

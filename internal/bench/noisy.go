@@ -14,12 +14,7 @@ import (
 	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
-const noisyConfig = `listen: {{listen}}
-admin_listen: {{admin}}
-data_dir: {{data}}
-network:
-  allow_private: true
-sources:
+const noisyConfig = `sources:
   - {name: a, write_key: wk_a}
   - {name: b, write_key: wk_b}
   - {name: c, write_key: wk_c}

@@ -12,12 +12,7 @@ import (
 )
 
 // webhookConfig is a one-source, one-destination configuration.
-const webhookConfig = `listen: {{listen}}
-admin_listen: {{admin}}
-data_dir: {{data}}
-network:
-  allow_private: true
-sources:
+const webhookConfig = `sources:
   - name: web
     write_key: wk_bench
 destinations:
