@@ -901,9 +901,10 @@ func (d *dest) reschedule(q *queue, j *jobstore.Job, due time.Time, reason strin
 
 // flushEvery and flushAge bound how many outcomes the scheduler gathers,
 // and for how long, before it writes them to the store in one update.
-// Writing after every wake-up, a few outcomes at a time, was 5% of fanout's
-// CPU in a drain; an outcome not yet written costs at most a duplicate
-// after a crash, and load writes them all before it reads.
+// Writing after every wake-up, a few outcomes at a time, cost a tenth of
+// fanout's CPU per delivered event in a drain (see BENCHMARKS.md); an
+// outcome not yet written costs at most a duplicate after a crash, and load
+// writes them all before it reads.
 const (
 	flushEvery = 64
 	flushAge   = 20 * time.Millisecond
