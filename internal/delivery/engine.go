@@ -541,8 +541,10 @@ const storeRetry = time.Second
 // take removes the next request's worth of jobs from q, loading from the
 // store as needed: due retries first, then pending jobs.
 func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
+	// A batch may be bigger than a page: read what it needs, in one read,
+	// so that a backlog goes out in full batches, not in pages.
 	if len(q.buf) == 0 {
-		if err := d.load(q, now, pageSize); err != nil {
+		if err := d.load(q, now, max(pageSize, d.Batch.MaxEvents)); err != nil {
 			return nil, err
 		}
 	}
@@ -551,8 +553,7 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 	}
 	n, size := 1, len(q.buf[0].Event.Payload)
 	if d.Batch.MaxEvents > 1 {
-		// A batch may be bigger than a page: read what it needs, so that
-		// a backlog goes out in full batches, not in pages.
+		// Jobs taken in from an announcement may be fewer than a batch.
 		if len(q.buf) < d.Batch.MaxEvents && q.diskMore {
 			if err := d.load(q, now, d.Batch.MaxEvents); err != nil {
 				d.log.Warn("read more jobs for a batch", "source", q.id.Source, "err", err)
@@ -912,7 +913,8 @@ const (
 
 // flushDue reports whether the gathered outcomes should be written now:
 // enough of them, the oldest old enough, or nothing in flight whose outcome
-// would come to join them.
+// would come to join them. The first time it sees outcomes it starts their
+// age, which nextWake then waits for.
 func (d *dest) flushDue(now time.Time) bool {
 	u := &d.update
 	n := len(u.Drops) + len(u.Reschedule) + len(u.Finish)
