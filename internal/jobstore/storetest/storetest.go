@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
 )
@@ -71,47 +72,24 @@ func Run(t *testing.T, open OpenFunc) {
 	}
 }
 
-// Clock is a fake clock for Env.Now that moves only when told.
-type Clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-// NewClock returns a clock that reads t.
-func NewClock(t time.Time) *Clock { return &Clock{now: t} }
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock forward by d.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // harness is what each subtest works with: the open store, its Env and a way
 // to reopen it.
 type harness struct {
 	t     *testing.T
 	open  OpenFunc
 	env   Env
-	clock *Clock
+	clock *clock.Fake
 	store jobstore.Store
 	ctx   context.Context
 }
 
 func setup(t *testing.T, open OpenFunc) *harness {
-	clock := NewClock(time.Date(2026, 3, 14, 23, 30, 0, 0, time.UTC))
+	clk := clock.NewFake(time.Date(2026, 3, 14, 23, 30, 0, 0, time.UTC))
 	h := &harness{
 		t:     t,
 		open:  open,
-		clock: clock,
-		env:   Env{Dir: t.TempDir(), Now: clock.Now, DedupeWindow: Window},
+		clock: clk,
+		env:   Env{Dir: t.TempDir(), Now: clk.Now, DedupeWindow: Window},
 		ctx:   t.Context(),
 	}
 	h.store = open(t, h.env)
