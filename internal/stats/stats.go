@@ -46,6 +46,7 @@ import (
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/pebble"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -275,7 +276,8 @@ func Open(opts Options) (*Stats, error) {
 	}
 	log := opts.Logger.With("component", "stats")
 	db, err := pebbledb.Open(opts.Dir, &pebbledb.Options{
-		Logger: pebbleLogger{log},
+		// Pebble's routine lines about this secondary database go to debug.
+		Logger: pebble.Logger{Log: log, InfoLevel: slog.LevelDebug},
 		// Small: the hot minutes live in memory.
 		MemTableSize: 4 << 20,
 		Cache:        nil,
@@ -1000,20 +1002,4 @@ func (b *bucket) decode(buf []byte) error {
 		return errCorrupt
 	}
 	return nil
-}
-
-// pebbleLogger sends Pebble's log lines to slog.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Debug(fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-	panic(fmt.Sprintf(format, args...))
 }

@@ -244,7 +244,7 @@ func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 	o := &pebbledb.Options{
 		FS:                 fs, // nil: the OS filesystem
 		FormatMajorVersion: pebbledb.FormatNewest,
-		Logger:             pebbleLogger{log},
+		Logger:             Logger{Log: log},
 		// A large memtable lets a job be appended, delivered and deleted
 		// while it is still in memory: the flush then drops its record,
 		// which the newer deletion shadows, and writes only the small
@@ -301,25 +301,6 @@ func pebbleOptions(log *slog.Logger, fs vfs.FS) *pebbledb.Options {
 		o.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	return o
-}
-
-// pebbleLogger sends Pebble's log lines to slog.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Info(strings.TrimSpace(fmt.Sprintf(format, args...)))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(strings.TrimSpace(fmt.Sprintf(format, args...)))
-}
-
-// Fatalf is called by Pebble when it cannot go on safely (for instance a
-// failed WAL sync); like Pebble's default logger it must not return.
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := strings.TrimSpace(fmt.Sprintf(format, args...))
-	p.l.Error(msg, "fatal", true)
-	panic("pebble: " + msg)
 }
 
 // unavailable wraps an error from a write so that errors.Is finds both
