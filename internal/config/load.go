@@ -10,13 +10,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
+	"go.yaml.in/yaml/v4"
 
 	"github.com/fanout/fanout/destinations"
 )
@@ -149,16 +148,18 @@ func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) error {
 	return e
 }
 
-var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-// syntaxError turns yaml's "yaml: line 3: problem" into an *Error.
+// syntaxError turns yaml's *yaml.LoadError into an *Error, at the line
+// where the construct that failed starts, as yaml's own message puts it.
 func (d *decoder) syntaxError(err error) error {
-	msg := err.Error()
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &Error{File: d.file, Line: line, Problem: m[2]}
+	var le *yaml.LoadError
+	if !errors.As(err, &le) {
+		return &Error{File: d.file, Problem: strings.TrimPrefix(err.Error(), "yaml: ")}
 	}
-	return &Error{File: d.file, Problem: strings.TrimPrefix(msg, "yaml: ")}
+	line := le.Mark.Line
+	if le.ContextMsg != "" {
+		line = le.ContextMark.Line
+	}
+	return &Error{File: d.file, Line: line, Problem: le.Message}
 }
 
 // lineOf returns the line recorded for path, or for its closest recorded
