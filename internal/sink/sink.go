@@ -674,7 +674,7 @@ type Stats struct {
 	// Status counts requests by the status code answered.
 	Status map[int]uint64 `json:"status"`
 	// Latency is receivedAt to acceptance of accepted events, over all keys.
-	// Quantiles come from log-linear buckets, within 0.4% of the true value.
+	// Quantiles come from a DDSketch, within 1% of the true value.
 	Latency Latency `json:"latency"`
 	// Keys breaks the counts down by key, when a key header is configured;
 	// requests without the header are under "-".
