@@ -1,10 +1,14 @@
 package archive
 
 import (
+	"fmt"
+	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
 func TestWriteScan(t *testing.T) {
@@ -46,5 +50,49 @@ func TestWriteScan(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("Scan(%v, %v) = %q, want %q", tt.from, tt.to, got, tt.want)
 		}
+	}
+}
+
+func TestReplay(t *testing.T) {
+	w := NewWriter(t.TempDir())
+	q := jobstore.Queue{Source: "web", Destination: "hook"}
+	t0 := time.Date(2026, 11, 22, 10, 30, 0, 0, time.UTC)
+	var recs []Record
+	for i := range replayChunk + 1 { // two Appends
+		recs = append(recs, Record{Source: q.Source, Destination: q.Destination, MessageID: fmt.Sprint("m", i),
+			ReceivedAt: t0, Event: []byte(`{"type":"track","receivedAt":"2026-11-22T10:30:00Z"}`)})
+	}
+	if err := w.Write(q, t0.Add(4*time.Hour), recs); err != nil {
+		t.Fatal(err)
+	}
+	store, err := pebble.Open(t.TempDir(), pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	now := t0.Add(5 * time.Hour)
+	var chunks []int
+	r := &Replayer{Archive: w, Store: store, Now: func() time.Time { return now },
+		Replayed: func(source, destination string, n int) { chunks = append(chunks, n) }, Logger: slog.New(slog.DiscardHandler)}
+	// Replayed events pass deduplication: twice is twice.
+	for range 2 {
+		n, err := r.Replay(t.Context(), q.Source, q.Destination, t0, t0.Add(time.Hour))
+		if err != nil || n != len(recs) {
+			t.Fatalf("Replay = %d, %v; want %d", n, err, len(recs))
+		}
+	}
+	if want := []int{replayChunk, 1, replayChunk, 1}; !slices.Equal(chunks, want) {
+		t.Errorf("Replayed chunks = %v, want %v", chunks, want)
+	}
+	jobs, err := store.Pending(t.Context(), q, 0, 3*len(recs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 2*len(recs) {
+		t.Fatalf("%d jobs pending, want %d", len(jobs), 2*len(recs))
+	}
+	j := jobs[0].Event
+	if j.MessageID != "m0" || j.Type != "track" || !j.ReceivedAt.Equal(now) || string(j.Payload) != string(recs[0].Event) {
+		t.Errorf("replayed job = %+v", j)
 	}
 }

@@ -4,7 +4,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,7 +21,6 @@ import (
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/delivery"
-	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
@@ -242,7 +240,9 @@ func New(opts Options) (*Server, error) {
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
 		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
-		Replay: s.replay,
+		Replay: (&archive.Replayer{
+			Archive: s.archive, Store: store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
+		}).Replay,
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -347,41 +347,4 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	log.Info("stopped")
 	return runErr
-}
-
-// replay queues the archived events of one (source, destination) received
-// in [from, to) as new jobs for that destination alone, past deduplication.
-// Each job gets a fresh receivedAt, and so a fresh retry window; the payload
-// keeps the event's own receivedAt. The store's Applied hook wakes delivery.
-func (s *Server) replay(ctx context.Context, source, destination string, from, to time.Time) (int, error) {
-	recs, err := s.archive.Scan(jobstore.Queue{Source: source, Destination: destination}, from, to)
-	if err != nil {
-		return 0, err
-	}
-	now := s.opts.Clock.Now()
-	queued := 0
-	for len(recs) > 0 {
-		chunk := recs[:min(len(recs), 1000)]
-		recs = recs[len(chunk):]
-		entries := make([]jobstore.Entry, len(chunk))
-		for i, r := range chunk {
-			var head struct {
-				Type string `json:"type"`
-			}
-			if err := json.Unmarshal(r.Event, &head); err != nil {
-				return queued, fmt.Errorf("archived event %s: %w", r.MessageID, err)
-			}
-			entries[i] = jobstore.Entry{
-				Event:        event.Event{Source: source, MessageID: r.MessageID, Type: head.Type, ReceivedAt: now, Payload: r.Event},
-				Destinations: []string{destination}, Replay: true,
-			}
-		}
-		if _, err := s.store.Append(ctx, entries); err != nil {
-			return queued, err
-		}
-		queued += len(entries)
-		s.stats.Replayed(source, destination, len(entries))
-	}
-	s.opts.Logger.Info("replayed archived events", "source", source, "destination", destination, "events", queued)
-	return queued, nil
 }
