@@ -78,33 +78,19 @@ type Server struct {
 
 // New opens the store, builds every destination and binds the listeners.
 // Nothing is served until Run.
-func New(opts Options) (*Server, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.Clock == nil {
-		opts.Clock = clock.Real{}
-	}
-	for _, d := range []struct {
-		name  string
-		field *time.Duration
-		def   time.Duration
-	}{
-		{"ReadHeaderTimeout", &opts.ReadHeaderTimeout, DefaultReadHeaderTimeout},
-		{"ReadTimeout", &opts.ReadTimeout, DefaultReadTimeout},
-		{"WriteTimeout", &opts.WriteTimeout, DefaultWriteTimeout},
-		{"IdleTimeout", &opts.IdleTimeout, DefaultIdleTimeout},
-	} {
-		// net/http takes a negative timeout for none at all.
-		if *d.field < 0 {
-			return nil, fmt.Errorf("%s cannot be negative, got %s", d.name, *d.field)
-		}
-		if *d.field == 0 {
-			*d.field = d.def
-		}
+func New(opts Options) (_ *Server, err error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
 	}
 	cfg := opts.Config
 	s := &Server{opts: opts}
+	// The one cleanup path: whatever the steps below opened before one of
+	// them failed is closed again.
+	defer func() {
+		if err != nil {
+			s.closeOpened()
+		}
+	}()
 
 	if cfg.Storage.Postgres != "" {
 		return nil, errors.New("storage.postgres: PostgreSQL storage is not built yet; leave it empty to use the embedded store")
@@ -148,14 +134,12 @@ func New(opts Options) (*Server, error) {
 		Fallback: stats.NewRedactor(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger,
 	})
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	// A crash can leave the depth of a queue off; those the store holds no
 	// job for are empty, whatever the counts say.
 	holding, err := store.Queues(context.Background())
 	if err != nil {
-		s.closeStores()
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
 	s.stats.KeepDepth(holding)
@@ -178,24 +162,9 @@ func New(opts Options) (*Server, error) {
 	}
 	metrics := admin.NewMetrics(mo)
 
-	targets := make([]delivery.Target, 0, len(cfg.Destinations))
-	for _, d := range cfg.Destinations {
-		integ := opts.Registry[d.Type]
-		client := destinations.NewClient(d.Delivery.Timeout, cfg.Network.AllowPrivate)
-		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client})
-		if err != nil {
-			s.closeStores()
-			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
-		}
-		batch := integ.Batch
-		if b, ok := impl.(destinations.Batcher); ok {
-			batch = b.BatchLimits()
-		}
-		targets = append(targets, delivery.Target{
-			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
-			RetryWindow: d.Delivery.RetryWindow,
-		})
+	targets, err := newTargets(cfg, opts.Registry)
+	if err != nil {
+		return nil, err
 	}
 	observe := func(r delivery.Report) {
 		s.stats.Observe(r)
@@ -215,7 +184,6 @@ func New(opts Options) (*Server, error) {
 		Observe: observe,
 	})
 	if err != nil {
-		s.closeStores()
 		return nil, err
 	}
 	notify.Store(s.engine)
@@ -246,15 +214,64 @@ func New(opts Options) (*Server, error) {
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
-		s.closeStores()
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
-		s.trackLn.Close()
-		s.closeStores()
 		return nil, fmt.Errorf("admin_listen: %w", err)
 	}
 	return s, nil
+}
+
+// newTargets builds the delivery target of every configured destination.
+func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Target, error) {
+	targets := make([]delivery.Target, 0, len(cfg.Destinations))
+	for _, d := range cfg.Destinations {
+		integ := reg[d.Type]
+		client := destinations.NewClient(d.Delivery.Timeout, cfg.Network.AllowPrivate)
+		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client})
+		if err != nil {
+			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
+		}
+		batch := integ.Batch
+		if b, ok := impl.(destinations.Batcher); ok {
+			batch = b.BatchLimits()
+		}
+		targets = append(targets, delivery.Target{
+			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
+			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
+			RetryWindow: d.Delivery.RetryWindow,
+		})
+	}
+	return targets, nil
+}
+
+// setDefaults fills in the zero fields of opts and checks the others.
+func (opts *Options) setDefaults() error {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	for _, d := range []struct {
+		name  string
+		field *time.Duration
+		def   time.Duration
+	}{
+		{"ReadHeaderTimeout", &opts.ReadHeaderTimeout, DefaultReadHeaderTimeout},
+		{"ReadTimeout", &opts.ReadTimeout, DefaultReadTimeout},
+		{"WriteTimeout", &opts.WriteTimeout, DefaultWriteTimeout},
+		{"IdleTimeout", &opts.IdleTimeout, DefaultIdleTimeout},
+	} {
+		// net/http takes a negative timeout for none at all.
+		if *d.field < 0 {
+			return fmt.Errorf("%s cannot be negative, got %s", d.name, *d.field)
+		}
+		if *d.field == 0 {
+			*d.field = d.def
+		}
+	}
+	return nil
 }
 
 // newHTTPServer sets every timeout, so that a client sending its headers a
@@ -271,10 +288,19 @@ func newHTTPServer(h http.Handler, opts Options) *http.Server {
 	}
 }
 
-// closeStores closes the job store and the stats when New fails.
-func (s *Server) closeStores() {
-	s.stats.Close()
-	s.store.Close()
+// closeOpened closes, when New fails, what it had opened: the tracking
+// listener, the stats and the job store. The admin listener is bound last,
+// so it is never open then.
+func (s *Server) closeOpened() {
+	if s.trackLn != nil {
+		s.trackLn.Close()
+	}
+	if s.stats != nil {
+		s.stats.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
 }
 
 // TrackingAddr is the address the tracking API listens on.
