@@ -1,7 +1,7 @@
 // Package archive keeps the jobs that ran out of retry window: gzip JSON
 // Lines files under data_dir/archive, grouped by source, destination and the
 // hour they were archived, so that nothing is dropped silently and an
-// operator can read or replay them later.
+// operator can read them later or replay them (Replayer) as new jobs.
 package archive
 
 import (
