@@ -12,6 +12,7 @@ import (
 
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/ingest"
+	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/router"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -76,7 +77,7 @@ type Update struct {
 // lookup per call, plus a copy per subscriber when someone watches.
 type Debugger struct {
 	router    *router.Router
-	redactors map[string]*stats.Redactor
+	redactors map[string]*redact.Redactor
 
 	mu      sync.Mutex
 	sources map[string]*ring
@@ -121,7 +122,7 @@ func (r *ring) budget(at time.Time, n int) int {
 
 // New returns a Debugger. r recomputes filtered and unsupported
 // destinations; redactors, by destination name, redact reasons.
-func New(r *router.Router, redactors map[string]*stats.Redactor) *Debugger {
+func New(r *router.Router, redactors map[string]*redact.Redactor) *Debugger {
 	return &Debugger{router: r, redactors: redactors, sources: map[string]*ring{}}
 }
 

@@ -46,6 +46,7 @@ import (
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -86,10 +87,10 @@ type Options struct {
 	// Redactors holds, by destination name, the redactor applied to that
 	// destination's samples and reasons. A destination without one gets
 	// Fallback.
-	Redactors map[string]*Redactor
+	Redactors map[string]*redact.Redactor
 	// Fallback redacts samples of destinations missing from Redactors.
 	// Default: by header name only.
-	Fallback *Redactor
+	Fallback *redact.Redactor
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Retention is how long minutes and issues are kept. Default 14 days.
@@ -271,7 +272,7 @@ func Open(opts Options) (*Stats, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.Fallback == nil {
-		opts.Fallback = &Redactor{}
+		opts.Fallback = &redact.Redactor{}
 	}
 	log := opts.Logger.With("component", "stats")
 	db, err := pebbledb.Open(opts.Dir, &pebbledb.Options{
