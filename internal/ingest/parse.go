@@ -86,6 +86,10 @@ type parser struct {
 	lastIntegrations []byte
 	lastDecision     router.Decision
 	lastValid        bool
+
+	// routes are the routing decisions of the entries built so far, in
+	// their order, for the Report.
+	routes []router.Decision
 }
 
 func (p *parser) reset(source string, r *router.Router, now time.Time, want, bodyLen int, b *batchDefaults) {
@@ -99,6 +103,7 @@ func (p *parser) reset(source string, r *router.Router, now time.Time, want, bod
 	p.lastValid = false
 	p.lastDecision = router.Decision{}
 	p.lastIntegrations = nil
+	p.routes = p.routes[:0]
 	// The payloads leave with the entries, so the arena is new for every
 	// request. Each event grows by its server-set fields (about 150 bytes)
 	// and by the batch-level objects merged into it.
@@ -132,6 +137,7 @@ func (p *parser) clear() {
 	clear(p.spans[:cap(p.spans)])
 	clear(p.flat[:cap(p.flat)])
 	clear(p.nested[:cap(p.nested)])
+	clear(p.routes[:cap(p.routes)])
 }
 
 // fields are the members of one event that the server reads, by index into
@@ -144,13 +150,13 @@ type fields struct {
 }
 
 // event validates one event object, raw with its members mem, and builds its
-// store entry. typ is the call type from the path, or "" in a batch, where
+// store entry and routing decision. typ is the call type from the path, or "" in a batch, where
 // the event names its own.
 // b is nil for a single call. On failure it returns the reason, which says
 // what was expected and what was found.
-func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDefaults) (jobstore.Entry, string) {
+func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDefaults) (jobstore.Entry, router.Decision, string) {
 	if len(raw) > MaxEventBytes {
-		return jobstore.Entry{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
+		return jobstore.Entry{}, router.Decision{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
 	}
 	// The limit holds for the event as stored, with the batch's context and
 	// integrations merged in (counted in full, ignoring overlaps): else a
@@ -158,7 +164,7 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 	// gigabytes, one copy of the context per event.
 	if b != nil {
 		if n := len(raw) + len(b.contextRaw) + len(b.integrationsRaw); n > MaxEventBytes {
-			return jobstore.Entry{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
+			return jobstore.Entry{}, router.Decision{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
 		}
 	}
 	p.mem = mem
@@ -202,7 +208,7 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 		v := val(f.typ)
 		s, isString := jsonscan.StringValue(v)
 		if !isString || !slices.Contains(callTypes, s) {
-			return jobstore.Entry{}, fmt.Sprintf("expected type to be one of %s, found %s", strings.Join(callTypes, ", "), describe(v))
+			return jobstore.Entry{}, router.Decision{}, fmt.Sprintf("expected type to be one of %s, found %s", strings.Join(callTypes, ", "), describe(v))
 		}
 		typ = s
 	}
@@ -210,27 +216,27 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 	// Identity: a non-empty string or a number, as Segment accepts.
 	userID, anonymousID := val(f.userID), val(f.anonymousID)
 	if reason := checkID("userId", userID); reason != "" {
-		return jobstore.Entry{}, reason
+		return jobstore.Entry{}, router.Decision{}, reason
 	}
 	if reason := checkID("anonymousId", anonymousID); reason != "" {
-		return jobstore.Entry{}, reason
+		return jobstore.Entry{}, router.Decision{}, reason
 	}
 	if !hasID(userID) && !hasID(anonymousID) {
-		return jobstore.Entry{}, fmt.Sprintf("expected userId or anonymousId, found userId %s and anonymousId %s", describe(userID), describe(anonymousID))
+		return jobstore.Entry{}, router.Decision{}, fmt.Sprintf("expected userId or anonymousId, found userId %s and anonymousId %s", describe(userID), describe(anonymousID))
 	}
 	switch typ {
 	case event.Track:
 		v := val(f.event)
 		if len(v) <= 2 || v[0] != '"' {
-			return jobstore.Entry{}, "expected event (the name of the tracked action) to be a non-empty string, found " + describe(v)
+			return jobstore.Entry{}, router.Decision{}, "expected event (the name of the tracked action) to be a non-empty string, found " + describe(v)
 		}
 	case event.Group:
 		if reason := requireID("groupId", val(f.groupID)); reason != "" {
-			return jobstore.Entry{}, reason
+			return jobstore.Entry{}, router.Decision{}, reason
 		}
 	case event.Alias:
 		if reason := requireID("previousId", val(f.previousID)); reason != "" {
-			return jobstore.Entry{}, reason
+			return jobstore.Entry{}, router.Decision{}, reason
 		}
 	}
 
@@ -241,7 +247,7 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 	if v := val(f.messageID); !isNull(v) && string(v) != `""` {
 		s, isString := jsonscan.StringValue(v)
 		if !isString {
-			return jobstore.Entry{}, "expected messageId to be a string, found " + describe(v)
+			return jobstore.Entry{}, router.Decision{}, "expected messageId to be a string, found " + describe(v)
 		}
 		messageID, setMessageID = s, false
 	}
@@ -254,7 +260,7 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 	if !isNull(tsRaw) {
 		t, reason := parseTime("timestamp", tsRaw)
 		if reason != "" {
-			return jobstore.Entry{}, reason
+			return jobstore.Entry{}, router.Decision{}, reason
 		}
 		timestamp = t
 	}
@@ -263,7 +269,7 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 	if !isNull(sentAtRaw) {
 		t, reason := parseTime("sentAt", sentAtRaw)
 		if reason != "" {
-			return jobstore.Entry{}, reason
+			return jobstore.Entry{}, router.Decision{}, reason
 		}
 		sentAt = t
 	} else if b != nil && b.sentAt != nil {
@@ -282,10 +288,10 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 
 	ctxRaw, intRaw := val(f.context), val(f.integrations)
 	if !isNull(ctxRaw) && ctxRaw[0] != '{' {
-		return jobstore.Entry{}, "expected context to be an object, found " + describe(ctxRaw)
+		return jobstore.Entry{}, router.Decision{}, "expected context to be an object, found " + describe(ctxRaw)
 	}
 	if !isNull(intRaw) && intRaw[0] != '{' {
-		return jobstore.Entry{}, "expected integrations to be an object, found " + describe(intRaw)
+		return jobstore.Entry{}, router.Decision{}, "expected integrations to be an object, found " + describe(intRaw)
 	}
 
 	decision := p.route(typ, intRaw, b)
@@ -374,7 +380,7 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 			Payload: out[start:len(out):len(out)],
 		},
 		Destinations: decision.To,
-	}, ""
+	}, decision, ""
 }
 
 // repeated reports whether a later member of the event has the same name as

@@ -147,7 +147,7 @@ func New(opts Options) (*Server, error) {
 		redactors[d.Name] = redact.New(append(secrets, writeKeys...))
 	}
 	s.stats, err = stats.Open(stats.Options{
-		Dir: filepath.Join(cfg.DataDir, "stats"), Router: route, Redactors: redactors,
+		Dir: filepath.Join(cfg.DataDir, "stats"), Redactors: redactors,
 		Fallback: redact.New(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger,
 	})
 	if err != nil {
@@ -162,7 +162,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
 	s.stats.KeepDepth(holding)
-	dbg := debugger.New(route, redactors)
+	dbg := debugger.New(redactors)
 	var destNames, srcNames []string
 	for _, d := range cfg.Destinations {
 		destNames = append(destNames, d.Name)

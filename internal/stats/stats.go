@@ -47,7 +47,6 @@ import (
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/redact"
-	"github.com/fanout/fanout/internal/router"
 )
 
 // Defaults, each documented on its Options field.
@@ -81,9 +80,6 @@ const overflowReason = "other reasons (too many kinds of failure to group)"
 type Options struct {
 	// Dir is the directory of the stats database. Required.
 	Dir string
-	// Router recomputes, for accepted events, which connected destinations
-	// were filtered or do not take the event. Required.
-	Router *router.Router
 	// Redactors holds, by destination name, the redactor applied to that
 	// destination's samples and reasons. A destination without one gets
 	// Fallback.
@@ -253,9 +249,6 @@ func Open(opts Options) (*Stats, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("stats: Dir is required")
 	}
-	if opts.Router == nil {
-		return nil, errors.New("stats: Router is required")
-	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -401,13 +394,11 @@ func (s *Stats) ObserveIngest(r ingest.Report) {
 		if i > 0 && minute != minuteOf(r.Accepted[i-1].Event.ReceivedAt) {
 			last.b = nil
 		}
-		d := Decide(s.opts.Router, e.Event.Source, e.Event.Type, e.Destinations, e.Event.Payload)
+		d := &r.Routes[i]
 		for _, n := range d.To {
 			if b := get(n, minute); b != nil {
 				b.c.Received++
 			}
-		}
-		for _, n := range e.Destinations {
 			s.gauge(Pair{r.Source, n}).open++
 		}
 		for _, n := range d.Filtered {
@@ -423,28 +414,6 @@ func (s *Stats) ObserveIngest(r ingest.Report) {
 			}
 		}
 	}
-}
-
-// Decide returns the routing decision the tracking API made for an
-// accepted event of source, given the destinations it got jobs for (to)
-// and its payload. In the common case, where every connected destination
-// that takes the event type got a job, it costs two map lookups; otherwise
-// it asks the router again with the payload's integrations object.
-func Decide(r *router.Router, source, typ string, to []string, payload []byte) router.Decision {
-	d := r.Route(source, typ, nil)
-	if len(d.To) == len(to) && len(d.Filtered) == 0 && len(d.Unsupported) == 0 {
-		return d
-	}
-	if len(d.To) == len(to) && !bytes.Contains(payload, []byte(`"integrations"`)) {
-		return d
-	}
-	var v struct {
-		Integrations map[string]any `json:"integrations"`
-	}
-	if json.Unmarshal(payload, &v) != nil {
-		return router.Decision{To: to}
-	}
-	return r.Route(source, typ, v.Integrations)
 }
 
 // bucket returns the bucket of p for minute, loading it from disk when it

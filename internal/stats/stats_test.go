@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
-	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
@@ -56,9 +55,7 @@ func TestHistogramError(t *testing.T) {
 // range against the exact ones, and that a range outside sees nothing.
 func TestOverviewLatency(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	cfg := &config.Config{Destinations: []config.Destination{{Name: "d", Type: "webhook", Sources: []string{"s"}}}}
-	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Router: router.New(cfg, destinations.Registry{}),
-		Now: func() time.Time { return now }})
+	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,27 +111,23 @@ func TestNormalize(t *testing.T) {
 // Depth counts the jobs made and not ended per queue, through retries and
 // across a reopen.
 func TestDepth(t *testing.T) {
-	cfg := &config.Config{
-		Sources:      []config.Source{{Name: "web", WriteKey: "wk"}},
-		Destinations: []config.Destination{{Name: "hook", Type: "webhook", Sources: []string{"web"}}},
-	}
-	reg := destinations.Registry{"webhook": &destinations.Integration{Type: "webhook"}}
 	dir := filepath.Join(t.TempDir(), "stats")
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	open := func() *Stats {
-		s, err := Open(Options{Dir: dir, Router: router.New(cfg, reg), Now: func() time.Time { return at }})
+		s, err := Open(Options{Dir: dir, Now: func() time.Time { return at }})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
 	s := open()
-	var entries []jobstore.Entry
+	rep := ingest.Report{Source: "web", Status: 200}
 	for _, id := range []string{"a", "b", "c", "d"} {
-		entries = append(entries, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
+		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
 			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
+		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
 	}
-	s.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: entries})
+	s.ObserveIngest(rep)
 	attempt := func(id string, attempts int, end delivery.End, expired bool) {
 		job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"},
 			Event: event.Event{Source: "web", MessageID: id, ReceivedAt: at}, Attempts: attempts}
