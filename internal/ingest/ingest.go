@@ -496,7 +496,7 @@ func (h *Handler) storeFailed(ctx context.Context, source string, err error) *re
 	return &requestError{status: http.StatusServiceUnavailable, message: "storage cannot accept events right now; retry later"}
 }
 
-// fail writes an error response.
+// fail answers e. A 503 is not logged again: storeFailed logged its cause.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, source string, e *requestError) {
 	if e.status != http.StatusServiceUnavailable {
 		h.log.Debug("request rejected", "source", source, "path", r.URL.Path,

@@ -421,7 +421,7 @@ func (p *parser) appendPayload(c *checked, messageID string, timestamp time.Time
 
 // repeated reports whether a later member of the event has the same name as
 // member i. Only the last of repeated names is kept, the one encoding/json
-// (and so validation above and every destination) reads; a stored payload
+// (and so validate and every destination) reads; a stored payload
 // thus never has duplicate names.
 func (p *parser) repeated(i int) bool {
 	if len(p.mem) <= smallObject {
