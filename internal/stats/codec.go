@@ -82,24 +82,8 @@ func (b *bucket) decode(buf []byte) error {
 		return errCorrupt
 	}
 	buf = buf[1:]
-	varint := func() int64 {
-		v, k := binary.Varint(buf)
-		if k <= 0 {
-			buf = nil
-			return 0
-		}
-		buf = buf[k:]
-		return v
-	}
-	uvarint := func() uint64 {
-		v, k := binary.Uvarint(buf)
-		if k <= 0 {
-			buf = nil
-			return 0
-		}
-		buf = buf[k:]
-		return v
-	}
+	varint := func() int64 { return next(&buf, binary.Varint) }
+	uvarint := func() uint64 { return next(&buf, binary.Uvarint) }
 	c := &b.c
 	for _, p := range [...]*int64{&c.Received, &c.Filtered, &c.Unsupported, &c.DeliveredFirst,
 		&c.DeliveredRetry, &c.PendingRetry, &c.Failed, &c.Archived} {
@@ -142,4 +126,17 @@ func (b *bucket) decode(buf []byte) error {
 		return errCorrupt
 	}
 	return nil
+}
+
+// next reads one number from the start of *buf with read and moves past it.
+// On a malformed one it returns 0 and sets *buf to nil, which decode
+// checks after a run of reads rather than after each.
+func next[T int64 | uint64](buf *[]byte, read func([]byte) (T, int)) T {
+	v, k := read(*buf)
+	if k <= 0 {
+		*buf = nil
+		return 0
+	}
+	*buf = (*buf)[k:]
+	return v
 }
