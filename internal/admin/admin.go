@@ -45,6 +45,7 @@ import (
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/stats"
 )
 
@@ -290,7 +291,7 @@ func (h *handler) destinations(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, Destination{
 			Name: d.Name, Type: d.Type, Sources: append([]string{}, d.Sources...),
-			Settings: stats.Settings(schema, d.Settings),
+			Settings: redact.Settings(schema, d.Settings),
 			Delivery: Delivery{
 				Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
 				RetryWindow: d.Delivery.RetryWindow.String(), Timeout: d.Delivery.Timeout.String(),

@@ -12,7 +12,6 @@ import (
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/config"
-	"github.com/fanout/fanout/internal/router"
 	"github.com/fanout/fanout/internal/stats"
 )
 
@@ -21,7 +20,7 @@ import (
 func setup(t *testing.T, token string) http.Handler {
 	t.Helper()
 	cfg := &config.Config{}
-	st, err := stats.Open(stats.Options{Dir: filepath.Join(t.TempDir(), "stats"), Router: router.New(cfg, destinations.Registry{})})
+	st, err := stats.Open(stats.Options{Dir: filepath.Join(t.TempDir(), "stats")})
 	if err != nil {
 		t.Fatal(err)
 	}

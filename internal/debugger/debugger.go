@@ -12,8 +12,7 @@ import (
 
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/ingest"
-	"github.com/fanout/fanout/internal/router"
-	"github.com/fanout/fanout/internal/stats"
+	"github.com/fanout/fanout/internal/redact"
 )
 
 // Size is how many events the debugger keeps per source.
@@ -75,8 +74,7 @@ type Update struct {
 // Debugger is safe for concurrent use. Its hooks cost a mutex and a map
 // lookup per call, plus a copy per subscriber when someone watches.
 type Debugger struct {
-	router    *router.Router
-	redactors map[string]*stats.Redactor
+	redactors map[string]*redact.Redactor
 
 	mu      sync.Mutex
 	sources map[string]*ring
@@ -119,10 +117,9 @@ func (r *ring) budget(at time.Time, n int) int {
 	return k
 }
 
-// New returns a Debugger. r recomputes filtered and unsupported
-// destinations; redactors, by destination name, redact reasons.
-func New(r *router.Router, redactors map[string]*stats.Redactor) *Debugger {
-	return &Debugger{router: r, redactors: redactors, sources: map[string]*ring{}}
+// New returns a Debugger. redactors, by destination name, redact reasons.
+func New(redactors map[string]*redact.Redactor) *Debugger {
+	return &Debugger{redactors: redactors, sources: map[string]*ring{}}
 }
 
 func (d *Debugger) ring(source string) *ring {
@@ -147,11 +144,12 @@ func (d *Debugger) ObserveIngest(rep ingest.Report) {
 		return
 	}
 	accepted := rep.Accepted[len(rep.Accepted)-k:]
+	routes := rep.Routes[len(rep.Routes)-k:]
 	// Built outside the lock: the copies are the expensive part.
 	evs := make([]*Event, len(accepted))
 	for i := range accepted {
 		e := &accepted[i]
-		dec := stats.Decide(d.router, e.Event.Source, e.Event.Type, e.Destinations, e.Event.Payload)
+		dec := &routes[i]
 		outs := make([]Outcome, 0, len(dec.To)+len(dec.Filtered)+len(dec.Unsupported))
 		for _, n := range dec.To {
 			outs = append(outs, Outcome{Destination: n, Status: StatusPending})

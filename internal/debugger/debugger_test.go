@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fanout/fanout/destinations"
-	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
@@ -17,8 +15,7 @@ import (
 // A source sending more than SampleRate events a second is sampled: the
 // debugger takes the most recent SampleRate of each second.
 func TestSampling(t *testing.T) {
-	cfg := &config.Config{Sources: []config.Source{{Name: "web", WriteKey: "wk"}}}
-	d := New(router.New(cfg, destinations.Registry{}), nil)
+	d := New(nil)
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	send := func(at time.Time, n int, prefix string) {
 		rep := ingest.Report{Source: "web", Status: 200}
@@ -26,6 +23,7 @@ func TestSampling(t *testing.T) {
 			rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{
 				Source: "web", MessageID: fmt.Sprintf("%s-%d", prefix, i), Type: event.Track,
 				ReceivedAt: at, Payload: []byte(`{}`)}})
+			rep.Routes = append(rep.Routes, router.Decision{})
 		}
 		d.ObserveIngest(rep)
 	}
@@ -67,11 +65,6 @@ func TestSampling(t *testing.T) {
 // applied when the event arrives. An outcome for an event received long
 // before is not kept: its report came long ago.
 func TestOutcomeBeforeEvent(t *testing.T) {
-	cfg := &config.Config{
-		Sources:      []config.Source{{Name: "web", WriteKey: "wk"}},
-		Destinations: []config.Destination{{Name: "hook", Type: "webhook", Sources: []string{"web"}}},
-	}
-	reg := destinations.Registry{"webhook": &destinations.Integration{Type: "webhook"}}
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	cases := []struct {
 		name     string
@@ -86,7 +79,7 @@ func TestOutcomeBeforeEvent(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			d := New(router.New(cfg, reg), nil)
+			d := New(nil)
 			e := jobstore.Entry{
 				Event:        event.Event{Source: "web", MessageID: "m1", Type: event.Track, ReceivedAt: at, Payload: []byte(`{}`)},
 				Destinations: []string{"hook"},
@@ -96,7 +89,8 @@ func TestOutcomeBeforeEvent(t *testing.T) {
 			if n := len(d.sources["web"].early); n != map[bool]int{true: 1, false: 0}[c.kept] {
 				t.Fatalf("%d outcomes kept for later, want kept=%v", n, c.kept)
 			}
-			d.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: []jobstore.Entry{e}})
+			d.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: []jobstore.Entry{e},
+				Routes: []router.Decision{{To: []string{"hook"}}}})
 			evs := d.Events("web")
 			want := StatusPending
 			if c.kept {

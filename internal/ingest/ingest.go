@@ -143,6 +143,11 @@ type Report struct {
 	Failure string
 	// Accepted are the entries the store took, duplicates left out.
 	Accepted []jobstore.Entry
+	// Routes are the routing decisions of the accepted entries, by index:
+	// Routes[i].To is Accepted[i].Destinations, and Filtered and
+	// Unsupported name the connected destinations Accepted[i] got no job
+	// for, and why.
+	Routes []router.Decision
 	// Duplicates counts the events the store already had.
 	Duplicates int
 	// Rejected are the events of a batch that were refused.
@@ -252,7 +257,7 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 	accepted := withoutDuplicates(entries, dup)
 	if h.observe != nil {
 		h.observe(Report{Source: *source, Status: http.StatusOK, Accepted: accepted,
-			Duplicates: len(entries) - len(accepted), Rejected: rejected})
+			Routes: withoutDuplicates(p.routes, dup), Duplicates: len(entries) - len(accepted), Rejected: rejected})
 	}
 	if h.onAccepted != nil && len(accepted) > 0 {
 		h.onAccepted(accepted)
@@ -261,17 +266,19 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 }
 
 // events parses the events of a body already checked to be a JSON object
-// whose members are in p.top (and for a batch, its events' in p.spans). typ is the call type of a single call, "" for
-// a batch.
+// whose members are in p.top (and for a batch, its events' in p.spans),
+// leaving their routing decisions in p.routes. typ is the call type of a
+// single call, "" for a batch.
 func (h *Handler) events(p *parser, typ, source string, body []byte) ([]jobstore.Entry, []Rejection, *requestError) {
 	if typ == "" {
 		return h.batch(p, source, body)
 	}
 	p.reset(source, h.router, h.now(), 1, len(body), nil)
-	e, reason := p.event(body, p.top, typ, nil)
+	e, d, reason := p.event(body, p.top, typ, nil)
 	if reason != "" {
 		return nil, nil, badRequest("%s", reason)
 	}
+	p.routes = append(p.routes, d)
 	return []jobstore.Entry{e}, nil, nil
 }
 
@@ -334,12 +341,13 @@ func (h *Handler) batch(p *parser, source string, body []byte) ([]jobstore.Entry
 			rejected = append(rejected, Rejection{Index: i, Reason: "expected an event object, found " + describe(el.Raw)})
 			continue
 		}
-		e, reason := p.event(el.Raw, p.flat[el.Lo:el.Hi], "", &b)
+		e, d, reason := p.event(el.Raw, p.flat[el.Lo:el.Hi], "", &b)
 		if reason != "" {
 			rejected = append(rejected, Rejection{Index: i, Reason: reason})
 			continue
 		}
 		entries = append(entries, e)
+		p.routes = append(p.routes, d)
 	}
 	if len(entries) == 0 {
 		return nil, nil, &requestError{
@@ -488,7 +496,7 @@ func (h *Handler) storeFailed(ctx context.Context, source string, err error) *re
 	return &requestError{status: http.StatusServiceUnavailable, message: "storage cannot accept events right now; retry later"}
 }
 
-// fail writes an error response.
+// fail answers e. A 503 is not logged again: storeFailed logged its cause.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, source string, e *requestError) {
 	if e.status != http.StatusServiceUnavailable {
 		h.log.Debug("request rejected", "source", source, "path", r.URL.Path,
@@ -502,9 +510,10 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, source string, e 
 	json.NewEncoder(w).Encode(response{Message: e.message, Rejected: e.rejected})
 }
 
-// withoutDuplicates returns the entries the store did not report as
-// duplicates, sharing the slice when there are none.
-func withoutDuplicates(entries []jobstore.Entry, dup []bool) []jobstore.Entry {
+// withoutDuplicates returns the elements of entries, or of a slice indexed
+// like them, that the store did not report as duplicates, sharing the slice
+// when there are none.
+func withoutDuplicates[T any](entries []T, dup []bool) []T {
 	n := 0
 	for i := range entries {
 		if i < len(dup) && dup[i] {
@@ -514,7 +523,7 @@ func withoutDuplicates(entries []jobstore.Entry, dup []bool) []jobstore.Entry {
 	if n == 0 {
 		return entries
 	}
-	out := make([]jobstore.Entry, 0, len(entries)-n)
+	out := make([]T, 0, len(entries)-n)
 	for i, e := range entries {
 		if i >= len(dup) || !dup[i] {
 			out = append(out, e)

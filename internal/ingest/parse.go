@@ -86,6 +86,10 @@ type parser struct {
 	lastIntegrations []byte
 	lastDecision     router.Decision
 	lastValid        bool
+
+	// routes are the routing decisions of the entries built so far, in
+	// their order, for the Report.
+	routes []router.Decision
 }
 
 func (p *parser) reset(source string, r *router.Router, now time.Time, want, bodyLen int, b *batchDefaults) {
@@ -99,6 +103,7 @@ func (p *parser) reset(source string, r *router.Router, now time.Time, want, bod
 	p.lastValid = false
 	p.lastDecision = router.Decision{}
 	p.lastIntegrations = nil
+	p.routes = p.routes[:0]
 	// The payloads leave with the entries, so the arena is new for every
 	// request. Each event grows by its server-set fields (about 150 bytes)
 	// and by the batch-level objects merged into it.
@@ -132,6 +137,7 @@ func (p *parser) clear() {
 	clear(p.spans[:cap(p.spans)])
 	clear(p.flat[:cap(p.flat)])
 	clear(p.nested[:cap(p.nested)])
+	clear(p.routes[:cap(p.routes)])
 }
 
 // fields are the members of one event that the server reads, by index into
@@ -143,28 +149,10 @@ type fields struct {
 	originalTimestamp                                    int
 }
 
-// event validates one event object, raw with its members mem, and builds its
-// store entry. typ is the call type from the path, or "" in a batch, where
-// the event names its own.
-// b is nil for a single call. On failure it returns the reason, which says
-// what was expected and what was found.
-func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDefaults) (jobstore.Entry, string) {
-	if len(raw) > MaxEventBytes {
-		return jobstore.Entry{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
-	}
-	// The limit holds for the event as stored, with the batch's context and
-	// integrations merged in (counted in full, ignoring overlaps): else a
-	// 500 KB batch whose context fills most of it would be stored as
-	// gigabytes, one copy of the context per event.
-	if b != nil {
-		if n := len(raw) + len(b.contextRaw) + len(b.integrationsRaw); n > MaxEventBytes {
-			return jobstore.Entry{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
-		}
-	}
-	p.mem = mem
+func indexFields(mem []jsonscan.Member) fields {
 	f := fields{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1}
-	for i := range p.mem {
-		switch string(p.mem[i].Name) {
+	for i := range mem {
+		switch string(mem[i].Name) {
 		case "type":
 			f.typ = i
 		case "userId":
@@ -191,110 +179,173 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 			f.originalTimestamp = i
 		}
 	}
-	val := func(i int) []byte {
-		if i < 0 {
-			return nil
-		}
-		return p.mem[i].Value
-	}
+	return f
+}
 
-	if typ == "" {
-		v := val(f.typ)
+// val returns the value of the member at index i of the event being built,
+// nil when absent (i < 0).
+func (p *parser) val(i int) []byte {
+	if i < 0 {
+		return nil
+	}
+	return p.mem[i].Value
+}
+
+// checked is what validate read from an event it accepted.
+type checked struct {
+	f   fields
+	typ string
+	// messageID is the client's; "" when the server sets one.
+	messageID string
+	// timestamp and sentAt are the event's own, zero when absent.
+	timestamp, sentAt time.Time
+}
+
+// event validates one event object, raw with its members mem, and builds its
+// store entry and routing decision. typ is the call type from the path, or
+// "" in a batch, where the event names its own. b is nil for a single call.
+// On failure it returns the reason, which says what was expected and what
+// was found.
+func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDefaults) (jobstore.Entry, router.Decision, string) {
+	c, reason := p.validate(raw, mem, typ, b)
+	if reason != "" {
+		return jobstore.Entry{}, router.Decision{}, reason
+	}
+	timestamp, rewriteTS := p.correctTimestamp(&c, b)
+	decision := p.route(c.typ, p.val(c.f.integrations), b)
+	messageID := c.messageID
+	if messageID == "" {
+		messageID = p.newMessageID()
+	}
+	return jobstore.Entry{
+		Event: event.Event{
+			Source:     p.source,
+			MessageID:  messageID,
+			Type:       c.typ,
+			ReceivedAt: p.receivedAt,
+			Payload:    p.appendPayload(&c, messageID, timestamp, rewriteTS, b),
+		},
+		Destinations: decision.To,
+	}, decision, ""
+}
+
+// validate checks one event against the tracking API's rules and returns
+// what it read; it sets p.mem to mem. Every check of an event's members is
+// here, so that a rule is added in one place.
+func (p *parser) validate(raw []byte, mem []jsonscan.Member, typ string, b *batchDefaults) (checked, string) {
+	if len(raw) > MaxEventBytes {
+		return checked{}, fmt.Sprintf("event is %d bytes, the limit is %d", len(raw), MaxEventBytes)
+	}
+	// The limit holds for the event as stored, with the batch's context and
+	// integrations merged in (counted in full, ignoring overlaps): else a
+	// 500 KB batch whose context fills most of it would be stored as
+	// gigabytes, one copy of the context per event.
+	if b != nil {
+		if n := len(raw) + len(b.contextRaw) + len(b.integrationsRaw); n > MaxEventBytes {
+			return checked{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
+		}
+	}
+	p.mem = mem
+	c := checked{f: indexFields(mem), typ: typ}
+	f := &c.f
+
+	if c.typ == "" {
+		v := p.val(f.typ)
 		s, isString := jsonscan.StringValue(v)
 		if !isString || !slices.Contains(callTypes, s) {
-			return jobstore.Entry{}, fmt.Sprintf("expected type to be one of %s, found %s", strings.Join(callTypes, ", "), describe(v))
+			return checked{}, fmt.Sprintf("expected type to be one of %s, found %s", strings.Join(callTypes, ", "), describe(v))
 		}
-		typ = s
+		c.typ = s
 	}
 
 	// Identity: a non-empty string or a number, as Segment accepts.
-	userID, anonymousID := val(f.userID), val(f.anonymousID)
+	userID, anonymousID := p.val(f.userID), p.val(f.anonymousID)
 	if reason := checkID("userId", userID); reason != "" {
-		return jobstore.Entry{}, reason
+		return checked{}, reason
 	}
 	if reason := checkID("anonymousId", anonymousID); reason != "" {
-		return jobstore.Entry{}, reason
+		return checked{}, reason
 	}
 	if !hasID(userID) && !hasID(anonymousID) {
-		return jobstore.Entry{}, fmt.Sprintf("expected userId or anonymousId, found userId %s and anonymousId %s", describe(userID), describe(anonymousID))
+		return checked{}, fmt.Sprintf("expected userId or anonymousId, found userId %s and anonymousId %s", describe(userID), describe(anonymousID))
 	}
-	switch typ {
+	switch c.typ {
 	case event.Track:
-		v := val(f.event)
+		v := p.val(f.event)
 		if len(v) <= 2 || v[0] != '"' {
-			return jobstore.Entry{}, "expected event (the name of the tracked action) to be a non-empty string, found " + describe(v)
+			return checked{}, "expected event (the name of the tracked action) to be a non-empty string, found " + describe(v)
 		}
 	case event.Group:
-		if reason := requireID("groupId", val(f.groupID)); reason != "" {
-			return jobstore.Entry{}, reason
+		if reason := requireID("groupId", p.val(f.groupID)); reason != "" {
+			return checked{}, reason
 		}
 	case event.Alias:
-		if reason := requireID("previousId", val(f.previousID)); reason != "" {
-			return jobstore.Entry{}, reason
+		if reason := requireID("previousId", p.val(f.previousID)); reason != "" {
+			return checked{}, reason
 		}
 	}
 
 	// messageId: kept when the client sent one, which it needs for
 	// deduplication of its own retries; set by the server otherwise.
-	var messageID string
-	setMessageID := true
-	if v := val(f.messageID); !isNull(v) && string(v) != `""` {
+	if v := p.val(f.messageID); !isNull(v) && string(v) != `""` {
 		s, isString := jsonscan.StringValue(v)
 		if !isString {
-			return jobstore.Entry{}, "expected messageId to be a string, found " + describe(v)
+			return checked{}, "expected messageId to be a string, found " + describe(v)
 		}
-		messageID, setMessageID = s, false
+		c.messageID = s
 	}
 
-	// timestamp, corrected for the client's clock: the client's idea of
-	// how long ago the event happened (sentAt - timestamp) is trusted, its
-	// idea of the current time is not.
-	var timestamp time.Time
-	tsRaw := val(f.timestamp)
-	if !isNull(tsRaw) {
-		t, reason := parseTime("timestamp", tsRaw)
+	if v := p.val(f.timestamp); !isNull(v) {
+		t, reason := parseTime("timestamp", v)
 		if reason != "" {
-			return jobstore.Entry{}, reason
+			return checked{}, reason
 		}
-		timestamp = t
+		c.timestamp = t
 	}
-	sentAtRaw := val(f.sentAt)
-	var sentAt time.Time
-	if !isNull(sentAtRaw) {
-		t, reason := parseTime("sentAt", sentAtRaw)
+	if v := p.val(f.sentAt); !isNull(v) {
+		t, reason := parseTime("sentAt", v)
 		if reason != "" {
-			return jobstore.Entry{}, reason
+			return checked{}, reason
 		}
-		sentAt = t
-	} else if b != nil && b.sentAt != nil {
+		c.sentAt = t
+	}
+
+	if v := p.val(f.context); !isNull(v) && v[0] != '{' {
+		return checked{}, "expected context to be an object, found " + describe(v)
+	}
+	if v := p.val(f.integrations); !isNull(v) && v[0] != '{' {
+		return checked{}, "expected integrations to be an object, found " + describe(v)
+	}
+	return c, ""
+}
+
+// correctTimestamp returns the event's timestamp corrected for the client's
+// clock: the client's idea of how long ago the event happened (sentAt -
+// timestamp) is trusted, its idea of the current time is not. rewrite is
+// true when the server writes timestamp; the client's value is then kept as
+// originalTimestamp, as Segment does.
+func (p *parser) correctTimestamp(c *checked, b *batchDefaults) (timestamp time.Time, rewrite bool) {
+	sentAt := c.sentAt
+	if isNull(p.val(c.f.sentAt)) && b != nil && b.sentAt != nil {
 		sentAt = b.sentAtTime
 	}
-	// rewriteTS is true when the server writes timestamp; the client's value
-	// is then kept as originalTimestamp, as Segment does, unless the client
-	// sent an originalTimestamp of its own.
-	rewriteTS := false
 	switch {
-	case timestamp.IsZero():
-		timestamp, rewriteTS = p.receivedAt, true
+	case c.timestamp.IsZero():
+		return p.receivedAt, true
 	case !sentAt.IsZero():
-		timestamp, rewriteTS = p.receivedAt.Add(timestamp.Sub(sentAt)), true
+		return p.receivedAt.Add(c.timestamp.Sub(sentAt)), true
 	}
+	return c.timestamp, false
+}
 
-	ctxRaw, intRaw := val(f.context), val(f.integrations)
-	if !isNull(ctxRaw) && ctxRaw[0] != '{' {
-		return jobstore.Entry{}, "expected context to be an object, found " + describe(ctxRaw)
-	}
-	if !isNull(intRaw) && intRaw[0] != '{' {
-		return jobstore.Entry{}, "expected integrations to be an object, found " + describe(intRaw)
-	}
-
-	decision := p.route(typ, intRaw, b)
-
-	// Write the payload: type first, then the client's members in their
-	// order, less the ones the server sets, then the server's.
+// appendPayload writes the event's payload to the request's arena and
+// returns it: type first, then the client's members in their order, less
+// the ones the server sets, then the server's.
+func (p *parser) appendPayload(c *checked, messageID string, timestamp time.Time, rewriteTS bool, b *batchDefaults) []byte {
+	setMessageID := c.messageID == ""
 	start := len(p.out)
 	out := append(p.out, `{"type":"`...)
-	out = append(out, typ...)
+	out = append(out, c.typ...)
 	out = append(out, '"')
 	for i := range p.mem {
 		m := &p.mem[i]
@@ -329,7 +380,6 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 		out = append(out, m.Value...)
 	}
 	if setMessageID {
-		messageID = p.newMessageID()
 		out = append(out, `,"messageId":"`...)
 		out = append(out, messageID...)
 		out = append(out, '"')
@@ -340,46 +390,38 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 		out = append(out, `,"timestamp":"`...)
 		out = timestamp.UTC().AppendFormat(out, timeLayout)
 		out = append(out, '"')
-		if !isNull(tsRaw) && f.originalTimestamp < 0 {
+		// The client's timestamp is kept unless it sent an
+		// originalTimestamp of its own.
+		if tsRaw := p.val(c.f.timestamp); !isNull(tsRaw) && c.f.originalTimestamp < 0 {
 			out = append(out, `,"originalTimestamp":`...)
 			out = append(out, tsRaw...)
 		}
 	}
 	if b != nil {
-		if f.context < 0 && b.context != nil {
+		if c.f.context < 0 && b.context != nil {
 			out = append(out, `,"context":`...)
 			out = append(out, b.contextRaw...)
 		}
-		if f.integrations < 0 && b.integrations != nil {
+		if c.f.integrations < 0 && b.integrations != nil {
 			out = append(out, `,"integrations":`...)
 			out = append(out, b.integrationsRaw...)
 		}
 		// Keep the sentAt the timestamp was corrected with.
-		if f.sentAt < 0 && b.sentAt != nil {
+		if c.f.sentAt < 0 && b.sentAt != nil {
 			out = append(out, `,"sentAt":`...)
 			out = append(out, b.sentAt...)
 		}
 	}
 	out = append(out, '}')
 	p.out = out
-
-	return jobstore.Entry{
-		Event: event.Event{
-			Source:     p.source,
-			MessageID:  messageID,
-			Type:       typ,
-			ReceivedAt: p.receivedAt,
-			// The full slice expression keeps an append to one payload from
-			// overwriting the next one in the arena.
-			Payload: out[start:len(out):len(out)],
-		},
-		Destinations: decision.To,
-	}, ""
+	// The full slice expression keeps an append to one payload from
+	// overwriting the next one in the arena.
+	return out[start:len(out):len(out)]
 }
 
 // repeated reports whether a later member of the event has the same name as
 // member i. Only the last of repeated names is kept, the one encoding/json
-// (and so validation above and every destination) reads; a stored payload
+// (and so validate and every destination) reads; a stored payload
 // thus never has duplicate names.
 func (p *parser) repeated(i int) bool {
 	if len(p.mem) <= smallObject {

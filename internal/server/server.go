@@ -24,6 +24,7 @@ import (
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
+	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/router"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -121,17 +122,17 @@ func New(opts Options) (_ *Server, err error) {
 	for _, src := range cfg.Sources {
 		writeKeys = append(writeKeys, src.WriteKey)
 	}
-	redactors := map[string]*stats.Redactor{}
+	redactors := map[string]*redact.Redactor{}
 	for _, d := range cfg.Destinations {
 		var secrets []string
 		if integ := opts.Registry[d.Type]; integ != nil {
-			secrets = stats.SecretValues(integ.Settings, d.Settings)
+			secrets = redact.SecretValues(integ.Settings, d.Settings)
 		}
-		redactors[d.Name] = stats.NewRedactor(append(secrets, writeKeys...))
+		redactors[d.Name] = redact.New(append(secrets, writeKeys...))
 	}
 	s.stats, err = stats.Open(stats.Options{
-		Dir: filepath.Join(cfg.DataDir, "stats"), Router: route, Redactors: redactors,
-		Fallback: stats.NewRedactor(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger,
+		Dir: filepath.Join(cfg.DataDir, "stats"), Redactors: redactors,
+		Fallback: redact.New(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger,
 	})
 	if err != nil {
 		return nil, err
@@ -143,7 +144,7 @@ func New(opts Options) (_ *Server, err error) {
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
 	s.stats.KeepDepth(holding)
-	dbg := debugger.New(route, redactors)
+	dbg := debugger.New(redactors)
 	var destNames, srcNames []string
 	for _, d := range cfg.Destinations {
 		destNames = append(destNames, d.Name)

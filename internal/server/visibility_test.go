@@ -24,6 +24,7 @@ import (
 	"github.com/fanout/fanout/destinations/registry"
 	"github.com/fanout/fanout/destinations/webhook"
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/server"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -329,7 +330,7 @@ func TestDeliveryOverview(t *testing.T) {
 				t.Errorf("sample without the exchange: %+v", sm)
 				continue
 			}
-			if sm.Request.Header.Get("Authorization") != stats.Redacted || !strings.Contains(sm.Request.URL, "api_key="+stats.Redacted) {
+			if sm.Request.Header.Get("Authorization") != redact.Redacted || !strings.Contains(sm.Request.URL, "api_key="+redact.Redacted) {
 				t.Errorf("request not redacted: %s %v", sm.Request.URL, sm.Request.Header)
 			}
 		}
@@ -400,7 +401,7 @@ func TestAdminAuth(t *testing.T) {
 		Settings map[string]any
 	}
 	open.get(t, "/api/v1/destinations", &dests)
-	if len(dests) != 3 || dests[0].Settings["secret"] != stats.Redacted {
+	if len(dests) != 3 || dests[0].Settings["secret"] != redact.Redacted {
 		t.Errorf("destinations = %+v", dests)
 	}
 }

@@ -151,7 +151,6 @@ const (
 	sketchFormat = 2048
 )
 
-// appendBinary appends the encoding of h to b.
 func (h *Histogram) appendBinary(b []byte) []byte {
 	if h.s == nil || h.s.IsEmpty() {
 		return binary.AppendUvarint(b, 0)

@@ -2,13 +2,16 @@ package stats
 
 import (
 	"net/http"
+	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/redact"
 )
 
 // Issue is one delivery issue: failed attempts of one (source, destination)
@@ -136,7 +139,7 @@ func (s *Stats) issue(p Pair, r delivery.Report) {
 	}
 }
 
-func sampleOf(r delivery.Report, red *Redactor) Sample {
+func sampleOf(r delivery.Report, red *redact.Redactor) Sample {
 	sm := Sample{
 		At: r.At, MessageID: r.Job.Event.MessageID, Attempt: r.Job.Attempts,
 		Reason: red.String(r.Result.Reason),
@@ -215,4 +218,41 @@ func (s *Stats) Issues(f Filter) ([]Issue, error) {
 		return a.LastSeen.After(b.LastSeen)
 	})
 	return out, nil
+}
+
+// wordRE matches the tokens Normalize looks at.
+var (
+	wordRE  = regexp.MustCompile(`[A-Za-z0-9_\-.]+`)
+	digitRE = regexp.MustCompile(`[0-9]+`)
+)
+
+// Normalize turns a failure reason into the key of its issue group: ids and
+// numbers are replaced, so that "user 123 not found" and "user 456 not
+// found" are one issue. A token that is a number becomes <n>; a token of
+// eight or more characters holding a digit (a UUID, a request id, a hex
+// digest) becomes <id>; in a shorter one (3000ms, v2) the digits become
+// <n>. The "HTTP <code> <text>" prefix that StatusReason writes is kept as
+// it is; the status code is part of the key anyway.
+func Normalize(reason string) string {
+	prefix, rest := "", reason
+	if strings.HasPrefix(reason, "HTTP ") {
+		if i := strings.Index(reason, ": "); i > 0 {
+			prefix, rest = reason[:i+2], reason[i+2:]
+		} else {
+			return reason
+		}
+	}
+	rest = wordRE.ReplaceAllStringFunc(rest, func(w string) string {
+		if !strings.ContainsAny(w, "0123456789") {
+			return w
+		}
+		if strings.Trim(w, "0123456789.") == "" {
+			return "<n>"
+		}
+		if len(w) >= 8 {
+			return "<id>"
+		}
+		return digitRE.ReplaceAllString(w, "<n>")
+	})
+	return prefix + rest
 }

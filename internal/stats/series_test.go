@@ -5,21 +5,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fanout/fanout/destinations"
-	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/router"
 )
 
 // TestSeries checks that a series cuts a range into steps whose counts add
 // up to the overview of the same range, with empty steps in between.
 func TestSeries(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
-	cfg := &config.Config{Destinations: []config.Destination{{Name: "d", Type: "webhook", Sources: []string{"s"}}}}
-	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Router: router.New(cfg, destinations.Registry{}),
-		Now: func() time.Time { return now }})
+	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
-	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
@@ -56,9 +55,7 @@ func TestHistogramError(t *testing.T) {
 // range against the exact ones, and that a range outside sees nothing.
 func TestOverviewLatency(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	cfg := &config.Config{Destinations: []config.Destination{{Name: "d", Type: "webhook", Sources: []string{"s"}}}}
-	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Router: router.New(cfg, destinations.Registry{}),
-		Now: func() time.Time { return now }})
+	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,53 +108,26 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
-func TestRedactor(t *testing.T) {
-	schema := destinations.Schema{{Name: "url", Type: destinations.String}, {Name: "key", Type: destinations.String, Secret: true},
-		{Name: "headers", Type: destinations.StringMap, Secret: true}}
-	settings := map[string]any{"url": "https://api.example.com/v1?token=tok123456&x=1", "key": "k-secret-1",
-		"headers": map[string]string{"X-Custom": "hdr-secret-2", "Authorization": "Bearer sk_live_echoed"}}
-	r := NewRedactor(SecretValues(schema, settings))
-	// The bearer credential alone is redacted too: APIs echo keys back
-	// without the scheme.
-	got := r.String("a k-secret-1 b hdr-secret-2 c tok123456 d sk_live_echoed")
-	if got != "a [redacted] b [redacted] c [redacted] d [redacted]" {
-		t.Errorf("String = %q", got)
-	}
-	red := Settings(schema, settings)
-	if red["key"] != Redacted || red["headers"].(map[string]string)["X-Custom"] != Redacted ||
-		red["url"] != "https://api.example.com/v1?token=[redacted]&x=1" {
-		t.Errorf("Settings = %v", red)
-	}
-	h := r.Header(map[string][]string{"Authorization": {"Bearer x"}, "X-Custom": {"hdr-secret-2"}, "Accept": {"json"}})
-	if h.Get("Authorization") != Redacted || h.Get("X-Custom") != Redacted || h.Get("Accept") != "json" {
-		t.Errorf("Header = %v", h)
-	}
-}
-
 // Depth counts the jobs made and not ended per queue, through retries and
 // across a reopen.
 func TestDepth(t *testing.T) {
-	cfg := &config.Config{
-		Sources:      []config.Source{{Name: "web", WriteKey: "wk"}},
-		Destinations: []config.Destination{{Name: "hook", Type: "webhook", Sources: []string{"web"}}},
-	}
-	reg := destinations.Registry{"webhook": &destinations.Integration{Type: "webhook"}}
 	dir := filepath.Join(t.TempDir(), "stats")
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
 	open := func() *Stats {
-		s, err := Open(Options{Dir: dir, Router: router.New(cfg, reg), Now: func() time.Time { return at }})
+		s, err := Open(Options{Dir: dir, Now: func() time.Time { return at }})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
 	s := open()
-	var entries []jobstore.Entry
+	rep := ingest.Report{Source: "web", Status: 200}
 	for _, id := range []string{"a", "b", "c", "d"} {
-		entries = append(entries, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
+		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
 			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
+		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
 	}
-	s.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: entries})
+	s.ObserveIngest(rep)
 	attempt := func(id string, attempts int, end delivery.End, expired bool) {
 		job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"},
 			Event: event.Event{Source: "web", MessageID: id, ReceivedAt: at}, Attempts: attempts}

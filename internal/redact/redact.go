@@ -1,9 +1,11 @@
-package stats
+// Package redact removes credentials from what fanout shows: destination
+// settings, samples of the requests and responses of failed attempts, and
+// failure reasons.
+package redact
 
 import (
 	"net/http"
 	"net/url"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -28,8 +30,8 @@ type Redactor struct {
 	replacer *strings.Replacer
 }
 
-// NewRedactor returns a Redactor for the given secret values.
-func NewRedactor(secrets []string) *Redactor {
+// New returns a Redactor for the given secret values.
+func New(secrets []string) *Redactor {
 	seen := map[string]bool{}
 	var vals []string
 	for _, s := range withCredentials(secrets) {
@@ -131,7 +133,7 @@ func Settings(schema destinations.Schema, settings map[string]any) map[string]an
 	for k, v := range settings {
 		if !secret[k] {
 			if s, ok := v.(string); ok {
-				v = NewRedactor(queryCredentials(s)).URL(s)
+				v = New(queryCredentials(s)).URL(s)
 			}
 			out[k] = v
 			continue
@@ -209,41 +211,4 @@ func SecretHeader(name string) bool {
 		}
 	}
 	return false
-}
-
-// wordRE matches the tokens Normalize looks at.
-var (
-	wordRE  = regexp.MustCompile(`[A-Za-z0-9_\-.]+`)
-	digitRE = regexp.MustCompile(`[0-9]+`)
-)
-
-// Normalize turns a failure reason into the key of its issue group: ids and
-// numbers are replaced, so that "user 123 not found" and "user 456 not
-// found" are one issue. A token that is a number becomes <n>; a token of
-// eight or more characters holding a digit (a UUID, a request id, a hex
-// digest) becomes <id>; in a shorter one (3000ms, v2) the digits become
-// <n>. The "HTTP <code> <text>" prefix that StatusReason writes is kept as
-// it is; the status code is part of the key anyway.
-func Normalize(reason string) string {
-	prefix, rest := "", reason
-	if strings.HasPrefix(reason, "HTTP ") {
-		if i := strings.Index(reason, ": "); i > 0 {
-			prefix, rest = reason[:i+2], reason[i+2:]
-		} else {
-			return reason
-		}
-	}
-	rest = wordRE.ReplaceAllStringFunc(rest, func(w string) string {
-		if !strings.ContainsAny(w, "0123456789") {
-			return w
-		}
-		if strings.Trim(w, "0123456789.") == "" {
-			return "<n>"
-		}
-		if len(w) >= 8 {
-			return "<id>"
-		}
-		return digitRE.ReplaceAllString(w, "<n>")
-	})
-	return prefix + rest
 }
