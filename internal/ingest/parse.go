@@ -161,6 +161,9 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 			return jobstore.Entry{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
 		}
 	}
+	if reason := checkFields(mem); reason != "" {
+		return jobstore.Entry{}, reason
+	}
 	p.mem = mem
 	f := fields{-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1}
 	for i := range p.mem {
@@ -241,9 +244,11 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 	if v := val(f.messageID); !isNull(v) && string(v) != `""` {
 		s, isString := jsonscan.StringValue(v)
 		if !isString {
-			return jobstore.Entry{}, "expected messageId to be a string, found " + describe(v)
+			// A number, as checkFields allows no other type: stored as a
+			// string, the type of every destination's idempotency key.
+			s = string(v)
 		}
-		messageID, setMessageID = s, false
+		messageID, setMessageID = s, !isString
 	}
 
 	// timestamp, corrected for the client's clock: the client's idea of
@@ -329,7 +334,9 @@ func (p *parser) event(raw []byte, mem []jsonscan.Member, typ string, b *batchDe
 		out = append(out, m.Value...)
 	}
 	if setMessageID {
-		messageID = p.newMessageID()
+		if messageID == "" {
+			messageID = p.newMessageID()
+		}
 		out = append(out, `,"messageId":"`...)
 		out = append(out, messageID...)
 		out = append(out, '"')
