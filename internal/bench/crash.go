@@ -172,8 +172,10 @@ func runCrash(ctx context.Context, e *env) (any, error) {
 	}
 	res.Delivered, res.Duplicates = s.Unique, s.Duplicates
 	// The flaky destination settles within its retry window and backoff:
-	// wait until it has no jobs left (delivered or archived).
-	if err := waitDepth(srv.admin, "flaky", 2*time.Minute); err != nil {
+	// wait until it has no jobs left (delivered or archived). The depth
+	// gauge is approximate after a crash, so wait too until its sink has
+	// had no request for 5 s.
+	if err := waitSettled(srv.admin, flakyAddr, "flaky", 5*time.Second, 2*time.Minute); err != nil {
 		e.logf("%v", err)
 	}
 	cur.stop()
@@ -215,20 +217,30 @@ func sleepRandom(lo, hi time.Duration) {
 	time.Sleep(lo + rand.N(hi-lo+1))
 }
 
-// waitDepth waits until the server's fanout_queue_depth for dest is 0.
-func waitDepth(admin, dest string, timeout time.Duration) error {
+// waitSettled waits until the server's fanout_queue_depth for dest is 0
+// and the destination's sink at addr has received no request for quiet.
+func waitSettled(admin, addr, dest string, quiet, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	var last uint64
+	lastChange := time.Now()
 	for {
 		m, err := scrape(admin + "/metrics")
 		if err != nil {
 			return err
 		}
+		st, err := sinkStats(addr)
+		if err != nil {
+			return err
+		}
+		if st.Requests != last {
+			last, lastChange = st.Requests, time.Now()
+		}
 		d := m["fanout_queue_depth"][`destination="`+dest+`"`]
-		if d == 0 {
+		if d == 0 && time.Since(lastChange) >= quiet {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s still has %.0f jobs after %v", dest, d, timeout)
+			return fmt.Errorf("%s: %.0f jobs, last request %v ago, after %v", dest, d, time.Since(lastChange).Round(time.Second), timeout)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
