@@ -13,7 +13,9 @@ import (
 
 func runBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	duration := fs.Duration("duration", 10*time.Second, "length of each load phase")
+	duration := fs.Duration("duration", 0, "length of each load phase (default 10s; soak: the whole run, default 1h)")
+	kills := fs.Int("kills", 20, "crash: how many times the server is killed")
+	interval := fs.Duration("interval", time.Minute, "soak: how often the server's RSS, heap, goroutines, files, store and queues are sampled")
 	events := fs.Int("events", 5_000_000, "backlog: events that pile up for each down destination (one event per request, then batched)")
 	out := fs.String("out", "", "where to write the figures as JSON (default bench-SCENARIO.json)")
 	keep := fs.Bool("keep", false, "keep the work dir (data, configs, logs)")
@@ -42,6 +44,6 @@ func runBench(ctx context.Context, args []string) error {
 		return err
 	}
 	return bench.Run(ctx, scenario, bench.Options{
-		Exe: exe, Duration: *duration, Events: *events, Out: *out, Keep: *keep, Visibility: *visibility, Log: os.Stdout,
+		Exe: exe, Duration: *duration, Events: *events, Kills: *kills, Interval: *interval, Out: *out, Keep: *keep, Visibility: *visibility, Log: os.Stdout,
 	})
 }

@@ -17,6 +17,7 @@ var scenarios = map[string]func(ctx context.Context, e *env) (any, error){
 	"backlog":        runBacklog,
 	"many-queues":    runManyQueues,
 	"crash":          runCrash,
+	"soak":           runSoak,
 }
 
 // Names lists the scenarios.
@@ -47,6 +48,15 @@ func Run(ctx context.Context, name string, opts Options) error {
 	}
 	if opts.Duration <= 0 {
 		opts.Duration = 10 * time.Second
+		if name == "soak" {
+			opts.Duration = time.Hour
+		}
+	}
+	if opts.Kills <= 0 {
+		opts.Kills = 20
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = time.Minute
 	}
 	e := &env{opts: opts}
 	defer e.close()
@@ -54,6 +64,13 @@ func Run(ctx context.Context, name string, opts Options) error {
 	start := time.Now()
 	res, err := run(ctx, e)
 	if err != nil {
+		// A scenario that measured and then failed its check (soak) returns
+		// its figures too: they show what failed.
+		if res != nil {
+			writeJSON(opts.Out, map[string]any{
+				"machine": machine(), "started": start.UTC().Format(time.RFC3339), "figures": res, "error": err.Error(),
+			})
+		}
 		return fmt.Errorf("%s: %w (logs in %s)", name, err, keepDir(e))
 	}
 	fmt.Fprintf(opts.Log, "took %v; figures written to %s\n", time.Since(start).Round(time.Second), opts.Out)

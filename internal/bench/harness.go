@@ -40,6 +40,12 @@ type Options struct {
 	Duration time.Duration
 	// Events is the backlog scenario's number of waiting events.
 	Events int
+	// Kills is how many times the crash scenario kills the server.
+	// Default 20.
+	Kills int
+	// Interval is how often the soak scenario samples the server. Default
+	// 1m.
+	Interval time.Duration
 	// Out is where the JSON figures go.
 	Out string
 	// Visibility is "on" (stats, debugger and metrics fed, as in

@@ -38,6 +38,17 @@ func FuzzIngest(f *testing.F) {
 		{1, `{"userId":"u","event":"e","timestamp":"9999-12-31T23:59:59Z","sentAt":"0001-01-01T00:00:00Z"}`},
 		{1, `{"userId":"u","event":"e","context":{"ip":"1"},"integrations":{"Slack":{"channel":"x"},"All":true}}`},
 		{6, `{"batch":[{"type":"page","userId":"u","context":null,"integrations":{}}],"context":{"a":1},"integrations":{"b":false}}`},
+		// member types: objects, date-times and identifiers of the wrong type,
+		// numeric identifiers, nulls, repeated names
+		{0, `{"userId":"u","traits":"x"}`},
+		{1, `{"userId":"u","event":"e","properties":[1,2]}`},
+		{1, `{"userId":"u","event":"e","originalTimestamp":1714564800000}`},
+		{1, `{"userId":"u","event":"e","originalTimestamp":"2024-05-01T10:00:00+02:00","timestamp":"2024-05-01T10:00:00Z"}`},
+		{2, `{"anonymousId":"a","messageId":1714564800123,"properties":null,"traits":null}`},
+		{3, `{"anonymousId":"a","messageId":{"id":1}}`},
+		{4, `{"userId":false,"anonymousId":"a","groupId":"g"}`},
+		{1, `{"userId":"u","event":"e","properties":"x","properties":{},"sentAt":"2024-05-01"}`},
+		{6, `{"batch":[{"type":"identify","userId":"u","traits":7},{"type":"track","userId":"u","event":"e","messageId":-1.5e3,"context":[]},{"type":"page","anonymousId":true},{"type":"screen","userId":"u","originalTimestamp":"now"}]}`},
 	}
 	for _, s := range seeds {
 		f.Add(s.path, []byte(s.body))

@@ -250,8 +250,8 @@ func TestRejected(t *testing.T) {
 			`expected timestamp to be an ISO 8601 date-time such as 2024-05-01T12:00:00.000Z, found a number`},
 		{"bad sentAt", request{path: "/v1/track", key: webKey, body: track(`,"sentAt":"2024-13-01T00:00:00Z"`)}, 400,
 			`expected sentAt to be an ISO 8601 date-time`},
-		{"numeric messageId", request{path: "/v1/track", key: webKey, body: track(`,"messageId":12`)}, 400,
-			"expected messageId to be a string, found a number"},
+		{"messageId of the wrong type", request{path: "/v1/track", key: webKey, body: track(`,"messageId":true`)}, 400,
+			"expected messageId to be a string or a number, found a boolean"},
 		{"context not an object", request{path: "/v1/track", key: webKey, body: track(`,"context":[]`)}, 400,
 			"expected context to be an object, found an array"},
 		{"integrations not an object", request{path: "/v1/track", key: webKey, body: track(`,"integrations":"all"`)}, 400,
@@ -427,8 +427,8 @@ func TestStored(t *testing.T) {
 		{
 			name: "client's originalTimestamp kept",
 			req: request{path: "/v1/track", key: webKey,
-				body: track(`,"timestamp":"2020-01-01T00:00:00Z","sentAt":"2020-01-01T00:00:05Z","originalTimestamp":"x"`)},
-			want: map[string]string{"originalTimestamp": `"x"`},
+				body: track(`,"timestamp":"2020-01-01T00:00:00Z","sentAt":"2020-01-01T00:00:05Z","originalTimestamp":"2019-12-31T23:59:59Z"`)},
+			want: map[string]string{"originalTimestamp": `"2019-12-31T23:59:59Z"`},
 		},
 		{
 			name:   "write key in the body is not stored",

@@ -197,6 +197,9 @@ type checked struct {
 	typ string
 	// messageID is the client's; "" when the server sets one.
 	messageID string
+	// numericMessageID is true when the client sent messageId as a number:
+	// the payload then carries it as a string.
+	numericMessageID bool
 	// timestamp and sentAt are the event's own, zero when absent.
 	timestamp, sentAt time.Time
 }
@@ -245,6 +248,9 @@ func (p *parser) validate(raw []byte, mem []jsonscan.Member, typ string, b *batc
 			return checked{}, fmt.Sprintf("event is %d bytes with the batch's context and integrations merged in, the limit is %d", n, MaxEventBytes)
 		}
 	}
+	if reason := checkFields(mem); reason != "" {
+		return checked{}, reason
+	}
 	p.mem = mem
 	c := checked{f: indexFields(mem), typ: typ}
 	f := &c.f
@@ -290,7 +296,9 @@ func (p *parser) validate(raw []byte, mem []jsonscan.Member, typ string, b *batc
 	if v := p.val(f.messageID); !isNull(v) && string(v) != `""` {
 		s, isString := jsonscan.StringValue(v)
 		if !isString {
-			return checked{}, "expected messageId to be a string, found " + describe(v)
+			// A number, as checkFields allows no other type: stored as a
+			// string, the type of every destination's idempotency key.
+			s, c.numericMessageID = string(v), true
 		}
 		c.messageID = s
 	}
@@ -310,12 +318,7 @@ func (p *parser) validate(raw []byte, mem []jsonscan.Member, typ string, b *batc
 		c.sentAt = t
 	}
 
-	if v := p.val(f.context); !isNull(v) && v[0] != '{' {
-		return checked{}, "expected context to be an object, found " + describe(v)
-	}
-	if v := p.val(f.integrations); !isNull(v) && v[0] != '{' {
-		return checked{}, "expected integrations to be an object, found " + describe(v)
-	}
+	// checkFields has seen that context and integrations are objects.
 	return c, ""
 }
 
@@ -342,7 +345,7 @@ func (p *parser) correctTimestamp(c *checked, b *batchDefaults) (timestamp time.
 // returns it: type first, then the client's members in their order, less
 // the ones the server sets, then the server's.
 func (p *parser) appendPayload(c *checked, messageID string, timestamp time.Time, rewriteTS bool, b *batchDefaults) []byte {
-	setMessageID := c.messageID == ""
+	setMessageID := c.messageID == "" || c.numericMessageID
 	start := len(p.out)
 	out := append(p.out, `{"type":"`...)
 	out = append(out, c.typ...)
