@@ -50,15 +50,10 @@ type Target struct {
 	Type        string
 	Destination destinations.Destination
 	// Batch bounds how many jobs of one queue go in one Transform call.
-	Batch  destinations.BatchLimits
+	Batch destinations.BatchLimits
+	// Client performs the requests. Default http.DefaultClient.
 	Client *http.Client
-	// Concurrency is the most requests in flight to the destination. Default 64.
-	Concurrency int
-	// RateLimit is requests per second across all its queues; 0 means none.
-	RateLimit float64
-	// RetryWindow is how long after receipt a job is retried before it is
-	// archived. Default 4h.
-	RetryWindow time.Duration
+	Limits
 }
 
 // End is how a delivery attempt left its job.
@@ -108,9 +103,12 @@ type Options struct {
 	// Seed seeds the backoff jitter; 0 picks a random seed.
 	Seed uint64
 	// ShutdownGrace is how long Run waits for in-flight requests after its
-	// context ends before cancelling them. Default 10s.
+	// context ends before cancelling them. Default DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 }
+
+// DefaultShutdownGrace is Options.ShutdownGrace when it is zero.
+const DefaultShutdownGrace = 10 * time.Second
 
 // Engine delivers jobs from the store to destinations.
 type Engine struct {
@@ -133,7 +131,7 @@ func New(opts Options) (*Engine, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.ShutdownGrace == 0 {
-		opts.ShutdownGrace = 10 * time.Second
+		opts.ShutdownGrace = DefaultShutdownGrace
 	}
 	seed := opts.Seed
 	if seed == 0 {
@@ -147,12 +145,7 @@ func New(opts Options) (*Engine, error) {
 		if _, dup := e.dests[t.Name]; dup {
 			return nil, fmt.Errorf("delivery: target %q appears twice", t.Name)
 		}
-		if t.Concurrency <= 0 {
-			t.Concurrency = 64
-		}
-		if t.RetryWindow <= 0 {
-			t.RetryWindow = 4 * time.Hour
-		}
+		t.Limits = t.Limits.WithDefaults()
 		if t.Client == nil {
 			t.Client = http.DefaultClient
 		}

@@ -195,8 +195,7 @@ func New(opts Options) (*Server, error) {
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
-			RetryWindow: d.Delivery.RetryWindow,
+			Limits: d.Delivery,
 		})
 	}
 	observe := func(r delivery.Report) {
