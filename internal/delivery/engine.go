@@ -655,7 +655,8 @@ func (d *dest) work(w *workers) {
 	})
 }
 
-// complete applies the outcome of one request to its queue and jobs.
+// complete applies the outcome of one request, as decide judges it, to its
+// queue, its destination's circuit and its jobs.
 func (d *dest) complete(c completion) {
 	now := d.e.opts.Clock.Now()
 	q := c.q
@@ -665,37 +666,24 @@ func (d *dest) complete(c completion) {
 		d.circuit.probing = false
 	}
 
-	throttled, serverFail, reached := false, false, false
-	var retryAfter time.Duration
-	for i := range c.results {
-		r := &c.results[i]
-		switch {
-		case r.Outcome == destinations.Retryable && r.StatusCode == http.StatusTooManyRequests:
-			throttled = true
-			retryAfter = max(retryAfter, r.RetryAfter)
-		case r.Outcome == destinations.Retryable && (r.StatusCode == 0 || r.StatusCode >= 500):
-			serverFail = true
-		case r.Outcome == destinations.Delivered || r.Outcome == destinations.Rejected:
-			reached = true
-		}
-	}
-	switch {
-	case reached:
+	v := decide(now, c.results)
+	switch v.Circuit {
+	case circuitSuccess:
 		d.circuit.success()
-	case serverFail:
+	case circuitFailure:
 		d.circuit.failure(now, c.probe)
 	}
-	if throttled {
-		if retryAfter <= 0 {
-			retryAfter = DefaultRetryAfter
-		}
-		q.pausedUntil = now.Add(min(retryAfter, MaxRetryAfter))
-		q.limit = aimdDecrease(q.limit)
+	if !v.PauseUntil.IsZero() {
+		q.pausedUntil = v.PauseUntil
+	}
+	if v.Throttled {
 		q.throttle++
-	} else if serverFail {
-		q.limit = aimdDecrease(q.limit)
-	} else {
+	}
+	switch v.Limit {
+	case limitIncrease:
 		q.limit = aimdIncrease(q.limit, d.Concurrency)
+	case limitDecrease:
+		q.limit = aimdDecrease(q.limit)
 	}
 
 	var expired []*jobstore.Job
@@ -703,18 +691,11 @@ func (d *dest) complete(c completion) {
 	var requeue []jobstore.Job
 	for i := range c.jobs {
 		j := &c.jobs[i]
-		r := c.results[i].Result
+		reason := c.results[i].Reason
+		step := v.Jobs[i]
 		j.Attempts++
-		end := EndRetrying
-		switch r.Outcome {
-		case destinations.Delivered:
-			end = EndDelivered
-		case destinations.Rejected:
-			end = EndFailed
-		case destinations.Unsupported:
-			end = EndUnsupported
-		default:
-			j.LastError = r.Reason
+		if step.End == EndRetrying {
+			j.LastError = reason
 			if d.expired(j, now) {
 				// Reported and settled by archive, once the record is written.
 				expired = append(expired, j)
@@ -722,16 +703,14 @@ func (d *dest) complete(c completion) {
 				continue
 			}
 		}
-		d.observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: end, At: now})
+		d.observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: step.End, At: now})
 		switch {
-		case end != EndRetrying:
+		case step.End != EndRetrying:
 			d.settle(q, j)
-		case r.StatusCode == http.StatusTooManyRequests:
-			// The queue is paused; the job goes back to its head, in order,
-			// without a trip through the retry set.
+		case step.Requeue:
 			requeue = append(requeue, *j)
 		default:
-			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), r.Reason)
+			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), reason)
 		}
 	}
 	if len(expired) > 0 {
