@@ -331,6 +331,37 @@ const pageSize = 64
 // notifications, wake queues whose time has come, dispatch round-robin while
 // slots and tokens last, write the coalesced store changes, then sleep until
 // something happens.
+//
+// The loop keeps one invariant: each queue of d.queues is in exactly one of
+// three places.
+//
+//   - The ring (inRing): it may dispatch now, as far as it knows.
+//   - The wake heap (heapIdx >= 0): it has work, but time must pass first
+//     (a pause after a 429, or its next retry falling due); wakeDue takes it
+//     out when its time comes.
+//   - Idle, in neither: only an event can give it something to do, a
+//     completion (it is at its concurrency limit) or a notification (it has
+//     nothing to send). A queue idle with nothing at all is forgotten.
+//
+// The ring alone is kept lazily: a queue that stops being ready while in it
+// (a 429 of its request in flight comes back) stays there, and may also be
+// in the heap, until dispatch pops it, finds it not ready and considers it
+// again. Taking it out at once would mean a search of the ring.
+//
+// consider is the only way into the ring or the heap, and it puts a queue
+// where its state says it belongs, so finding work never scans the queues:
+// a turn looks at the ring's head, the heap's due top and the queues that
+// an event concerns.
+//
+// Fairness comes from the ring being a FIFO served one request per turn.
+// dispatch pops the queue at the head, sends one request's worth of its
+// jobs, and considers it again, which puts it, if still ready, at the tail:
+// behind every other ready queue. So between two requests of one queue,
+// every other ready queue sends one, whatever the queues' backlogs; a queue
+// that becomes ready joins at the tail too, and waits at most one round of
+// the ring, never for a big queue's backlog to drain. A queue that is
+// paused, waiting for a retry or at its concurrency limit is out of the
+// ring, so it holds no turn and no slot.
 func (d *dest) run(ctx context.Context) {
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
@@ -375,6 +406,12 @@ func (d *dest) run(ctx context.Context) {
 	}
 }
 
+// shutdown ends the loop once Run's context is done. It dispatches nothing
+// more, but still records the outcome of every request in flight (complete),
+// so that a job a destination took is settled and not sent again after the
+// restart. The requests get ShutdownGrace to finish; after that their
+// context is cancelled and they end as retryable. Then the workers stop and
+// the last outcomes are written, with a fresh context since ctx is done.
 func (d *dest) shutdown(w *workers, cancelWork context.CancelFunc) {
 	grace := time.AfterFunc(d.e.opts.ShutdownGrace, cancelWork)
 	defer grace.Stop()
@@ -386,6 +423,13 @@ func (d *dest) shutdown(w *workers, cancelWork context.CancelFunc) {
 	d.flush(context.Background())
 }
 
+// takeNotified hands each queue the jobs announced for it since the last
+// look (see notify) and considers it. notify runs on the store's committer
+// goroutine and must not wait, so the lock is held only to swap the map of
+// announcements for an empty one, never while queues are worked on. The
+// emptied handoffs go back to notify through d.free and the emptied map
+// becomes the next swap's: a steady stream of notifications allocates
+// nothing.
 func (d *dest) takeNotified() {
 	d.mu.Lock()
 	if len(d.notified) == 0 {
@@ -426,6 +470,10 @@ func (d *dest) consider(q *queue, now time.Time) {
 			q.inRing = true
 			d.ring.push(q)
 		}
+		// A notification can make a queue ready while it waits for its
+		// next retry: it leaves the heap, or the scheduler would wake for
+		// nothing when that time came.
+		d.wakeHeap.remove(q)
 		return
 	}
 	if w := q.nextWake(now); !w.IsZero() {
@@ -438,6 +486,11 @@ func (d *dest) consider(q *queue, now time.Time) {
 	}
 }
 
+// wakeDue takes out of the wake heap the queues whose pause has ended or
+// whose retry has fallen due by now, and considers each: into the ring if it
+// can send, back into the heap if it must wait longer (a retry pushed later),
+// idle otherwise. It runs before dispatch, so a queue that wakes competes in
+// the same turn.
 func (d *dest) wakeDue(now time.Time) {
 	for len(d.wakeHeap) > 0 && !d.wakeHeap[0].wakeAt.After(now) {
 		q := heap.Pop(&d.wakeHeap).(*queue)
