@@ -10,7 +10,9 @@ import (
 )
 
 // NewClient returns the HTTP client that delivers to destinations. Every
-// request is bounded by timeout (0 means none; fanout always sets one).
+// request is bounded by timeout (0 means none; fanout always sets one, by
+// default delivery.DefaultTimeout). Connecting, and the TLS handshake, are
+// bounded by connectTimeout as well.
 //
 // Unless allowPrivate is set, the client refuses to connect to loopback,
 // private (RFC 1918, RFC 4193), link-local, unspecified, multicast and CGNAT
@@ -31,7 +33,7 @@ import (
 // offers it.
 func NewClient(timeout time.Duration, allowPrivate bool) *http.Client {
 	dialer := &net.Dialer{
-		Timeout:   10 * time.Second,
+		Timeout:   connectTimeout,
 		KeepAlive: 30 * time.Second,
 	}
 	if timeout > 0 && timeout < dialer.Timeout {
@@ -47,7 +49,7 @@ func NewClient(timeout time.Duration, allowPrivate bool) *http.Client {
 		MaxIdleConns:          4096,
 		MaxIdleConnsPerHost:   256,
 		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
+		TLSHandshakeTimeout:   connectTimeout,
 		ExpectContinueTimeout: time.Second,
 	}
 	return &http.Client{
@@ -58,6 +60,11 @@ func NewClient(timeout time.Duration, allowPrivate bool) *http.Client {
 		},
 	}
 }
+
+// connectTimeout bounds dialing and the TLS handshake when the request
+// timeout is longer, or none. It is the client's own, not the default
+// request timeout (delivery.DefaultTimeout), though both are 10s.
+const connectTimeout = 10 * time.Second
 
 // AddressError is the error of a connection the client refused because its
 // address is not public.

@@ -4,7 +4,11 @@
 // and the problem.
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/fanout/fanout/internal/delivery"
+)
 
 // Config is the whole configuration file.
 type Config struct {
@@ -21,7 +25,8 @@ type Config struct {
 	DataDir string  `yaml:"data_dir"`
 	Storage Storage `yaml:"storage"`
 	Network Network `yaml:"network"`
-	// DedupeWindow is how long a (source, messageId) is remembered. Default 24h.
+	// DedupeWindow is how long a (source, messageId) is remembered. Default
+	// pebble.DefaultDedupeWindow (24h), the store's.
 	DedupeWindow time.Duration `yaml:"dedupe_window"`
 	Sources      []Source      `yaml:"sources"`
 	Destinations []Destination `yaml:"destinations"`
@@ -56,18 +61,8 @@ type Destination struct {
 	// Settings are validated against the integration's schema; after Load
 	// they hold the normalized values with defaults filled in.
 	Settings map[string]any `yaml:"settings"`
-	Delivery Delivery       `yaml:"delivery"`
-}
-
-// Delivery tunes how one destination is delivered to.
-type Delivery struct {
-	// Concurrency is the most in-flight requests to the destination. Default 64.
-	Concurrency int `yaml:"concurrency"`
-	// RateLimit is requests per second; 0 means none. Default 0.
-	RateLimit float64 `yaml:"rate_limit"`
-	// RetryWindow is how long after receipt a job is retried before it is
-	// archived. Default 4h.
-	RetryWindow time.Duration `yaml:"retry_window"`
-	// Timeout bounds each request. Default 10s.
-	Timeout time.Duration `yaml:"timeout"`
+	// Delivery is the destination's "delivery" section: concurrency,
+	// rate_limit, retry_window and timeout, whose defaults and meanings
+	// delivery.Limits documents.
+	Delivery delivery.Limits `yaml:"delivery"`
 }

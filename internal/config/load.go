@@ -18,17 +18,18 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
-// The defaults, in one place. Each is documented on its Config field.
+// The defaults of the settings this package owns, each documented on its
+// Config field. The others belong to the component they configure: the
+// dedupe window to the store (pebble.DefaultDedupeWindow), a destination's
+// delivery section to the engine (delivery.Limits).
 const (
-	DefaultListen       = "127.0.0.1:8080"
-	DefaultAdminListen  = "127.0.0.1:8081"
-	DefaultDataDir      = "./fanout-data"
-	DefaultDedupeWindow = 24 * time.Hour
-	DefaultConcurrency  = 64
-	DefaultRetryWindow  = 4 * time.Hour
-	DefaultTimeout      = 10 * time.Second
+	DefaultListen      = "127.0.0.1:8080"
+	DefaultAdminListen = "127.0.0.1:8081"
+	DefaultDataDir     = "./fanout-data"
 )
 
 // Error is a problem with a configuration file. Its message has the form
@@ -113,7 +114,7 @@ func parse(path string, data []byte, reg destinations.Registry, env func(string)
 		Listen:       DefaultListen,
 		AdminListen:  DefaultAdminListen,
 		DataDir:      DefaultDataDir,
-		DedupeWindow: DefaultDedupeWindow,
+		DedupeWindow: pebble.DefaultDedupeWindow,
 	}
 	if err := d.config(root, cfg); err != nil {
 		return nil, err
@@ -426,11 +427,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 		},
 		"destinations": func(n *yaml.Node, path string) error {
 			return d.sequence(n, path, func(n *yaml.Node, path string) error {
-				dst := Destination{Delivery: Delivery{
-					Concurrency: DefaultConcurrency,
-					RetryWindow: DefaultRetryWindow,
-					Timeout:     DefaultTimeout,
-				}}
+				dst := Destination{Delivery: delivery.Limits{}.WithDefaults()}
 				err := d.mapping(n, path, map[string]field{
 					"name":     d.str(&dst.Name),
 					"type":     d.str(&dst.Type),

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/delivery"
 )
 
 // testRegistry stands in for the real integrations: one type shaped like
@@ -124,13 +125,13 @@ destinations:
 					"headers": map[string]string{"X-Team": "growth"},
 					"batch":   50,
 				},
-				Delivery: Delivery{Concurrency: 8, RateLimit: 2.5, RetryWindow: 30 * time.Minute, Timeout: 5 * time.Second},
+				Delivery: delivery.Limits{Concurrency: 8, RateLimit: 2.5, RetryWindow: 30 * time.Minute, Timeout: 5 * time.Second},
 			},
 			{
 				Name:     "bare",
 				Type:     "other",
 				Settings: map[string]any{},
-				Delivery: Delivery{Concurrency: 64, RetryWindow: 4 * time.Hour, Timeout: 10 * time.Second},
+				Delivery: delivery.Limits{Concurrency: 64, RetryWindow: 4 * time.Hour, Timeout: 10 * time.Second},
 			},
 		},
 	}
@@ -151,7 +152,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Errorf("DataDir = %q, want %q", cfg.DataDir, want)
 	}
 	d := cfg.Destinations[0]
-	if d.Delivery != (Delivery{Concurrency: 64, RateLimit: 0, RetryWindow: 4 * time.Hour, Timeout: 10 * time.Second}) {
+	if d.Delivery != (delivery.Limits{Concurrency: 64, RateLimit: 0, RetryWindow: 4 * time.Hour, Timeout: 10 * time.Second}) {
 		t.Errorf("delivery defaults: %+v", d.Delivery)
 	}
 	if d.Settings["batch"] != 1 {

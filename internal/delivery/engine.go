@@ -50,15 +50,10 @@ type Target struct {
 	Type        string
 	Destination destinations.Destination
 	// Batch bounds how many jobs of one queue go in one Transform call.
-	Batch  destinations.BatchLimits
+	Batch destinations.BatchLimits
+	// Client performs the requests. Default http.DefaultClient.
 	Client *http.Client
-	// Concurrency is the most requests in flight to the destination. Default 64.
-	Concurrency int
-	// RateLimit is requests per second across all its queues; 0 means none.
-	RateLimit float64
-	// RetryWindow is how long after receipt a job is retried before it is
-	// archived. Default 4h.
-	RetryWindow time.Duration
+	Limits
 }
 
 // End is how a delivery attempt left its job.
@@ -108,9 +103,12 @@ type Options struct {
 	// Seed seeds the backoff jitter; 0 picks a random seed.
 	Seed uint64
 	// ShutdownGrace is how long Run waits for in-flight requests after its
-	// context ends before cancelling them. Default 10s.
+	// context ends before cancelling them. Default DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 }
+
+// DefaultShutdownGrace is Options.ShutdownGrace when it is zero.
+const DefaultShutdownGrace = 10 * time.Second
 
 // Engine delivers jobs from the store to destinations.
 type Engine struct {
@@ -133,7 +131,7 @@ func New(opts Options) (*Engine, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.ShutdownGrace == 0 {
-		opts.ShutdownGrace = 10 * time.Second
+		opts.ShutdownGrace = DefaultShutdownGrace
 	}
 	seed := opts.Seed
 	if seed == 0 {
@@ -147,12 +145,7 @@ func New(opts Options) (*Engine, error) {
 		if _, dup := e.dests[t.Name]; dup {
 			return nil, fmt.Errorf("delivery: target %q appears twice", t.Name)
 		}
-		if t.Concurrency <= 0 {
-			t.Concurrency = 64
-		}
-		if t.RetryWindow <= 0 {
-			t.RetryWindow = 4 * time.Hour
-		}
+		t.Limits = t.Limits.WithDefaults()
 		if t.Client == nil {
 			t.Client = http.DefaultClient
 		}
@@ -338,6 +331,37 @@ const pageSize = 64
 // notifications, wake queues whose time has come, dispatch round-robin while
 // slots and tokens last, write the coalesced store changes, then sleep until
 // something happens.
+//
+// The loop keeps one invariant: each queue of d.queues is in exactly one of
+// three places.
+//
+//   - The ring (inRing): it may dispatch now, as far as it knows.
+//   - The wake heap (heapIdx >= 0): it has work, but time must pass first
+//     (a pause after a 429, or its next retry falling due); wakeDue takes it
+//     out when its time comes.
+//   - Idle, in neither: only an event can give it something to do, a
+//     completion (it is at its concurrency limit) or a notification (it has
+//     nothing to send). A queue idle with nothing at all is forgotten.
+//
+// The ring alone is kept lazily: a queue that stops being ready while in it
+// (a 429 of its request in flight comes back) stays there, and may also be
+// in the heap, until dispatch pops it, finds it not ready and considers it
+// again. Taking it out at once would mean a search of the ring.
+//
+// consider is the only way into the ring or the heap, and it puts a queue
+// where its state says it belongs, so finding work never scans the queues:
+// a turn looks at the ring's head, the heap's due top and the queues that
+// an event concerns.
+//
+// Fairness comes from the ring being a FIFO served one request per turn.
+// dispatch pops the queue at the head, sends one request's worth of its
+// jobs, and considers it again, which puts it, if still ready, at the tail:
+// behind every other ready queue. So between two requests of one queue,
+// every other ready queue sends one, whatever the queues' backlogs; a queue
+// that becomes ready joins at the tail too, and waits at most one round of
+// the ring, never for a big queue's backlog to drain. A queue that is
+// paused, waiting for a retry or at its concurrency limit is out of the
+// ring, so it holds no turn and no slot.
 func (d *dest) run(ctx context.Context) {
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
@@ -382,6 +406,12 @@ func (d *dest) run(ctx context.Context) {
 	}
 }
 
+// shutdown ends the loop once Run's context is done. It dispatches nothing
+// more, but still records the outcome of every request in flight (complete),
+// so that a job a destination took is settled and not sent again after the
+// restart. The requests get ShutdownGrace to finish; after that their
+// context is cancelled and they end as retryable. Then the workers stop and
+// the last outcomes are written, with a fresh context since ctx is done.
 func (d *dest) shutdown(w *workers, cancelWork context.CancelFunc) {
 	grace := time.AfterFunc(d.e.opts.ShutdownGrace, cancelWork)
 	defer grace.Stop()
@@ -393,6 +423,13 @@ func (d *dest) shutdown(w *workers, cancelWork context.CancelFunc) {
 	d.flush(context.Background())
 }
 
+// takeNotified hands each queue the jobs announced for it since the last
+// look (see notify) and considers it. notify runs on the store's committer
+// goroutine and must not wait, so the lock is held only to swap the map of
+// announcements for an empty one, never while queues are worked on. The
+// emptied handoffs go back to notify through d.free and the emptied map
+// becomes the next swap's: a steady stream of notifications allocates
+// nothing.
 func (d *dest) takeNotified() {
 	d.mu.Lock()
 	if len(d.notified) == 0 {
@@ -433,6 +470,10 @@ func (d *dest) consider(q *queue, now time.Time) {
 			q.inRing = true
 			d.ring.push(q)
 		}
+		// A notification can make a queue ready while it waits for its
+		// next retry: it leaves the heap, or the scheduler would wake for
+		// nothing when that time came.
+		d.wakeHeap.remove(q)
 		return
 	}
 	if w := q.nextWake(now); !w.IsZero() {
@@ -445,6 +486,11 @@ func (d *dest) consider(q *queue, now time.Time) {
 	}
 }
 
+// wakeDue takes out of the wake heap the queues whose pause has ended or
+// whose retry has fallen due by now, and considers each: into the ring if it
+// can send, back into the heap if it must wait longer (a retry pushed later),
+// idle otherwise. It runs before dispatch, so a queue that wakes competes in
+// the same turn.
 func (d *dest) wakeDue(now time.Time) {
 	for len(d.wakeHeap) > 0 && !d.wakeHeap[0].wakeAt.After(now) {
 		q := heap.Pop(&d.wakeHeap).(*queue)
@@ -662,7 +708,8 @@ func (d *dest) work(w *workers) {
 	})
 }
 
-// complete applies the outcome of one request to its queue and jobs.
+// complete applies the outcome of one request, as decide judges it, to its
+// queue, its destination's circuit and its jobs.
 func (d *dest) complete(c completion) {
 	now := d.e.opts.Clock.Now()
 	q := c.q
@@ -672,37 +719,24 @@ func (d *dest) complete(c completion) {
 		d.circuit.probing = false
 	}
 
-	throttled, serverFail, reached := false, false, false
-	var retryAfter time.Duration
-	for i := range c.results {
-		r := &c.results[i]
-		switch {
-		case r.Outcome == destinations.Retryable && r.StatusCode == http.StatusTooManyRequests:
-			throttled = true
-			retryAfter = max(retryAfter, r.RetryAfter)
-		case r.Outcome == destinations.Retryable && (r.StatusCode == 0 || r.StatusCode >= 500):
-			serverFail = true
-		case r.Outcome == destinations.Delivered || r.Outcome == destinations.Rejected:
-			reached = true
-		}
-	}
-	switch {
-	case reached:
+	v := decide(now, c.results)
+	switch v.Circuit {
+	case circuitSuccess:
 		d.circuit.success()
-	case serverFail:
+	case circuitFailure:
 		d.circuit.failure(now, c.probe)
 	}
-	if throttled {
-		if retryAfter <= 0 {
-			retryAfter = DefaultRetryAfter
-		}
-		q.pausedUntil = now.Add(min(retryAfter, MaxRetryAfter))
-		q.limit = aimdDecrease(q.limit)
+	if !v.PauseUntil.IsZero() {
+		q.pausedUntil = v.PauseUntil
+	}
+	if v.Throttled {
 		q.throttle++
-	} else if serverFail {
-		q.limit = aimdDecrease(q.limit)
-	} else {
+	}
+	switch v.Limit {
+	case limitIncrease:
 		q.limit = aimdIncrease(q.limit, d.Concurrency)
+	case limitDecrease:
+		q.limit = aimdDecrease(q.limit)
 	}
 
 	var expired []*jobstore.Job
@@ -710,18 +744,11 @@ func (d *dest) complete(c completion) {
 	var requeue []jobstore.Job
 	for i := range c.jobs {
 		j := &c.jobs[i]
-		r := c.results[i].Result
+		reason := c.results[i].Reason
+		step := v.Jobs[i]
 		j.Attempts++
-		end := EndRetrying
-		switch r.Outcome {
-		case destinations.Delivered:
-			end = EndDelivered
-		case destinations.Rejected:
-			end = EndFailed
-		case destinations.Unsupported:
-			end = EndUnsupported
-		default:
-			j.LastError = r.Reason
+		if step.End == EndRetrying {
+			j.LastError = reason
 			if d.expired(j, now) {
 				// Reported and settled by archive, once the record is written.
 				expired = append(expired, j)
@@ -729,16 +756,14 @@ func (d *dest) complete(c completion) {
 				continue
 			}
 		}
-		d.observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: end, At: now})
+		d.observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: step.End, At: now})
 		switch {
-		case end != EndRetrying:
+		case step.End != EndRetrying:
 			d.settle(q, j)
-		case r.StatusCode == http.StatusTooManyRequests:
-			// The queue is paused; the job goes back to its head, in order,
-			// without a trip through the retry set.
+		case step.Requeue:
 			requeue = append(requeue, *j)
 		default:
-			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), r.Reason)
+			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), reason)
 		}
 	}
 	if len(expired) > 0 {

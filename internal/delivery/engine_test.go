@@ -155,8 +155,8 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 		b.dests[sp.name] = s
 		targets = append(targets, delivery.Target{
 			Name: sp.name, Type: "test", Destination: decider{s}, Client: srv.Client(),
-			Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit,
-			Batch: destinations.BatchLimits{MaxEvents: sp.batch},
+			Limits: delivery.Limits{Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit},
+			Batch:  destinations.BatchLimits{MaxEvents: sp.batch},
 		})
 	}
 	eng, err := delivery.New(delivery.Options{
@@ -749,8 +749,8 @@ func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
 	eng, err := delivery.New(delivery.Options{
 		Store: store, Clock: clk, Seed: 1, Logger: quiet,
 		Targets: []delivery.Target{
-			{Name: "broken", Type: "panicky", Destination: panicky{}, Concurrency: 1},
-			{Name: "fine", Type: "test", Destination: decider{&scripted{url: b.dests["hook"].url, tries: map[string]int{}}}, Concurrency: 1},
+			{Name: "broken", Type: "panicky", Destination: panicky{}, Limits: delivery.Limits{Concurrency: 1}},
+			{Name: "fine", Type: "test", Destination: decider{&scripted{url: b.dests["hook"].url, tries: map[string]int{}}}, Limits: delivery.Limits{Concurrency: 1}},
 		},
 		Archive: archive.NewWriter(filepath.Join(b.dataDir, "archive2")),
 		Observe: func(r delivery.Report) { reports <- r },

@@ -62,7 +62,7 @@ func TestAnnouncedJobsAreNotReadBack(t *testing.T) {
 	b := setup(t, targetSpec{name: "hook"})
 	store := &reads{Store: b.store}
 	hook := &scripted{url: b.dests["hook"].url, tries: map[string]int{}}
-	reports := runOver(t, b, store, delivery.Target{Name: "hook", Type: "test", Destination: decider{hook}, Concurrency: 4})
+	reports := runOver(t, b, store, delivery.Target{Name: "hook", Type: "test", Destination: decider{hook}, Limits: delivery.Limits{Concurrency: 4}})
 
 	appendIDs := func(t *testing.T, source string, ids ...string) {
 		t.Helper()

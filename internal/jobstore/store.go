@@ -120,7 +120,6 @@ type Store interface {
 	// soonest first, and when the next one after those is due (zero when
 	// there is none).
 	Retries(ctx context.Context, q Queue, until time.Time, limit int) (jobs []Job, next time.Time, err error)
-	// Apply applies an update.
 	Apply(ctx context.Context, u Update) error
 	// Queues lists the queues that hold pending or retry jobs, without
 	// reading finished ones. The engine calls it at start-up.

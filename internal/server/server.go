@@ -239,8 +239,7 @@ func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Targe
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
-			RetryWindow: d.Delivery.RetryWindow,
+			Limits: d.Delivery,
 		})
 	}
 	return targets, nil

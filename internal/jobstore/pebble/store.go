@@ -32,7 +32,7 @@ var ErrClosed = fmt.Errorf("jobstore/pebble: closed: %w", jobstore.ErrUnavailabl
 type Options struct {
 	// DedupeWindow is how long a (source, messageId) pair is remembered: an
 	// event appended less than DedupeWindow after the same pair was stored is
-	// a duplicate. Default 24h; it cannot be negative.
+	// a duplicate. Default DefaultDedupeWindow; it cannot be negative.
 	DedupeWindow time.Duration
 	// Now is the clock used for the dedupe window. Default time.Now; tests
 	// inject a fake one so that they never sleep.
@@ -56,7 +56,8 @@ type Options struct {
 	fs vfs.FS
 }
 
-// DefaultDedupeWindow is the dedupe window when Options.DedupeWindow is zero.
+// DefaultDedupeWindow is the dedupe window when Options.DedupeWindow is
+// zero, and the default of the configuration file's dedupe_window.
 const DefaultDedupeWindow = 24 * time.Hour
 
 func (o *Options) setDefaults() error {
