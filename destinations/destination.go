@@ -30,21 +30,6 @@ type Integration struct {
 	New func(cfg Config) (Destination, error)
 }
 
-// Supports reports whether the integration takes events of call type typ
-// (event.Track, ...). The delivery engine gives the other events the outcome
-// Unsupported without calling Transform.
-func (i *Integration) Supports(typ string) bool {
-	if len(i.EventTypes) == 0 {
-		return true
-	}
-	for _, t := range i.EventTypes {
-		if t == typ {
-			return true
-		}
-	}
-	return false
-}
-
 // BatchLimits bounds the batches the delivery engine hands an integration.
 type BatchLimits struct {
 	// MaxEvents is the largest number of events per batch; 0 or 1 means no batching.
@@ -58,7 +43,7 @@ type Config struct {
 	// Name is the configured destination's name.
 	Name string
 	// Settings are the validated settings, keyed by field name.
-	Settings map[string]any
+	Settings Settings
 	// Client is the HTTP client the integration must use for every request:
 	// it carries the timeout and the outbound address guard.
 	Client *http.Client

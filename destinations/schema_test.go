@@ -34,3 +34,25 @@ func TestCheckURL(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateTrimsStrings(t *testing.T) {
+	s := Schema{
+		{Name: "api_key", Type: String, Required: true},
+		{Name: "region", Type: String, Default: "us"},
+		{Name: "batch", Type: Int},
+	}
+	got, err := s.Validate(map[string]any{"api_key": " k1\n", "region": "  ", "batch": 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := Settings(got)
+	if set.String("api_key") != "k1" || set.String("region") != "" || set.Int("batch") != 3 {
+		t.Errorf("Validate = %v, want api_key trimmed, a blank region blank and batch 3", got)
+	}
+	if set.Bool("batch") || set.StringMap("nope") != nil || set.StringList("api_key") != nil {
+		t.Errorf("an accessor of another type, or of a missing key, should read the zero value")
+	}
+	if _, err := s.Validate(map[string]any{"api_key": " \t"}); err == nil || err.Error() != "api_key: required setting is missing" {
+		t.Errorf("a blank required setting: err = %v, want it missing", err)
+	}
+}

@@ -139,12 +139,11 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds an Amplitude destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	d := &destination{apiKey: str("api_key"), minIDLength: defaultMinIDLength}
+	d := &destination{apiKey: s.String("api_key"), minIDLength: defaultMinIDLength}
 
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
-		region := str("region")
+		region := s.String("region")
 		if region == "" {
 			region = "us"
 		}
@@ -157,7 +156,7 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	}
 	d.url = strings.TrimRight(base, "/") + "/2/httpapi"
 
-	if n, _ := s["min_id_length"].(int); n != 0 {
+	if n := s.Int("min_id_length"); n != 0 {
 		if n < 1 {
 			return nil, fmt.Errorf("min_id_length: expected a positive number of characters, found %d", n)
 		}

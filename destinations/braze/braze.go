@@ -119,22 +119,21 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Braze destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
-	base := str("rest_endpoint")
+	base := s.String("rest_endpoint")
 	if !strings.Contains(base, "://") {
 		base = "https://" + base
 	}
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(u.Host, " /") {
-		return nil, fmt.Errorf("rest_endpoint: expected the instance's REST endpoint, such as rest.iad-01.braze.com, found %q", str("rest_endpoint"))
+		return nil, fmt.Errorf("rest_endpoint: expected the instance's REST endpoint, such as rest.iad-01.braze.com, found %q", s.String("rest_endpoint"))
 	}
 	if strings.HasPrefix(u.Host, "dashboard") {
 		return nil, fmt.Errorf("rest_endpoint: expected the REST endpoint (rest.<instance>.braze.com), found the dashboard's address %q", u.Host)
 	}
 	return &destination{
 		url:   strings.TrimSuffix(strings.TrimRight(base, "/"), "/users/track") + "/users/track",
-		auth:  "Bearer " + str("api_key"),
-		appID: str("app_id"),
+		auth:  "Bearer " + s.String("api_key"),
+		appID: s.String("app_id"),
 	}, nil
 }
 

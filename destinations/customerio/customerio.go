@@ -160,10 +160,9 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Customer.io destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
-		region := str("region")
+		region := s.String("region")
 		if region == "" {
 			region = "us"
 		}
@@ -174,7 +173,7 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	} else if err := destinations.CheckURL("api_url", base); err != nil {
 		return nil, err
 	}
-	site, key := str("site_id"), str("api_key")
+	site, key := s.String("site_id"), s.String("api_key")
 	if strings.Contains(site, ":") {
 		return nil, fmt.Errorf("site_id: expected the Site ID alone, found a value with a colon")
 	}

@@ -159,12 +159,11 @@ var measurementID = regexp.MustCompile(`^G-[A-Z0-9]+$`)
 
 func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	id := str("measurement_id")
+	id := s.String("measurement_id")
 	if !measurementID.MatchString(id) {
 		return nil, fmt.Errorf("measurement_id: expected a web stream's Measurement ID such as G-ABC123DEF4, found %q", id)
 	}
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
 		base = "https://www.google-analytics.com"
 	}
@@ -172,14 +171,14 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		return nil, err
 	}
 	base = strings.TrimRight(base, "/")
-	q := url.Values{"measurement_id": {id}, "api_secret": {str("api_secret")}}.Encode()
+	q := url.Values{"measurement_id": {id}, "api_secret": {s.String("api_secret")}}.Encode()
 	d := &destination{
 		collectURL: base + "/mp/collect?" + q,
 		debugURL:   base + "/debug/mp/collect?" + q,
 		client:     cfg.Client,
 		now:        now,
 	}
-	d.validate, _ = s["validate"].(bool)
+	d.validate = s.Bool("validate")
 	if d.client == nil {
 		d.client = http.DefaultClient
 	}

@@ -132,21 +132,20 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a HubSpot destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
 		base = "https://api.hubapi.com"
 	}
 	if err := destinations.CheckURL("api_url", base); err != nil {
 		return nil, err
 	}
-	token := str("access_token")
+	token := s.String("access_token")
 	if strings.HasPrefix(strings.ToLower(token), "bearer ") {
 		return nil, fmt.Errorf("access_token: expected the token alone, found it with a \"Bearer \" prefix: give it without")
 	}
 	d := &destination{base: strings.TrimRight(base, "/"), auth: "Bearer " + token}
-	d.events, _ = s["events"].(map[string]string)
-	d.properties, _ = s["properties"].(map[string]string)
+	d.events = s.StringMap("events")
+	d.properties = s.StringMap("properties")
 	for name, fq := range d.events {
 		if !strings.HasPrefix(fq, "pe") || !strings.Contains(fq, "_") {
 			return nil, fmt.Errorf("events: %q maps to %q; expected a fully qualified event name such as pe1234567_signed_up (HubSpot > Data Management > Custom Events > the event > Details)", name, fq)

@@ -148,15 +148,14 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 
 func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
 		base = "https://api.intercom.io"
 	}
 	if err := destinations.CheckURL("api_url", base); err != nil {
 		return nil, err
 	}
-	version := str("api_version")
+	version := s.String("api_version")
 	if version == "" {
 		version = "2.11"
 	}
@@ -168,13 +167,13 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		client: cfg.Client,
 		now:    now,
 		header: http.Header{
-			"Authorization":    {"Bearer " + str("access_token")},
+			"Authorization":    {"Bearer " + s.String("access_token")},
 			"Intercom-Version": {version},
 			"Accept":           {"application/json"},
 			"Content-Type":     {"application/json"},
 		},
 	}
-	d.attrs, _ = s["custom_attributes"].(map[string]string)
+	d.attrs = s.StringMap("custom_attributes")
 	if d.client == nil {
 		d.client = http.DefaultClient
 	}

@@ -148,17 +148,16 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 
 func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
 	d := &destination{
-		base:        strings.TrimRight(str("base_url"), "/"),
-		clientID:    str("client_id"),
-		secret:      str("client_secret"),
-		lookupField: str("lookup_field"),
-		partition:   str("partition_name"),
+		base:        strings.TrimRight(s.String("base_url"), "/"),
+		clientID:    s.String("client_id"),
+		secret:      s.String("client_secret"),
+		lookupField: s.String("lookup_field"),
+		partition:   s.String("partition_name"),
 		client:      cfg.Client,
 		now:         now,
 	}
-	d.fields, _ = s["fields"].(map[string]string)
+	d.fields = s.StringMap("fields")
 	if !destinations.IsHTTPURL(d.base) {
 		return nil, fmt.Errorf("base_url: expected the instance's https URL, such as https://123-ABC-456.mktorest.com, found %q", d.base)
 	}

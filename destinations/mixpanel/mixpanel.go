@@ -136,12 +136,11 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Mixpanel destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	d := &destination{token: str("project_token")}
+	d := &destination{token: s.String("project_token")}
 
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
-		region := str("region")
+		region := s.String("region")
 		if region == "" {
 			region = "us"
 		}
@@ -154,7 +153,7 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	}
 	base = strings.TrimRight(base, "/")
 
-	user, secret, project := str("service_account_username"), str("service_account_secret"), str("project_id")
+	user, secret, project := s.String("service_account_username"), s.String("service_account_secret"), s.String("project_id")
 	q := url.Values{"strict": {"1"}}
 	switch {
 	case user == "" && secret == "":

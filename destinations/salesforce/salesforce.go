@@ -232,27 +232,26 @@ var (
 // New builds a Salesforce destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
 	d := &destination{
-		base:     strings.TrimRight(str("instance_url"), "/"),
-		version:  strings.TrimPrefix(strings.ToLower(str("api_version")), "v"),
-		flow:     str("auth_flow"),
-		clientID: str("client_id"),
-		secret:   str("client_secret"),
-		username: str("username"),
-		password: str("password"),
-		extField: str("external_id_field"),
+		base:     strings.TrimRight(s.String("instance_url"), "/"),
+		version:  strings.TrimPrefix(strings.ToLower(s.String("api_version")), "v"),
+		flow:     s.String("auth_flow"),
+		clientID: s.String("client_id"),
+		secret:   s.String("client_secret"),
+		username: s.String("username"),
+		password: s.String("password"),
+		extField: s.String("external_id_field"),
 		client:   cfg.Client,
 	}
-	d.fields, _ = s["fields"].(map[string]string)
+	d.fields = s.StringMap("fields")
 	if u, err := url.Parse(d.base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return nil, fmt.Errorf("instance_url: expected the org's My Domain URL, such as https://acme.my.salesforce.com, found %q", d.base)
 	}
 	if !versionRE.MatchString(d.version) {
-		return nil, fmt.Errorf("api_version: expected a version such as 62.0, found %q", str("api_version"))
+		return nil, fmt.Errorf("api_version: expected a version such as 62.0, found %q", s.String("api_version"))
 	}
 	if major, _ := strconv.Atoi(strings.Split(d.version, ".")[0]); major < minVersion {
-		return nil, fmt.Errorf("api_version: expected %d.0 or later, the first with the sObject Collections upsert, found %q", minVersion, str("api_version"))
+		return nil, fmt.Errorf("api_version: expected %d.0 or later, the first with the sObject Collections upsert, found %q", minVersion, s.String("api_version"))
 	}
 	switch d.flow {
 	case ClientCredentials:
@@ -263,23 +262,23 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	default:
 		return nil, fmt.Errorf("auth_flow: expected client_credentials or password, found %q", d.flow)
 	}
-	switch strings.ToLower(str("object")) {
+	switch strings.ToLower(s.String("object")) {
 	case "lead":
 		d.object = "Lead"
 	case "contact":
 		d.object = "Contact"
 	default:
-		return nil, fmt.Errorf("object: expected Lead or Contact, found %q", str("object"))
+		return nil, fmt.Errorf("object: expected Lead or Contact, found %q", s.String("object"))
 	}
 	if !fieldRE.MatchString(d.extField) {
 		return nil, fmt.Errorf("external_id_field: expected a field API name such as Email or Fanout_User_Id__c, found %q", d.extField)
 	}
-	switch str("external_id_value") {
+	switch s.String("external_id_value") {
 	case "email":
 	case "user_id":
 		d.extFromUser = true
 	default:
-		return nil, fmt.Errorf("external_id_value: expected email or user_id, found %q", str("external_id_value"))
+		return nil, fmt.Errorf("external_id_value: expected email or user_id, found %q", s.String("external_id_value"))
 	}
 	for trait, field := range d.fields {
 		if !fieldRE.MatchString(field) {

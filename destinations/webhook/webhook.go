@@ -153,15 +153,15 @@ var reserved = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Connection": true,
 }
 
-func newDestination(settings map[string]any, now func() time.Time) (*destination, error) {
+func newDestination(settings destinations.Settings, now func() time.Time) (*destination, error) {
 	d := &destination{now: now}
 
-	d.url, _ = settings["url"].(string)
+	d.url = settings.String("url")
 	if err := destinations.CheckURL("url", d.url); err != nil {
 		return nil, err
 	}
 
-	if secret, _ := settings["secret"].(string); secret != "" {
+	if secret := settings.String("secret"); secret != "" {
 		key, err := parseSecret(secret)
 		if err != nil {
 			return nil, err
@@ -175,7 +175,7 @@ func newDestination(settings map[string]any, now func() time.Time) (*destination
 		"Content-Type": "application/json",
 		"User-Agent":   "fanout",
 	}
-	extra, _ := settings["headers"].(map[string]string)
+	extra := settings.StringMap("headers")
 	for k, v := range extra {
 		if !validHeaderName(k) {
 			return nil, fmt.Errorf("headers: %q is not a valid header name", k)
@@ -194,7 +194,7 @@ func newDestination(settings map[string]any, now func() time.Time) (*destination
 	}
 	sort.Slice(d.static, func(i, j int) bool { return d.static[i].key < d.static[j].key })
 
-	d.batch, _ = settings["batch"].(int)
+	d.batch = settings.Int("batch")
 	if d.batch < 0 || d.batch > MaxBatchEvents {
 		return nil, fmt.Errorf("batch: expected 0 to %d events per request, found %d", MaxBatchEvents, d.batch)
 	}
