@@ -73,15 +73,17 @@ package ga4
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -305,9 +307,9 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 				ev.Params[k] = v
 			}
 		}
-		put("page_location", firstNonEmpty(traits.String(props["url"]), traits.String(traits.Get(m, "context", "page", "url"))))
-		put("page_title", firstNonEmpty(traits.String(props["title"]), traits.String(traits.Get(m, "context", "page", "title")), traits.EventName(m)))
-		put("page_referrer", firstNonEmpty(traits.String(props["referrer"]), traits.String(traits.Get(m, "context", "page", "referrer"))))
+		put("page_location", cmp.Or(traits.String(props["url"]), traits.String(traits.Get(m, "context", "page", "url"))))
+		put("page_title", cmp.Or(traits.String(props["title"]), traits.String(traits.Get(m, "context", "page", "title")), traits.EventName(m)))
+		put("page_referrer", cmp.Or(traits.String(props["referrer"]), traits.String(traits.Get(m, "context", "page", "referrer"))))
 		props = withoutKeys(props, "url", "title", "referrer")
 	} else {
 		raw := traits.EventName(m)
@@ -324,7 +326,7 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 	}
 	// In sorted order, so that of several bad properties the same one is
 	// named on every attempt.
-	for _, k := range sortedKeys(props) {
+	for _, k := range slices.Sorted(maps.Keys(props)) {
 		v := props[k]
 		name := SnakeCase(k)
 		if reason := checkName(name, "property name", k); reason != "" {
@@ -364,22 +366,10 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 	return ev, ""
 }
 
-func firstNonEmpty(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 // withoutKeys returns a copy of m without keys, so that the event's own
 // map is not changed.
 func withoutKeys(m map[string]any, keys ...string) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
+	out := maps.Clone(m)
 	for _, k := range keys {
 		delete(out, k)
 	}
@@ -585,14 +575,4 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		out[i] = r
 	}
 	return out
-}
-
-// sortedKeys returns the keys of m in order.
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -69,8 +69,6 @@ package hubspot
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -81,6 +79,7 @@ import (
 	"github.com/fanout/fanout/destinations/plan"
 	"github.com/fanout/fanout/destinations/traits"
 	"github.com/fanout/fanout/internal/event"
+	"github.com/google/uuid"
 )
 
 // MaxBatchInputs is the documented number of inputs of a batch upsert.
@@ -305,46 +304,22 @@ func (d *destination) occurrence(messageID string, m map[string]any) (req *desti
 	}, "", false
 }
 
-// uuidNamespace is the namespace of the name-based UUIDs EventUUID makes,
-// itself a version 5 UUID of "fanout messageId" in the URL namespace.
-var uuidNamespace = [16]byte{0x6b, 0xa7, 0xb8, 0x11, 0x9d, 0xad, 0x11, 0xd1, 0x80, 0xb4, 0x00, 0xc0, 0x4f, 0xd4, 0x30, 0xc8}
-
 // EventUUID returns the uuid of the occurrence with messageID: the
 // messageId itself when it is a UUID (lower-cased), and otherwise the
-// version 5 (SHA-1, name-based) UUID of the messageId, the same on every
+// version 5 (SHA-1, name-based) UUID of the messageId in the URL
+// namespace, the same on every
 // retry.
 func EventUUID(messageID string) string {
 	if isUUID(messageID) {
 		return strings.ToLower(messageID)
 	}
-	h := sha1.New()
-	h.Write(uuidNamespace[:])
-	h.Write([]byte(messageID))
-	var u [16]byte
-	copy(u[:], h.Sum(nil))
-	u[6] = u[6]&0x0f | 0x50
-	u[8] = u[8]&0x3f | 0x80
-	x := hex.EncodeToString(u[:])
-	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+	return uuid.NewSHA1(uuid.NameSpaceURL, []byte(messageID)).String()
 }
 
+// isUUID reports whether s is a UUID in its 36-character form, the one
+// HubSpot takes.
 func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, r := range s {
-		switch i {
-		case 8, 13, 18, 23:
-			if r != '-' {
-				return false
-			}
-		default:
-			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
-				return false
-			}
-		}
-	}
-	return true
+	return len(s) == 36 && uuid.Validate(s) == nil
 }
 
 // apiError is HubSpot's error body, also the shape of one error of a
