@@ -93,6 +93,7 @@ import (
 	"github.com/fanout/fanout/destinations/plan"
 	"github.com/fanout/fanout/destinations/traits"
 	"github.com/fanout/fanout/internal/event"
+	"github.com/oklog/ulid/v2"
 )
 
 // The limits of a v2 batch request. MaxBatchBytes and MaxOperationBytes
@@ -396,9 +397,6 @@ func (d *destination) v1Request(op operation) (*destinations.Request, string) {
 	return &destinations.Request{Method: method, URL: d.base + path, Header: d.header(), Body: data}, ""
 }
 
-// crockford is the alphabet of ULIDs.
-const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
 // EventID returns the id of the event with messageID that happened at ts:
 // Customer.io drops an event whose id it has seen, and takes only ULIDs. A
 // messageId that is a ULID is used as is (upper-cased); any other becomes
@@ -408,45 +406,22 @@ func EventID(messageID string, ts time.Time) string {
 	if isULID(messageID) {
 		return strings.ToUpper(messageID)
 	}
-	var raw [16]byte
-	ms := uint64(0)
+	var id ulid.ULID
 	if !ts.IsZero() && ts.UnixMilli() > 0 {
-		ms = uint64(ts.UnixMilli()) & (1<<48 - 1)
-	}
-	for i := 0; i < 6; i++ {
-		raw[i] = byte(ms >> (40 - 8*i))
+		// Within ulid.MaxTime: the mask keeps the 48 bits a ULID has.
+		_ = id.SetTime(uint64(ts.UnixMilli()) & (1<<48 - 1))
 	}
 	sum := sha256.Sum256([]byte(messageID))
-	copy(raw[6:], sum[:10])
-	// 26 characters of 5 bits hold 130 bits: the 128 of raw after two
-	// leading zero bits.
-	var out [26]byte
-	for c := range out {
-		v := 0
-		for k := 0; k < 5; k++ {
-			p := c*5 + k - 2
-			v <<= 1
-			if p >= 0 && raw[p/8]&(0x80>>(p%8)) != 0 {
-				v |= 1
-			}
-		}
-		out[c] = crockford[v]
-	}
-	return string(out[:])
+	_ = id.SetEntropy(sum[:10])
+	return id.String()
 }
 
-// isULID reports whether s is 26 Crockford base32 characters whose first
+// isULID reports whether s is a ULID (ulid.ParseStrict): 26 Crockford
+// base32 characters, either case, whose first
 // is at most 7 (the largest 128-bit value).
 func isULID(s string) bool {
-	if len(s) != 26 || s[0] > '7' {
-		return false
-	}
-	for _, r := range strings.ToUpper(s) {
-		if !strings.ContainsRune(crockford, r) {
-			return false
-		}
-	}
-	return true
+	_, err := ulid.ParseStrict(s)
+	return err == nil
 }
 
 // answer is the body of a 207 or an error: v2's errors, or v1's

@@ -307,8 +307,7 @@ func (d *destination) occurrence(messageID string, m map[string]any) (req *desti
 // EventUUID returns the uuid of the occurrence with messageID: the
 // messageId itself when it is a UUID (lower-cased), and otherwise the
 // version 5 (SHA-1, name-based) UUID of the messageId in the URL
-// namespace, the same on every
-// retry.
+// namespace, the same on every retry.
 func EventUUID(messageID string) string {
 	if isUUID(messageID) {
 		return strings.ToLower(messageID)
