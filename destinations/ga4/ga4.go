@@ -72,13 +72,11 @@
 package ga4
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/url"
@@ -146,7 +144,7 @@ type destination struct {
 	collectURL string
 	debugURL   string
 	validate   bool
-	client     *http.Client
+	api        *destinations.Sender // the requests outside the Plan
 	now        func() time.Time
 }
 
@@ -177,13 +175,10 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 	d := &destination{
 		collectURL: base + "/mp/collect?" + q,
 		debugURL:   base + "/debug/mp/collect?" + q,
-		client:     cfg.Client,
+		api:        cfg.Sender(now),
 		now:        now,
 	}
 	d.validate = s.Bool("validate")
-	if d.client == nil {
-		d.client = http.DefaultClient
-	}
 	return d, nil
 }
 
@@ -537,22 +532,11 @@ func joinReason(a, b string) string {
 
 // debug performs a validation request.
 func (d *destination) debug(ctx context.Context, r *destinations.Request) (*validationAnswer, error) {
-	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, bytes.NewReader(r.Body))
+	resp, err := d.api.Do(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	req.Header = r.Header
-	resp, err := d.client.Do(req)
-	if err != nil {
-		// Not err itself: its URL holds the API secret.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, destinations.DefaultMaxBody))
+	body := resp.Body
 	if resp.StatusCode/100 != 2 {
 		return nil, errors.New(destinations.StatusReason(resp.StatusCode, body))
 	}

@@ -74,12 +74,10 @@
 package intercom
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -135,7 +133,7 @@ type destination struct {
 	base   string
 	header http.Header
 	attrs  map[string]string
-	client *http.Client
+	api    *destinations.Sender // the requests outside the Plan
 	now    func() time.Time
 }
 
@@ -163,9 +161,9 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		return nil, fmt.Errorf("api_version: expected a version such as 2.11, found %q", version)
 	}
 	d := &destination{
-		base:   strings.TrimRight(base, "/"),
-		client: cfg.Client,
-		now:    now,
+		base: strings.TrimRight(base, "/"),
+		api:  cfg.Sender(now),
+		now:  now,
 		header: http.Header{
 			"Authorization":    {"Bearer " + s.String("access_token")},
 			"Intercom-Version": {version},
@@ -174,9 +172,6 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		},
 	}
 	d.attrs = s.StringMap("custom_attributes")
-	if d.client == nil {
-		d.client = http.DefaultClient
-	}
 	return d, nil
 }
 
@@ -309,23 +304,16 @@ func (d *destination) search(ctx context.Context, userID, email string) (string,
 		query = map[string]any{"operator": "OR", "value": filters}
 	}
 	body, _ := json.Marshal(map[string]any{"query": query})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.base+"/contacts/search", bytes.NewReader(body))
-	if err != nil {
+	resp, err := d.api.Do(ctx, &destinations.Request{Method: http.MethodPost, URL: d.base + "/contacts/search", Header: d.header.Clone(), Body: body})
+	if errors.Is(err, destinations.ErrInvalidRequest) {
 		return "", &destinations.Result{Outcome: destinations.Rejected, Reason: "api_url: cannot build the search request: " + err.Error()}
 	}
-	req.Header = d.header.Clone()
-	resp, err := d.client.Do(req)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return "", &destinations.Result{Outcome: destinations.Retryable, Reason: "Intercom contact search: " + err.Error()}
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, destinations.DefaultMaxBody))
+	raw := resp.Body
 	if resp.StatusCode != http.StatusOK {
-		r := classify(false, &destinations.Response{StatusCode: resp.StatusCode, Header: resp.Header, Body: raw, ReceivedAt: d.now()})
+		r := classify(false, resp)
 		r.Reason = "Intercom contact search: " + r.Reason
 		return "", &r
 	}

@@ -63,7 +63,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -134,7 +133,7 @@ type destination struct {
 	lookupField string
 	fields      map[string]string
 	partition   string
-	client      *http.Client
+	api         *destinations.Sender // the requests outside the Plan
 	now         func() time.Time
 	tokens      destinations.TokenCache
 }
@@ -154,7 +153,7 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		secret:      s.String("client_secret"),
 		lookupField: s.String("lookup_field"),
 		partition:   s.String("partition_name"),
-		client:      cfg.Client,
+		api:         cfg.Sender(now),
 		now:         now,
 	}
 	d.fields = s.StringMap("fields")
@@ -164,9 +163,6 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 	d.base = strings.TrimSuffix(d.base, "/rest")
 	if d.lookupField == "" {
 		d.lookupField = "email"
-	}
-	if d.client == nil {
-		d.client = http.DefaultClient
 	}
 	return d, nil
 }
@@ -311,23 +307,17 @@ func (d *destination) fetchToken(ctx context.Context) (a tokenAnswer, rejected b
 		"client_id":     {d.clientID},
 		"client_secret": {d.secret},
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.base+"/identity/oauth/token?"+q.Encode(), nil)
-	if err != nil {
+	// Do's error never quotes the URL, which holds the client secret.
+	resp, err := d.api.Do(ctx, &destinations.Request{Method: http.MethodGet, URL: d.base + "/identity/oauth/token?" + q.Encode()})
+	if errors.Is(err, destinations.ErrInvalidRequest) {
 		return a, true, fmt.Errorf("base_url: cannot build the token request: %w", err)
 	}
-	resp, err := d.client.Do(req)
 	if err != nil {
-		// Not err itself: its URL holds the client secret.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return a, false, fmt.Errorf("Marketo identity endpoint: %v", err)
 	}
-	defer resp.Body.Close()
 	// A read error leaves a short body, which then fails to parse: the
 	// status code decides.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
+	body := resp.Body
 	_ = json.Unmarshal(body, &a)
 	switch {
 	case resp.StatusCode == http.StatusOK && a.AccessToken != "":

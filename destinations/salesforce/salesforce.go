@@ -98,7 +98,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -216,7 +215,7 @@ type destination struct {
 	extField    string
 	extFromUser bool // external_id_value is user_id
 	fields      map[string]string
-	client      *http.Client
+	api         *destinations.Sender // the requests outside the Plan
 	// tokens holds the access token; Salesforce gives no expiry, so it
 	// is kept until a 401 drops it.
 	tokens destinations.TokenCache
@@ -241,7 +240,7 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		username: s.String("username"),
 		password: s.String("password"),
 		extField: s.String("external_id_field"),
-		client:   cfg.Client,
+		api:      cfg.Sender(nil),
 	}
 	d.fields = s.StringMap("fields")
 	if u, err := url.Parse(d.base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") {
@@ -284,9 +283,6 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		if !fieldRE.MatchString(field) {
 			return nil, fmt.Errorf("fields: expected a field API name for trait %q, found %q", trait, field)
 		}
-	}
-	if d.client == nil {
-		d.client = http.DefaultClient
 	}
 	return d, nil
 }
@@ -448,23 +444,21 @@ func (d *destination) fetchToken(ctx context.Context) (token string, rejected bo
 		form.Set("username", d.username)
 		form.Set("password", d.password)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.base+"/services/oauth2/token", strings.NewReader(form.Encode()))
-	if err != nil {
+	resp, err := d.api.Do(ctx, &destinations.Request{
+		Method: http.MethodPost,
+		URL:    d.base + "/services/oauth2/token",
+		Header: http.Header{"Content-Type": {"application/x-www-form-urlencoded"}},
+		Body:   []byte(form.Encode()),
+	})
+	if errors.Is(err, destinations.ErrInvalidRequest) {
 		return "", true, fmt.Errorf("instance_url: cannot build the token request: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := d.client.Do(req)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return "", false, fmt.Errorf("Salesforce token endpoint: %v", err)
 	}
-	defer resp.Body.Close()
 	// A read error leaves a short body, which then fails to parse: the
 	// status code decides.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
+	body := resp.Body
 	var a tokenAnswer
 	_ = json.Unmarshal(body, &a)
 	switch {

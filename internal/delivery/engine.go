@@ -56,6 +56,9 @@ type Target struct {
 	Concurrency int
 	// RateLimit is requests per second across all its queues; 0 means none.
 	RateLimit float64
+	// Limiter is RateLimit's limiter when the integration shares it
+	// (destinations.Config.Limiter); nil makes one.
+	Limiter *rate.Limiter
 	// RetryWindow is how long after receipt a job is retried before it is
 	// archived. Default 4h.
 	RetryWindow time.Duration
@@ -169,8 +172,9 @@ func New(opts Options) (*Engine, error) {
 			labels:   pprof.Labels("destination", t.Name, "type", t.Type),
 		}
 		d.sender = destinations.Sender{Client: t.Client, Name: t.Name, Logger: d.log, Now: opts.Clock.Now}
-		if t.RateLimit > 0 {
-			d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(1, int(t.RateLimit/10)))
+		d.limiter = t.Limiter
+		if d.limiter == nil {
+			d.limiter = destinations.NewLimiter(t.RateLimit)
 		}
 		e.dests[t.Name] = d
 	}

@@ -184,7 +184,8 @@ func New(opts Options) (*Server, error) {
 	for _, d := range cfg.Destinations {
 		integ := opts.Registry[d.Type]
 		client := destinations.NewClient(d.Delivery.Timeout, cfg.Network.AllowPrivate)
-		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client})
+		limiter := destinations.NewLimiter(d.Delivery.RateLimit)
+		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client, Limiter: limiter})
 		if err != nil {
 			s.closeStores()
 			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
@@ -195,7 +196,7 @@ func New(opts Options) (*Server, error) {
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit,
+			Concurrency: d.Delivery.Concurrency, RateLimit: d.Delivery.RateLimit, Limiter: limiter,
 			RetryWindow: d.Delivery.RetryWindow,
 		})
 	}
