@@ -1,7 +1,6 @@
 package amplitude
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"strings"
@@ -134,14 +133,7 @@ func TestTapes(t *testing.T) {
 
 // TestWithoutRequest covers events decided in Transform.
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"api_key": "key"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"api_key": "key"}})
 	cases := []struct {
 		name, payload string
 		outcome       destinations.Outcome
@@ -160,13 +152,7 @@ func TestWithoutRequest(t *testing.T) {
 			if strings.Contains(c.payload, `"alias"`) {
 				e.Type = event.Alias
 			}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -174,16 +160,12 @@ func TestWithoutRequest(t *testing.T) {
 // TestBatchLimits checks that Transform cuts what it is given by count and
 // by bytes, however much it receives.
 func TestBatchLimits(t *testing.T) {
-	valid, _ := Integration.Settings.Validate(map[string]any{"api_key": "key"})
-	d, _ := New(destinations.Config{Settings: valid})
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"api_key": "key"}})
 	events := make([]event.Event, MaxBatchEvents+1)
 	for i := range events {
 		events[i] = signedUp(t, "user-1", "m")
 	}
-	p, err := d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, events...)
 	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
 		t.Fatalf("got %d requests", len(p.Requests))
 	}
@@ -193,10 +175,7 @@ func TestBatchLimits(t *testing.T) {
 	for i := range events {
 		events[i] = destinationstest.Event(t, `{"type":"track","event":"Big","userId":"user-1","messageId":"m",`+ts+`,"properties":{"blob":"`+big+`"}}`)
 	}
-	p, err = d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p = destinationstest.Transform(t, d, events...)
 	if len(p.Requests) != 2 {
 		t.Fatalf("4 events of 300 kB in %d requests, want 2", len(p.Requests))
 	}
@@ -243,13 +222,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

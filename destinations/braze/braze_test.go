@@ -128,15 +128,7 @@ func TestTapes(t *testing.T) {
 }
 
 func newDest(t testing.TB) destinations.Destination {
-	valid, err := Integration.Settings.Validate(map[string]any{"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k"}})
 }
 
 // TestBatches checks the cut: 75 objects in all, one order per request,
@@ -150,10 +142,7 @@ func TestBatches(t *testing.T) {
 	// The order's two purchases would make 76: it starts a new request,
 	// and the second order another.
 	evs = append(evs, order(t, "o-1"), track(t, "u1", "Signed Up"), order(t, "o-2"))
-	p, err := d.Transform(context.Background(), evs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, evs...)
 	if len(p.Results) != 0 || len(p.Requests) != 3 {
 		t.Fatalf("%d requests, results %v", len(p.Requests), p.Results)
 	}
@@ -226,13 +215,7 @@ func TestWithoutRequest(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := d.Transform(context.Background(), []event.Event{c.e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, c.e), c.outcome, c.reason)
 		})
 	}
 }

@@ -1,7 +1,6 @@
 package customerio
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -150,14 +149,7 @@ func TestTapes(t *testing.T) {
 // Transform and Classify alone.
 func newDestination(t *testing.T) *destination {
 	t.Helper()
-	valid, err := Integration.Settings.Validate(map[string]any{"site_id": "s", "api_key": "k"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"site_id": "s", "api_key": "k"}})
 	return d.(*destination)
 }
 
@@ -186,10 +178,7 @@ func TestBatches(t *testing.T) {
 			for i := range c.events {
 				evs = append(evs, track(i, c.props))
 			}
-			p, err := d.Transform(context.Background(), evs)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := destinationstest.Transform(t, d, evs...)
 			if len(p.Results) != 0 {
 				t.Fatalf("results without request: %v", p.Results)
 			}
@@ -279,13 +268,7 @@ func TestWithoutRequest(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			e := event.Event{MessageID: "m", Type: c.typ, Payload: json.RawMessage(c.payload)}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -325,13 +308,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

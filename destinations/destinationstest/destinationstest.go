@@ -163,3 +163,56 @@ func check(t testing.TB, got []destinations.SendResult, wants []Want, status boo
 		}
 	}
 }
+
+// Build validates cfg.Settings and builds the destination without a tape
+// (cfg.Tape and cfg.Now are not used): for tests of Transform alone,
+// which make no request. A setting the schema or the constructor refuses
+// fails t.
+func Build(t testing.TB, cfg Config) destinations.Destination {
+	t.Helper()
+	valid, err := cfg.Integration.Settings.Validate(cfg.Settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	build := cfg.New
+	if build == nil {
+		build = cfg.Integration.New
+	}
+	d, err := build(destinations.Config{Name: cfg.Integration.Type, Settings: valid})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return d
+}
+
+// CheckSettingsError checks that settings are refused, by the schema of
+// integ or by its New, with an error containing want.
+func CheckSettingsError(t testing.TB, integ *destinations.Integration, settings map[string]any, want string) {
+	t.Helper()
+	valid, err := integ.Settings.Validate(settings)
+	if err == nil {
+		_, err = integ.New(destinations.Config{Settings: valid})
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%v: got %v, want %q", settings, err, want)
+	}
+}
+
+// Transform runs d.Transform on events. An error fails t.
+func Transform(t testing.TB, d destinations.Destination, events ...event.Event) destinations.Plan {
+	t.Helper()
+	p, err := d.Transform(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// CheckDecided checks that p, Transform's plan for one event, makes no
+// request and gives the event outcome with a reason containing reason.
+func CheckDecided(t testing.TB, p destinations.Plan, outcome destinations.Outcome, reason string) {
+	t.Helper()
+	if len(p.Requests) != 0 || p.Results[0].Outcome != outcome || !strings.Contains(p.Results[0].Reason, reason) {
+		t.Errorf("got %d requests, %+v; want none and %v containing %q", len(p.Requests), p.Results[0], outcome, reason)
+	}
+}

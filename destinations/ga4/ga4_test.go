@@ -1,7 +1,6 @@
 package ga4
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"strings"
@@ -183,13 +182,7 @@ func TestWithoutRequest(t *testing.T) {
 			if strings.Contains(payload, `"identify"`) {
 				e.Type = event.Identify
 			}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -203,10 +196,7 @@ func TestBatchLimits(t *testing.T) {
 	for i := range events {
 		events[i] = signedUp(t)
 	}
-	p, err := d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, events...)
 	if len(p.Requests) != 3 || len(p.Requests[0].Events) != MaxEventsPerRequest || len(p.Requests[2].Events) != 1 {
 		t.Fatalf("got %d requests", len(p.Requests))
 	}
@@ -246,13 +236,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

@@ -139,14 +139,7 @@ func TestTapes(t *testing.T) {
 func newDest(t testing.TB) destinations.Destination {
 	s := map[string]any{"access_token": "tok"}
 	maps.Copy(s, settings)
-	valid, err := Integration.Settings.Validate(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: s})
 	return d
 }
 
@@ -193,10 +186,7 @@ func TestBatches(t *testing.T) {
 	for i := 0; i < MaxBatchInputs+1; i++ {
 		evs = append(evs, identify(t, fmt.Sprint("m-", i), fmt.Sprintf("u%d@example.com", i)))
 	}
-	p, err := d.Transform(context.Background(), evs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, evs...)
 	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchInputs || len(p.Requests[1].Events) != 1 {
 		t.Fatalf("got %d requests", len(p.Requests))
 	}
@@ -217,13 +207,7 @@ func TestWithoutRequest(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := d.Transform(context.Background(), []event.Event{c.e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, c.e), c.outcome, c.reason)
 		})
 	}
 }
@@ -249,12 +233,6 @@ func TestSettings(t *testing.T) {
 		{map[string]any{"access_token": "x", "api_url": "api.hubapi.com"}, "api_url: expected"},
 	}
 	for _, c := range cases {
-		valid, err := Integration.Settings.Validate(c.settings)
-		if err == nil {
-			_, err = New(destinations.Config{Settings: valid})
-		}
-		if err == nil || !strings.Contains(err.Error(), c.err) {
-			t.Errorf("%v: got %v, want %q", c.settings, err, c.err)
-		}
+		destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 	}
 }

@@ -1,7 +1,6 @@
 package mixpanel
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"strings"
@@ -132,14 +131,7 @@ func TestTapes(t *testing.T) {
 
 // TestWithoutRequest covers events decided in Transform.
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"project_token": "tok"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"project_token": "tok"}})
 	cases := []struct {
 		name, payload string
 		outcome       destinations.Outcome
@@ -161,13 +153,7 @@ func TestWithoutRequest(t *testing.T) {
 			if strings.Contains(c.payload, `"alias"`) {
 				e.Type = event.Alias
 			}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -175,16 +161,12 @@ func TestWithoutRequest(t *testing.T) {
 // TestBatchLimits checks that Transform cuts what it is given at 2000
 // events, however many it receives.
 func TestBatchLimits(t *testing.T) {
-	valid, _ := Integration.Settings.Validate(map[string]any{"project_token": "tok"})
-	d, _ := New(destinations.Config{Settings: valid})
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"project_token": "tok"}})
 	events := make([]event.Event, MaxBatchEvents+1)
 	for i := range events {
 		events[i] = signedUp(t, "u", "m")
 	}
-	p, err := d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, events...)
 	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
 		t.Fatalf("got %d requests", len(p.Requests))
 	}
@@ -227,13 +209,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }
