@@ -317,11 +317,7 @@ func (d *destination) identify(m map[string]any) ([]object, string) {
 	if reason := user(m, obj); reason != "" {
 		return nil, reason
 	}
-	put := func(k, v string) {
-		if v != "" {
-			obj[k] = v
-		}
-	}
+	put := traits.Record(obj).Put
 	put("email", traits.Email(m))
 	put("first_name", traits.FirstName(m))
 	put("last_name", traits.LastName(m))

@@ -297,11 +297,7 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 	props := traits.Properties(m)
 	if traits.Type(m) == event.Page {
 		ev.Name = "page_view"
-		put := func(k string, v string) {
-			if v != "" {
-				ev.Params[k] = v
-			}
-		}
+		put := traits.Record(ev.Params).Put
 		put("page_location", cmp.Or(traits.String(props["url"]), traits.String(traits.Get(m, "context", "page", "url"))))
 		put("page_title", cmp.Or(traits.String(props["title"]), traits.String(traits.Get(m, "context", "page", "title")), traits.EventName(m)))
 		put("page_referrer", cmp.Or(traits.String(props["referrer"]), traits.String(traits.Get(m, "context", "page", "referrer"))))

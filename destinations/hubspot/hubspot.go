@@ -231,11 +231,7 @@ func (d *destination) contact(messageID string, m map[string]any) (upsertInput, 
 		return upsertInput{}, "the identify call has no email, which HubSpot needs to find or create the contact"
 	}
 	props := map[string]any{"email": email}
-	put := func(k, v string) {
-		if v != "" {
-			props[k] = v
-		}
-	}
+	put := traits.Record(props).Put
 	put("firstname", traits.FirstName(m))
 	put("lastname", traits.LastName(m))
 	put("phone", traits.Phone(m))
@@ -251,12 +247,7 @@ func (d *destination) contact(messageID string, m map[string]any) (upsertInput, 
 	if bd, ok := traits.Birthday(m); ok {
 		props["date_of_birth"] = bd.Format("2006-01-02")
 	}
-	t := traits.Traits(m)
-	for trait, prop := range d.properties {
-		if v, ok := t[trait]; ok && v != nil {
-			props[prop] = v
-		}
-	}
+	traits.Record(props).Map(m, d.properties)
 	return upsertInput{ID: email, IDProperty: "email", ObjectWriteTraceID: messageID, Properties: props}, ""
 }
 

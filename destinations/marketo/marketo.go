@@ -170,11 +170,7 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 // lead builds the Marketo lead of an identify call.
 func (d *destination) lead(m map[string]any) map[string]any {
 	lead := map[string]any{}
-	put := func(k, v string) {
-		if v != "" {
-			lead[k] = v
-		}
-	}
+	put := traits.Record(lead).Put
 	put("email", traits.Email(m))
 	put("firstName", traits.FirstName(m))
 	put("lastName", traits.LastName(m))
@@ -191,12 +187,7 @@ func (d *destination) lead(m map[string]any) map[string]any {
 	if b, ok := traits.Birthday(m); ok {
 		lead["dateOfBirth"] = b.Format("2006-01-02")
 	}
-	t := traits.Traits(m)
-	for trait, field := range d.fields {
-		if v, ok := t[trait]; ok && v != nil {
-			lead[field] = v
-		}
-	}
+	traits.Record(lead).Map(m, d.fields)
 	return lead
 }
 

@@ -315,11 +315,7 @@ func InsertID(messageID string) string {
 // both fill $first_name.
 func reserved(m map[string]any) map[string]any {
 	set := map[string]any{}
-	put := func(k, v string) {
-		if v != "" {
-			set[k] = v
-		}
-	}
+	put := traits.Record(set).Put
 	put("$email", traits.Email(m))
 	put("$name", traits.Name(m))
 	put("$first_name", traits.FirstName(m))

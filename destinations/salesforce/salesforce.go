@@ -291,11 +291,7 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 // ID field holds value.
 func (d *destination) record(m map[string]any, value string) map[string]any {
 	rec := map[string]any{}
-	put := func(k, v string) {
-		if v != "" {
-			rec[k] = v
-		}
-	}
+	put := traits.Record(rec).Put
 	put("FirstName", traits.FirstName(m))
 	put("LastName", traits.LastName(m))
 	put("Email", traits.Email(m))
@@ -317,12 +313,7 @@ func (d *destination) record(m map[string]any, value string) map[string]any {
 	put(prefix+"State", a.State)
 	put(prefix+"PostalCode", a.PostalCode)
 	put(prefix+"Country", a.Country)
-	t := traits.Traits(m)
-	for trait, field := range d.fields {
-		if v, ok := t[trait]; ok && v != nil {
-			rec[field] = v
-		}
-	}
+	traits.Record(rec).Map(m, d.fields)
 	if _, ok := rec["LastName"]; !ok {
 		rec["LastName"] = NotProvided
 	}

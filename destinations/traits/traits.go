@@ -423,3 +423,27 @@ func trackNumber(m map[string]any, key string) (float64, bool) {
 	}
 	return Number(Get(m, "properties", key))
 }
+
+// Record is the object an integration builds for its API (a contact, a
+// lead, a profile), keyed by the API's field names.
+type Record map[string]any
+
+// Put sets field k to v unless v is empty: a trait the user did not send
+// is left out rather than sent blank, which would erase the API's value.
+func (r Record) Put(k, v string) {
+	if v != "" {
+		r[k] = v
+	}
+}
+
+// Map copies the traits of m named in mapping (trait name to field name,
+// from a setting such as HubSpot's `properties`) into r, as they are. A
+// trait that is absent or null is left out.
+func (r Record) Map(m map[string]any, mapping map[string]string) {
+	t := Traits(m)
+	for trait, field := range mapping {
+		if v, ok := t[trait]; ok && v != nil {
+			r[field] = v
+		}
+	}
+}
