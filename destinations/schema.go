@@ -175,5 +175,41 @@ func (s Settings) StringMap(key string) map[string]string {
 	return v
 }
 
+// Region is a data center an API is reached at, picked by a `region`
+// setting.
+type Region struct {
+	Name string // the setting's value: us, eu, ...
+	URL  string // the API base URL
+}
+
+// RegionURL returns the API base URL of a destination whose `region`
+// setting picks one of regions (the first when unset) and whose `api_url`
+// setting overrides it, without a trailing slash. The error names the
+// setting that is wrong and says what it takes.
+func (s Settings) RegionURL(regions []Region) (string, error) {
+	if base := s.String("api_url"); base != "" {
+		if err := CheckURL("api_url", base); err != nil {
+			return "", err
+		}
+		return strings.TrimRight(base, "/"), nil
+	}
+	region := s.String("region")
+	if region == "" {
+		region = regions[0].Name
+	}
+	names := make([]string, len(regions))
+	for i, r := range regions {
+		if r.Name == region {
+			return strings.TrimRight(r.URL, "/"), nil
+		}
+		names[i] = r.Name
+	}
+	expected := names[0]
+	if n := len(names); n > 1 {
+		expected = strings.Join(names[:n-1], ", ") + " or " + names[n-1]
+	}
+	return "", fmt.Errorf("region: expected %s, found %q", expected, region)
+}
+
 // Registry maps an integration's type name to its description.
 type Registry map[string]*Integration

@@ -56,3 +56,27 @@ func TestValidateTrimsStrings(t *testing.T) {
 		t.Errorf("a blank required setting: err = %v, want it missing", err)
 	}
 }
+
+func TestRegionURL(t *testing.T) {
+	regions := []Region{{"us", "https://api.acme.test"}, {"eu", "https://api-eu.acme.test/"}, {"in", "https://api-in.acme.test"}}
+	tests := []struct {
+		settings Settings
+		want     string
+		err      string
+	}{
+		{Settings{}, "https://api.acme.test", ""},
+		{Settings{"region": "eu"}, "https://api-eu.acme.test", ""},
+		{Settings{"region": "eu", "api_url": "http://127.0.0.1:9/base/"}, "http://127.0.0.1:9/base", ""},
+		{Settings{"region": "mars"}, "", `region: expected us, eu or in, found "mars"`},
+		{Settings{"api_url": "api.acme.test"}, "", `api_url: expected an http or https URL, found "api.acme.test"`},
+	}
+	for _, tt := range tests {
+		got, err := tt.settings.RegionURL(regions)
+		if got != tt.want || (err == nil) != (tt.err == "") || err != nil && err.Error() != tt.err {
+			t.Errorf("RegionURL(%v) = %q, %v; want %q, %q", tt.settings, got, err, tt.want, tt.err)
+		}
+	}
+	if _, err := (Settings{"region": "x"}).RegionURL(regions[:2]); err == nil || err.Error() != `region: expected us or eu, found "x"` {
+		t.Errorf("two regions: err = %v", err)
+	}
+}

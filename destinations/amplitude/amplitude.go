@@ -120,9 +120,9 @@ var Integration = &destinations.Integration{
 	New:        New,
 }
 
-var regions = map[string]string{
-	"us": "https://api2.amplitude.com",
-	"eu": "https://api.eu.amplitude.com",
+var regions = []destinations.Region{
+	{Name: "us", URL: "https://api2.amplitude.com"},
+	{Name: "eu", URL: "https://api.eu.amplitude.com"},
 }
 
 // destination is one configured Amplitude project.
@@ -141,20 +141,11 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
 	d := &destination{apiKey: s.String("api_key"), minIDLength: defaultMinIDLength}
 
-	base := s.String("api_url")
-	if base == "" {
-		region := s.String("region")
-		if region == "" {
-			region = "us"
-		}
-		var ok bool
-		if base, ok = regions[region]; !ok {
-			return nil, fmt.Errorf("region: expected us or eu, found %q", region)
-		}
-	} else if err := destinations.CheckURL("api_url", base); err != nil {
+	base, err := s.RegionURL(regions)
+	if err != nil {
 		return nil, err
 	}
-	d.url = strings.TrimRight(base, "/") + "/2/httpapi"
+	d.url = base + "/2/httpapi"
 
 	if n := s.Int("min_id_length"); n != 0 {
 		if n < 1 {

@@ -145,9 +145,9 @@ var Integration = &destinations.Integration{
 	New:        New,
 }
 
-var regions = map[string]string{
-	"us": "https://track.customer.io",
-	"eu": "https://track-eu.customer.io",
+var regions = []destinations.Region{
+	{Name: "us", URL: "https://track.customer.io"},
+	{Name: "eu", URL: "https://track-eu.customer.io"},
 }
 
 // destination is one configured Customer.io workspace.
@@ -161,24 +161,14 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Customer.io destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	base := s.String("api_url")
-	if base == "" {
-		region := s.String("region")
-		if region == "" {
-			region = "us"
-		}
-		var ok bool
-		if base, ok = regions[region]; !ok {
-			return nil, fmt.Errorf("region: expected us or eu, found %q", region)
-		}
-	} else if err := destinations.CheckURL("api_url", base); err != nil {
+	base, err := s.RegionURL(regions)
+	if err != nil {
 		return nil, err
 	}
 	site, key := s.String("site_id"), s.String("api_key")
 	if strings.Contains(site, ":") {
 		return nil, fmt.Errorf("site_id: expected the Site ID alone, found a value with a colon")
 	}
-	base = strings.TrimRight(base, "/")
 	for _, suffix := range []string{"/api/v1", "/api/v2"} {
 		base = strings.TrimSuffix(base, suffix)
 	}

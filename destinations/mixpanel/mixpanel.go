@@ -116,10 +116,10 @@ var Integration = &destinations.Integration{
 	New:        New,
 }
 
-var regions = map[string]string{
-	"us": "https://api.mixpanel.com",
-	"eu": "https://api-eu.mixpanel.com",
-	"in": "https://api-in.mixpanel.com",
+var regions = []destinations.Region{
+	{Name: "us", URL: "https://api.mixpanel.com"},
+	{Name: "eu", URL: "https://api-eu.mixpanel.com"},
+	{Name: "in", URL: "https://api-in.mixpanel.com"},
 }
 
 // destination is one configured Mixpanel project.
@@ -138,20 +138,10 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
 	d := &destination{token: s.String("project_token")}
 
-	base := s.String("api_url")
-	if base == "" {
-		region := s.String("region")
-		if region == "" {
-			region = "us"
-		}
-		var ok bool
-		if base, ok = regions[region]; !ok {
-			return nil, fmt.Errorf("region: expected us, eu or in, found %q", region)
-		}
-	} else if err := destinations.CheckURL("api_url", base); err != nil {
+	base, err := s.RegionURL(regions)
+	if err != nil {
 		return nil, err
 	}
-	base = strings.TrimRight(base, "/")
 
 	user, secret, project := s.String("service_account_username"), s.String("service_account_secret"), s.String("project_id")
 	q := url.Values{"strict": {"1"}}
