@@ -3,6 +3,7 @@ package amplitude
 import (
 	"encoding/json"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -161,17 +162,11 @@ func TestWithoutRequest(t *testing.T) {
 // by bytes, however much it receives.
 func TestBatchLimits(t *testing.T) {
 	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"api_key": "key"}})
-	events := make([]event.Event, MaxBatchEvents+1)
-	for i := range events {
-		events[i] = signedUp(t, "user-1", "m")
-	}
-	p := destinationstest.Transform(t, d, events...)
-	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
-		t.Fatalf("got %d requests", len(p.Requests))
-	}
+	p := destinationstest.Transform(t, d, slices.Repeat([]event.Event{signedUp(t, "user-1", "m")}, MaxBatchEvents+1)...)
+	destinationstest.CheckBatches(t, p, 0, MaxBatchEvents, 1)
 
 	big := strings.Repeat("x", 300_000)
-	events = make([]event.Event, 4)
+	events := make([]event.Event, 4)
 	for i := range events {
 		events[i] = destinationstest.Event(t, `{"type":"track","event":"Big","userId":"user-1","messageId":"m",`+ts+`,"properties":{"blob":"`+big+`"}}`)
 	}

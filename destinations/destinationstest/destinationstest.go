@@ -27,6 +27,7 @@ package destinationstest
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -214,5 +215,21 @@ func CheckDecided(t testing.TB, p destinations.Plan, outcome destinations.Outcom
 	t.Helper()
 	if len(p.Requests) != 0 || p.Results[0].Outcome != outcome || !strings.Contains(p.Results[0].Reason, reason) {
 		t.Errorf("got %d requests, %+v; want none and %v containing %q", len(p.Requests), p.Results[0], outcome, reason)
+	}
+}
+
+// CheckBatches checks that p's requests carry, in order, sizes events
+// each, and that none has a body over maxBytes (0: no bound).
+func CheckBatches(t testing.TB, p destinations.Plan, maxBytes int, sizes ...int) {
+	t.Helper()
+	got := make([]int, len(p.Requests))
+	for i, r := range p.Requests {
+		got[i] = len(r.Events)
+		if maxBytes > 0 && len(r.Body) > maxBytes {
+			t.Errorf("request %d: %d bytes, over %d", i, len(r.Body), maxBytes)
+		}
+	}
+	if !slices.Equal(got, sizes) {
+		t.Errorf("requests of %v events, want %v", got, sizes)
 	}
 }

@@ -3,6 +3,7 @@ package ga4
 import (
 	"encoding/json"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,13 +30,16 @@ func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bu
 	maps.Copy(settings, extra)
 	return destinationstest.New(t, destinationstest.Config{
 		Integration: Integration,
-		New: func(cfg destinations.Config) (destinations.Destination, error) {
-			return newDestination(cfg, func() time.Time { return now })
-		},
-		Tape:     tp,
-		Settings: settings,
-		Now:      now,
+		New:         newAt,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         now,
 	})
+}
+
+// newAt builds the destination on the tests' clock.
+func newAt(cfg destinations.Config) (destinations.Destination, error) {
+	return newDestination(cfg, func() time.Time { return now })
 }
 
 // want is the expected outcome of one event.
@@ -139,14 +143,7 @@ func TestTapes(t *testing.T) {
 // TestWithoutRequest covers what GA4 would answer 2xx to and drop: such
 // events are rejected in Transform, with the rule they break.
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := newDestination(destinations.Config{Settings: valid}, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, New: newAt, Settings: map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"}})
 	long := strings.Repeat("x", 101)
 	many := make([]string, 26)
 	for i := range many {
@@ -190,21 +187,9 @@ func TestWithoutRequest(t *testing.T) {
 // TestBatchLimits checks that Transform cuts one user's events at 25 a
 // request.
 func TestBatchLimits(t *testing.T) {
-	valid, _ := Integration.Settings.Validate(map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"})
-	d, _ := newDestination(destinations.Config{Settings: valid}, func() time.Time { return now })
-	events := make([]event.Event, 2*MaxEventsPerRequest+1)
-	for i := range events {
-		events[i] = signedUp(t)
-	}
-	p := destinationstest.Transform(t, d, events...)
-	if len(p.Requests) != 3 || len(p.Requests[0].Events) != MaxEventsPerRequest || len(p.Requests[2].Events) != 1 {
-		t.Fatalf("got %d requests", len(p.Requests))
-	}
-	for _, r := range p.Requests {
-		if len(r.Body) > MaxRequestBytes {
-			t.Errorf("request of %d bytes", len(r.Body))
-		}
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, New: newAt, Settings: map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"}})
+	p := destinationstest.Transform(t, d, slices.Repeat([]event.Event{signedUp(t)}, 2*MaxEventsPerRequest+1)...)
+	destinationstest.CheckBatches(t, p, MaxRequestBytes, MaxEventsPerRequest, MaxEventsPerRequest, 1)
 }
 
 func TestSnakeCase(t *testing.T) {

@@ -3,6 +3,7 @@ package mixpanel
 import (
 	"encoding/json"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,19 +163,8 @@ func TestWithoutRequest(t *testing.T) {
 // events, however many it receives.
 func TestBatchLimits(t *testing.T) {
 	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"project_token": "tok"}})
-	events := make([]event.Event, MaxBatchEvents+1)
-	for i := range events {
-		events[i] = signedUp(t, "u", "m")
-	}
-	p := destinationstest.Transform(t, d, events...)
-	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
-		t.Fatalf("got %d requests", len(p.Requests))
-	}
-	for _, r := range p.Requests {
-		if len(r.Body) > MaxBatchBytes {
-			t.Errorf("request of %d bytes", len(r.Body))
-		}
-	}
+	p := destinationstest.Transform(t, d, slices.Repeat([]event.Event{signedUp(t, "u", "m")}, MaxBatchEvents+1)...)
+	destinationstest.CheckBatches(t, p, MaxBatchBytes, MaxBatchEvents, 1)
 }
 
 func TestInsertID(t *testing.T) {
