@@ -27,6 +27,7 @@ package destinationstest
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -87,19 +88,8 @@ type Bundle struct {
 // or the constructor refuses fails t.
 func New(t testing.TB, cfg Config) *Bundle {
 	t.Helper()
-	valid, err := cfg.Integration.Settings.Validate(cfg.Settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	build := cfg.New
-	if build == nil {
-		build = cfg.Integration.New
-	}
+	d := build(t, cfg, cfg.Tape.Client())
 	name := cfg.Integration.Type
-	d, err := build(destinations.Config{Name: name, Settings: valid, Client: cfg.Tape.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
 	now := cfg.Now
 	return &Bundle{
 		Destination: d,
@@ -171,15 +161,21 @@ func check(t testing.TB, got []destinations.SendResult, wants []Want, status boo
 // fails t.
 func Build(t testing.TB, cfg Config) destinations.Destination {
 	t.Helper()
+	return build(t, cfg, nil)
+}
+
+// build validates cfg.Settings and builds the destination with client.
+func build(t testing.TB, cfg Config, client *http.Client) destinations.Destination {
+	t.Helper()
 	valid, err := cfg.Integration.Settings.Validate(cfg.Settings)
 	if err != nil {
 		t.Fatalf("settings: %v", err)
 	}
-	build := cfg.New
-	if build == nil {
-		build = cfg.Integration.New
+	newDest := cfg.New
+	if newDest == nil {
+		newDest = cfg.Integration.New
 	}
-	d, err := build(destinations.Config{Name: cfg.Integration.Type, Settings: valid})
+	d, err := newDest(destinations.Config{Name: cfg.Integration.Type, Settings: valid, Client: client})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
