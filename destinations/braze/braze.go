@@ -306,6 +306,12 @@ var mappedTraits = map[string]bool{
 	"name": true, "userId": true, "id": true,
 }
 
+// attributeFields are Braze's standard attributes for the usual traits.
+var attributeFields = traits.ContactFields{
+	Email: "email", FirstName: "first_name", LastName: "last_name", Phone: "phone",
+	City: "home_city", Country: "country", Birthday: "dob",
+}
+
 // identify builds the attributes object of an identify call.
 func (d *destination) identify(m map[string]any) ([]object, string) {
 	obj := map[string]any{}
@@ -317,22 +323,12 @@ func (d *destination) identify(m map[string]any) ([]object, string) {
 	if reason := user(m, obj); reason != "" {
 		return nil, reason
 	}
-	put := traits.Record(obj).Put
-	put("email", traits.Email(m))
-	put("first_name", traits.FirstName(m))
-	put("last_name", traits.LastName(m))
-	put("phone", traits.Phone(m))
+	traits.Record(obj).PutContact(m, attributeFields)
 	if g := traits.Gender(m); g != "" {
 		if code, ok := genders[strings.ToLower(g)]; ok {
 			obj["gender"] = code
 		}
 	}
-	if b, ok := traits.Birthday(m); ok {
-		obj["dob"] = b.Format("2006-01-02")
-	}
-	a := traits.Address(m)
-	put("country", a.Country)
-	put("home_city", a.City)
 	body, err := json.Marshal(obj)
 	if err != nil {
 		return nil, "the identify call cannot be encoded: " + err.Error()

@@ -224,30 +224,24 @@ func (d *destination) header() http.Header {
 	return http.Header{"Content-Type": {"application/json"}, "Authorization": {d.auth}}
 }
 
+// contactFields are HubSpot's default contact properties for the usual
+// traits; email, lower-cased, is the upsert's key.
+var contactFields = traits.ContactFields{
+	FirstName: "firstname", LastName: "lastname", Phone: "phone", Company: "company",
+	Title: "jobtitle", Website: "website",
+	Street: "address", City: "city", State: "state", PostalCode: "zip", Country: "country",
+	Birthday: "date_of_birth",
+}
+
 // contact builds the upsert input of an identify call.
 func (d *destination) contact(messageID string, m map[string]any) (upsertInput, string) {
 	email := strings.ToLower(traits.Email(m))
 	if email == "" {
 		return upsertInput{}, "the identify call has no email, which HubSpot needs to find or create the contact"
 	}
-	props := map[string]any{"email": email}
-	put := traits.Record(props).Put
-	put("firstname", traits.FirstName(m))
-	put("lastname", traits.LastName(m))
-	put("phone", traits.Phone(m))
-	put("company", traits.Company(m))
-	put("jobtitle", traits.Title(m))
-	put("website", traits.Website(m))
-	a := traits.Address(m)
-	put("address", a.Street)
-	put("city", a.City)
-	put("state", a.State)
-	put("zip", a.PostalCode)
-	put("country", a.Country)
-	if bd, ok := traits.Birthday(m); ok {
-		props["date_of_birth"] = bd.Format("2006-01-02")
-	}
-	traits.Record(props).Map(m, d.properties)
+	props := traits.Record{"email": email}
+	props.PutContact(m, contactFields)
+	props.Map(m, d.properties)
 	return upsertInput{ID: email, IDProperty: "email", ObjectWriteTraceID: messageID, Properties: props}, ""
 }
 

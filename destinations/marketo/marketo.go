@@ -167,27 +167,19 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 	return d, nil
 }
 
+// leadFields are Marketo's standard lead fields for the usual traits.
+var leadFields = traits.ContactFields{
+	Email: "email", FirstName: "firstName", LastName: "lastName", Phone: "phone",
+	Company: "company", Title: "title", Website: "website",
+	Street: "address", City: "city", State: "state", PostalCode: "postalCode", Country: "country",
+	Birthday: "dateOfBirth",
+}
+
 // lead builds the Marketo lead of an identify call.
 func (d *destination) lead(m map[string]any) map[string]any {
-	lead := map[string]any{}
-	put := traits.Record(lead).Put
-	put("email", traits.Email(m))
-	put("firstName", traits.FirstName(m))
-	put("lastName", traits.LastName(m))
-	put("phone", traits.Phone(m))
-	put("company", traits.Company(m))
-	put("title", traits.Title(m))
-	put("website", traits.Website(m))
-	a := traits.Address(m)
-	put("address", a.Street)
-	put("city", a.City)
-	put("state", a.State)
-	put("postalCode", a.PostalCode)
-	put("country", a.Country)
-	if b, ok := traits.Birthday(m); ok {
-		lead["dateOfBirth"] = b.Format("2006-01-02")
-	}
-	traits.Record(lead).Map(m, d.fields)
+	lead := traits.Record{}
+	lead.PutContact(m, leadFields)
+	lead.Map(m, d.fields)
 	return lead
 }
 

@@ -300,25 +300,24 @@ func InsertID(messageID string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// profileFields are Mixpanel's reserved profile properties for the usual
+// traits.
+var profileFields = traits.ContactFields{
+	Email: "$email", FirstName: "$first_name", LastName: "$last_name", Phone: "$phone",
+	City: "$city", State: "$region", Country: "$country_code",
+}
+
 // Reserved profile properties Mixpanel shows in its UI, from the traits
 // helpers rather than from trait names, so that first_name and firstName
 // both fill $first_name.
 func reserved(m map[string]any) map[string]any {
-	set := map[string]any{}
-	put := traits.Record(set).Put
-	put("$email", traits.Email(m))
-	put("$name", traits.Name(m))
-	put("$first_name", traits.FirstName(m))
-	put("$last_name", traits.LastName(m))
-	put("$phone", traits.Phone(m))
-	put("$avatar", traits.Avatar(m))
+	set := traits.Record{}
+	set.PutContact(m, profileFields)
+	set.Put("$name", traits.Name(m))
+	set.Put("$avatar", traits.Avatar(m))
 	if t, ok := traits.CreatedAt(m); ok {
 		set["$created"] = t.UTC().Format(time.RFC3339)
 	}
-	a := traits.Address(m)
-	put("$city", a.City)
-	put("$region", a.State)
-	put("$country_code", a.Country)
 	return set
 }
 

@@ -287,33 +287,32 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	return d, nil
 }
 
+// leadFields and contactFields are the standard fields of a Lead and of a
+// Contact for the usual traits: a Contact has no Company or Website (its
+// Account does) but a Birthdate, and its address is the Mailing one.
+var (
+	leadFields = traits.ContactFields{
+		FirstName: "FirstName", LastName: "LastName", Email: "Email", Phone: "Phone", Title: "Title",
+		Company: "Company", Website: "Website",
+		Street: "Street", City: "City", State: "State", PostalCode: "PostalCode", Country: "Country",
+	}
+	contactFields = traits.ContactFields{
+		FirstName: "FirstName", LastName: "LastName", Email: "Email", Phone: "Phone", Title: "Title",
+		Street: "MailingStreet", City: "MailingCity", State: "MailingState", PostalCode: "MailingPostalCode", Country: "MailingCountry",
+		Birthday: "Birthdate",
+	}
+)
+
 // record builds the Lead or Contact of an identify call, whose external
 // ID field holds value.
 func (d *destination) record(m map[string]any, value string) map[string]any {
-	rec := map[string]any{}
-	put := traits.Record(rec).Put
-	put("FirstName", traits.FirstName(m))
-	put("LastName", traits.LastName(m))
-	put("Email", traits.Email(m))
-	put("Phone", traits.Phone(m))
-	put("Title", traits.Title(m))
-	a := traits.Address(m)
-	prefix := "" // Lead: Street, ...; Contact: MailingStreet, ...
+	rec := traits.Record{}
+	fields := leadFields
 	if d.object == "Contact" {
-		prefix = "Mailing"
-		if b, ok := traits.Birthday(m); ok {
-			rec["Birthdate"] = b.Format("2006-01-02")
-		}
-	} else {
-		put("Company", traits.Company(m))
-		put("Website", traits.Website(m))
+		fields = contactFields
 	}
-	put(prefix+"Street", a.Street)
-	put(prefix+"City", a.City)
-	put(prefix+"State", a.State)
-	put(prefix+"PostalCode", a.PostalCode)
-	put(prefix+"Country", a.Country)
-	traits.Record(rec).Map(m, d.fields)
+	rec.PutContact(m, fields)
+	rec.Map(m, d.fields)
 	if _, ok := rec["LastName"]; !ok {
 		rec["LastName"] = NotProvided
 	}

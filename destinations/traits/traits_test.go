@@ -367,3 +367,13 @@ func TestRecord(t *testing.T) {
 		t.Errorf("Record = %v, want %v: empty and null traits left out", r, want)
 	}
 }
+
+func TestPutContact(t *testing.T) {
+	m := decode(t, `{"type":"identify","traits":{"email":"a@example.com","firstName":"Ada","birthday":"1990-04-05","address":{"city":"Paris","country":"FR"}}}`)
+	r := Record{}
+	r.PutContact(m, ContactFields{Email: "mail", FirstName: "first", LastName: "last", City: "town", Country: "", Birthday: "dob"})
+	want := Record{"mail": "a@example.com", "first": "Ada", "town": "Paris", "dob": "1990-04-05"}
+	if !reflect.DeepEqual(r, want) {
+		t.Errorf("PutContact = %v, want %v: unnamed fields and missing traits left out", r, want)
+	}
+}
