@@ -229,3 +229,26 @@ func CheckBatches(t testing.TB, p destinations.Plan, maxBytes int, sizes ...int)
 		t.Errorf("requests of %v events, want %v", got, sizes)
 	}
 }
+
+// TapeCase is one scenario of an integration's tape tests: the tape, the
+// settings added to setup's, the events sent, and the outcome wanted for
+// each.
+type TapeCase struct {
+	Tape     string
+	Settings map[string]any
+	Events   func(t *testing.T) []event.Event
+	Want     []Want
+}
+
+// RunTapes runs each case as a subtest named after its tape: setup builds
+// the destination on the tape, the events are sent, and Check compares
+// the outcomes.
+func RunTapes(t *testing.T, setup func(t *testing.T, tape string, settings map[string]any) *Bundle, cases []TapeCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.Tape, func(t *testing.T) {
+			b := setup(t, c.Tape, c.Settings)
+			Check(t, b.Send(c.Events(t)...), c.Want...)
+		})
+	}
+}

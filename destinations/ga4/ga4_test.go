@@ -55,17 +55,12 @@ var delivered = want{Outcome: destinations.Delivered, Status: 204}
 
 func TestTapes(t *testing.T) {
 	one := func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} }
-	cases := []struct {
-		tape     string
-		settings map[string]any
-		events   func(t *testing.T) []event.Event
-		want     []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
 			// A track and a page call of one user share a request; another
 			// user's event goes in its own.
-			tape: "track",
-			events: func(t *testing.T) []event.Event {
+			Tape: "track",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"track","event":"Order Completed","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,
 						"properties":{"Order ID":"o-17","revenue":19.99,"currency":"usd","coupon":null,"gift":true,
@@ -76,68 +71,63 @@ func TestTapes(t *testing.T) {
 						"context":{"page":{"referrer":"https://search.example/"}}}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered},
 		},
 		{
 			// The debug endpoint finds the second event invalid: it is
 			// rejected and the first alone goes to /mp/collect.
-			tape:     "validate",
-			settings: map[string]any{"validate": true},
-			events: func(t *testing.T) []event.Event {
+			Tape:     "validate",
+			Settings: map[string]any{"validate": true},
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					signedUp(t),
 					destinationstest.Event(t, `{"type":"track","event":"Logged In","anonymousId":"555.1234","userId":"u1","messageId":"m-2",`+ts+`,"properties":{"method":"sso"}}`),
 				}
 			},
-			want: []want{delivered, {Outcome: destinations.Rejected, Reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
+			Want: []want{delivered, {Outcome: destinations.Rejected, Reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
 		},
 		{
 			// A message about the request as a whole rejects every event
 			// of it, and nothing is sent to /mp/collect.
-			tape:     "validate_request",
-			settings: map[string]any{"validate": true},
-			events:   one,
-			want:     []want{{Outcome: destinations.Rejected, Reason: "client_id (VALUE_INVALID at client_id)"}},
+			Tape:     "validate_request",
+			Settings: map[string]any{"validate": true},
+			Events:   one,
+			Want:     []want{{Outcome: destinations.Rejected, Reason: "client_id (VALUE_INVALID at client_id)"}},
 		},
 		{
-			tape:     "validate_unavailable",
-			settings: map[string]any{"validate": true},
-			events:   one,
-			want:     []want{{Outcome: destinations.Retryable, Reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
+			Tape:     "validate_unavailable",
+			Settings: map[string]any{"validate": true},
+			Events:   one,
+			Want:     []want{{Outcome: destinations.Retryable, Reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
 		},
 		{
-			tape:     "eu",
-			settings: map[string]any{"api_url": "https://region1.google-analytics.com"},
-			events:   one,
-			want:     []want{delivered},
+			Tape:     "eu",
+			Settings: map[string]any{"api_url": "https://region1.google-analytics.com"},
+			Events:   one,
+			Want:     []want{delivered},
 		},
 		{
-			tape:   "forbidden",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "check api_secret"}},
+			Tape:   "forbidden",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "check api_secret"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 60 * time.Second}},
+			Tape:   "rate_limited",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 60 * time.Second}},
 		},
 		{
-			tape:   "server_error",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
+			Tape:   "server_error",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
 		},
 		{
-			tape:   "bad_request",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "HTTP 400 Bad Request"}},
+			Tape:   "bad_request",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "HTTP 400 Bad Request"}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape, c.settings)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, setup, cases)
 }
 
 // TestWithoutRequest covers what GA4 would answer 2xx to and drop: such

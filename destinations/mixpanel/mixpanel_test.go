@@ -53,15 +53,10 @@ func identify(t *testing.T) event.Event {
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
 	delivered := want{Outcome: destinations.Delivered, Status: 200}
-	cases := []struct {
-		tape     string
-		settings map[string]any
-		events   func(t *testing.T) []event.Event
-		want     []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
-			tape: "track",
-			events: func(t *testing.T) []event.Event {
+			Tape: "track",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1","messageId":"m-track-1",`+ts+`,
 						"properties":{"revenue":19.99,"currency":"USD"},
@@ -72,62 +67,57 @@ func TestTapes(t *testing.T) {
 					destinationstest.Event(t, `{"type":"screen","name":"Home","userId":"u3","messageId":"m-screen-1",`+ts+`,"context":{"os":{"name":"iOS"}}}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered},
 		},
 		{
-			tape:     "service_account",
-			settings: map[string]any{"service_account_username": "", "project_id": "3141592", "region": "eu"},
-			events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:     []want{delivered},
+			Tape:     "service_account",
+			Settings: map[string]any{"service_account_username": "", "project_id": "3141592", "region": "eu"},
+			Events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:     []want{delivered},
 		},
 		{
-			tape: "partial",
-			events: func(t *testing.T) []event.Event {
+			Tape: "partial",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{signedUp(t, "u1", "m-1"), signedUp(t, "u2", "m-2")}
 			},
-			want: []want{
+			Want: []want{
 				{Outcome: destinations.Delivered, Status: 400},
 				{Outcome: destinations.Rejected, Status: 400, Reason: "'properties.time' is invalid"},
 			},
 		},
 		{
-			tape:   "unauthorized",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
+			Tape:   "unauthorized",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits"}},
+			Tape:   "rate_limited",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits"}},
 		},
 		{
-			tape:   "server_error",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
+			Tape:   "server_error",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
 		},
 		{
-			tape:   "too_large",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "request body too large"}},
+			Tape:   "too_large",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "request body too large"}},
 		},
 		{
-			tape:   "identify",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
-			want:   []want{delivered},
+			Tape:   "identify",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
+			Want:   []want{delivered},
 		},
 		{
 			// The 200 that means failure.
-			tape:   "identify_refused",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 200, Reason: `refused the profile update: Invalid token "REDACTED"`}},
+			Tape:   "identify_refused",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 200, Reason: `refused the profile update: Invalid token "REDACTED"`}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape, c.settings)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, setup, cases)
 }
 
 // TestWithoutRequest covers events decided in Transform.
