@@ -198,9 +198,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 			b.Unsupported(i, "Amplitude takes track, page, screen and identify calls, not "+events[i].Type)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		rec, reason := d.record(events[i].MessageID, m)

@@ -179,9 +179,8 @@ func (d *destination) Transform(_ context.Context, evs []event.Event) (destinati
 	}
 	const envelope = 64 // the three array names and brackets
 	for i := range evs {
-		m, err := evs[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &evs[i])
+		if !ok {
 			continue
 		}
 		var objs []object

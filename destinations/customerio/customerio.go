@@ -197,9 +197,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	var items []plan.Item
 	var singles []*destinations.Request
 	for i := range events {
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		var op operation

@@ -169,9 +169,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	// names an email twice and a later identify is written later.
 	var rounds plan.Rounds
 	for i := range events {
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		switch events[i].Type {

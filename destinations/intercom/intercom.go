@@ -190,9 +190,8 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 			b.Unsupported(i, "Intercom takes identify and track calls, not "+typ)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		if typ == event.Track {

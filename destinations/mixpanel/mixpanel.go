@@ -177,9 +177,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	var b plan.Builder
 	var batch []plan.Item
 	for i := range events {
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		switch events[i].Type {

@@ -329,9 +329,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 			b.Unsupported(i, "Slack takes track and identify calls only, not "+typ)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		var text strings.Builder
