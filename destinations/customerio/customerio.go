@@ -406,8 +406,8 @@ func EventID(messageID string, ts time.Time) string {
 }
 
 // isULID reports whether s is a ULID (ulid.ParseStrict): 26 Crockford
-// base32 characters, either case, whose first
-// is at most 7 (the largest 128-bit value).
+// base32 characters, either case, whose first is at most 7 (the largest
+// 128-bit value).
 func isULID(s string) bool {
 	_, err := ulid.ParseStrict(s)
 	return err == nil
