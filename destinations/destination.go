@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/event"
+	"golang.org/x/time/rate"
 )
 
 // Integration describes one type of destination, such as "webhook".
@@ -30,21 +31,6 @@ type Integration struct {
 	New func(cfg Config) (Destination, error)
 }
 
-// Supports reports whether the integration takes events of call type typ
-// (event.Track, ...). The delivery engine gives the other events the outcome
-// Unsupported without calling Transform.
-func (i *Integration) Supports(typ string) bool {
-	if len(i.EventTypes) == 0 {
-		return true
-	}
-	for _, t := range i.EventTypes {
-		if t == typ {
-			return true
-		}
-	}
-	return false
-}
-
 // BatchLimits bounds the batches the delivery engine hands an integration.
 type BatchLimits struct {
 	// MaxEvents is the largest number of events per batch; 0 or 1 means no batching.
@@ -58,10 +44,39 @@ type Config struct {
 	// Name is the configured destination's name.
 	Name string
 	// Settings are the validated settings, keyed by field name.
-	Settings map[string]any
+	Settings Settings
 	// Client is the HTTP client the integration must use for every request:
 	// it carries the timeout and the outbound address guard.
 	Client *http.Client
+	// Limiter is the destination's `rate_limit` (NewLimiter), which the
+	// delivery engine takes from for each request of a Plan; nil means
+	// none. The requests an integration makes itself take from it too,
+	// through Sender.Do (Config.Sender).
+	Limiter *rate.Limiter
+}
+
+// Sender returns the Sender for the requests the integration makes itself,
+// outside its Plan (an OAuth token, a lookup before the write, a
+// validation call): Do sends them through Client within Limiter, and
+// stamps their answers with now (nil means time.Now). A nil Client
+// means http.DefaultClient.
+func (c Config) Sender(now func() time.Time) *Sender {
+	client := c.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &Sender{Client: client, Name: c.Name, Limiter: c.Limiter, Now: now}
+}
+
+// NewLimiter returns the limiter of a destination's `rate_limit`, in
+// requests per second, or nil when it is 0 (no limit). The burst is a
+// tenth of a second's requests, at least one, so that a destination is
+// not sent a second's worth at once.
+func NewLimiter(perSecond float64) *rate.Limiter {
+	if perSecond <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(perSecond), max(1, int(perSecond/10)))
 }
 
 // Destination is one configured destination: it turns events into HTTP

@@ -33,15 +33,22 @@ type Field struct {
 type Schema []Field
 
 // Validate checks settings against the schema and returns them normalized:
-// defaults filled in, integers as int, lists as []string, maps as
-// map[string]string. The error names the offending key.
+// defaults filled in, strings trimmed of surrounding space (a value pasted
+// with a trailing newline is the value without it; a blank one is missing
+// when required, else an explicit ""), integers as int, lists as []string, maps as map[string]string.
+// The error names the offending key.
 func (s Schema) Validate(settings map[string]any) (map[string]any, error) {
 	out := make(map[string]any, len(s))
 	known := make(map[string]bool, len(s))
 	for _, f := range s {
 		known[f.Name] = true
 		v, ok := settings[f.Name]
-		if !ok || v == nil || v == "" {
+		blank := false
+		if str, isString := v.(string); isString && str != "" {
+			v = strings.TrimSpace(str)
+			blank = v == ""
+		}
+		if !ok || v == nil || v == "" && !blank || blank && f.Required {
 			if f.Required {
 				return nil, fmt.Errorf("%s: required setting is missing", f.Name)
 			}
@@ -142,6 +149,66 @@ func CheckURL(key, value string) error {
 		return fmt.Errorf("%s: expected an http or https URL, found %q", key, value)
 	}
 	return nil
+}
+
+// Settings are a destination's validated settings (Config.Settings), keyed
+// by field name. Validate has given each value its field's Go type, so the
+// accessors only read it: a missing key, or one of another type, reads as
+// the zero value.
+type Settings map[string]any
+
+// String returns the string setting key, "" when unset.
+func (s Settings) String(key string) string { v, _ := s[key].(string); return v }
+
+// Int returns the int setting key, 0 when unset.
+func (s Settings) Int(key string) int { v, _ := s[key].(int); return v }
+
+// Bool returns the bool setting key, false when unset.
+func (s Settings) Bool(key string) bool { v, _ := s[key].(bool); return v }
+
+// StringList returns the string_list setting key, nil when unset.
+func (s Settings) StringList(key string) []string { v, _ := s[key].([]string); return v }
+
+// StringMap returns the string_map setting key, nil when unset.
+func (s Settings) StringMap(key string) map[string]string {
+	v, _ := s[key].(map[string]string)
+	return v
+}
+
+// Region is a data center an API is reached at, picked by a `region`
+// setting.
+type Region struct {
+	Name string // the setting's value: us, eu, ...
+	URL  string // the API base URL
+}
+
+// RegionURL returns the API base URL of a destination whose `region`
+// setting picks one of regions (the first when unset) and whose `api_url`
+// setting overrides it, without a trailing slash. The error names the
+// setting that is wrong and says what it takes.
+func (s Settings) RegionURL(regions []Region) (string, error) {
+	if base := s.String("api_url"); base != "" {
+		if err := CheckURL("api_url", base); err != nil {
+			return "", err
+		}
+		return strings.TrimRight(base, "/"), nil
+	}
+	region := s.String("region")
+	if region == "" {
+		region = regions[0].Name
+	}
+	names := make([]string, len(regions))
+	for i, r := range regions {
+		if r.Name == region {
+			return strings.TrimRight(r.URL, "/"), nil
+		}
+		names[i] = r.Name
+	}
+	expected := names[0]
+	if n := len(names); n > 1 {
+		expected = strings.Join(names[:n-1], ", ") + " or " + names[n-1]
+	}
+	return "", fmt.Errorf("region: expected %s, found %q", expected, region)
 }
 
 // Registry maps an integration's type name to its description.

@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/fanout/fanout/internal/event"
+	"golang.org/x/time/rate"
 )
 
 // DefaultMaxBody is how many bytes of a response body Send keeps when
@@ -52,7 +53,46 @@ type Sender struct {
 	// MaxBody is how many bytes of each response body are kept in
 	// Response.Body. 0 means DefaultMaxBody.
 	MaxBody int
+	// Limiter is the destination's rate limit, which Do waits on; nil
+	// means none. Send does not: the delivery engine paces Send itself,
+	// taking from the same limiter.
+	Limiter *rate.Limiter
 }
+
+// ErrInvalidRequest is in the chain of Do's error when net/http cannot
+// build the request: a bad setting or a bug in the integration, not a
+// failure worth retrying.
+var ErrInvalidRequest = errors.New("invalid request")
+
+// Do performs one request an integration makes itself, outside its Plan
+// (an OAuth token, a lookup, a validation call), the way Send performs
+// those of a Plan: it waits for the rate limit, keeps the start of the
+// body and stamps ReceivedAt. What the answer means is the caller's to
+// decide; ClassifyStatus is the default. The error, when there is no
+// answer, says why in the words of Send's reasons, without the URL (its
+// query may hold a credential).
+func (s *Sender) Do(ctx context.Context, req *Request) (*Response, error) {
+	if s.Limiter != nil {
+		if err := s.Limiter.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("no request allowed by rate_limit in time: %w", err)
+		}
+	}
+	resp, err := s.roundTrip(ctx, req)
+	if err != nil {
+		return nil, &transportError{reason: transportReason(err, s.Client.Timeout), err: err}
+	}
+	return resp, nil
+}
+
+// transportError is Do's error: the reason Send would give, and the
+// error behind it.
+type transportError struct {
+	reason string
+	err    error
+}
+
+func (e *transportError) Error() string { return e.reason }
+func (e *transportError) Unwrap() error { return e.err }
 
 // SendResult is the outcome of one event together with the exchange that
 // decided it, kept so that delivery issues can show samples.
@@ -287,8 +327,9 @@ func readBody(r io.ReadCloser, length int64, max int) []byte {
 // integration or a bad setting, not a transport failure.
 type requestError struct{ err error }
 
-func (e *requestError) Error() string { return "invalid request: " + e.err.Error() }
-func (e *requestError) Unwrap() error { return e.err }
+func (e *requestError) Error() string        { return "invalid request: " + e.err.Error() }
+func (e *requestError) Unwrap() error        { return e.err }
+func (e *requestError) Is(target error) bool { return target == ErrInvalidRequest }
 
 // transportReason describes a failed round trip in words a user can act
 // on, without the URL (its query string may hold an API key).

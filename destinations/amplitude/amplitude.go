@@ -120,9 +120,9 @@ var Integration = &destinations.Integration{
 	New:        New,
 }
 
-var regions = map[string]string{
-	"us": "https://api2.amplitude.com",
-	"eu": "https://api.eu.amplitude.com",
+var regions = []destinations.Region{
+	{Name: "us", URL: "https://api2.amplitude.com"},
+	{Name: "eu", URL: "https://api.eu.amplitude.com"},
 }
 
 // destination is one configured Amplitude project.
@@ -139,25 +139,15 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds an Amplitude destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	d := &destination{apiKey: str("api_key"), minIDLength: defaultMinIDLength}
+	d := &destination{apiKey: s.String("api_key"), minIDLength: defaultMinIDLength}
 
-	base := str("api_url")
-	if base == "" {
-		region := str("region")
-		if region == "" {
-			region = "us"
-		}
-		var ok bool
-		if base, ok = regions[region]; !ok {
-			return nil, fmt.Errorf("region: expected us or eu, found %q", region)
-		}
-	} else if err := destinations.CheckURL("api_url", base); err != nil {
+	base, err := s.RegionURL(regions)
+	if err != nil {
 		return nil, err
 	}
-	d.url = strings.TrimRight(base, "/") + "/2/httpapi"
+	d.url = base + "/2/httpapi"
 
-	if n, _ := s["min_id_length"].(int); n != 0 {
+	if n := s.Int("min_id_length"); n != 0 {
 		if n < 1 {
 			return nil, fmt.Errorf("min_id_length: expected a positive number of characters, found %d", n)
 		}
@@ -208,9 +198,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 			b.Unsupported(i, "Amplitude takes track, page, screen and identify calls, not "+events[i].Type)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		rec, reason := d.record(events[i].MessageID, m)

@@ -1,9 +1,9 @@
 package amplitude
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,16 +46,11 @@ func TestTapes(t *testing.T) {
 		return []event.Event{signedUp(t, "user-00001", "m-1"), signedUp(t, "user-00002", "m-2")}
 	}
 	one := func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "user-00001", "m-1")} }
-	cases := []struct {
-		tape     string
-		settings map[string]any
-		events   func(t *testing.T) []event.Event
-		want     []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
 			// One batch with every supported call type.
-			tape: "track",
-			events: func(t *testing.T) []event.Event {
+			Tape: "track",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"user-00001","anonymousId":"anon-00001","messageId":"m-track-1",`+ts+`,
 						"properties":{"revenue":"19.99","currency":"USD","price":9.995,"quantity":2},
@@ -66,82 +61,70 @@ func TestTapes(t *testing.T) {
 						"traits":{"first_name":"Ada","last_name":"Lovelace","email":"ada@example.com","plan":"pro","address":{"city":"London","country":"GB"}}}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered, delivered},
 		},
 		{
-			tape:     "eu_min_id_length",
-			settings: map[string]any{"region": "eu", "min_id_length": 2},
-			events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:     []want{delivered},
+			Tape:     "eu_min_id_length",
+			Settings: map[string]any{"region": "eu", "min_id_length": 2},
+			Events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:     []want{delivered},
 		},
 		{
 			// A 400 naming the second event: it is rejected, the first is
 			// sent again.
-			tape:   "invalid_fields",
-			events: two,
-			want: []want{
+			Tape:   "invalid_fields",
+			Events: two,
+			Want: []want{
 				{Outcome: destinations.Retryable, Status: 400, Reason: "because of other events in it"},
 				{Outcome: destinations.Rejected, Status: 400, Reason: "Amplitude refused the event: invalid time; missing event_type (Request missing required field)"},
 			},
 		},
 		{
-			tape:   "invalid_api_key",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Amplitude refused the API key (Invalid API key: REDACTED): check api_key"}},
+			Tape:   "invalid_api_key",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Amplitude refused the API key (Invalid API key: REDACTED): check api_key"}},
 		},
 		{
-			tape:   "throttled",
-			events: two,
-			want: []want{
+			Tape:   "throttled",
+			Events: two,
+			Want: []want{
 				{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
 				{Outcome: destinations.Retryable, Status: 429, Reason: "may not have ingested this one"},
 			},
 		},
 		{
-			tape:   "daily_quota",
-			events: two,
-			want: []want{
+			Tape:   "daily_quota",
+			Events: two,
+			Want: []want{
 				{Outcome: destinations.Retryable, Status: 429, Reason: "over the daily event quota"},
 				{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
 			},
 		},
 		{
-			tape:   "too_large",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "the event alone is over Amplitude's 1 MB"}},
+			Tape:   "too_large",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "the event alone is over Amplitude's 1 MB"}},
 		},
 		{
-			tape:   "too_large_batch",
-			events: two,
-			want: []want{
+			Tape:   "too_large_batch",
+			Events: two,
+			Want: []want{
 				{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in other batches"},
 				{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in other batches"},
 			},
 		},
 		{
-			tape:   "server_error",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
+			Tape:   "server_error",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape, c.settings)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, setup, cases)
 }
 
 // TestWithoutRequest covers events decided in Transform.
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"api_key": "key"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"api_key": "key"}})
 	cases := []struct {
 		name, payload string
 		outcome       destinations.Outcome
@@ -160,13 +143,7 @@ func TestWithoutRequest(t *testing.T) {
 			if strings.Contains(c.payload, `"alias"`) {
 				e.Type = event.Alias
 			}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -174,29 +151,16 @@ func TestWithoutRequest(t *testing.T) {
 // TestBatchLimits checks that Transform cuts what it is given by count and
 // by bytes, however much it receives.
 func TestBatchLimits(t *testing.T) {
-	valid, _ := Integration.Settings.Validate(map[string]any{"api_key": "key"})
-	d, _ := New(destinations.Config{Settings: valid})
-	events := make([]event.Event, MaxBatchEvents+1)
-	for i := range events {
-		events[i] = signedUp(t, "user-1", "m")
-	}
-	p, err := d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
-		t.Fatalf("got %d requests", len(p.Requests))
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"api_key": "key"}})
+	p := destinationstest.Transform(t, d, slices.Repeat([]event.Event{signedUp(t, "user-1", "m")}, MaxBatchEvents+1)...)
+	destinationstest.CheckBatches(t, p, 0, MaxBatchEvents, 1)
 
 	big := strings.Repeat("x", 300_000)
-	events = make([]event.Event, 4)
+	events := make([]event.Event, 4)
 	for i := range events {
 		events[i] = destinationstest.Event(t, `{"type":"track","event":"Big","userId":"user-1","messageId":"m",`+ts+`,"properties":{"blob":"`+big+`"}}`)
 	}
-	p, err = d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p = destinationstest.Transform(t, d, events...)
 	if len(p.Requests) != 2 {
 		t.Fatalf("4 events of 300 kB in %d requests, want 2", len(p.Requests))
 	}
@@ -243,13 +207,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

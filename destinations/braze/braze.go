@@ -119,22 +119,21 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Braze destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
-	base := str("rest_endpoint")
+	base := s.String("rest_endpoint")
 	if !strings.Contains(base, "://") {
 		base = "https://" + base
 	}
 	u, err := url.Parse(base)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.ContainsAny(u.Host, " /") {
-		return nil, fmt.Errorf("rest_endpoint: expected the instance's REST endpoint, such as rest.iad-01.braze.com, found %q", str("rest_endpoint"))
+		return nil, fmt.Errorf("rest_endpoint: expected the instance's REST endpoint, such as rest.iad-01.braze.com, found %q", s.String("rest_endpoint"))
 	}
 	if strings.HasPrefix(u.Host, "dashboard") {
 		return nil, fmt.Errorf("rest_endpoint: expected the REST endpoint (rest.<instance>.braze.com), found the dashboard's address %q", u.Host)
 	}
 	return &destination{
 		url:   strings.TrimSuffix(strings.TrimRight(base, "/"), "/users/track") + "/users/track",
-		auth:  "Bearer " + str("api_key"),
-		appID: str("app_id"),
+		auth:  "Bearer " + s.String("api_key"),
+		appID: s.String("app_id"),
 	}, nil
 }
 
@@ -180,9 +179,8 @@ func (d *destination) Transform(_ context.Context, evs []event.Event) (destinati
 	}
 	const envelope = 64 // the three array names and brackets
 	for i := range evs {
-		m, err := evs[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &evs[i])
+		if !ok {
 			continue
 		}
 		var objs []object
@@ -307,6 +305,12 @@ var mappedTraits = map[string]bool{
 	"name": true, "userId": true, "id": true,
 }
 
+// attributeFields are Braze's standard attributes for the usual traits.
+var attributeFields = traits.ContactFields{
+	Email: "email", FirstName: "first_name", LastName: "last_name", Phone: "phone",
+	City: "home_city", Country: "country", Birthday: "dob",
+}
+
 // identify builds the attributes object of an identify call.
 func (d *destination) identify(m map[string]any) ([]object, string) {
 	obj := map[string]any{}
@@ -318,26 +322,12 @@ func (d *destination) identify(m map[string]any) ([]object, string) {
 	if reason := user(m, obj); reason != "" {
 		return nil, reason
 	}
-	put := func(k, v string) {
-		if v != "" {
-			obj[k] = v
-		}
-	}
-	put("email", traits.Email(m))
-	put("first_name", traits.FirstName(m))
-	put("last_name", traits.LastName(m))
-	put("phone", traits.Phone(m))
+	traits.Record(obj).PutContact(m, attributeFields)
 	if g := traits.Gender(m); g != "" {
 		if code, ok := genders[strings.ToLower(g)]; ok {
 			obj["gender"] = code
 		}
 	}
-	if b, ok := traits.Birthday(m); ok {
-		obj["dob"] = b.Format("2006-01-02")
-	}
-	a := traits.Address(m)
-	put("country", a.Country)
-	put("home_city", a.City)
 	body, err := json.Marshal(obj)
 	if err != nil {
 		return nil, "the identify call cannot be encoded: " + err.Error()

@@ -61,18 +61,13 @@ func order(t testing.TB, id string) event.Event {
 func TestTapes(t *testing.T) {
 	delivered := want{Outcome: destinations.Delivered, Status: 201}
 	one := func(t *testing.T) []event.Event { return []event.Event{track(t, "u1", "Signed Up")} }
-	cases := []struct {
-		tape     string
-		settings map[string]any
-		events   func(t *testing.T) []event.Event
-		want     []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
 			// Every kind of object in one request: attributes, an event,
 			// an anonymous event (user alias) and an order's purchases.
-			tape:     "track",
-			settings: map[string]any{"app_id": "app-1"},
-			events: func(t *testing.T) []event.Event {
+			Tape:     "track",
+			Settings: map[string]any{"app_id": "app-1"},
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					order(t, "o-1"),
 					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,
@@ -82,16 +77,16 @@ func TestTapes(t *testing.T) {
 					destinationstest.Event(t, `{"type":"track","event":"Viewed Product","anonymousId":"a1","messageId":"m-anon",`+ts+`}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered, delivered},
 		},
 		{
 			// The 201 that means failure for some: errors name objects
 			// by array and index, the others were processed.
-			tape: "partial",
-			events: func(t *testing.T) []event.Event {
+			Tape: "partial",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{track(t, "u1", "Signed Up"), track(t, "u2", "$bad"), identify(t, "u3"), order(t, "o-2")}
 			},
-			want: []want{
+			Want: []want{
 				delivered,
 				{Outcome: destinations.Rejected, Status: 201, Reason: "Braze refused the event object: Event name '$bad' is invalid"},
 				delivered,
@@ -99,44 +94,31 @@ func TestTapes(t *testing.T) {
 			},
 		},
 		{
-			tape:   "unauthorized",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check api_key"}},
+			Tape:   "unauthorized",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check api_key"}},
 		},
 		{
-			tape:   "bad_request",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Braze refused the request: Valid data must be provided"}},
+			Tape:   "bad_request",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Braze refused the request: Valid data must be provided"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 3 * time.Second}},
+			Tape:   "rate_limited",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 3 * time.Second}},
 		},
 		{
-			tape:   "server_error",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
+			Tape:   "server_error",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape, c.settings)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, setup, cases)
 }
 
 func newDest(t testing.TB) destinations.Destination {
-	valid, err := Integration.Settings.Validate(map[string]any{"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k"}})
 }
 
 // TestBatches checks the cut: 75 objects in all, one order per request,
@@ -150,10 +132,7 @@ func TestBatches(t *testing.T) {
 	// The order's two purchases would make 76: it starts a new request,
 	// and the second order another.
 	evs = append(evs, order(t, "o-1"), track(t, "u1", "Signed Up"), order(t, "o-2"))
-	p, err := d.Transform(context.Background(), evs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, evs...)
 	if len(p.Results) != 0 || len(p.Requests) != 3 {
 		t.Fatalf("%d requests, results %v", len(p.Requests), p.Results)
 	}
@@ -226,13 +205,7 @@ func TestWithoutRequest(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := d.Transform(context.Background(), []event.Event{c.e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, c.e), c.outcome, c.reason)
 		})
 	}
 }

@@ -93,6 +93,7 @@ import (
 	"github.com/fanout/fanout/destinations/plan"
 	"github.com/fanout/fanout/destinations/traits"
 	"github.com/fanout/fanout/internal/event"
+	"github.com/oklog/ulid/v2"
 )
 
 // The limits of a v2 batch request. MaxBatchBytes and MaxOperationBytes
@@ -144,9 +145,9 @@ var Integration = &destinations.Integration{
 	New:        New,
 }
 
-var regions = map[string]string{
-	"us": "https://track.customer.io",
-	"eu": "https://track-eu.customer.io",
+var regions = []destinations.Region{
+	{Name: "us", URL: "https://track.customer.io"},
+	{Name: "eu", URL: "https://track-eu.customer.io"},
 }
 
 // destination is one configured Customer.io workspace.
@@ -160,25 +161,14 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Customer.io destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	base := str("api_url")
-	if base == "" {
-		region := str("region")
-		if region == "" {
-			region = "us"
-		}
-		var ok bool
-		if base, ok = regions[region]; !ok {
-			return nil, fmt.Errorf("region: expected us or eu, found %q", region)
-		}
-	} else if err := destinations.CheckURL("api_url", base); err != nil {
+	base, err := s.RegionURL(regions)
+	if err != nil {
 		return nil, err
 	}
-	site, key := str("site_id"), str("api_key")
+	site, key := s.String("site_id"), s.String("api_key")
 	if strings.Contains(site, ":") {
 		return nil, fmt.Errorf("site_id: expected the Site ID alone, found a value with a colon")
 	}
-	base = strings.TrimRight(base, "/")
 	for _, suffix := range []string{"/api/v1", "/api/v2"} {
 		base = strings.TrimSuffix(base, suffix)
 	}
@@ -207,9 +197,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	var items []plan.Item
 	var singles []*destinations.Request
 	for i := range events {
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		var op operation
@@ -397,9 +386,6 @@ func (d *destination) v1Request(op operation) (*destinations.Request, string) {
 	return &destinations.Request{Method: method, URL: d.base + path, Header: d.header(), Body: data}, ""
 }
 
-// crockford is the alphabet of ULIDs.
-const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
 // EventID returns the id of the event with messageID that happened at ts:
 // Customer.io drops an event whose id it has seen, and takes only ULIDs. A
 // messageId that is a ULID is used as is (upper-cased); any other becomes
@@ -409,45 +395,22 @@ func EventID(messageID string, ts time.Time) string {
 	if isULID(messageID) {
 		return strings.ToUpper(messageID)
 	}
-	var raw [16]byte
-	ms := uint64(0)
+	var id ulid.ULID
 	if !ts.IsZero() && ts.UnixMilli() > 0 {
-		ms = uint64(ts.UnixMilli()) & (1<<48 - 1)
-	}
-	for i := 0; i < 6; i++ {
-		raw[i] = byte(ms >> (40 - 8*i))
+		// Within ulid.MaxTime: the mask keeps the 48 bits a ULID has.
+		_ = id.SetTime(uint64(ts.UnixMilli()) & (1<<48 - 1))
 	}
 	sum := sha256.Sum256([]byte(messageID))
-	copy(raw[6:], sum[:10])
-	// 26 characters of 5 bits hold 130 bits: the 128 of raw after two
-	// leading zero bits.
-	var out [26]byte
-	for c := range out {
-		v := 0
-		for k := 0; k < 5; k++ {
-			p := c*5 + k - 2
-			v <<= 1
-			if p >= 0 && raw[p/8]&(0x80>>(p%8)) != 0 {
-				v |= 1
-			}
-		}
-		out[c] = crockford[v]
-	}
-	return string(out[:])
+	_ = id.SetEntropy(sum[:10])
+	return id.String()
 }
 
-// isULID reports whether s is 26 Crockford base32 characters whose first
-// is at most 7 (the largest 128-bit value).
+// isULID reports whether s is a ULID (ulid.ParseStrict): 26 Crockford
+// base32 characters, either case, whose first is at most 7 (the largest
+// 128-bit value).
 func isULID(s string) bool {
-	if len(s) != 26 || s[0] > '7' {
-		return false
-	}
-	for _, r := range strings.ToUpper(s) {
-		if !strings.ContainsRune(crockford, r) {
-			return false
-		}
-	}
-	return true
+	_, err := ulid.ParseStrict(s)
+	return err == nil
 }
 
 // answer is the body of a 207 or an error: v2's errors, or v1's

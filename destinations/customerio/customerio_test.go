@@ -1,7 +1,6 @@
 package customerio
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -47,24 +46,20 @@ func signedUp(t *testing.T) event.Event {
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
 	delivered := want{Outcome: destinations.Delivered, Status: 200}
-	cases := []struct {
-		tape   string
-		events func(t *testing.T) []event.Event
-		want   []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
-			tape: "identify",
-			events: func(t *testing.T) []event.Event {
+			Tape: "identify",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{destinationstest.Event(t, `{"type":"identify","userId":"u 1","anonymousId":"a1","messageId":"m-id-1",`+ts+`,
 					"traits":{"email":"ada@example.com","first_name":"Ada","created_at":"2024-05-06T07:08:09Z","plan":"pro"}}`)}
 			},
-			want: []want{delivered},
+			Want: []want{delivered},
 		},
 		{
 			// u1's three events in one batch; the anonymous one alone
 			// through v1.
-			tape: "track",
-			events: func(t *testing.T) []event.Event {
+			Tape: "track",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"01JGMZ3Q5X9T8Y7W6V5T4S3R2Q",`+ts+`,
 						"properties":{"revenue":19.99,"currency":"USD"}}`),
@@ -75,20 +70,20 @@ func TestTapes(t *testing.T) {
 						"properties":{"sku":"X1"}}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered, delivered},
 		},
 		{
 			// A 207: the operation it names is rejected, the others
 			// were accepted.
-			tape: "partial_failure",
-			events: func(t *testing.T) []event.Event {
+			Tape: "partial_failure",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-id-1",`+ts+`,"traits":{"email":"ada@example.com"}}`),
 					destinationstest.Event(t, `{"type":"identify","userId":"u2","messageId":"m-id-2",`+ts+`,"traits":{"`+strings.Repeat("x", 151)+`":"y"}}`),
 					signedUp(t),
 				}
 			},
-			want: []want{
+			Want: []want{
 				{Outcome: destinations.Delivered, Status: 207},
 				{Outcome: destinations.Rejected, Status: 207,
 					Reason: "Customer.io refused the event: invalid: attribute name cannot be longer than 150 bytes (field attributes)"},
@@ -97,67 +92,55 @@ func TestTapes(t *testing.T) {
 		},
 		{
 			// A 400 to the whole batch, naming no operation.
-			tape: "malformed",
-			events: func(t *testing.T) []event.Event {
+			Tape: "malformed",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					signedUp(t),
 					destinationstest.Event(t, `{"type":"identify","userId":"u2","messageId":"m-id-2",`+ts+`,"traits":{"email":"grace@example.com"}}`),
 				}
 			},
-			want: []want{
+			Want: []want{
 				{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch)"},
 				{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch)"},
 			},
 		},
 		{
 			// v1's 400, to an anonymous event.
-			tape: "invalid",
-			events: func(t *testing.T) []event.Event {
+			Tape: "invalid",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{destinationstest.Event(t, `{"type":"track","event":"Viewed `+strings.Repeat("n", 95)+`","anonymousId":"a2","messageId":"m-anon-2",`+ts+`}`)}
 			},
-			want: []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the event: event name cannot be longer than 100 bytes"}},
+			Want: []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the event: event name cannot be longer than 100 bytes"}},
 		},
 		{
-			tape:   "unauthorized",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check site_id and api_key"}},
+			Tape:   "unauthorized",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check site_id and api_key"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests"}},
+			Tape:   "rate_limited",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests"}},
 		},
 		{
-			tape:   "server_error",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable", RetryAfter: 30 * time.Second}},
+			Tape:   "server_error",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable", RetryAfter: 30 * time.Second}},
 		},
 		{
-			tape:   "redirect",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 307, Reason: "region: eu"}},
+			Tape:   "redirect",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 307, Reason: "region: eu"}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, func(t *testing.T, name string, _ map[string]any) *destinationstest.Bundle { return setup(t, name) }, cases)
 }
 
 // newDestination builds a destination without a tape, for tests of
 // Transform and Classify alone.
 func newDestination(t *testing.T) *destination {
 	t.Helper()
-	valid, err := Integration.Settings.Validate(map[string]any{"site_id": "s", "api_key": "k"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"site_id": "s", "api_key": "k"}})
 	return d.(*destination)
 }
 
@@ -186,10 +169,7 @@ func TestBatches(t *testing.T) {
 			for i := range c.events {
 				evs = append(evs, track(i, c.props))
 			}
-			p, err := d.Transform(context.Background(), evs)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := destinationstest.Transform(t, d, evs...)
 			if len(p.Results) != 0 {
 				t.Fatalf("results without request: %v", p.Results)
 			}
@@ -279,13 +259,7 @@ func TestWithoutRequest(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			e := event.Event{MessageID: "m", Type: c.typ, Payload: json.RawMessage(c.payload)}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -325,13 +299,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

@@ -27,6 +27,8 @@ package destinationstest
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,19 +88,8 @@ type Bundle struct {
 // or the constructor refuses fails t.
 func New(t testing.TB, cfg Config) *Bundle {
 	t.Helper()
-	valid, err := cfg.Integration.Settings.Validate(cfg.Settings)
-	if err != nil {
-		t.Fatalf("settings: %v", err)
-	}
-	build := cfg.New
-	if build == nil {
-		build = cfg.Integration.New
-	}
+	d := build(t, cfg, cfg.Tape.Client())
 	name := cfg.Integration.Type
-	d, err := build(destinations.Config{Name: name, Settings: valid, Client: cfg.Tape.Client()})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
 	now := cfg.Now
 	return &Bundle{
 		Destination: d,
@@ -161,5 +152,103 @@ func check(t testing.TB, got []destinations.SendResult, wants []Want, status boo
 					i, g.Outcome, g.Reason, g.RetryAfter, w.Outcome, w.Reason, w.RetryAfter)
 			}
 		}
+	}
+}
+
+// Build validates cfg.Settings and builds the destination without a tape
+// (cfg.Tape and cfg.Now are not used): for tests of Transform alone,
+// which make no request. A setting the schema or the constructor refuses
+// fails t.
+func Build(t testing.TB, cfg Config) destinations.Destination {
+	t.Helper()
+	return build(t, cfg, nil)
+}
+
+// build validates cfg.Settings and builds the destination with client.
+func build(t testing.TB, cfg Config, client *http.Client) destinations.Destination {
+	t.Helper()
+	valid, err := cfg.Integration.Settings.Validate(cfg.Settings)
+	if err != nil {
+		t.Fatalf("settings: %v", err)
+	}
+	newDest := cfg.New
+	if newDest == nil {
+		newDest = cfg.Integration.New
+	}
+	d, err := newDest(destinations.Config{Name: cfg.Integration.Type, Settings: valid, Client: client})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return d
+}
+
+// CheckSettingsError checks that settings are refused, by the schema of
+// integ or by its New, with an error containing want.
+func CheckSettingsError(t testing.TB, integ *destinations.Integration, settings map[string]any, want string) {
+	t.Helper()
+	valid, err := integ.Settings.Validate(settings)
+	if err == nil {
+		_, err = integ.New(destinations.Config{Settings: valid})
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%v: got %v, want %q", settings, err, want)
+	}
+}
+
+// Transform runs d.Transform on events. An error fails t.
+func Transform(t testing.TB, d destinations.Destination, events ...event.Event) destinations.Plan {
+	t.Helper()
+	p, err := d.Transform(context.Background(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// CheckDecided checks that p, Transform's plan for one event, makes no
+// request and gives the event outcome with a reason containing reason.
+func CheckDecided(t testing.TB, p destinations.Plan, outcome destinations.Outcome, reason string) {
+	t.Helper()
+	if len(p.Requests) != 0 || p.Results[0].Outcome != outcome || !strings.Contains(p.Results[0].Reason, reason) {
+		t.Errorf("got %d requests, %+v; want none and %v containing %q", len(p.Requests), p.Results[0], outcome, reason)
+	}
+}
+
+// CheckBatches checks that p's requests carry, in order, sizes events
+// each, and that none has a body over maxBytes (0: no bound).
+func CheckBatches(t testing.TB, p destinations.Plan, maxBytes int, sizes ...int) {
+	t.Helper()
+	got := make([]int, len(p.Requests))
+	for i, r := range p.Requests {
+		got[i] = len(r.Events)
+		if maxBytes > 0 && len(r.Body) > maxBytes {
+			t.Errorf("request %d: %d bytes, over %d", i, len(r.Body), maxBytes)
+		}
+	}
+	if !slices.Equal(got, sizes) {
+		t.Errorf("requests of %v events, want %v", got, sizes)
+	}
+}
+
+// TapeCase is one scenario of an integration's tape tests: the tape, the
+// settings added to setup's, the events sent, and the outcome wanted for
+// each.
+type TapeCase struct {
+	Tape     string
+	Settings map[string]any
+	Events   func(t *testing.T) []event.Event
+	Want     []Want
+}
+
+// RunTapes runs each case as a subtest named after its tape: setup builds
+// the destination on the tape, the events are sent, and Check compares
+// the outcomes.
+func RunTapes(t *testing.T, setup func(t *testing.T, tape string, settings map[string]any) *Bundle, cases []TapeCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.Tape, func(t *testing.T) {
+			b := setup(t, c.Tape, c.Settings)
+			Check(t, b.Send(c.Events(t)...), c.Want...)
+		})
 	}
 }

@@ -72,16 +72,16 @@
 package ga4
 
 import (
-	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -144,7 +144,7 @@ type destination struct {
 	collectURL string
 	debugURL   string
 	validate   bool
-	client     *http.Client
+	api        *destinations.Sender // the requests outside the Plan
 	now        func() time.Time
 }
 
@@ -159,12 +159,11 @@ var measurementID = regexp.MustCompile(`^G-[A-Z0-9]+$`)
 
 func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	id := str("measurement_id")
+	id := s.String("measurement_id")
 	if !measurementID.MatchString(id) {
 		return nil, fmt.Errorf("measurement_id: expected a web stream's Measurement ID such as G-ABC123DEF4, found %q", id)
 	}
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
 		base = "https://www.google-analytics.com"
 	}
@@ -172,17 +171,14 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		return nil, err
 	}
 	base = strings.TrimRight(base, "/")
-	q := url.Values{"measurement_id": {id}, "api_secret": {str("api_secret")}}.Encode()
+	q := url.Values{"measurement_id": {id}, "api_secret": {s.String("api_secret")}}.Encode()
 	d := &destination{
 		collectURL: base + "/mp/collect?" + q,
 		debugURL:   base + "/debug/mp/collect?" + q,
-		client:     cfg.Client,
+		api:        cfg.Sender(now),
 		now:        now,
 	}
-	d.validate, _ = s["validate"].(bool)
-	if d.client == nil {
-		d.client = http.DefaultClient
-	}
+	d.validate = s.Bool("validate")
 	return d, nil
 }
 
@@ -220,9 +216,8 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 			b.Unsupported(i, "GA4 takes track and page calls, not "+events[i].Type)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		clientID, userID := traits.AnonymousID(m), traits.UserID(m)
@@ -301,14 +296,10 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 	props := traits.Properties(m)
 	if traits.Type(m) == event.Page {
 		ev.Name = "page_view"
-		put := func(k string, v string) {
-			if v != "" {
-				ev.Params[k] = v
-			}
-		}
-		put("page_location", firstNonEmpty(traits.String(props["url"]), traits.String(traits.Get(m, "context", "page", "url"))))
-		put("page_title", firstNonEmpty(traits.String(props["title"]), traits.String(traits.Get(m, "context", "page", "title")), traits.EventName(m)))
-		put("page_referrer", firstNonEmpty(traits.String(props["referrer"]), traits.String(traits.Get(m, "context", "page", "referrer"))))
+		put := traits.Record(ev.Params).Put
+		put("page_location", cmp.Or(traits.String(props["url"]), traits.String(traits.Get(m, "context", "page", "url"))))
+		put("page_title", cmp.Or(traits.String(props["title"]), traits.String(traits.Get(m, "context", "page", "title")), traits.EventName(m)))
+		put("page_referrer", cmp.Or(traits.String(props["referrer"]), traits.String(traits.Get(m, "context", "page", "referrer"))))
 		props = withoutKeys(props, "url", "title", "referrer")
 	} else {
 		raw := traits.EventName(m)
@@ -325,7 +316,7 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 	}
 	// In sorted order, so that of several bad properties the same one is
 	// named on every attempt.
-	for _, k := range sortedKeys(props) {
+	for _, k := range slices.Sorted(maps.Keys(props)) {
 		v := props[k]
 		name := SnakeCase(k)
 		if reason := checkName(name, "property name", k); reason != "" {
@@ -365,22 +356,10 @@ func gaEventOf(m map[string]any, now time.Time) (*gaEvent, string) {
 	return ev, ""
 }
 
-func firstNonEmpty(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 // withoutKeys returns a copy of m without keys, so that the event's own
 // map is not changed.
 func withoutKeys(m map[string]any, keys ...string) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
+	out := maps.Clone(m)
 	for _, k := range keys {
 		delete(out, k)
 	}
@@ -548,22 +527,11 @@ func joinReason(a, b string) string {
 
 // debug performs a validation request.
 func (d *destination) debug(ctx context.Context, r *destinations.Request) (*validationAnswer, error) {
-	req, err := http.NewRequestWithContext(ctx, r.Method, r.URL, bytes.NewReader(r.Body))
+	resp, err := d.api.Do(ctx, r)
 	if err != nil {
 		return nil, err
 	}
-	req.Header = r.Header
-	resp, err := d.client.Do(req)
-	if err != nil {
-		// Not err itself: its URL holds the API secret.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, destinations.DefaultMaxBody))
+	body := resp.Body
 	if resp.StatusCode/100 != 2 {
 		return nil, errors.New(destinations.StatusReason(resp.StatusCode, body))
 	}
@@ -586,14 +554,4 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		out[i] = r
 	}
 	return out
-}
-
-// sortedKeys returns the keys of m in order.
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -1,9 +1,9 @@
 package ga4
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,13 +30,16 @@ func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bu
 	maps.Copy(settings, extra)
 	return destinationstest.New(t, destinationstest.Config{
 		Integration: Integration,
-		New: func(cfg destinations.Config) (destinations.Destination, error) {
-			return newDestination(cfg, func() time.Time { return now })
-		},
-		Tape:     tp,
-		Settings: settings,
-		Now:      now,
+		New:         newAt,
+		Tape:        tp,
+		Settings:    settings,
+		Now:         now,
 	})
+}
+
+// newAt builds the destination on the tests' clock.
+func newAt(cfg destinations.Config) (destinations.Destination, error) {
+	return newDestination(cfg, func() time.Time { return now })
 }
 
 // want is the expected outcome of one event.
@@ -52,17 +55,12 @@ var delivered = want{Outcome: destinations.Delivered, Status: 204}
 
 func TestTapes(t *testing.T) {
 	one := func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} }
-	cases := []struct {
-		tape     string
-		settings map[string]any
-		events   func(t *testing.T) []event.Event
-		want     []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
 			// A track and a page call of one user share a request; another
 			// user's event goes in its own.
-			tape: "track",
-			events: func(t *testing.T) []event.Event {
+			Tape: "track",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"track","event":"Order Completed","anonymousId":"555.1234","userId":"u1","messageId":"m-1",`+ts+`,
 						"properties":{"Order ID":"o-17","revenue":19.99,"currency":"usd","coupon":null,"gift":true,
@@ -73,81 +71,69 @@ func TestTapes(t *testing.T) {
 						"context":{"page":{"referrer":"https://search.example/"}}}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered},
 		},
 		{
 			// The debug endpoint finds the second event invalid: it is
 			// rejected and the first alone goes to /mp/collect.
-			tape:     "validate",
-			settings: map[string]any{"validate": true},
-			events: func(t *testing.T) []event.Event {
+			Tape:     "validate",
+			Settings: map[string]any{"validate": true},
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					signedUp(t),
 					destinationstest.Event(t, `{"type":"track","event":"Logged In","anonymousId":"555.1234","userId":"u1","messageId":"m-2",`+ts+`,"properties":{"method":"sso"}}`),
 				}
 			},
-			want: []want{delivered, {Outcome: destinations.Rejected, Reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
+			Want: []want{delivered, {Outcome: destinations.Rejected, Reason: "GA4 validation: Event at index: [1] has invalid param [method] (VALUE_INVALID at events.params)"}},
 		},
 		{
 			// A message about the request as a whole rejects every event
 			// of it, and nothing is sent to /mp/collect.
-			tape:     "validate_request",
-			settings: map[string]any{"validate": true},
-			events:   one,
-			want:     []want{{Outcome: destinations.Rejected, Reason: "client_id (VALUE_INVALID at client_id)"}},
+			Tape:     "validate_request",
+			Settings: map[string]any{"validate": true},
+			Events:   one,
+			Want:     []want{{Outcome: destinations.Rejected, Reason: "client_id (VALUE_INVALID at client_id)"}},
 		},
 		{
-			tape:     "validate_unavailable",
-			settings: map[string]any{"validate": true},
-			events:   one,
-			want:     []want{{Outcome: destinations.Retryable, Reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
+			Tape:     "validate_unavailable",
+			Settings: map[string]any{"validate": true},
+			Events:   one,
+			Want:     []want{{Outcome: destinations.Retryable, Reason: "GA4 validation server: HTTP 503 Service Unavailable"}},
 		},
 		{
-			tape:     "eu",
-			settings: map[string]any{"api_url": "https://region1.google-analytics.com"},
-			events:   one,
-			want:     []want{delivered},
+			Tape:     "eu",
+			Settings: map[string]any{"api_url": "https://region1.google-analytics.com"},
+			Events:   one,
+			Want:     []want{delivered},
 		},
 		{
-			tape:   "forbidden",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "check api_secret"}},
+			Tape:   "forbidden",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "check api_secret"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 60 * time.Second}},
+			Tape:   "rate_limited",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "HTTP 429 Too Many Requests", RetryAfter: 60 * time.Second}},
 		},
 		{
-			tape:   "server_error",
-			events: one,
-			want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
+			Tape:   "server_error",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Retryable, Status: 500, Reason: "HTTP 500 Internal Server Error"}},
 		},
 		{
-			tape:   "bad_request",
-			events: one,
-			want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "HTTP 400 Bad Request"}},
+			Tape:   "bad_request",
+			Events: one,
+			Want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "HTTP 400 Bad Request"}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape, c.settings)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, setup, cases)
 }
 
 // TestWithoutRequest covers what GA4 would answer 2xx to and drop: such
 // events are rejected in Transform, with the rule they break.
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := newDestination(destinations.Config{Settings: valid}, func() time.Time { return now })
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, New: newAt, Settings: map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"}})
 	long := strings.Repeat("x", 101)
 	many := make([]string, 26)
 	for i := range many {
@@ -183,13 +169,7 @@ func TestWithoutRequest(t *testing.T) {
 			if strings.Contains(payload, `"identify"`) {
 				e.Type = event.Identify
 			}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -197,24 +177,9 @@ func TestWithoutRequest(t *testing.T) {
 // TestBatchLimits checks that Transform cuts one user's events at 25 a
 // request.
 func TestBatchLimits(t *testing.T) {
-	valid, _ := Integration.Settings.Validate(map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"})
-	d, _ := newDestination(destinations.Config{Settings: valid}, func() time.Time { return now })
-	events := make([]event.Event, 2*MaxEventsPerRequest+1)
-	for i := range events {
-		events[i] = signedUp(t)
-	}
-	p, err := d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p.Requests) != 3 || len(p.Requests[0].Events) != MaxEventsPerRequest || len(p.Requests[2].Events) != 1 {
-		t.Fatalf("got %d requests", len(p.Requests))
-	}
-	for _, r := range p.Requests {
-		if len(r.Body) > MaxRequestBytes {
-			t.Errorf("request of %d bytes", len(r.Body))
-		}
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, New: newAt, Settings: map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"}})
+	p := destinationstest.Transform(t, d, slices.Repeat([]event.Event{signedUp(t)}, 2*MaxEventsPerRequest+1)...)
+	destinationstest.CheckBatches(t, p, MaxRequestBytes, MaxEventsPerRequest, MaxEventsPerRequest, 1)
 }
 
 func TestSnakeCase(t *testing.T) {
@@ -246,13 +211,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

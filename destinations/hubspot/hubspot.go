@@ -69,8 +69,6 @@ package hubspot
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -81,6 +79,7 @@ import (
 	"github.com/fanout/fanout/destinations/plan"
 	"github.com/fanout/fanout/destinations/traits"
 	"github.com/fanout/fanout/internal/event"
+	"github.com/google/uuid"
 )
 
 // MaxBatchInputs is the documented number of inputs of a batch upsert.
@@ -132,21 +131,20 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a HubSpot destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
 		base = "https://api.hubapi.com"
 	}
 	if err := destinations.CheckURL("api_url", base); err != nil {
 		return nil, err
 	}
-	token := str("access_token")
+	token := s.String("access_token")
 	if strings.HasPrefix(strings.ToLower(token), "bearer ") {
 		return nil, fmt.Errorf("access_token: expected the token alone, found it with a \"Bearer \" prefix: give it without")
 	}
 	d := &destination{base: strings.TrimRight(base, "/"), auth: "Bearer " + token}
-	d.events, _ = s["events"].(map[string]string)
-	d.properties, _ = s["properties"].(map[string]string)
+	d.events = s.StringMap("events")
+	d.properties = s.StringMap("properties")
 	for name, fq := range d.events {
 		if !strings.HasPrefix(fq, "pe") || !strings.Contains(fq, "_") {
 			return nil, fmt.Errorf("events: %q maps to %q; expected a fully qualified event name such as pe1234567_signed_up (HubSpot > Data Management > Custom Events > the event > Details)", name, fq)
@@ -171,9 +169,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	// names an email twice and a later identify is written later.
 	var rounds plan.Rounds
 	for i := range events {
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		switch events[i].Type {
@@ -226,39 +223,24 @@ func (d *destination) header() http.Header {
 	return http.Header{"Content-Type": {"application/json"}, "Authorization": {d.auth}}
 }
 
+// contactFields are HubSpot's default contact properties for the usual
+// traits; email, lower-cased, is the upsert's key.
+var contactFields = traits.ContactFields{
+	FirstName: "firstname", LastName: "lastname", Phone: "phone", Company: "company",
+	Title: "jobtitle", Website: "website",
+	Street: "address", City: "city", State: "state", PostalCode: "zip", Country: "country",
+	Birthday: "date_of_birth",
+}
+
 // contact builds the upsert input of an identify call.
 func (d *destination) contact(messageID string, m map[string]any) (upsertInput, string) {
 	email := strings.ToLower(traits.Email(m))
 	if email == "" {
 		return upsertInput{}, "the identify call has no email, which HubSpot needs to find or create the contact"
 	}
-	props := map[string]any{"email": email}
-	put := func(k, v string) {
-		if v != "" {
-			props[k] = v
-		}
-	}
-	put("firstname", traits.FirstName(m))
-	put("lastname", traits.LastName(m))
-	put("phone", traits.Phone(m))
-	put("company", traits.Company(m))
-	put("jobtitle", traits.Title(m))
-	put("website", traits.Website(m))
-	a := traits.Address(m)
-	put("address", a.Street)
-	put("city", a.City)
-	put("state", a.State)
-	put("zip", a.PostalCode)
-	put("country", a.Country)
-	if bd, ok := traits.Birthday(m); ok {
-		props["date_of_birth"] = bd.Format("2006-01-02")
-	}
-	t := traits.Traits(m)
-	for trait, prop := range d.properties {
-		if v, ok := t[trait]; ok && v != nil {
-			props[prop] = v
-		}
-	}
+	props := traits.Record{"email": email}
+	props.PutContact(m, contactFields)
+	props.Map(m, d.properties)
 	return upsertInput{ID: email, IDProperty: "email", ObjectWriteTraceID: messageID, Properties: props}, ""
 }
 
@@ -306,46 +288,21 @@ func (d *destination) occurrence(messageID string, m map[string]any) (req *desti
 	}, "", false
 }
 
-// uuidNamespace is the namespace of the name-based UUIDs EventUUID makes,
-// itself a version 5 UUID of "fanout messageId" in the URL namespace.
-var uuidNamespace = [16]byte{0x6b, 0xa7, 0xb8, 0x11, 0x9d, 0xad, 0x11, 0xd1, 0x80, 0xb4, 0x00, 0xc0, 0x4f, 0xd4, 0x30, 0xc8}
-
 // EventUUID returns the uuid of the occurrence with messageID: the
 // messageId itself when it is a UUID (lower-cased), and otherwise the
-// version 5 (SHA-1, name-based) UUID of the messageId, the same on every
-// retry.
+// version 5 (SHA-1, name-based) UUID of the messageId in the URL
+// namespace, the same on every retry.
 func EventUUID(messageID string) string {
 	if isUUID(messageID) {
 		return strings.ToLower(messageID)
 	}
-	h := sha1.New()
-	h.Write(uuidNamespace[:])
-	h.Write([]byte(messageID))
-	var u [16]byte
-	copy(u[:], h.Sum(nil))
-	u[6] = u[6]&0x0f | 0x50
-	u[8] = u[8]&0x3f | 0x80
-	x := hex.EncodeToString(u[:])
-	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+	return uuid.NewSHA1(uuid.NameSpaceURL, []byte(messageID)).String()
 }
 
+// isUUID reports whether s is a UUID in its 36-character form, the one
+// HubSpot takes.
 func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i, r := range s {
-		switch i {
-		case 8, 13, 18, 23:
-			if r != '-' {
-				return false
-			}
-		default:
-			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
-				return false
-			}
-		}
-	}
-	return true
+	return len(s) == 36 && uuid.Validate(s) == nil
 }
 
 // apiError is HubSpot's error body, also the shape of one error of a

@@ -57,16 +57,12 @@ func TestTapes(t *testing.T) {
 	two := func(t *testing.T) []event.Event {
 		return []event.Event{identify(t, "m-1", "ada@example.com"), identify(t, "m-2", "not-an-email")}
 	}
-	cases := []struct {
-		tape   string
-		events func(t *testing.T) []event.Event
-		want   []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
 			// Two contacts in one upsert; the second identify of Ada goes
 			// in a second request, after the first.
-			tape: "identify",
-			events: func(t *testing.T) []event.Event {
+			Tape: "identify",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-1",`+ts+`,"traits":{"email":"Ada@Example.com",
 						"name":"Ada Lovelace","phone":"+44 20 7946 0000","company":{"name":"Analytical Engines"},"title":"CTO",
@@ -76,77 +72,65 @@ func TestTapes(t *testing.T) {
 					destinationstest.Event(t, `{"type":"identify","userId":"u1","messageId":"m-3",`+ts+`,"traits":{"email":"ada@example.com","plan":"max"}}`),
 				}
 			},
-			want: []want{ok, ok, ok},
+			Want: []want{ok, ok, ok},
 		},
 		{
-			tape:   "track",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Delivered, Status: 204}},
+			Tape:   "track",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Delivered, Status: 204}},
 		},
 		{
 			// Multi-status: the error names m-2 by objectWriteTraceId.
-			tape:   "multi_status",
-			events: two,
-			want: []want{
+			Tape:   "multi_status",
+			Events: two,
+			Want: []want{
 				{Outcome: destinations.Delivered, Status: 207},
 				{Outcome: destinations.Rejected, Status: 207, Reason: "VALIDATION_ERROR: Property values were not valid"},
 			},
 		},
 		{
 			// 400 naming one input: it is rejected, the other goes again.
-			tape:   "validation",
-			events: two,
-			want: []want{
+			Tape:   "validation",
+			Events: two,
+			Want: []want{
 				{Outcome: destinations.Retryable, Status: 400, Reason: "because of another contact"},
 				{Outcome: destinations.Rejected, Status: 400, Reason: "INVALID_EMAIL: Email address not-an-email is invalid"},
 			},
 		},
 		{
-			tape:   "unauthorized",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check access_token"}},
+			Tape:   "unauthorized",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check access_token"}},
 		},
 		{
-			tape:   "forbidden",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "needs the analytics.behavioral_events.send scope"}},
+			Tape:   "forbidden",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 403, Reason: "needs the analytics.behavioral_events.send scope"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "ten_secondly_rolling limit", RetryAfter: 10 * time.Second}},
+			Tape:   "rate_limited",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "ten_secondly_rolling limit", RetryAfter: 10 * time.Second}},
 		},
 		{
 			// The same uuid again: the first occurrence was accepted.
-			tape:   "duplicate",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			want:   []want{{Outcome: destinations.Delivered, Status: 409}},
+			Tape:   "duplicate",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
+			Want:   []want{{Outcome: destinations.Delivered, Status: 409}},
 		},
 		{
-			tape:   "server_error",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 502, Reason: "HTTP 502 Bad Gateway"}},
+			Tape:   "server_error",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 502, Reason: "HTTP 502 Bad Gateway"}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, func(t *testing.T, name string, _ map[string]any) *destinationstest.Bundle { return setup(t, name) }, cases)
 }
 
 func newDest(t testing.TB) destinations.Destination {
 	s := map[string]any{"access_token": "tok"}
 	maps.Copy(s, settings)
-	valid, err := Integration.Settings.Validate(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: s})
 	return d
 }
 
@@ -193,10 +177,7 @@ func TestBatches(t *testing.T) {
 	for i := 0; i < MaxBatchInputs+1; i++ {
 		evs = append(evs, identify(t, fmt.Sprint("m-", i), fmt.Sprintf("u%d@example.com", i)))
 	}
-	p, err := d.Transform(context.Background(), evs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, evs...)
 	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchInputs || len(p.Requests[1].Events) != 1 {
 		t.Fatalf("got %d requests", len(p.Requests))
 	}
@@ -217,13 +198,7 @@ func TestWithoutRequest(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := d.Transform(context.Background(), []event.Event{c.e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, c.e), c.outcome, c.reason)
 		})
 	}
 }
@@ -249,12 +224,6 @@ func TestSettings(t *testing.T) {
 		{map[string]any{"access_token": "x", "api_url": "api.hubapi.com"}, "api_url: expected"},
 	}
 	for _, c := range cases {
-		valid, err := Integration.Settings.Validate(c.settings)
-		if err == nil {
-			_, err = New(destinations.Config{Settings: valid})
-		}
-		if err == nil || !strings.Contains(err.Error(), c.err) {
-			t.Errorf("%v: got %v, want %q", c.settings, err, c.err)
-		}
+		destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 	}
 }

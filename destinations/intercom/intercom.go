@@ -74,12 +74,10 @@
 package intercom
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -135,7 +133,7 @@ type destination struct {
 	base   string
 	header http.Header
 	attrs  map[string]string
-	client *http.Client
+	api    *destinations.Sender // the requests outside the Plan
 	now    func() time.Time
 }
 
@@ -148,15 +146,14 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 
 func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	base := str("api_url")
+	base := s.String("api_url")
 	if base == "" {
 		base = "https://api.intercom.io"
 	}
 	if err := destinations.CheckURL("api_url", base); err != nil {
 		return nil, err
 	}
-	version := str("api_version")
+	version := s.String("api_version")
 	if version == "" {
 		version = "2.11"
 	}
@@ -164,20 +161,17 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 		return nil, fmt.Errorf("api_version: expected a version such as 2.11, found %q", version)
 	}
 	d := &destination{
-		base:   strings.TrimRight(base, "/"),
-		client: cfg.Client,
-		now:    now,
+		base: strings.TrimRight(base, "/"),
+		api:  cfg.Sender(now),
+		now:  now,
 		header: http.Header{
-			"Authorization":    {"Bearer " + str("access_token")},
+			"Authorization":    {"Bearer " + s.String("access_token")},
 			"Intercom-Version": {version},
 			"Accept":           {"application/json"},
 			"Content-Type":     {"application/json"},
 		},
 	}
-	d.attrs, _ = s["custom_attributes"].(map[string]string)
-	if d.client == nil {
-		d.client = http.DefaultClient
-	}
+	d.attrs = s.StringMap("custom_attributes")
 	return d, nil
 }
 
@@ -196,9 +190,8 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 			b.Unsupported(i, "Intercom takes identify and track calls, not "+typ)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		if typ == event.Track {
@@ -310,23 +303,16 @@ func (d *destination) search(ctx context.Context, userID, email string) (string,
 		query = map[string]any{"operator": "OR", "value": filters}
 	}
 	body, _ := json.Marshal(map[string]any{"query": query})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.base+"/contacts/search", bytes.NewReader(body))
-	if err != nil {
+	resp, err := d.api.Do(ctx, &destinations.Request{Method: http.MethodPost, URL: d.base + "/contacts/search", Header: d.header.Clone(), Body: body})
+	if errors.Is(err, destinations.ErrInvalidRequest) {
 		return "", &destinations.Result{Outcome: destinations.Rejected, Reason: "api_url: cannot build the search request: " + err.Error()}
 	}
-	req.Header = d.header.Clone()
-	resp, err := d.client.Do(req)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return "", &destinations.Result{Outcome: destinations.Retryable, Reason: "Intercom contact search: " + err.Error()}
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, destinations.DefaultMaxBody))
+	raw := resp.Body
 	if resp.StatusCode != http.StatusOK {
-		r := classify(false, &destinations.Response{StatusCode: resp.StatusCode, Header: resp.Header, Body: raw, ReceivedAt: d.now()})
+		r := classify(false, resp)
 		r.Reason = "Intercom contact search: " + r.Reason
 		return "", &r
 	}

@@ -1,9 +1,7 @@
 package intercom
 
 import (
-	"context"
 	"encoding/json"
-	"strings"
 	"testing"
 	"time"
 
@@ -95,14 +93,7 @@ func TestTapes(t *testing.T) {
 }
 
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"access_token": "tok"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"access_token": "tok"}})
 	cases := []struct {
 		name, typ, payload string
 		outcome            destinations.Outcome
@@ -117,13 +108,7 @@ func TestWithoutRequest(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			e := event.Event{MessageID: "m", Type: c.typ, Payload: json.RawMessage(c.payload)}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -140,13 +125,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

@@ -63,7 +63,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -134,7 +133,7 @@ type destination struct {
 	lookupField string
 	fields      map[string]string
 	partition   string
-	client      *http.Client
+	api         *destinations.Sender // the requests outside the Plan
 	now         func() time.Time
 	tokens      destinations.TokenCache
 }
@@ -148,17 +147,16 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 
 func newDestination(cfg destinations.Config, now func() time.Time) (*destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
 	d := &destination{
-		base:        strings.TrimRight(str("base_url"), "/"),
-		clientID:    str("client_id"),
-		secret:      str("client_secret"),
-		lookupField: str("lookup_field"),
-		partition:   str("partition_name"),
-		client:      cfg.Client,
+		base:        strings.TrimRight(s.String("base_url"), "/"),
+		clientID:    s.String("client_id"),
+		secret:      s.String("client_secret"),
+		lookupField: s.String("lookup_field"),
+		partition:   s.String("partition_name"),
+		api:         cfg.Sender(now),
 		now:         now,
 	}
-	d.fields, _ = s["fields"].(map[string]string)
+	d.fields = s.StringMap("fields")
 	if !destinations.IsHTTPURL(d.base) {
 		return nil, fmt.Errorf("base_url: expected the instance's https URL, such as https://123-ABC-456.mktorest.com, found %q", d.base)
 	}
@@ -166,42 +164,22 @@ func newDestination(cfg destinations.Config, now func() time.Time) (*destination
 	if d.lookupField == "" {
 		d.lookupField = "email"
 	}
-	if d.client == nil {
-		d.client = http.DefaultClient
-	}
 	return d, nil
+}
+
+// leadFields are Marketo's standard lead fields for the usual traits.
+var leadFields = traits.ContactFields{
+	Email: "email", FirstName: "firstName", LastName: "lastName", Phone: "phone",
+	Company: "company", Title: "title", Website: "website",
+	Street: "address", City: "city", State: "state", PostalCode: "postalCode", Country: "country",
+	Birthday: "dateOfBirth",
 }
 
 // lead builds the Marketo lead of an identify call.
 func (d *destination) lead(m map[string]any) map[string]any {
-	lead := map[string]any{}
-	put := func(k, v string) {
-		if v != "" {
-			lead[k] = v
-		}
-	}
-	put("email", traits.Email(m))
-	put("firstName", traits.FirstName(m))
-	put("lastName", traits.LastName(m))
-	put("phone", traits.Phone(m))
-	put("company", traits.Company(m))
-	put("title", traits.Title(m))
-	put("website", traits.Website(m))
-	a := traits.Address(m)
-	put("address", a.Street)
-	put("city", a.City)
-	put("state", a.State)
-	put("postalCode", a.PostalCode)
-	put("country", a.Country)
-	if b, ok := traits.Birthday(m); ok {
-		lead["dateOfBirth"] = b.Format("2006-01-02")
-	}
-	t := traits.Traits(m)
-	for trait, field := range d.fields {
-		if v, ok := t[trait]; ok && v != nil {
-			lead[field] = v
-		}
-	}
+	lead := traits.Record{}
+	lead.PutContact(m, leadFields)
+	lead.Map(m, d.fields)
 	return lead
 }
 
@@ -223,9 +201,8 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 			b.Unsupported(i, "Marketo takes identify calls only, not "+events[i].Type)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		lead := d.lead(m)
@@ -312,23 +289,17 @@ func (d *destination) fetchToken(ctx context.Context) (a tokenAnswer, rejected b
 		"client_id":     {d.clientID},
 		"client_secret": {d.secret},
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.base+"/identity/oauth/token?"+q.Encode(), nil)
-	if err != nil {
+	// Do's error never quotes the URL, which holds the client secret.
+	resp, err := d.api.Do(ctx, &destinations.Request{Method: http.MethodGet, URL: d.base + "/identity/oauth/token?" + q.Encode()})
+	if errors.Is(err, destinations.ErrInvalidRequest) {
 		return a, true, fmt.Errorf("base_url: cannot build the token request: %w", err)
 	}
-	resp, err := d.client.Do(req)
 	if err != nil {
-		// Not err itself: its URL holds the client secret.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return a, false, fmt.Errorf("Marketo identity endpoint: %v", err)
 	}
-	defer resp.Body.Close()
 	// A read error leaves a short body, which then fails to parse: the
 	// status code decides.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
+	body := resp.Body
 	_ = json.Unmarshal(body, &a)
 	switch {
 	case resp.StatusCode == http.StatusOK && a.AccessToken != "":

@@ -1,7 +1,6 @@
 package marketo
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"net/http"
@@ -135,20 +134,10 @@ func TestTokenExpired(t *testing.T) {
 }
 
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{
-		"base_url": "https://123-ABC-456.mktorest.com", "client_id": "id", "client_secret": "s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{
+		"base_url": "https://123-ABC-456.mktorest.com", "client_id": "id", "client_secret": "s"}})
 	track := event.Event{MessageID: "t", Type: event.Track, Payload: json.RawMessage(`{"type":"track","event":"x"}`)}
-	p, err := d.Transform(context.Background(), []event.Event{identify(t, "m1", `{"name":"No Email"}`), track})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, identify(t, "m1", `{"name":"No Email"}`), track)
 	if len(p.Requests) != 0 {
 		t.Fatalf("%d requests, want none (and no token request)", len(p.Requests))
 	}

@@ -116,10 +116,10 @@ var Integration = &destinations.Integration{
 	New:        New,
 }
 
-var regions = map[string]string{
-	"us": "https://api.mixpanel.com",
-	"eu": "https://api-eu.mixpanel.com",
-	"in": "https://api-in.mixpanel.com",
+var regions = []destinations.Region{
+	{Name: "us", URL: "https://api.mixpanel.com"},
+	{Name: "eu", URL: "https://api-eu.mixpanel.com"},
+	{Name: "in", URL: "https://api-in.mixpanel.com"},
 }
 
 // destination is one configured Mixpanel project.
@@ -136,25 +136,14 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Mixpanel destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return v }
-	d := &destination{token: str("project_token")}
+	d := &destination{token: s.String("project_token")}
 
-	base := str("api_url")
-	if base == "" {
-		region := str("region")
-		if region == "" {
-			region = "us"
-		}
-		var ok bool
-		if base, ok = regions[region]; !ok {
-			return nil, fmt.Errorf("region: expected us, eu or in, found %q", region)
-		}
-	} else if err := destinations.CheckURL("api_url", base); err != nil {
+	base, err := s.RegionURL(regions)
+	if err != nil {
 		return nil, err
 	}
-	base = strings.TrimRight(base, "/")
 
-	user, secret, project := str("service_account_username"), str("service_account_secret"), str("project_id")
+	user, secret, project := s.String("service_account_username"), s.String("service_account_secret"), s.String("project_id")
 	q := url.Values{"strict": {"1"}}
 	switch {
 	case user == "" && secret == "":
@@ -188,9 +177,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	var b plan.Builder
 	var batch []plan.Item
 	for i := range events {
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		switch events[i].Type {
@@ -311,29 +299,24 @@ func InsertID(messageID string) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// profileFields are Mixpanel's reserved profile properties for the usual
+// traits.
+var profileFields = traits.ContactFields{
+	Email: "$email", FirstName: "$first_name", LastName: "$last_name", Phone: "$phone",
+	City: "$city", State: "$region", Country: "$country_code",
+}
+
 // Reserved profile properties Mixpanel shows in its UI, from the traits
 // helpers rather than from trait names, so that first_name and firstName
 // both fill $first_name.
 func reserved(m map[string]any) map[string]any {
-	set := map[string]any{}
-	put := func(k, v string) {
-		if v != "" {
-			set[k] = v
-		}
-	}
-	put("$email", traits.Email(m))
-	put("$name", traits.Name(m))
-	put("$first_name", traits.FirstName(m))
-	put("$last_name", traits.LastName(m))
-	put("$phone", traits.Phone(m))
-	put("$avatar", traits.Avatar(m))
+	set := traits.Record{}
+	set.PutContact(m, profileFields)
+	set.Put("$name", traits.Name(m))
+	set.Put("$avatar", traits.Avatar(m))
 	if t, ok := traits.CreatedAt(m); ok {
 		set["$created"] = t.UTC().Format(time.RFC3339)
 	}
-	a := traits.Address(m)
-	put("$city", a.City)
-	put("$region", a.State)
-	put("$country_code", a.Country)
 	return set
 }
 

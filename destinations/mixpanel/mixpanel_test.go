@@ -1,9 +1,9 @@
 package mixpanel
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,15 +53,10 @@ func identify(t *testing.T) event.Event {
 // TestTapes runs each event type's request and each documented answer.
 func TestTapes(t *testing.T) {
 	delivered := want{Outcome: destinations.Delivered, Status: 200}
-	cases := []struct {
-		tape     string
-		settings map[string]any
-		events   func(t *testing.T) []event.Event
-		want     []want
-	}{
+	cases := []destinationstest.TapeCase{
 		{
-			tape: "track",
-			events: func(t *testing.T) []event.Event {
+			Tape: "track",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
 					destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1","messageId":"m-track-1",`+ts+`,
 						"properties":{"revenue":19.99,"currency":"USD"},
@@ -72,74 +67,62 @@ func TestTapes(t *testing.T) {
 					destinationstest.Event(t, `{"type":"screen","name":"Home","userId":"u3","messageId":"m-screen-1",`+ts+`,"context":{"os":{"name":"iOS"}}}`),
 				}
 			},
-			want: []want{delivered, delivered, delivered},
+			Want: []want{delivered, delivered, delivered},
 		},
 		{
-			tape:     "service_account",
-			settings: map[string]any{"service_account_username": "", "project_id": "3141592", "region": "eu"},
-			events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:     []want{delivered},
+			Tape:     "service_account",
+			Settings: map[string]any{"service_account_username": "", "project_id": "3141592", "region": "eu"},
+			Events:   func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:     []want{delivered},
 		},
 		{
-			tape: "partial",
-			events: func(t *testing.T) []event.Event {
+			Tape: "partial",
+			Events: func(t *testing.T) []event.Event {
 				return []event.Event{signedUp(t, "u1", "m-1"), signedUp(t, "u2", "m-2")}
 			},
-			want: []want{
+			Want: []want{
 				{Outcome: destinations.Delivered, Status: 400},
 				{Outcome: destinations.Rejected, Status: 400, Reason: "'properties.time' is invalid"},
 			},
 		},
 		{
-			tape:   "unauthorized",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
+			Tape:   "unauthorized",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "Invalid credentials\", \"status\": \"Unauthorized\"}: check project_token"}},
 		},
 		{
-			tape:   "rate_limited",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits"}},
+			Tape:   "rate_limited",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits"}},
 		},
 		{
-			tape:   "server_error",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
+			Tape:   "server_error",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
 		},
 		{
-			tape:   "too_large",
-			events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "request body too large"}},
+			Tape:   "too_large",
+			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "request body too large"}},
 		},
 		{
-			tape:   "identify",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
-			want:   []want{delivered},
+			Tape:   "identify",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
+			Want:   []want{delivered},
 		},
 		{
 			// The 200 that means failure.
-			tape:   "identify_refused",
-			events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
-			want:   []want{{Outcome: destinations.Rejected, Status: 200, Reason: `refused the profile update: Invalid token "REDACTED"`}},
+			Tape:   "identify_refused",
+			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t)} },
+			Want:   []want{{Outcome: destinations.Rejected, Status: 200, Reason: `refused the profile update: Invalid token "REDACTED"`}},
 		},
 	}
-	for _, c := range cases {
-		t.Run(c.tape, func(t *testing.T) {
-			b := setup(t, c.tape, c.settings)
-			destinationstest.Check(t, b.Send(c.events(t)...), c.want...)
-		})
-	}
+	destinationstest.RunTapes(t, setup, cases)
 }
 
 // TestWithoutRequest covers events decided in Transform.
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{"project_token": "tok"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"project_token": "tok"}})
 	cases := []struct {
 		name, payload string
 		outcome       destinations.Outcome
@@ -161,13 +144,7 @@ func TestWithoutRequest(t *testing.T) {
 			if strings.Contains(c.payload, `"alias"`) {
 				e.Type = event.Alias
 			}
-			p, err := d.Transform(context.Background(), []event.Event{e})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(p.Requests) != 0 || p.Results[0].Outcome != c.outcome || !strings.Contains(p.Results[0].Reason, c.reason) {
-				t.Errorf("got %d requests, %+v", len(p.Requests), p.Results[0])
-			}
+			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
 	}
 }
@@ -175,24 +152,9 @@ func TestWithoutRequest(t *testing.T) {
 // TestBatchLimits checks that Transform cuts what it is given at 2000
 // events, however many it receives.
 func TestBatchLimits(t *testing.T) {
-	valid, _ := Integration.Settings.Validate(map[string]any{"project_token": "tok"})
-	d, _ := New(destinations.Config{Settings: valid})
-	events := make([]event.Event, MaxBatchEvents+1)
-	for i := range events {
-		events[i] = signedUp(t, "u", "m")
-	}
-	p, err := d.Transform(context.Background(), events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p.Requests) != 2 || len(p.Requests[0].Events) != MaxBatchEvents || len(p.Requests[1].Events) != 1 {
-		t.Fatalf("got %d requests", len(p.Requests))
-	}
-	for _, r := range p.Requests {
-		if len(r.Body) > MaxBatchBytes {
-			t.Errorf("request of %d bytes", len(r.Body))
-		}
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"project_token": "tok"}})
+	p := destinationstest.Transform(t, d, slices.Repeat([]event.Event{signedUp(t, "u", "m")}, MaxBatchEvents+1)...)
+	destinationstest.CheckBatches(t, p, MaxBatchBytes, MaxBatchEvents, 1)
 }
 
 func TestInsertID(t *testing.T) {
@@ -227,13 +189,7 @@ func TestSettings(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			valid, err := Integration.Settings.Validate(c.settings)
-			if err == nil {
-				_, err = New(destinations.Config{Settings: valid})
-			}
-			if err == nil || !strings.Contains(err.Error(), c.err) {
-				t.Errorf("got %v, want %q", err, c.err)
-			}
+			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
 	}
 }

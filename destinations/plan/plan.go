@@ -6,7 +6,10 @@
 // package destinations would have to be renamed around.
 package plan
 
-import "github.com/fanout/fanout/destinations"
+import (
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/event"
+)
 
 // Builder accumulates a Plan.
 type Builder struct {
@@ -35,6 +38,17 @@ func (b *Builder) result(i int, r destinations.Result) {
 		b.Plan.Results = make(map[int]destinations.Result)
 	}
 	b.Plan.Results[i] = r
+}
+
+// Fields decodes e, event i, as e.Fields does. When its payload is not a
+// JSON object it rejects the event and returns ok false.
+func (b *Builder) Fields(i int, e *event.Event) (m map[string]any, ok bool) {
+	m, err := e.Fields()
+	if err != nil {
+		b.Reject(i, "the event is not valid JSON: "+err.Error())
+		return nil, false
+	}
+	return m, true
 }
 
 // Add appends a request.

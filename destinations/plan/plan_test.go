@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/event"
 )
 
 func items(sizes ...int) []Item {
@@ -86,5 +87,21 @@ func TestRounds(t *testing.T) {
 	}
 	if want := [][]int{{0, 1, 3}, {2, 5}, {4}}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("rounds %v, want %v", got, want)
+	}
+}
+
+func TestBuilderFields(t *testing.T) {
+	var b Builder
+	if m, ok := b.Fields(0, &event.Event{Payload: []byte(`{"type":"track"}`)}); !ok || m["type"] != "track" {
+		t.Errorf("Fields of a JSON object = %v, %v", m, ok)
+	}
+	if _, ok := b.Fields(1, &event.Event{Payload: []byte(`{"type":`)}); ok {
+		t.Errorf("Fields of a broken payload: ok")
+	}
+	if r, found := b.Plan.Results[1]; !found || r.Outcome != destinations.Rejected || !strings.HasPrefix(r.Reason, "the event is not valid JSON: ") {
+		t.Errorf("a broken payload's result = %+v, want it rejected as not valid JSON", r)
+	}
+	if _, found := b.Plan.Results[0]; found {
+		t.Errorf("a decoded event got a result")
 	}
 }

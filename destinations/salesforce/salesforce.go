@@ -98,7 +98,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -216,7 +215,7 @@ type destination struct {
 	extField    string
 	extFromUser bool // external_id_value is user_id
 	fields      map[string]string
-	client      *http.Client
+	api         *destinations.Sender // the requests outside the Plan
 	// tokens holds the access token; Salesforce gives no expiry, so it
 	// is kept until a 401 drops it.
 	tokens destinations.TokenCache
@@ -232,27 +231,26 @@ var (
 // New builds a Salesforce destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
 	d := &destination{
-		base:     strings.TrimRight(str("instance_url"), "/"),
-		version:  strings.TrimPrefix(strings.ToLower(str("api_version")), "v"),
-		flow:     str("auth_flow"),
-		clientID: str("client_id"),
-		secret:   str("client_secret"),
-		username: str("username"),
-		password: str("password"),
-		extField: str("external_id_field"),
-		client:   cfg.Client,
+		base:     strings.TrimRight(s.String("instance_url"), "/"),
+		version:  strings.TrimPrefix(strings.ToLower(s.String("api_version")), "v"),
+		flow:     s.String("auth_flow"),
+		clientID: s.String("client_id"),
+		secret:   s.String("client_secret"),
+		username: s.String("username"),
+		password: s.String("password"),
+		extField: s.String("external_id_field"),
+		api:      cfg.Sender(nil),
 	}
-	d.fields, _ = s["fields"].(map[string]string)
+	d.fields = s.StringMap("fields")
 	if u, err := url.Parse(d.base); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return nil, fmt.Errorf("instance_url: expected the org's My Domain URL, such as https://acme.my.salesforce.com, found %q", d.base)
 	}
 	if !versionRE.MatchString(d.version) {
-		return nil, fmt.Errorf("api_version: expected a version such as 62.0, found %q", str("api_version"))
+		return nil, fmt.Errorf("api_version: expected a version such as 62.0, found %q", s.String("api_version"))
 	}
 	if major, _ := strconv.Atoi(strings.Split(d.version, ".")[0]); major < minVersion {
-		return nil, fmt.Errorf("api_version: expected %d.0 or later, the first with the sObject Collections upsert, found %q", minVersion, str("api_version"))
+		return nil, fmt.Errorf("api_version: expected %d.0 or later, the first with the sObject Collections upsert, found %q", minVersion, s.String("api_version"))
 	}
 	switch d.flow {
 	case ClientCredentials:
@@ -263,71 +261,58 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	default:
 		return nil, fmt.Errorf("auth_flow: expected client_credentials or password, found %q", d.flow)
 	}
-	switch strings.ToLower(str("object")) {
+	switch strings.ToLower(s.String("object")) {
 	case "lead":
 		d.object = "Lead"
 	case "contact":
 		d.object = "Contact"
 	default:
-		return nil, fmt.Errorf("object: expected Lead or Contact, found %q", str("object"))
+		return nil, fmt.Errorf("object: expected Lead or Contact, found %q", s.String("object"))
 	}
 	if !fieldRE.MatchString(d.extField) {
 		return nil, fmt.Errorf("external_id_field: expected a field API name such as Email or Fanout_User_Id__c, found %q", d.extField)
 	}
-	switch str("external_id_value") {
+	switch s.String("external_id_value") {
 	case "email":
 	case "user_id":
 		d.extFromUser = true
 	default:
-		return nil, fmt.Errorf("external_id_value: expected email or user_id, found %q", str("external_id_value"))
+		return nil, fmt.Errorf("external_id_value: expected email or user_id, found %q", s.String("external_id_value"))
 	}
 	for trait, field := range d.fields {
 		if !fieldRE.MatchString(field) {
 			return nil, fmt.Errorf("fields: expected a field API name for trait %q, found %q", trait, field)
 		}
 	}
-	if d.client == nil {
-		d.client = http.DefaultClient
-	}
 	return d, nil
 }
+
+// leadFields and contactFields are the standard fields of a Lead and of a
+// Contact for the usual traits: a Contact has no Company or Website (its
+// Account does) but a Birthdate, and its address is the Mailing one.
+var (
+	leadFields = traits.ContactFields{
+		FirstName: "FirstName", LastName: "LastName", Email: "Email", Phone: "Phone", Title: "Title",
+		Company: "Company", Website: "Website",
+		Street: "Street", City: "City", State: "State", PostalCode: "PostalCode", Country: "Country",
+	}
+	contactFields = traits.ContactFields{
+		FirstName: "FirstName", LastName: "LastName", Email: "Email", Phone: "Phone", Title: "Title",
+		Street: "MailingStreet", City: "MailingCity", State: "MailingState", PostalCode: "MailingPostalCode", Country: "MailingCountry",
+		Birthday: "Birthdate",
+	}
+)
 
 // record builds the Lead or Contact of an identify call, whose external
 // ID field holds value.
 func (d *destination) record(m map[string]any, value string) map[string]any {
-	rec := map[string]any{}
-	put := func(k, v string) {
-		if v != "" {
-			rec[k] = v
-		}
-	}
-	put("FirstName", traits.FirstName(m))
-	put("LastName", traits.LastName(m))
-	put("Email", traits.Email(m))
-	put("Phone", traits.Phone(m))
-	put("Title", traits.Title(m))
-	a := traits.Address(m)
-	prefix := "" // Lead: Street, ...; Contact: MailingStreet, ...
+	rec := traits.Record{}
+	fields := leadFields
 	if d.object == "Contact" {
-		prefix = "Mailing"
-		if b, ok := traits.Birthday(m); ok {
-			rec["Birthdate"] = b.Format("2006-01-02")
-		}
-	} else {
-		put("Company", traits.Company(m))
-		put("Website", traits.Website(m))
+		fields = contactFields
 	}
-	put(prefix+"Street", a.Street)
-	put(prefix+"City", a.City)
-	put(prefix+"State", a.State)
-	put(prefix+"PostalCode", a.PostalCode)
-	put(prefix+"Country", a.Country)
-	t := traits.Traits(m)
-	for trait, field := range d.fields {
-		if v, ok := t[trait]; ok && v != nil {
-			rec[field] = v
-		}
-	}
+	rec.PutContact(m, fields)
+	rec.Map(m, d.fields)
 	if _, ok := rec["LastName"]; !ok {
 		rec["LastName"] = NotProvided
 	}
@@ -359,9 +344,8 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 			b.Unsupported(i, "Salesforce takes identify calls only, not "+events[i].Type)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		value, from := traits.Email(m), "email"
@@ -449,23 +433,21 @@ func (d *destination) fetchToken(ctx context.Context) (token string, rejected bo
 		form.Set("username", d.username)
 		form.Set("password", d.password)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.base+"/services/oauth2/token", strings.NewReader(form.Encode()))
-	if err != nil {
+	resp, err := d.api.Do(ctx, &destinations.Request{
+		Method: http.MethodPost,
+		URL:    d.base + "/services/oauth2/token",
+		Header: http.Header{"Content-Type": {"application/x-www-form-urlencoded"}},
+		Body:   []byte(form.Encode()),
+	})
+	if errors.Is(err, destinations.ErrInvalidRequest) {
 		return "", true, fmt.Errorf("instance_url: cannot build the token request: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := d.client.Do(req)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return "", false, fmt.Errorf("Salesforce token endpoint: %v", err)
 	}
-	defer resp.Body.Close()
 	// A read error leaves a short body, which then fails to parse: the
 	// status code decides.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<10))
+	body := resp.Body
 	var a tokenAnswer
 	_ = json.Unmarshal(body, &a)
 	switch {

@@ -1,7 +1,6 @@
 package salesforce
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -148,20 +147,10 @@ func TestTokenExpired(t *testing.T) {
 }
 
 func TestWithoutRequest(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{
-		"instance_url": "https://acme.my.salesforce.com", "client_id": "id", "client_secret": "s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{
+		"instance_url": "https://acme.my.salesforce.com", "client_id": "id", "client_secret": "s"}})
 	track := event.Event{MessageID: "t", Type: event.Track, Payload: json.RawMessage(`{"type":"track","event":"x"}`)}
-	p, err := d.Transform(context.Background(), []event.Event{identify(t, "m1", "u-1", `{"name":"No Email"}`), track})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, identify(t, "m1", "u-1", `{"name":"No Email"}`), track)
 	if len(p.Requests) != 0 {
 		t.Fatalf("%d requests, want none (and no token request)", len(p.Requests))
 	}
@@ -203,13 +192,7 @@ func TestSettings(t *testing.T) {
 		{with("fields", map[string]any{"plan": "Plan c"}), `fields: expected a field API name for trait "plan", found "Plan c"`},
 	}
 	for _, c := range cases {
-		valid, err := Integration.Settings.Validate(c.settings)
-		if err == nil {
-			_, err = New(destinations.Config{Settings: valid})
-		}
-		if err == nil || !strings.Contains(err.Error(), c.err) {
-			t.Errorf("%v: got %v, want %q", c.settings, err, c.err)
-		}
+		destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 	}
 	// v62.0 is read as 62.0.
 	valid, _ := Integration.Settings.Validate(with("api_version", "v62.0"))
@@ -221,15 +204,8 @@ func TestSettings(t *testing.T) {
 // TestBatches checks that Transform cuts identify calls into requests of
 // at most MaxBatchRecords records, each event in one request.
 func TestBatches(t *testing.T) {
-	valid, err := Integration.Settings.Validate(map[string]any{
-		"instance_url": "https://acme.my.salesforce.com", "client_id": "id", "client_secret": "s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst, err := New(destinations.Config{Settings: valid})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dst := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{
+		"instance_url": "https://acme.my.salesforce.com", "client_id": "id", "client_secret": "s"}})
 	d := dst.(*destination)
 	// A cached token: Transform makes no token request.
 	if _, err := d.tokens.Get(time.Time{}, func() (string, time.Time, error) { return "t", time.Time{}, nil }); err != nil {
@@ -239,10 +215,7 @@ func TestBatches(t *testing.T) {
 	for i := range 2*MaxBatchRecords + 50 {
 		evs = append(evs, identify(t, fmt.Sprint("m", i), fmt.Sprint("u-", i), fmt.Sprintf(`{"email":"user%d@example.com"}`, i)))
 	}
-	p, err := d.Transform(context.Background(), evs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := destinationstest.Transform(t, d, evs...)
 	var sizes []int
 	seen := map[int]bool{}
 	for _, r := range p.Requests {

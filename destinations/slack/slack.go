@@ -209,16 +209,15 @@ var _ destinations.Destination = (*destination)(nil)
 // New builds a Slack destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
 	s := cfg.Settings
-	str := func(k string) string { v, _ := s[k].(string); return strings.TrimSpace(v) }
 	d := &destination{
-		url:       str("webhook_url"),
+		url:       s.String("webhook_url"),
 		templates: map[string]*template.Template{},
 		settingOf: map[string]string{event.Track: "track_template", event.Identify: "identify_template"},
 		overrides: message{
-			Channel:   str("channel"),
-			Username:  str("username"),
-			IconEmoji: str("icon_emoji"),
-			IconURL:   str("icon_url"),
+			Channel:   s.String("channel"),
+			Username:  s.String("username"),
+			IconEmoji: s.String("icon_emoji"),
+			IconURL:   s.String("icon_url"),
 		},
 	}
 	// The URL is a credential: the error says what was expected, never
@@ -232,8 +231,8 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		}
 	}
 	for typ, key := range d.settingOf {
-		text, ok := s[key].(string)
-		if !ok || strings.TrimSpace(text) == "" {
+		text := s.String(key)
+		if text == "" {
 			// Validate fills in the default; an explicit blank means it.
 			return nil, fmt.Errorf("%s: expected a template, found an empty one", key)
 		}
@@ -330,9 +329,8 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 			b.Unsupported(i, "Slack takes track and identify calls only, not "+typ)
 			continue
 		}
-		m, err := events[i].Fields()
-		if err != nil {
-			b.Reject(i, "the event is not valid JSON: "+err.Error())
+		m, ok := b.Fields(i, &events[i])
+		if !ok {
 			continue
 		}
 		var text strings.Builder

@@ -423,3 +423,67 @@ func trackNumber(m map[string]any, key string) (float64, bool) {
 	}
 	return Number(Get(m, "properties", key))
 }
+
+// Record is the object an integration builds for its API (a contact, a
+// lead, a profile), keyed by the API's field names.
+type Record map[string]any
+
+// Put sets field k to v unless v is empty: a trait the user did not send
+// is left out rather than sent blank, which would erase the API's value.
+func (r Record) Put(k, v string) {
+	if v != "" {
+		r[k] = v
+	}
+}
+
+// Map copies the traits of m named in mapping (trait name to field name,
+// from a setting such as HubSpot's `properties`) into r, as they are. A
+// trait that is absent or null is left out.
+func (r Record) Map(m map[string]any, mapping map[string]string) {
+	t := Traits(m)
+	for trait, field := range mapping {
+		if v, ok := t[trait]; ok && v != nil {
+			r[field] = v
+		}
+	}
+}
+
+// ContactFields names an API's fields for the usual contact traits. A
+// field left "" is not filled.
+type ContactFields struct {
+	Email, FirstName, LastName, Phone, Company, Title, Website string
+	// Street, City, State, PostalCode and Country are Address's parts.
+	Street, City, State, PostalCode, Country string
+	// Birthday is written as YYYY-MM-DD.
+	Birthday string
+}
+
+// PutContact puts the contact traits of m into r under the names in f,
+// leaving out those the user did not send.
+func (r Record) PutContact(m map[string]any, f ContactFields) {
+	put := func(field, v string) {
+		if field != "" {
+			r.Put(field, v)
+		}
+	}
+	put(f.Email, Email(m))
+	put(f.FirstName, FirstName(m))
+	put(f.LastName, LastName(m))
+	put(f.Phone, Phone(m))
+	put(f.Company, Company(m))
+	put(f.Title, Title(m))
+	put(f.Website, Website(m))
+	if f.Street != "" || f.City != "" || f.State != "" || f.PostalCode != "" || f.Country != "" {
+		a := Address(m)
+		put(f.Street, a.Street)
+		put(f.City, a.City)
+		put(f.State, a.State)
+		put(f.PostalCode, a.PostalCode)
+		put(f.Country, a.Country)
+	}
+	if f.Birthday != "" {
+		if b, ok := Birthday(m); ok {
+			r[f.Birthday] = b.Format("2006-01-02")
+		}
+	}
+}

@@ -3,6 +3,7 @@ package traits
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -353,4 +354,26 @@ func FuzzTime(f *testing.F) {
 		}
 		_, _ = Time(v) // must not panic
 	})
+}
+
+func TestRecord(t *testing.T) {
+	m := map[string]any{"type": "identify", "traits": map[string]any{"plan": "pro", "seats": nil, "email": "a@example.com"}}
+	r := Record{}
+	r.Put("email", Email(m))
+	r.Put("phone", Phone(m))
+	r.Map(m, map[string]string{"plan": "Plan__c", "seats": "Seats__c", "missing": "Missing__c"})
+	want := Record{"email": "a@example.com", "Plan__c": "pro"}
+	if !reflect.DeepEqual(r, want) {
+		t.Errorf("Record = %v, want %v: empty and null traits left out", r, want)
+	}
+}
+
+func TestPutContact(t *testing.T) {
+	m := decode(t, `{"type":"identify","traits":{"email":"a@example.com","firstName":"Ada","birthday":"1990-04-05","address":{"city":"Paris","country":"FR"}}}`)
+	r := Record{}
+	r.PutContact(m, ContactFields{Email: "mail", FirstName: "first", LastName: "last", City: "town", Country: "", Birthday: "dob"})
+	want := Record{"mail": "a@example.com", "first": "Ada", "town": "Paris", "dob": "1990-04-05"}
+	if !reflect.DeepEqual(r, want) {
+		t.Errorf("PutContact = %v, want %v: unnamed fields and missing traits left out", r, want)
+	}
 }

@@ -67,6 +67,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/destinations/plan"
 	"github.com/fanout/fanout/internal/event"
 )
 
@@ -153,15 +154,15 @@ var reserved = map[string]bool{
 	"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Connection": true,
 }
 
-func newDestination(settings map[string]any, now func() time.Time) (*destination, error) {
+func newDestination(settings destinations.Settings, now func() time.Time) (*destination, error) {
 	d := &destination{now: now}
 
-	d.url, _ = settings["url"].(string)
+	d.url = settings.String("url")
 	if err := destinations.CheckURL("url", d.url); err != nil {
 		return nil, err
 	}
 
-	if secret, _ := settings["secret"].(string); secret != "" {
+	if secret := settings.String("secret"); secret != "" {
 		key, err := parseSecret(secret)
 		if err != nil {
 			return nil, err
@@ -175,7 +176,7 @@ func newDestination(settings map[string]any, now func() time.Time) (*destination
 		"Content-Type": "application/json",
 		"User-Agent":   "fanout",
 	}
-	extra, _ := settings["headers"].(map[string]string)
+	extra := settings.StringMap("headers")
 	for k, v := range extra {
 		if !validHeaderName(k) {
 			return nil, fmt.Errorf("headers: %q is not a valid header name", k)
@@ -194,7 +195,7 @@ func newDestination(settings map[string]any, now func() time.Time) (*destination
 	}
 	sort.Slice(d.static, func(i, j int) bool { return d.static[i].key < d.static[j].key })
 
-	d.batch, _ = settings["batch"].(int)
+	d.batch = settings.Int("batch")
 	if d.batch < 0 || d.batch > MaxBatchEvents {
 		return nil, fmt.Errorf("batch: expected 0 to %d events per request, found %d", MaxBatchEvents, d.batch)
 	}
@@ -248,7 +249,7 @@ func (d *destination) BatchLimits() destinations.BatchLimits {
 // by those limits itself, so a caller handing it more still gets valid
 // requests.
 func (d *destination) Transform(_ context.Context, events []event.Event) (destinations.Plan, error) {
-	var plan destinations.Plan
+	var b plan.Builder
 	ts := strconv.FormatInt(d.now().Unix(), 10)
 
 	if d.batch <= 1 {
@@ -256,69 +257,43 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 		// slices, rather than one per event.
 		reqs := make([]destinations.Request, len(events))
 		idx := make([]int, len(events))
-		plan.Requests = make([]*destinations.Request, 0, len(events))
+		b.Plan.Requests = make([]*destinations.Request, 0, len(events))
 		for i := range events {
 			e := &events[i]
 			if len(e.Payload) == 0 {
-				reject(&plan, i, "the event has no payload")
+				b.Reject(i, "the event has no payload")
 				continue
 			}
 			idx[i] = i
 			r := &reqs[i]
 			d.fill(r, e.MessageID, ts, e.Source, e.Payload)
 			r.Events = idx[i : i+1 : i+1]
-			plan.Requests = append(plan.Requests, r)
+			b.Add(r)
 		}
-		return plan, nil
+		return b.Plan, nil
 	}
 
-	// Batch mode: cut the events into runs that respect both limits. An
-	// event bigger than MaxBatchBytes on its own still goes, alone.
-	var run []int
-	size := 0
-	flush := func() {
-		if len(run) > 0 {
-			plan.Requests = append(plan.Requests, d.batchRequest(events, run, size, ts))
-		}
-		run, size = nil, 0
-	}
+	// Batch mode: cut the events into runs that respect both limits, a
+	// comma or bracket per payload and the closing bracket. An event
+	// bigger than MaxBatchBytes on its own still goes, alone.
+	items := make([]plan.Item, 0, len(events))
 	for i := range events {
-		n := len(events[i].Payload)
-		if n == 0 {
-			reject(&plan, i, "the event has no payload")
+		if len(events[i].Payload) == 0 {
+			b.Reject(i, "the event has no payload")
 			continue
 		}
-		if len(run) > 0 && (len(run) >= d.batch || size+n+2 > MaxBatchBytes) {
-			flush()
-		}
-		run = append(run, i)
-		size += n + 1 // the payload and a comma or bracket
+		items = append(items, plan.Item{Event: i, Body: events[i].Payload})
 	}
-	flush()
-	return plan, nil
+	for _, run := range plan.Batches(items, d.batch, MaxBatchBytes, 1, 1) {
+		body, idx := plan.JSONArray(run)
+		b.Add(d.batchRequest(events, idx, body, ts))
+	}
+	return b.Plan, nil
 }
 
-// reject gives event i of plan a Rejected outcome without a request.
-func reject(plan *destinations.Plan, i int, reason string) {
-	if plan.Results == nil {
-		plan.Results = make(map[int]destinations.Result)
-	}
-	plan.Results[i] = destinations.Result{Outcome: destinations.Rejected, Reason: reason}
-}
-
-// batchRequest builds the request carrying events[run...], whose payloads
-// and separators sum to size bytes.
-func (d *destination) batchRequest(events []event.Event, run []int, size int, ts string) *destinations.Request {
-	body := make([]byte, 0, size+1)
-	body = append(body, '[')
-	for j, i := range run {
-		if j > 0 {
-			body = append(body, ',')
-		}
-		body = append(body, events[i].Payload...)
-	}
-	body = append(body, ']')
-
+// batchRequest builds the request carrying body, the JSON array of
+// events[run...].
+func (d *destination) batchRequest(events []event.Event, run []int, body []byte, ts string) *destinations.Request {
 	sum := sha256.New()
 	for _, i := range run {
 		sum.Write([]byte(events[i].MessageID))

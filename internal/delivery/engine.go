@@ -54,6 +54,9 @@ type Target struct {
 	// Client performs the requests. Default http.DefaultClient.
 	Client *http.Client
 	Limits
+	// Limiter is RateLimit's limiter when the integration shares it
+	// (destinations.Config.Limiter); nil makes one.
+	Limiter *rate.Limiter
 }
 
 // End is how a delivery attempt left its job.
@@ -162,8 +165,9 @@ func New(opts Options) (*Engine, error) {
 			labels:   pprof.Labels("destination", t.Name, "type", t.Type),
 		}
 		d.sender = destinations.Sender{Client: t.Client, Name: t.Name, Logger: d.log, Now: opts.Clock.Now}
-		if t.RateLimit > 0 {
-			d.limiter = rate.NewLimiter(rate.Limit(t.RateLimit), max(1, int(t.RateLimit/10)))
+		d.limiter = t.Limiter
+		if d.limiter == nil {
+			d.limiter = destinations.NewLimiter(t.RateLimit)
 		}
 		e.dests[t.Name] = d
 	}

@@ -229,7 +229,10 @@ func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Targe
 	for _, d := range cfg.Destinations {
 		integ := reg[d.Type]
 		client := destinations.NewClient(d.Delivery.Timeout, cfg.Network.AllowPrivate)
-		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client})
+		// One limiter for the engine's requests and the integration's own
+		// side requests, so that both count against rate_limit.
+		limiter := destinations.NewLimiter(d.Delivery.RateLimit)
+		impl, err := integ.New(destinations.Config{Name: d.Name, Settings: d.Settings, Client: client, Limiter: limiter})
 		if err != nil {
 			return nil, fmt.Errorf("%s: destination %q: %w", cfg.Path, d.Name, err)
 		}
@@ -239,7 +242,7 @@ func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Targe
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Limits: d.Delivery,
+			Limits: d.Delivery, Limiter: limiter,
 		})
 	}
 	return targets, nil
