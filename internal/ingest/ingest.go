@@ -55,6 +55,9 @@ type Options struct {
 	// name (never the write key), and an error line per store failure.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// PublicURL is how browsers and phones reach the tracking API (the
+	// config's public_url); the settings document points them at it.
+	PublicURL string
 }
 
 // Handler is the tracking API, an http.Handler serving
@@ -74,6 +77,7 @@ type Handler struct {
 	observe    func(Report)
 	now        func() time.Time
 	log        *slog.Logger
+	pub        *public // CORS, rate limits, settings: see public.go
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -116,11 +120,16 @@ func New(opts Options) *Handler {
 	}
 	h.mux.HandleFunc("POST /v1/batch", func(w http.ResponseWriter, r *http.Request) { h.serve(w, r, "") })
 	h.mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) { h.serve(w, r, "") })
+	h.pub = newPublic(opts)
+	h.routePublic()
 	return h
 }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.cors(w, r) {
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -158,9 +167,10 @@ type response struct {
 
 // requestError is a request answered with something other than 200.
 type requestError struct {
-	status   int
-	message  string
-	rejected []Rejection
+	status     int
+	message    string
+	rejected   []Rejection
+	retryAfter string // seconds, for a 429
 }
 
 func badRequest(format string, args ...any) *requestError {
@@ -239,9 +249,15 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		}
 		*source = name
 	}
+	if err := h.admit(r, *source); err != nil {
+		return nil, err
+	}
 
 	entries, rejected, err := h.events(p, typ, *source, body)
 	if err != nil {
+		return nil, err
+	}
+	if err := h.limit(*source, len(entries)); err != nil {
 		return nil, err
 	}
 
@@ -497,6 +513,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, source string, e 
 	if e.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfter)
 	}
+	errorHeaders(w, e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.status)
 	json.NewEncoder(w).Encode(response{Message: e.message, Rejected: e.rejected})
