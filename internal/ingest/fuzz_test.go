@@ -10,7 +10,9 @@ import (
 )
 
 // paths are the endpoints FuzzIngest spreads its inputs over.
-var paths = []string{"/v1/identify", "/v1/track", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias", "/v1/batch", "/v1/import"}
+var paths = []string{"/v1/identify", "/v1/track", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias", "/v1/batch", "/v1/import",
+	// The short paths of analytics.js and the mobile libraries, from 8.
+	"/v1/i", "/v1/t", "/v1/p", "/v1/s", "/v1/g", "/v1/a", "/v1/b"}
 
 // FuzzIngest drives the handler, real store included, with arbitrary bodies.
 // Invariants: no panic; the answer is 200 or 400 with a JSON body; a 200 means
@@ -38,6 +40,10 @@ func FuzzIngest(f *testing.F) {
 		{1, `{"userId":"u","event":"e","timestamp":"9999-12-31T23:59:59Z","sentAt":"0001-01-01T00:00:00Z"}`},
 		{1, `{"userId":"u","event":"e","context":{"ip":"1"},"integrations":{"Slack":{"channel":"x"},"All":true}}`},
 		{6, `{"batch":[{"type":"page","userId":"u","context":null,"integrations":{}}],"context":{"a":1},"integrations":{"b":false}}`},
+		// What analytics.js and the mobile libraries send to the short paths.
+		{9, `{"event":"Clicked","properties":{"x":1},"type":"track","userId":"u1","anonymousId":"a1","messageId":"ajs-next-1","writeKey":"wk","sentAt":"2024-05-01T10:00:05.000Z","timestamp":"2024-05-01T10:00:00.000Z","context":{"page":{"path":"/","url":"http://localhost/"},"userAgent":"Mozilla/5.0","library":{"name":"analytics.js","version":"npm:next-1.84.3"}},"_metadata":{"bundled":["Segment.io"],"unbundled":[],"bundledIds":[]}}`},
+		{13, `{"type":"alias","userId":"new","previousId":"old","anonymousId":"a1"}`},
+		{14, `{"writeKey":"wk","batch":[{"type":"identify","userId":"","anonymousId":"a","traits":{}},{"type":"screen","anonymousId":"a","name":"Cart"}],"sentAt":"2024-05-01T10:00:05.000Z"}`},
 	}
 	for _, s := range seeds {
 		f.Add(s.path, []byte(s.body))

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +89,11 @@ type pageResult struct {
 	AnonymousID string            `json:"anonymousId"`
 	UserAgent   string            `json:"userAgent"`
 	URL         string            `json:"url"`
+	// Sent are the events the page posted to fanout.
+	Sent []struct {
+		Path  string         `json:"path"`
+		Event map[string]any `json:"event"`
+	} `json:"sent"`
 }
 
 func TestAnalyticsJS(t *testing.T) {
@@ -205,12 +211,29 @@ destinations:
 					want["traits.name"] = "Acme"
 					want["traits.employees"] = 12.0
 				case "alias":
-					want["userId"] = user + "-new"
+					// analytics.js sends the current user as userId.
 					want["previousId"] = user
 				}
 				for path, w := range want {
 					if got := get(path); got != w {
 						t.Errorf("%s = %#v, want %#v", path, got, w)
+					}
+				}
+				// Every field the page sent arrives as it was sent, but for
+				// those fanout sets (the timestamp is checked below).
+				var sent map[string]any
+				for _, s := range m.Sent {
+					if s.Event["messageId"] == id {
+						sent = s.Event
+					}
+				}
+				if sent == nil {
+					t.Fatalf("run.mjs saw no request with messageId %s", id)
+				}
+				for _, k := range []string{"type", "userId", "anonymousId", "traits", "properties", "event", "name", "category",
+					"groupId", "previousId", "context", "integrations"} {
+					if !reflect.DeepEqual(ev[k], sent[k]) {
+						t.Errorf("%s delivered as %v, sent as %v", k, ev[k], sent[k])
 					}
 				}
 				if v, _ := get("context.library.version").(string); !strings.Contains(v, "1.84.3") {

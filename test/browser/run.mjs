@@ -10,7 +10,8 @@
 //   WRITE_KEY    the write key of the page's source
 //
 // It prints one line `RESULT {json}`: per mode, the messageId of each call,
-// the page's anonymousId, userAgent and URL; and the failures it saw (a
+// the page's anonymousId, userAgent and URL, and each event as the page
+// posted it; and the failures it saw (a
 // failed request, an answer >= 400, a console error or warning, a page
 // error). It exits 1 when there was any.
 import { chromium } from 'playwright-core';
@@ -76,8 +77,8 @@ for (const mode of modes) {
     if (r.request().method() !== 'POST' || !r.url().startsWith(FANOUT)) return;
     const path = new URL(r.url()).pathname;
     const body = r.request().postDataJSON();
-    if (path === '/v1/b') sent.push(...body.batch.map((e) => ({ path, type: e.type })));
-    else if (path !== '/v1/m') sent.push({ path, type: body.type });
+    if (path === '/v1/b') sent.push(...body.batch.map((event) => ({ path, event })));
+    else if (path !== '/v1/m') sent.push({ path, event: body });
   });
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') fail(`console ${m.type()}: ${m.text()}`);
@@ -129,12 +130,12 @@ for (const mode of modes) {
   // A moment more for anything sent twice.
   await new Promise((r) => setTimeout(r, 500));
   out.sent = sent;
-  if (sent.length !== 5) fail(`posted ${sent.length} events, want 5: ${JSON.stringify(sent)}`);
+  if (sent.length !== 5) fail(`posted ${sent.length} events, want 5: ${sent.map((s) => s.path + ' ' + s.event.type)}`);
   const paths = [...new Set(sent.map((s) => s.path))].sort().join(' ');
   const want = mode === 'batching' ? '/v1/b' : '/v1/a /v1/g /v1/i /v1/p /v1/t';
   if (paths !== want) fail(`posted to ${paths}, want ${want}`);
   result.modes[mode] = out;
-  console.log(`${mode}: posted ${sent.map((s) => s.type + '->' + s.path).join(', ')}`);
+  console.log(`${mode}: posted ${sent.map((s) => s.event.type + ' -> ' + s.path).join(', ')}`);
   await context.close();
 }
 
