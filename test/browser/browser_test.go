@@ -252,4 +252,28 @@ destinations:
 	if t.Failed() {
 		t.Logf("deliveries: %d, bad: %v", recv.Total(), recv.Bad())
 	}
+	// The admin API stays same-origin: no CORS for the page's origin there.
+	for _, method := range []string{"GET", "OPTIONS"} {
+		req, _ := http.NewRequest(method, srv.AdminURL+"/api/v1/sources", nil)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "GET")
+		if res, err := http.DefaultClient.Do(req); err != nil {
+			t.Error(err)
+		} else {
+			res.Body.Close()
+			if v := res.Header.Get("Access-Control-Allow-Origin"); v != "" {
+				t.Errorf("admin API %s answered Access-Control-Allow-Origin %q", method, v)
+			}
+		}
+	}
+	// What fanout counted of the page's requests.
+	if res, err := http.Get(srv.AdminURL + "/metrics"); err == nil {
+		sc := bufio.NewScanner(res.Body)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "fanout_ingest_") {
+				t.Log(sc.Text())
+			}
+		}
+		res.Body.Close()
+	}
 }

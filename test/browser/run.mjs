@@ -65,6 +65,7 @@ for (const mode of modes) {
 
   const fail = (what) => failures.push(`${mode}: ${what}`);
   const sent = []; // the events posted to fanout, as the page sent them
+  let metrics = 0; // posts of analytics.js's own metrics to /v1/m
   const inflight = new Set();
   page.on('request', (r) => inflight.add(r));
   page.on('requestfinished', (r) => inflight.delete(r));
@@ -78,7 +79,8 @@ for (const mode of modes) {
     const path = new URL(r.url()).pathname;
     const body = r.request().postDataJSON();
     if (path === '/v1/b') sent.push(...body.batch.map((event) => ({ path, event })));
-    else if (path !== '/v1/m') sent.push({ path, event: body });
+    else if (path === '/v1/m') metrics++;
+    else sent.push({ path, event: body });
   });
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') fail(`console ${m.type()}: ${m.text()}`);
@@ -135,7 +137,7 @@ for (const mode of modes) {
   const want = mode === 'batching' ? '/v1/b' : '/v1/a /v1/g /v1/i /v1/p /v1/t';
   if (paths !== want) fail(`posted to ${paths}, want ${want}`);
   result.modes[mode] = out;
-  console.log(`${mode}: posted ${sent.map((s) => s.event.type + ' -> ' + s.path).join(', ')}`);
+  console.log(`${mode}: posted ${sent.map((s) => s.event.type + ' -> ' + s.path).join(', ')}; ${metrics} metrics posts to /v1/m`);
   await context.close();
 }
 
