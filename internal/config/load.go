@@ -417,8 +417,10 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 			return d.sequence(n, path, func(n *yaml.Node, path string) error {
 				var s Source
 				err := d.mapping(n, path, map[string]field{
-					"name":            d.str(&s.Name),
-					"write_key":       d.str(&s.WriteKey),
+					"name":      d.str(&s.Name),
+					"write_key": d.str(&s.WriteKey),
+
+					// For the browser and mobile libraries (public.go).
 					"allowed_origins": d.stringList(&s.AllowedOrigins),
 					"rate_limit":      d.number(&s.RateLimit),
 					"rate_burst":      d.integer(&s.RateBurst),

@@ -62,7 +62,8 @@ type Options struct {
 
 // Handler is the tracking API, an http.Handler serving
 // POST /v1/identify, /v1/track, /v1/page, /v1/screen, /v1/group, /v1/alias,
-// /v1/batch and its alias /v1/import. It is safe for concurrent use.
+// /v1/batch and its alias /v1/import, and what the browser and mobile
+// libraries use beside them (see public.go). It is safe for concurrent use.
 //
 // A write key in Basic auth is checked before the body is read. One sent as
 // writeKey in the body can only be found in a body that parses, so a request
@@ -167,10 +168,12 @@ type response struct {
 
 // requestError is a request answered with something other than 200.
 type requestError struct {
-	status     int
-	message    string
-	rejected   []Rejection
-	retryAfter string // seconds, for a 429
+	status   int
+	message  string
+	rejected []Rejection
+
+	// retryAfter is the Retry-After of a 429, in seconds.
+	retryAfter string
 }
 
 func badRequest(format string, args ...any) *requestError {

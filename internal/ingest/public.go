@@ -160,11 +160,13 @@ func (h *Handler) routePublic() {
 // Preflights are answered here rather than through a mux pattern, for
 // which OPTIONS /v1/ would turn the 404 of an unknown path into a 405.
 func (h *Handler) cors(w http.ResponseWriter, r *http.Request) bool {
+	// Every answer depends on Origin, those to requests without one
+	// included: a CDN must not hand a page an answer cached without it.
+	w.Header().Add("Vary", "Origin")
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
-	w.Header().Add("Vary", "Origin")
 	if !h.pub.anyOrigin && !h.pub.origins[strings.ToLower(origin)] {
 		h.fail(w, r, "", forbiddenOrigin(origin))
 		return false

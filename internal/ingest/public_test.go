@@ -302,6 +302,9 @@ func TestSettings(t *testing.T) {
 	if cc := w.Header().Get("Cache-Control"); !strings.Contains(cc, "public") || !strings.Contains(cc, "max-age=") {
 		t.Errorf("Cache-Control %q", cc)
 	}
+	if v := w.Header().Get("Vary"); v != "Origin" {
+		t.Errorf("Vary %q, want Origin: a CDN must not serve this answer to a page", v)
+	}
 	var doc struct {
 		Integrations map[string]struct {
 			APIKey   string `json:"apiKey"`
