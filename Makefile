@@ -4,8 +4,8 @@
 #               127.0.0.1:9090) in the background and `fanout serve` with
 #               fanout.example.yaml in the foreground; Ctrl-C stops both.
 #   make test   installs what the tests need when it is missing (the Node
-#               packages of test/compat and test/ui; Debian's chromium for the
-#               UI's browser test, with apt-get, as root or through sudo),
+#               packages of test/compat, test/ui and test/browser; Debian's chromium for the
+#               browser tests, with apt-get, as root or through sudo),
 #               then checks gofmt and runs go vet and go test -race over every package.
 #   make ui     rebuilds the web UI (web/) into internal/admin/ui/dist, which
 #               is committed and embedded: run it after changing web/.
@@ -17,6 +17,7 @@ NPM   ?= npm
 BIN   := bin/fanout
 NODE_DIR := test/compat/node
 UI_TEST_DIR := test/ui
+BROWSER_TEST_DIR := test/browser
 
 .PHONY: run test build vet fmt-check go-test ui
 
@@ -29,7 +30,7 @@ run: build
 	trap 'exit 130' INT TERM; \
 	$(BIN) serve --config fanout.example.yaml
 
-test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules /usr/bin/chromium fmt-check vet go-test
+test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules $(BROWSER_TEST_DIR)/node_modules /usr/bin/chromium fmt-check vet go-test
 
 /usr/bin/chromium:
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
@@ -42,6 +43,9 @@ $(NODE_DIR)/node_modules: $(NODE_DIR)/package-lock.json
 
 $(UI_TEST_DIR)/node_modules: $(UI_TEST_DIR)/package-lock.json
 	$(NPM) ci --prefix $(UI_TEST_DIR) --no-audit --no-fund
+
+$(BROWSER_TEST_DIR)/node_modules: $(BROWSER_TEST_DIR)/package-lock.json
+	$(NPM) ci --prefix $(BROWSER_TEST_DIR) --no-audit --no-fund
 
 # The built UI is committed, so `go build` needs no Node; this rebuilds it.
 ui:

@@ -24,6 +24,9 @@ import (
 //	fanout_delivery_latency_seconds{destination}         histogram: receivedAt to the delivering attempt's end
 //	fanout_delivery_throttled_total{destination}         counter: events answered 429; each pauses its queue
 //	fanout_ingest_events_total{source,result}            counter: accepted, deduplicated, rejected
+//	fanout_ingest_refused_total{source,reason}           counter: requests refused for origin or rate_limit
+//	                                                     (registered by the server from ingest.Handler.Collectors)
+//	fanout_ingest_client_metrics_total                   counter: metric series client libraries sent to /v1/m
 //	fanout_queue_depth{destination}                      gauge: jobs made and not ended, the backlog on disk
 //	                                                     included (from the stats; see MetricsOptions.Depth)
 //	fanout_queue_backlog_queues{destination}             gauge: queues with more pending jobs on disk than loaded

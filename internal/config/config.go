@@ -16,6 +16,10 @@ type Config struct {
 	Path string `yaml:"-"`
 	// Listen is the tracking API's address. Default 127.0.0.1:8080.
 	Listen string `yaml:"listen"`
+	// PublicURL is how browsers and phones reach the tracking API, such as
+	// https://t.example.com: the settings document the client libraries
+	// load at start-up points them at it. Default http:// and Listen.
+	PublicURL string `yaml:"public_url"`
 	// AdminListen is the admin API, UI, /metrics and /debug/pprof address.
 	// Default 127.0.0.1:8081.
 	AdminListen string `yaml:"admin_listen"`
@@ -49,6 +53,17 @@ type Network struct {
 type Source struct {
 	Name     string `yaml:"name"`
 	WriteKey string `yaml:"write_key"`
+	// AllowedOrigins are the web origins (scheme://host[:port]) whose pages
+	// may send with this source's write key, for CORS. Empty or "*" means
+	// any origin, the default: write keys are public.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// RateLimit is how many events per second the tracking API accepts
+	// from this source; beyond it, requests get a 429 with Retry-After.
+	// 0, the default, means no limit.
+	RateLimit float64 `yaml:"rate_limit"`
+	// RateBurst is how many events the source may send at once above
+	// RateLimit. 0, the default, lets ingest choose (see ingest.Options).
+	RateBurst int `yaml:"rate_burst"`
 }
 
 // Destination is one configured destination.

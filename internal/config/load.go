@@ -400,6 +400,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 	}
 	return d.mapping(n, "", map[string]field{
 		"listen":        d.str(&c.Listen),
+		"public_url":    d.str(&c.PublicURL),
 		"admin_listen":  d.str(&c.AdminListen),
 		"admin_token":   d.str(&c.AdminToken),
 		"data_dir":      d.str(&c.DataDir),
@@ -420,6 +421,11 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 				err := d.mapping(n, path, map[string]field{
 					"name":      d.str(&s.Name),
 					"write_key": d.str(&s.WriteKey),
+
+					// For the browser and mobile libraries (public.go).
+					"allowed_origins": d.stringList(&s.AllowedOrigins),
+					"rate_limit":      d.number(&s.RateLimit),
+					"rate_burst":      d.integer(&s.RateBurst),
 				})
 				c.Sources = append(c.Sources, s)
 				return err
@@ -549,6 +555,12 @@ func (d *decoder) validate(c *Config, reg destinations.Registry) error {
 			return d.invalid(path+".write_key", "same write key as sources[%d] (%s)", j, c.Sources[j].Name)
 		}
 		keyAt[s.WriteKey] = i
+		if err := d.validatePublic(&c.Sources[i], path); err != nil {
+			return err
+		}
+	}
+	if err := d.publicURL(c); err != nil {
+		return err
 	}
 
 	destAt := make(map[string]int, len(c.Destinations))

@@ -67,6 +67,7 @@ func TestLoadValid(t *testing.T) {
 	path := filepath.Join(dir, "fanout.yaml")
 	file := `
 listen: 0.0.0.0:9000
+public_url: https://t.example.com/
 admin_listen: 0.0.0.0:9001
 admin_token: ${TOKEN}
 dedupe_window: 1h
@@ -75,6 +76,9 @@ network:
 sources:
   - name: web
     write_key: wk_web
+    allowed_origins: ["https://Shop.example.com/", "http://localhost:3000"]
+    rate_limit: 50
+    rate_burst: 100
   - name: ios
     write_key: "$${literal}"
 destinations:
@@ -108,12 +112,16 @@ destinations:
 	want := &Config{
 		Path:         path,
 		Listen:       "0.0.0.0:9000",
+		PublicURL:    "https://t.example.com",
 		AdminListen:  "0.0.0.0:9001",
 		AdminToken:   "tok",
 		DataDir:      filepath.Join(dir, "fanout-data"),
 		Network:      Network{AllowPrivate: true},
 		DedupeWindow: time.Hour,
-		Sources:      []Source{{Name: "web", WriteKey: "wk_web"}, {Name: "ios", WriteKey: "${literal}"}},
+		Sources: []Source{
+			{Name: "web", WriteKey: "wk_web", AllowedOrigins: []string{"https://shop.example.com", "http://localhost:3000"}, RateLimit: 50, RateBurst: 100},
+			{Name: "ios", WriteKey: "${literal}"},
+		},
 		Destinations: []Destination{
 			{
 				Name:    "hooks",
@@ -192,7 +200,7 @@ func TestLoadErrors(t *testing.T) {
 		{"top level not a mapping", "- a\n", nil,
 			`fanout.yaml:1: expected a mapping, found a list`},
 		{"unknown top-level key", "lisen: 1\n" + minimal, nil,
-			"fanout.yaml:1: lisen: unknown key (known keys: admin_listen, admin_token, data_dir, dedupe_window, destinations, listen, network, sources, storage)"},
+			"fanout.yaml:1: lisen: unknown key (known keys: admin_listen, admin_token, data_dir, dedupe_window, destinations, listen, network, public_url, sources, storage)"},
 		{"unknown nested key", replace("    sources: [web]", "    sources: [web]\n    delivery:\n      timeuot: 1s"), nil,
 			"fanout.yaml:10: destinations[0].delivery.timeuot: unknown key (known keys: concurrency, rate_limit, retry_window, timeout)"},
 		{"repeated key", "listen: a:1\nlisten: b:2\n" + minimal, nil,

@@ -10,7 +10,9 @@ import (
 )
 
 // paths are the endpoints FuzzIngest spreads its inputs over.
-var paths = []string{"/v1/identify", "/v1/track", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias", "/v1/batch", "/v1/import"}
+var paths = []string{"/v1/identify", "/v1/track", "/v1/page", "/v1/screen", "/v1/group", "/v1/alias", "/v1/batch", "/v1/import",
+	// The short paths of analytics.js and the mobile libraries, from 8.
+	"/v1/i", "/v1/t", "/v1/p", "/v1/s", "/v1/g", "/v1/a", "/v1/b"}
 
 // FuzzIngest drives the handler, real store included, with arbitrary bodies.
 // Invariants: no panic; the answer is 200 or 400 with a JSON body; a 200 means
@@ -49,6 +51,10 @@ func FuzzIngest(f *testing.F) {
 		{4, `{"userId":false,"anonymousId":"a","groupId":"g"}`},
 		{1, `{"userId":"u","event":"e","properties":"x","properties":{},"sentAt":"2024-05-01"}`},
 		{6, `{"batch":[{"type":"identify","userId":"u","traits":7},{"type":"track","userId":"u","event":"e","messageId":-1.5e3,"context":[]},{"type":"page","anonymousId":true},{"type":"screen","userId":"u","originalTimestamp":"now"}]}`},
+		// What analytics.js and the mobile libraries send to the short paths.
+		{9, `{"event":"Clicked","properties":{"x":1},"type":"track","userId":"u1","anonymousId":"a1","messageId":"ajs-next-1","writeKey":"wk","sentAt":"2024-05-01T10:00:05.000Z","timestamp":"2024-05-01T10:00:00.000Z","context":{"page":{"path":"/","url":"http://localhost/"},"userAgent":"Mozilla/5.0","library":{"name":"analytics.js","version":"npm:next-1.84.3"}},"_metadata":{"bundled":["Segment.io"],"unbundled":[],"bundledIds":[]}}`},
+		{13, `{"type":"alias","userId":"new","previousId":"old","anonymousId":"a1"}`},
+		{14, `{"writeKey":"wk","batch":[{"type":"identify","userId":"","anonymousId":"a","traits":{}},{"type":"screen","anonymousId":"a","name":"Cart"}],"sentAt":"2024-05-01T10:00:05.000Z"}`},
 	}
 	for _, s := range seeds {
 		f.Add(s.path, []byte(s.body))

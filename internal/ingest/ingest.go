@@ -55,11 +55,15 @@ type Options struct {
 	// name (never the write key), and an error line per store failure.
 	// Default slog.Default().
 	Logger *slog.Logger
+	// PublicURL is how browsers and phones reach the tracking API (the
+	// config's public_url); the settings document points them at it.
+	PublicURL string
 }
 
 // Handler is the tracking API, an http.Handler serving
 // POST /v1/identify, /v1/track, /v1/page, /v1/screen, /v1/group, /v1/alias,
-// /v1/batch and its alias /v1/import. It is safe for concurrent use.
+// /v1/batch and its alias /v1/import, and what the browser and mobile
+// libraries use beside them (see public.go). It is safe for concurrent use.
 //
 // A write key in Basic auth is checked before the body is read. One sent as
 // writeKey in the body can only be found in a body that parses, so a request
@@ -74,6 +78,7 @@ type Handler struct {
 	observe    func(Report)
 	now        func() time.Time
 	log        *slog.Logger
+	pub        *public // CORS, rate limits, settings: see public.go
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -116,11 +121,16 @@ func New(opts Options) *Handler {
 	}
 	h.mux.HandleFunc("POST /v1/batch", func(w http.ResponseWriter, r *http.Request) { h.serve(w, r, "") })
 	h.mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) { h.serve(w, r, "") })
+	h.pub = newPublic(opts)
+	h.routePublic()
 	return h
 }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.cors(w, r) {
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 
@@ -166,6 +176,9 @@ type requestError struct {
 	status   int
 	message  string
 	rejected []Rejection
+
+	// retryAfter is the Retry-After of a 429, in seconds.
+	retryAfter string
 }
 
 func badRequest(format string, args ...any) *requestError {
@@ -244,9 +257,15 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 		}
 		*source = name
 	}
+	if err := h.admit(r, *source); err != nil {
+		return nil, err
+	}
 
 	entries, rejected, err := h.events(p, typ, *source, body)
 	if err != nil {
+		return nil, err
+	}
+	if err := h.limit(*source, len(entries)); err != nil {
 		return nil, err
 	}
 
@@ -505,6 +524,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, source string, e 
 	if e.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfter)
 	}
+	errorHeaders(w, e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(e.status)
 	json.NewEncoder(w).Encode(response{Message: e.message, Rejected: e.rejected})

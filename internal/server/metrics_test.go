@@ -721,6 +721,7 @@ func checkLabels(t *testing.T, samples map[string]float64) {
 		"source":      set(append([]string{""}, queueSources...)...),
 		"outcome":     set(outcomes...),
 		"result":      set("accepted", "deduplicated", "rejected"),
+		"reason":      set("origin", "rate_limit"),
 	}
 	for k := range samples {
 		if !strings.HasPrefix(k, "fanout_") {

@@ -204,7 +204,10 @@ func New(opts Options) (_ *Server, err error) {
 		Observe: observeIngest,
 		Now:     opts.Clock.Now,
 		Logger:  opts.Logger,
+
+		PublicURL: cfg.PublicURL,
 	})
+	metrics.Registry().MustRegister(tracking.Collectors()...)
 	s.track = newHTTPServer(tracking, opts)
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
