@@ -534,11 +534,11 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 		}
 	}
 	var (
-		rQ                  []int32
-		rSeq, rDue, rRecv   []int64
-		rAttempts           []int32
-		rErr, rType         []string
-		rMsg, rPayload      [][]byte
+		rQ                []int32
+		rSeq, rDue, rRecv []int64
+		rAttempts         []int32
+		rErr, rType       []string
+		rMsg, rPayload    [][]byte
 	)
 	for _, k := range retryOrder {
 		r := retry[k]
