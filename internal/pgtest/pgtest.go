@@ -264,3 +264,7 @@ func server(t testing.TB) *Server {
 	}
 	return shared.srv
 }
+
+// Dir returns the server's temporary directory, which holds its data, its
+// socket and its log.
+func (s *Server) Dir() string { return s.dir }
