@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/fanout/fanout/internal/jobstore"
 )
@@ -165,8 +166,31 @@ func (s *Store) commitGroup(reqs []*appendReq) {
 	}
 }
 
-// commit runs the group's transaction. On error nothing of the group is
-// stored and the requests' dup flags are reset.
+// querier is what a pooled connection and a transaction have in common.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// upsertDedupe records ids in one dedupe bucket and returns those it wrote:
+// see dedupe. Rows go in key order, so that two nodes' groups wait for
+// each other instead of deadlocking.
+const upsertDedupe = `INSERT INTO dedupe (bucket, source, message_id, stored_at)
+	SELECT $1, u.s, u.m, $4 FROM unnest($2::text[], $3::bytea[]) AS u(s, m)
+	ORDER BY 2, 3
+	ON CONFLICT (bucket, source, message_id) DO UPDATE SET stored_at = excluded.stored_at
+	WHERE dedupe.stored_at <= $5
+	RETURNING source, message_id`
+
+// commit runs the group's transaction in three round trips: BEGIN, the
+// dedupe upsert and the Seq counter's UPDATE pipelined in one; the COPY of
+// the jobs; COMMIT. The counter is advanced by the jobs of every entry
+// that is not a duplicate within the group, before the dedupe upsert has
+// answered: the Seqs of the entries it finds stored are left unused, a gap
+// that Seqs may have (each Append's stored jobs still get consecutive
+// Seqs). On error nothing of the group is stored and the requests' dup
+// flags are reset.
 func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 	// The group's own context: one caller giving up must not abort the
 	// others' commit.
@@ -182,6 +206,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 	firstOf := make(map[dedupeID]ref)
 	var cands []dedupeID
 	queues := make(map[jobstore.Queue]bool)
+	var reserve int64
 	for ri, r := range reqs {
 		for ei, e := range r.entries {
 			r.dup[ei] = false
@@ -194,6 +219,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 				firstOf[id] = ref{ri, ei}
 				cands = append(cands, id)
 			}
+			reserve += int64(len(e.Destinations))
 			for _, d := range e.Destinations {
 				queues[jobstore.Queue{Source: e.Event.Source, Destination: d}] = true
 			}
@@ -210,14 +236,50 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 		return err
 	}
 
-	tx, err := s.pool.Begin(ctx)
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback(context.Background())
+	inTx := false
+	defer func() {
+		if err != nil && inTx {
+			if _, rerr := conn.Exec(context.Background(), "ROLLBACK"); rerr != nil {
+				// The pool throws a closed connection away.
+				conn.Conn().Close(context.Background())
+			}
+		}
+		conn.Release()
+	}()
+
+	t := now.UnixNano()
+	cutoff := t - s.span
+	srcs := make([]string, len(cands))
+	ids := make([][]byte, len(cands))
+	for i, c := range cands {
+		srcs[i], ids[i] = c.source, []byte(c.messageID)
+	}
+	var won map[dedupeID]bool
+	var last int64
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	if len(cands) > 0 {
+		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff).Query(func(rows pgx.Rows) error {
+			won, err = collectIDs(rows, nil)
+			return err
+		})
+	}
+	if reserve > 0 {
+		b.Queue("UPDATE meta SET last_seq = last_seq + $1 RETURNING last_seq", reserve).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&last)
+		})
+	}
+	inTx = true
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
 
 	if len(cands) > 0 {
-		dups, err := s.dedupe(ctx, tx, cands, now, bucket)
+		dups, err := s.dedupeNext(ctx, conn, cands, won, t, bucket)
 		if err != nil {
 			return err
 		}
@@ -227,24 +289,12 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 		}
 	}
 
-	var n int64
-	for _, r := range reqs {
-		for i, e := range r.entries {
-			if !r.dup[i] {
-				n += int64(len(e.Destinations))
-			}
-		}
-	}
-	if n > 0 {
-		var last int64
-		if err := tx.QueryRow(ctx, "UPDATE meta SET last_seq = last_seq + $1 RETURNING last_seq", n).Scan(&last); err != nil {
+	if reserve > 0 {
+		if err := s.ensureJobParts(ctx, conn, last); err != nil {
 			return err
 		}
-		if err := s.ensureJobParts(ctx, tx, last); err != nil {
-			return err
-		}
-		seq := last - n + 1
 		var rows [][]any
+		seq := last - reserve + 1
 		s.mu.RLock()
 		for _, r := range reqs {
 			r.first = uint64(seq)
@@ -261,44 +311,34 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 			}
 		}
 		s.mu.RUnlock()
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"jobs"},
-			[]string{"queue_id", "seq", "message_id", "type", "received_at", "payload"},
-			pgx.CopyFromRows(rows)); err != nil {
-			return err
+		if len(rows) > 0 {
+			if _, err := conn.CopyFrom(ctx, pgx.Identifier{"jobs"},
+				[]string{"queue_id", "seq", "message_id", "type", "received_at", "payload"},
+				pgx.CopyFromRows(rows)); err != nil {
+				return err
+			}
 		}
 	}
-	return tx.Commit(ctx)
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return err
+	}
+	inTx = false
+	return nil
 }
 
-// dedupe records the candidates in the dedupe table and returns those that
-// are duplicates: stored less than the window ago, by this node or another.
+// dedupeNext completes the dedupe of cands, given the ids that the upsert
+// into their own bucket wrote (won), and returns the duplicates: stored
+// less than the window ago, by this node or another.
 //
 // Buckets span one window, and a record stored at t goes into its own
 // bucket and, when t+window reaches into the next bucket, into that one
 // too. Every later store of the same id within the window falls into one of
 // those two buckets, so it meets the record in the primary key of the bucket
-// it writes (its own): a plain INSERT ... ON CONFLICT on one bucket decides,
-// and the unique index makes concurrent writers of the same id, on any
-// node, wait for each other (first commit wins). The upsert replaces a
-// record only when it has left the window, so a duplicate never extends it.
-func (s *Store) dedupe(ctx context.Context, tx pgx.Tx, cands []dedupeID, now time.Time, bucket int64) (map[dedupeID]bool, error) {
-	t := now.UnixNano()
-	cutoff := t - s.span
-	srcs := make([]string, len(cands))
-	ids := make([][]byte, len(cands))
-	for i, c := range cands {
-		srcs[i], ids[i] = c.source, []byte(c.messageID)
-	}
-	const upsert = `INSERT INTO dedupe (bucket, source, message_id, stored_at)
-		SELECT $1, u.s, u.m, $4 FROM unnest($2::text[], $3::bytea[]) AS u(s, m)
-		ORDER BY 2, 3
-		ON CONFLICT (bucket, source, message_id) DO UPDATE SET stored_at = excluded.stored_at
-		WHERE dedupe.stored_at <= $5
-		RETURNING source, message_id`
-	won, err := collectIDs(tx.Query(ctx, upsert, bucket, srcs, ids, t, cutoff))
-	if err != nil {
-		return nil, err
-	}
+// it writes (its own): the upsert on one bucket decides, and the unique
+// index makes concurrent writers of the same id, on any node, wait for each
+// other (first commit wins). The upsert replaces a record only when it has
+// left the window, so a duplicate never extends it.
+func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won map[dedupeID]bool, t, bucket int64) (map[dedupeID]bool, error) {
 	dups := make(map[dedupeID]bool)
 	var wonSrcs []string
 	var wonIDs [][]byte
@@ -315,8 +355,8 @@ func (s *Store) dedupe(ctx context.Context, tx pgx.Tx, cands []dedupeID, now tim
 	// The window reaches into the next bucket: record the winners there
 	// too. One that meets a record there lost a race with another node
 	// that stored it in the next bucket meanwhile: it is a duplicate, and
-	// its primary record goes again.
-	won2, err := collectIDs(tx.Query(ctx, upsert, bucket+1, wonSrcs, wonIDs, t, cutoff))
+	// its record in its own bucket goes again.
+	won2, err := collectIDs(q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span))
 	if err != nil {
 		return nil, err
 	}
@@ -330,7 +370,7 @@ func (s *Store) dedupe(ctx context.Context, tx pgx.Tx, cands []dedupeID, now tim
 		}
 	}
 	if len(lostSrcs) > 0 {
-		if _, err := tx.Exec(ctx, `DELETE FROM dedupe d USING unnest($2::text[], $3::bytea[]) AS u(s, m)
+		if _, err := q.Exec(ctx, `DELETE FROM dedupe d USING unnest($2::text[], $3::bytea[]) AS u(s, m)
 			WHERE d.bucket = $1 AND d.source = u.s AND d.message_id = u.m AND d.stored_at = $4`,
 			bucket, lostSrcs, lostIDs, t); err != nil {
 			return nil, err
@@ -385,7 +425,7 @@ func (s *Store) ensureDedupeParts(ctx context.Context, bucket int64) error {
 // next one when last has passed the middle of the highest partition, so that
 // a partition is usually created a good while before its first job. The
 // caller's transaction holds the meta row's lock.
-func (s *Store) ensureJobParts(ctx context.Context, tx pgx.Tx, last int64) error {
+func (s *Store) ensureJobParts(ctx context.Context, tx querier, last int64) error {
 	span := s.opts.PartitionJobs
 	if last+span/2 < s.partHi {
 		return nil

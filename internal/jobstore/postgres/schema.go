@@ -142,7 +142,7 @@ func dedupePartName(b int64) string { return "dedupe_b" + strconv.FormatInt(b, 1
 // writes, where CREATE TABLE ... PARTITION OF takes an exclusive one. The
 // caller holds the meta row's lock, so no other node creates partitions
 // meanwhile.
-func createJobParts(ctx context.Context, tx pgx.Tx, lo, hi int64) error {
+func createJobParts(ctx context.Context, tx querier, lo, hi int64) error {
 	var b strings.Builder
 	for _, t := range []struct{ parent, name string }{
 		{"jobs", jobPartName(lo)},
