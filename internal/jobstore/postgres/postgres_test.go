@@ -229,3 +229,88 @@ func TestMigrateConcurrently(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestApplied: each Append's stored entries are announced with the Seq of
+// their first job, duplicates left out, before Append returns.
+func TestApplied(t *testing.T) {
+	ctx := t.Context()
+	var mu sync.Mutex
+	var got []jobstore.Appended
+	s, _ := setup(t, Options{Applied: func(a jobstore.Appended) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, a)
+	}})
+	if _, err := s.Append(ctx, entries("web", []string{"hook", "crm"}, "a", 3)); err != nil {
+		t.Fatal(err)
+	}
+	es := entries("web", []string{"hook", "crm"}, "a", 5) // a-0..a-2 are duplicates
+	if _, err := s.Append(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || len(got[0].Entries) != 3 || len(got[1].Entries) != 2 {
+		t.Fatalf("announced %+v, want 3 entries then 2", got)
+	}
+	want := map[uint64]string{}
+	for _, a := range got {
+		a.Runs(func(entries []jobstore.Entry, dests []string, first uint64) {
+			for i, e := range entries {
+				for k, d := range dests {
+					want[first+uint64(i*len(dests)+k)] = d + "/" + e.Event.MessageID
+				}
+			}
+		})
+	}
+	for _, dest := range []string{"hook", "crm"} {
+		jobs, err := s.Pending(ctx, jobstore.Queue{Source: "web", Destination: dest}, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) != 5 {
+			t.Fatalf("Pending(%s) = %d jobs, want 5", dest, len(jobs))
+		}
+		for _, j := range jobs {
+			if w := want[j.Seq]; w != dest+"/"+j.Event.MessageID {
+				t.Errorf("job %d is %s/%s, announced as %q", j.Seq, dest, j.Event.MessageID, w)
+			}
+		}
+	}
+}
+
+// TestDatabaseDown: once the server is gone, Append fails with
+// ErrUnavailable (the tracking API's 503) and reads fail.
+func TestDatabaseDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster of its own")
+	}
+	ctx := t.Context()
+	srv, err := pgtest.StartServer(pgtest.Options{Settings: pgtest.TestSettings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	dsn, err := srv.CreateDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, dsn, Options{CleanupInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Append(ctx, entries("web", []string{"hook"}, "up", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Append(ctx, entries("web", []string{"hook"}, "down", 2))
+	if !errors.Is(err, jobstore.ErrUnavailable) {
+		t.Errorf("Append with the database down = %v, want an error wrapping jobstore.ErrUnavailable", err)
+	}
+	if _, err := s.Pending(ctx, jobstore.Queue{Source: "web", Destination: "hook"}, 0, 10); !errors.Is(err, jobstore.ErrUnavailable) {
+		t.Errorf("Pending with the database down = %v, want an error wrapping jobstore.ErrUnavailable", err)
+	}
+}
