@@ -44,12 +44,17 @@
 // # Operations, step by step
 //
 //  1. Append hands its entries to the committer goroutine, which gathers
-//     every Append waiting and commits them in one transaction (commit.go):
-//     the dedupe upsert, one UPDATE of meta.last_seq by the number of jobs
-//     (which hands out a consecutive range of Seqs, so each Append's jobs
-//     have consecutive Seqs as jobstore.Appended expects), the creation of
-//     the next partition when the new Seqs pass the middle of the highest
-//     one, and one COPY of all the jobs. synchronous_commit is on: Append
+//     every Append waiting and commits them in one transaction (commit.go)
+//     of three round trips: BEGIN, the dedupe upsert and one UPDATE of
+//     meta.last_seq, pipelined; one COPY of all the jobs; COMMIT. The
+//     UPDATE reserves a consecutive range of Seqs for the jobs of every
+//     entry that is not a duplicate within the group; it is sent before
+//     the upsert has said which entries were stored earlier, so the Seqs
+//     of those are left unused (a gap after the group's last job). Each
+//     Append's stored jobs still have consecutive Seqs, as
+//     jobstore.Appended expects. When the new Seqs pass the middle of the
+//     highest partition, the next one is created in the same transaction.
+//     synchronous_commit is on: Append
 //     returns after COMMIT, that is after the WAL is flushed, and the
 //     group's Appends share that flush. Options.Applied hears of each
 //     Append's jobs after the commit and before Append returns.
