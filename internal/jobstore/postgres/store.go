@@ -372,7 +372,8 @@ func (s *Store) Pending(ctx context.Context, q jobstore.Queue, after uint64, lim
 		FROM jobs j
 		WHERE j.queue_id = $1
 		  AND j.seq > GREATEST($2::bigint, (SELECT drop_below - 1 FROM queues WHERE id = $1))
-		  AND NOT EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+		  AND NOT EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = $1 AND f.seq = j.seq
+		    AND f.seq > GREATEST($2::bigint, (SELECT drop_below - 1 FROM queues WHERE id = $1)))
 		ORDER BY j.seq
 		LIMIT $3`, id, int64(after), limit)
 	if err != nil {
@@ -603,7 +604,7 @@ func (s *Store) Queues(ctx context.Context) ([]jobstore.Queue, error) {
 	rows, err := s.pool.Query(ctx, `SELECT q.source, q.destination FROM queues q
 		WHERE EXISTS (SELECT 1 FROM retries r WHERE r.queue_id = q.id)
 		   OR EXISTS (SELECT 1 FROM jobs j WHERE j.queue_id = q.id AND j.seq >= q.drop_below
-		              AND NOT EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = j.queue_id AND f.seq = j.seq))
+		              AND NOT EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = q.id AND f.seq = j.seq AND f.seq >= q.drop_below))
 		ORDER BY q.source, q.destination`)
 	if err != nil {
 		return nil, wrapErr("queues", err)
