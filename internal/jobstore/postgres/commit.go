@@ -173,15 +173,22 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// upsertDedupe records ids in one dedupe bucket and returns those it wrote:
-// see dedupe. Rows go in key order, so that two nodes' groups wait for
-// each other instead of deadlocking.
+// upsertDedupe records ids in dedupe bucket $1 and returns those it wrote:
+// see dedupe. An id with a record in the previous bucket that is still in
+// the window ($6 = $1-1) is not written. Rows go in key order, so that two
+// nodes' groups wait for each other instead of deadlocking.
 const upsertDedupe = `INSERT INTO dedupe (bucket, source, message_id, stored_at)
 	SELECT $1, u.s, u.m, $4 FROM unnest($2::text[], $3::bytea[]) AS u(s, m)
+	WHERE NOT EXISTS (SELECT 1 FROM dedupe p
+		WHERE p.bucket = $6 AND p.source = u.s AND p.message_id = u.m AND p.stored_at > $5)
 	ORDER BY 2, 3
 	ON CONFLICT (bucket, source, message_id) DO UPDATE SET stored_at = excluded.stored_at
 	WHERE dedupe.stored_at <= $5
 	RETURNING source, message_id`
+
+// clockMargin is how far apart the clocks of nodes sharing a database may
+// be for dedupe to stay exact at a bucket boundary; see dedupe.
+const clockMargin = time.Minute
 
 // commit runs the group's transaction in three round trips: BEGIN, the
 // dedupe upsert and the Seq counter's UPDATE pipelined in one; the COPY of
@@ -263,29 +270,43 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	if len(cands) > 0 {
-		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff).Query(func(rows pgx.Rows) error {
+		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
 			won, err = collectIDs(rows, nil)
 			return err
 		})
 	}
-	if reserve > 0 {
+	// The counter's row lock is taken after every dedupe write: a group
+	// holding it must never wait for another group's dedupe record, or two
+	// nodes' groups can deadlock. Near a bucket's end the dedupe takes a
+	// second round trip, and the counter waits for it.
+	next := len(cands) > 0 && t > (bucket+1)*s.span-int64(clockMargin)
+	reserveSeqs := func(b *pgx.Batch) {
 		b.Queue("UPDATE meta SET last_seq = last_seq + $1 RETURNING last_seq", reserve).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&last)
 		})
+	}
+	if reserve > 0 && !next {
+		reserveSeqs(b)
 	}
 	inTx = true
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return err
 	}
-
 	if len(cands) > 0 {
-		dups, err := s.dedupeNext(ctx, conn, cands, won, t, bucket)
+		dups, err := s.dedupeNext(ctx, conn, cands, won, t, bucket, next)
 		if err != nil {
 			return err
 		}
 		for id := range dups {
 			ref := firstOf[id]
 			reqs[ref.req].dup[ref.entry] = true
+		}
+	}
+	if reserve > 0 && next {
+		b = &pgx.Batch{}
+		reserveSeqs(b)
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
 		}
 	}
 
@@ -328,17 +349,21 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 
 // dedupeNext completes the dedupe of cands, given the ids that the upsert
 // into their own bucket wrote (won), and returns the duplicates: stored
-// less than the window ago, by this node or another.
+// less than the window ago, by this node or another. With next set, t is
+// within clockMargin of its bucket's end and the winners are recorded in
+// the next bucket too.
 //
-// Buckets span one window, and a record stored at t goes into its own
-// bucket and, when t+window reaches into the next bucket, into that one
-// too. Every later store of the same id within the window falls into one of
-// those two buckets, so it meets the record in the primary key of the bucket
-// it writes (its own): the upsert on one bucket decides, and the unique
-// index makes concurrent writers of the same id, on any node, wait for each
-// other (first commit wins). The upsert replaces a record only when it has
-// left the window, so a duplicate never extends it.
-func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won map[dedupeID]bool, t, bucket int64) (map[dedupeID]bool, error) {
+// Buckets span one window. An id is stored at t when it has no record
+// within the window in the previous bucket (a plain lookup) and the upsert
+// into its own bucket wrote it; the primary key makes concurrent writers
+// of the same id in one bucket, on any node, wait for each other (first
+// commit wins), and the upsert replaces a record only when it has left the
+// window, so a duplicate never extends it. The lookup of the previous
+// bucket sees only committed records, which is exact except for a writer
+// still committing on the other side of the boundary: one whose clock read
+// less than clockMargin before it. So such a writer also records the id in
+// the next bucket, where the other meets it in the primary key.
+func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won map[dedupeID]bool, t, bucket int64, next bool) (map[dedupeID]bool, error) {
 	dups := make(map[dedupeID]bool)
 	var wonSrcs []string
 	var wonIDs [][]byte
@@ -349,14 +374,15 @@ func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won
 			wonSrcs, wonIDs = append(wonSrcs, c.source), append(wonIDs, []byte(c.messageID))
 		}
 	}
-	if len(wonSrcs) == 0 || t+s.span <= (bucket+1)*s.span {
+	if len(wonSrcs) == 0 || !next {
 		return dups, nil
 	}
-	// The window reaches into the next bucket: record the winners there
-	// too. One that meets a record there lost a race with another node
-	// that stored it in the next bucket meanwhile: it is a duplicate, and
-	// its record in its own bucket goes again.
-	won2, err := collectIDs(q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span))
+	// One that meets a record in the next bucket lost a race with another
+	// node that stored it there meanwhile: it is a duplicate, and its
+	// record in its own bucket goes again.
+	// Its own bucket holds the records just written: the lookup looks
+	// at the next bucket itself, which the upsert would find anyway.
+	won2, err := collectIDs(q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span, bucket+1))
 	if err != nil {
 		return nil, err
 	}
