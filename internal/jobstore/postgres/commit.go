@@ -1,0 +1,472 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// maxGroupBytes bounds the payload bytes of one group's transaction.
+const maxGroupBytes = 8 << 20
+
+// appendReq is one Append call on its way through the committer.
+type appendReq struct {
+	ctx     context.Context
+	entries []jobstore.Entry
+	dup     []bool
+	first   uint64 // Seq of the call's first job, set by the committer
+	size    int
+	done    chan appendResult // buffered: the committer never blocks on it
+}
+
+type appendResult struct {
+	duplicate []bool
+	err       error
+}
+
+// Append stores entries durably; see jobstore.Store. It hands the call to
+// the committer goroutine, which commits it with every other call waiting at
+// that moment in one transaction (group commit), and returns once that
+// transaction has committed: synchronous_commit is on, so the commit has
+// reached the WAL on disk.
+//
+// If ctx ends while the call waits for its commit, Append returns ctx's
+// error but the entries may still be stored, as after a lost connection; a
+// retry is then answered as a duplicate.
+func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	if len(entries) == 0 {
+		return []bool{}, nil
+	}
+	r := &appendReq{ctx: ctx, entries: entries, dup: make([]bool, len(entries)), done: make(chan appendResult, 1)}
+	for _, e := range entries {
+		r.size += (len(e.Event.Payload) + 64) * max(len(e.Destinations), 1)
+	}
+	select {
+	case s.reqs <- r:
+	case <-s.closing:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case res := <-r.done:
+		return res.duplicate, res.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// commitLoop is the committer: it takes one request, then every request
+// already waiting, and commits them in one transaction (commitGroup). One
+// group commits at a time, so groups commit in Seq order and a reader paging
+// with Pending(after) never sees Seq n+1 before Seq n. While a group
+// commits, the next one gathers, so the more the load, the larger the group
+// and the fewer commits per event.
+func (s *Store) commitLoop() {
+	defer s.done.Done()
+	var reqs []*appendReq
+	for {
+		var first *appendReq
+		select {
+		case first = <-s.reqs:
+		case <-s.closing:
+			return
+		}
+		reqs = append(reqs[:0], first)
+		size := first.size
+	gather:
+		for size < maxGroupBytes {
+			select {
+			case r := <-s.reqs:
+				reqs = append(reqs, r)
+				size += r.size
+			default:
+				break gather
+			}
+		}
+		s.commitGroup(reqs)
+	}
+}
+
+// dedupeID is the identity dedupe remembers.
+type dedupeID struct{ source, messageID string }
+
+// commitGroup commits reqs in one transaction and answers each of them.
+// Step by step:
+//
+//  1. Requests whose context has ended are answered and left out.
+//  2. Within the group, the first entry of each (source, messageId) is a
+//     candidate and every later one a duplicate.
+//  3. In one transaction: the candidates are upserted into the current
+//     dedupe bucket; those the upsert did not write are duplicates (see
+//     dedupe). The Seq counter in meta is advanced by the number of jobs,
+//     which locks its row until commit: that serializes the commits of all
+//     nodes, so Seqs commit in order cluster-wide. Partitions the new Seqs
+//     need are created. The jobs go in by COPY.
+//  4. Commit, announce each request's jobs (Options.Applied), answer.
+func (s *Store) commitGroup(reqs []*appendReq) {
+	live := reqs[:0:0]
+	for _, r := range reqs {
+		if err := r.ctx.Err(); err != nil {
+			r.done <- appendResult{err: err}
+			continue
+		}
+		live = append(live, r)
+	}
+	if len(live) == 0 {
+		return
+	}
+	now := s.opts.Now()
+	err := s.commit(live, now)
+	if err != nil {
+		// Partitions this group created went with it.
+		s.partHi = 0
+		// Whatever went wrong, the events are not stored (or, when the
+		// commit's answer was lost, not known to be): to the tracking API
+		// that is a 503, and the client sends them again.
+		err = fmt.Errorf("jobstore/postgres: append: %w: %w", jobstore.ErrUnavailable, err)
+		if s.checkOpen() == nil {
+			s.log.Error("append failed", "err", err, "requests", len(live))
+		}
+		for _, r := range live {
+			r.done <- appendResult{err: err}
+		}
+		return
+	}
+	if s.opts.Applied != nil {
+		for _, r := range live {
+			stored := r.entries
+			if slices.Contains(r.dup, true) {
+				stored = make([]jobstore.Entry, 0, len(r.entries))
+				for i, e := range r.entries {
+					if !r.dup[i] {
+						stored = append(stored, e)
+					}
+				}
+			}
+			if len(stored) > 0 {
+				s.opts.Applied(jobstore.Appended{Entries: stored, First: r.first})
+			}
+		}
+	}
+	for _, r := range live {
+		r.done <- appendResult{duplicate: r.dup}
+	}
+}
+
+// querier is what a pooled connection and a transaction have in common.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// upsertDedupe records ids in dedupe bucket $1 and returns those it wrote:
+// see dedupe. An id with a record in the previous bucket that is still in
+// the window ($6 = $1-1) is not written. Rows go in key order, so that two
+// nodes' groups wait for each other instead of deadlocking.
+const upsertDedupe = `INSERT INTO dedupe (bucket, source, message_id, stored_at)
+	SELECT $1, u.s, u.m, $4 FROM unnest($2::text[], $3::bytea[]) AS u(s, m)
+	WHERE NOT EXISTS (SELECT 1 FROM dedupe p
+		WHERE p.bucket = $6 AND p.source = u.s AND p.message_id = u.m AND p.stored_at > $5)
+	ORDER BY 2, 3
+	ON CONFLICT (bucket, source, message_id) DO UPDATE SET stored_at = excluded.stored_at
+	WHERE dedupe.stored_at <= $5
+	RETURNING source, message_id`
+
+// clockMargin is how far apart the clocks of nodes sharing a database may
+// be for dedupe to stay exact at a bucket boundary; see dedupe.
+const clockMargin = time.Minute
+
+// commit runs the group's transaction in three round trips: BEGIN, the
+// dedupe upsert and the Seq counter's UPDATE pipelined in one; the COPY of
+// the jobs; COMMIT. The counter is advanced by the jobs of every entry
+// that is not a duplicate within the group, before the dedupe upsert has
+// answered: the Seqs of the entries it finds stored are left unused, a gap
+// that Seqs may have (each Append's stored jobs still get consecutive
+// Seqs). On error nothing of the group is stored and the requests' dup
+// flags are reset.
+func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
+	// The group's own context: one caller giving up must not abort the
+	// others' commit.
+	ctx := s.ctx
+	bucket := now.UnixNano() / s.span
+	if err := s.ensureDedupeParts(ctx, bucket); err != nil {
+		return err
+	}
+
+	// Candidates for dedupe, in order; later entries of the same id in
+	// the group are duplicates.
+	type ref struct{ req, entry int }
+	firstOf := make(map[dedupeID]ref)
+	var cands []dedupeID
+	queues := make(map[jobstore.Queue]bool)
+	var reserve int64
+	for ri, r := range reqs {
+		for ei, e := range r.entries {
+			r.dup[ei] = false
+			if e.Event.MessageID != "" && !e.Replay {
+				id := dedupeID{e.Event.Source, e.Event.MessageID}
+				if _, seen := firstOf[id]; seen {
+					r.dup[ei] = true
+					continue
+				}
+				firstOf[id] = ref{ri, ei}
+				cands = append(cands, id)
+			}
+			reserve += int64(len(e.Destinations))
+			for _, d := range e.Destinations {
+				queues[jobstore.Queue{Source: e.Event.Source, Destination: d}] = true
+			}
+		}
+	}
+	defer func() {
+		if err != nil {
+			for _, r := range reqs {
+				clear(r.dup)
+			}
+		}
+	}()
+	if err := s.ensureQueues(ctx, queues); err != nil {
+		return err
+	}
+
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	inTx := false
+	defer func() {
+		if err != nil && inTx {
+			if _, rerr := conn.Exec(context.Background(), "ROLLBACK"); rerr != nil {
+				// The pool throws a closed connection away.
+				conn.Conn().Close(context.Background())
+			}
+		}
+		conn.Release()
+	}()
+
+	t := now.UnixNano()
+	cutoff := t - s.span
+	srcs := make([]string, len(cands))
+	ids := make([][]byte, len(cands))
+	for i, c := range cands {
+		srcs[i], ids[i] = c.source, []byte(c.messageID)
+	}
+	var won map[dedupeID]bool
+	var last int64
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	if len(cands) > 0 {
+		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
+			won, err = collectIDs(rows, nil)
+			return err
+		})
+	}
+	// The counter's row lock is taken after every dedupe write: a group
+	// holding it must never wait for another group's dedupe record, or two
+	// nodes' groups can deadlock. Near a bucket's end the dedupe takes a
+	// second round trip, and the counter waits for it.
+	next := len(cands) > 0 && t > (bucket+1)*s.span-int64(clockMargin)
+	reserveSeqs := func(b *pgx.Batch) {
+		b.Queue("UPDATE meta SET last_seq = last_seq + $1 RETURNING last_seq", reserve).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&last)
+		})
+	}
+	if reserve > 0 && !next {
+		reserveSeqs(b)
+	}
+	inTx = true
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	if len(cands) > 0 {
+		dups, err := s.dedupeNext(ctx, conn, cands, won, t, bucket, next)
+		if err != nil {
+			return err
+		}
+		for id := range dups {
+			ref := firstOf[id]
+			reqs[ref.req].dup[ref.entry] = true
+		}
+	}
+	if reserve > 0 && next {
+		b = &pgx.Batch{}
+		reserveSeqs(b)
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+	}
+
+	if reserve > 0 {
+		if err := s.ensureJobParts(ctx, conn, last); err != nil {
+			return err
+		}
+		var rows [][]any
+		seq := last - reserve + 1
+		s.mu.RLock()
+		for _, r := range reqs {
+			r.first = uint64(seq)
+			for i, e := range r.entries {
+				if r.dup[i] {
+					continue
+				}
+				for _, d := range e.Destinations {
+					id := s.queueIDs[jobstore.Queue{Source: e.Event.Source, Destination: d}]
+					rows = append(rows, []any{id, seq, []byte(e.Event.MessageID), e.Event.Type,
+						e.Event.ReceivedAt.UnixNano(), []byte(e.Event.Payload)})
+					seq++
+				}
+			}
+		}
+		s.mu.RUnlock()
+		if len(rows) > 0 {
+			if _, err := conn.CopyFrom(ctx, pgx.Identifier{"jobs"},
+				[]string{"queue_id", "seq", "message_id", "type", "received_at", "payload"},
+				pgx.CopyFromRows(rows)); err != nil {
+				return err
+			}
+		}
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return err
+	}
+	inTx = false
+	return nil
+}
+
+// dedupeNext completes the dedupe of cands, given the ids that the upsert
+// into their own bucket wrote (won), and returns the duplicates: stored
+// less than the window ago, by this node or another. With next set, t is
+// within clockMargin of its bucket's end and the winners are recorded in
+// the next bucket too.
+//
+// Buckets span one window. An id is stored at t when it has no record
+// within the window in the previous bucket (a plain lookup) and the upsert
+// into its own bucket wrote it; the primary key makes concurrent writers
+// of the same id in one bucket, on any node, wait for each other (first
+// commit wins), and the upsert replaces a record only when it has left the
+// window, so a duplicate never extends it. The lookup of the previous
+// bucket sees only committed records, which is exact except for a writer
+// still committing on the other side of the boundary: one whose clock read
+// less than clockMargin before it. So such a writer also records the id in
+// the next bucket, where the other meets it in the primary key.
+func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won map[dedupeID]bool, t, bucket int64, next bool) (map[dedupeID]bool, error) {
+	dups := make(map[dedupeID]bool)
+	var wonSrcs []string
+	var wonIDs [][]byte
+	for _, c := range cands {
+		if !won[c] {
+			dups[c] = true
+		} else {
+			wonSrcs, wonIDs = append(wonSrcs, c.source), append(wonIDs, []byte(c.messageID))
+		}
+	}
+	if len(wonSrcs) == 0 || !next {
+		return dups, nil
+	}
+	// One that meets a record in the next bucket lost a race with another
+	// node that stored it there meanwhile: it is a duplicate, and its
+	// record in its own bucket goes again.
+	// Its own bucket holds the records just written: the lookup looks
+	// at the next bucket itself, which the upsert would find anyway.
+	won2, err := collectIDs(q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span, bucket+1))
+	if err != nil {
+		return nil, err
+	}
+	var lostSrcs []string
+	var lostIDs [][]byte
+	for i, src := range wonSrcs {
+		c := dedupeID{src, string(wonIDs[i])}
+		if !won2[c] {
+			dups[c] = true
+			lostSrcs, lostIDs = append(lostSrcs, src), append(lostIDs, wonIDs[i])
+		}
+	}
+	if len(lostSrcs) > 0 {
+		if _, err := q.Exec(ctx, `DELETE FROM dedupe d USING unnest($2::text[], $3::bytea[]) AS u(s, m)
+			WHERE d.bucket = $1 AND d.source = u.s AND d.message_id = u.m AND d.stored_at = $4`,
+			bucket, lostSrcs, lostIDs, t); err != nil {
+			return nil, err
+		}
+	}
+	return dups, nil
+}
+
+func collectIDs(rows pgx.Rows, err error) (map[dedupeID]bool, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	m := make(map[dedupeID]bool)
+	for rows.Next() {
+		var src string
+		var id []byte
+		if err := rows.Scan(&src, &id); err != nil {
+			return nil, err
+		}
+		m[dedupeID{src, string(id)}] = true
+	}
+	return m, rows.Err()
+}
+
+// ensureDedupeParts makes sure the dedupe partitions of bucket and the next
+// one exist, creating them in their own transaction under an advisory lock
+// (CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin).
+func (s *Store) ensureDedupeParts(ctx context.Context, bucket int64) error {
+	if s.dedupeParts[bucket] && s.dedupeParts[bucket+1] {
+		return nil
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockPartitions)); err != nil {
+			return err
+		}
+		for _, b := range []int64{bucket, bucket + 1} {
+			if _, err := tx.Exec(ctx, fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s PARTITION OF dedupe FOR VALUES FROM (%d) TO (%d)",
+				dedupePartName(b), b, b+1)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		s.dedupeParts[bucket], s.dedupeParts[bucket+1] = true, true
+	}
+	return err
+}
+
+// ensureJobParts creates the partitions that Seqs up to last need, and the
+// next one when last has passed the middle of the highest partition, so that
+// a partition is usually created a good while before its first job. The
+// caller's transaction holds the meta row's lock.
+func (s *Store) ensureJobParts(ctx context.Context, tx querier, last int64) error {
+	span := s.opts.PartitionJobs
+	if last+span/2 < s.partHi {
+		return nil
+	}
+	// Another node may have created partitions: read the bound again
+	// under the lock. (partHi is only ever below the true bound: a failed
+	// group resets it to 0.)
+	if err := tx.QueryRow(ctx, "SELECT coalesce(max(hi), 1) FROM job_parts").Scan(&s.partHi); err != nil {
+		return err
+	}
+	for last+span/2 >= s.partHi {
+		if err := createJobParts(ctx, tx, s.partHi, s.partHi+span); err != nil {
+			return err
+		}
+		s.partHi += span
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+// Package postgres is fanout's PostgreSQL job store: a [jobstore.Store] on
+// a database that several fanout nodes can share.
+//
+// # Why this layout
+//
+// A job is written once, read once soon after, and then thrown away. On
+// PostgreSQL the expensive part is again the throwing away: a DELETE per
+// delivered job leaves a dead tuple and dead index entries that VACUUM must
+// find and reclaim later, and an UPDATE per attempt does the same to the
+// row it replaces. Under a steady million jobs an hour that is a table that
+// is forever being vacuumed and never shrinks. So jobs are only ever
+// inserted, their end is recorded by inserting too (or, for a whole prefix
+// of a queue, by moving one watermark), and space comes back when a whole
+// partition of jobs has ended and is dropped: DROP TABLE returns its files
+// to the operating system at once, with nothing for VACUUM to do. This is
+// RudderStack's rotating job tables ("datasets") done with declarative
+// partitioning, so that queries name one table and PostgreSQL prunes the
+// partitions a query cannot touch.
+//
+// # Tables
+//
+//	meta       one row: last_seq, the highest Seq handed out; dedupe_span,
+//	           the window the dedupe buckets were made for
+//	queues     id, source, destination, drop_below: one row per virtual
+//	           queue; the id keeps the jobs' keys small, drop_below is the
+//	           queue's watermark (every job below it has ended)
+//	jobs       (queue_id, seq) primary key, the event's message_id, type,
+//	           received_at (Unix ns) and payload. Partitioned by range of
+//	           seq: jobs_p<lo> holds Seqs [lo, lo+PartitionJobs)
+//	finished   (queue_id, seq) of pending jobs that ended one by one or moved
+//	           to retries; partitioned exactly like jobs (finished_p<lo>)
+//	job_parts  lo, hi of each jobs/finished partition pair
+//	retries    (queue_id, seq) primary key, due_at, attempts, last_error and
+//	           a copy of the event; index (queue_id, due_at, seq)
+//	dedupe     (bucket, source, message_id) primary key, stored_at.
+//	           Partitioned by bucket: dedupe_b<n> holds bucket n, the
+//	           records stored in [n*window, (n+1)*window)
+//	schema_migrations  the schema versions applied
+//
+// message_id is bytea, not text: PostgreSQL text refuses NUL bytes, and one
+// event with "\u0000" in its messageId must not fail the whole group commit
+// it shares with others.
+//
+// # Operations, step by step
+//
+//  1. Append hands its entries to the committer goroutine, which gathers
+//     every Append waiting and commits them in one transaction (commit.go)
+//     of three round trips: BEGIN, the dedupe upsert and one UPDATE of
+//     meta.last_seq, pipelined; one COPY of all the jobs; COMMIT. The
+//     UPDATE reserves a consecutive range of Seqs for the jobs of every
+//     entry that is not a duplicate within the group; it is sent before
+//     the upsert has said which entries were stored earlier, so the Seqs
+//     of those are left unused (a gap after the group's last job). Each
+//     Append's stored jobs still have consecutive Seqs, as
+//     jobstore.Appended expects. When the new Seqs pass the middle of the
+//     highest partition, the next one is created in the same transaction.
+//     synchronous_commit is on: Append
+//     returns after COMMIT, that is after the WAL is flushed, and the
+//     group's Appends share that flush. Options.Applied hears of each
+//     Append's jobs after the commit and before Append returns.
+//  2. The UPDATE of meta's one row locks it until COMMIT, so group commits
+//     are serialized, on one node and across nodes: Seqs become visible in
+//     Seq order, and a reader paging with Pending(after) never sees Seq n+1
+//     before Seq n. (The row lock is released only after the commit is
+//     visible.) The price is one commit at a time for the whole database;
+//     see "Limits".
+//  3. Pending(q, after) reads jobs of q with seq > max(after, drop_below-1)
+//     that have no finished row, by the primary key, from the partitions
+//     that can hold such Seqs.
+//  4. Apply runs in one transaction with synchronous_commit off for that
+//     transaction only: like the embedded store's unsynced batch, losing
+//     it in a crash means jobs delivered again, never lost, because a
+//     rescheduled job's finished row and its retries row commit together.
+//     Per update: one UPDATE of queues for all Drops (the watermark only
+//     moves up); one INSERT ... ON CONFLICT into retries for all
+//     Reschedules (a retry job rescheduled again is updated in place: a
+//     failing job is written once per attempt, but attempts are spaced by
+//     backoff, so this is a small share of the writes); one INSERT of
+//     finished rows for pending jobs that ended or moved to retries; one
+//     DELETE from retries for retry jobs that ended. All of them go in one
+//     round trip (a pgx batch).
+//  5. Retries(q, until) reads q's retries by the (queue_id, due_at, seq)
+//     index, one row more than asked: the first row not returned gives
+//     "next".
+//  6. Queues lists the queues with a retry row, or with a job at or above
+//     their watermark that has no finished row: one index probe per queue
+//     and partition, from the watermark, never a scan of drained jobs.
+//  7. Cleanup (every CleanupInterval) looks at each partition wholly below
+//     the committed last_seq (so no group in flight can still write to it)
+//     and drops it, with its finished twin, when no queue has a job in it at
+//     or above the queue's watermark without a finished row. That check is
+//     one index probe per queue, from its watermark. A DROP needs an ACCESS
+//     EXCLUSIVE lock on the parent, and a DROP waiting for it would queue
+//     every later reader behind it, so it waits at most 200 ms and is tried
+//     again at the next cleanup.
+//
+// # Deduplication
+//
+// An event is a duplicate when its (source, messageId) was stored less than
+// the window ago, by any node. The rule has to hold when two nodes store
+// the same id at the same moment, which a lookup followed by an insert
+// cannot promise; a unique index can, because an insert that meets another
+// transaction's uncommitted entry for the same key waits for it to commit
+// or abort. But a unique index over all time would never shrink, and a
+// partitioned table's unique index must contain the partition key.
+//
+// So records are bucketed: the bucket span is the window, bucket n is
+// partition dedupe_b<n>, and a record stored at t goes into the bucket of t.
+// A record that can still be in the window is in the current bucket or the
+// previous one. One statement per group decides (commit.go, upsertDedupe):
+//
+//	INSERT INTO dedupe ... SELECT ... FROM unnest(ids)
+//	WHERE NOT EXISTS (a record of the id in the previous bucket newer than now-window)
+//	ON CONFLICT (bucket, source, message_id)
+//	DO UPDATE SET stored_at = excluded.stored_at WHERE dedupe.stored_at <= now-window
+//	RETURNING source, message_id
+//
+// The ids it returns were stored; the others are duplicates. Within the
+// current bucket the primary key decides, and a writer that meets another
+// transaction's uncommitted record of the same id waits for it: first
+// commit wins, on any node. A record older than the window is replaced (the
+// id is stored again and remembered from now); a duplicate leaves the record
+// as it is, so it does not extend the window.
+//
+// The lookup in the previous bucket sees only committed records. That is
+// exact except for a writer on another node still committing on the other
+// side of the boundary, which can only be one whose clock read less than
+// clockMargin (a minute) before the boundary. So a group within clockMargin
+// of its bucket's end also records its winners in the next bucket, where
+// such a writer meets them in the primary key; an id that meets a record
+// there lost the race, is a duplicate after all, and its first record is
+// deleted again in the same transaction. That costs a second write for one
+// event in 1,440 with the default 24h window, and assumes the nodes' clocks
+// agree within a minute. Rows are inserted in key order, and the Seq
+// counter's row is locked only after every dedupe write of the group, so
+// that two nodes' groups wait for each other rather than deadlock.
+//
+// Buckets before the previous one cannot hold a record from the window, and
+// Cleanup drops them whole. The span is stored in meta: a store opened with
+// another window drops the dedupe partitions and starts afresh (it logs so),
+// because buckets of different spans cannot be compared.
+//
+// # Migrations
+//
+// The schema is a list of versioned SQL scripts (schema.go) applied at
+// Open, each in a transaction with its row in schema_migrations, under a
+// session advisory lock (pg_advisory_lock): nodes starting together take
+// turns, and the second finds nothing left to do. A few lines and a version
+// table are all this needs: a migration tool would bring a dependency and
+// files to ship for the same three steps.
+//
+// # Errors
+//
+// Every Append that fails is ErrUnavailable, whatever the cause: a group
+// that did not commit stored nothing, and one whose COMMIT answer was lost
+// is not known to be stored, so the client must send again (and the dedupe
+// records answer a resend of what was stored). Other calls wrap
+// ErrUnavailable when the cause is the connection or the server (connection
+// errors, SQLSTATE classes 08, 25, 53, 57, 58). The DSN's password appears
+// in no error and no log line: pgx redacts it from its parse errors, and the
+// store logs only the host and database.
+//
+// # Limits (phase A)
+//
+//   - One commit at a time per database (the meta row), held through the
+//     commit's WAL flush: fine for one node, a ceiling for a cluster.
+//     Per-partition counters would lift it (see the report on issue 18).
+//   - A partition stays as long as one job in it is pending: a queue whose
+//     destination is down holds every partition it has jobs in. Copying the
+//     few live jobs of an old partition forward is left for later.
+//   - Each job carries a copy of its event's payload, as in the embedded
+//     store.
+package postgres

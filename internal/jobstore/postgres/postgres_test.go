@@ -1,0 +1,316 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/storetest"
+	"github.com/fanout/fanout/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// databases maps each storetest Env (by its Dir) to its database, so that
+// reopening an Env opens the same data.
+var databases sync.Map
+
+func openTest(t *testing.T, env storetest.Env) jobstore.Store {
+	t.Helper()
+	dsn, ok := databases.Load(env.Dir)
+	if !ok {
+		dsn, _ = databases.LoadOrStore(env.Dir, pgtest.Start(t))
+	}
+	s, err := Open(t.Context(), dsn.(string), Options{
+		DedupeWindow:    env.DedupeWindow,
+		Now:             env.Now,
+		PartitionJobs:   16,
+		CleanupInterval: -1,
+	})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, openTest)
+}
+
+// setup opens a store on a fresh database with small partitions and the
+// test's own clock.
+func setup(t *testing.T, opts Options) (*Store, string) {
+	t.Helper()
+	dsn := pgtest.Start(t)
+	opts.CleanupInterval = -1
+	if opts.PartitionJobs == 0 {
+		opts.PartitionJobs = 100
+	}
+	s, err := Open(t.Context(), dsn, opts)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, dsn
+}
+
+func entries(source string, dests []string, prefix string, n int) []jobstore.Entry {
+	es := make([]jobstore.Entry, n)
+	for i := range es {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		es[i] = jobstore.Entry{Destinations: dests, Event: event.Event{
+			Source: source, MessageID: id, Type: event.Track, ReceivedAt: time.Unix(1, 0),
+			Payload: []byte(`{"type":"track","messageId":"` + id + `"}`),
+		}}
+	}
+	return es
+}
+
+func (s *Store) countParts(t *testing.T) int {
+	t.Helper()
+	var n int
+	if err := s.pool.QueryRow(t.Context(), "SELECT count(*) FROM job_parts").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestDrainedPartitionsDropped: once every job of a partition has ended
+// (dropped below the watermark, finished or moved to retries), Cleanup drops
+// the partition whole, and the rest stays readable.
+func TestDrainedPartitionsDropped(t *testing.T) {
+	ctx := t.Context()
+	s, _ := setup(t, Options{PartitionJobs: 100})
+	hook := jobstore.Queue{Source: "web", Destination: "hook"}
+	crm := jobstore.Queue{Source: "web", Destination: "crm"}
+	for i := range 5 {
+		if _, err := s.Append(ctx, entries("web", []string{"hook", "crm"}, fmt.Sprint("b", i), 50)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := s.countParts(t)
+	if before < 5 {
+		t.Fatalf("%d partitions for 500 jobs of 100 each, want at least 5", before)
+	}
+	// hook drains everything by watermark; crm finishes the jobs one by
+	// one, except its last 10, and reschedules one.
+	hp, _ := s.Pending(ctx, hook, 0, 1000)
+	cp, _ := s.Pending(ctx, crm, 0, 1000)
+	u := jobstore.Update{
+		Drops:      []jobstore.Drop{{Queue: hook, Below: hp[len(hp)-1].Seq + 1}},
+		Finish:     cp[:len(cp)-11],
+		Reschedule: []jobstore.Reschedule{{Job: cp[len(cp)-11], DueAt: time.Now().Add(time.Hour), Attempts: 1}},
+	}
+	if err := s.Apply(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := s.Cleanup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := s.countParts(t)
+	if dropped == 0 || after >= before {
+		t.Fatalf("Cleanup dropped %d tables; partitions %d -> %d, want fewer", dropped, before, after)
+	}
+	// What is left: crm's last 10 pending jobs and its retry.
+	got, err := s.Pending(ctx, crm, 0, 1000)
+	if err != nil || len(got) != 10 {
+		t.Fatalf("Pending(crm) = %d jobs, %v; want 10", len(got), err)
+	}
+	r, _, err := s.Retries(ctx, crm, time.Now().Add(2*time.Hour), 10)
+	if err != nil || len(r) != 1 {
+		t.Fatalf("Retries(crm) = %d jobs, %v; want 1", len(r), err)
+	}
+	// A late Finish of a job whose partition is gone is harmless.
+	if err := s.Apply(ctx, jobstore.Update{Finish: cp[:1]}); err != nil {
+		t.Fatalf("Apply of a Finish in a dropped partition: %v", err)
+	}
+	// Appends go on after the drops.
+	if _, err := s.Append(ctx, entries("web", []string{"hook"}, "late", 3)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Pending(ctx, hook, 0, 100); len(got) != 3 {
+		t.Errorf("Pending(hook) after drops = %d jobs, want 3", len(got))
+	}
+}
+
+// TestDedupeAcrossStores: two stores on one database (two nodes) racing on
+// the same messageIds store each exactly once, also across a bucket
+// boundary.
+func TestDedupeAcrossStores(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		offset time.Duration // from a bucket boundary
+	}{
+		{"inside a bucket", 30 * time.Minute},
+		{"just before a boundary", -time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			base := time.Date(2026, 3, 14, 0, 0, 0, 0, time.UTC).Add(tt.offset)
+			var mu sync.Mutex
+			now := base
+			clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+			a, dsn := setup(t, Options{DedupeWindow: time.Hour, Now: clock})
+			b, err := Open(ctx, dsn, Options{DedupeWindow: time.Hour, Now: func() time.Time { return clock().Add(2 * time.Millisecond) }, CleanupInterval: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			const n = 200
+			stored := make([][]bool, 2)
+			var wg sync.WaitGroup
+			for i, s := range []*Store{a, b} {
+				wg.Go(func() {
+					es := entries("web", []string{"hook"}, "m", n)
+					stored[i] = make([]bool, n)
+					for k := 0; k < n; k += 10 {
+						dup, err := s.Append(ctx, es[k:k+10])
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						for j, d := range dup {
+							stored[i][k+j] = !d
+						}
+					}
+				})
+			}
+			wg.Wait()
+			for k := range n {
+				if stored[0][k] == stored[1][k] {
+					t.Errorf("m-%d: stored by a %v, by b %v; want exactly one", k, stored[0][k], stored[1][k])
+				}
+			}
+		})
+	}
+}
+
+// TestUnavailable: a database that cannot be reached is ErrUnavailable, and
+// the DSN's password appears in no error.
+func TestUnavailable(t *testing.T) {
+	const password = "s3cret-pw"
+	dsn := "postgres://fanout:" + password + "@127.0.0.1:1/fanout?sslmode=disable&connect_timeout=2"
+	_, err := Open(t.Context(), dsn, Options{})
+	if err == nil {
+		t.Fatal("Open of an unreachable database succeeded")
+	}
+	if !errors.Is(err, jobstore.ErrUnavailable) {
+		t.Errorf("Open = %v, want an error wrapping jobstore.ErrUnavailable", err)
+	}
+	if strings.Contains(err.Error(), password) {
+		t.Errorf("error shows the password: %v", err)
+	}
+	_, err = Open(t.Context(), "postgres://fanout:"+password+"@127.0.0.1:bad/x", Options{})
+	if err == nil || strings.Contains(err.Error(), password) {
+		t.Errorf("Open of a bad DSN = %v, want an error without the password", err)
+	}
+}
+
+// TestMigrateConcurrently: nodes starting together apply the schema once.
+func TestMigrateConcurrently(t *testing.T) {
+	dsn := pgtest.Start(t)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			s, err := Open(context.Background(), dsn, Options{CleanupInterval: -1})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			s.Close()
+		})
+	}
+	wg.Wait()
+}
+
+// TestApplied: each Append's stored entries are announced with the Seq of
+// their first job, duplicates left out, before Append returns.
+func TestApplied(t *testing.T) {
+	ctx := t.Context()
+	var mu sync.Mutex
+	var got []jobstore.Appended
+	s, _ := setup(t, Options{Applied: func(a jobstore.Appended) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, a)
+	}})
+	if _, err := s.Append(ctx, entries("web", []string{"hook", "crm"}, "a", 3)); err != nil {
+		t.Fatal(err)
+	}
+	es := entries("web", []string{"hook", "crm"}, "a", 5) // a-0..a-2 are duplicates
+	if _, err := s.Append(ctx, es); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || len(got[0].Entries) != 3 || len(got[1].Entries) != 2 {
+		t.Fatalf("announced %+v, want 3 entries then 2", got)
+	}
+	want := map[uint64]string{}
+	for _, a := range got {
+		a.Runs(func(entries []jobstore.Entry, dests []string, first uint64) {
+			for i, e := range entries {
+				for k, d := range dests {
+					want[first+uint64(i*len(dests)+k)] = d + "/" + e.Event.MessageID
+				}
+			}
+		})
+	}
+	for _, dest := range []string{"hook", "crm"} {
+		jobs, err := s.Pending(ctx, jobstore.Queue{Source: "web", Destination: dest}, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) != 5 {
+			t.Fatalf("Pending(%s) = %d jobs, want 5", dest, len(jobs))
+		}
+		for _, j := range jobs {
+			if w := want[j.Seq]; w != dest+"/"+j.Event.MessageID {
+				t.Errorf("job %d is %s/%s, announced as %q", j.Seq, dest, j.Event.MessageID, w)
+			}
+		}
+	}
+}
+
+// TestDatabaseDown: once the server is gone, Append fails with
+// ErrUnavailable (the tracking API's 503) and reads fail.
+func TestDatabaseDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster of its own")
+	}
+	ctx := t.Context()
+	srv, err := pgtest.StartServer(pgtest.Options{Settings: pgtest.TestSettings})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	dsn, err := srv.CreateDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, dsn, Options{CleanupInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Append(ctx, entries("web", []string{"hook"}, "up", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Append(ctx, entries("web", []string{"hook"}, "down", 2))
+	if !errors.Is(err, jobstore.ErrUnavailable) {
+		t.Errorf("Append with the database down = %v, want an error wrapping jobstore.ErrUnavailable", err)
+	}
+	if _, err := s.Pending(ctx, jobstore.Queue{Source: "web", Destination: "hook"}, 0, 10); !errors.Is(err, jobstore.ErrUnavailable) {
+		t.Errorf("Pending with the database down = %v, want an error wrapping jobstore.ErrUnavailable", err)
+	}
+}
