@@ -26,6 +26,12 @@ type Integration struct {
 	// Batch limits how many events one Transform call receives. The zero
 	// value means one event per call.
 	Batch BatchLimits
+	// Deduplicates says whether the API drops a repeated event on its own
+	// (by the idempotency key named in the package doc). Where it does not,
+	// a retry of an ambiguous failure (a timeout or 5xx on a batch) may
+	// count an event twice; the engine counts those retries as a risk of
+	// duplicates.
+	Deduplicates bool
 	// New builds the destination for one configured instance. Settings have
 	// already been validated against Settings, defaults filled in.
 	New func(cfg Config) (Destination, error)
@@ -164,7 +170,32 @@ type Result struct {
 	Reason string
 	// StatusCode is the HTTP status the destination answered, 0 when none.
 	StatusCode int
-	// RetryAfter is how long the destination asked us to wait (429 or 503
-	// with Retry-After), 0 when it did not say.
+	// RetryAfter is how long the destination asked us to wait before the
+	// queue's next request: a Retry-After header on any status, or a wait
+	// the integration reads from the body (Marketo's 606, a documented
+	// backoff schedule). 0 when it did not say. A Retryable result with a
+	// wait pauses its queue that long, whatever the status.
 	RetryAfter time.Duration
+	// Quota marks an answer that says a quota is spent until it resets (a
+	// daily limit): the queue pauses until RetryAfter from now or, when
+	// RetryAfter is 0, until the next UTC midnight, and the attempt is not
+	// counted against the job.
+	Quota bool
+	// Split asks for the event's batch to be sent again in halves, because
+	// the API refused it as a whole without naming the bad item (413, or a
+	// 400 whose errors name no input). The engine bisects until the bad
+	// event is alone; an event alone that is still Split is Rejected.
+	Split bool
+	// Hold names the one key (a user) that the API throttles, not the
+	// whole request: only this event waits RetryAfter (or the engine's
+	// default wait), later events with the same HoldKey wait behind it,
+	// and the rest of the queue goes on. Used with Retryable.
+	Hold string
+}
+
+// HoldKeyer is implemented by a destination whose API throttles single
+// users (Result.Hold): HoldKey returns the key an event is throttled by,
+// so that the engine keeps a held user's later events behind the held one.
+type HoldKeyer interface {
+	HoldKey(e event.Event) string
 }
