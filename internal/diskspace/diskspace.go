@@ -330,21 +330,14 @@ func (w *Watcher) setLocked(refuse error, free int64) {
 	w.log.Warn("refusing events: answering 503", "reason", refuse.Error(), "free_bytes", free, "min_free", w.opts.MinFree)
 }
 
-// createBallastLocked writes the ballast file in full (a sparse file would
-// reserve nothing) and syncs it.
+// createBallastLocked allocates the ballast file in full (a sparse file
+// would reserve nothing) and syncs it.
 func (w *Watcher) createBallastLocked() error {
 	f, err := os.OpenFile(w.opts.Ballast, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, 1<<20)
-	for n := w.opts.BallastSize; n > 0; {
-		k := int(min(n, int64(len(buf))))
-		if _, err = f.Write(buf[:k]); err != nil {
-			break
-		}
-		n -= int64(k)
-	}
+	err = allocate(f, w.opts.BallastSize)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -469,4 +462,17 @@ func (w *Watcher) State() State {
 // isENOSPC reports whether err says the disk is full.
 func isENOSPC(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// writeZeros writes size zero bytes to f.
+func writeZeros(f *os.File, size int64) error {
+	buf := make([]byte, 1<<20)
+	for size > 0 {
+		k := int(min(size, int64(len(buf))))
+		if _, err := f.Write(buf[:k]); err != nil {
+			return err
+		}
+		size -= int64(k)
+	}
+	return nil
 }

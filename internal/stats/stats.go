@@ -41,6 +41,7 @@ import (
 	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
@@ -101,6 +102,9 @@ type Options struct {
 	FlushInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// FS is the filesystem the database is written through. Default: the
+	// operating system's.
+	FS vfs.FS
 }
 
 // Pair names the stats of one source for one destination. Per-source
@@ -276,6 +280,7 @@ func Open(opts Options) (*Stats, error) {
 	log := opts.Logger.With("component", "stats")
 	db, err := pebbledb.Open(opts.Dir, &pebbledb.Options{
 		Logger: pebbleLogger{log},
+		FS:     opts.FS,
 		// Small: the hot minutes live in memory.
 		MemTableSize: 4 << 20,
 		Cache:        nil,
