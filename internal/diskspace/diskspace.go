@@ -367,22 +367,23 @@ func (w *Watcher) releaseLocked() bool {
 	return true
 }
 
-// WriteFailed tells the Watcher that a write failed. An ENOSPC releases the
-// ballast; any error degrades the Watcher until space and ballast are back,
-// so new events are refused meanwhile.
+// WriteFailed tells the Watcher that a write failed. A full disk (ENOSPC,
+// EDQUOT) degrades the Watcher until space and ballast are back, so new
+// events are refused meanwhile, and releases the ballast. Other errors (a
+// permission, a missing directory) say nothing about space and are left to
+// the caller.
 func (w *Watcher) WriteFailed(err error) {
+	if !isENOSPC(err) {
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.degradeLocked(err)
-	if isENOSPC(err) {
-		w.releaseLocked()
-	}
+	w.releaseLocked()
 }
 
 func (w *Watcher) degradeLocked(err error) {
-	if isENOSPC(err) {
-		w.diskFull++
-	}
+	w.diskFull++
 	if !w.degraded {
 		w.log.Error("storage degraded: refusing events until there is room again", "err", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -42,6 +43,7 @@ func setup(t *testing.T, free int64) *bundle {
 		BallastSize: 10 * mb,
 		Interval:    time.Second,
 		Clock:       b.clock,
+		Logger:      slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Free: func(string) (int64, error) {
 			select {
 			case b.calls <- struct{}{}:
@@ -273,9 +275,18 @@ func TestGuard(t *testing.T) {
 		t.Fatalf("Append = %v with %d appends, want ErrUnavailable and the store untouched", err, inner.appends)
 	}
 
-	// A write error that gets through degrades the watcher.
+	// A full disk that gets through degrades the watcher.
 	b.free.Store(500 * mb)
 	b.w.Check()
+	// An error that says nothing about space leaves the watcher as it is.
+	inner.err = fmt.Errorf("sync: %w: %w", jobstore.ErrUnavailable, syscall.EIO)
+	if _, err := g.Append(ctx, make([]jobstore.Entry, 1)); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Append = %v, want the store's error", err)
+	}
+	if err := b.w.Err(); err != nil {
+		t.Fatalf("Err() = %v after an I/O error, want nil", err)
+	}
+
 	inner.err = fmt.Errorf("sync: %w: %w", jobstore.ErrUnavailable, syscall.ENOSPC)
 	if _, err := g.Append(ctx, make([]jobstore.Entry, 1)); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("Append = %v, want the store's error", err)

@@ -10,7 +10,7 @@ import (
 // Guard returns s with Append refused while w refuses writes. Everything
 // else passes through: delivery reads, finishes and reschedules jobs
 // whatever the free space, since that is what gives it back. An Append that
-// fails as unavailable (its sync failed) degrades w.
+// fails on a full disk degrades w (see WriteFailed).
 func (w *Watcher) Guard(s jobstore.Store) jobstore.Store {
 	return &guarded{Store: s, w: w}
 }
