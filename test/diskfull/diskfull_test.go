@@ -230,6 +230,23 @@ func storage(t *testing.T, s *fanouttest.Server) (state struct {
 	return state
 }
 
+// metric reads one unlabelled sample from the admin /metrics.
+func metric(t *testing.T, s *fanouttest.Server, name string) string {
+	t.Helper()
+	res, err := http.Get(s.AdminURL + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return "missing"
+}
+
 func TestFullDiskIs503NeverACrash(t *testing.T) {
 	fs := mountTmpfs(t, 64*mb)
 	recv := fanouttest.NewReceiver(t, fanouttest.ReceiverOptions{})
@@ -290,6 +307,11 @@ destinations:
 	if st.Accepting {
 		t.Errorf("accepting events on a full disk: %+v", st)
 	}
+	if v := metric(t, srv, "fanout_storage_accepting"); v != "0" {
+		t.Errorf("fanout_storage_accepting = %s on a full disk, want 0", v)
+	}
+	t.Logf("metrics on a full disk: fanout_storage_degraded %s, fanout_storage_disk_full_total %s, fanout_storage_ballast_bytes %s",
+		metric(t, srv, "fanout_storage_degraded"), metric(t, srv, "fanout_storage_disk_full_total"), metric(t, srv, "fanout_storage_ballast_bytes"))
 
 	// 3. Space is freed: ingest resumes by itself.
 	if err := filler.Truncate(0); err != nil {
@@ -306,6 +328,9 @@ destinations:
 	stopped = true
 	if st := storage(t, srv); !st.Accepting || st.Degraded || st.BallastBytes != minFree/4 {
 		t.Errorf("after space came back: %+v, want accepting, not degraded, ballast back", st)
+	}
+	if a, d := metric(t, srv, "fanout_storage_accepting"), metric(t, srv, "fanout_storage_degraded"); a != "1" || d != "0" {
+		t.Errorf("after space came back: fanout_storage_accepting %s, fanout_storage_degraded %s; want 1, 0", a, d)
 	}
 
 	// 4. Every event that got a 200 is delivered.
