@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/archive"
@@ -29,8 +31,6 @@ import (
 	"github.com/fanout/fanout/internal/jobstore/pebble"
 	"github.com/fanout/fanout/internal/router"
 	"github.com/fanout/fanout/internal/stats"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Options configures a Server.
