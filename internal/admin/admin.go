@@ -14,6 +14,7 @@
 //	/api/v1/series?source=&destination=&from=&to=|range=&step=   the overview's counts and latency per step (default 1m)
 //	/api/v1/issues?source=&destination=&from=&to=|range=     failures grouped by reason, with samples
 //	/api/v1/queues                        every queue's scheduling state
+//	/api/v1/storage                       free disk space, the reserve, the ballast, whether events are refused
 //	/api/v1/sources/{name}/events         the debugger's last events of a source
 //	/api/v1/sources/{name}/events/stream  server-sent events: new events ("event") and outcome changes ("outcome")
 //	/metrics                              Prometheus
@@ -64,6 +65,9 @@ type Options struct {
 	// received in [from, to) and returns how many it queued. When nil,
 	// POST /api/v1/replay answers 501.
 	Replay func(ctx context.Context, source, destination string, from, to time.Time) (int, error)
+	// Storage, when set, returns the disk space state served at
+	// GET /api/v1/storage (a diskspace.State).
+	Storage func() any
 	// Token, when not empty, is required as a bearer token.
 	Token string
 	// Now is the clock ranges end at. Default time.Now.
@@ -102,6 +106,9 @@ func New(o Options) http.Handler {
 	m.HandleFunc("GET /api/v1/issues", h.issues)
 	m.HandleFunc("GET /api/v1/queues", h.queues)
 	m.HandleFunc("POST /api/v1/replay", h.replay)
+	if o.Storage != nil {
+		m.HandleFunc("GET /api/v1/storage", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, o.Storage()) })
+	}
 	m.HandleFunc("GET /api/v1/sources/{name}/events", h.events)
 	m.HandleFunc("GET /api/v1/sources/{name}/events/stream", h.stream)
 	if o.Metrics != nil {

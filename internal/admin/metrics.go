@@ -37,7 +37,9 @@ import (
 //	fanout_queue_oldest_job_age_seconds{destination}     gauge: age of the oldest job of the destination's queues
 //	                                                     (see delivery.QueueState.Oldest)
 //
-// plus the Go runtime and process collectors (go_*, process_*).
+// plus the Go runtime and process collectors (go_*, process_*), and the
+// server registers the disk space gauges (fanout_disk_*, fanout_storage_*:
+// see diskspace.Watcher).
 type Metrics struct {
 	reg   *prometheus.Registry
 	dests map[string]*destMetrics

@@ -32,9 +32,22 @@ type Record struct {
 
 // Writer appends records to archive files. It is safe for concurrent use.
 type Writer struct {
-	dir string
-	mu  sync.Mutex
+	dir   string
+	mu    sync.Mutex
+	guard Guard
 }
+
+// Guard watches the disk the archive is written to (a diskspace.Watcher).
+type Guard interface {
+	// Err refuses a write while the disk is short of space: the caller
+	// keeps the jobs and tries again later.
+	Err() error
+	// WriteFailed hears of every write that failed.
+	WriteFailed(err error)
+}
+
+// SetGuard makes g watch every later Write. Call it before the first.
+func (w *Writer) SetGuard(g Guard) { w.guard = g }
 
 // NewWriter returns a writer for the archive under dir.
 func NewWriter(dir string) *Writer { return &Writer{dir: dir} }
@@ -52,9 +65,22 @@ func (w *Writer) Path(q jobstore.Queue, t time.Time) string {
 // valid multi-member gzip stream, even after a crash mid-way through a
 // later call (the torn member is the only loss, and its jobs are still in
 // the store).
-func (w *Writer) Write(q jobstore.Queue, t time.Time, recs []Record) error {
+//
+// A write that fails is cut off the file again, so that the file stays
+// readable, and its error is told to the Guard.
+func (w *Writer) Write(q jobstore.Queue, t time.Time, recs []Record) (err error) {
 	if len(recs) == 0 {
 		return nil
+	}
+	if w.guard != nil {
+		if err := w.guard.Err(); err != nil {
+			return fmt.Errorf("archive: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				w.guard.WriteFailed(err)
+			}
+		}()
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -65,6 +91,14 @@ func (w *Writer) Write(q jobstore.Queue, t time.Time, recs []Record) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("archive: %w", err)
+	}
+	if fi, serr := f.Stat(); serr == nil {
+		defer func() {
+			if err != nil {
+				// A torn gzip member would make the whole file unreadable.
+				os.Truncate(path, fi.Size())
+			}
+		}()
 	}
 	zw := gzip.NewWriter(f)
 	enc := json.NewEncoder(zw)

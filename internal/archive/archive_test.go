@@ -1,8 +1,10 @@
 package archive
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -94,5 +96,37 @@ func TestReplay(t *testing.T) {
 	j := jobs[0].Event
 	if j.MessageID != "m0" || j.Type != "track" || !j.ReceivedAt.Equal(now) || string(j.Payload) != string(recs[0].Event) {
 		t.Errorf("replayed job = %+v", j)
+	}
+}
+
+type guard struct {
+	refuse error
+	failed []error
+}
+
+func (g *guard) Err() error            { return g.refuse }
+func (g *guard) WriteFailed(err error) { g.failed = append(g.failed, err) }
+
+// A guard that refuses (disk short of space) keeps the write off the disk,
+// and the caller keeps its jobs.
+func TestGuardRefuses(t *testing.T) {
+	w := NewWriter(t.TempDir())
+	g := &guard{refuse: errors.New("free disk space is below storage.min_free")}
+	w.SetGuard(g)
+	q := jobstore.Queue{Source: "web", Destination: "hook"}
+	now := time.Date(2026, 11, 22, 10, 30, 0, 0, time.UTC)
+	recs := []Record{{Source: "web", Destination: "hook", MessageID: "a", ReceivedAt: now, Event: []byte(`{}`)}}
+	if err := w.Write(q, now, recs); !errors.Is(err, g.refuse) {
+		t.Fatalf("Write = %v, want the guard's refusal", err)
+	}
+	if _, err := os.Stat(w.Path(q, now)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("archive file written though the guard refused: %v", err)
+	}
+	g.refuse = nil
+	if err := w.Write(q, now, recs); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.failed) != 0 {
+		t.Errorf("WriteFailed heard %v", g.failed)
 	}
 }

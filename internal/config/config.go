@@ -40,6 +40,10 @@ type Config struct {
 type Storage struct {
 	// Postgres is a DSN; when set, storage is PostgreSQL instead of embedded.
 	Postgres string `yaml:"postgres"`
+	// MinFree is the free disk space, in bytes, below which the tracking
+	// API answers 503 (written 256MB, 1GB, ...). Zero: the default,
+	// diskspace.DefaultMinFree.
+	MinFree int64 `yaml:"min_free"`
 }
 
 // Network controls outbound connections.

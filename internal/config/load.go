@@ -368,6 +368,40 @@ func (d *decoder) duration(p *time.Duration) field {
 	}
 }
 
+// size reads a byte size: a whole number of bytes, or a number with one
+// of the units KB, MB, GB, TB (powers of 1024, as for memory sizes).
+func (d *decoder) size(p *int64) field {
+	return func(n *yaml.Node, path string) error {
+		s, err := d.scalar(n, path)
+		if s == nil || err != nil {
+			return err
+		}
+		v, ok := parseSize(s.Value)
+		if !ok {
+			return d.errorf(s, path, "expected a size such as 256MB or 1GB, found %q", s.Value)
+		}
+		*p = v
+		return nil
+	}
+}
+
+func parseSize(s string) (int64, bool) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for i, unit := range []string{"KB", "MB", "GB", "TB"} {
+		if u, ok := strings.CutSuffix(strings.ToUpper(s), unit); ok {
+			s, mult = strings.TrimSpace(u), int64(1)<<(10*(i+1))
+			break
+		}
+	}
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "B"), "b")
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || v*float64(mult) >= math.MaxInt64 {
+		return 0, false
+	}
+	return int64(v * float64(mult)), true
+}
+
 func (d *decoder) stringList(p *[]string) field {
 	return func(n *yaml.Node, path string) error {
 		return d.sequence(n, path, func(n *yaml.Node, path string) error {
@@ -408,6 +442,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 		"storage": func(n *yaml.Node, path string) error {
 			return d.mapping(n, path, map[string]field{
 				"postgres": d.str(&c.Storage.Postgres),
+				"min_free": d.size(&c.Storage.MinFree),
 			})
 		},
 		"network": func(n *yaml.Node, path string) error {

@@ -277,6 +277,10 @@ func TestLoadErrors(t *testing.T) {
 			`fanout.yaml:1: listen: expected a single value, found a list`},
 		{"sources not a list", "sources: web\n", nil,
 			`fanout.yaml:1: sources: expected a list, found "web"`},
+		{"size without a number", "storage:\n  min_free: lots\n" + minimal, nil,
+			`fanout.yaml:2: storage.min_free: expected a size such as 256MB or 1GB, found "lots"`},
+		{"negative size", "storage:\n  min_free: -1MB\n" + minimal, nil,
+			`fanout.yaml:2: storage.min_free: expected a size such as 256MB or 1GB, found "-1MB"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -336,5 +340,29 @@ func TestExampleFile(t *testing.T) {
 	}
 	if !cfg.Network.AllowPrivate {
 		t.Error("allow_private is false; the example delivers to a local sink")
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"256MB", 256 << 20, true},
+		{"1GB", 1 << 30, true},
+		{"1.5 GB", 3 << 29, true},
+		{"512kb", 512 << 10, true},
+		{"1048576", 1 << 20, true},
+		{"100B", 100, true},
+		{"0", 0, true},
+		{"MB", 0, false},
+		{"-5MB", 0, false},
+		{"5PB", 0, false},
+	} {
+		got, ok := parseSize(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/diskspace"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jsonscan"
 	"github.com/fanout/fanout/internal/router"
@@ -505,6 +506,10 @@ func (l *limitReader) Read(p []byte) (int, error) {
 // and retries, whether the store said it is unavailable or failed otherwise.
 func (h *Handler) storeFailed(ctx context.Context, source string, err error) *requestError {
 	switch {
+	case errors.Is(err, diskspace.ErrLowSpace), errors.Is(err, diskspace.ErrDegraded):
+		// Not a line per request on a disk that is full: the watcher
+		// logs when it starts and stops refusing.
+		h.log.Debug("disk short of space, answering 503", "source", source, "err", err)
 	case errors.Is(err, jobstore.ErrUnavailable):
 		h.log.Warn("store unavailable, answering 503", "source", source, "err", err)
 	case ctx.Err() != nil:

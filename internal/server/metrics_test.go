@@ -327,6 +327,10 @@ func TestQueueMetrics(t *testing.T) {
 		t.Errorf("no process_open_fds: the process collector is missing")
 	}
 	checkLabels(t, got)
+	if got["fanout_storage_accepting"] != 1 || got["fanout_storage_degraded"] != 0 || got[metric("fanout_disk_free_bytes", "dir", "jobs")] <= 0 {
+		t.Errorf("disk space metrics: accepting %v, degraded %v, jobs free %v; want 1, 0, > 0",
+			got["fanout_storage_accepting"], got["fanout_storage_degraded"], got[metric("fanout_disk_free_bytes", "dir", "jobs")])
+	}
 
 	// Past the first backoff (1-2 s): flaky's retries deliver, archive's
 	// run out of retry window. The throttled queue stays paused.
@@ -722,6 +726,7 @@ func checkLabels(t *testing.T, samples map[string]float64) {
 		"outcome":     set(outcomes...),
 		"result":      set("accepted", "deduplicated", "rejected"),
 		"reason":      set("origin", "rate_limit"),
+		"dir":         set("jobs", "stats", "archive"),
 	}
 	for k := range samples {
 		if !strings.HasPrefix(k, "fanout_") {

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/archive"
@@ -21,6 +23,7 @@ import (
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/diskspace"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
@@ -70,6 +73,7 @@ type Server struct {
 	store   jobstore.Store
 	stats   *stats.Stats
 	archive *archive.Writer
+	space   *diskspace.Watcher
 	engine  *delivery.Engine
 	track   *http.Server
 	admin   *http.Server
@@ -96,6 +100,25 @@ func New(opts Options) (_ *Server, err error) {
 	if cfg.Storage.Postgres != "" {
 		return nil, errors.New("storage.postgres: PostgreSQL storage is not built yet; leave it empty to use the embedded store")
 	}
+	// Free space is watched on every filesystem fanout writes to: below
+	// storage.min_free ingest answers 503, and the databases write through
+	// a filesystem that releases the ballast rather than fail a write.
+	space, err := diskspace.New(diskspace.Options{
+		Dirs: []diskspace.Dir{
+			{Name: "jobs", Path: filepath.Join(cfg.DataDir, "jobs")},
+			{Name: "stats", Path: filepath.Join(cfg.DataDir, "stats")},
+			{Name: "archive", Path: filepath.Join(cfg.DataDir, "archive")},
+		},
+		MinFree: cfg.Storage.MinFree,
+		Ballast: filepath.Join(cfg.DataDir, diskspace.BallastName),
+		Clock:   opts.Clock,
+		Logger:  opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage.min_free: %w", err)
+	}
+	s.space = space
+	spaceFS := s.space.FS(vfs.Default)
 	// The engine is told of new jobs as soon as the store has applied them,
 	// while their fsync runs (see pebble.Options.Applied); it is built after
 	// the store, and no event arrives before Run, so the hook starts unset.
@@ -109,11 +132,12 @@ func New(opts Options) (_ *Server, err error) {
 		DedupeWindow: cfg.DedupeWindow,
 		Now:          opts.Clock.Now,
 		Logger:       opts.Logger,
+		FS:           spaceFS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
-	s.store = store
+	s.store = s.space.Guard(store) // appends (ingest, replay) wait for space
 
 	// Delivery stats, the debugger and metrics hang off the hooks of the
 	// tracking API and the engine; the stats persist in their own database.
@@ -132,7 +156,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	s.stats, err = stats.Open(stats.Options{
 		Dir: filepath.Join(cfg.DataDir, "stats"), Redactors: redactors,
-		Fallback: redact.New(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger,
+		Fallback: redact.New(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger, FS: spaceFS,
 	})
 	if err != nil {
 		return nil, err
@@ -162,6 +186,7 @@ func New(opts Options) (_ *Server, err error) {
 		mo.Depth = s.stats.Depth
 	}
 	metrics := admin.NewMetrics(mo)
+	metrics.Registry().MustRegister(s.space)
 
 	targets, err := newTargets(cfg, opts.Registry)
 	if err != nil {
@@ -176,6 +201,7 @@ func New(opts Options) (_ *Server, err error) {
 		observe = nil
 	}
 	s.archive = archive.NewWriter(filepath.Join(cfg.DataDir, "archive"))
+	s.archive.SetGuard(s.space)
 	s.engine, err = delivery.New(delivery.Options{
 		Store:   store,
 		Targets: targets,
@@ -200,7 +226,7 @@ func New(opts Options) (_ *Server, err error) {
 	tracking := ingest.New(ingest.Options{
 		Sources: cfg.Sources,
 		Router:  route,
-		Store:   store,
+		Store:   s.store,
 		Observe: observeIngest,
 		Now:     opts.Clock.Now,
 		Logger:  opts.Logger,
@@ -213,8 +239,9 @@ func New(opts Options) (_ *Server, err error) {
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
 		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
 		Replay: (&archive.Replayer{
-			Archive: s.archive, Store: store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
+			Archive: s.archive, Store: s.store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
 		}).Replay,
+		Storage: func() any { return s.space.State() },
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -307,6 +334,9 @@ func (s *Server) closeOpened() {
 	if s.store != nil {
 		s.store.Close()
 	}
+	if s.space != nil {
+		s.space.Close()
+	}
 }
 
 // TrackingAddr is the address the tracking API listens on.
@@ -324,6 +354,9 @@ func (s *Server) Run(ctx context.Context) error {
 	defer stopEngine()
 	statsCtx, stopStats := context.WithCancel(context.Background())
 	defer stopStats()
+	spaceCtx, stopSpace := context.WithCancel(context.Background())
+	defer stopSpace()
+	go s.space.Run(spaceCtx)
 	statsDone := make(chan struct{})
 	go func() {
 		defer close(statsDone)
@@ -377,6 +410,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.store.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close store: %w", err)
 	}
+	s.space.Close()
 	log.Info("stopped")
 	return runErr
 }

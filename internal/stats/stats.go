@@ -36,6 +36,7 @@ import (
 	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/fanout/fanout/internal/jobstore/pebble"
 	"github.com/fanout/fanout/internal/redact"
@@ -90,6 +91,9 @@ type Options struct {
 	FlushInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// FS is the filesystem the database is written through. Default: the
+	// operating system's.
+	FS vfs.FS
 }
 
 // Pair names the stats of one source for one destination. Per-source
@@ -244,6 +248,7 @@ func Open(opts Options) (*Stats, error) {
 	db, err := pebbledb.Open(opts.Dir, &pebbledb.Options{
 		// Pebble's routine lines about this secondary database go to debug.
 		Logger: pebble.Logger{Log: log, InfoLevel: slog.LevelDebug},
+		FS:     opts.FS,
 		// Small: the hot minutes live in memory.
 		MemTableSize: 4 << 20,
 		Cache:        nil,

@@ -203,11 +203,17 @@ func (s *Store) commitLoop() {
 		if g == nil {
 			continue
 		}
-		if err := s.db.ApplyNoSyncWait(g.batch, pebbledb.Sync); err != nil {
+		err := s.failed()
+		if err == nil {
+			if err = s.db.ApplyNoSyncWait(g.batch, pebbledb.Sync); err != nil {
+				err = unavailable("append", err)
+				s.fail(err)
+			}
+		}
+		if err != nil {
 			// Nothing of the group is stored: forget its messageIds so
 			// that a retry is not taken for a duplicate.
 			s.recent.forget(g.gen, g.ids)
-			err = unavailable("append", err)
 			for _, r := range g.reqs {
 				r.done <- appendResult{err: err}
 			}
@@ -259,6 +265,7 @@ func (s *Store) syncLoop(groups <-chan *group, done chan<- struct{}) {
 		if err != nil {
 			err = unavailable("append", err)
 			s.log.Error("append sync failed", "err", err, "requests", len(g.reqs))
+			s.fail(err)
 		}
 		for _, r := range g.reqs {
 			if err != nil {

@@ -404,6 +404,51 @@ func TestDiskFull(t *testing.T) {
 	}
 }
 
+// TestWriteErrorNeverPanics checks that after a WAL write failed, no later
+// write reaches Pebble: its WAL error is sticky, and a commit that meets it
+// panics inside Pebble (DB.commitWrite) instead of returning an error. The
+// appends here are large enough to fill WAL blocks, which is what hands
+// the error to the next commit.
+func TestWriteErrorNeverPanics(t *testing.T) {
+	var full atomic.Bool
+	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if full.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
+			return syscall.ENOSPC
+		}
+		return nil
+	}))
+	s, err := Open("db", Options{Logger: testLogger(t), fs: fs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	big := func(id string) jobstore.Entry {
+		e := entry(id)
+		e.Event.Payload = []byte(`{"type":"track","event":"` + strings.Repeat("x", 8<<10) + `"}`)
+		return e
+	}
+	if _, err := s.Append(t.Context(), []jobstore.Entry{big("before")}); err != nil {
+		t.Fatal(err)
+	}
+	jobs, err := s.Pending(t.Context(), q, 0, 10)
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("Pending = %d jobs, %v", len(jobs), err)
+	}
+	full.Store(true)
+	for i := range 50 {
+		entries := make([]jobstore.Entry, 8)
+		for k := range entries {
+			entries[k] = big(fmt.Sprintf("full-%d-%d", i, k))
+		}
+		if _, err := s.Append(t.Context(), entries); !errors.Is(err, jobstore.ErrUnavailable) {
+			t.Fatalf("Append %d on a full disk = %v, want jobstore.ErrUnavailable", i, err)
+		}
+		if err := s.Apply(t.Context(), jobstore.Update{Finish: jobs}); !errors.Is(err, jobstore.ErrUnavailable) {
+			t.Fatalf("Apply %d after a WAL error = %v, want jobstore.ErrUnavailable", i, err)
+		}
+	}
+}
+
 // Applied hears of every stored entry, duplicates left out, by the time
 // Append returns, with the Seqs the store gave their jobs: one per
 // destination, as Pending reads them back.

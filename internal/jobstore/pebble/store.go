@@ -50,6 +50,10 @@ type Options struct {
 	// again: a duplicate, which at-least-once delivery allows. It runs on the
 	// committer goroutine and must not block.
 	Applied func(jobstore.Appended)
+	// FS is the filesystem the database is written through. Default: the
+	// operating system's. The server gives a diskspace.Watcher's, which
+	// releases a ballast when a write meets a full disk.
+	FS vfs.FS
 
 	// fs replaces the operating system's filesystem in tests (a crashable
 	// in-memory one that forgets unsynced writes).
@@ -122,6 +126,28 @@ type Store struct {
 	// dedupeSeeks counts the dedupe lookups that went to Pebble, so a test
 	// can check that the filter spares the lookups of new messageIds.
 	dedupeSeeks atomic.Uint64
+
+	// broken holds the first error a write met, wrapped as unavailable.
+	// Pebble's WAL errors are sticky and the next commit after one panics
+	// inside Pebble (DB.commitWrite), so once it is set no batch is
+	// committed again: Append and Apply fail until the store is reopened.
+	broken atomic.Pointer[error]
+}
+
+// failed returns the error that broke the store, or nil.
+func (s *Store) failed() error {
+	if p := s.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fail marks the store broken by err, an unavailable error, and logs it the
+// first time.
+func (s *Store) fail(err error) {
+	if s.broken.CompareAndSwap(nil, &err) {
+		s.log.Error("write failed: the store takes no more writes until it is reopened", "err", err)
+	}
 }
 
 // Open opens the store in dir, creating it if needed, and starts its
@@ -131,7 +157,11 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("jobstore/pebble: %w", err)
 	}
 	log := opts.Logger.With("component", "jobstore")
-	db, err := pebbledb.Open(dir, pebbleOptions(opts.Logger.With("component", "jobstore.pebble"), opts.fs))
+	fs := opts.fs
+	if fs == nil {
+		fs = opts.FS
+	}
+	db, err := pebbledb.Open(dir, pebbleOptions(opts.Logger.With("component", "jobstore.pebble"), fs))
 	if err != nil {
 		return nil, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err)
 	}
@@ -457,8 +487,13 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 		return err
 	}
 	defer s.mu.RUnlock()
+	if err := s.failed(); err != nil {
+		return err
+	}
 	if err := s.db.Apply(b, pebbledb.NoSync); err != nil {
-		return unavailable("apply", err)
+		err = unavailable("apply", err)
+		s.fail(err)
+		return err
 	}
 	return nil
 }
