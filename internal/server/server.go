@@ -175,6 +175,7 @@ func New(opts Options) (_ *Server, err error) {
 		observe = nil
 	}
 	s.archive = archive.NewWriter(filepath.Join(cfg.DataDir, "archive"))
+	s.archive.Logger = opts.Logger.With("component", "archive")
 	s.engine, err = delivery.New(delivery.Options{
 		Store:   store,
 		Targets: targets,

@@ -22,7 +22,7 @@ func openDB(dir string, o *pebbledb.Options, log *slog.Logger, now time.Time) (*
 	// A corruption met by a later read is logged and returned to the
 	// reader, instead of Pebble's default, a panic.
 	o.EventListener = &pebbledb.EventListener{DataCorruption: func(info pebbledb.DataCorruptionInfo) {
-		log.Error("on-disk corruption in the stats database: queries that read it fail", "file", info.Path, "err", info.Details)
+		log.Error("on-disk corruption in the stats database: queries that read it fail", "file", info.Path, "err", info.Details.Error())
 	}}
 	db, err := pebbledb.Open(dir, o)
 	if err == nil {
@@ -39,7 +39,7 @@ func openDB(dir string, o *pebbledb.Options, log *slog.Logger, now time.Time) (*
 		return nil, fmt.Errorf("%w (and moving it aside failed: %w)", err, rerr)
 	}
 	log.Error("the stats database is damaged: moved aside, starting with empty stats; the events and jobs are not affected",
-		"dir", dir, "moved_to", bad, "err", err.Error())
+		"dir", dir, "moved_to", bad, "err", strings.ReplaceAll(err.Error(), "\n<corruption detail carrier>", ""))
 	return pebbledb.Open(dir, o)
 }
 

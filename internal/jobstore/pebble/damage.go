@@ -15,7 +15,11 @@ package pebble
 //     would replay up to the damage and drop every record after it, synced
 //     ones included, without a word. Open reads the WAL first (checkWAL):
 //     when a record after the damage says that bytes past it had been
-//     synced, the damage is not a torn write, and Open refuses to start.
+//     synced, or the WAL ends in the trailer written when it was closed
+//     (and synced), the damage is not a torn write, and Open refuses to
+//     start. Damage in front of the last synced write of a WAL that was
+//     not closed cleanly cannot be told from a torn write (Pebble cannot
+//     either): it is replayed up to the damage, with the WARN line.
 //   - Damage in an older WAL makes Pebble's Open fail with ErrCorruption;
 //     so does most damage in the MANIFEST. But damage in its last 32 KB is
 //     taken for a torn tail, like the WAL's, and Pebble opens without the
@@ -31,6 +35,7 @@ package pebble
 // In each refusal the error names the file and says what to do (damaged).
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -66,7 +71,7 @@ func damaged(dir string, err error) error {
 		"The job store in %[3]s is damaged and holds events not yet delivered, so fanout does not start "+
 		"rather than run without them. Restore the directory from a backup or, to start anyway and lose "+
 		"its jobs, move it aside (mv %[3]s %[3]s.bad): an empty store is made in its place",
-		file, err, dir)
+		file, cleanError{err}, dir)
 }
 
 // corruptionListener logs a corruption that a read meets, at ERROR with the
@@ -76,7 +81,7 @@ func corruptionListener(log *slog.Logger) *pebbledb.EventListener {
 	return &pebbledb.EventListener{
 		DataCorruption: func(info pebbledb.DataCorruptionInfo) {
 			log.Error("on-disk corruption in the job store: reads of these keys fail; restore the directory from a backup",
-				"file", info.Path, "err", info.Details)
+				"file", info.Path, "err", info.Details.Error()) // not %+v: no stack trace
 		},
 	}
 }
@@ -184,6 +189,12 @@ func walTail(b []byte, num uint32) (stop int, syncedAfter int64) {
 		return len(b), -1
 	}
 	stop, syncedAfter = p, -1
+	// The trailer that Pebble writes when it closes a WAL (after which it
+	// syncs the whole file) proves that everything before it was synced.
+	trailer := binary.LittleEndian.AppendUint32([]byte{0, 0, 0, 0, 0, 0, 5}, num+1)
+	if i := bytes.LastIndex(b[stop+1:], trailer); i >= 0 {
+		syncedAfter = int64(stop + 1 + i)
+	}
 	for q := stop + 1; q+walSyncHeader <= len(b); q++ {
 		if e := b[q+6]; e < firstWALSyncChunk || e > lastWALSyncChunk {
 			continue
@@ -277,9 +288,19 @@ func checkWAL(fs vfs.FS, dir string, log *slog.Logger) error {
 			"truncate it (truncate -s %d %s)",
 			dir, errDamaged, path, stop, syncedAfter, stop, path)
 	case stop < len(b):
-		log.Warn("the last WAL ends in a torn write, as after a crash: it is replayed up to the tear; "+
-			"what follows was never synced, so no client was told it was stored",
+		log.Warn("the last WAL ends in a torn write, as a crash leaves it: it is replayed up to the tear, and what follows is dropped "+
+			"(after a crash that was never synced, so no client was told it was stored)",
 			"file", path, "offset", stop, "dropped_bytes", len(b)-stop)
 	}
 	return nil
 }
+
+// cleanError leaves out of err's text the line that Pebble's corruption
+// errors add to carry their details ("<corruption detail carrier>").
+type cleanError struct{ err error }
+
+func (e cleanError) Error() string {
+	return strings.ReplaceAll(e.err.Error(), "\n<corruption detail carrier>", "")
+}
+
+func (e cleanError) Unwrap() error { return e.err }

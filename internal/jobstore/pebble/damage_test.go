@@ -129,6 +129,18 @@ func TestDamagedDirectory(t *testing.T) {
 		},
 		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
 	}, {
+		// The same in a WAL that was not closed (its closing trailer cut
+		// off, as after a crash): the records after the damage say how far
+		// the WAL had been synced.
+		name: "damaged WAL before synced records, not closed",
+		damage: func(t *testing.T, dir string) string {
+			p := lastFile(t, dir, "*.log")
+			truncateBy(t, p, recyclableHeader)
+			flipBytes(t, p, 0.5)
+			return p
+		},
+		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
+	}, {
 		// Pebble's Open does not read sstables; the store's does.
 		name:  "damaged sstable",
 		flush: true,
