@@ -8,6 +8,8 @@ import (
 	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
+
+	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
 // openDB opens the stats database in dir and reads every record of it
@@ -24,7 +26,13 @@ func openDB(dir string, o *pebbledb.Options, log *slog.Logger, now time.Time) (*
 	o.EventListener = &pebbledb.EventListener{DataCorruption: func(info pebbledb.DataCorruptionInfo) {
 		log.Error("on-disk corruption in the stats database: queries that read it fail", "file", info.Path, "err", info.Details.Error())
 	}}
-	db, err := pebbledb.Open(dir, o)
+	// Pebble would take some damage for a torn tail and open without what
+	// follows it; the job store's checks find it.
+	err := pebble.CheckDir(dir, log)
+	var db *pebbledb.DB
+	if err == nil {
+		db, err = pebbledb.Open(dir, o)
+	}
 	if err == nil {
 		if err = readAll(db); err == nil {
 			return db, nil
@@ -48,7 +56,7 @@ func openDB(dir string, o *pebbledb.Options, log *slog.Logger, now time.Time) (*
 // not a file that is missing or has the wrong size.
 func isDamage(err error) bool {
 	msg := err.Error()
-	return pebbledb.IsCorruptionError(err) || strings.Contains(msg, "size mismatch") ||
+	return pebbledb.IsCorruptionError(err) || pebble.IsDamaged(err) || strings.Contains(msg, "size mismatch") ||
 		strings.Contains(msg, "unknown to the objstorage provider")
 }
 

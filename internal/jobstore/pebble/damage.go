@@ -53,6 +53,10 @@ import (
 // errDamaged marks a refusal to open a damaged store.
 var errDamaged = errors.New("damaged")
 
+// IsDamaged reports whether err is CheckDir's or Open's refusal of a
+// damaged database.
+func IsDamaged(err error) bool { return errors.Is(err, errDamaged) }
+
 // damaged turns an error met while opening the store in dir into one that
 // says what to do, when it is a corruption; other errors pass unchanged.
 func damaged(dir string, err error) error {
@@ -172,6 +176,9 @@ func walTail(b []byte, num uint32) (stop int, syncedAfter int64) {
 			p = blockEnd // the writer pads a block's end that cannot hold a header
 			continue
 		}
+		if p+legacyHeader > blockEnd {
+			break // a few bytes, not zeros, where no header fits
+		}
 		// A header of another WAL ends this one, as in Pebble's reader:
 		// the trailer written on close (which carries the next number), or
 		// an older WAL's chunks in a recycled file.
@@ -229,6 +236,14 @@ func newestFile(names []string, prefix, suffix string) (string, uint64) {
 		}
 	}
 	return name, num
+}
+
+// CheckDir runs on the Pebble database in dir the checks that Open runs
+// before Pebble opens it (see checkWAL), for fanout's other database:
+// it returns an error for a damaged last WAL or MANIFEST that Pebble would
+// open without a word, and logs a torn WAL tail.
+func CheckDir(dir string, log *slog.Logger) error {
+	return checkWAL(nil, dir, log)
 }
 
 // checkWAL reads the last WAL and the MANIFEST in dir before Pebble does:
@@ -289,7 +304,7 @@ func checkWAL(fs vfs.FS, dir string, log *slog.Logger) error {
 			dir, errDamaged, path, stop, syncedAfter, stop, path)
 	case stop < len(b):
 		log.Warn("the last WAL ends in a torn write, as a crash leaves it: it is replayed up to the tear, and what follows is dropped "+
-			"(after a crash that was never synced, so no client was told it was stored)",
+			"(after a crash, writes that were never synced: no Append returned for them)",
 			"file", path, "offset", stop, "dropped_bytes", len(b)-stop)
 	}
 	return nil

@@ -273,3 +273,22 @@ func TestDamagedBlobFile(t *testing.T) {
 		t.Fatalf("reading the jobs = %v, want a checksum mismatch in file %s", err, num)
 	}
 }
+
+// TestWALTailAnyCut cuts a real WAL at every length and checks that
+// walTail never panics, and never calls a prefix of a WAL damaged.
+func TestWALTailAnyCut(t *testing.T) {
+	dir := t.TempDir()
+	fillDamaged(t, dir, 20, false)
+	p := lastFile(t, dir, "*.log")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var num uint32
+	fmt.Sscanf(filepath.Base(p), "%d.log", &num)
+	for n := range len(b) - recyclableHeader { // without the closing trailer
+		if stop, synced := walTail(b[:n], num); synced >= 0 {
+			t.Fatalf("a WAL cut at %d is called damaged at %d, synced to %d", n, stop, synced)
+		}
+	}
+}
