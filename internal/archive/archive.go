@@ -8,11 +8,13 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fanout/fanout/internal/jobstore"
@@ -32,9 +34,14 @@ type Record struct {
 
 // Writer appends records to archive files. It is safe for concurrent use.
 type Writer struct {
-	dir   string
-	mu    sync.Mutex
-	guard Guard
+	// Logger receives the report of a damaged file (see damaged.go).
+	// Default slog.Default().
+	Logger *slog.Logger
+
+	dir     string
+	mu      sync.Mutex
+	guard   Guard
+	damaged atomic.Int64
 }
 
 // Guard watches the disk the archive is written to (a diskspace.Watcher).
@@ -143,7 +150,8 @@ func Read(path string) ([]Record, error) {
 }
 
 // Scan returns the records of q whose event was received in [from, to),
-// oldest file first. A file that does not decode is reported, not skipped.
+// oldest file first. A damaged file is repaired (see damaged.go): its
+// intact records are returned, the rest is reported.
 func (w *Writer) Scan(q jobstore.Queue, from, to time.Time) ([]Record, error) {
 	dir := filepath.Dir(w.Path(q, from))
 	names, err := filepath.Glob(filepath.Join(dir, "*.jsonl.gz"))
@@ -159,7 +167,7 @@ func (w *Writer) Scan(q jobstore.Queue, from, to time.Time) ([]Record, error) {
 		if filepath.Base(name) < first {
 			continue
 		}
-		recs, err := Read(name)
+		recs, err := w.read(name)
 		if err != nil {
 			return nil, err
 		}

@@ -202,6 +202,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	s.archive = archive.NewWriter(filepath.Join(cfg.DataDir, "archive"))
 	s.archive.SetGuard(s.space)
+	s.archive.Logger = opts.Logger.With("component", "archive")
 	s.engine, err = delivery.New(delivery.Options{
 		Store:   store,
 		Targets: targets,

@@ -245,14 +245,14 @@ func Open(opts Options) (*Stats, error) {
 		opts.Fallback = &redact.Redactor{}
 	}
 	log := opts.Logger.With("component", "stats")
-	db, err := pebbledb.Open(opts.Dir, &pebbledb.Options{
+	db, err := openDB(opts.Dir, &pebbledb.Options{
 		// Pebble's routine lines about this secondary database go to debug.
 		Logger: pebble.Logger{Log: log, InfoLevel: slog.LevelDebug},
 		FS:     opts.FS,
 		// Small: the hot minutes live in memory.
 		MemTableSize: 4 << 20,
 		Cache:        nil,
-	})
+	}, log, opts.Now())
 	if err != nil {
 		return nil, fmt.Errorf("stats: open %s: %w", opts.Dir, err)
 	}

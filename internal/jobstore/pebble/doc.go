@@ -95,5 +95,7 @@
 //
 // Append returns only after its batch is fsynced, and concurrent Appends
 // share fsyncs (group commit, pipelined: see commit.go). Apply is not synced;
-// jobstore.Update explains why losing one is safe.
+// jobstore.Update explains why losing one is safe. What Open does with a
+// damaged directory, so that it never runs with jobs silently missing, is
+// told in damage.go.
 package pebble

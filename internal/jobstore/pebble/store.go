@@ -161,9 +161,19 @@ func Open(dir string, opts Options) (*Store, error) {
 	if fs == nil {
 		fs = opts.FS
 	}
-	db, err := pebbledb.Open(dir, pebbleOptions(opts.Logger.With("component", "jobstore.pebble"), fs))
+	// A damaged directory: see damage.go.
+	if err := checkWAL(fs, dir, log); err != nil {
+		return nil, damaged(dir, err)
+	}
+	po := pebbleOptions(opts.Logger.With("component", "jobstore.pebble"), fs)
+	po.EventListener = corruptionListener(log)
+	db, err := pebbledb.Open(dir, po)
 	if err != nil {
-		return nil, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err)
+		return nil, damaged(dir, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err))
+	}
+	if err := verifyTables(db); err != nil {
+		db.Close()
+		return nil, damaged(dir, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err))
 	}
 	s := &Store{
 		db:            db,
