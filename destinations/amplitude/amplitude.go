@@ -328,12 +328,12 @@ func (d *destination) record(messageID string, m map[string]any) (*record, strin
 	}
 
 	c := traits.Context(m)
-	r.IP = traits.String(c["ip"])
+	r.IP = traits.IP(m)
 	r.OSName = traits.String(traits.Get(c, "os", "name"))
 	r.OSVersion = traits.String(traits.Get(c, "os", "version"))
 	r.DeviceModel = traits.String(traits.Get(c, "device", "model"))
 	r.AppVersion = traits.String(traits.Get(c, "app", "version"))
-	r.Language = traits.String(c["locale"])
+	r.Language = traits.String(traits.Get(c, "locale"))
 	return r, ""
 }
 

@@ -547,7 +547,7 @@ func (d *destination) track(m map[string]any) ([]object, string) {
 		return nil, "the event has no readable timestamp, which Braze needs as time"
 	}
 	props := traits.Properties(m)
-	products, _ := props["products"].([]any)
+	products := traits.Products(m)
 	if name == "Order Completed" && len(products) > 0 {
 		return d.purchases(m, ts, products)
 	}
@@ -569,19 +569,15 @@ func (d *destination) track(m map[string]any) ([]object, string) {
 }
 
 // purchases builds one purchase object per product of an order.
-func (d *destination) purchases(m map[string]any, ts time.Time, products []any) ([]object, string) {
+func (d *destination) purchases(m map[string]any, ts time.Time, products []map[string]any) ([]object, string) {
 	currency := traits.Currency(m)
 	if currency == "" {
 		currency = "USD"
 	}
 	orderID := traits.String(traits.Get(m, "properties", "order_id"))
 	out := make([]object, 0, len(products))
-	for n, p := range products {
-		prod, _ := p.(map[string]any)
-		id := traits.String(prod["product_id"])
-		if id == "" {
-			id = traits.String(prod["sku"])
-		}
+	for n, prod := range products {
+		id := traits.ProductID(prod)
 		price, ok := traits.Number(prod["price"])
 		if id == "" || !ok {
 			return nil, fmt.Sprintf("product %d of the order has no product_id (or sku) or no price, which Braze needs for a purchase", n)

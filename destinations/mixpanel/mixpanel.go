@@ -413,7 +413,7 @@ func (d *destination) identifyRecord(messageID string, m map[string]any) (body [
 
 // mergeRecord encodes an alias call as a $merge of previousId and userId.
 func (d *destination) mergeRecord(messageID string, m map[string]any) ([]byte, string) {
-	userID, previous := traits.UserID(m), traits.String(m["previousId"])
+	userID, previous := traits.UserID(m), traits.PreviousID(m)
 	if userID == "" || previous == "" {
 		return nil, "the alias call needs both userId and previousId, the two distinct_ids Mixpanel's $merge joins"
 	}
@@ -482,7 +482,7 @@ func (d *destination) importRecord(messageID string, m map[string]any) ([]byte, 
 		props["$device_id"] = anonID
 	}
 	ctx := traits.Context(m)
-	if ip := traits.String(ctx["ip"]); ip != "" {
+	if ip := traits.IP(m); ip != "" {
 		props["ip"] = ip
 	}
 	if u := traits.String(traits.Get(ctx, "page", "url")); u != "" {
@@ -564,7 +564,7 @@ func (d *destination) engageRecord(m map[string]any) ([]byte, string) {
 		"$set":         set,
 	}
 	// Without $ip Mixpanel would geolocate fanout's own address.
-	if ip := traits.String(traits.Get(m, "context", "ip")); ip != "" {
+	if ip := traits.IP(m); ip != "" {
 		rec["$ip"] = ip
 	} else {
 		rec["$ip"] = "0"
