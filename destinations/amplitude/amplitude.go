@@ -450,8 +450,10 @@ func classifyBadRequest(n, code int, a *answer, body []byte) []destinations.Resu
 
 // HoldKey is the key Amplitude throttles an event by: its user_id
 // (userId) when it has one, else its device_id (anonymousId), so that a
-// held user's later events wait behind the held one. "" when the event
-// cannot be read (it is rejected in Transform anyway).
+// held user's later events wait behind the held one. An event of a
+// throttled device that has a user_id is held under its user_id: one key
+// per event, the one the engine queues its later events behind. "" when
+// the event cannot be read (it is rejected in Transform anyway).
 func (d *destination) HoldKey(e event.Event) string {
 	m, err := e.Fields()
 	if err != nil {

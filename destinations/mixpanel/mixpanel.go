@@ -586,7 +586,10 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 
 // backoff counts a 429 and returns the wait before the next request:
 // Retry-After when sent, else the documented schedule. Any other answer
-// resets the count (see answered).
+// resets the count (see answered). Requests in flight together that are
+// all refused count as consecutive 429s: the wait grows faster under
+// concurrency, never slower, which is the side the documentation asks
+// to err on.
 func (d *destination) backoff(resp *destinations.Response) time.Duration {
 	d.mu.Lock()
 	k := d.rateLimited
