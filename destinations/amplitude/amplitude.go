@@ -3,23 +3,39 @@
 // The formats come from Amplitude's public documentation:
 //
 //   - HTTP V2 API, https://amplitude.com/docs/apis/analytics/http-v2
-//     (POST /2/httpapi with api_key and events; event fields; insert_id;
-//     min_id_length; the 200, 400, 413, 429 and 5xx answers and their
-//     bodies: events_with_invalid_fields, events_with_missing_fields,
-//     throttled_users, throttled_devices, throttled_events,
-//     exceeded_daily_quota_users, exceeded_daily_quota_devices);
+//     (POST /2/httpapi with api_key and events; the US and EU endpoints;
+//     event fields, time in milliseconds; insert_id; min_id_length; the
+//     200, 400, 413, 429 and 5xx answers and their bodies:
+//     events_with_invalid_fields, events_with_missing_fields,
+//     silenced_events, throttled_users, throttled_devices,
+//     throttled_events, exceeded_daily_quota_users,
+//     exceeded_daily_quota_devices; "pause sending events for that user
+//     or device for 30 seconds");
+//   - Batch Event Upload API, https://amplitude.com/docs/apis/analytics/batch-event-upload
+//     (the same bodies; "Code 429 explained": throttling is per user_id and
+//     per device_id, so work partitioned by them lets the others go on;
+//     the daily limit of 500,000 events per user or device over a rolling
+//     24 hours, counted in one-hour intervals);
 //   - Batch and retry HTTP V2 API requests,
 //     https://amplitude.com/docs/apis/analytics/http-api-batching-retries
 //     (up to 2000 events per request; retry 429 and 5xx; "when a 400
 //     response lists rejected events, remove those events and resend the
-//     rest"; insert_id deduplication over 7 days);
+//     rest");
 //   - Identify API, https://amplitude.com/docs/apis/analytics/identify
-//     (user property operations such as $set; 30 s pause on 429).
+//     (user property operations such as $set).
 //
 // The tapes in testdata/ were written by hand from the request and response
 // examples of those pages, since the live API cannot be reached from where
-// this integration was written; re-record them with credentials (see
+// this integration was written; each says which page its answer copies, or
+// that it is modelled, not recorded. Re-record them with credentials (see
 // destinations/README.md) when you have them.
+//
+// # Deduplication
+//
+// Amplitude deduplicates: it ignores an event whose insert_id it has seen
+// from the same project in the past 7 days. Every event carries its
+// messageId as insert_id, so a retried batch does not double-count within
+// that window (Integration.Deduplicates).
 //
 // # Requests
 //
@@ -27,12 +43,11 @@
 // 2000 events and under 1 MB, to POST /2/httpapi as
 // {"api_key", "events": [...], "options"}. Each event carries user_id
 // (userId) and device_id (anonymousId), time in milliseconds, and the
-// messageId as insert_id: Amplitude ignores an event whose insert_id it
-// has seen in the past 7 days, so a retried batch does not double-count.
-// A page call becomes "Loaded a Page" (or "Viewed <name> Page"), a screen
-// call likewise. An identify call becomes an "$identify" event whose
-// user_properties {"$set": {...}} carry the traits, so that it shares the
-// batch, the insert_id and the answers of the other events.
+// messageId as insert_id. A page call becomes "Loaded a Page" (or
+// "Viewed <name> Page"), a screen call likewise. An identify call becomes
+// an "$identify" event whose user_properties {"$set": {...}} carry the
+// traits, so that it shares the batch, the insert_id and the answers of
+// the other events.
 //
 // Amplitude refuses user and device ids shorter than 5 characters unless
 // options.min_id_length says otherwise: such events are rejected in
@@ -41,20 +56,26 @@
 // # Outcomes
 //
 //   - 200: delivered.
-//   - 400 with events_with_invalid_fields, events_with_missing_fields or
-//     events_with_invalid_id_lengths (field -> indexes): Amplitude ingested
-//     nothing; the events listed are rejected with their fields, the others
-//     are retried, which resends them without the bad ones. A 400 saying
-//     "Invalid API key" rejects every event with the settings to check;
-//     another 400 rejects them all with Amplitude's error.
-//   - 413: the batch is too large. One event alone is rejected; the events
-//     of a larger batch are retried, to be batched anew.
-//   - 429: retried. Events listed in throttled_events, or whose user or
-//     device is in throttled_users or throttled_devices, wait 30 seconds,
-//     as the documentation asks; others are retried at once (their
-//     insert_id makes that safe if Amplitude ingested them after all).
-//     Events of users or devices over their daily quota are retried with
-//     that reason.
+//   - 400 with events_with_invalid_fields, events_with_missing_fields,
+//     events_with_invalid_id_lengths (field -> indexes) or silenced_events:
+//     Amplitude ingested nothing; the events listed are rejected with their
+//     fields, the others are retried, which resends them without the bad
+//     ones. A 400 saying "Invalid API key" rejects every event with the
+//     settings to check; another 400 rejects them all with Amplitude's error.
+//   - 413: the batch is too large; Split, so that the engine sends it again
+//     in halves (an event alone still too large ends rejected).
+//   - 429: Amplitude refused the whole upload because some users or devices
+//     are over their limits, and names them. The events of a throttled
+//     user or device (throttled_users, throttled_devices, throttled_events)
+//     are held (Result.Hold, the key HoldKey gives) for the 30 seconds the
+//     documentation asks; those of a user or device over its daily quota
+//     (exceeded_daily_quota_users, exceeded_daily_quota_devices) are held
+//     for an hour, the interval the rolling daily count moves by, and
+//     marked Quota so that the wait is not counted against them. Every
+//     other event is retried at once, without a wait: nothing of the upload
+//     was ingested, and its insert_id makes a resend safe anyway. A 429
+//     whose body names nobody is retried as a whole, after Retry-After if
+//     sent.
 //   - 5xx: retried.
 package amplitude
 
@@ -83,6 +104,11 @@ const (
 // ThrottleWait is how long Amplitude asks senders to pause a throttled
 // user or device (HTTP V2 API, 429).
 const ThrottleWait = 30 * time.Second
+
+// QuotaWait is how long the events of a user or device over its daily
+// quota are held: the daily count is a rolling 24 hours that moves in
+// one-hour intervals (Batch Event Upload API, "Daily limit").
+const QuotaWait = time.Hour
 
 // defaultMinIDLength is Amplitude's own minimum length of user and device ids.
 const defaultMinIDLength = 5
@@ -117,7 +143,9 @@ var Integration = &destinations.Integration{
 	},
 	EventTypes: []string{event.Track, event.Page, event.Screen, event.Identify},
 	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
-	New:        New,
+	// insert_id, within 7 days (see the package doc).
+	Deduplicates: true,
+	New:          New,
 }
 
 var regions = []destinations.Region{
@@ -134,7 +162,10 @@ type destination struct {
 	options map[string]any
 }
 
-var _ destinations.Destination = (*destination)(nil)
+var (
+	_ destinations.Destination = (*destination)(nil)
+	_ destinations.HoldKeyer   = (*destination)(nil)
+)
 
 // New builds an Amplitude destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
@@ -297,12 +328,12 @@ func (d *destination) record(messageID string, m map[string]any) (*record, strin
 	}
 
 	c := traits.Context(m)
-	r.IP = traits.String(c["ip"])
+	r.IP = traits.IP(m)
 	r.OSName = traits.String(traits.Get(c, "os", "name"))
 	r.OSVersion = traits.String(traits.Get(c, "os", "version"))
 	r.DeviceModel = traits.String(traits.Get(c, "device", "model"))
 	r.AppVersion = traits.String(traits.Get(c, "app", "version"))
-	r.Language = traits.String(c["locale"])
+	r.Language = traits.String(traits.Get(c, "locale"))
 	return r, ""
 }
 
@@ -352,12 +383,8 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
 			Reason: destinations.StatusReason(code, resp.Body) + ": " + checkKey})
 	case code == http.StatusRequestEntityTooLarge:
-		if n > 1 {
-			return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-				Reason: destinations.StatusReason(code, resp.Body) + ": the batch was over Amplitude's size limit; its events are sent again in other batches"})
-		}
-		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
-			Reason: destinations.StatusReason(code, resp.Body) + ": the event alone is over Amplitude's 1 MB request limit"})
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: destinations.StatusReason(code, resp.Body) + ": the batch is over Amplitude's 1 MB request limit; it is sent again in halves"})
 	case code == http.StatusTooManyRequests && parsed:
 		return classifyThrottled(req, code, &a, resp)
 	}
@@ -421,8 +448,33 @@ func classifyBadRequest(n, code int, a *answer, body []byte) []destinations.Resu
 	return out
 }
 
-// classifyThrottled reads a 429: every event is retried, the throttled
-// ones after the documented pause.
+// HoldKey is the key Amplitude throttles an event by: its user_id
+// (userId) when it has one, else its device_id (anonymousId), so that a
+// held user's later events wait behind the held one. An event of a
+// throttled device that has a user_id is held under its user_id: one key
+// per event, the one the engine queues its later events behind. "" when
+// the event cannot be read (it is rejected in Transform anyway).
+func (d *destination) HoldKey(e event.Event) string {
+	m, err := e.Fields()
+	if err != nil {
+		return ""
+	}
+	return holdKey(traits.UserID(m), traits.AnonymousID(m))
+}
+
+func holdKey(userID, deviceID string) string {
+	if userID != "" {
+		return "user_id:" + userID
+	}
+	if deviceID != "" {
+		return "device_id:" + deviceID
+	}
+	return ""
+}
+
+// classifyThrottled reads a 429: Amplitude ingested nothing of the
+// upload. The events of the users and devices it names are held, the
+// others retried at once.
 func classifyThrottled(req *destinations.Request, code int, a *answer, resp *destinations.Response) []destinations.Result {
 	n := len(req.Events)
 	throttled := map[int]bool{}
@@ -430,7 +482,7 @@ func classifyThrottled(req *destinations.Request, code int, a *answer, resp *des
 		throttled[i] = true
 	}
 	// The users and devices of each event, from the request, to match the
-	// maps of the answer when throttled_events is absent.
+	// maps of the answer.
 	var u upload
 	var recs []record
 	if json.Unmarshal(req.Body, &u) == nil {
@@ -442,8 +494,12 @@ func classifyThrottled(req *destinations.Request, code int, a *answer, resp *des
 	}
 	has := func(m map[string]any, k string) bool { _, ok := m[k]; return k != "" && ok }
 	wait := destinations.ParseRetryAfter(resp.Header, resp.ReceivedAt)
-	if wait == 0 {
-		wait = ThrottleWait
+	named := len(a.ThrottledEvents)+len(a.ThrottledUsers)+len(a.ThrottledDevices)+
+		len(a.ExceededDailyQuotaUsers)+len(a.ExceededDailyQuotaDevices) > 0
+	if !named {
+		// Nobody named: the whole upload waits, as any 429.
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, RetryAfter: wait,
+			Reason: destinations.StatusReason(code, resp.Body)})
 	}
 	out := make([]destinations.Result, n)
 	for i := range out {
@@ -451,19 +507,22 @@ func classifyThrottled(req *destinations.Request, code int, a *answer, resp *des
 		if i < len(recs) {
 			r = recs[i]
 		}
+		key := holdKey(r.UserID, r.DeviceID)
 		switch {
 		case has(a.ExceededDailyQuotaUsers, r.UserID) || has(a.ExceededDailyQuotaDevices, r.DeviceID):
-			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-				Reason: "Amplitude throttled the event: its user or device is over the daily event quota"}
+			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Hold: key, Quota: true,
+				RetryAfter: max(wait, QuotaWait),
+				Reason:     "Amplitude refused the event: its user or device is over the daily limit of events (500,000 over a rolling 24 hours)"}
 		case throttled[i] || has(a.ThrottledUsers, r.UserID) || has(a.ThrottledDevices, r.DeviceID):
 			reason := "Amplitude throttled the event: its user or device sent too many events per second"
 			if a.EPSThreshold > 0 {
 				reason = fmt.Sprintf("Amplitude throttled the event: its user or device sent more than %d events per second", a.EPSThreshold)
 			}
-			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code, RetryAfter: wait, Reason: reason}
+			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Hold: key,
+				RetryAfter: max(wait, ThrottleWait), Reason: reason}
 		default:
 			out[i] = destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-				Reason: "Amplitude throttled other events of the batch and may not have ingested this one (its insert_id makes the retry safe): " + destinations.Snippet([]byte(a.Error), 120)}
+				Reason: "Amplitude refused the upload because of other users or devices in it; this event is sent again at once: " + destinations.Snippet([]byte(a.Error), 120)}
 		}
 	}
 	return out

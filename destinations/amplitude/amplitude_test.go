@@ -85,41 +85,89 @@ func TestTapes(t *testing.T) {
 			Want:   []want{{Outcome: destinations.Rejected, Status: 400, Reason: "Amplitude refused the API key (Invalid API key: REDACTED): check api_key"}},
 		},
 		{
-			Tape:   "throttled",
-			Events: two,
-			Want: []want{
-				{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
-				{Outcome: destinations.Retryable, Status: 429, Reason: "may not have ingested this one"},
-			},
-		},
-		{
-			Tape:   "daily_quota",
-			Events: two,
-			Want: []want{
-				{Outcome: destinations.Retryable, Status: 429, Reason: "over the daily event quota"},
-				{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
-			},
-		},
-		{
-			Tape:   "too_large",
-			Events: one,
-			Want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "the event alone is over Amplitude's 1 MB"}},
-		},
-		{
-			Tape:   "too_large_batch",
-			Events: two,
-			Want: []want{
-				{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in other batches"},
-				{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in other batches"},
-			},
-		},
-		{
 			Tape:   "server_error",
 			Events: one,
 			Want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
 		},
 	}
 	destinationstest.RunTapes(t, setup, cases)
+}
+
+// extra is what Check does not compare: the fields of issue 20.
+type extra struct {
+	hold  string
+	quota bool
+	split bool
+}
+
+func checkExtra(t *testing.T, got []destinations.SendResult, wants ...extra) {
+	t.Helper()
+	for i, w := range wants {
+		g := got[i].Result
+		if g.Hold != w.hold || g.Quota != w.quota || g.Split != w.split {
+			t.Errorf("event %d: hold %q quota %v split %v; want hold %q quota %v split %v",
+				i, g.Hold, g.Quota, g.Split, w.hold, w.quota, w.split)
+		}
+	}
+}
+
+func anonSignedUp(t *testing.T, anon, id string) event.Event {
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","anonymousId":"`+anon+`","messageId":"`+id+`",`+ts+`,"properties":{"plan":"pro"}}`)
+}
+
+// TestThrottled checks the 429s that name users and devices: their events
+// are held by their HoldKey, the others are retried at once.
+func TestThrottled(t *testing.T) {
+	three := func(t *testing.T) []event.Event {
+		return []event.Event{signedUp(t, "user-00001", "m-1"), anonSignedUp(t, "anon-00004", "m-4"), signedUp(t, "user-00003", "m-3")}
+	}
+	t.Run("throttled", func(t *testing.T) {
+		got := setup(t, "throttled", nil).Send(three(t)...)
+		destinationstest.Check(t, got,
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "more than 30 events per second", RetryAfter: ThrottleWait},
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "sent again at once"},
+		)
+		checkExtra(t, got, extra{hold: "user_id:user-00001"}, extra{hold: "device_id:anon-00004"}, extra{})
+	})
+	t.Run("daily_quota", func(t *testing.T) {
+		got := setup(t, "daily_quota", nil).Send(three(t)...)
+		destinationstest.Check(t, got,
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "over the daily limit", RetryAfter: QuotaWait},
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "over the daily limit", RetryAfter: QuotaWait},
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "sent again at once"},
+		)
+		checkExtra(t, got, extra{hold: "user_id:user-00001", quota: true}, extra{hold: "device_id:anon-00004", quota: true}, extra{})
+	})
+}
+
+// TestTooLarge checks that a 413 asks for the batch to be split, whatever
+// its size: the engine rejects an event alone that is still too large.
+func TestTooLarge(t *testing.T) {
+	got := setup(t, "too_large_batch", nil).Send(signedUp(t, "user-00001", "m-1"), signedUp(t, "user-00002", "m-2"))
+	split := want{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in halves"}
+	destinationstest.Check(t, got, split, split)
+	checkExtra(t, got, extra{split: true}, extra{split: true})
+
+	got = setup(t, "too_large", nil).Send(signedUp(t, "user-00001", "m-1"))
+	destinationstest.Check(t, got, split)
+	checkExtra(t, got, extra{split: true})
+}
+
+func TestHoldKey(t *testing.T) {
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"api_key": "key"}}).(destinations.HoldKeyer)
+	for _, c := range []struct{ payload, want string }{
+		{`{"type":"track","event":"x","userId":"user-1","anonymousId":"anon-1","messageId":"m"}`, "user_id:user-1"},
+		{`{"type":"track","event":"x","anonymousId":"anon-1","messageId":"m"}`, "device_id:anon-1"},
+		{`{"type":`, ""},
+	} {
+		if got := d.HoldKey(event.Event{Type: event.Track, Payload: json.RawMessage(c.payload)}); got != c.want {
+			t.Errorf("HoldKey(%s) = %q, want %q", c.payload, got, c.want)
+		}
+	}
+	if !Integration.Deduplicates {
+		t.Error("Amplitude deduplicates on insert_id: Deduplicates must be true")
+	}
 }
 
 // TestWithoutRequest covers events decided in Transform.
@@ -182,6 +230,7 @@ func TestClassifyMalformed(t *testing.T) {
 	}{
 		{400, `<html>bad request</html>`, destinations.Rejected},
 		{429, `<html>slow down</html>`, destinations.Retryable},
+		{429, `{"code":429,"error":"Too many requests"}`, destinations.Retryable},
 		{400, `{"code":400,"events_with_invalid_fields":{"time":[7]}}`, destinations.Rejected},
 	}
 	for _, c := range cases {

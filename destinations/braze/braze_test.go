@@ -50,6 +50,10 @@ func identify(t testing.TB, user string) event.Event {
 	return destinationstest.Event(t, `{"type":"identify","userId":"`+user+`","messageId":"m-id-`+user+`",`+ts+`,"traits":{"email":"`+user+`@example.com"}}`)
 }
 
+func identifyAnon(t testing.TB, user, anon string) event.Event {
+	return destinationstest.Event(t, `{"type":"identify","userId":"`+user+`","anonymousId":"`+anon+`","messageId":"m-id-`+user+`",`+ts+`,"traits":{"email":"`+user+`@example.com"}}`)
+}
+
 func order(t testing.TB, id string) event.Event {
 	return destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"m-`+id+`",`+ts+`,
 		"properties":{"order_id":"`+id+`","currency":"eur","products":[
@@ -119,6 +123,97 @@ func TestTapes(t *testing.T) {
 
 func newDest(t testing.TB) destinations.Destination {
 	return destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k"}})
+}
+
+// split is a result whose batch the engine sends again in halves.
+func checkSplit(t *testing.T, got []destinations.SendResult, want ...bool) {
+	t.Helper()
+	for i, w := range want {
+		if got[i].Split != w {
+			t.Errorf("event %d: split %v, want %v (%+v)", i, got[i].Split, w, got[i].Result)
+		}
+	}
+}
+
+// TestPartialFailures covers the answers that resend only what Braze did
+// not take.
+func TestPartialFailures(t *testing.T) {
+	t.Run("error naming no object", func(t *testing.T) {
+		// attributes_processed accounts for the attribute; which event
+		// failed is unknown: the two are split.
+		got := setup(t, "partial_unplaced", nil).Send(track(t, "u1", "Signed Up"), track(t, "u2", "Upgraded"), identify(t, "u3"))
+		doubt := want{Outcome: destinations.Retryable, Status: 201, Reason: "sent again in halves"}
+		destinationstest.Check(t, got, doubt, doubt, want{Outcome: destinations.Delivered, Status: 201})
+		checkSplit(t, got, true, true, false)
+	})
+	t.Run("fatal error naming no object", func(t *testing.T) {
+		got := setup(t, "bad_request_batch", nil).Send(track(t, "u1", "Signed Up"), track(t, "u2", "Upgraded"))
+		split := want{Outcome: destinations.Retryable, Status: 400, Reason: "without naming an object (Bad Request)"}
+		destinationstest.Check(t, got, split, split)
+		checkSplit(t, got, true, true)
+	})
+	t.Run("fatal error alone", func(t *testing.T) {
+		got := setup(t, "bad_request", nil).Send(track(t, "u1", "Signed Up"))
+		destinationstest.Check(t, got, want{Outcome: destinations.Rejected, Status: 400, Reason: "Braze refused the request: Valid data must be provided"})
+		checkSplit(t, got, false)
+	})
+}
+
+// TestQuantity checks that a product bought more than 100 times becomes
+// several purchase objects.
+func TestQuantity(t *testing.T) {
+	got := setup(t, "quantity", nil).Send(destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u1","messageId":"m-o-3",`+ts+`,
+		"properties":{"order_id":"o-3","currency":"eur","products":[{"product_id":"sku-1","price":4.99,"quantity":250}]}}`))
+	destinationstest.Check(t, got, want{Outcome: destinations.Delivered, Status: 201})
+}
+
+// TestIdentifyAliases checks /users/identify before the attributes of an
+// identify call with both ids.
+func TestIdentifyAliases(t *testing.T) {
+	t.Run("merged", func(t *testing.T) {
+		got := setup(t, "identify_alias", nil).Send(identifyAnon(t, "u1", "a-1"))
+		destinationstest.Check(t, got, want{Outcome: destinations.Delivered, Status: 201})
+	})
+	t.Run("forbidden", func(t *testing.T) {
+		got := setup(t, "identify_alias_forbidden", nil).Send(identifyAnon(t, "u1", "a-1"), track(t, "u1", "Signed Up"))
+		destinationstest.Check(t, got,
+			want{Outcome: destinations.Rejected, Status: 403, Reason: "users.identify permission"},
+			want{Outcome: destinations.Delivered, Status: 201})
+	})
+	t.Run("off", func(t *testing.T) {
+		// identify_aliases false: no /users/identify; the tape's attributes
+		// request is the one of "merged".
+		d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{
+			"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k", "identify_aliases": false}})
+		p := destinationstest.Transform(t, d, identifyAnon(t, "u1", "a-1"))
+		if len(p.Requests) != 1 || !strings.HasSuffix(p.Requests[0].URL, "/users/track") {
+			t.Errorf("requests %+v", p.Requests)
+		}
+	})
+	if Integration.Deduplicates {
+		t.Error("Braze records a repeated event again: Deduplicates must be false")
+	}
+}
+
+// TestObjectsPerRequest checks the objects_per_request setting: the
+// engine's batches and the cut.
+func TestObjectsPerRequest(t *testing.T) {
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{
+		"rest_endpoint": "rest.iad-01.braze.com", "api_key": "k", "objects_per_request": SmallObjects}})
+	if got := d.(destinations.Batcher).BatchLimits(); got.MaxEvents != SmallObjects || got.MaxBytes != MaxBytes {
+		t.Errorf("BatchLimits %+v", got)
+	}
+	var evs []event.Event
+	for i := 0; i < SmallObjects+1; i++ {
+		evs = append(evs, identify(t, fmt.Sprint("u", i)))
+	}
+	destinationstest.CheckBatches(t, destinationstest.Transform(t, d, evs...), MaxBytes, SmallObjects, 1)
+	if got := newDest(t).(destinations.Batcher).BatchLimits().MaxEvents; got != MaxObjects {
+		t.Errorf("default objects_per_request %d, want %d", got, MaxObjects)
+	}
+	for _, n := range []int{0, 76} {
+		destinationstest.CheckSettingsError(t, Integration, map[string]any{"rest_endpoint": "x", "api_key": "k", "objects_per_request": n}, "objects_per_request: expected 1 to 75")
+	}
 }
 
 // TestBatches checks the cut: 75 objects in all, one order per request,
@@ -200,6 +295,8 @@ func TestWithoutRequest(t *testing.T) {
 		{"no user", destinationstest.Event(t, `{"type":"track","event":"x","messageId":"m",`+ts+`}`), destinations.Rejected, "neither userId nor anonymousId"},
 		{"no name", destinationstest.Event(t, `{"type":"track","userId":"u","messageId":"m",`+ts+`}`), destinations.Rejected, "no event name"},
 		{"no timestamp", destinationstest.Event(t, `{"type":"track","event":"x","userId":"u","messageId":"m"}`), destinations.Rejected, "no readable timestamp"},
+		{"quantity beyond any request", destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u","messageId":"m",`+ts+`,"properties":{"products":[{"product_id":"p","price":1,"quantity":100000}]}}`), destinations.Rejected, "quantity of 100000"},
+		{"quantity beyond the setting", destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u","messageId":"m",`+ts+`,"properties":{"products":[{"product_id":"p","price":1,"quantity":7450},{"product_id":"q","price":1}]}}`), destinations.Rejected, "makes 76 Braze objects"},
 		{"product without price", destinationstest.Event(t, `{"type":"track","event":"Order Completed","userId":"u","messageId":"m",`+ts+`,"properties":{"products":[{"product_id":"p"}]}}`), destinations.Rejected, "product 0 of the order"},
 		{"page", destinationstest.Event(t, `{"type":"page","userId":"u","messageId":"m",`+ts+`}`), destinations.Unsupported, "not page"},
 	}

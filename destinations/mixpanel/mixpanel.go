@@ -3,26 +3,50 @@
 // The formats come from Mixpanel's public documentation:
 //
 //   - Import Events, https://docs.mixpanel.com/reference/import-events
-//     (batches of up to 2000 events and 2 MB, $insert_id, strict mode);
+//     (batches of up to 2000 events and 2 MB uncompressed, time in
+//     milliseconds, distinct_id, $insert_id, strict mode, the us, eu and in
+//     hosts, project token or service account auth);
 //   - Set Property, https://docs.mixpanel.com/reference/profile-set (engage);
-//   - the error pages under https://docs.mixpanel.com/troubleshooting/errors
-//     (400 with failed_records, 401, 413, 429);
+//   - Event Deduplication, https://docs.mixpanel.com/reference/event-deduplication,
+//     and https://docs.mixpanel.com/troubleshooting/errors/duplicate-events
+//     (the four-part key event, distinct_id, time and $insert_id);
+//   - the error pages under https://docs.mixpanel.com/troubleshooting/errors:
+//     400-bad-request (failed_records; the others were ingested), 401, 403,
+//     413 and 429-rate-limit-exceeded (no Retry-After; back off from 2 s,
+//     doubling up to 60 s, plus 1 to 5 s of jitter);
+//   - ID management: https://docs.mixpanel.com/docs/tracking-methods/id-management
+//     (Original and Simplified ID Merge),
+//     https://docs.mixpanel.com/docs/tracking-methods/id-management/identifying-users-original,
+//     Create Identity, https://docs.mixpanel.com/reference/create-identity
+//     ($identify with $identified_id and $anon_id, the latter a UUID v4;
+//     "only useful for projects using the Original ID Merge system"), and
+//     Merge Identities, https://docs.mixpanel.com/reference/identity-merge
+//     ($merge with $distinct_ids, accepted only through /import);
 //   - Service Accounts, https://docs.mixpanel.com/reference/service-accounts.
 //
 // The tapes in testdata/ were written by hand from the request and response
 // examples of those pages, since the live API cannot be reached from where
-// this integration was written; re-record them with credentials (see
+// this integration was written; each says which page its answer copies, or
+// that it is modelled, not recorded. Re-record them with credentials (see
 // destinations/README.md) when you have them.
+//
+// # Deduplication
+//
+// /import deduplicates: Mixpanel treats events with the same event name,
+// distinct_id, time and $insert_id as one. Every event carries an
+// $insert_id derived from its messageId (InsertID) and the same time on
+// every attempt, so a retried batch does not double-count
+// (Integration.Deduplicates). Profile updates (engage) set properties, so
+// repeating one changes nothing.
 //
 // # Requests
 //
 // Track, page and screen calls go in batches to POST /import?strict=1 as a
 // JSON array of {"event", "properties"}. Each event's properties carry
-// distinct_id (userId, else anonymousId), time (milliseconds), and
-// $insert_id derived from the messageId: Mixpanel drops an event whose
-// (event, distinct_id, time, $insert_id) it has already ingested, so a
-// retried batch does not double-count. A page call becomes "Loaded a Page"
-// (or "Viewed <name> Page" when named), a screen call likewise.
+// distinct_id (userId, else anonymousId), $user_id and $device_id (the
+// Simplified ID Merge links), time (milliseconds) and $insert_id. A page
+// call becomes "Loaded a Page" (or "Viewed <name> Page" when named), a
+// screen call likewise.
 //
 // /import authenticates with a service account (HTTP Basic with the
 // account's username and secret, and ?project_id=) when service_account_*
@@ -34,17 +58,41 @@
 // engage answers one status for the whole request: batching would let one
 // bad profile reject the others.
 //
+// The id_management setting names the project's ID management version.
+// With "simplified" (the default) the $user_id and $device_id of events
+// link anonymous and known activity, and nothing more is sent. With
+// "original" the project needs the events of the Original ID Merge API:
+//
+//   - an identify call with both userId and an anonymousId in UUID form
+//     first sends {"event": "$identify", "properties": {"$identified_id":
+//     userId, "$anon_id": anonymousId}} to /import, all those of one batch
+//     in one request made from Transform, then its profile update. When
+//     that request fails the identify call is retried (or rejected, for
+//     a refusal) before its profile is touched; a retry resends the
+//     $identify with the same $insert_id. An anonymousId that is not a
+//     UUID cannot be an $anon_id: only the profile is updated;
+//   - an alias call becomes {"event": "$merge", "properties":
+//     {"$distinct_ids": [previousId, userId]}} in the /import batch.
+//     Mixpanel takes $merge only from a request authenticated with the
+//     project's secret, so alias calls need the service account and are
+//     unsupported without one (and with "simplified", where $merge does
+//     nothing).
+//
 // # Outcomes
 //
 // /import answers 200 when every event was ingested, and 400 with
 // failed_records (index, field, message) when some were not: the others
 // were ingested, so the 400 is a partial success, resolved per event. 401
-// and 403 reject with the credentials to check; 429 and 5xx are retried
-// (Mixpanel documents no Retry-After, but one is honoured if sent).
+// and 403 reject with the credentials to check. 413 splits the batch
+// (Result.Split), the engine sending it again in halves. 429 is retried
+// after Retry-After when sent, else after the documented backoff: 2 s for
+// the first 429 in a row, doubling up to 60 s, plus 1 to 5 s of jitter.
+// 5xx is retried.
 //
 // engage answers 200 even when the update was refused: with verbose=1 the
 // body is {"status": 1, "error": null} on success and {"status": 0,
-// "error": "..."} on failure, which is Rejected with that error.
+// "error": "..."} on failure, which is Rejected with that error. Its 401,
+// 413 and 429 are read as /import's.
 package mixpanel
 
 import (
@@ -55,9 +103,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fanout/fanout/destinations"
@@ -100,6 +151,12 @@ var Integration = &destinations.Integration{
 			Description: "The numeric project id, required with a service account.",
 		},
 		{
+			Name:        "id_management",
+			Type:        destinations.String,
+			Default:     "simplified",
+			Description: "The project's ID management version (Project Settings > Identity Merge): simplified (Simplified ID Merge) or original (Original ID Merge, which needs $identify on identify calls and takes alias calls as $merge).",
+		},
+		{
 			Name:        "region",
 			Type:        destinations.String,
 			Default:     "us",
@@ -111,9 +168,11 @@ var Integration = &destinations.Integration{
 			Description: "Overrides the API base URL that region picks, for a proxy or a test server. Empty: by region.",
 		},
 	},
-	EventTypes: []string{event.Track, event.Page, event.Screen, event.Identify},
+	EventTypes: []string{event.Track, event.Page, event.Screen, event.Identify, event.Alias},
 	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
-	New:        New,
+	// $insert_id (see the package doc).
+	Deduplicates: true,
+	New:          New,
 }
 
 var regions = []destinations.Region{
@@ -122,6 +181,16 @@ var regions = []destinations.Region{
 	{Name: "in", URL: "https://api-in.mixpanel.com"},
 }
 
+// The documented backoff after a 429 without Retry-After (429 Too Many
+// Requests): BackoffStart for the first, doubling up to BackoffMax, plus
+// between JitterMin and JitterMax.
+const (
+	BackoffStart = 2 * time.Second
+	BackoffMax   = 60 * time.Second
+	JitterMin    = 1 * time.Second
+	JitterMax    = 5 * time.Second
+)
+
 // destination is one configured Mixpanel project.
 type destination struct {
 	token     string
@@ -129,14 +198,45 @@ type destination struct {
 	engageURL string
 	// auth is the Authorization header of /import requests.
 	auth string
+	// original is id_management "original"; serviceAccount says /import
+	// authenticates with one, which $merge needs.
+	original       bool
+	serviceAccount bool
+	api            *destinations.Sender
+	// jitter returns the jitter added to a backoff, in [JitterMin, JitterMax].
+	jitter func() time.Duration
+
+	// mu guards rateLimited, the 429s answered in a row, on which the
+	// backoff grows. Mixpanel's rate limit is per project, as is a
+	// destination, so every queue of the destination shares the count.
+	mu          sync.Mutex
+	rateLimited int
 }
 
 var _ destinations.Destination = (*destination)(nil)
 
 // New builds a Mixpanel destination from validated settings.
 func New(cfg destinations.Config) (destinations.Destination, error) {
+	d, err := newDestination(cfg, func() time.Duration {
+		return JitterMin + rand.N(JitterMax-JitterMin+1)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// newDestination is New with the backoff's jitter injected, for tests.
+func newDestination(cfg destinations.Config, jitter func() time.Duration) (*destination, error) {
 	s := cfg.Settings
-	d := &destination{token: s.String("project_token")}
+	d := &destination{token: s.String("project_token"), api: cfg.Sender(nil), jitter: jitter}
+	switch v := s.String("id_management"); v {
+	case "", "simplified":
+	case "original":
+		d.original = true
+	default:
+		return nil, fmt.Errorf("id_management: expected simplified or original, found %q", v)
+	}
 
 	base, err := s.RegionURL(regions)
 	if err != nil {
@@ -154,6 +254,7 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 		return nil, fmt.Errorf("project_id: required with a service account (Project Settings > Overview)")
 	default:
 		d.auth = basic(user, secret)
+		d.serviceAccount = true
 		q.Set("project_id", project)
 	}
 	d.importURL = base + "/import?" + q.Encode()
@@ -171,11 +272,16 @@ type importEvent struct {
 	Properties map[string]any `json:"properties"`
 }
 
-// Transform batches track, page and screen calls into /import requests
-// and makes one engage request per identify call.
-func (d *destination) Transform(_ context.Context, events []event.Event) (destinations.Plan, error) {
+// Transform batches track, page and screen calls (and, with Original ID
+// Merge, alias calls as $merge) into /import requests and makes one engage
+// request per identify call, after the $identify of those that link an
+// anonymousId (see the package doc).
+func (d *destination) Transform(ctx context.Context, events []event.Event) (destinations.Plan, error) {
 	var b plan.Builder
 	var batch []plan.Item
+	var engage []*destinations.Request
+	// links are the $identify records of the identify calls, sent first.
+	var links []plan.Item
 	for i := range events {
 		m, ok := b.Fields(i, &events[i])
 		if !ok {
@@ -189,13 +295,33 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 				continue
 			}
 			batch = append(batch, plan.Item{Event: i, Body: body})
+		case event.Alias:
+			if !d.original {
+				b.Unsupported(i, "Mixpanel takes alias calls ($merge) only in projects on Original ID Merge: set id_management to original if this project is")
+				continue
+			}
+			if !d.serviceAccount {
+				b.Unsupported(i, "Mixpanel takes $merge (alias calls) only from a request authenticated with the project's secret: set service_account_username, service_account_secret and project_id")
+				continue
+			}
+			body, reason := d.mergeRecord(events[i].MessageID, m)
+			if reason != "" {
+				b.Reject(i, reason)
+				continue
+			}
+			batch = append(batch, plan.Item{Event: i, Body: body})
 		case event.Identify:
 			body, reason := d.engageRecord(m)
 			if reason != "" {
 				b.Reject(i, reason)
 				continue
 			}
-			b.Add(&destinations.Request{
+			if d.original {
+				if link, ok := d.identifyRecord(events[i].MessageID, m); ok {
+					links = append(links, plan.Item{Event: i, Body: link})
+				}
+			}
+			engage = append(engage, &destinations.Request{
 				Method: http.MethodPost,
 				URL:    d.engageURL,
 				Header: http.Header{"Content-Type": {"application/json"}},
@@ -203,20 +329,110 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 				Events: []int{i},
 			})
 		default:
-			b.Unsupported(i, "Mixpanel takes track, page, screen and identify calls, not "+events[i].Type)
+			b.Unsupported(i, "Mixpanel takes track, page, screen, identify and alias calls, not "+events[i].Type)
+		}
+	}
+	held := d.link(ctx, &b, links)
+	for _, r := range engage {
+		if !held[r.Events[0]] {
+			b.Add(r)
 		}
 	}
 	for _, run := range plan.Batches(batch, MaxBatchEvents, MaxBatchBytes, 1, 2) {
 		body, idx := plan.JSONArray(run)
-		b.Add(&destinations.Request{
-			Method: http.MethodPost,
-			URL:    d.importURL,
-			Header: http.Header{"Content-Type": {"application/json"}, "Authorization": {d.auth}},
-			Body:   body,
-			Events: idx,
-		})
+		b.Add(d.importRequest(body, idx))
 	}
 	return b.Plan, nil
+}
+
+func (d *destination) importRequest(body []byte, events []int) *destinations.Request {
+	return &destinations.Request{
+		Method: http.MethodPost,
+		URL:    d.importURL,
+		Header: http.Header{"Content-Type": {"application/json"}, "Authorization": {d.auth}},
+		Body:   body,
+		Events: events,
+	}
+}
+
+// link sends the $identify records of links to /import, in requests of
+// at most MaxBatchEvents, before the profile updates of their identify
+// calls. It gives an outcome to each identify call whose $identify did
+// not go through, and returns them: they are not sent further.
+func (d *destination) link(ctx context.Context, b *plan.Builder, links []plan.Item) map[int]bool {
+	held := map[int]bool{}
+	for _, run := range plan.Batches(links, MaxBatchEvents, MaxBatchBytes, 1, 2) {
+		body, idx := plan.JSONArray(run)
+		req := d.importRequest(body, idx)
+		resp, err := d.api.Do(ctx, req)
+		var out []destinations.Result
+		if err != nil {
+			out = destinations.Fill(len(idx), destinations.Result{Outcome: destinations.Retryable, Reason: err.Error()})
+		} else {
+			out = d.classifyImport(req, resp)
+		}
+		for j, i := range idx {
+			r := out[j]
+			if r.Outcome == destinations.Delivered {
+				continue
+			}
+			r.Reason = "the $identify linking anonymousId to userId did not go through, so the profile was not updated either: " + r.Reason
+			r.Split = false
+			if b.Plan.Results == nil {
+				b.Plan.Results = map[int]destinations.Result{}
+			}
+			b.Plan.Results[i] = r
+			held[i] = true
+		}
+	}
+	return held
+}
+
+// uuid is the form Original ID Merge requires of an $anon_id.
+var uuid = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// identifyRecord encodes the $identify of an identify call with both a
+// userId and an anonymousId in UUID form; ok is false for any other.
+func (d *destination) identifyRecord(messageID string, m map[string]any) (body []byte, ok bool) {
+	userID, anonID := traits.UserID(m), traits.AnonymousID(m)
+	ts, hasTime := traits.Timestamp(m)
+	if userID == "" || !uuid.MatchString(anonID) || !hasTime {
+		return nil, false
+	}
+	body, err := json.Marshal(importEvent{Event: "$identify", Properties: map[string]any{
+		"token":          d.token,
+		"distinct_id":    userID,
+		"$identified_id": userID,
+		"$anon_id":       anonID,
+		"time":           ts.UnixMilli(),
+		"$insert_id":     InsertID("identify-" + messageID),
+		"mp_lib":         "fanout",
+	}})
+	return body, err == nil
+}
+
+// mergeRecord encodes an alias call as a $merge of previousId and userId.
+func (d *destination) mergeRecord(messageID string, m map[string]any) ([]byte, string) {
+	userID, previous := traits.UserID(m), traits.PreviousID(m)
+	if userID == "" || previous == "" {
+		return nil, "the alias call needs both userId and previousId, the two distinct_ids Mixpanel's $merge joins"
+	}
+	ts, ok := traits.Timestamp(m)
+	if !ok {
+		return nil, "the event has no readable timestamp, which Mixpanel needs as time"
+	}
+	body, err := json.Marshal(importEvent{Event: "$merge", Properties: map[string]any{
+		"token":         d.token,
+		"distinct_id":   userID,
+		"$distinct_ids": []string{previous, userID},
+		"time":          ts.UnixMilli(),
+		"$insert_id":    InsertID(messageID),
+		"mp_lib":        "fanout",
+	}})
+	if err != nil {
+		return nil, "the alias call cannot be encoded: " + err.Error()
+	}
+	return body, ""
 }
 
 // importRecord encodes one event for /import, or says why it cannot go.
@@ -266,7 +482,7 @@ func (d *destination) importRecord(messageID string, m map[string]any) ([]byte, 
 		props["$device_id"] = anonID
 	}
 	ctx := traits.Context(m)
-	if ip := traits.String(ctx["ip"]); ip != "" {
+	if ip := traits.IP(m); ip != "" {
 		props["ip"] = ip
 	}
 	if u := traits.String(traits.Get(ctx, "page", "url")); u != "" {
@@ -348,7 +564,7 @@ func (d *destination) engageRecord(m map[string]any) ([]byte, string) {
 		"$set":         set,
 	}
 	// Without $ip Mixpanel would geolocate fanout's own address.
-	if ip := traits.String(traits.Get(m, "context", "ip")); ip != "" {
+	if ip := traits.IP(m); ip != "" {
 		rec["$ip"] = ip
 	} else {
 		rec["$ip"] = "0"
@@ -363,9 +579,62 @@ func (d *destination) engageRecord(m map[string]any) ([]byte, string) {
 // Classify reads /import and engage answers (see the package doc).
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	if strings.Contains(req.URL, "/engage") {
-		return destinations.Fill(len(req.Events), classifyEngage(resp))
+		return destinations.Fill(len(req.Events), d.classifyEngage(resp))
 	}
-	return classifyImport(req, resp)
+	return d.classifyImport(req, resp)
+}
+
+// backoff counts a 429 and returns the wait before the next request:
+// Retry-After when sent, else the documented schedule. Any other answer
+// resets the count (see answered). Requests in flight together that are
+// all refused count as consecutive 429s: the wait grows faster under
+// concurrency, never slower, which is the side the documentation asks
+// to err on.
+func (d *destination) backoff(resp *destinations.Response) time.Duration {
+	d.mu.Lock()
+	k := d.rateLimited
+	d.rateLimited++
+	d.mu.Unlock()
+	if wait := destinations.ParseRetryAfter(resp.Header, resp.ReceivedAt); wait > 0 {
+		return wait
+	}
+	wait := BackoffMax
+	if k < 5 { // 2 s << 5 is over BackoffMax already
+		wait = min(BackoffStart<<k, BackoffMax)
+	}
+	return wait + d.jitter()
+}
+
+// answered resets the 429 count after an answer that is not a 429.
+func (d *destination) answered() {
+	d.mu.Lock()
+	d.rateLimited = 0
+	d.mu.Unlock()
+}
+
+// common reads the answers /import and engage share: 401, 403, 413 and
+// 429. ok is false for any other.
+func (d *destination) common(resp *destinations.Response) (r destinations.Result, ok bool) {
+	code := resp.StatusCode
+	if code != http.StatusTooManyRequests {
+		d.answered()
+	}
+	switch code {
+	case http.StatusUnauthorized:
+		return destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+			Reason: destinations.StatusReason(code, resp.Body) +
+				": check project_token, or service_account_username, service_account_secret and project_id (the service account needs the Owner or Admin role), and that region matches the project's data residency"}, true
+	case http.StatusForbidden:
+		return destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+			Reason: destinations.StatusReason(code, resp.Body) + ": the credentials are valid but may not import into this project"}, true
+	case http.StatusRequestEntityTooLarge:
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: destinations.StatusReason(code, resp.Body) + ": the request is over Mixpanel's 2 MB; it is sent again in halves"}, true
+	case http.StatusTooManyRequests:
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: code, RetryAfter: d.backoff(resp),
+			Reason: destinations.StatusReason(code, resp.Body)}, true
+	}
+	return destinations.Result{}, false
 }
 
 // importAnswer is the body of an /import response.
@@ -382,11 +651,13 @@ type importAnswer struct {
 	} `json:"failed_records"`
 }
 
-func classifyImport(req *destinations.Request, resp *destinations.Response) []destinations.Result {
+func (d *destination) classifyImport(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	n := len(req.Events)
 	code := resp.StatusCode
-	switch code {
-	case http.StatusBadRequest:
+	if r, ok := d.common(resp); ok {
+		return destinations.Fill(n, r)
+	}
+	if code == http.StatusBadRequest {
 		var a importAnswer
 		if json.Unmarshal(resp.Body, &a) == nil && len(a.FailedRecords) > 0 {
 			// Partial success: the records not listed were ingested.
@@ -404,13 +675,6 @@ func classifyImport(req *destinations.Request, resp *destinations.Response) []de
 			}
 			return out
 		}
-	case http.StatusUnauthorized:
-		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
-			Reason: destinations.StatusReason(code, resp.Body) +
-				": check project_token, or service_account_username, service_account_secret and project_id (the service account needs the Owner or Admin role), and that region matches the project's data residency"})
-	case http.StatusForbidden:
-		return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
-			Reason: destinations.StatusReason(code, resp.Body) + ": the credentials are valid but may not import into this project"})
 	}
 	return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 }
@@ -421,7 +685,10 @@ type engageAnswer struct {
 	Error  string `json:"error"`
 }
 
-func classifyEngage(resp *destinations.Response) destinations.Result {
+func (d *destination) classifyEngage(resp *destinations.Response) destinations.Result {
+	if r, ok := d.common(resp); ok {
+		return r
+	}
 	r := destinations.ClassifyStatus(resp, resp.ReceivedAt)
 	if r.Outcome != destinations.Delivered {
 		return r

@@ -3,6 +3,7 @@ package mixpanel
 import (
 	"encoding/json"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -28,10 +29,23 @@ func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bu
 	}
 	return destinationstest.New(t, destinationstest.Config{
 		Integration: Integration,
+		New:         fixedJitter,
 		Tape:        tp,
 		Settings:    settings,
 		Now:         time.Unix(1767323100, 0),
 	})
+}
+
+// jitter is the tests' backoff jitter.
+const jitter = 3 * time.Second
+
+// fixedJitter builds the destination with the jitter fixed at jitter.
+func fixedJitter(cfg destinations.Config) (destinations.Destination, error) {
+	d, err := newDestination(cfg, func() time.Duration { return jitter })
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // want is the expected outcome of one event.
@@ -93,17 +107,13 @@ func TestTapes(t *testing.T) {
 		{
 			Tape:   "rate_limited",
 			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits"}},
+			// No Retry-After: the first step of the documented backoff.
+			Want: []want{{Outcome: destinations.Retryable, Status: 429, Reason: "Project exceeded rate limits", RetryAfter: BackoffStart + jitter}},
 		},
 		{
 			Tape:   "server_error",
 			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
 			Want:   []want{{Outcome: destinations.Retryable, Status: 503, Reason: "HTTP 503 Service Unavailable"}},
-		},
-		{
-			Tape:   "too_large",
-			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t, "u1", "m-1")} },
-			Want:   []want{{Outcome: destinations.Rejected, Status: 413, Reason: "request body too large"}},
 		},
 		{
 			Tape:   "identify",
@@ -133,7 +143,8 @@ func TestWithoutRequest(t *testing.T) {
 		{"no timestamp", `{"type":"track","event":"x","userId":"u","messageId":"m"}`, destinations.Rejected, "no readable timestamp"},
 		{"anonymous identify", `{"type":"identify","messageId":"m","traits":{}}`, destinations.Rejected, "neither userId nor anonymousId"},
 		{"not JSON", `{"type":`, destinations.Rejected, "not valid JSON"},
-		{"alias", `{"type":"alias","userId":"u","previousId":"p","messageId":"m"}`, destinations.Unsupported, "not alias"},
+		{"alias", `{"type":"alias","userId":"u","previousId":"p","messageId":"m"}`, destinations.Unsupported, "only in projects on Original ID Merge"},
+		{"group", `{"type":"group","userId":"u","groupId":"g","messageId":"m"}`, destinations.Unsupported, "not group"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -143,6 +154,9 @@ func TestWithoutRequest(t *testing.T) {
 			}
 			if strings.Contains(c.payload, `"alias"`) {
 				e.Type = event.Alias
+			}
+			if strings.Contains(c.payload, `"group"`) {
+				e.Type = event.Group
 			}
 			destinationstest.CheckDecided(t, destinationstest.Transform(t, d, e), c.outcome, c.reason)
 		})
@@ -186,10 +200,100 @@ func TestSettings(t *testing.T) {
 		{"half a service account", map[string]any{"project_token": "t", "service_account_username": "u"}, "set both or neither"},
 		{"service account without project", map[string]any{"project_token": "t", "service_account_username": "u", "service_account_secret": "s"}, "project_id: required"},
 		{"bad api_url", map[string]any{"project_token": "t", "api_url": "ftp://x"}, "api_url: expected an http or https URL"},
+		{"bad id_management", map[string]any{"project_token": "t", "id_management": "v3"}, "id_management: expected simplified or original"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
+	}
+}
+
+const anonUUID = "0b1c2d3e-4f5a-4b7c-8d9e-0f1a2b3c4d5e"
+
+func identifyAnon(t *testing.T) event.Event {
+	return destinationstest.Event(t, `{"type":"identify","userId":"u1","anonymousId":"`+anonUUID+`","messageId":"m-id-1",`+ts+`,
+		"traits":{"email":"ada@example.com","first_name":"Ada","last_name":"Lovelace","created_at":"2024-05-06T07:08:09Z",
+		"plan":"pro","address":{"city":"London","country":"GB"}},
+		"context":{"ip":"203.0.113.7"}}`)
+}
+
+// TestIDManagement covers the Original ID Merge events: $identify before
+// the profile update of an identify call that links an anonymousId, and
+// $merge for an alias call.
+func TestIDManagement(t *testing.T) {
+	original := map[string]any{"id_management": "original"}
+	t.Run("identify", func(t *testing.T) {
+		got := setup(t, "identify_original", original).Send(identifyAnon(t))
+		destinationstest.Check(t, got, want{Outcome: destinations.Delivered, Status: 200})
+	})
+	t.Run("identify rate limited", func(t *testing.T) {
+		// The $identify is answered 429: the profile update waits with it.
+		got := setup(t, "identify_original_rate_limited", original).Send(identifyAnon(t))
+		destinationstest.Check(t, got, want{Outcome: destinations.Retryable, Status: 429,
+			Reason: "the $identify linking anonymousId to userId did not go through", RetryAfter: BackoffStart + jitter})
+	})
+	t.Run("simplified sends no $identify", func(t *testing.T) {
+		// The identify tape has the profile update alone.
+		got := setup(t, "identify", nil).Send(identify(t))
+		destinationstest.Check(t, got, want{Outcome: destinations.Delivered, Status: 200})
+	})
+	t.Run("alias", func(t *testing.T) {
+		got := setup(t, "alias_merge", map[string]any{"id_management": "original", "service_account_username": "", "project_id": "3141592"}).
+			Send(destinationstest.Event(t, `{"type":"alias","userId":"u1","previousId":"a-previous","messageId":"m-alias-1",`+ts+`}`))
+		destinationstest.Check(t, got, want{Outcome: destinations.Delivered, Status: 200})
+	})
+	t.Run("alias without service account", func(t *testing.T) {
+		d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, Settings: map[string]any{"project_token": "tok", "id_management": "original"}})
+		p := destinationstest.Transform(t, d, event.Event{MessageID: "m", Type: event.Alias,
+			Payload: json.RawMessage(`{"type":"alias","userId":"u1","previousId":"p","messageId":"m",` + ts + `}`)})
+		destinationstest.CheckDecided(t, p, destinations.Unsupported, "service_account_username")
+	})
+	t.Run("anonymousId not a UUID", func(t *testing.T) {
+		// Original ID Merge takes only a UUID as $anon_id: no $identify,
+		// the profile update goes alone, as the identify tape has it.
+		e := identify(t)
+		m, _ := e.Fields()
+		m["anonymousId"] = "not-a-uuid"
+		e.Payload, _ = json.Marshal(m)
+		got := setup(t, "identify", original).Send(e)
+		destinationstest.Check(t, got, want{Outcome: destinations.Delivered, Status: 200})
+	})
+}
+
+// TestTooLarge checks that a 413 asks for the batch to be split.
+func TestTooLarge(t *testing.T) {
+	got := setup(t, "too_large", nil).Send(signedUp(t, "u1", "m-1"))
+	destinationstest.Check(t, got, want{Outcome: destinations.Retryable, Status: 413, Reason: "sent again in halves"})
+	if !got[0].Split {
+		t.Errorf("a 413 must Split: %+v", got[0].Result)
+	}
+}
+
+// TestBackoff checks the documented schedule of 429s without Retry-After:
+// 2 s doubling to 60 s, plus jitter, reset by any other answer.
+func TestBackoff(t *testing.T) {
+	d, err := newDestination(destinations.Config{Settings: destinations.Settings{"project_token": "tok"}},
+		func() time.Duration { return jitter })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tooMany := &destinations.Response{StatusCode: 429, Header: http.Header{}, Body: []byte(`{"code":429}`), ReceivedAt: time.Unix(1767323100, 0)}
+	req := &destinations.Request{URL: d.importURL, Events: []int{0}}
+	for _, want := range []time.Duration{2, 4, 8, 16, 32, 60, 60} {
+		if got := d.Classify(req, tooMany)[0].RetryAfter; got != want*time.Second+jitter {
+			t.Errorf("wait %v, want %v", got, want*time.Second+jitter)
+		}
+	}
+	d.Classify(req, &destinations.Response{StatusCode: 200, Body: []byte(`{"code":200}`)})
+	if got := d.Classify(req, tooMany)[0].RetryAfter; got != BackoffStart+jitter {
+		t.Errorf("after a 200: wait %v, want %v", got, BackoffStart+jitter)
+	}
+	withHeader := &destinations.Response{StatusCode: 429, Header: http.Header{"Retry-After": {"7"}}, ReceivedAt: time.Unix(1767323100, 0)}
+	if got := d.Classify(req, withHeader)[0].RetryAfter; got != 7*time.Second {
+		t.Errorf("Retry-After 7: wait %v", got)
+	}
+	if !Integration.Deduplicates {
+		t.Error("Mixpanel /import deduplicates on $insert_id: Deduplicates must be true")
 	}
 }
