@@ -219,8 +219,8 @@ type upsertInput struct {
 	Properties         map[string]any `json:"properties"`
 }
 
-// Transform batches identify calls into contacts upserts and makes one
-// event occurrence request per mapped track call.
+// Transform batches identify calls into contacts upserts, and mapped
+// track calls into occurrence batches.
 func (d *destination) Transform(_ context.Context, events []event.Event) (destinations.Plan, error) {
 	var b plan.Builder
 	// Round n holds the n-th identify of each email, so that no batch
@@ -323,8 +323,8 @@ func (d *destination) contact(messageID string, m map[string]any) (upsertInput, 
 	return upsertInput{ID: email, IDProperty: "email", ObjectWriteTraceID: messageID, Properties: props}, ""
 }
 
-// occurrence is one input of /events/v3/send/batch.
-type occurrence struct {
+// occurrenceInput is one input of /events/v3/send/batch.
+type occurrenceInput struct {
 	EventName  string         `json:"eventName"`
 	Email      string         `json:"email"`
 	OccurredAt string         `json:"occurredAt,omitempty"`
@@ -338,7 +338,7 @@ const MaxEventProperties = 50
 
 // occurrence builds the batch input of a track call. dropped lists the
 // event's properties left out: unmapped, or beyond MaxEventProperties.
-func (d *destination) occurrence(messageID string, m map[string]any) (in occurrence, dropped []string, reason string, unsupported bool) {
+func (d *destination) occurrence(messageID string, m map[string]any) (in occurrenceInput, dropped []string, reason string, unsupported bool) {
 	name := traits.EventName(m)
 	fq, ok := d.events[name]
 	if !ok {
@@ -348,7 +348,7 @@ func (d *destination) occurrence(messageID string, m map[string]any) (in occurre
 	if email == "" {
 		return in, nil, "the track call has no email (in properties or context.traits), which HubSpot needs to associate the occurrence with a contact", false
 	}
-	in = occurrence{EventName: fq, Email: strings.ToLower(email), UUID: EventUUID(messageID)}
+	in = occurrenceInput{EventName: fq, Email: strings.ToLower(email), UUID: EventUUID(messageID)}
 	in.Properties, dropped = eventProperties(traits.Properties(m), d.eventProps)
 	if ts, ok := traits.Timestamp(m); ok {
 		in.OccurredAt = ts.UTC().Format("2006-01-02T15:04:05.000Z")
@@ -684,7 +684,11 @@ func refused(req *destinations.Request, resp *destinations.Response, e apiError,
 	}
 	msg := destinations.StatusReason(code, resp.Body)
 	if e.Message != "" {
-		msg = fmt.Sprintf("HTTP %d: HubSpot refused the %s: %s%s", code, what, e.Message, details(e))
+		refusedWhat := "the " + what
+		if n > 1 {
+			refusedWhat = "the batch"
+		}
+		msg = fmt.Sprintf("HTTP %d: HubSpot refused %s: %s%s", code, refusedWhat, e.Message, details(e))
 	}
 	ins, err := inputs(req)
 	if err != nil || n == 1 {

@@ -311,3 +311,17 @@ func TestSettings(t *testing.T) {
 		destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 	}
 }
+
+// TestRefusedAlone checks that a 400 naming no input rejects an input
+// alone, which a split cannot narrow further, with HubSpot's message.
+func TestRefusedAlone(t *testing.T) {
+	d := newDest(t)
+	for _, e := range []event.Event{identify(t, "m-1", "a@example.com"), signedUp(t)} {
+		req := destinationstest.Transform(t, d, e).Requests[0]
+		body := `{"status":"error","message":"Property values were not valid","errors":[{"message":"bad","in":"email"}],"category":"VALIDATION_ERROR"}`
+		r := d.Classify(req, &destinations.Response{StatusCode: 400, Header: http.Header{}, Body: []byte(body), ReceivedAt: now})[0]
+		if r.Outcome != destinations.Rejected || r.Split || !strings.Contains(r.Reason, "HubSpot refused the ") || !strings.Contains(r.Reason, "Property values were not valid") {
+			t.Errorf("%s: %+v", req.URL, r)
+		}
+	}
+}
