@@ -57,7 +57,8 @@
 //
 // Every event carries id, derived from the messageId by EventID, so that
 // a retried request is dropped by Customer.io as a duplicate; identify
-// sets attributes, which a retry sets again to the same values.
+// sets attributes, which a retry sets again to the same values. So
+// Integration.Deduplicates is true: Customer.io deduplicates events by id.
 //
 // # Outcomes
 //
@@ -140,9 +141,10 @@ var Integration = &destinations.Integration{
 			Description: "Overrides the Track API base URL that region picks, for a proxy or a test server. Empty: by region.",
 		},
 	},
-	EventTypes: []string{event.Identify, event.Track, event.Page, event.Screen},
-	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
-	New:        New,
+	EventTypes:   []string{event.Identify, event.Track, event.Page, event.Screen},
+	Batch:        destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
+	Deduplicates: true,
+	New:          New,
 }
 
 var regions = []destinations.Region{

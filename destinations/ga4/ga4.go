@@ -38,7 +38,8 @@
 // timestamp_micros.
 //
 // GA4 has no idempotency key: a request retried after GA4 did record it
-// counts twice. Nothing fanout can send prevents that.
+// counts twice. Nothing fanout can send prevents that, so
+// Integration.Deduplicates is false.
 //
 // # Validation
 //

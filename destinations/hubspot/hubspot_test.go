@@ -19,17 +19,19 @@ var now = time.Date(2026, 1, 2, 3, 5, 0, 0, time.UTC)
 
 // settings are the tests' mappings.
 var settings = map[string]any{
-	"events":     map[string]any{"Signed Up": "pe1234567_signed_up"},
-	"properties": map[string]any{"plan": "plan_tier"},
+	"events":           map[string]any{"Signed Up": "pe1234567_signed_up"},
+	"properties":       map[string]any{"plan": "plan_tier"},
+	"event_properties": map[string]any{"plan": "Plan_Tier"},
 }
 
 // setup opens testdata/<name>.yaml and builds a destination whose token
 // comes from the tape (HUBSPOT_ACCESS_TOKEN when recording).
-func setup(t *testing.T, name string) *destinationstest.Bundle {
+func setup(t *testing.T, name string, extra map[string]any) *destinationstest.Bundle {
 	t.Helper()
 	tp := tape.New(t, name, tape.MatchHeaders("Authorization"))
 	s := map[string]any{"access_token": tp.Secret("HUBSPOT_ACCESS_TOKEN")}
 	maps.Copy(s, settings)
+	maps.Copy(s, extra)
 	return destinationstest.New(t, destinationstest.Config{
 		Integration: Integration,
 		Tape:        tp,
@@ -49,8 +51,17 @@ func identify(t testing.TB, id, email string) event.Event {
 
 func signedUp(t testing.TB) event.Event {
 	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"u1","messageId":"m-t1",`+ts+`,
-		"properties":{"plan":"pro"},"context":{"traits":{"email":"Ada@Example.com"}}}`)
+		"properties":{"plan":"pro","referrer_code":"x1"},"context":{"traits":{"email":"Ada@Example.com"}}}`)
 }
+
+func graceSignedUp(t testing.TB) event.Event {
+	return destinationstest.Event(t, `{"type":"track","event":"Signed Up","userId":"u2","messageId":"m-t2",`+ts+`,
+		"properties":{"plan":"max","email":"grace@example.com"}}`)
+}
+
+func twoSignUps(t *testing.T) []event.Event { return []event.Event{signedUp(t), graceSignedUp(t)} }
+
+func ada(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} }
 
 func TestTapes(t *testing.T) {
 	ok := want{Outcome: destinations.Delivered, Status: 200}
@@ -75,9 +86,19 @@ func TestTapes(t *testing.T) {
 			Want: []want{ok, ok, ok},
 		},
 		{
+			// Two occurrences in one batch, the mapped property only.
 			Tape:   "track",
-			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			Want:   []want{{Outcome: destinations.Delivered, Status: 204}},
+			Events: twoSignUps,
+			Want:   []want{{Outcome: destinations.Delivered, Status: 204}, {Outcome: destinations.Delivered, Status: 204}},
+		},
+		{
+			// A 400 naming the second occurrence by uuid.
+			Tape:   "event_validation",
+			Events: twoSignUps,
+			Want: []want{
+				{Outcome: destinations.Retryable, Status: 400, Reason: "because of another event occurrence"},
+				{Outcome: destinations.Rejected, Status: 400, Reason: "failed with validation error(s)"},
+			},
 		},
 		{
 			// Multi-status: the error names m-2 by objectWriteTraceId.
@@ -90,7 +111,7 @@ func TestTapes(t *testing.T) {
 		},
 		{
 			// 400 naming one input: it is rejected, the other goes again.
-			Tape:   "validation",
+			Tape:   "validation_named",
 			Events: two,
 			Want: []want{
 				{Outcome: destinations.Retryable, Status: 400, Reason: "because of another contact"},
@@ -99,7 +120,7 @@ func TestTapes(t *testing.T) {
 		},
 		{
 			Tape:   "unauthorized",
-			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			Events: ada,
 			Want:   []want{{Outcome: destinations.Rejected, Status: 401, Reason: "check access_token"}},
 		},
 		{
@@ -109,7 +130,7 @@ func TestTapes(t *testing.T) {
 		},
 		{
 			Tape:   "rate_limited",
-			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			Events: ada,
 			Want:   []want{{Outcome: destinations.Retryable, Status: 429, Reason: "ten_secondly_rolling limit", RetryAfter: 10 * time.Second}},
 		},
 		{
@@ -120,11 +141,73 @@ func TestTapes(t *testing.T) {
 		},
 		{
 			Tape:   "server_error",
-			Events: func(t *testing.T) []event.Event { return []event.Event{identify(t, "m-1", "ada@example.com")} },
+			Events: ada,
 			Want:   []want{{Outcome: destinations.Retryable, Status: 502, Reason: "HTTP 502 Bad Gateway"}},
 		},
 	}
-	destinationstest.RunTapes(t, func(t *testing.T, name string, _ map[string]any) *destinationstest.Bundle { return setup(t, name) }, cases)
+	destinationstest.RunTapes(t, setup, cases)
+}
+
+// TestWaits checks the answers that pause the queue or split the batch:
+// destinationstest.Want does not compare Result.Quota and Result.Split.
+func TestWaits(t *testing.T) {
+	cases := []struct {
+		tape     string
+		settings map[string]any
+		events   func(t *testing.T) []event.Event
+		want     want
+		quota    bool
+		split    bool
+	}{
+		// 400 naming no input: halves, to find the refused one.
+		{"validation", nil, func(t *testing.T) []event.Event {
+			return []event.Event{identify(t, "m-1", "ada@example.com"), identify(t, "m-2", "not-an-email")}
+		}, want{Outcome: destinations.Retryable, Status: 400, Reason: "names none of the 2 contacts"}, false, true},
+		{"event_split", nil, twoSignUps,
+			want{Outcome: destinations.Retryable, Status: 400, Reason: "names none of the 2 event occurrences"}, false, true},
+		{"locked", nil, ada, want{Outcome: destinations.Retryable, Status: 423, Reason: "locks a record for 2 s", RetryAfter: 2 * time.Second}, false, false},
+		{"migration", nil, ada, want{Outcome: destinations.Retryable, Status: 477, Reason: "migrated", RetryAfter: time.Hour}, false, false},
+		// The daily limit without time_zone: until the next UTC midnight.
+		{"daily_limit", nil, ada, want{Outcome: destinations.Retryable, Status: 429, Reason: "daily limit"}, true, false},
+		// 03:05 UTC is 22:05 in New York the day before.
+		{"daily_limit_time_zone", map[string]any{"time_zone": "America/New_York"}, ada,
+			want{Outcome: destinations.Retryable, Status: 429, Reason: "daily limit", RetryAfter: time.Hour + 55*time.Minute}, true, false},
+	}
+	for _, c := range cases {
+		t.Run(c.tape, func(t *testing.T) {
+			got := setup(t, c.tape, c.settings).Send(c.events(t)...)
+			wants := make([]want, len(got))
+			for i := range wants {
+				wants[i] = c.want
+			}
+			destinationstest.Check(t, got, wants...)
+			for i, g := range got {
+				if g.Quota != c.quota || g.Split != c.split {
+					t.Errorf("event %d: quota %v, split %v; want %v, %v", i, g.Quota, g.Split, c.quota, c.split)
+				}
+			}
+		})
+	}
+}
+
+func TestEventProperties(t *testing.T) {
+	mapping := map[string]string{"plan": "plan_tier", "Plan": "plan_tier", "items": "items"}
+	props := map[string]any{"plan": "pro", "Plan": "max", "items": []any{"a"}, "referrer": "x", "none": nil}
+	got, dropped := eventProperties(props, mapping)
+	want := map[string]any{"plan_tier": "max", "items": `["a"]`}
+	if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(dropped) != "[none plan referrer]" {
+		t.Errorf("got %v, dropped %v", got, dropped)
+	}
+	many := map[string]any{}
+	identity := map[string]string{}
+	for i := range MaxEventProperties + 2 {
+		k := fmt.Sprintf("p%02d", i)
+		many[k], identity[k] = i, k
+	}
+	got, dropped = eventProperties(many, identity)
+	if len(got) != MaxEventProperties || fmt.Sprint(dropped) != "[p50 p51]" {
+		t.Errorf("%d properties, dropped %v", len(got), dropped)
+	}
 }
 
 func newDest(t testing.TB) destinations.Destination {
@@ -147,12 +230,11 @@ func TestClassify(t *testing.T) {
 		reason string
 		after  time.Duration
 	}{
-		{"daily limit", 429, nil, `{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}`, destinations.Retryable, "midnight in the account's time zone", 0},
 		{"retry-after wins", 429, http.Header{"Retry-After": {"4"}}, `{"policyName":"TEN_SECONDLY_ROLLING"}`, destinations.Retryable, "429", 4 * time.Second},
-		{"locked", 423, nil, `{"message":"locked"}`, destinations.Retryable, "2 s", 2 * time.Second},
-		{"migration", 477, http.Header{"Retry-After": {"3600"}}, ``, destinations.Retryable, "migrated", time.Hour},
+		{"locked with Retry-After", 423, http.Header{"Retry-After": {"5"}}, `{"message":"locked"}`, destinations.Retryable, "2 s", 5 * time.Second},
+		{"migration without Retry-After", 477, nil, ``, destinations.Retryable, "migrated", migrationWait},
 		{"conflict", 409, nil, `{"status":"error","message":"Contact already exists","category":"CONFLICT"}`, destinations.Rejected, "conflict: Contact already exists", 0},
-		{"400 naming no one", 400, nil, `{"status":"error","message":"Invalid input JSON","category":"VALIDATION_ERROR"}`, destinations.Rejected, "HubSpot refused the batch: Invalid input JSON", 0},
+		{"400 not JSON", 400, nil, `<html>`, destinations.Retryable, "HTTP 400", 0},
 		{"200 not JSON", 200, nil, `<html>`, destinations.Retryable, "not a batch answer", 0},
 		{"207 error naming no one", 207, nil, `{"status":"COMPLETE","errors":[{"message":"boom"}]}`, destinations.Retryable, "name no contact: boom", 0},
 	}
@@ -222,8 +304,24 @@ func TestSettings(t *testing.T) {
 		{map[string]any{"access_token": "Bearer x"}, "without"},
 		{map[string]any{"access_token": "x", "events": map[string]any{"Signed Up": "signed_up"}}, "events: \"Signed Up\" maps to \"signed_up\""},
 		{map[string]any{"access_token": "x", "api_url": "api.hubapi.com"}, "api_url: expected"},
+		{map[string]any{"access_token": "x", "event_properties": map[string]any{"plan": "plan-tier"}}, "event_properties: \"plan\" maps to \"plan-tier\""},
+		{map[string]any{"access_token": "x", "time_zone": "Mars/Olympus"}, "time_zone: expected an IANA time zone name"},
 	}
 	for _, c := range cases {
 		destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
+	}
+}
+
+// TestRefusedAlone checks that a 400 naming no input rejects an input
+// alone, which a split cannot narrow further, with HubSpot's message.
+func TestRefusedAlone(t *testing.T) {
+	d := newDest(t)
+	for _, e := range []event.Event{identify(t, "m-1", "a@example.com"), signedUp(t)} {
+		req := destinationstest.Transform(t, d, e).Requests[0]
+		body := `{"status":"error","message":"Property values were not valid","errors":[{"message":"bad","in":"email"}],"category":"VALIDATION_ERROR"}`
+		r := d.Classify(req, &destinations.Response{StatusCode: 400, Header: http.Header{}, Body: []byte(body), ReceivedAt: now})[0]
+		if r.Outcome != destinations.Rejected || r.Split || !strings.Contains(r.Reason, "HubSpot refused the ") || !strings.Contains(r.Reason, "Property values were not valid") {
+			t.Errorf("%s: %+v", req.URL, r)
+		}
 	}
 }

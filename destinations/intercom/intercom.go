@@ -59,8 +59,13 @@
 // metadata keys: the revenue helpers' amount first, as a monetary amount
 // named price, then string, number and boolean properties in name order.
 // Other properties, and those past the tenth, are left out. Intercom has
-// no idempotency key for events; it answers 202 to a duplicate (same
-// name, user and created_at, which a retry sends) without an error.
+// no idempotency key for events, but "may detect and ignore duplicate
+// events", identified by app, user, event name, created_at and metadata,
+// and answers 202 to them without an error (Event de-duplication,
+// https://developers.intercom.com/docs/references/1.1/rest-api/data-events/event-de-duplication):
+// a retry sends all of those unchanged. With the identify path's search
+// before every write, that makes Integration.Deduplicates true, on the
+// strength of that "may".
 //
 // # Outcomes
 //
@@ -124,8 +129,9 @@ var Integration = &destinations.Integration{
 			Description: "Maps trait names to contact custom attributes: {plan: plan_tier}. The attribute must exist in Intercom (Settings > Data > People).",
 		},
 	},
-	EventTypes: []string{event.Identify, event.Track},
-	New:        New,
+	EventTypes:   []string{event.Identify, event.Track},
+	Deduplicates: true,
+	New:          New,
 }
 
 // destination is one configured Intercom workspace.

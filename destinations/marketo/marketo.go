@@ -6,17 +6,26 @@
 //   - Authentication,
 //     https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/authentication
 //     (client credentials at <instance>/identity/oauth/token, the token's
-//     expires_in, the Authorization: Bearer header);
+//     expires_in, the Authorization: Bearer header, the only one accepted
+//     once the access_token query parameter is removed);
 //   - Leads, https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/lead-database/leads
-//     (POST /rest/v1/leads.json with action, lookupField, input; at most
-//     300 records per call);
+//     (POST /rest/v1/leads.json with action, lookupField, partitionName,
+//     input; at most 300 records per call; one result per record, in input
+//     order);
 //   - Error Codes,
 //     https://experienceleague.adobe.com/en/docs/marketo-developer/marketo/rest/error-codes
-//     (HTTP-, response- and record-level errors; 1 MB request limit).
+//     (HTTP-, response- and record-level errors; 1 MB request limit; 6xx
+//     means the request was not executed; 606, more than 100 calls in 20
+//     seconds; 607, the daily quota; 615, more than 10 concurrent calls);
+//   - Daily API limit reset,
+//     https://experienceleague.adobe.com/en/docs/experience-cloud-kcs/kbarticles/ka-29461
+//     (the quota resets at midnight US Central time: 10 PM Pacific, 1 AM
+//     Eastern).
 //
 // The tapes in testdata/ were written by hand from the request and response
 // examples of those pages, since the live API cannot be reached from where
-// this integration was written; re-record them with credentials (see
+// this integration was written; each says which example it follows, or
+// that it is modelled, not recorded. Re-record them with credentials (see
 // destinations/README.md) when you have them.
 //
 // # Requests
@@ -33,26 +42,34 @@
 // a whole lead that names a field it does not have (code 1006).
 //
 // The access token comes from the identity endpoint and is cached until a
-// minute before it expires; a 601 or 602 answer drops it so that the retry
-// fetches a new one. Marketo has no idempotency key for leads, but an
-// upsert by email is idempotent: a retried batch updates the same leads.
+// minute before it expires; a 600, 601 or 602 answer drops it so that the
+// retry fetches a new one.
+//
+// # Deduplication
+//
+// Marketo has no idempotency key for leads, but createOrUpdate by the
+// lookup field is idempotent: a retried batch updates the same leads with
+// the same values, and counts nothing twice. So Integration.Deduplicates
+// is true.
 //
 // # Outcomes
 //
-// Marketo answers almost every failure with HTTP 200:
+// Marketo answers almost every failure with HTTP 200, never delivered:
 //
 //   - "success": false with "errors" [{code, message}] fails the whole
-//     request. 601/602 (token invalid or expired), 604 (timeout), 606 (rate
-//     limit, 100 calls per 20 s: retried after 20 s), 607 (daily quota:
-//     retried after midnight US Central, when it resets), 608, 611, 615
-//     (more than 10 concurrent calls) and 713 are retried; the others, such
-//     as 603 (access denied) or 609 (invalid JSON), are rejected with the
-//     code and message.
-//   - "success": true with one "result" entry per lead, in input order:
-//     "created" or "updated" is delivered; "skipped" is rejected with its
-//     "reasons" (1003 invalid data, 1004 lead not found, 1006 field not
-//     found, 1007 several leads match, ...), except for the few reasons
-//     that pass with time (1016, 1019, 1029), which are retried.
+//     request. 600/601/602 (token missing, invalid or expired: a new token
+//     is fetched), 500, 502, 604 (timeout), 606 (rate limit: retried after
+//     the 20 s window), 607 (daily quota: a Result.Quota until midnight US
+//     Central time), 608, 611, 614, 615 (more than 10 concurrent calls) and
+//     713 are retried; the others, such as 603 (access denied) or 609
+//     (invalid JSON), are rejected with the code and message.
+//   - "success": true with one "result" entry per lead, in input order (or
+//     by its seq): "created" or "updated" is delivered; "skipped" is
+//     rejected with its "reasons" (1003 invalid data, 1004 lead not found,
+//     1006 field not found, 1007 several leads match, ...), except for the
+//     few reasons that pass with time (1016, 1019, 1029), which are retried.
+//   - HTTP 413 (more than 1 MB) splits a batch in halves (Result.Split);
+//     other HTTP statuses are classified as usual.
 //
 // A failure to get a token rejects every event when the identity endpoint
 // refuses the client id and secret (HTTP 401), and retries them otherwise.
@@ -67,6 +84,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	_ "time/tzdata" // the quota's time zone, wherever the host lacks a zone database
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/destinations/plan"
@@ -120,9 +138,10 @@ var Integration = &destinations.Integration{
 			Description: "The lead partition new leads go to. Empty: the default partition.",
 		},
 	},
-	EventTypes: []string{event.Identify},
-	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
-	New:        New,
+	EventTypes:   []string{event.Identify},
+	Batch:        destinations.BatchLimits{MaxEvents: MaxBatchEvents, MaxBytes: MaxBatchBytes},
+	Deduplicates: true,
+	New:          New,
 }
 
 // destination is one configured Marketo instance.
@@ -342,6 +361,12 @@ func (c codedText) String() string { return string(c.Code) + " " + c.Message }
 // Classify reads a leads call's answer (see the package doc).
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	n := len(req.Events)
+	if resp.StatusCode == http.StatusRequestEntityTooLarge && n > 1 {
+		// More than 1 MB, which the batching should have prevented: send
+		// the leads again in halves.
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: resp.StatusCode, Split: true,
+			Reason: destinations.StatusReason(resp.StatusCode, resp.Body) + " (Marketo takes at most 1 MB per call: the leads go again in halves)"})
+	}
 	if resp.StatusCode != http.StatusOK {
 		return destinations.Fill(n, destinations.ClassifyStatus(resp, resp.ReceivedAt))
 	}
@@ -382,40 +407,60 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	return out
 }
 
-// central is US Central Standard Time, when Marketo's daily quota resets.
-var central = time.FixedZone("CST", -6*60*60)
+// central is US Central time, where Marketo's daily quota resets at
+// midnight ("12:00 AM Central"; 10:00 PM Pacific, 01:00 AM Eastern, so
+// daylight saving time included).
+var central = mustLoad("America/Chicago")
+
+func mustLoad(name string) *time.Location {
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		panic(err) // time/tzdata is linked in: it has every zone
+	}
+	return loc
+}
+
+// rateWindow is the window of Marketo's rate limit (100 calls per 20 s).
+const rateWindow = 20 * time.Second
 
 // requestError classifies a response-level error, which fails the whole
-// request.
+// request: Marketo did not execute it ("6xx codes always indicate that a
+// request failed completely").
 func (d *destination) requestError(e codedText, req *destinations.Request, now time.Time) destinations.Result {
 	reason := "Marketo refused the request: " + e.String()
 	retry := func(after time.Duration, hint string) destinations.Result {
 		return destinations.Result{Outcome: destinations.Retryable, Reason: reason + hint, RetryAfter: after}
 	}
 	switch e.Code {
-	case "601", "602":
+	case "600", "601", "602":
 		// Forget the token, so that the next Transform fetches another.
 		d.tokens.Failed(req.Header.Get("Authorization"))
 		return retry(0, "; a new access token is fetched for the retry")
 	case "606":
 		// The window is 20 seconds: waiting it out is enough.
-		return retry(20*time.Second, "")
+		return retry(rateWindow, "")
 	case "607":
-		n := now.In(central)
-		midnight := time.Date(n.Year(), n.Month(), n.Day()+1, 0, 0, 0, 0, central)
-		return retry(midnight.Sub(n), "; the daily quota resets at midnight US Central")
+		r := retry(untilMidnight(now, central), "; the daily quota resets at midnight US Central time")
+		r.Quota = true
+		return r
 	case "615":
 		return retry(0, "; another integration of this instance is also calling the API (10 calls at once at most)")
-	case "502", "604", "608", "611", "713":
+	case "500", "502", "604", "608", "611", "614", "713":
 		return retry(0, "")
 	case "603":
 		return destinations.Result{Outcome: destinations.Rejected,
-			Reason: reason + ": the custom service's API-only user needs a role with the Read-Write Lead permission"}
+			Reason: reason + ": the custom service's API-only user needs a role with the Read-Write Lead permission, and the IP allowlist (if on) must let fanout in"}
 	case "":
 		return destinations.Result{Outcome: destinations.Retryable,
 			Reason: "Marketo answered success: false without an error code"}
 	}
 	return destinations.Result{Outcome: destinations.Rejected, Reason: reason}
+}
+
+// untilMidnight is the time from now to the next midnight in loc.
+func untilMidnight(now time.Time, loc *time.Location) time.Duration {
+	t := now.In(loc)
+	return time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, loc).Sub(t)
 }
 
 // recordResult classifies one lead's entry of a successful call.

@@ -77,26 +77,31 @@ func TestIdentify(t *testing.T) {
 
 func TestTapes(t *testing.T) {
 	cases := []struct {
-		tape string
-		want want
+		tape  string
+		want  want
+		quota bool
 	}{
 		// Auth failure at the identity endpoint: no leads call is made.
 		{"bad_credentials", want{Outcome: destinations.Rejected,
-			Reason: "Marketo refused client_id and client_secret (HTTP 401: Bad client credentials): copy them again from Admin > Integration > LaunchPoint"}},
-		{"access_denied", want{Outcome: destinations.Rejected, Reason: "603 Access denied: the custom service's API-only user needs a role with the Read-Write Lead permission"}},
-		{"invalid_json", want{Outcome: destinations.Rejected, Reason: "609 Invalid JSON"}},
-		{"rate_limited", want{Outcome: destinations.Retryable, Reason: "606 Max rate limit", RetryAfter: 20 * time.Second}},
+			Reason: "Marketo refused client_id and client_secret (HTTP 401: Bad client credentials): copy them again from Admin > Integration > LaunchPoint"}, false},
+		{"access_denied", want{Outcome: destinations.Rejected, Reason: "603 Access denied: the custom service's API-only user needs a role with the Read-Write Lead permission"}, false},
+		{"invalid_json", want{Outcome: destinations.Rejected, Reason: "609 Invalid JSON"}, false},
+		{"rate_limited", want{Outcome: destinations.Retryable, Reason: "606 Max rate limit", RetryAfter: 20 * time.Second}, false},
 		// 21:04:05 CST to midnight.
-		{"quota", want{Outcome: destinations.Retryable, Reason: "607 Daily quota reached", RetryAfter: 2*time.Hour + 55*time.Minute + 55*time.Second}},
-		{"concurrent", want{Outcome: destinations.Retryable, Reason: "615 Concurrent access limit reached"}},
-		{"system_error", want{Outcome: destinations.Retryable, Reason: "611 System error"}},
-		{"bad_gateway", want{Outcome: destinations.Retryable, Reason: "HTTP 502 Bad Gateway"}},
-		{"too_large", want{Outcome: destinations.Rejected, Reason: "HTTP 413 Request Entity Too Large"}},
+		{"quota", want{Outcome: destinations.Retryable, Reason: "607 Daily quota reached", RetryAfter: 2*time.Hour + 55*time.Minute + 55*time.Second}, true},
+		{"concurrent", want{Outcome: destinations.Retryable, Reason: "615 Concurrent access limit reached"}, false},
+		{"system_error", want{Outcome: destinations.Retryable, Reason: "611 System error"}, false},
+		{"bad_gateway", want{Outcome: destinations.Retryable, Reason: "HTTP 502 Bad Gateway"}, false},
+		{"too_large", want{Outcome: destinations.Rejected, Reason: "HTTP 413 Request Entity Too Large"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.tape, func(t *testing.T) {
 			b := setup(t, c.tape, nil)
-			destinationstest.CheckIgnoringStatus(t, b.Send(ada(t)), c.want)
+			got := b.Send(ada(t))
+			destinationstest.CheckIgnoringStatus(t, got, c.want)
+			if got[0].Quota != c.quota {
+				t.Errorf("quota %v, want %v", got[0].Quota, c.quota)
+			}
 		})
 	}
 }
@@ -173,6 +178,33 @@ func TestClassifyMalformed(t *testing.T) {
 	}
 }
 
+// TestQuotaReset checks the wait of a 607 in summer, when US Central time
+// is UTC-5, and that other codes hidden in a 200 are never delivered.
+func TestQuotaReset(t *testing.T) {
+	july := time.Date(2026, 7, 1, 3, 0, 0, 0, time.UTC) // 22:00 CDT
+	d := &destination{now: func() time.Time { return july }}
+	req := &destinations.Request{Events: []int{0}, Header: http.Header{}}
+	cases := []struct {
+		code  string
+		want  destinations.Outcome
+		after time.Duration
+		quota bool
+	}{
+		{"607", destinations.Retryable, 2 * time.Hour, true},
+		{"606", destinations.Retryable, 20 * time.Second, false},
+		{"600", destinations.Retryable, 0, false},
+		{"614", destinations.Retryable, 0, false},
+		{"610", destinations.Rejected, 0, false},
+	}
+	for _, c := range cases {
+		body := `{"requestId":"e42b#14272d07d78","success":false,"errors":[{"code":"` + c.code + `","message":"m"}]}`
+		r := d.Classify(req, &destinations.Response{StatusCode: 200, Body: []byte(body), ReceivedAt: july})[0]
+		if r.Outcome != c.want || r.RetryAfter != c.after || r.Quota != c.quota {
+			t.Errorf("%s: %+v", c.code, r)
+		}
+	}
+}
+
 func TestSettings(t *testing.T) {
 	for _, base := range []string{"123-ABC-456.mktorest.com", "ftp://x"} {
 		valid, err := Integration.Settings.Validate(map[string]any{"base_url": base, "client_id": "i", "client_secret": "s"})
@@ -185,5 +217,20 @@ func TestSettings(t *testing.T) {
 	}
 	if _, err := Integration.Settings.Validate(map[string]any{"base_url": "https://x"}); err == nil || !strings.Contains(err.Error(), "client_id: required") {
 		t.Errorf("missing client_id: %v", err)
+	}
+}
+
+// TestTooLargeSplits checks that a 413 to several leads sends them again
+// in halves, and rejects a lead alone.
+func TestTooLargeSplits(t *testing.T) {
+	d := &destination{now: func() time.Time { return now }}
+	resp := &destinations.Response{StatusCode: 413, Header: http.Header{}, Body: []byte("Request Entity Too Large")}
+	for _, r := range d.Classify(&destinations.Request{Events: []int{0, 1}}, resp) {
+		if r.Outcome != destinations.Retryable || !r.Split {
+			t.Errorf("two leads: %+v", r)
+		}
+	}
+	if r := d.Classify(&destinations.Request{Events: []int{0}}, resp)[0]; r.Outcome != destinations.Rejected || r.Split {
+		t.Errorf("one lead: %+v", r)
 	}
 }

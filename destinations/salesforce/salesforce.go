@@ -57,7 +57,8 @@
 // request, after the first.
 //
 // The upsert is idempotent by construction: a retried event updates the
-// record it created. Salesforce has no other idempotency key. A batch also
+// record it created. Salesforce has no other idempotency key; the upsert
+// is why Integration.Deduplicates is true. A batch also
 // spends one call of the org's daily API request limit where single
 // upserts spent one per event.
 //
@@ -197,9 +198,10 @@ var Integration = &destinations.Integration{
 			Description: "Maps trait names to Salesforce field API names, for other fields: {plan: Plan__c, industry: Industry}. The fields must exist and be editable by the integration user.",
 		},
 	},
-	EventTypes: []string{event.Identify},
-	Batch:      destinations.BatchLimits{MaxEvents: MaxBatchRecords},
-	New:        New,
+	EventTypes:   []string{event.Identify},
+	Batch:        destinations.BatchLimits{MaxEvents: MaxBatchRecords},
+	Deduplicates: true,
+	New:          New,
 }
 
 // destination is one configured org.

@@ -31,7 +31,8 @@
 // # Requests
 //
 // Each event is one message: Slack has no batch endpoint and no
-// idempotency key, so a retried event may post its message twice.
+// idempotency key, so a retried event may post its message twice
+// (Integration.Deduplicates is false).
 //
 //	POST <webhook_url>
 //	{"text": "Ada Lovelace did *Order Completed*", "channel": ..., "username": ..., "icon_emoji": ..., "icon_url": ...}

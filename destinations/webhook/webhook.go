@@ -20,7 +20,8 @@
 // Content-Type and User-Agent but none of the others.
 //
 // The webhook-id stays the same when a request is retried, so a receiver
-// deduplicates retries by it.
+// can deduplicate retries by it; whether it does is up to the receiver,
+// so Integration.Deduplicates is false.
 //
 // # Batches
 //
