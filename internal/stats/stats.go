@@ -25,7 +25,13 @@
 // FlushInterval (2 s) the changed minutes, issue groups and gauges are
 // written in one synced batch, and once more on shutdown: a crash loses at
 // most the counts of the last two seconds, never more, and a restart
-// continues from what was written.
+// continues from what was written. A flush that fails (a database that is
+// down) keeps what it could not write and the next one retries it.
+//
+// Where they are written is a [Backend]: the Pebble database in Options.Dir
+// by default, or PostgreSQL ([NewPostgres]) when storage.postgres is set, so
+// that a node's disk holds nothing another node needs. There each node
+// writes rows of its own and queries sum every node's rows; see [Postgres].
 package stats
 
 import (
