@@ -326,4 +326,3 @@ func setDown(t *testing.T, dsn string, pool *pgxpool.Pool) func(bool) {
 		}
 	}
 }
-
