@@ -69,7 +69,7 @@ type Server struct {
 	opts    Options
 	store   jobstore.Store
 	stats   *stats.Stats
-	archive *archive.Writer
+	archive archive.Store
 	engine  *delivery.Engine
 	track   *http.Server
 	admin   *http.Server

@@ -1,12 +1,10 @@
 package stats
 
 import (
-	"context"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fanout/fanout/destinations"
@@ -262,8 +260,9 @@ func TestPostgresDown(t *testing.T) {
 	}
 	defer s.Close()
 
-	down := setDown(t, dsn, pool)
+	down := pgtest.Outage(t, dsn)
 	down(true)
+	pool.Reset()
 	traffic(s, at)
 	if err := s.Flush(); err == nil {
 		t.Fatal("Flush with the database down succeeded")
@@ -295,34 +294,5 @@ func TestPostgresDown(t *testing.T) {
 	}
 	if is, _ := s.Issues(Filter{From: at, To: at.Add(time.Hour)}); len(is) != 2 {
 		t.Errorf("%d issue groups after the outage, want 2", len(is))
-	}
-}
-
-// setDown returns a function that takes the database of dsn down (it
-// refuses new connections and pool's are cut) or brings it back.
-func setDown(t *testing.T, dsn string, pool *pgxpool.Pool) func(bool) {
-	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := cfg.Database
-	admin, err := pgx.Connect(t.Context(), pgtest.Shared(t).DSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Close(context.Background()) })
-	return func(down bool) {
-		ctx := t.Context()
-		if _, err := admin.Exec(ctx, "ALTER DATABASE "+db+" WITH ALLOW_CONNECTIONS "+map[bool]string{true: "false", false: "true"}[down]); err != nil {
-			t.Fatal(err)
-		}
-		if down {
-			if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", db); err != nil {
-				t.Fatal(err)
-			}
-			// The pool's idle connections are dead now; let it find out.
-			pool.Reset()
-		}
 	}
 }
