@@ -29,9 +29,12 @@ type Backend interface {
 	get(p Pair, minute int64) ([]byte, error)
 	// scan calls fn for the stored minutes in [from, to) whose pair match
 	// accepts, leaving out this node's minutes at or after ownTo (Stats
-	// holds those in memory). own tells this node's minutes from other
-	// nodes' ones.
-	scan(from, to, ownTo int64, match func(Pair) bool, fn func(p Pair, minute int64, own bool, v []byte)) error
+	// holds those in memory). node is "" for this node's minutes, and
+	// names the node of another node's minute.
+	scan(from, to, ownTo int64, match func(Pair) bool, fn func(p Pair, minute int64, node string, v []byte)) error
+	// issueGroups returns, as JSON, the issue groups refs of another
+	// node, those that it has.
+	issueGroups(node string, refs []issueRef) ([][]byte, error)
 	// save stores w, all of it or none of it.
 	save(w *writes) error
 	// prune drops the minutes before cut and the issue groups drop.
@@ -152,7 +155,7 @@ func (pb *pebbleBackend) get(p Pair, minute int64) ([]byte, error) {
 	return append([]byte(nil), v...), nil
 }
 
-func (pb *pebbleBackend) scan(from, to, ownTo int64, match func(Pair) bool, fn func(Pair, int64, bool, []byte)) error {
+func (pb *pebbleBackend) scan(from, to, ownTo int64, match func(Pair) bool, fn func(Pair, int64, string, []byte)) error {
 	// Every minute here is this node's.
 	to = min(to, ownTo)
 	if from >= to {
@@ -170,10 +173,14 @@ func (pb *pebbleBackend) scan(from, to, ownTo int64, match func(Pair) bool, fn f
 		if !ok || !match(p) {
 			continue
 		}
-		fn(p, minute, true, it.Value())
+		fn(p, minute, "", it.Value())
 	}
 	return it.Error()
 }
+
+// issueGroups finds nothing: a node's own database holds no other node's
+// minutes to ask for.
+func (pb *pebbleBackend) issueGroups(string, []issueRef) ([][]byte, error) { return nil, nil }
 
 func (pb *pebbleBackend) save(w *writes) error {
 	batch := pb.db.NewBatch()

@@ -175,6 +175,9 @@ func TestPostgresNodes(t *testing.T) {
 	}
 	defer b.Close()
 	traffic(a, at)
+	// Node b sees a 400 first, so its issue ids differ from a's: 400 is
+	// its group 1, 503 its group 2.
+	attempt(b, at, "e", 1, delivery.EndFailed, destinations.Rejected, 400, at)
 	traffic(b, at)
 	// Node b delivers the event a left retrying: b knows it only from the
 	// report, as a node that took over the queue would.
@@ -184,11 +187,29 @@ func TestPostgresNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := Counts{Received: 8, DeliveredFirst: 2, DeliveredRetry: 3, PendingRetry: 1, Failed: 2}
+	want := Counts{Received: 8, DeliveredFirst: 2, DeliveredRetry: 3, PendingRetry: 1, Failed: 3}
 	for name, s := range map[string]*Stats{"a": a, "b": b} {
-		o, err := s.Overview(Filter{From: at, To: at.Add(time.Minute)})
+		f := Filter{From: at, To: at.Add(time.Minute)}
+		o, err := s.Overview(f)
 		if err != nil || o.Counts != want || o.Latency.Count != 5 || o.Ingest.Accepted != 8 {
 			t.Errorf("node %s: overview %+v latency %+v ingest %+v, %v; want %+v", name, o.Counts, o.Latency, o.Ingest, err, want)
+		}
+		issues, err := s.Issues(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[int]int64{}
+		for _, is := range issues {
+			got[is.Status] = is.Count
+			if want := min(int(is.Count), MaxSamples); len(is.Samples) != want {
+				t.Errorf("node %s: issue %d has %d samples, want %d", name, is.Status, len(is.Samples), want)
+			}
+		}
+		if len(issues) != 2 || got[503] != 4 || got[400] != 3 {
+			t.Errorf("node %s: issue counts by status %v, want 503: 4, 400: 3", name, got)
+		}
+		if own := s.issues[Pair{"web", "hook"}].byKey[issues[0].key()].ID; issues[0].ID != own {
+			t.Errorf("node %s: merged issue has id %d, want this node's %d", name, issues[0].ID, own)
 		}
 	}
 }

@@ -216,26 +216,43 @@ func (pg *Postgres) get(p Pair, minute int64) ([]byte, error) {
 	return v, nil
 }
 
-func (pg *Postgres) scan(from, to, ownTo int64, match func(Pair) bool, fn func(Pair, int64, bool, []byte)) error {
+func (pg *Postgres) scan(from, to, ownTo int64, match func(Pair) bool, fn func(Pair, int64, string, []byte)) error {
 	ctx, cancel := pg.ctx()
 	defer cancel()
 	// This node's minutes from ownTo on are in memory; other nodes' ones
 	// are here only.
-	rows, _ := pg.pool.Query(ctx, `SELECT source, destination, minute, node = $3, bucket FROM stats_minutes
+	rows, _ := pg.pool.Query(ctx, `SELECT source, destination, minute, CASE WHEN node = $3 THEN '' ELSE node END, bucket FROM stats_minutes
 		WHERE minute >= $1 AND minute < $2 AND (node <> $3 OR minute < $4)`, from, to, pg.opts.Node, ownTo)
 	var p Pair
 	var m int64
-	var own bool
+	var node string
 	var v []byte
-	if _, err := pgx.ForEachRow(rows, []any{&p.Source, &p.Destination, &m, &own, &v}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&p.Source, &p.Destination, &m, &node, &v}, func() error {
 		if match(p) {
-			fn(p, m, own, v)
+			fn(p, m, node, v)
 		}
 		return nil
 	}); err != nil {
 		return fmt.Errorf("stats/postgres: scan: %w", err)
 	}
 	return nil
+}
+
+func (pg *Postgres) issueGroups(node string, refs []issueRef) ([][]byte, error) {
+	ctx, cancel := pg.ctx()
+	defer cancel()
+	srcs, dsts, ids := make([]string, len(refs)), make([]string, len(refs)), make([]int64, len(refs))
+	for i, r := range refs {
+		srcs[i], dsts[i], ids[i] = r.pair.Source, r.pair.Destination, int64(r.id)
+	}
+	rows, _ := pg.pool.Query(ctx, `SELECT issue FROM stats_issues
+		WHERE node = $1 AND (source, destination, id) IN (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]))`,
+		node, srcs, dsts, ids)
+	out, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, fmt.Errorf("stats/postgres: read issue groups of node %s: %w", node, err)
+	}
+	return out, nil
 }
 
 // save writes w in one transaction, one statement per table, after making

@@ -53,6 +53,13 @@ func (f *Filter) match(p Pair) bool {
 // come too, a minute of several nodes once per node: fn adds them up.
 // fn must not keep b.
 func (s *Stats) scan(f Filter, fn func(p Pair, minute int64, b *bucket)) error {
+	return s.scanNodes(f, func(_ string, p Pair, minute int64, b *bucket) { fn(p, minute, b) })
+}
+
+// scanNodes is scan that also tells fn which node counted each minute: ""
+// for this node, the node's name for another node's minute of a shared
+// backend.
+func (s *Stats) scanNodes(f Filter, fn func(node string, p Pair, minute int64, b *bucket)) error {
 	from, to := minuteOf(f.From), minuteOf(f.To)
 	if !f.To.Equal(time.Unix(to*60, 0)) {
 		to++ // a partial minute at the end is included
@@ -61,7 +68,7 @@ func (s *Stats) scan(f Filter, fn func(p Pair, minute int64, b *bucket)) error {
 	s.mu.Lock()
 	for k, b := range s.hot {
 		if k.minute >= from && k.minute < to && f.match(k.pair) {
-			fn(k.pair, k.minute, b)
+			fn("", k.pair, k.minute, b)
 			seen[k] = true
 		}
 	}
@@ -71,8 +78,8 @@ func (s *Stats) scan(f Filter, fn func(p Pair, minute int64, b *bucket)) error {
 		return nil
 	}
 	var b bucket
-	return s.backend.scan(from, to, ownTo, f.match, func(p Pair, minute int64, own bool, v []byte) {
-		if own && seen[bkey{p, minute}] {
+	return s.backend.scan(from, to, ownTo, f.match, func(p Pair, minute int64, node string, v []byte) {
+		if node == "" && seen[bkey{p, minute}] {
 			return
 		}
 		b = bucket{}
@@ -80,7 +87,7 @@ func (s *Stats) scan(f Filter, fn func(p Pair, minute int64, b *bucket)) error {
 			s.log.Warn("skipping an unreadable stats minute", "source", p.Source, "destination", p.Destination, "err", err)
 			return
 		}
-		fn(p, minute, &b)
+		fn(node, p, minute, &b)
 	})
 }
 
