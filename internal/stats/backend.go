@@ -27,11 +27,11 @@ type Backend interface {
 	load(from int64, minute func(p Pair, minute int64, v []byte), gauge func(p Pair, pending, open int64), issue func(v []byte)) error
 	// get returns this node's stored minute of p, nil when there is none.
 	get(p Pair, minute int64) ([]byte, error)
-	// scan calls fn for the stored minutes in [from, to) whose pair match
-	// accepts, leaving out this node's minutes at or after ownTo (Stats
+	// scan calls fn for the stored minutes in [from, to) whose pair f
+	// matches (f's range is not looked at), leaving out this node's minutes at or after ownTo (Stats
 	// holds those in memory). node is "" for this node's minutes, and
 	// names the node of another node's minute.
-	scan(from, to, ownTo int64, match func(Pair) bool, fn func(p Pair, minute int64, node string, v []byte)) error
+	scan(from, to, ownTo int64, f *Filter, fn func(p Pair, minute int64, node string, v []byte)) error
 	// issueGroups returns, as JSON, the issue groups refs of another
 	// node, those that it has.
 	issueGroups(node string, refs []issueRef) ([][]byte, error)
@@ -155,7 +155,7 @@ func (pb *pebbleBackend) get(p Pair, minute int64) ([]byte, error) {
 	return append([]byte(nil), v...), nil
 }
 
-func (pb *pebbleBackend) scan(from, to, ownTo int64, match func(Pair) bool, fn func(Pair, int64, string, []byte)) error {
+func (pb *pebbleBackend) scan(from, to, ownTo int64, f *Filter, fn func(Pair, int64, string, []byte)) error {
 	// Every minute here is this node's.
 	to = min(to, ownTo)
 	if from >= to {
@@ -170,7 +170,7 @@ func (pb *pebbleBackend) scan(from, to, ownTo int64, match func(Pair) bool, fn f
 	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
 		p, minute, ok := parseBucketKey(it.Key())
-		if !ok || !match(p) {
+		if !ok || !f.match(p) {
 			continue
 		}
 		fn(p, minute, "", it.Value())

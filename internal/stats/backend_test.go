@@ -194,6 +194,15 @@ func TestPostgresNodes(t *testing.T) {
 		if err != nil || o.Counts != want || o.Latency.Count != 5 || o.Ingest.Accepted != 8 {
 			t.Errorf("node %s: overview %+v latency %+v ingest %+v, %v; want %+v", name, o.Counts, o.Latency, o.Ingest, err, want)
 		}
+		for _, ft := range []struct {
+			source, destination string
+			want                int64
+		}{{"web", "hook", 8}, {"", "hook", 8}, {"web", "", 8}, {"app", "", 0}, {"", "other", 0}} {
+			o, err := s.Overview(Filter{Source: ft.source, Destination: ft.destination, From: f.From, To: f.To})
+			if err != nil || o.Received != ft.want {
+				t.Errorf("node %s: overview of %q -> %q: %d received, %v; want %d", name, ft.source, ft.destination, o.Received, err, ft.want)
+			}
+		}
 		issues, err := s.Issues(f)
 		if err != nil {
 			t.Fatal(err)

@@ -216,21 +216,21 @@ func (pg *Postgres) get(p Pair, minute int64) ([]byte, error) {
 	return v, nil
 }
 
-func (pg *Postgres) scan(from, to, ownTo int64, match func(Pair) bool, fn func(Pair, int64, string, []byte)) error {
+func (pg *Postgres) scan(from, to, ownTo int64, f *Filter, fn func(Pair, int64, string, []byte)) error {
 	ctx, cancel := pg.ctx()
 	defer cancel()
 	// This node's minutes from ownTo on are in memory; other nodes' ones
 	// are here only.
 	rows, _ := pg.pool.Query(ctx, `SELECT source, destination, minute, CASE WHEN node = $3 THEN '' ELSE node END, bucket FROM stats_minutes
-		WHERE minute >= $1 AND minute < $2 AND (node <> $3 OR minute < $4)`, from, to, pg.opts.Node, ownTo)
+		WHERE minute >= $1 AND minute < $2 AND (node <> $3 OR minute < $4)
+		AND ($5 = '' OR source = $5) AND ($6 = '' OR destination = $6)`,
+		from, to, pg.opts.Node, ownTo, f.Source, f.Destination)
 	var p Pair
 	var m int64
 	var node string
 	var v []byte
 	if _, err := pgx.ForEachRow(rows, []any{&p.Source, &p.Destination, &m, &node, &v}, func() error {
-		if match(p) {
-			fn(p, m, node, v)
-		}
+		fn(p, m, node, v)
 		return nil
 	}); err != nil {
 		return fmt.Errorf("stats/postgres: scan: %w", err)

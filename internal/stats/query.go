@@ -78,7 +78,7 @@ func (s *Stats) scanNodes(f Filter, fn func(node string, p Pair, minute int64, b
 		return nil
 	}
 	var b bucket
-	return s.backend.scan(from, to, ownTo, f.match, func(p Pair, minute int64, node string, v []byte) {
+	return s.backend.scan(from, to, ownTo, &f, func(p Pair, minute int64, node string, v []byte) {
 		if node == "" && seen[bkey{p, minute}] {
 			return
 		}
