@@ -12,6 +12,9 @@ func (s *Stats) Run(ctx context.Context) {
 	t := time.NewTicker(s.opts.FlushInterval)
 	defer t.Stop()
 	lastPrune := time.Time{}
+	// While writes fail (a database that is down), every Flush retries,
+	// but the log hears of it once a minute, and once more on recovery.
+	var failingSince, lastLogged time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -21,8 +24,18 @@ func (s *Stats) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		now := s.opts.Now()
 		if err := s.Flush(); err != nil {
-			s.log.Error("write stats", "err", err)
+			if failingSince.IsZero() {
+				failingSince = now
+			}
+			if now.Sub(lastLogged) >= time.Minute {
+				lastLogged = now
+				s.log.Error("write stats; retrying at every flush", "err", err, "failing_since", failingSince)
+			}
+		} else if !failingSince.IsZero() {
+			s.log.Info("stats written again", "failing_since", failingSince)
+			failingSince, lastLogged = time.Time{}, time.Time{}
 		}
 		if now := s.opts.Now(); now.Sub(lastPrune) >= time.Hour {
 			lastPrune = now
