@@ -13,8 +13,9 @@ import (
 
 // Replayer puts archived events back into the job store.
 type Replayer struct {
-	// Archive is where the events are read from.
-	Archive *Writer
+	// Archive is where the events are read from: the files or the
+	// database.
+	Archive Store
 	// Store receives the replayed jobs; its Applied hook wakes delivery.
 	Store jobstore.Store
 	// Now stamps each replayed job's receivedAt.

@@ -95,7 +95,7 @@ type Options struct {
 	Store   jobstore.Store
 	Targets []Target
 	// Archive receives jobs whose retry window ended. Required.
-	Archive *archive.Writer
+	Archive archive.Store
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to slog.Default().

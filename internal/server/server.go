@@ -72,7 +72,8 @@ type Server struct {
 	opts    Options
 	store   jobstore.Store
 	stats   *stats.Stats
-	archive *archive.Writer
+	archive archive.Store
+	pg      *pgVisibility // the stats and archive tables, with storage.postgres
 	space   *diskspace.Watcher
 	engine  *delivery.Engine
 	track   *http.Server
@@ -154,8 +155,21 @@ func New(opts Options) (_ *Server, err error) {
 		}
 		redactors[d.Name] = redact.New(append(secrets, writeKeys...))
 	}
+	// With storage.postgres, the stats and the archive live in the
+	// database too.
+	var statsBackend stats.Backend
+	files := archive.NewWriter(filepath.Join(cfg.DataDir, "archive"))
+	files.SetGuard(s.space)
+	files.Logger = opts.Logger.With("component", "archive")
+	s.archive = files
+	if cfg.Storage.Postgres != "" {
+		if s.pg, err = openPGVisibility(cfg.Storage.Postgres, cfg.Listen); err != nil {
+			return nil, err
+		}
+		statsBackend, s.archive = s.pg.stats, s.pg.archive
+	}
 	s.stats, err = stats.Open(stats.Options{
-		Dir: filepath.Join(cfg.DataDir, "stats"), Redactors: redactors,
+		Dir: filepath.Join(cfg.DataDir, "stats"), Backend: statsBackend, Redactors: redactors,
 		Fallback: redact.New(writeKeys), Now: opts.Clock.Now, Logger: opts.Logger, FS: spaceFS,
 	})
 	if err != nil {
@@ -200,9 +214,6 @@ func New(opts Options) (_ *Server, err error) {
 	if opts.NoVisibility {
 		observe = nil
 	}
-	s.archive = archive.NewWriter(filepath.Join(cfg.DataDir, "archive"))
-	s.archive.SetGuard(s.space)
-	s.archive.Logger = opts.Logger.With("component", "archive")
 	s.engine, err = delivery.New(delivery.Options{
 		Store:   store,
 		Targets: targets,
@@ -332,6 +343,7 @@ func (s *Server) closeOpened() {
 	if s.stats != nil {
 		s.stats.Close()
 	}
+	s.pg.Close()
 	if s.store != nil {
 		s.store.Close()
 	}
@@ -408,6 +420,8 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.admin.Shutdown(shutCtx); err != nil {
 		log.Warn("admin shutdown", "err", err)
 	}
+	// After the admin API: a replay reads the archive.
+	s.pg.Close()
 	if err := s.store.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close store: %w", err)
 	}

@@ -79,7 +79,7 @@ func TestDamagedDatabase(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.pattern != "*.log" { // to an sstable, and an empty WAL
-				if err := s.db.Flush(); err != nil {
+				if err := s.backend.(*pebbleBackend).db.Flush(); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"encoding/json"
 	"net/http"
 	"regexp"
 	"sort"
@@ -173,43 +174,93 @@ func cut(b []byte) string {
 
 // Issues returns the issue groups with failures in f's range, the most
 // frequent first, each with its count in the range.
+//
+// With a shared backend, other nodes' minutes count failures in their
+// own issue groups, whose ids are theirs: those groups are read from the
+// backend, and groups of one pair with the same key (outcome, status and
+// reason) are merged into one, which keeps this node's id when it has
+// the group, the earliest MaxSamples samples, and the sum of the counts.
 func (s *Stats) Issues(f Filter) ([]Issue, error) {
-	counts := map[Pair]map[uint32]int64{}
-	err := s.scan(f, func(p Pair, _ int64, b *bucket) {
-		if len(b.issues) == 0 {
-			return
-		}
-		m := counts[p]
-		if m == nil {
-			m = map[uint32]int64{}
-			counts[p] = m
-		}
+	type nodeRef struct {
+		node string // "" for this node
+		ref  issueRef
+	}
+	counts := map[nodeRef]int64{}
+	err := s.scanNodes(f, func(node string, p Pair, _ int64, b *bucket) {
 		for id, n := range b.issues {
-			m[id] += n
+			counts[nodeRef{node, issueRef{p, id}}] += n
 		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := []Issue{}
-	s.mu.Lock()
-	for p, m := range counts {
-		pi := s.issues[p]
-		if pi == nil {
-			continue
+	others := map[string][]issueRef{}
+	for k := range counts {
+		if k.node != "" {
+			others[k.node] = append(others[k.node], k.ref)
 		}
-		for id, n := range m {
-			is := pi.byID[id]
-			if is == nil {
+	}
+	groups := map[nodeRef]*Issue{}
+	for node, refs := range others {
+		vs, err := s.backend.issueGroups(node, refs)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vs {
+			is := &Issue{}
+			if err := json.Unmarshal(v, is); err != nil {
+				s.log.Warn("skipping an unreadable issue group", "node", node, "err", err)
 				continue
 			}
+			groups[nodeRef{node, issueRef{Pair{is.Source, is.Destination}, is.ID}}] = is
+		}
+	}
+	type groupKey struct {
+		p   Pair
+		key string
+	}
+	merged := map[groupKey]*Issue{}
+	s.mu.Lock()
+	for k, n := range counts {
+		var is *Issue
+		if k.node == "" {
+			if pi := s.issues[k.ref.pair]; pi != nil {
+				is = pi.byID[k.ref.id]
+			}
+		} else {
+			is = groups[k]
+		}
+		if is == nil {
+			continue
+		}
+		gk := groupKey{k.ref.pair, is.key()}
+		m := merged[gk]
+		if m == nil {
 			c := *is
 			c.Count = n
 			c.Samples = append([]Sample(nil), is.Samples...)
-			out = append(out, c)
+			merged[gk] = &c
+			continue
 		}
+		m.Count += n
+		if k.node == "" {
+			m.ID = is.ID
+		}
+		if is.FirstSeen.Before(m.FirstSeen) {
+			m.FirstSeen = is.FirstSeen
+		}
+		if is.LastSeen.After(m.LastSeen) {
+			m.LastSeen = is.LastSeen
+		}
+		m.Samples = append(m.Samples, is.Samples...)
+		sort.SliceStable(m.Samples, func(i, j int) bool { return m.Samples[i].At.Before(m.Samples[j].At) })
+		m.Samples = m.Samples[:min(len(m.Samples), MaxSamples)]
 	}
 	s.mu.Unlock()
+	out := make([]Issue, 0, len(merged))
+	for _, m := range merged {
+		out = append(out, *m)
+	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := &out[i], &out[j]
 		if a.Count != b.Count {

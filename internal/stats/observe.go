@@ -1,10 +1,7 @@
 package stats
 
 import (
-	"errors"
 	"time"
-
-	pebbledb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
@@ -169,17 +166,20 @@ func (s *Stats) bucket(p Pair, minute int64) *bucket {
 	if minute < s.completeFrom {
 		// A retry of an event received hours ago: read its minute back.
 		// This is a point read under the lock, rare by construction.
-		v, closer, err := s.db.Get(bucketKey(p, minute))
-		if err == nil {
-			err = b.decode(v)
-			closer.Close()
-			if err != nil {
+		v, err := s.backend.get(p, minute)
+		if err != nil {
+			// Counting from zero would overwrite the stored minute with
+			// less: this count is lost instead, and the minute kept.
+			s.log.Error("read stats minute; not counting this report in it", "source", p.Source,
+				"destination", p.Destination, "minute", time.Unix(minute*60, 0).UTC(), "err", err)
+			return nil
+		}
+		if v != nil {
+			if err := b.decode(v); err != nil {
 				s.log.Error("stats minute is unreadable; counting from zero", "source", p.Source,
 					"destination", p.Destination, "minute", time.Unix(minute*60, 0).UTC(), "err", err)
 				b = &bucket{}
 			}
-		} else if !errors.Is(err, pebbledb.ErrNotFound) {
-			s.log.Error("read stats minute", "err", err)
 		}
 	}
 	s.hot[k] = b

@@ -2,12 +2,8 @@ package stats
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"time"
-
-	pebbledb "github.com/cockroachdb/pebble/v2"
 )
 
 // Run writes changes every FlushInterval and prunes what is older than
@@ -16,6 +12,9 @@ func (s *Stats) Run(ctx context.Context) {
 	t := time.NewTicker(s.opts.FlushInterval)
 	defer t.Stop()
 	lastPrune := time.Time{}
+	// While writes fail (a database that is down), every Flush retries,
+	// but the log hears of it once a minute, and once more on recovery.
+	var failingSince, lastLogged time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -25,8 +24,18 @@ func (s *Stats) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		now := s.opts.Now()
 		if err := s.Flush(); err != nil {
-			s.log.Error("write stats", "err", err)
+			if failingSince.IsZero() {
+				failingSince = now
+			}
+			if now.Sub(lastLogged) >= time.Minute {
+				lastLogged = now
+				s.log.Error("write stats; retrying at every flush", "err", err, "failing_since", failingSince)
+			}
+		} else if !failingSince.IsZero() {
+			s.log.Info("stats written again", "failing_since", failingSince)
+			failingSince, lastLogged = time.Time{}, time.Time{}
 		}
 		if now := s.opts.Now(); now.Sub(lastPrune) >= time.Hour {
 			lastPrune = now
@@ -37,16 +46,18 @@ func (s *Stats) Run(ctx context.Context) {
 	}
 }
 
-// Flush writes every change since the last Flush in one synced batch, then
-// forgets the clean minutes older than Hot.
+// Flush writes every change since the last Flush in one batch (synced, or
+// one transaction), then forgets the clean minutes older than Hot. When the
+// write fails, everything in it is marked changed again, so the next Flush
+// retries it.
 func (s *Stats) Flush() error {
-	batch := s.db.NewBatch()
-	defer batch.Close()
+	var w writes
 	var written []*bucket
+	var writtenIssues []*Issue
 	s.mu.Lock()
 	for k, b := range s.hot {
 		if b.dirty {
-			batch.Set(bucketKey(k.pair, k.minute), b.appendBinary(nil), nil)
+			w.minutes = append(w.minutes, minuteRow{pair: k.pair, minute: k.minute, v: b.appendBinary(nil)})
 			b.dirty = false
 			written = append(written, b)
 		}
@@ -56,27 +67,38 @@ func (s *Stats) Flush() error {
 			if is.dirty {
 				v, err := json.Marshal(is)
 				if err == nil {
-					batch.Set(issueKey(p, is.ID), v, nil)
+					w.issues = append(w.issues, issueRow{issueRef: issueRef{p, is.ID}, lastSeen: is.LastSeen, v: v})
 				}
 				is.dirty = false
+				writtenIssues = append(writtenIssues, is)
 			}
 		}
 	}
+	writtenGauges := s.dirty
 	for _, p := range s.dirty {
 		g := s.gauges[p.Destination][p.Source]
-		batch.Set(gaugeKey(p), binary.AppendVarint(binary.AppendVarint(nil, g.pending), g.open), nil)
+		w.gauges = append(w.gauges, gaugeRow{pair: p, pending: g.pending, open: g.open})
 		g.dirty = false
 	}
-	s.dirty = s.dirty[:0]
+	s.dirty = nil
 	s.mu.Unlock()
-	if batch.Empty() {
+	if w.empty() {
 		return nil
 	}
-	if err := batch.Commit(pebbledb.Sync); err != nil {
+	if err := s.backend.save(&w); err != nil {
 		// Mark them again so the next Flush retries.
 		s.mu.Lock()
 		for _, b := range written {
 			b.dirty = true
+		}
+		for _, is := range writtenIssues {
+			is.dirty = true
+		}
+		for _, p := range writtenGauges {
+			if g := s.gauges[p.Destination][p.Source]; g != nil && !g.dirty {
+				g.dirty = true
+				s.dirty = append(s.dirty, p)
+			}
 		}
 		s.mu.Unlock()
 		return err
@@ -97,7 +119,7 @@ func (s *Stats) Flush() error {
 func (s *Stats) Prune() error {
 	cut := s.opts.Now().Add(-s.opts.Retention)
 	cutMin := minuteOf(cut)
-	var drop [][]byte
+	var drop []issueRef
 	s.mu.Lock()
 	for k := range s.hot {
 		if k.minute < cutMin {
@@ -109,80 +131,40 @@ func (s *Stats) Prune() error {
 			if is.LastSeen.Before(cut) {
 				delete(pi.byID, id)
 				delete(pi.byKey, is.key())
-				drop = append(drop, issueKey(p, id))
+				drop = append(drop, issueRef{p, id})
 			}
 		}
 	}
 	s.mu.Unlock()
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteRange([]byte{'m'}, bucketKey(Pair{}, cutMin), nil); err != nil {
-		return err
-	}
-	for _, k := range drop {
-		if err := b.Delete(k, nil); err != nil {
-			return err
-		}
-	}
-	return b.Commit(pebbledb.NoSync)
+	return s.backend.prune(cutMin, drop)
 }
 
 // load reads the hot minutes, the issue groups and the gauges. Minutes of
 // a corrupt record are logged and skipped: counting them from zero is
 // better than refusing to start.
 func (s *Stats) load() error {
-	it, err := s.db.NewIter(&pebbledb.IterOptions{
-		LowerBound: bucketKey(Pair{}, s.completeFrom), UpperBound: []byte{'m' + 1},
-	})
-	if err != nil {
-		return err
-	}
-	for it.First(); it.Valid(); it.Next() {
-		p, minute, ok := parseBucketKey(it.Key())
-		b := &bucket{}
-		if !ok || b.decode(it.Value()) != nil {
-			s.log.Warn("skipping an unreadable stats minute", "key", fmt.Sprintf("%q", it.Key()))
-			continue
-		}
-		s.hot[bkey{p, minute}] = b
-	}
-	if err := it.Close(); err != nil {
-		return err
-	}
-	it, err = s.db.NewIter(&pebbledb.IterOptions{LowerBound: []byte{'g'}, UpperBound: []byte{'g' + 1}})
-	if err != nil {
-		return err
-	}
-	for it.First(); it.Valid(); it.Next() {
-		p, ok := parsePair(it.Key()[1:])
-		n, k := binary.Varint(it.Value())
-		if ok && k > 0 {
-			g := s.gauge(p)
-			g.pending = n
-			// The open count follows; records written before it existed
-			// have none.
-			if o, k2 := binary.Varint(it.Value()[k:]); k2 > 0 {
-				g.open = o
+	err := s.backend.load(s.completeFrom,
+		func(p Pair, minute int64, v []byte) {
+			b := &bucket{}
+			if err := b.decode(v); err != nil {
+				s.log.Warn("skipping an unreadable stats minute", "source", p.Source, "destination", p.Destination,
+					"minute", time.Unix(minute*60, 0).UTC(), "err", err)
+				return
 			}
-			g.dirty = false
-		}
-	}
+			s.hot[bkey{p, minute}] = b
+		},
+		func(p Pair, pending, open int64) {
+			g := s.gauge(p)
+			g.pending, g.open, g.dirty = pending, open, false
+		},
+		func(v []byte) {
+			var is Issue
+			if err := json.Unmarshal(v, &is); err != nil {
+				s.log.Warn("skipping an unreadable issue group", "err", err)
+				return
+			}
+			s.pairIssues(Pair{is.Source, is.Destination}).put(&is)
+		})
 	s.dirty = s.dirty[:0]
-	if err := it.Close(); err != nil {
-		return err
-	}
-	it, err = s.db.NewIter(&pebbledb.IterOptions{LowerBound: []byte{'i'}, UpperBound: []byte{'i' + 1}})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
-		var is Issue
-		if err := json.Unmarshal(it.Value(), &is); err != nil {
-			s.log.Warn("skipping an unreadable issue group", "err", err)
-			continue
-		}
-		s.pairIssues(Pair{is.Source, is.Destination}).put(&is)
-	}
-	return it.Error()
+	return err
 }

@@ -3,8 +3,6 @@ package stats
 import (
 	"sort"
 	"time"
-
-	pebbledb "github.com/cockroachdb/pebble/v2"
 )
 
 // PendingRetry returns, per source, the jobs for destination that failed
@@ -51,8 +49,17 @@ func (f *Filter) match(p Pair) bool {
 
 // scan calls fn for every stored minute in f's range whose pair f matches
 // (per-source pairs included), the in-memory version of a minute
-// replacing its stored one. fn must not keep b.
+// replacing its stored one. With a shared backend, other nodes' minutes
+// come too, a minute of several nodes once per node: fn adds them up.
+// fn must not keep b.
 func (s *Stats) scan(f Filter, fn func(p Pair, minute int64, b *bucket)) error {
+	return s.scanNodes(f, func(_ string, p Pair, minute int64, b *bucket) { fn(p, minute, b) })
+}
+
+// scanNodes is scan that also tells fn which node counted each minute: ""
+// for this node, the node's name for another node's minute of a shared
+// backend.
+func (s *Stats) scanNodes(f Filter, fn func(node string, p Pair, minute int64, b *bucket)) error {
 	from, to := minuteOf(f.From), minuteOf(f.To)
 	if !f.To.Equal(time.Unix(to*60, 0)) {
 		to++ // a partial minute at the end is included
@@ -61,36 +68,27 @@ func (s *Stats) scan(f Filter, fn func(p Pair, minute int64, b *bucket)) error {
 	s.mu.Lock()
 	for k, b := range s.hot {
 		if k.minute >= from && k.minute < to && f.match(k.pair) {
-			fn(k.pair, k.minute, b)
+			fn("", k.pair, k.minute, b)
 			seen[k] = true
 		}
 	}
-	diskTo := min(to, s.completeFrom)
+	ownTo := s.completeFrom
 	s.mu.Unlock()
-	if from >= diskTo {
+	if from >= to {
 		return nil
 	}
-	it, err := s.db.NewIter(&pebbledb.IterOptions{
-		LowerBound: bucketKey(Pair{}, from), UpperBound: bucketKey(Pair{}, diskTo),
-	})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
 	var b bucket
-	for it.First(); it.Valid(); it.Next() {
-		p, minute, ok := parseBucketKey(it.Key())
-		if !ok || !f.match(p) || seen[bkey{p, minute}] {
-			continue
+	return s.backend.scan(from, to, ownTo, &f, func(p Pair, minute int64, node string, v []byte) {
+		if node == "" && seen[bkey{p, minute}] {
+			return
 		}
 		b = bucket{}
-		if err := b.decode(it.Value()); err != nil {
+		if err := b.decode(v); err != nil {
 			s.log.Warn("skipping an unreadable stats minute", "source", p.Source, "destination", p.Destination, "err", err)
-			continue
+			return
 		}
-		fn(p, minute, &b)
-	}
-	return it.Error()
+		fn(node, p, minute, &b)
+	})
 }
 
 // Latency summarises end-to-end latencies, receivedAt to the attempt that

@@ -25,7 +25,13 @@
 // FlushInterval (2 s) the changed minutes, issue groups and gauges are
 // written in one synced batch, and once more on shutdown: a crash loses at
 // most the counts of the last two seconds, never more, and a restart
-// continues from what was written.
+// continues from what was written. A flush that fails (a database that is
+// down) keeps what it could not write and the next one retries it.
+//
+// Where they are written is a [Backend]: the Pebble database in Options.Dir
+// by default, or PostgreSQL ([NewPostgres]) when storage.postgres is set, so
+// that a node's disk holds nothing another node needs. There each node
+// writes rows of its own and queries sum every node's rows; see [Postgres].
 package stats
 
 import (
@@ -35,10 +41,8 @@ import (
 	"sync"
 	"time"
 
-	pebbledb "github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/fanout/fanout/internal/jobstore/pebble"
 	"github.com/fanout/fanout/internal/redact"
 )
 
@@ -71,8 +75,13 @@ const overflowReason = "other reasons (too many kinds of failure to group)"
 
 // Options configures Stats.
 type Options struct {
-	// Dir is the directory of the stats database. Required.
+	// Dir is the directory of the stats database, a Pebble database of
+	// the node's own. Required unless Backend is set.
 	Dir string
+	// Backend, when set, keeps the stats instead of a database in Dir:
+	// NewPostgres for nodes sharing a PostgreSQL database. Stats closes
+	// it on Close.
+	Backend Backend
 	// Redactors holds, by destination name, the redactor applied to that
 	// destination's samples and reasons. A destination without one gets
 	// Fallback.
@@ -185,9 +194,9 @@ type bkey struct {
 // increments, plus a copy of the exchange for the first samples of an
 // issue.
 type Stats struct {
-	opts Options
-	log  *slog.Logger
-	db   *pebbledb.DB
+	opts    Options
+	log     *slog.Logger
+	backend Backend
 
 	mu sync.Mutex
 	// hot holds every minute at or after completeFrom, and the older
@@ -223,8 +232,8 @@ type gauge struct {
 // Open opens or creates the stats database in opts.Dir and loads the hot
 // minutes and the issue groups.
 func Open(opts Options) (*Stats, error) {
-	if opts.Dir == "" {
-		return nil, errors.New("stats: Dir is required")
+	if opts.Dir == "" && opts.Backend == nil {
+		return nil, errors.New("stats: Dir or Backend is required")
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -245,34 +254,32 @@ func Open(opts Options) (*Stats, error) {
 		opts.Fallback = &redact.Redactor{}
 	}
 	log := opts.Logger.With("component", "stats")
-	db, err := openDB(opts.Dir, &pebbledb.Options{
-		// Pebble's routine lines about this secondary database go to debug.
-		Logger: pebble.Logger{Log: log, InfoLevel: slog.LevelDebug},
-		FS:     opts.FS,
-		// Small: the hot minutes live in memory.
-		MemTableSize: 4 << 20,
-		Cache:        nil,
-	}, log, opts.Now())
-	if err != nil {
-		return nil, fmt.Errorf("stats: open %s: %w", opts.Dir, err)
+	backend := opts.Backend
+	where := "the stats backend"
+	if backend == nil {
+		pb, err := openPebble(opts.Dir, opts.FS, log, opts.Now())
+		if err != nil {
+			return nil, err
+		}
+		backend, where = pb, opts.Dir
 	}
 	s := &Stats{
-		opts: opts, log: log, db: db,
+		opts: opts, log: log, backend: backend,
 		hot:          map[bkey]*bucket{},
 		issues:       map[Pair]*pairIssues{},
 		gauges:       map[string]map[string]*gauge{},
 		completeFrom: minuteOf(opts.Now().Add(-opts.Hot)),
 	}
 	if err := s.load(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("stats: load %s: %w", opts.Dir, err)
+		backend.close()
+		return nil, fmt.Errorf("stats: load %s: %w", where, err)
 	}
 	return s, nil
 }
 
 func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
 
-// Close closes the database. Call it after Run returned.
+// Close closes the backend. Call it after Run returned.
 func (s *Stats) Close() error {
-	return s.db.Close()
+	return s.backend.close()
 }

@@ -145,9 +145,9 @@
 // The schema is a list of versioned SQL scripts (schema.go) applied at
 // Open, each in a transaction with its row in schema_migrations, under a
 // session advisory lock (pg_advisory_lock): nodes starting together take
-// turns, and the second finds nothing left to do. A few lines and a version
-// table are all this needs: a migration tool would bring a dependency and
-// files to ship for the same three steps.
+// turns, and the second finds nothing left to do. The runner is
+// internal/pgmigrate, shared with the stats and the archive, which keep
+// version tables of their own.
 //
 // # Errors
 //

@@ -6,8 +6,9 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fanout/fanout/internal/pgmigrate"
 )
 
 // migrations are the schema's versions, applied in order; migration i
@@ -69,62 +70,14 @@ CREATE TABLE dedupe (
 `,
 }
 
-// lockMigrate and lockPartitions are the advisory lock keys of the store:
-// one for migrations at start-up, one for creating and dropping dedupe
-// partitions.
-const (
-	lockMigrate    = 0x66616e6f75740001 // "fanout" 1
-	lockPartitions = 0x66616e6f75740002
-)
+// lockPartitions is the advisory lock key for creating and dropping dedupe
+// partitions. (Migrations take pgmigrate.Lock.)
+const lockPartitions = 0x66616e6f75740002
 
-// migrate brings the schema up to date. It holds a session advisory lock
-// while it reads the version and applies what is missing, so that nodes
-// starting together apply each migration once: the second waits, then
-// finds nothing to do. Each migration and its version row commit together.
-func migrate(ctx context.Context, pool *pgxpool.Pool) (err error) {
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(lockMigrate)); err != nil {
-		return err
-	}
-	defer func() {
-		// The lock is the session's: release it before the connection
-		// goes back to the pool. Should this fail, drop the connection.
-		if _, uerr := conn.Exec(context.Background(), "SELECT pg_advisory_unlock($1)", int64(lockMigrate)); uerr != nil {
-			conn.Conn().Close(context.Background())
-			if err == nil {
-				err = uerr
-			}
-		}
-	}()
-	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-		version    integer PRIMARY KEY,
-		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-		return err
-	}
-	var version int
-	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM schema_migrations").Scan(&version); err != nil {
-		return err
-	}
-	if version > len(migrations) {
-		return fmt.Errorf("schema version %d is newer than this fanout knows (%d): a newer fanout has used the database", version, len(migrations))
-	}
-	for v := version + 1; v <= len(migrations); v++ {
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, migrations[v-1]); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", v)
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("migration %d: %w", v, err)
-		}
-	}
-	return nil
+// migrate brings the schema up to date through the runner every component
+// shares; the job store's versions are in schema_migrations.
+func migrate(ctx context.Context, pool *pgxpool.Pool) error {
+	return pgmigrate.Run(ctx, pool, "schema_migrations", migrations)
 }
 
 // jobPartName and finishedPartName name the partitions of jobs and finished
