@@ -30,7 +30,7 @@ type Config struct {
 	Storage Storage `yaml:"storage"`
 	Network Network `yaml:"network"`
 	// DedupeWindow is how long a (source, messageId) is remembered. Default
-	// pebble.DefaultDedupeWindow (24h), the store's.
+	// jobstore.DefaultDedupeWindow (24h), the stores'.
 	DedupeWindow time.Duration `yaml:"dedupe_window"`
 	Sources      []Source      `yaml:"sources"`
 	Destinations []Destination `yaml:"destinations"`

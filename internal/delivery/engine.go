@@ -210,7 +210,7 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 // Notify tells the engine of jobs the store has just made readable; wire it
-// to the store's announcement of each Append (pebble.Options.Applied). It
+// to the store's announcement of each Append (jobstore.AppliedFunc). It
 // never blocks. A queue that has read everything the store held takes the
 // announced jobs as they are, without reading them back; any other reads
 // them from the store in its turn, so a notification for it only says that
