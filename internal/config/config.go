@@ -38,7 +38,13 @@ type Config struct {
 
 // Storage selects the job store.
 type Storage struct {
-	// Postgres is a DSN; when set, storage is PostgreSQL instead of embedded.
+	// Postgres is a PostgreSQL DSN, as a URL
+	// (postgres://user:password@host:5432/db?sslmode=require) or key=value
+	// pairs (host=... dbname=...). When set, jobs are stored in that
+	// database instead of the embedded store in DataDir. Default empty: the
+	// embedded store. One DSN only for now; a list is for a cluster spread
+	// over several servers. It may hold a password: it appears in no log
+	// line, error or admin view.
 	Postgres string `yaml:"postgres"`
 }
 

@@ -407,7 +407,12 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 		"dedupe_window": d.duration(&c.DedupeWindow),
 		"storage": func(n *yaml.Node, path string) error {
 			return d.mapping(n, path, map[string]field{
-				"postgres": d.str(&c.Storage.Postgres),
+				"postgres": func(n *yaml.Node, path string) error {
+					if n.Kind == yaml.SequenceNode {
+						return d.errorf(n, path, "a list of servers is not supported yet (it is for a cluster spread over several); give one DSN")
+					}
+					return d.str(&c.Storage.Postgres)(n, path)
+				},
 			})
 		},
 		"network": func(n *yaml.Node, path string) error {
