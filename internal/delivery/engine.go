@@ -259,8 +259,8 @@ type dest struct {
 	// (see storeFailed).
 	storeFails   int
 	storeRetryAt time.Time
-	rnd         *rand.Rand
-	sender      destinations.Sender
+	rnd          *rand.Rand
+	sender       destinations.Sender
 
 	done chan completion
 	snap chan chan DestinationState
