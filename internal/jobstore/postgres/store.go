@@ -64,6 +64,9 @@ const (
 	DefaultPartitionJobs   = 1_000_000
 	DefaultCleanupInterval = 10 * time.Second
 	DefaultMaxConns        = 8
+	// DefaultConnectTimeout bounds each connection attempt when the DSN
+	// sets no connect_timeout.
+	DefaultConnectTimeout = 5 * time.Second
 )
 
 func (o *Options) setDefaults() error {
@@ -140,6 +143,13 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("jobstore/postgres: %w", err)
 	}
 	cfg.MaxConns = opts.MaxConns
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// Without connect_timeout in the DSN, a connection to a host that
+		// does not answer waits for the operating system to give up
+		// (minutes); the callers, and the tracking API's clients, should hear
+		// that the database is unavailable well before.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("jobstore/postgres: %w", err)
