@@ -51,7 +51,7 @@ type Server struct {
 	dir    string // temporary directory: data/, the socket, the log
 	binDir string
 	port   int
-	asUser string // run the binaries as this user; "" for the current one
+	asUser string   // run the binaries as this user; "" for the current one
 	opts   []string // the postgres options it was started with, for Up
 	dbs    atomic.Int64
 }
