@@ -7,7 +7,9 @@
 // package testing too, so that `fanout bench --storage postgres` can start
 // one. Tests use the thin wrapper: [Main] in TestMain starts nothing and
 // stops the cluster at the end, [Start] starts the cluster of the test
-// binary on first use and returns the DSN of a fresh database.
+// binary on first use and returns the DSN of a fresh database. [Server.Down]
+// and [Server.Up] take a running cluster away and bring it back, for tests
+// of what fanout does while its database is gone.
 //
 // initdb and postgres refuse to run as root. When the process runs as root
 // (as the tests do in CI containers), the binaries run as the `postgres`
