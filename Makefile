@@ -5,7 +5,8 @@
 #               fanout.example.yaml in the foreground; Ctrl-C stops both.
 #   make test   installs what the tests need when it is missing (the Node
 #               packages of test/compat, test/ui and test/browser; Debian's chromium for the
-#               browser tests, with apt-get, as root or through sudo),
+#               browser tests and Debian's postgresql for the PostgreSQL store's, with
+#               apt-get, as root or through sudo),
 #               then checks gofmt and runs go vet and go test -race over every package.
 #   make ui     rebuilds the web UI (web/) into internal/admin/ui/dist, which
 #               is committed and embedded: run it after changing web/.
@@ -19,7 +20,7 @@ NODE_DIR := test/compat/node
 UI_TEST_DIR := test/ui
 BROWSER_TEST_DIR := test/browser
 
-.PHONY: run test build vet fmt-check go-test ui
+.PHONY: run test build vet fmt-check go-test ui postgresql
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fanout
@@ -30,7 +31,16 @@ run: build
 	trap 'exit 130' INT TERM; \
 	$(BIN) serve --config fanout.example.yaml
 
-test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules $(BROWSER_TEST_DIR)/node_modules /usr/bin/chromium fmt-check vet go-test
+test: $(NODE_DIR)/node_modules $(UI_TEST_DIR)/node_modules $(BROWSER_TEST_DIR)/node_modules /usr/bin/chromium postgresql fmt-check vet go-test
+
+# The PostgreSQL server binaries, where internal/pgtest looks for them
+# (/usr/local/bin or Debian's /usr/lib/postgresql/*/bin); installed only when
+# no initdb is found there.
+postgresql:
+	@if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ ! -x /usr/local/bin/initdb ]; then \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
 
 /usr/bin/chromium:
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \

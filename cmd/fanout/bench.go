@@ -20,6 +20,7 @@ func runBench(ctx context.Context, args []string) error {
 	out := fs.String("out", "", "where to write the figures as JSON (default bench-SCENARIO.json)")
 	keep := fs.Bool("keep", false, "keep the work dir (data, configs, logs)")
 	visibility := fs.String("visibility", "on", "throughput: stats, debugger and metrics on, off, or both (measures their cost)")
+	storage := fs.String("storage", "pebble", "throughput, backlog, crash: the job store, pebble (embedded) or postgres (a throwaway PostgreSQL the bench starts; runs pebble too and prints both side by side), or a list such as postgres,pebble")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: fanout bench [flags] SCENARIO\n\nscenarios: %s\n\nflags:\n", strings.Join(bench.Names(), ", "))
 		fs.PrintDefaults()
@@ -39,11 +40,16 @@ func runBench(ctx context.Context, args []string) error {
 		fs.Usage()
 		return flag.ErrHelp
 	}
+	stores, err := bench.ParseStorage(*storage)
+	if err != nil {
+		return err
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	return bench.Run(ctx, scenario, bench.Options{
 		Exe: exe, Duration: *duration, Events: *events, Kills: *kills, Interval: *interval, Out: *out, Keep: *keep, Visibility: *visibility, Log: os.Stdout,
+		Storage: stores,
 	})
 }

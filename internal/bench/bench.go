@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -58,11 +60,23 @@ func Run(ctx context.Context, name string, opts Options) error {
 	if opts.Interval <= 0 {
 		opts.Interval = time.Minute
 	}
-	e := &env{opts: opts}
+	if len(opts.Storage) == 0 {
+		opts.Storage = []string{StorePebble}
+	}
+	if (len(opts.Storage) > 1 || opts.Storage[0] != StorePebble) && !slices.Contains(storeScenarios, name) {
+		return fmt.Errorf("--storage: %s runs on the embedded store only; %v take postgres", name, storeScenarios)
+	}
+	e := &env{opts: opts, storage: opts.Storage[0]}
 	defer e.close()
-	fmt.Fprintf(opts.Log, "scenario %s (work dir %s)\n", name, opts.Dir)
+	fmt.Fprintf(opts.Log, "scenario %s on %s (work dir %s)\n", name, strings.Join(opts.Storage, ", "), opts.Dir)
 	start := time.Now()
-	res, err := run(ctx, e)
+	var res any
+	var err error
+	if len(opts.Storage) > 1 {
+		res, err = runStores(ctx, run, opts)
+	} else {
+		res, err = run(ctx, e)
+	}
 	if err != nil {
 		// A scenario that measured and then failed its check (soak) returns
 		// its figures too: they show what failed.
@@ -86,6 +100,9 @@ func keepDir(e *env) string {
 }
 
 func (e *env) table(rows [][2]string) {
+	if e.collect {
+		e.rows = append(e.rows, rows...)
+	}
 	w := tabwriter.NewWriter(e.opts.Log, 0, 0, 2, ' ', 0)
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %s\t%s\n", r[0], r[1])

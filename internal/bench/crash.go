@@ -181,11 +181,11 @@ func runCrash(ctx context.Context, e *env) (any, error) {
 	cur.stop()
 	sinkProc.stop() // flushes its record file
 	flakyProc.stop()
-	res.Lost, _, err = unaccounted(srv.dataDir, "sink", lr.ids, record)
+	res.Lost, _, err = e.unaccounted(srv.dataDir, "sink", lr.ids, record)
 	if err != nil {
 		return nil, err
 	}
-	if res.Flaky, err = flakyOutcome(srv.dataDir, lr.ids, flakyRecord); err != nil {
+	if res.Flaky, err = e.flakyOutcome(srv.dataDir, lr.ids, flakyRecord); err != nil {
 		return nil, err
 	}
 	if res.Lost > 0 || res.Flaky.Lost > 0 {
@@ -249,7 +249,7 @@ func waitSettled(admin, addr, dest string, quiet, timeout time.Duration) error {
 // flakyOutcome sorts the acknowledged events by what became of them at the
 // flaky destination: delivered (in its sink's record), archived (in the
 // stopped server's archive) or still queued; the rest are lost.
-func flakyOutcome(dataDir string, acked []string, record string) (FlakyResult, error) {
+func (e *env) flakyOutcome(dataDir string, acked []string, record string) (FlakyResult, error) {
 	var r FlakyResult
 	got, err := recordedIDs(record)
 	if err != nil {
@@ -281,7 +281,7 @@ func flakyOutcome(dataDir string, acked []string, record string) (FlakyResult, e
 			}
 		}
 	}
-	queued, err := queuedIDs(dataDir, "flaky")
+	queued, err := e.queuedIDs(dataDir, "flaky")
 	if err != nil {
 		return r, err
 	}

@@ -54,6 +54,10 @@ type Options struct {
 	Visibility string
 	// Log receives progress lines.
 	Log io.Writer
+	// Storage lists the job stores to run the scenario on (StorePebble,
+	// StorePostgres), in order; see ParseStorage. Default the embedded
+	// store alone. Only throughput, backlog and crash take StorePostgres.
+	Storage []string
 }
 
 // env owns the processes of one scenario run.
@@ -61,6 +65,14 @@ type env struct {
 	opts  Options
 	procs []*proc
 	n     int
+	// storage is the job store of the servers started: StorePebble or
+	// StorePostgres; pg is the PostgreSQL of the latter.
+	storage string
+	pg      *postgres
+	// collect keeps the rows of the scenario's table in rows, for a table
+	// of several stores side by side.
+	collect bool
+	rows    [][2]string
 }
 
 type proc struct {
@@ -122,6 +134,12 @@ func (e *env) close() {
 			p.stop()
 		}
 	}
+	if e.pg != nil {
+		if err := e.pg.srv.Stop(); err != nil {
+			e.logf("stop PostgreSQL: %v", err)
+		}
+		e.pg = nil
+	}
 	if !e.opts.Keep {
 		os.RemoveAll(e.opts.Dir)
 	}
@@ -173,7 +191,11 @@ func (e *env) startServer(name, pipeline, dataDir string, flags ...string) (*ser
 	if dataDir == "" {
 		dataDir = filepath.Join(e.opts.Dir, name+"-data")
 	}
-	cfg := fmt.Sprintf("listen: %s\nadmin_listen: %s\ndata_dir: %s\nnetwork:\n  allow_private: true\n%s", listen, admin, dataDir, pipeline)
+	storage, err := e.storageYAML(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf("listen: %s\nadmin_listen: %s\ndata_dir: %s\nnetwork:\n  allow_private: true\n%s%s", listen, admin, dataDir, storage, pipeline)
 	path := filepath.Join(e.opts.Dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err

@@ -156,7 +156,7 @@ func runNoisyNeighbor(ctx context.Context, e *env) (any, error) {
 	// still queued in the store for it.
 	srv.stop()
 	sharedProc.stop() // flushes its record file
-	lost, pending, err := unaccounted(srv.dataDir, "shared", acked, record)
+	lost, pending, err := e.unaccounted(srv.dataDir, "shared", acked, record)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +177,7 @@ func runNoisyNeighbor(ctx context.Context, e *env) (any, error) {
 // unaccounted opens a stopped server's store and counts the acknowledged
 // events that neither reached the sink (its --record file) nor wait in the
 // store for destination dest.
-func unaccounted(dataDir, dest string, acked []string, record string) (lost, pending int, err error) {
+func (e *env) unaccounted(dataDir, dest string, acked []string, record string) (lost, pending int, err error) {
 	got := map[string]bool{}
 	f, err := os.Open(record)
 	if err != nil {
@@ -194,7 +194,7 @@ func unaccounted(dataDir, dest string, acked []string, record string) (lost, pen
 		}
 	}
 	f.Close()
-	queued, err := queuedIDs(dataDir, dest)
+	queued, err := e.queuedIDs(dataDir, dest)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -210,8 +210,8 @@ func unaccounted(dataDir, dest string, acked []string, record string) (lost, pen
 
 // queuedIDs returns the messageIds of every job for dest in a stopped
 // server's store.
-func queuedIDs(dataDir, dest string) (map[string]bool, error) {
-	st, err := pebble.Open(filepath.Join(dataDir, "jobs"), pebble.Options{Logger: quietLogger})
+func (e *env) queuedIDs(dataDir, dest string) (map[string]bool, error) {
+	st, err := e.openStore(dataDir)
 	if err != nil {
 		return nil, err
 	}

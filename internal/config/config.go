@@ -30,7 +30,7 @@ type Config struct {
 	Storage Storage `yaml:"storage"`
 	Network Network `yaml:"network"`
 	// DedupeWindow is how long a (source, messageId) is remembered. Default
-	// pebble.DefaultDedupeWindow (24h), the store's.
+	// jobstore.DefaultDedupeWindow (24h), the stores'.
 	DedupeWindow time.Duration `yaml:"dedupe_window"`
 	Sources      []Source      `yaml:"sources"`
 	Destinations []Destination `yaml:"destinations"`
@@ -38,7 +38,13 @@ type Config struct {
 
 // Storage selects the job store.
 type Storage struct {
-	// Postgres is a DSN; when set, storage is PostgreSQL instead of embedded.
+	// Postgres is a PostgreSQL DSN, as a URL
+	// (postgres://user:password@host:5432/db?sslmode=require) or key=value
+	// pairs (host=... dbname=...). When set, jobs are stored in that
+	// database instead of the embedded store in DataDir. Default empty: the
+	// embedded store. One DSN only for now; a list is for a cluster spread
+	// over several servers. It may hold a password: it appears in no log
+	// line, error or admin view.
 	Postgres string `yaml:"postgres"`
 	// MinFree is the free disk space, in bytes, below which the tracking
 	// API answers 503 (written 256MB, 1GB, ...). Zero: the default,

@@ -19,12 +19,12 @@ import (
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
-	"github.com/fanout/fanout/internal/jobstore/pebble"
+	"github.com/fanout/fanout/internal/jobstore"
 )
 
 // The defaults of the settings this package owns, each documented on its
 // Config field. The others belong to the component they configure: the
-// dedupe window to the store (pebble.DefaultDedupeWindow), a destination's
+// dedupe window to the store (jobstore.DefaultDedupeWindow), a destination's
 // delivery section to the engine (delivery.Limits).
 const (
 	DefaultListen      = "127.0.0.1:8080"
@@ -114,7 +114,7 @@ func parse(path string, data []byte, reg destinations.Registry, env func(string)
 		Listen:       DefaultListen,
 		AdminListen:  DefaultAdminListen,
 		DataDir:      DefaultDataDir,
-		DedupeWindow: pebble.DefaultDedupeWindow,
+		DedupeWindow: jobstore.DefaultDedupeWindow,
 	}
 	if err := d.config(root, cfg); err != nil {
 		return nil, err
@@ -441,7 +441,12 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 		"dedupe_window": d.duration(&c.DedupeWindow),
 		"storage": func(n *yaml.Node, path string) error {
 			return d.mapping(n, path, map[string]field{
-				"postgres": d.str(&c.Storage.Postgres),
+				"postgres": func(n *yaml.Node, path string) error {
+					if n.Kind == yaml.SequenceNode {
+						return d.errorf(n, path, "a list of servers is not supported yet (it is for a cluster spread over several); give one DSN")
+					}
+					return d.str(&c.Storage.Postgres)(n, path)
+				},
 				"min_free": d.size(&c.Storage.MinFree),
 			})
 		},

@@ -203,6 +203,8 @@ func TestLoadErrors(t *testing.T) {
 			"fanout.yaml:1: lisen: unknown key (known keys: admin_listen, admin_token, data_dir, dedupe_window, destinations, listen, network, public_url, sources, storage)"},
 		{"unknown nested key", replace("    sources: [web]", "    sources: [web]\n    delivery:\n      timeuot: 1s"), nil,
 			"fanout.yaml:10: destinations[0].delivery.timeuot: unknown key (known keys: concurrency, rate_limit, retry_window, timeout)"},
+		{"list of postgres servers", "storage:\n  postgres: [\"host=a\", \"host=b\"]\n" + minimal, nil,
+			"fanout.yaml:2: storage.postgres: a list of servers is not supported yet (it is for a cluster spread over several); give one DSN"},
 		{"repeated key", "listen: a:1\nlisten: b:2\n" + minimal, nil,
 			"fanout.yaml:2: listen: key is repeated (first at line 1)"},
 		{"missing variable", "admin_token: ${FANOUT_ADMIN_TOKEN}\n" + minimal, nil,

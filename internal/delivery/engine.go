@@ -210,7 +210,7 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 // Notify tells the engine of jobs the store has just made readable; wire it
-// to the store's announcement of each Append (pebble.Options.Applied). It
+// to the store's announcement of each Append (jobstore.AppliedFunc). It
 // never blocks. A queue that has read everything the store held takes the
 // announced jobs as they are, without reading them back; any other reads
 // them from the store in its turn, so a notification for it only says that
@@ -254,8 +254,13 @@ type dest struct {
 	// updateSince is when the oldest change in update was first seen
 	// unwritten; zero when update is empty.
 	updateSince time.Time
-	rnd         *rand.Rand
-	sender      destinations.Sender
+	// storeFails counts the store calls that failed in a row; while it is
+	// above zero, nothing reads or writes the store before storeRetryAt
+	// (see storeFailed).
+	storeFails   int
+	storeRetryAt time.Time
+	rnd          *rand.Rand
+	sender       destinations.Sender
 
 	done chan completion
 	snap chan chan DestinationState
@@ -511,7 +516,11 @@ func (d *dest) nextWake(now time.Time, wait time.Duration) time.Time {
 		next = d.wakeHeap[0].wakeAt
 	}
 	if !d.updateSince.IsZero() {
-		if w := d.updateSince.Add(flushAge); next.IsZero() || w.Before(next) {
+		w := d.updateSince.Add(flushAge)
+		if d.storeFails > 0 && w.Before(d.storeRetryAt) {
+			w = d.storeRetryAt
+		}
+		if next.IsZero() || w.Before(next) {
 			next = w
 		}
 	}
@@ -557,10 +566,13 @@ func (d *dest) dispatch(w *workers, now time.Time) time.Duration {
 		}
 		jobs, err := d.take(q, now)
 		if err != nil {
-			// The store could not be read: leave the ring for a while rather
-			// than spin on the queue. Its jobs stay where they are.
-			d.log.Error("read jobs", "source", q.id.Source, "err", err)
-			q.pausedUntil = now.Add(storeRetry)
+			// The store could not be read: leave the ring until the
+			// destination's backoff ends rather than spin on the queue. Its
+			// jobs stay where they are.
+			if !errors.Is(err, errStoreBackoff) {
+				d.log.Error("read jobs", "source", q.id.Source, "err", err)
+			}
+			q.pausedUntil = d.storeRetryAt
 		}
 		if len(jobs) == 0 {
 			d.consider(q, now)
@@ -585,8 +597,37 @@ func (d *dest) dispatch(w *workers, now time.Time) time.Duration {
 // its window.
 const expireEvery = time.Minute
 
-// storeRetry is how long a queue waits after its jobs could not be read.
-const storeRetry = time.Second
+// While the store fails (a database down, a disk gone), a destination
+// stops calling it for a backoff that doubles from storeRetryMin up to
+// storeRetryMax with each failure in a row, and resets on the first call
+// that succeeds: the engine neither spins on a store that is down nor waits
+// long once it is back. Every store call is bounded by storeTimeout, so an
+// unreachable database cannot hold the scheduler.
+const (
+	storeRetryMin = 250 * time.Millisecond
+	storeRetryMax = 5 * time.Second
+	storeTimeout  = 10 * time.Second
+)
+
+// storeFailed records a failed store call and returns when the store may
+// be called again.
+func (d *dest) storeFailed(now time.Time) time.Time {
+	d.storeFails++
+	wait := storeRetryMax
+	if d.storeFails < 6 {
+		wait = min(storeRetryMax, storeRetryMin<<(d.storeFails-1))
+	}
+	d.storeRetryAt = now.Add(wait)
+	return d.storeRetryAt
+}
+
+// storeOK records a store call that succeeded.
+func (d *dest) storeOK() {
+	if d.storeFails > 0 {
+		d.log.Info("store is back", "failed_calls", d.storeFails)
+	}
+	d.storeFails = 0
+}
 
 // take removes the next request's worth of jobs from q, loading from the
 // store as needed: due retries first, then pending jobs.
@@ -632,12 +673,19 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 // a page. The coalesced update is written first, so the store never
 // returns a job this scheduler already settled.
 func (d *dest) load(q *queue, now time.Time, want int) error {
-	d.flush(context.Background())
-	ctx := context.Background()
+	if d.storeFails > 0 && now.Before(d.storeRetryAt) {
+		return errStoreBackoff
+	}
+	if err := d.flush(context.Background()); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
 	page := max(pageSize, want-len(q.buf))
 	if q.retryDue(now) {
 		jobs, next, err := d.e.opts.Store.Retries(ctx, q.id, now, page+len(q.loadedRetries))
 		if err != nil {
+			d.storeFailed(now)
 			return fmt.Errorf("read retries: %w", err)
 		}
 		var fresh []jobstore.Job
@@ -657,6 +705,7 @@ func (d *dest) load(q *queue, now time.Time, want int) error {
 		page = max(pageSize, want-len(q.buf))
 		jobs, err := d.e.opts.Store.Pending(ctx, q.id, q.cursor, page)
 		if err != nil {
+			d.storeFailed(now)
 			return fmt.Errorf("read pending jobs: %w", err)
 		}
 		if len(jobs) < page {
@@ -668,8 +717,13 @@ func (d *dest) load(q *queue, now time.Time, want int) error {
 			q.buf = append(q.buf, jobs...)
 		}
 	}
+	d.storeOK()
 	return nil
 }
+
+// errStoreBackoff is load's error while the destination waits before
+// calling a failing store again.
+var errStoreBackoff = errors.New("the store failed; waiting before calling it again")
 
 // workers are the goroutines that perform a destination's requests outside
 // its scheduler. They live as long as the scheduler: a goroutine per request
@@ -953,20 +1007,33 @@ func (d *dest) flushDue(now time.Time) bool {
 	if d.updateSince.IsZero() {
 		d.updateSince = now
 	}
+	if d.storeFails > 0 && now.Before(d.storeRetryAt) {
+		return false
+	}
 	return n >= flushEvery || d.inflight == 0 || now.Sub(d.updateSince) >= flushAge
 }
 
-// flush writes the coalesced store changes.
-func (d *dest) flush(ctx context.Context) {
+// flush writes the coalesced store changes. When the store fails they are
+// kept, and written with what gathers meanwhile once the destination's
+// store backoff ends: a reschedule written late is a job retried late,
+// whereas one dropped would leave the job pending in the store behind the
+// queue's cursor, not sent again before a restart.
+func (d *dest) flush(ctx context.Context) error {
 	u := &d.update
-	d.updateSince = time.Time{}
 	if len(u.Drops) == 0 && len(u.Reschedule) == 0 && len(u.Finish) == 0 {
-		return
+		d.updateSince = time.Time{}
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	defer cancel()
 	if err := d.e.opts.Store.Apply(ctx, *u); err != nil {
-		// Nothing is lost: jobs not dropped are delivered again after a
-		// restart. A lost reschedule leaves the job pending on disk.
-		d.log.Error("write delivery outcomes", "err", err)
+		d.storeFailed(d.e.opts.Clock.Now())
+		d.log.Error("write delivery outcomes; kept to write again", "err", err, "changes",
+			len(u.Drops)+len(u.Reschedule)+len(u.Finish))
+		return fmt.Errorf("write delivery outcomes: %w", err)
 	}
+	d.storeOK()
+	d.updateSince = time.Time{}
 	u.Drops, u.Reschedule, u.Finish = u.Drops[:0], u.Reschedule[:0], u.Finish[:0]
+	return nil
 }

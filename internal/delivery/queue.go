@@ -25,7 +25,7 @@ type queue struct {
 	diskMore bool
 	// out tracks the pending jobs loaded and not yet ended or rescheduled, in
 	// Seq order, from outHead on. When its head ends, the queue's prefix in
-	// the store is dropped with one range deletion.
+	// the store is dropped with one Drop.
 	out     []pend
 	outHead int
 	// sinceDrop counts the jobs settled since the queue's last Drop. Seqs

@@ -38,16 +38,8 @@ type Options struct {
 	// Store keeps the events. Handler answers 200 only once Append returned
 	// nil for every accepted event.
 	Store jobstore.Store
-	// OnAccepted, when set, is called with the entries the store accepted,
-	// duplicates left out, after Append returned and before the client is
-	// answered. The delivery engine hooks in here. It runs on the request's
-	// goroutine, so it must not block. It owns the slice it is given, but
-	// each entry's Destinations may be shared with the router: read only.
-	OnAccepted func(entries []jobstore.Entry)
 	// Observe, when set, is called once per request with what became of it,
-	// for statistics and the live debugger. For a request that stored
-	// events it runs before OnAccepted, so an observer sees an event before
-	// any delivery outcome of it. It runs on the request's goroutine, so it
+	// for statistics and the live debugger. It runs on the request's goroutine, so it
 	// must be cheap; it must not keep the Report's slices or payloads.
 	Observe func(Report)
 	// Now is the clock that stamps receivedAt. Default time.Now.
@@ -71,15 +63,14 @@ type Options struct {
 // without Basic auth whose body is not valid JSON gets the 400 that says why,
 // not a 401.
 type Handler struct {
-	mux        *http.ServeMux
-	sources    map[string]string // write key -> source name
-	router     *router.Router
-	store      jobstore.Store
-	onAccepted func([]jobstore.Entry)
-	observe    func(Report)
-	now        func() time.Time
-	log        *slog.Logger
-	pub        *public // CORS, rate limits, settings: see public.go
+	mux     *http.ServeMux
+	sources map[string]string // write key -> source name
+	router  *router.Router
+	store   jobstore.Store
+	observe func(Report)
+	now     func() time.Time
+	log     *slog.Logger
+	pub     *public // CORS, rate limits, settings: see public.go
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -96,14 +87,13 @@ func New(opts Options) *Handler {
 		panic("ingest.New: Options.Router and Options.Store are required")
 	}
 	h := &Handler{
-		mux:        http.NewServeMux(),
-		sources:    make(map[string]string, len(opts.Sources)),
-		router:     opts.Router,
-		store:      opts.Store,
-		onAccepted: opts.OnAccepted,
-		observe:    opts.Observe,
-		now:        opts.Now,
-		log:        opts.Logger,
+		mux:     http.NewServeMux(),
+		sources: make(map[string]string, len(opts.Sources)),
+		router:  opts.Router,
+		store:   opts.Store,
+		observe: opts.Observe,
+		now:     opts.Now,
+		log:     opts.Logger,
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -278,9 +268,6 @@ func (h *Handler) handle(r *http.Request, typ string, source *string) ([]Rejecti
 	if h.observe != nil {
 		h.observe(Report{Source: *source, Status: http.StatusOK, Accepted: accepted,
 			Routes: withoutDuplicates(p.routes, dup), Duplicates: len(entries) - len(accepted), Rejected: rejected})
-	}
-	if h.onAccepted != nil && len(accepted) > 0 {
-		h.onAccepted(accepted)
 	}
 	return rejected, nil
 }

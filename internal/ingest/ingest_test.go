@@ -36,7 +36,7 @@ var now = time.Date(2024, 5, 1, 12, 0, 0, 123456789, time.UTC)
 const nowJSON = "2024-05-01T12:00:00.123Z"
 
 // bundle is what a test needs: the handler over a real Pebble store, and
-// what OnAccepted was handed.
+// the entries the store announced as stored (its Applied hook).
 type bundle struct {
 	h     *ingest.Handler
 	store *pebble.Store
@@ -51,11 +51,20 @@ type bundle struct {
 // nothing.
 func setup(t testing.TB) *bundle {
 	t.Helper()
-	store, err := pebble.Open(t.TempDir(), pebble.Options{Logger: slog.New(slog.DiscardHandler)})
+	b := &bundle{}
+	store, err := pebble.Open(t.TempDir(), pebble.Options{
+		Logger: slog.New(slog.DiscardHandler),
+		Applied: func(a jobstore.Appended) {
+			b.mu.Lock()
+			b.accepted = append(b.accepted, a.Entries...)
+			b.mu.Unlock()
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
+	b.store = store
 	cfg := &config.Config{
 		Sources: []config.Source{{Name: "web", WriteKey: webKey}, {Name: "server", WriteKey: serverKey}, {Name: "keyless"}},
 		Destinations: []config.Destination{
@@ -67,18 +76,12 @@ func setup(t testing.TB) *bundle {
 		"webhook": {Type: "webhook"},
 		"slack":   {Type: "slack", EventTypes: []string{event.Track}},
 	}
-	b := &bundle{store: store}
 	b.h = ingest.New(ingest.Options{
 		Sources: cfg.Sources,
 		Router:  router.New(cfg, reg),
 		Store:   store,
-		OnAccepted: func(entries []jobstore.Entry) {
-			b.mu.Lock()
-			b.accepted = append(b.accepted, entries...)
-			b.mu.Unlock()
-		},
-		Now:    func() time.Time { return now },
-		Logger: slog.New(slog.NewTextHandler(lockedWriter{&b.mu, &b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:     func() time.Time { return now },
+		Logger:  slog.New(slog.NewTextHandler(lockedWriter{&b.mu, &b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	return b
 }
@@ -292,7 +295,7 @@ func TestRejected(t *testing.T) {
 				t.Errorf("message %q\nwant it to contain %q", res.Message, tt.msg)
 			}
 			if len(b.accepted) != 0 {
-				t.Errorf("OnAccepted got %d entries for a rejected request", len(b.accepted))
+				t.Errorf("the store announced %d entries for a rejected request", len(b.accepted))
 			}
 			if jobs := b.pending(t, "web", "hooks"); len(jobs) != 0 {
 				t.Errorf("%d jobs stored for a rejected request", len(jobs))
@@ -360,7 +363,7 @@ func TestBatchPartlyRejected(t *testing.T) {
 		t.Errorf("stored %v, want the track and the identify", jobs)
 	}
 	if len(b.accepted) != 2 {
-		t.Errorf("OnAccepted got %d entries, want 2", len(b.accepted))
+		t.Errorf("the store announced %d entries, want 2", len(b.accepted))
 	}
 }
 
@@ -460,7 +463,7 @@ func TestStored(t *testing.T) {
 				t.Fatalf("status %d, body %s; want 200 {\"success\":true}", res.status, res.raw)
 			}
 			if len(b.accepted) != 1 {
-				t.Fatalf("OnAccepted got %d entries, want 1", len(b.accepted))
+				t.Fatalf("the store announced %d entries, want 1", len(b.accepted))
 			}
 			e := b.accepted[0].Event
 			raw := rawMembers(t, e.Payload)
@@ -573,7 +576,7 @@ func TestBatchMerge(t *testing.T) {
 		t.Fatalf("status %d: %s", res.status, res.raw)
 	}
 	if len(b.accepted) != 3 {
-		t.Fatalf("OnAccepted got %d entries, want 3", len(b.accepted))
+		t.Fatalf("the store announced %d entries, want 3", len(b.accepted))
 	}
 	want := []map[string]string{
 		{
@@ -625,7 +628,7 @@ func TestDuplicates(t *testing.T) {
 		t.Fatalf("status %d: %s", res.status, res.raw)
 	}
 	if len(b.accepted) != 2 || b.accepted[0].Event.Source != "web" || b.accepted[1].Event.Source != "server" {
-		t.Fatalf("OnAccepted got %v, want the first call of each source", b.accepted)
+		t.Fatalf("the store announced %v, want the first call of each source", b.accepted)
 	}
 	if n := len(b.pending(t, "web", "hooks")); n != 1 {
 		t.Errorf("%d jobs stored, want 1", n)
@@ -643,7 +646,7 @@ func TestNoDestinations(t *testing.T) {
 		}
 	}
 	if len(b.accepted) != 1 || len(b.accepted[0].Destinations) != 0 {
-		t.Fatalf("OnAccepted got %v, want one entry without destinations", b.accepted)
+		t.Fatalf("the store announced %v, want one entry without destinations", b.accepted)
 	}
 	if n := len(b.pending(t, "web", "hooks")); n != 0 {
 		t.Errorf("%d jobs stored, want 0", n)
@@ -669,7 +672,7 @@ func TestStoreClosed(t *testing.T) {
 		}
 	}
 	if len(b.accepted) != 0 {
-		t.Errorf("OnAccepted called for events the store refused")
+		t.Errorf("the store announced events it refused")
 	}
 }
 

@@ -65,7 +65,7 @@ func TestSegmentLibrary(t *testing.T) {
 		t.Fatalf("library reports %d sent, failures %v; want %d sent", cb.ok, cb.failures, len(msgs))
 	}
 	if len(b.accepted) != len(msgs) {
-		t.Fatalf("OnAccepted got %d entries, want %d", len(b.accepted), len(msgs))
+		t.Fatalf("the store announced %d entries, want %d", len(b.accepted), len(msgs))
 	}
 	wantTypes := []string{"identify", "track", "page", "screen", "group", "alias"}
 	for i, e := range b.accepted {

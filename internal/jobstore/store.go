@@ -1,7 +1,12 @@
 // Package jobstore defines fanout's durable job storage: one job per (event,
 // destination), grouped into virtual queues per (source, destination). The
-// embedded implementation lives in jobstore/pebble; every implementation
-// passes the conformance suite in jobstore/storetest.
+// embedded implementation lives in jobstore/pebble, the PostgreSQL one in
+// jobstore/postgres, and jobstore/open picks one from the configuration.
+// Every implementation passes the conformance suite in jobstore/storetest.
+//
+// Besides the Store methods, every implementation takes an Applied
+// callback in its options (see AppliedFunc): how the delivery engine hears
+// of new jobs without reading them back.
 package jobstore
 
 import (
@@ -16,6 +21,11 @@ import (
 // ErrUnavailable wraps every error that means the store cannot take writes
 // right now (disk full, database down). The tracking API answers it with 503.
 var ErrUnavailable = errors.New("storage unavailable")
+
+// DefaultDedupeWindow is how long a (source, messageId) pair is remembered
+// when a store's DedupeWindow option is zero, and the default of the
+// configuration file's dedupe_window.
+const DefaultDedupeWindow = 24 * time.Hour
 
 // Queue names one virtual queue: the jobs of one source for one destination.
 type Queue struct {
@@ -50,8 +60,11 @@ type Entry struct {
 
 // Appended is what a store announces once the jobs of one Append call are
 // readable: the entries it stored (duplicates left out) and the Seq of the
-// first job. The jobs have consecutive Seqs from First, in the order of
-// Entries and, within an entry, of its Destinations.
+// first job. Within one Append the jobs have consecutive Seqs from First, in
+// the order of Entries and, within an entry, of its Destinations. Between
+// Appends Seqs only increase, but they may skip numbers (the PostgreSQL
+// store leaves unused the Seqs it reserved for duplicates), so one
+// announcement says nothing of the Seqs of another.
 type Appended struct {
 	Entries []Entry
 	First   uint64
@@ -75,6 +88,17 @@ func (a Appended) Runs(fn func(entries []Entry, dests []string, first uint64)) {
 	}
 }
 
+// AppliedFunc is the announcement of newly stored jobs that every store
+// takes as its Applied option. A store calls it once per Append call that
+// stored at least one entry, with what that call stored (duplicates left
+// out) and the Seqs Pending reads its jobs back with, once they are
+// readable and before Append returns. Calls come one at a time, in Seq
+// order. A store may call it before its write is durable (the embedded
+// store does, while its fsync runs): should the write then fail, Append
+// fails and the client sends again, a duplicate that at-least-once delivery
+// allows. It runs on the store's committer and must not block.
+type AppliedFunc func(Appended)
+
 // Reschedule moves a job to the retry set, due at DueAt.
 type Reschedule struct {
 	// Job is the job as it was read: a pending job (Job.DueAt zero) or a
@@ -85,9 +109,10 @@ type Reschedule struct {
 	LastError string
 }
 
-// Drop removes every pending job of Queue whose Seq is below Below, in one
-// range deletion. The delivery engine drops a queue's prefix once every job
-// in it has ended or been rescheduled.
+// Drop removes every pending job of Queue whose Seq is below Below, at a
+// cost that does not grow with the number of jobs (a range deletion, a
+// moved watermark). The delivery engine drops a queue's prefix once every
+// job in it has ended or been rescheduled.
 type Drop struct {
 	Queue Queue
 	Below uint64
@@ -101,7 +126,7 @@ type Update struct {
 	Drops      []Drop
 	Reschedule []Reschedule
 	// Finish removes jobs that ended (delivered, failed or archived), one
-	// point deletion each.
+	// by one.
 	Finish []Job
 }
 

@@ -7,7 +7,9 @@
 // package testing too, so that `fanout bench --storage postgres` can start
 // one. Tests use the thin wrapper: [Main] in TestMain starts nothing and
 // stops the cluster at the end, [Start] starts the cluster of the test
-// binary on first use and returns the DSN of a fresh database.
+// binary on first use and returns the DSN of a fresh database. [Server.Down]
+// and [Server.Up] take a running cluster away and bring it back, for tests
+// of what fanout does while its database is gone.
 //
 // initdb and postgres refuse to run as root. When the process runs as root
 // (as the tests do in CI containers), the binaries run as the `postgres`
@@ -41,7 +43,8 @@ type Options struct {
 	Settings []string
 	// BinDir is the directory holding initdb, pg_ctl and postgres. Default:
 	// the environment variable PGTEST_BIN, else the directory of initdb on
-	// PATH, else /usr/lib/postgresql/*/bin.
+	// PATH, else /usr/local/bin, else /usr/lib/postgresql/*/bin (where
+	// Debian's postgresql package puts them).
 	BinDir string
 }
 
@@ -50,7 +53,8 @@ type Server struct {
 	dir    string // temporary directory: data/, the socket, the log
 	binDir string
 	port   int
-	asUser string // run the binaries as this user; "" for the current one
+	asUser string   // run the binaries as this user; "" for the current one
+	opts   []string // the postgres options it was started with, for Up
 	dbs    atomic.Int64
 }
 
@@ -103,10 +107,29 @@ func (s *Server) start(opts Options) error {
 	for _, kv := range opts.Settings {
 		o = append(o, "-c "+kv)
 	}
+	s.opts = o
+	return s.Up()
+}
+
+// Up starts the server's postmaster on its existing data and waits until
+// it accepts connections: after StartServer has created it, or after Down.
+func (s *Server) Up() error {
+	data := filepath.Join(s.dir, "data")
 	if out, err := s.run("pg_ctl", "-D", data, "-l", filepath.Join(s.dir, "log"), "-w", "-t", "60",
-		"-o", strings.Join(o, " "), "start"); err != nil {
+		"-o", strings.Join(s.opts, " "), "start"); err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.dir, "log"))
 		return fmt.Errorf("pgtest: pg_ctl start: %w\n%s\n%s", err, out, log)
+	}
+	return nil
+}
+
+// Down stops the server as an operator would for maintenance (pg_ctl stop
+// -m fast: sessions are disconnected, transactions in progress roll back,
+// committed ones stay) and keeps its data, so that Up starts it again. Tests
+// use it to take the database away under load.
+func (s *Server) Down() error {
+	if out, err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "fast", "-w", "stop"); err != nil {
+		return fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", err, out)
 	}
 	return nil
 }
@@ -165,6 +188,7 @@ func findBinDir(dir string) (string, error) {
 	if p, err := exec.LookPath("initdb"); err == nil {
 		candidates = append(candidates, filepath.Dir(p))
 	}
+	candidates = append(candidates, "/usr/local/bin")
 	globbed, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	candidates = append(candidates, globbed...)
 	for _, d := range candidates {
@@ -182,7 +206,7 @@ func findBinDir(dir string) (string, error) {
 			return d, nil
 		}
 	}
-	return "", fmt.Errorf("pgtest: PostgreSQL server binaries (initdb, pg_ctl, postgres) not found (looked in PATH, $PGTEST_BIN and /usr/lib/postgresql/*/bin; tried %q): install PostgreSQL 15, e.g. apt-get install postgresql-15, or set PGTEST_BIN", tried)
+	return "", fmt.Errorf("pgtest: PostgreSQL server binaries (initdb, pg_ctl, postgres) not found (looked in $PGTEST_BIN, PATH, /usr/local/bin and /usr/lib/postgresql/*/bin; tried %q): install PostgreSQL, e.g. apt-get install postgresql, or set PGTEST_BIN", tried)
 }
 
 // freePort returns a TCP port that is free now. The server listens on a
@@ -209,10 +233,14 @@ var shared struct {
 // is not what the tests measure, so fsync is off.
 var TestSettings = []string{"fsync=off", "full_page_writes=off"}
 
-// Main runs the tests of m and then stops the cluster that Start started, if
-// any. Call it from TestMain: Start refuses to run without it, so that no
-// test binary leaves a server behind.
-func Main(m *testing.M) {
+// Main runs the tests of m, stops the cluster that Start started, if any,
+// and exits. Call it from TestMain: Start refuses to run without it (or
+// Run), so that no test binary leaves a server behind.
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main for a TestMain that has more to do after the tests: it
+// returns the exit code instead of exiting.
+func Run(m *testing.M) int {
 	shared.mu.Lock()
 	shared.main = true
 	shared.mu.Unlock()
@@ -224,7 +252,7 @@ func Main(m *testing.M) {
 		}
 	}
 	shared.mu.Unlock()
-	os.Exit(code)
+	return code
 }
 
 // Start returns the DSN of a new empty database on the test binary's

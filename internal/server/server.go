@@ -26,7 +26,7 @@ import (
 	"github.com/fanout/fanout/internal/diskspace"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/jobstore/pebble"
+	"github.com/fanout/fanout/internal/jobstore/open"
 	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/router"
 	"github.com/fanout/fanout/internal/stats"
@@ -67,6 +67,10 @@ const (
 	DefaultIdleTimeout       = 2 * time.Minute
 )
 
+// storeOpenTimeout bounds opening the store at start-up: a database that
+// does not answer fails start-up with its cause rather than hanging it.
+const storeOpenTimeout = 30 * time.Second
+
 // Server is one running fanout.
 type Server struct {
 	opts    Options
@@ -98,9 +102,6 @@ func New(opts Options) (_ *Server, err error) {
 		}
 	}()
 
-	if cfg.Storage.Postgres != "" {
-		return nil, errors.New("storage.postgres: PostgreSQL storage is not built yet; leave it empty to use the embedded store")
-	}
 	// Free space is watched on every filesystem fanout writes to: below
 	// storage.min_free ingest answers 503, and the databases write through
 	// a filesystem that releases the ballast rather than fail a write.
@@ -120,11 +121,15 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	s.space = space
 	spaceFS := s.space.FS(vfs.Default)
-	// The engine is told of new jobs as soon as the store has applied them,
-	// while their fsync runs (see pebble.Options.Applied); it is built after
-	// the store, and no event arrives before Run, so the hook starts unset.
+	// The engine is told of new jobs as soon as the store has made them
+	// readable (jobstore.AppliedFunc); it is built after the store, and no
+	// event arrives before Run, so the hook starts unset.
 	var notify atomic.Pointer[delivery.Engine]
-	store, err := pebble.Open(filepath.Join(cfg.DataDir, "jobs"), pebble.Options{
+	openCtx, cancelOpen := context.WithTimeout(context.Background(), storeOpenTimeout)
+	defer cancelOpen()
+	store, err := open.Store(openCtx, open.Options{
+		DataDir:  cfg.DataDir,
+		Postgres: cfg.Storage.Postgres,
 		Applied: func(a jobstore.Appended) {
 			if e := notify.Load(); e != nil {
 				e.Notify(a)
@@ -136,7 +141,7 @@ func New(opts Options) (_ *Server, err error) {
 		FS:           spaceFS,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+		return nil, err
 	}
 	s.store = s.space.Guard(store) // appends (ingest, replay) wait for space
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/pgtest"
 	"github.com/fanout/fanout/test/fanouttest"
 )
 
@@ -176,13 +177,29 @@ func (s *sender) ids() []string {
 	return append([]string(nil), s.ackedID...)
 }
 
+// stores are the job stores the end-to-end tests run on: each returns the
+// storage.postgres of a fresh store ("" for the embedded one).
+var stores = []struct {
+	name     string
+	postgres func(t *testing.T) string
+}{
+	{"pebble", func(t *testing.T) string { return "" }},
+	{"postgres", func(t *testing.T) string { return pgtest.Start(t) }},
+}
+
 // TestKillDuringDelivery sends events, SIGKILLs fanout mid-stream while
-// deliveries are in flight, restarts it on the same data dir, resends what
-// was not acknowledged, and checks that every acknowledged event reaches
-// the destination; it does so `rounds` times on the same data.
+// deliveries are in flight, restarts it on the same data, resends what was
+// not acknowledged, and checks that every acknowledged event reaches the
+// destination; it does so `rounds` times on the same data, on each store.
 func TestKillDuringDelivery(t *testing.T) {
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) { testKillDuringDelivery(t, st.postgres(t)) })
+	}
+}
+
+func testKillDuringDelivery(t *testing.T, postgres string) {
 	recv := fanouttest.NewReceiver(t, fanouttest.ReceiverOptions{Latency: latency})
-	cfg := fanouttest.Config{WriteKey: writeKey, WebhookURL: recv.URL, DataDir: t.TempDir()}
+	cfg := fanouttest.Config{WriteKey: writeKey, WebhookURL: recv.URL, DataDir: t.TempDir(), Postgres: postgres}
 	srv := fanouttest.Start(t, bin, cfg)
 
 	var all []string   // every messageId acknowledged, over all rounds

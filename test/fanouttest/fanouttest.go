@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fanout/fanout/internal/pgtest"
 )
 
 // Package is the import path of the fanout command.
@@ -92,6 +94,9 @@ type Config struct {
 	// DataDir is the server's data_dir. Default: a new t.TempDir(). Set it to
 	// restart a server on the data of a previous one.
 	DataDir string
+	// Postgres is storage.postgres: a DSN (from pgtest.Start) stores the
+	// jobs in PostgreSQL; empty keeps the embedded store in DataDir.
+	Postgres string
 	// YAML, when not empty, replaces source "web" and webhook "hook": it is
 	// the rest of the configuration file after listen, admin_listen,
 	// data_dir and network (sources, destinations, admin_token), for a
@@ -199,6 +204,9 @@ func configYAML(cfg Config, listen, admin string) []byte {
 	fmt.Fprintf(&b, "admin_listen: %s\n", admin)
 	fmt.Fprintf(&b, "data_dir: %s\n", strconv.Quote(cfg.DataDir))
 	b.WriteString("network:\n  allow_private: true   # the receiver is an httptest server on loopback\n")
+	if cfg.Postgres != "" {
+		fmt.Fprintf(&b, "storage:\n  postgres: %s\n", strconv.Quote(cfg.Postgres))
+	}
 	if cfg.YAML != "" {
 		b.WriteString(cfg.YAML)
 		return b.Bytes()
@@ -333,7 +341,8 @@ func Eventually(ctx context.Context, timeout time.Duration, cond func() bool) bo
 
 // Main is the TestMain of a package that runs the fanout binary: it builds
 // the binary into a temporary directory, sets *bin to its path, runs the
-// tests and removes the directory.
+// tests (through pgtest.Run, so that they may start a throwaway PostgreSQL
+// with pgtest.Start) and removes the directory.
 func Main(m *testing.M, bin *string) {
 	dir, err := os.MkdirTemp("", "fanout-test-")
 	if err != nil {
@@ -346,7 +355,7 @@ func Main(m *testing.M, bin *string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := pgtest.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

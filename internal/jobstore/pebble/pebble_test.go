@@ -32,7 +32,7 @@ func testLogger(t *testing.T) *slog.Logger {
 
 func openTest(t *testing.T, env storetest.Env) jobstore.Store {
 	t.Helper()
-	s, err := Open(env.Dir, Options{DedupeWindow: env.DedupeWindow, Now: env.Now, Logger: testLogger(t)})
+	s, err := Open(env.Dir, Options{DedupeWindow: env.DedupeWindow, Now: env.Now, Applied: env.Applied, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -445,63 +445,6 @@ func TestWriteErrorNeverPanics(t *testing.T) {
 		}
 		if err := s.Apply(t.Context(), jobstore.Update{Finish: jobs}); !errors.Is(err, jobstore.ErrUnavailable) {
 			t.Fatalf("Apply %d after a WAL error = %v, want jobstore.ErrUnavailable", i, err)
-		}
-	}
-}
-
-// Applied hears of every stored entry, duplicates left out, by the time
-// Append returns, with the Seqs the store gave their jobs: one per
-// destination, as Pending reads them back.
-func TestAppliedAnnouncesStoredEntries(t *testing.T) {
-	other := jobstore.Queue{Source: q.Source, Destination: "other"}
-	var mu sync.Mutex
-	heard := map[jobstore.Queue][]string{}
-	s, err := Open(t.TempDir(), Options{Logger: testLogger(t), Applied: func(a jobstore.Appended) {
-		mu.Lock()
-		defer mu.Unlock()
-		a.Runs(func(entries []jobstore.Entry, dests []string, first uint64) {
-			for i, e := range entries {
-				for k, d := range dests {
-					dq := jobstore.Queue{Source: e.Event.Source, Destination: d}
-					seq := first + uint64(i*len(dests)+k)
-					heard[dq] = append(heard[dq], fmt.Sprintf("%s@%d", e.Event.MessageID, seq))
-				}
-			}
-		})
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx := context.Background()
-	for _, ids := range [][]string{{"m1", "m2"}, {"m2", "m3", "m3"}, {"m4"}} {
-		entries := make([]jobstore.Entry, len(ids))
-		for i, id := range ids {
-			entries[i] = entry(id)
-			if id != "m4" {
-				entries[i].Destinations = []string{q.Destination, other.Destination}
-			}
-		}
-		if _, err := s.Append(ctx, entries); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	for dq, want := range map[jobstore.Queue][]string{q: {"m1", "m2", "m3", "m4"}, other: {"m1", "m2", "m3"}} {
-		jobs, err := s.Pending(ctx, dq, 0, 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var stored []string
-		for _, j := range jobs {
-			stored = append(stored, fmt.Sprintf("%s@%d", j.Event.MessageID, j.Seq))
-		}
-		if len(stored) != len(want) {
-			t.Fatalf("%s holds %v, want the jobs of %v", dq.Destination, stored, want)
-		}
-		if !slices.Equal(heard[dq], stored) {
-			t.Errorf("Applied heard %v for %s, the store holds %v", heard[dq], dq.Destination, stored)
 		}
 	}
 }

@@ -32,7 +32,8 @@ var ErrClosed = fmt.Errorf("jobstore/pebble: closed: %w", jobstore.ErrUnavailabl
 type Options struct {
 	// DedupeWindow is how long a (source, messageId) pair is remembered: an
 	// event appended less than DedupeWindow after the same pair was stored is
-	// a duplicate. Default DefaultDedupeWindow; it cannot be negative.
+	// a duplicate. Default jobstore.DefaultDedupeWindow (24h); it cannot be
+	// negative.
 	DedupeWindow time.Duration
 	// Now is the clock used for the dedupe window. Default time.Now; tests
 	// inject a fake one so that they never sleep.
@@ -40,16 +41,14 @@ type Options struct {
 	// Logger receives the store's and Pebble's log lines. Default
 	// slog.Default().
 	Logger *slog.Logger
-	// Applied, when set, is called by the committer for every Append call of
-	// a group, with the entries it stored (duplicates left out) and their
-	// Seqs, as soon as the group is applied and readable, while its fsync
-	// runs, and before Append returns. Delivery can so start while the fsync
+	// Applied, when set, hears of the jobs of every Append call (see
+	// jobstore.AppliedFunc) as soon as its group is applied and readable,
+	// while its fsync runs, and before Append returns. Delivery can so start while the fsync
 	// runs instead of after it: the fsync of a large group takes
 	// milliseconds that would otherwise be added to every event's latency.
 	// If the fsync then fails, Append fails and the client sends the events
-	// again: a duplicate, which at-least-once delivery allows. It runs on the
-	// committer goroutine and must not block.
-	Applied func(jobstore.Appended)
+	// again: a duplicate, which at-least-once delivery allows.
+	Applied jobstore.AppliedFunc
 	// FS is the filesystem the database is written through. Default: the
 	// operating system's. The server gives a diskspace.Watcher's, which
 	// releases a ballast when a write meets a full disk.
@@ -60,16 +59,12 @@ type Options struct {
 	fs vfs.FS
 }
 
-// DefaultDedupeWindow is the dedupe window when Options.DedupeWindow is
-// zero, and the default of the configuration file's dedupe_window.
-const DefaultDedupeWindow = 24 * time.Hour
-
 func (o *Options) setDefaults() error {
 	if o.DedupeWindow < 0 {
 		return fmt.Errorf("DedupeWindow cannot be negative, got %s", o.DedupeWindow)
 	}
 	if o.DedupeWindow == 0 {
-		o.DedupeWindow = DefaultDedupeWindow
+		o.DedupeWindow = jobstore.DefaultDedupeWindow
 	}
 	if o.Now == nil {
 		o.Now = time.Now

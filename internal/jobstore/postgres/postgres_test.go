@@ -30,6 +30,7 @@ func openTest(t *testing.T, env storetest.Env) jobstore.Store {
 	s, err := Open(t.Context(), dsn.(string), Options{
 		DedupeWindow:    env.DedupeWindow,
 		Now:             env.Now,
+		Applied:         env.Applied,
 		PartitionJobs:   16,
 		CleanupInterval: -1,
 	})

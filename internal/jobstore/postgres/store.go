@@ -32,7 +32,8 @@ var ErrClosed = fmt.Errorf("jobstore/postgres: closed: %w", jobstore.ErrUnavaila
 type Options struct {
 	// DedupeWindow is how long a (source, messageId) pair is remembered: an
 	// event appended less than DedupeWindow after the same pair was stored is
-	// a duplicate. Default 24h; it cannot be negative. It also sets the span
+	// a duplicate. Default jobstore.DefaultDedupeWindow (24h); it cannot be
+	// negative. It also sets the span
 	// of a dedupe partition, so every node sharing a database must use the
 	// same window; a store opened with another window than the database's
 	// forgets the stored pairs (and says so in the log).
@@ -42,11 +43,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives the store's log lines. Default slog.Default().
 	Logger *slog.Logger
-	// Applied, when set, is called by the committer for every Append call of
-	// a group, with the entries it stored (duplicates left out) and their
-	// Seqs, once the group has committed (and so is readable), before Append
-	// returns. It runs on the committer goroutine and must not block.
-	Applied func(jobstore.Appended)
+	// Applied, when set, hears of the jobs of every Append call (see
+	// jobstore.AppliedFunc) once its group has committed, before Append
+	// returns.
+	Applied jobstore.AppliedFunc
 	// PartitionJobs is how many Seqs one partition of the jobs table spans.
 	// A partition is dropped, whole, once every job in it has ended.
 	// Default 1,000,000; it cannot be negative.
@@ -61,10 +61,12 @@ type Options struct {
 
 // Defaults; see Options.
 const (
-	DefaultDedupeWindow    = 24 * time.Hour
 	DefaultPartitionJobs   = 1_000_000
 	DefaultCleanupInterval = 10 * time.Second
 	DefaultMaxConns        = 8
+	// DefaultConnectTimeout bounds each connection attempt when the DSN
+	// sets no connect_timeout.
+	DefaultConnectTimeout = 5 * time.Second
 )
 
 func (o *Options) setDefaults() error {
@@ -78,7 +80,7 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("MaxConns cannot be negative, got %d", o.MaxConns)
 	}
 	if o.DedupeWindow == 0 {
-		o.DedupeWindow = DefaultDedupeWindow
+		o.DedupeWindow = jobstore.DefaultDedupeWindow
 	}
 	if o.PartitionJobs == 0 {
 		o.PartitionJobs = DefaultPartitionJobs
@@ -141,6 +143,13 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("jobstore/postgres: %w", err)
 	}
 	cfg.MaxConns = opts.MaxConns
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// Without connect_timeout in the DSN, a connection to a host that
+		// does not answer waits for the operating system to give up
+		// (minutes); the callers, and the tracking API's clients, should hear
+		// that the database is unavailable well before.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("jobstore/postgres: %w", err)

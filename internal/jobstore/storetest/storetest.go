@@ -31,6 +31,9 @@ type Env struct {
 	Now func() time.Time
 	// DedupeWindow is the dedupe window the store must use.
 	DedupeWindow time.Duration
+	// Applied is the announcement of new jobs the store must make: its
+	// Applied option (see jobstore.AppliedFunc).
+	Applied jobstore.AppliedFunc
 }
 
 // OpenFunc opens, or reopens, the store that env describes. It fails t
@@ -64,6 +67,8 @@ func Run(t *testing.T, open OpenFunc) {
 		{"CanceledAppend", testCanceledAppend},
 		{"CanceledWhileWaiting", testCanceledWhileWaiting},
 		{"AppendAfterClose", testAppendAfterClose},
+		{"Applied", testApplied},
+		{"AppliedConcurrent", testAppliedConcurrent},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,6 +86,11 @@ type harness struct {
 	clock *clock.Fake
 	store jobstore.Store
 	ctx   context.Context
+
+	// heard records what the store announced through Env.Applied, in the
+	// order it was called.
+	mu    sync.Mutex
+	heard []jobstore.Appended
 }
 
 func setup(t *testing.T, open OpenFunc) *harness {
@@ -91,6 +101,13 @@ func setup(t *testing.T, open OpenFunc) *harness {
 		clock: clk,
 		env:   Env{Dir: t.TempDir(), Now: clk.Now, DedupeWindow: Window},
 		ctx:   t.Context(),
+	}
+	h.env.Applied = func(a jobstore.Appended) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		// The store may reuse nothing it handed over: copy what is kept.
+		a.Entries = slices.Clone(a.Entries)
+		h.heard = append(h.heard, a)
 	}
 	h.store = open(t, h.env)
 	t.Cleanup(func() { h.store.Close() })
@@ -927,4 +944,111 @@ func testReplay(t *testing.T, h *harness) {
 	if n := len(h.pending(q)); n != 3 {
 		t.Fatalf("%d jobs pending, want 3 (the first and two replays)", n)
 	}
+}
+
+// announced returns, per queue, the jobs the store announced through
+// Applied as "messageId@seq", and checks that the announcements came in Seq
+// order.
+func (h *harness) announced() map[jobstore.Queue][]string {
+	h.t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[jobstore.Queue][]string{}
+	var last uint64
+	for _, a := range h.heard {
+		if len(a.Entries) == 0 {
+			h.t.Errorf("Applied called with no entries")
+		}
+		a.Runs(func(entries []jobstore.Entry, dests []string, first uint64) {
+			for i, e := range entries {
+				for k, d := range dests {
+					seq := first + uint64(i*len(dests)+k)
+					if seq <= last {
+						h.t.Errorf("Applied announced Seq %d after Seq %d: not in Seq order", seq, last)
+					}
+					last = seq
+					q := jobstore.Queue{Source: e.Event.Source, Destination: d}
+					out[q] = append(out[q], fmt.Sprintf("%s@%d", e.Event.MessageID, seq))
+				}
+			}
+		})
+	}
+	return out
+}
+
+// stored returns the pending jobs of q as "messageId@seq".
+func (h *harness) stored(q jobstore.Queue) []string {
+	h.t.Helper()
+	var out []string
+	for _, j := range h.pending(q) {
+		out = append(out, fmt.Sprintf("%s@%d", j.Event.MessageID, j.Seq))
+	}
+	return out
+}
+
+// Applied hears of every stored job, duplicates left out, by the time Append
+// returns, with the Seqs Pending reads the jobs back with, in Seq order.
+func testApplied(t *testing.T, h *harness) {
+	for _, ids := range [][]string{{"m1", "m2"}, {"m2", "m3", "m3"}, {"m4"}, {"m1"}} {
+		entries := make([]jobstore.Entry, len(ids))
+		for i, id := range ids {
+			entries[i] = jobstore.Entry{Event: h.ev("web", id), Destinations: []string{"hook", "crm"}}
+			if id == "m4" {
+				entries[i].Destinations = []string{"hook"}
+			}
+		}
+		if _, err := h.store.Append(h.ctx, entries); err != nil {
+			t.Fatal(err)
+		}
+		// Before Append returned, not some time after.
+		heard := h.announced()
+		for _, q := range []jobstore.Queue{qWebHook, qWebCRM} {
+			if got, want := heard[q], h.stored(q); !slices.Equal(got, want) {
+				t.Fatalf("after Append(%v): Applied announced %v for %s, the store holds %v", ids, got, q.Destination, want)
+			}
+		}
+	}
+	if got := len(h.stored(qWebHook)); got != 4 {
+		t.Errorf("the store holds %d jobs for hook, want 4 (m1..m4)", got)
+	}
+}
+
+// Concurrent Appends, gathered into shared commits, are announced one at a
+// time, in Seq order, each with the Seqs Pending reads back.
+func testAppliedConcurrent(t *testing.T, h *harness) {
+	const writers, each = 8, 20
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				e := jobstore.Entry{Event: h.ev("web", fmt.Sprintf("w%d-%d", w, i)), Destinations: []string{"hook", "crm"}}
+				if _, err := h.store.Append(h.ctx, []jobstore.Entry{e, e}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	heard := h.announced()
+	for _, q := range []jobstore.Queue{qWebHook, qWebCRM} {
+		want := h.stored(q)
+		if len(want) != writers*each {
+			t.Fatalf("the store holds %d jobs for %s, want %d", len(want), q.Destination, writers*each)
+		}
+		if got := heard[q]; !slices.Equal(got, want) {
+			t.Errorf("Applied announced %d jobs for %s, the store holds %d; first difference near %v", len(got), q.Destination, len(want), firstDiff(got, want))
+		}
+	}
+}
+
+func firstDiff(a, b []string) string {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return fmt.Sprintf("index %d: %s vs %s", i, a[i], b[i])
+		}
+	}
+	return fmt.Sprintf("length %d vs %d", len(a), len(b))
 }

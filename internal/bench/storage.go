@@ -1,0 +1,148 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/open"
+	"github.com/fanout/fanout/internal/pgtest"
+)
+
+// The job stores a scenario can run on.
+const (
+	StorePebble   = "pebble"   // the embedded store in the data dir
+	StorePostgres = "postgres" // a throwaway PostgreSQL the bench starts
+)
+
+// storeScenarios are the scenarios that take --storage postgres.
+var storeScenarios = []string{"throughput", "backlog", "crash"}
+
+// ParseStorage reads the --storage flag: "pebble" (the default), or
+// "postgres", which runs the scenario on both stores, Pebble first, to print
+// them side by side; an explicit list such as "postgres,pebble" sets the
+// order.
+func ParseStorage(s string) ([]string, error) {
+	if s == "" || s == StorePebble {
+		return []string{StorePebble}, nil
+	}
+	if s == StorePostgres {
+		return []string{StorePebble, StorePostgres}, nil
+	}
+	var out []string
+	for _, st := range strings.Split(s, ",") {
+		st = strings.TrimSpace(st)
+		if st != StorePebble && st != StorePostgres {
+			return nil, fmt.Errorf("--storage: expected pebble, postgres or a list of them, found %q", st)
+		}
+		if !slices.Contains(out, st) {
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// postgres is the throwaway PostgreSQL of a run on StorePostgres, started on
+// first use, and the database of each data dir.
+type postgres struct {
+	srv *pgtest.Server
+	dbs map[string]string // data dir -> DSN
+}
+
+// storageYAML is the storage section of a server's configuration on
+// dataDir: nothing for the embedded store; for PostgreSQL, a database of its
+// own, the same one each time the data dir is started again (the crash
+// scenario restarts on it).
+func (e *env) storageYAML(dataDir string) (string, error) {
+	if e.storage != StorePostgres {
+		return "", nil
+	}
+	dsn, err := e.dsn(dataDir)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("storage:\n  postgres: %q\n", dsn), nil
+}
+
+func (e *env) dsn(dataDir string) (string, error) {
+	if e.pg == nil {
+		e.logf("starting a throwaway PostgreSQL (fsync on, as in production)")
+		srv, err := pgtest.StartServer(pgtest.Options{})
+		if err != nil {
+			return "", err
+		}
+		e.pg = &postgres{srv: srv, dbs: map[string]string{}}
+	}
+	if dsn, ok := e.pg.dbs[dataDir]; ok {
+		return dsn, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dsn, err := e.pg.srv.CreateDatabase(ctx)
+	if err != nil {
+		return "", err
+	}
+	e.pg.dbs[dataDir] = dsn
+	return dsn, nil
+}
+
+// openStore opens the job store of a stopped server on dataDir, to look at
+// what it left.
+func (e *env) openStore(dataDir string) (jobstore.Store, error) {
+	opts := open.Options{DataDir: dataDir, Logger: quietLogger}
+	if e.storage == StorePostgres {
+		dsn, err := e.dsn(dataDir)
+		if err != nil {
+			return nil, err
+		}
+		opts.Postgres = dsn
+	}
+	return open.Store(context.Background(), opts)
+}
+
+// runStores runs a scenario once per store, each in a work dir of its own,
+// and prints the tables side by side: one row per figure, one column per
+// store. The figures are keyed by store.
+func runStores(ctx context.Context, run func(context.Context, *env) (any, error), opts Options) (any, error) {
+	figures := map[string]any{}
+	tables := map[string][][2]string{}
+	for _, st := range opts.Storage {
+		sub := opts
+		sub.Dir = filepath.Join(opts.Dir, st)
+		sub.Keep = true // the parent env removes the whole work dir
+		if err := os.MkdirAll(sub.Dir, 0o755); err != nil {
+			return figures, err
+		}
+		e := &env{opts: sub, storage: st, collect: true}
+		fmt.Fprintf(opts.Log, "store %s\n", st)
+		res, err := run(ctx, e)
+		e.close()
+		if err != nil {
+			return figures, fmt.Errorf("on %s: %w", st, err)
+		}
+		figures[st] = res
+		tables[st] = e.rows
+	}
+	first := tables[opts.Storage[0]]
+	w := tabwriter.NewWriter(opts.Log, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "  \t%s\n", strings.Join(opts.Storage, "\t"))
+	for i, r := range first {
+		line := "  " + r[0]
+		for _, st := range opts.Storage {
+			v := "-"
+			if t := tables[st]; i < len(t) && t[i][0] == r[0] {
+				v = t[i][1]
+			}
+			line += "\t" + v
+		}
+		fmt.Fprintln(w, line)
+	}
+	w.Flush()
+	return figures, nil
+}

@@ -1,0 +1,138 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/pgtest"
+	"github.com/fanout/fanout/internal/server"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// password is the DSNs' password in these tests. The throwaway cluster
+// trusts every local connection, so it is accepted and never checked, but
+// fanout still holds it and must show it nowhere.
+const password = "pw-s3cret-9f2c"
+
+// lockedBuffer collects a logger's output from every goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// pgConfig loads the test configuration with storage.postgres set to dsn.
+func pgConfig(t *testing.T, dsn string) *config.Config {
+	t.Helper()
+	cfg, err := config.Load(writeConfig(t, t.TempDir(), "", "http://127.0.0.1:1/hook", "http://127.0.0.1:1", "http://127.0.0.1:1"), testRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Storage.Postgres = dsn
+	return cfg
+}
+
+// A DSN that cannot be used stops start-up with an error that names
+// storage.postgres and the cause, and shows the password nowhere.
+func TestPostgresStartupErrors(t *testing.T) {
+	// A role that may log in but not create the tables.
+	admin := pgtest.Start(t)
+	conn, err := pgx.Connect(t.Context(), admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), "CREATE ROLE limited LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(context.Background())
+	limited := strings.Replace(admin, "user=postgres", "user=limited", 1) + " password=" + password
+
+	tests := []struct {
+		name, dsn, cause string
+	}{
+		{"unparseable URL", "postgres://fanout:" + password + "@db.example.com:notaport/fanout", "cannot parse"},
+		{"nothing listens", "host=127.0.0.1 port=1 user=fanout password=" + password + " dbname=fanout connect_timeout=2", "connect"},
+		{"missing permissions", limited, "permission denied"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs lockedBuffer
+			_, err := server.New(server.Options{Config: pgConfig(t, tt.dsn), Registry: testRegistry(),
+				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+			if err == nil {
+				t.Fatal("New succeeded")
+			}
+			msg := err.Error()
+			t.Logf("New = %s", msg)
+			if !strings.HasPrefix(msg, "storage.postgres: ") || !strings.Contains(msg, tt.cause) {
+				t.Errorf("New = %q, want an error naming storage.postgres and %q", msg, tt.cause)
+			}
+			if strings.Contains(msg, password) || strings.Contains(logs.String(), password) {
+				t.Errorf("the password shows in the error %q or the log:\n%s", msg, logs.String())
+			}
+		})
+	}
+}
+
+// On PostgreSQL, events are stored and delivered as on the embedded store,
+// and the DSN's password appears in no log line and no admin response.
+func TestPostgresPasswordShownNowhere(t *testing.T) {
+	var logs lockedBuffer
+	dsn := pgtest.Start(t) + " password=" + password
+	reg := testRegistry()
+	cfg := pgConfig(t, dsn)
+	srv, err := server.New(server.Options{Config: cfg, Registry: reg,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	r := &running{srv: srv, cancel: cancel, done: done}
+	t.Cleanup(r.stop)
+
+	if code := r.send(t, writeKey, batch(track("pg-1", "ok", ""), track("pg-2", "ok", ""))); code != 200 {
+		t.Fatalf("POST /v1/batch on PostgreSQL: %d", code)
+	}
+	for _, path := range []string{"/", "/healthz", "/api/v1/sources", "/api/v1/destinations", "/api/v1/destination-types",
+		"/api/v1/overview", "/api/v1/queues", "/api/v1/issues", "/metrics", "/debug/pprof/cmdline"} {
+		resp := r.fetch(t, path)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %d", path, resp.StatusCode)
+		}
+		if bytes.Contains(b, []byte(password)) {
+			t.Errorf("GET %s shows the DSN's password", path)
+		}
+	}
+	r.stop()
+	if r.err != nil {
+		t.Errorf("Run: %v", r.err)
+	}
+	if strings.Contains(logs.String(), password) {
+		t.Errorf("the log shows the DSN's password:\n%s", logs.String())
+	}
+}
