@@ -61,12 +61,14 @@
 // named price, then string, number and boolean properties in name order.
 // Other properties, and those past the tenth, are left out. Intercom has
 // no idempotency key for events, but "may detect and ignore duplicate
-// events", identified by app, user, event name, created_at and metadata,
-// and answers 202 to them without an error (Event de-duplication,
-// https://developers.intercom.com/docs/references/1.1/rest-api/data-events/event-de-duplication):
-// a retry sends all of those unchanged. With the identify path's search
-// before every write, that makes Integration.Deduplicates true, on the
-// strength of that "may".
+// events" and answers 202 to them without an error (Event de-duplication,
+// https://developers.intercom.com/docs/references/1.1/rest-api/data-events/event-de-duplication);
+// Event Limits, Troubleshooting and F.A.Q,
+// https://www.intercom.com/help/en/articles/5245634-event-limits-troubleshooting-and-f-a-q,
+// says which: two events with the same name, created_at, user and
+// workspace are the same event, and only the first is stored. A retry
+// sends all of those unchanged. With the identify path's search before
+// every write, that makes Integration.Deduplicates true.
 //
 // # Outcomes
 //
