@@ -68,8 +68,8 @@
 // leaves unknown which operation it concerns: the operations not named
 // are split (Result.Split), so that the engine sends them again in halves,
 // which the ids make safe, until the one concerned is alone, and an
-// operation alone is rejected with the error. A 207 that names none at all,
-// or a 2xx body that is not JSON, is retried. A 400 to a batch means
+// operation alone is rejected with the error; a 207 without errors is
+// split the same way. A 2xx body that is not JSON is retried. A 400 to a batch means
 // Customer.io took none of it: the operations its errors name are
 // rejected and the others retried without them; a 400 naming none splits
 // the batch the same way, and rejects an operation alone. A 413 splits the
@@ -502,8 +502,12 @@ func accepted(n int, resp *destinations.Response) []destinations.Result {
 			Reason: fmt.Sprintf("Customer.io answered %d with a body that is not its JSON answer: %s", code, destinations.Snippet(body, 200))})
 	}
 	if code == http.StatusMultiStatus && len(a.Errors) == 0 {
-		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-			Reason: "Customer.io answered 207 (some operations were invalid) without saying which: " + destinations.Snippet(body, 200)})
+		reason := "Customer.io answered 207 (some operations were invalid) without saying which: " + destinations.Snippet(body, 200)
+		if n == 1 {
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: reason})
+		}
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: reason + "; the batch is sent again in halves to find them"})
 	}
 	named, unplaced := place(a.Errors, n)
 	for j, errs := range named {

@@ -214,7 +214,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"empty 200", 200, ``, []destinations.Outcome{destinations.Delivered, destinations.Delivered, destinations.Delivered}, "", nil},
 		{"200 not JSON", 200, `<html>`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "not its JSON answer: <html>", nil},
-		{"207 naming none", 207, `{}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "without saying which", nil},
+		{"207 naming none", 207, `{}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "without saying which", []bool{true, true, true}},
 		{"error without batch_index", 207, `{"errors":[{"batch_index":0,"reason":"invalid","message":"bad"},{"reason":"internal","message":"try again"}]}`,
 			[]destinations.Outcome{destinations.Rejected, destinations.Retryable, destinations.Retryable}, "", []bool{false, true, true}},
 		{"batch_index out of range", 207, `{"errors":[{"batch_index":3,"message":"bad"}]}`,
@@ -248,12 +248,17 @@ func TestClassify(t *testing.T) {
 	}
 	// An operation alone is rejected where a batch would be split.
 	one := &destinations.Request{URL: d.base + batchPath, Events: []int{0}}
-	for _, body := range []string{`{"errors":[{"reason":"invalid","message":"bad request"}]}`} {
-		for _, code := range []int{400, 207} {
-			got := d.Classify(one, &destinations.Response{StatusCode: code, Body: []byte(body), ReceivedAt: now})
-			if got[0].Outcome != destinations.Rejected || got[0].Split || !strings.Contains(got[0].Reason, "bad request") {
-				t.Errorf("%d to one operation: %+v, want rejected with the error", code, got[0])
-			}
+	for _, c := range []struct {
+		code         int
+		body, reason string
+	}{
+		{400, `{"errors":[{"reason":"invalid","message":"bad request"}]}`, "bad request"},
+		{207, `{"errors":[{"reason":"invalid","message":"bad request"}]}`, "bad request"},
+		{207, `{}`, "without saying which"},
+	} {
+		got := d.Classify(one, &destinations.Response{StatusCode: c.code, Body: []byte(c.body), ReceivedAt: now})
+		if got[0].Outcome != destinations.Rejected || got[0].Split || !strings.Contains(got[0].Reason, c.reason) {
+			t.Errorf("%d %s to one operation: %+v, want rejected with %q", c.code, c.body, got[0], c.reason)
 		}
 	}
 }
