@@ -64,13 +64,17 @@
 //
 // A 2xx answer to a batch is resolved per event: the operations its errors
 // name by batch_index are rejected with Customer.io's reason, field and
-// message; the others were accepted. An error that names no operation (or
-// a 207 that names none) leaves the others' fate unknown, so they are
-// retried, which the ids make safe; a 2xx body that is not JSON is retried
-// too. A 400 to a batch rejects the operations its errors name and retries
-// the others, which Customer.io did not take; a 400 naming none rejects
-// every event with Customer.io's errors. A 2xx to a v1 request is
-// delivered; a 400 is rejected with the body's meta.error.
+// message; the others were accepted. An error that names no operation
+// leaves unknown which operation it concerns: the operations not named
+// are split (Result.Split), so that the engine sends them again in halves,
+// which the ids make safe, until the one concerned is alone, and an
+// operation alone is rejected with the error; a 207 without errors is
+// split the same way. A 2xx body that is not JSON is retried. A 400 to a batch means
+// Customer.io took none of it: the operations its errors name are
+// rejected and the others retried without them; a 400 naming none splits
+// the batch the same way, and rejects an operation alone. A 413 splits the
+// batch too. A 2xx to a v1 request is delivered; a 400 is rejected with
+// the body's meta.error.
 //
 // For both, 401 and 403 are rejected with the settings to check; 429 and
 // 5xx are retried, with the Retry-After the API gives. A redirect (an EU
@@ -473,6 +477,9 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		return accepted(n, resp)
 	case code == http.StatusBadRequest:
 		return refused(n, batch, resp)
+	case code == http.StatusRequestEntityTooLarge && batch && n > 1:
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: destinations.StatusReason(code, resp.Body) + ": the batch is over Customer.io's 500 KB request limit; it is sent again in halves"})
 	}
 	r := destinations.ClassifyStatus(resp, resp.ReceivedAt)
 	switch {
@@ -495,8 +502,12 @@ func accepted(n int, resp *destinations.Response) []destinations.Result {
 			Reason: fmt.Sprintf("Customer.io answered %d with a body that is not its JSON answer: %s", code, destinations.Snippet(body, 200))})
 	}
 	if code == http.StatusMultiStatus && len(a.Errors) == 0 {
-		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-			Reason: "Customer.io answered 207 (some operations were invalid) without saying which: " + destinations.Snippet(body, 200)})
+		reason := "Customer.io answered 207 (some operations were invalid) without saying which: " + destinations.Snippet(body, 200)
+		if n == 1 {
+			return destinations.Fill(n, destinations.Result{Outcome: destinations.Rejected, StatusCode: code, Reason: reason})
+		}
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: reason + "; the batch is sent again in halves to find them"})
 	}
 	named, unplaced := place(a.Errors, n)
 	for j, errs := range named {
@@ -505,9 +516,15 @@ func accepted(n int, resp *destinations.Response) []destinations.Result {
 	}
 	if len(unplaced) > 0 {
 		// The operations not named may or may not have been taken: the
-		// event ids make sending them again safe.
-		destinations.RetryUnresolved(out, destinations.Result{Outcome: destinations.Retryable, StatusCode: code,
-			Reason: "Customer.io reported errors that name no operation: " + strings.Join(unplaced, "; ")})
+		// event ids make sending them again safe, in halves until the
+		// one the errors concern is alone.
+		r := destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: "Customer.io reported errors that name no operation (" + strings.Join(unplaced, "; ") + "): the batch is sent again in halves to find the operation concerned"}
+		if n == 1 {
+			r = destinations.Result{Outcome: destinations.Rejected, StatusCode: code,
+				Reason: "Customer.io refused the event: " + strings.Join(unplaced, "; ")}
+		}
+		destinations.RetryUnresolved(out, r)
 	}
 	return out
 }
@@ -537,6 +554,13 @@ func refused(n int, batch bool, resp *destinations.Response) []destinations.Resu
 	}
 	named, _ := place(a.Errors, n)
 	if len(named) == 0 {
+		if n == 1 {
+			return destinations.Fill(n, all)
+		}
+		// Customer.io took none of the batch and does not say which
+		// operation is at fault: halves, until it is alone.
+		all.Outcome, all.Split = destinations.Retryable, true
+		all.Reason += " (the errors name no operation: the batch is sent again in halves to find the one refused)"
 		return destinations.Fill(n, all)
 	}
 	// Customer.io took none of the batch: the operations its errors name

@@ -91,7 +91,7 @@ func TestTapes(t *testing.T) {
 			},
 		},
 		{
-			// A 400 to the whole batch, naming no operation.
+			// A 400 to the whole batch, naming no operation: halves.
 			Tape: "malformed",
 			Events: func(t *testing.T) []event.Event {
 				return []event.Event{
@@ -100,8 +100,8 @@ func TestTapes(t *testing.T) {
 				}
 			},
 			Want: []want{
-				{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch)"},
-				{Outcome: destinations.Rejected, Status: 400, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch)"},
+				{Outcome: destinations.Retryable, Status: 400, Split: true, Reason: "Customer.io refused the batch: invalid: request body could not be parsed (field batch) (the errors name no operation"},
+				{Outcome: destinations.Retryable, Status: 400, Split: true, Reason: "sent again in halves"},
 			},
 		},
 		{
@@ -209,16 +209,22 @@ func TestClassify(t *testing.T) {
 		// reason is a substring of every result's reason but the
 		// delivered ones'.
 		reason string
+		// split says which results ask for halves.
+		split []bool
 	}{
-		{"empty 200", 200, ``, []destinations.Outcome{destinations.Delivered, destinations.Delivered, destinations.Delivered}, ""},
-		{"200 not JSON", 200, `<html>`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "not its JSON answer: <html>"},
-		{"207 naming none", 207, `{}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "without saying which"},
+		{"empty 200", 200, ``, []destinations.Outcome{destinations.Delivered, destinations.Delivered, destinations.Delivered}, "", nil},
+		{"200 not JSON", 200, `<html>`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "not its JSON answer: <html>", nil},
+		{"207 naming none", 207, `{}`, []destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "without saying which", []bool{true, true, true}},
 		{"error without batch_index", 207, `{"errors":[{"batch_index":0,"reason":"invalid","message":"bad"},{"reason":"internal","message":"try again"}]}`,
-			[]destinations.Outcome{destinations.Rejected, destinations.Retryable, destinations.Retryable}, ""},
+			[]destinations.Outcome{destinations.Rejected, destinations.Retryable, destinations.Retryable}, "", []bool{false, true, true}},
 		{"batch_index out of range", 207, `{"errors":[{"batch_index":3,"message":"bad"}]}`,
-			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "name no operation: bad"},
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "name no operation (bad)", []bool{true, true, true}},
 		{"400 naming an operation", 400, `{"errors":[{"batch_index":2,"field":"name","message":"cannot be blank"}]}`,
-			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Rejected}, ""},
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Rejected}, "", nil},
+		{"400 naming none", 400, `{"errors":[{"reason":"invalid","message":"bad request"}]}`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "sent again in halves", []bool{true, true, true}},
+		{"413", 413, `Request Entity Too Large`,
+			[]destinations.Outcome{destinations.Retryable, destinations.Retryable, destinations.Retryable}, "500 KB request limit", []bool{true, true, true}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -227,7 +233,8 @@ func TestClassify(t *testing.T) {
 				t.Fatalf("%d results", len(got))
 			}
 			for i, g := range got {
-				if g.Outcome != c.want[i] || g.StatusCode != c.code || (g.Outcome != destinations.Delivered && !strings.Contains(g.Reason, c.reason)) {
+				split := c.split != nil && c.split[i]
+				if g.Outcome != c.want[i] || g.StatusCode != c.code || g.Split != split || (g.Outcome != destinations.Delivered && !strings.Contains(g.Reason, c.reason)) {
 					t.Errorf("event %d: got %+v, want %v with %q", i, g, c.want[i], c.reason)
 				}
 			}
@@ -238,6 +245,21 @@ func TestClassify(t *testing.T) {
 		Body: []byte(`{"errors":[{"batch_index":2,"field":"name","message":"cannot be blank"}]}`)})
 	if got[2].Reason != "Customer.io refused the event: cannot be blank (field name)" || !strings.Contains(got[0].Reason, "goes again without it") {
 		t.Errorf("400 reasons: %q, %q", got[2].Reason, got[0].Reason)
+	}
+	// An operation alone is rejected where a batch would be split.
+	one := &destinations.Request{URL: d.base + batchPath, Events: []int{0}}
+	for _, c := range []struct {
+		code         int
+		body, reason string
+	}{
+		{400, `{"errors":[{"reason":"invalid","message":"bad request"}]}`, "bad request"},
+		{207, `{"errors":[{"reason":"invalid","message":"bad request"}]}`, "bad request"},
+		{207, `{}`, "without saying which"},
+	} {
+		got := d.Classify(one, &destinations.Response{StatusCode: c.code, Body: []byte(c.body), ReceivedAt: now})
+		if got[0].Outcome != destinations.Rejected || got[0].Split || !strings.Contains(got[0].Reason, c.reason) {
+			t.Errorf("%d %s to one operation: %+v, want rejected with %q", c.code, c.body, got[0], c.reason)
+		}
 	}
 }
 

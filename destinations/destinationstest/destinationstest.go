@@ -27,6 +27,7 @@ package destinationstest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -116,10 +117,20 @@ type Want struct {
 	// Reason is a substring of the result's reason; "" matches any.
 	Reason     string
 	RetryAfter time.Duration
+	// Quota, Split and Hold are the result's fields of the same names
+	// (destinations.Result): a quota spent until it resets, a batch to
+	// send again in halves, the key of the one user the API throttles.
+	// They are compared, all three, when the Want sets any of them; a
+	// Want that sets none accepts any (the tables written before these
+	// fields existed do not assert them).
+	Quota bool
+	Split bool
+	Hold  string
 }
 
 // Check compares got with wants, one Want per event in order: the
-// outcome, the status, the reason (a substring) and the retry-after. A
+// outcome, the status, the reason (a substring), the retry-after, and
+// the Quota, Split and Hold marks when the Want sets one. A
 // different number of results fails t at once; each mismatch is an error
 // naming the event.
 func Check(t testing.TB, got []destinations.SendResult, wants ...Want) {
@@ -143,16 +154,38 @@ func check(t testing.TB, got []destinations.SendResult, wants []Want, status boo
 	for i, w := range wants {
 		g := got[i].Result
 		if g.Outcome != w.Outcome || (status && g.StatusCode != w.Status) ||
-			!strings.Contains(g.Reason, w.Reason) || g.RetryAfter != w.RetryAfter {
+			!strings.Contains(g.Reason, w.Reason) || g.RetryAfter != w.RetryAfter ||
+			(w.marked() && (g.Quota != w.Quota || g.Split != w.Split || g.Hold != w.Hold)) {
 			if status {
-				t.Errorf("event %d: got %v %d %q (retry after %v); want %v %d containing %q (retry after %v)",
-					i, g.Outcome, g.StatusCode, g.Reason, g.RetryAfter, w.Outcome, w.Status, w.Reason, w.RetryAfter)
+				t.Errorf("event %d: got %v %d %q%s; want %v %d containing %q%s",
+					i, g.Outcome, g.StatusCode, g.Reason, marks(g.RetryAfter, g.Quota, g.Split, g.Hold),
+					w.Outcome, w.Status, w.Reason, marks(w.RetryAfter, w.Quota, w.Split, w.Hold))
 			} else {
-				t.Errorf("event %d: got %v %q (retry after %v); want %v containing %q (retry after %v)",
-					i, g.Outcome, g.Reason, g.RetryAfter, w.Outcome, w.Reason, w.RetryAfter)
+				t.Errorf("event %d: got %v %q%s; want %v containing %q%s",
+					i, g.Outcome, g.Reason, marks(g.RetryAfter, g.Quota, g.Split, g.Hold),
+					w.Outcome, w.Reason, marks(w.RetryAfter, w.Quota, w.Split, w.Hold))
 			}
 		}
 	}
+}
+
+// marked says whether w asserts the Quota, Split and Hold marks.
+func (w Want) marked() bool { return w.Quota || w.Split || w.Hold != "" }
+
+// marks describes a result's retry-after and its Quota, Split and Hold
+// marks, for a mismatch's message.
+func marks(after time.Duration, quota, split bool, hold string) string {
+	s := fmt.Sprintf(" (retry after %v", after)
+	if quota {
+		s += ", quota"
+	}
+	if split {
+		s += ", split"
+	}
+	if hold != "" {
+		s += fmt.Sprintf(", hold %q", hold)
+	}
+	return s + ")"
 }
 
 // Build validates cfg.Settings and builds the destination without a tape

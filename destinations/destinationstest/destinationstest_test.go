@@ -38,10 +38,19 @@ func TestCheck(t *testing.T) {
 		{Result: destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}},
 		{Result: destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, Reason: "HTTP 429 Too Many Requests: slow down", RetryAfter: 30 * time.Second}},
 	}
+	marked := []destinations.SendResult{
+		{Result: destinations.Result{Outcome: destinations.Retryable, StatusCode: 403, Reason: "daily limit", Quota: true}},
+		{Result: destinations.Result{Outcome: destinations.Retryable, StatusCode: 400, Reason: "bad batch", Split: true}},
+		{Result: destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, Reason: "user throttled", RetryAfter: time.Second, Hold: "u1"}},
+	}
+	quota := Want{Outcome: destinations.Retryable, Status: 403, Reason: "daily limit", Quota: true}
+	split := Want{Outcome: destinations.Retryable, Status: 400, Reason: "bad batch", Split: true}
+	hold := Want{Outcome: destinations.Retryable, Status: 429, Reason: "user throttled", RetryAfter: time.Second, Hold: "u1"}
 	delivered := Want{Outcome: destinations.Delivered, Status: 200}
 	limited := Want{Outcome: destinations.Retryable, Status: 429, Reason: "slow down", RetryAfter: 30 * time.Second}
 	cases := []struct {
 		name           string
+		got            []destinations.SendResult
 		ignoreStatus   bool
 		wants          []Want
 		fatals, errors int
@@ -55,14 +64,24 @@ func TestCheck(t *testing.T) {
 		{name: "reason", wants: []Want{delivered, {Outcome: destinations.Retryable, Status: 429, Reason: "quota", RetryAfter: 30 * time.Second}}, errors: 1},
 		{name: "retry after", wants: []Want{delivered, {Outcome: destinations.Retryable, Status: 429, Reason: "slow down"}}, errors: 1},
 		{name: "both events", ignoreStatus: true, wants: []Want{{Outcome: destinations.Rejected}, {Outcome: destinations.Delivered}}, errors: 2},
+		{name: "marks", got: marked, wants: []Want{quota, split, hold}},
+		{name: "quota", got: marked, wants: []Want{{Outcome: destinations.Retryable, Status: 403, Reason: "daily limit", Hold: "u1"}, split, hold}, errors: 1},
+		{name: "split", got: marked, wants: []Want{quota, {Outcome: destinations.Retryable, Status: 400, Reason: "bad batch", Quota: true}, hold}, errors: 1},
+		{name: "hold", got: marked, wants: []Want{quota, split, {Outcome: destinations.Retryable, Status: 429, Reason: "user throttled", RetryAfter: time.Second, Hold: "u2"}}, errors: 1},
+		{name: "marks not asserted", ignoreStatus: true, got: marked, wants: []Want{{Outcome: destinations.Retryable}, {Outcome: destinations.Retryable}, {Outcome: destinations.Retryable, RetryAfter: time.Second}}},
+		{name: "one mark asserts all", got: marked, wants: []Want{{Outcome: destinations.Retryable, Status: 403, Reason: "daily limit", Quota: true, Split: true}, {Outcome: destinations.Retryable, Status: 400, Split: true, Hold: "u1"}, hold}, errors: 2},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := &recorder{TB: t}
+			results := got
+			if c.got != nil {
+				results = c.got
+			}
 			if c.ignoreStatus {
-				CheckIgnoringStatus(r, got, c.wants...)
+				CheckIgnoringStatus(r, results, c.wants...)
 			} else {
-				Check(r, got, c.wants...)
+				Check(r, results, c.wants...)
 			}
 			if len(r.fatal) != c.fatals || len(r.errors) != c.errors {
 				t.Errorf("fatal %q, errors %q; want %d and %d", r.fatal, r.errors, c.fatals, c.errors)

@@ -69,7 +69,9 @@
 // /mp/collect answers 2xx (usually 204): delivered, since that is all GA4
 // says. 401 and 403 (which its front end gives to a request it refuses
 // outright) reject with the settings to check; 429 and 5xx are retried,
-// with Retry-After when given; other statuses are rejected.
+// with Retry-After when given; a 413 to several events splits them
+// (Result.Split), so that the engine sends them again in halves; other
+// statuses are rejected.
 package ga4
 
 import (
@@ -549,6 +551,11 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	switch resp.StatusCode {
 	case http.StatusUnauthorized, http.StatusForbidden:
 		r.Reason += ": check api_secret (Admin > Data streams > the stream > Measurement Protocol API secrets) and that measurement_id is the same stream's"
+	case http.StatusRequestEntityTooLarge:
+		if len(req.Events) > 1 {
+			r.Outcome, r.Split = destinations.Retryable, true
+			r.Reason += ": the request is over GA4's 130 kB limit; it is sent again in halves"
+		}
 	}
 	out := make([]destinations.Result, len(req.Events))
 	for i := range out {

@@ -215,3 +215,19 @@ func TestSettings(t *testing.T) {
 		})
 	}
 }
+
+// TestTooLarge checks that a 413 splits a request of several events and
+// rejects an event alone.
+func TestTooLarge(t *testing.T) {
+	d := destinationstest.Build(t, destinationstest.Config{Integration: Integration, New: newAt, Settings: map[string]any{"measurement_id": "G-ABC123DEF4", "api_secret": "s"}})
+	resp := &destinations.Response{StatusCode: 413, ReceivedAt: now}
+	got := d.Classify(&destinations.Request{Events: []int{0, 1}}, resp)
+	for i, r := range got {
+		if r.Outcome != destinations.Retryable || !r.Split || !strings.Contains(r.Reason, "sent again in halves") {
+			t.Errorf("event %d of two: %+v", i, r)
+		}
+	}
+	if r := d.Classify(&destinations.Request{Events: []int{0}}, resp)[0]; r.Outcome != destinations.Rejected || r.Split {
+		t.Errorf("event alone: %+v", r)
+	}
+}

@@ -30,7 +30,8 @@
 //   - Rate limiting,
 //     https://developers.intercom.com/docs/references/2.11/rest-api/errors/rate-limiting
 //     (429 with X-RateLimit-Limit, X-RateLimit-Remaining and
-//     X-RateLimit-Reset, a Unix time);
+//     X-RateLimit-Reset, a Unix time; the limits are counted in 10-second
+//     windows, "Exceeded rate limit of 167 in 10_seconds");
 //   - Authentication,
 //     https://developers.intercom.com/docs/build-an-integration/learn-more/authentication
 //     (Authorization: Bearer <access token>), and Update your API version,
@@ -60,12 +61,14 @@
 // named price, then string, number and boolean properties in name order.
 // Other properties, and those past the tenth, are left out. Intercom has
 // no idempotency key for events, but "may detect and ignore duplicate
-// events", identified by app, user, event name, created_at and metadata,
-// and answers 202 to them without an error (Event de-duplication,
-// https://developers.intercom.com/docs/references/1.1/rest-api/data-events/event-de-duplication):
-// a retry sends all of those unchanged. With the identify path's search
-// before every write, that makes Integration.Deduplicates true, on the
-// strength of that "may".
+// events" and answers 202 to them without an error (Event de-duplication,
+// https://developers.intercom.com/docs/references/1.1/rest-api/data-events/event-de-duplication);
+// Event Limits, Troubleshooting and F.A.Q,
+// https://www.intercom.com/help/en/articles/5245634-event-limits-troubleshooting-and-f-a-q,
+// says which: two events with the same name, created_at, user and
+// workspace are the same event, and only the first is stored. A retry
+// sends all of those unchanged. With the identify path's search before
+// every write, that makes Integration.Deduplicates true.
 //
 // # Outcomes
 //
@@ -74,8 +77,9 @@
 // that user_id or email (an identify call must come first). 409 on a
 // create means the contact appeared since the search: retried, so that
 // the next search finds and updates it. 400 and 422 reject with
-// Intercom's messages. 429 is retried after X-RateLimit-Reset; 5xx is
-// retried.
+// Intercom's messages. 429 is retried after a Retry-After if one is
+// given, else X-RateLimit-Reset, else RateLimitWindow (when the reset is
+// missing or already past); 5xx is retried.
 package intercom
 
 import (
@@ -96,6 +100,10 @@ import (
 	"github.com/fanout/fanout/destinations/traits"
 	"github.com/fanout/fanout/internal/event"
 )
+
+// RateLimitWindow is the period Intercom spreads its rate limits over:
+// the wait after a 429 whose X-RateLimit-Reset is missing or past.
+const RateLimitWindow = 10 * time.Second
 
 // MaxMetadataKeys is the most metadata keys Intercom keeps on an event.
 const MaxMetadataKeys = 10
@@ -464,8 +472,12 @@ func classify(isEvent bool, resp *destinations.Response) destinations.Result {
 		r.Reason = "Intercom refused the data (" + msg + ")"
 	case http.StatusTooManyRequests:
 		r.Reason = "Intercom rate limit (" + msg + ")"
-		if wait := destinations.ParseRateLimitReset(resp.Header, resp.ReceivedAt); wait > 0 {
-			r.RetryAfter = wait
+		// ClassifyStatus read a Retry-After, which comes first.
+		if r.RetryAfter == 0 {
+			r.RetryAfter = destinations.ParseRateLimitReset(resp.Header, resp.ReceivedAt)
+		}
+		if r.RetryAfter == 0 {
+			r.RetryAfter = RateLimitWindow
 		}
 	}
 	return r

@@ -2,6 +2,8 @@ package intercom
 
 import (
 	"encoding/json"
+	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -127,5 +129,29 @@ func TestSettings(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			destinationstest.CheckSettingsError(t, Integration, c.settings, c.err)
 		})
+	}
+}
+
+// TestRateLimitWait checks the wait after a 429: Retry-After first, then
+// X-RateLimit-Reset, then the 10-second window.
+func TestRateLimitWait(t *testing.T) {
+	reset := strconv.FormatInt(now.Add(7*time.Second).Unix(), 10)
+	past := strconv.FormatInt(now.Add(-time.Minute).Unix(), 10)
+	cases := []struct {
+		name   string
+		header http.Header
+		want   time.Duration
+	}{
+		{"reset", http.Header{"X-Ratelimit-Reset": {reset}}, 7 * time.Second},
+		{"retry-after first", http.Header{"Retry-After": {"3"}, "X-Ratelimit-Reset": {reset}}, 3 * time.Second},
+		{"reset past", http.Header{"X-Ratelimit-Reset": {past}}, RateLimitWindow},
+		{"no header", http.Header{}, RateLimitWindow},
+	}
+	for _, c := range cases {
+		r := classify(true, &destinations.Response{StatusCode: 429, Header: c.header, ReceivedAt: now,
+			Body: []byte(`{"type":"error.list","errors":[{"code":"rate_limit_exceeded","message":"Exceeded rate limit of 167 in 10_seconds"}]}`)})
+		if r.Outcome != destinations.Retryable || r.RetryAfter != c.want {
+			t.Errorf("%s: %v after %v, want retryable after %v", c.name, r.Outcome, r.RetryAfter, c.want)
+		}
 	}
 }

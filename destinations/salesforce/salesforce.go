@@ -18,6 +18,14 @@
 //     (the [{"message", "errorCode", "fields"}] error body; 401 for an
 //     expired or invalid session; 403 REQUEST_LIMIT_EXCEEDED when the org's
 //     API request limit is used up; 404 for an unknown object or field);
+//   - API Request Limits and Allocations,
+//     https://developer.salesforce.com/docs/platform/salesforce-app-limits-cheatsheet/guide/salesforce-app-limits-platform-api.html
+//     (REQUEST_LIMIT_EXCEEDED for the total API request allocation, counted
+//     over the last 24 hours, and for the concurrent limit on requests of
+//     20 seconds or longer), and System Overview: API Usage,
+//     https://help.salesforce.com/s/articleView?id=xcloud.setup_system_overview_api.htm
+//     (calls stay blocked until the usage of the preceding 24 hours drops
+//     below the limit);
 //   - OAuth 2.0 Client Credentials Flow for Server-to-Server Integration,
 //     https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_client_credentials_flow.htm,
 //     and OAuth 2.0 Username-Password Flow for Special Scenarios,
@@ -83,10 +91,20 @@
 //     worked before, it expired: the events are retried with a new one. If
 //     it never worked, the failure persists past a refresh and is rejected
 //     with the settings to check.
-//   - 403 REQUEST_LIMIT_EXCEEDED is retried (the limit counts the last 24
-//     hours); any other 403 is rejected as a permission to grant.
+//   - 403 REQUEST_LIMIT_EXCEEDED: the concurrent limit (a message naming
+//     ConcurrentRequests) is retried after ConcurrentWait, since the long
+//     requests it counts last 20 seconds or more. Otherwise the org's
+//     total allocation is spent: a Quota, so that the queue pauses without
+//     spending its attempts, for QuotaWait (or the Retry-After given). The
+//     allocation counts the last 24 hours and has no reset time:
+//     requests pass again as the org's older calls age out, so an hour
+//     lets some age out without hammering the org, whose other
+//     integrations share the allocation. Any other 403 is rejected as a
+//     permission to grant.
 //   - 404 is rejected: no such object or external ID field, or the
 //     integration user cannot see it.
+//   - 413 to several records splits them (Result.Split): the engine sends
+//     them again in halves; a record alone is rejected.
 //   - 5xx is retried, after a Retry-After if one is given.
 //
 // A failure to get a token rejects the events when the token endpoint
@@ -118,6 +136,15 @@ const NotProvided = "[not provided]"
 // MaxBatchRecords is the documented number of records of an sObject
 // Collections upsert.
 const MaxBatchRecords = 200
+
+// The waits after a 403 REQUEST_LIMIT_EXCEEDED: ConcurrentWait for the
+// concurrent limit on long requests (those of 20 seconds or more),
+// QuotaWait for the total allocation of the last 24 hours, which frees
+// calls as older ones age out and gives no reset time.
+const (
+	ConcurrentWait = 20 * time.Second
+	QuotaWait      = time.Hour
+)
 
 // minVersion is the first API version with the sObject Collections upsert.
 const minVersion = 46
@@ -525,6 +552,10 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 	if code >= 200 && code <= 299 {
 		return d.results(n, resp)
 	}
+	if code == http.StatusRequestEntityTooLarge && n > 1 {
+		return destinations.Fill(n, destinations.Result{Outcome: destinations.Retryable, StatusCode: code, Split: true,
+			Reason: destinations.StatusReason(code, resp.Body) + ": the upsert is too large for Salesforce; it is sent again in halves"})
+	}
 	r := d.classify(auth, resp)
 	r.StatusCode = code
 	return destinations.Fill(n, r)
@@ -616,8 +647,7 @@ func (d *destination) classify(auth string, resp *destinations.Response) destina
 		return rejected("Salesforce refused an access token it had just issued (%s): check that instance_url is the org's My Domain URL, and that the integration user has the API Enabled permission", detail)
 	case code == http.StatusForbidden:
 		if hasCode(errs, "REQUEST_LIMIT_EXCEEDED") {
-			return destinations.Result{Outcome: destinations.Retryable, RetryAfter: destinations.ParseRetryAfter(resp.Header, resp.ReceivedAt),
-				Reason: "the org's API request limit is used up (" + detail + "); it counts the last 24 hours, so requests pass again as older ones age out (Setup > Company Information > API Requests)"}
+			return requestLimit(detail, resp)
 		}
 		return rejected("Salesforce refused the integration user (HTTP 403 %s): give it the API Enabled permission, and Create and Edit on %s and its fields", detail, d.object)
 	case code == http.StatusNotFound:
@@ -629,6 +659,25 @@ func (d *destination) classify(auth string, resp *destinations.Response) destina
 		r.Reason = destinations.StatusReason(code, nil) + ": " + detail
 	}
 	return r
+}
+
+// requestLimit is the outcome of a 403 REQUEST_LIMIT_EXCEEDED, whose
+// detail names the limit: ConcurrentRequests, or the total allocation
+// (TotalRequests).
+func requestLimit(detail string, resp *destinations.Response) destinations.Result {
+	wait := destinations.ParseRetryAfter(resp.Header, resp.ReceivedAt)
+	if strings.Contains(strings.ToLower(detail), "concurrent") {
+		if wait == 0 {
+			wait = ConcurrentWait
+		}
+		return destinations.Result{Outcome: destinations.Retryable, RetryAfter: wait,
+			Reason: "the org has too many API requests of 20 seconds or more running at once (" + detail + "); sent again when some have ended"}
+	}
+	if wait == 0 {
+		wait = QuotaWait
+	}
+	return destinations.Result{Outcome: destinations.Retryable, Quota: true, RetryAfter: wait,
+		Reason: fmt.Sprintf("the org's API request allocation is used up (%s); it counts the last 24 hours, so requests pass again as older ones age out: sent again in %v (Setup > Company Information > API Requests, Last 24 Hours)", detail, wait)}
 }
 
 // parseErrors reads the REST API's error body. detail describes it: the

@@ -120,7 +120,12 @@ func TestTapes(t *testing.T) {
 			Reason: "Salesforce refused an access token it had just issued (INVALID_SESSION_ID: Session expired or invalid): check that instance_url is the org's My Domain URL"}},
 		{"invalid_field", map[string]any{"fields": map[string]any{"plan": "Plan__c"}}, want{Outcome: destinations.Rejected,
 			Reason: "Salesforce refused the Lead upsert: INVALID_FIELD: No such column 'Plan__c' on sobject of type Lead (a field in the fields setting does not exist on Lead"}},
-		{"request_limit", nil, want{Outcome: destinations.Retryable, Reason: "the org's API request limit is used up (REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.)"}},
+		// The 24-hour allocation spent: a quota, waited out for an hour.
+		{"request_limit", nil, want{Outcome: destinations.Retryable, Quota: true, RetryAfter: QuotaWait,
+			Reason: "the org's API request allocation is used up (REQUEST_LIMIT_EXCEEDED: TotalRequests Limit exceeded.); it counts the last 24 hours"}},
+		// Too many long requests at once: a short wait, no quota.
+		{"concurrent_limit", nil, want{Outcome: destinations.Retryable, RetryAfter: ConcurrentWait,
+			Reason: "too many API requests of 20 seconds or more running at once (REQUEST_LIMIT_EXCEEDED: ConcurrentRequests (Concurrent API Requests) Limit exceeded.)"}},
 		{"insufficient_access", nil, want{Outcome: destinations.Rejected,
 			Reason: "Salesforce refused the integration user (HTTP 403 INSUFFICIENT_ACCESS_OR_READONLY: insufficient access rights on object id): give it"}},
 		{"not_found", map[string]any{"external_id_field": "Fanout_Id__c", "external_id_value": "user_id"}, want{Outcome: destinations.Rejected,
@@ -276,5 +281,14 @@ func TestClassify(t *testing.T) {
 	if got[0].Reason != "Salesforce rolled the Lead back with the other records of its request: ALL_OR_NONE_OPERATION_ROLLED_BACK: rolled back" ||
 		got[1].Reason != "Salesforce refused the Lead: DUPLICATES_DETECTED: Use one of these records? (a duplicate rule in Salesforce blocked the record)" {
 		t.Errorf("reasons %q, %q", got[0].Reason, got[1].Reason)
+	}
+	// A 413 splits a batch; a record alone is rejected.
+	got = d.Classify(req, &destinations.Response{StatusCode: 413, ReceivedAt: now})
+	if got[0].Outcome != destinations.Retryable || !got[0].Split || !got[1].Split {
+		t.Errorf("413 to two records: %+v", got)
+	}
+	one := &destinations.Request{Events: []int{0}, Header: req.Header}
+	if got := d.Classify(one, &destinations.Response{StatusCode: 413, ReceivedAt: now}); got[0].Outcome != destinations.Rejected || got[0].Split {
+		t.Errorf("413 to one record: %+v", got[0])
 	}
 }

@@ -46,7 +46,9 @@
 // entry's error as the reason), whatever the response's own status code.
 // A "results" array whose length does not match the batch, or with an entry
 // whose status is not an HTTP status, makes the whole batch retryable: its
-// outcome is unknown. Only the first 64 KB of a response are read.
+// outcome is unknown. A 413 to a batch splits it (Result.Split): the
+// engine sends it again in halves, and an event alone that is still too
+// large is rejected. Only the first 64 KB of a response are read.
 package webhook
 
 import (
@@ -378,6 +380,10 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		return out
 	}
 	r := destinations.ClassifyStatus(resp, now)
+	if resp.StatusCode == http.StatusRequestEntityTooLarge && len(out) > 1 {
+		r.Outcome, r.Split = destinations.Retryable, true
+		r.Reason += ": the batch is too large for the receiver; it is sent again in halves"
+	}
 	for i := range out {
 		out[i] = r
 	}

@@ -318,6 +318,12 @@ func TestClassify(t *testing.T) {
 				{Outcome: destinations.Retryable, StatusCode: 200, Reason: "the batch response lists 1 results for a batch of 3 events, so the outcome of each event is unknown"},
 				{Outcome: destinations.Retryable, StatusCode: 200, Reason: "the batch response lists 1 results for a batch of 3 events, so the outcome of each event is unknown"},
 			}},
+		{name: "batch, 413", batch: 5, status: 413, want: []destinations.Result{
+			{Outcome: destinations.Retryable, StatusCode: 413, Split: true, Reason: "HTTP 413 Request Entity Too Large: the batch is too large for the receiver; it is sent again in halves"},
+			{Outcome: destinations.Retryable, StatusCode: 413, Split: true, Reason: "HTTP 413 Request Entity Too Large: the batch is too large for the receiver; it is sent again in halves"},
+		}},
+		{name: "413 to one event", status: 413, want: []destinations.Result{
+			{Outcome: destinations.Rejected, StatusCode: 413, Reason: "HTTP 413 Request Entity Too Large"}}},
 		{name: "batch, other JSON body", batch: 5, status: 200, body: `{"ok":true,"note":"results later"}`,
 			want: []destinations.Result{
 				{Outcome: destinations.Delivered, StatusCode: 200},
