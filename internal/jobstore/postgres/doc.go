@@ -63,7 +63,14 @@
 //     Seq order, and a reader paging with Pending(after) never sees Seq n+1
 //     before Seq n. (The row lock is released only after the commit is
 //     visible.) The price is one commit at a time for the whole database;
-//     see "Limits".
+//     see "Limits". On one node two groups are in flight: group N+1
+//     starts its first round trip once group N holds the row lock, so its
+//     dedupe upsert runs, and its UPDATE waits for the lock, while N
+//     copies its jobs and waits for its WAL flush. N+1 never starts its
+//     dedupe writes before N's are made: N+1 may wait for N's uncommitted
+//     dedupe records, never N for N+1's (that would be a deadlock half in
+//     this process, which PostgreSQL cannot break). Groups announce and
+//     answer in the order they took the lock.
 //  3. Pending(q, after) reads jobs of q with seq > max(after, drop_below-1)
 //     that have no finished row, by the primary key, from the partitions
 //     that can hold such Seqs.

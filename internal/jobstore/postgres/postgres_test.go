@@ -314,3 +314,39 @@ func TestDatabaseDown(t *testing.T) {
 		t.Errorf("Pending with the database down = %v, want an error wrapping jobstore.ErrUnavailable", err)
 	}
 }
+
+// TestAppliedInCommitOrder: with two group commits in flight, the
+// announcements still come in Seq order, as a reader paging by Seq sees
+// the jobs.
+func TestAppliedInCommitOrder(t *testing.T) {
+	ctx := t.Context()
+	var mu sync.Mutex
+	var firsts []uint64
+	s, _ := setup(t, Options{Applied: func(a jobstore.Appended) {
+		mu.Lock()
+		defer mu.Unlock()
+		firsts = append(firsts, a.First)
+	}})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for c := range 25 {
+				if _, err := s.Append(ctx, entries("web", []string{"hook"}, fmt.Sprintf("g%d-c%d", g, c), 4)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(firsts) != 8*25 {
+		t.Fatalf("%d announcements, want %d", len(firsts), 8*25)
+	}
+	for i := 1; i < len(firsts); i++ {
+		if firsts[i] <= firsts[i-1] {
+			t.Fatalf("announcement %d has First %d after %d: not in Seq order", i, firsts[i], firsts[i-1])
+		}
+	}
+}

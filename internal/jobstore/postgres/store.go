@@ -123,8 +123,11 @@ type Store struct {
 	mu       sync.RWMutex
 	queueIDs map[jobstore.Queue]int32
 
-	// Owned by the committer goroutine.
-	partHi      int64          // upper bound of the highest jobs partition
+	// What the group commits know of the partitions: partMu guards
+	// partHi, dedupeMu dedupeParts.
+	partMu      sync.Mutex
+	partHi      int64 // upper bound of the highest jobs partition
+	dedupeMu    sync.Mutex
 	dedupeParts map[int64]bool // dedupe partitions known to exist
 }
 
