@@ -99,7 +99,12 @@
 //     one index probe per queue, from its watermark. A DROP needs an ACCESS
 //     EXCLUSIVE lock on the parent, and a DROP waiting for it would queue
 //     every later reader behind it, so it waits at most 200 ms and is tried
-//     again at the next cleanup.
+//     again at the next cleanup. The partition the counter is in cannot
+//     go that way, and once a backlog has drained it would keep its space
+//     until appends filled it: so when it is drained and has used at least
+//     1/64 of its Seqs, Cleanup first moves the counter to its end (a gap
+//     in the Seqs), and it goes with the others. TestBacklogSpaceReturned
+//     shows 200,000 jobs' 83 MB coming back to within a few kB.
 //
 // # Deduplication
 //
