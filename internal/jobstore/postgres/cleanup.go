@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -83,6 +84,11 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 			return dropped, err
 		}
 		if live {
+			n, err := s.compactJobPart(ctx, p.lo, p.hi)
+			if err != nil {
+				return dropped, err
+			}
+			dropped += n
 			continue
 		}
 		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -109,6 +115,96 @@ func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 			  AND NOT EXISTS (SELECT 1 FROM %s f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
 			LIMIT 1) x)`, jobPartName(lo), finishedPartName(lo))).Scan(&live)
 	return live, err
+}
+
+// compactJobPart rewrites the jobs partition from lo when few of its jobs
+// are pending: a queue whose destination is down keeps every partition it
+// has jobs in, and its few jobs would keep each partition's whole space.
+// The pending jobs are copied, with their Seqs (so Pending's order holds),
+// into a new table for the same range, which takes the partition's place;
+// the old partition and its finished twin are dropped. It returns the
+// number of tables dropped: 2, or 0 when the partition holds too many
+// pending jobs (over 1/64 of its span, or over 1/8 of its rows) to be worth
+// it, or when another node is compacting.
+//
+// Step by step, in one transaction:
+//
+//  1. Count the pending jobs, up to the limit, by one index probe per
+//     queue from its watermark.
+//  2. Copy them into a new table, with its primary key and a CHECK of the
+//     range built there, and an empty finished table likewise: no lock on
+//     jobs or finished is taken yet, so appends and reads go on.
+//  3. Detach the old pair (ACCESS EXCLUSIVE on jobs and finished, waited
+//     for at most dropLockTimeout, as for a DROP). Copied jobs that ended
+//     meanwhile (a finished row, or below a watermark that moved) are
+//     deleted from the copy: under the lock no more can end.
+//  4. Attach the new pair for the same range (the CHECK spares the scan,
+//     the primary key the index build), drop the old one, take its names.
+//
+// The lock is held for step 3 and 4 only: a few small statements.
+func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
+	limit := max(s.opts.PartitionJobs/64, 1)
+	jobs, fin := jobPartName(lo), finishedPartName(lo)
+	newJobs, newFin := jobs+"_c", fin+"_c"
+	live := `SELECT j.* FROM queues q, LATERAL (
+		SELECT * FROM ` + jobs + ` j
+		WHERE j.queue_id = q.id AND j.seq >= q.drop_below
+		  AND NOT EXISTS (SELECT 1 FROM ` + fin + ` f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+		ORDER BY j.seq LIMIT %d) j`
+	compacted := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var mine bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockCompact)).Scan(&mine); err != nil || !mine {
+			return err
+		}
+		var n int64
+		var rows float64
+		if err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT count(*) FROM (`+live+` LIMIT %d) x),
+			(SELECT reltuples FROM pg_class WHERE oid = '%s'::regclass)`, limit+1, limit+1, jobs)).Scan(&n, &rows); err != nil {
+			return err
+		}
+		if rows < 0 { // never vacuumed nor analyzed: at most one job per Seq
+			rows = float64(hi - lo)
+		}
+		if n > limit || float64(n)*8 > rows {
+			return nil
+		}
+		var b strings.Builder
+		for _, t := range []struct{ parent, name string }{{"jobs", newJobs}, {"finished", newFin}} {
+			fmt.Fprintf(&b, "CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS);\n", t.name, t.parent)
+		}
+		fmt.Fprintf(&b, "INSERT INTO %s %s ORDER BY j.queue_id, j.seq;\n", newJobs, fmt.Sprintf(live, limit+1))
+		for _, t := range []string{newJobs, newFin} {
+			fmt.Fprintf(&b, "ALTER TABLE %[1]s ADD PRIMARY KEY (queue_id, seq), ADD CONSTRAINT %[1]s_range CHECK (seq >= %[2]d AND seq < %[3]d);\n", t, lo, hi)
+		}
+		fmt.Fprintf(&b, "ANALYZE %s;\n", newJobs)
+		if _, err := tx.Exec(ctx, b.String()); err != nil {
+			return err
+		}
+		b.Reset()
+		fmt.Fprintf(&b, "SET LOCAL lock_timeout = '%s';\n", dropLockTimeout)
+		fmt.Fprintf(&b, "ALTER TABLE jobs DETACH PARTITION %s;\n", jobs)
+		fmt.Fprintf(&b, "ALTER TABLE finished DETACH PARTITION %s;\n", fin)
+		fmt.Fprintf(&b, `DELETE FROM %[1]s c WHERE EXISTS (SELECT 1 FROM %[2]s f WHERE f.queue_id = c.queue_id AND f.seq = c.seq)
+			OR c.seq < (SELECT q.drop_below FROM queues q WHERE q.id = c.queue_id);`+"\n", newJobs, fin)
+		for _, t := range []struct{ parent, old, name string }{{"jobs", jobs, newJobs}, {"finished", fin, newFin}} {
+			fmt.Fprintf(&b, "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%d) TO (%d);\n", t.parent, t.name, lo, hi)
+			fmt.Fprintf(&b, "DROP TABLE %s;\n", t.old)
+			fmt.Fprintf(&b, "ALTER TABLE %s DROP CONSTRAINT %s_range;\n", t.name, t.name)
+			fmt.Fprintf(&b, "ALTER TABLE %s RENAME TO %s;\n", t.name, t.old)
+			fmt.Fprintf(&b, "ALTER INDEX %s_pkey RENAME TO %s_pkey;\n", t.name, t.old)
+		}
+		if _, err := tx.Exec(ctx, b.String()); err != nil {
+			return err
+		}
+		compacted = true
+		s.log.Debug("compacted jobs partition", "from", lo, "to", hi, "pending", n)
+		return nil
+	})
+	if err != nil || !compacted {
+		return 0, err
+	}
+	return 2, nil
 }
 
 // retireTopPart moves the Seq counter to the end of the partition it is in

@@ -105,6 +105,12 @@
 //     1/64 of its Seqs, Cleanup first moves the counter to its end (a gap
 //     in the Seqs), and it goes with the others. TestBacklogSpaceReturned
 //     shows 200,000 jobs' 83 MB coming back to within a few kB.
+//  8. A partition that is not drained but holds few pending jobs (at most
+//     1/64 of its span and 1/8 of its rows: a queue whose destination is
+//     down, among healthy ones) is rewritten by Cleanup
+//     (compactJobPart): its pending jobs are copied, Seqs and all, into a
+//     new table for the same range, which is attached in its place, and
+//     the old one is dropped. Only the swap takes the exclusive lock.
 //
 // # Deduplication
 //
@@ -178,8 +184,13 @@
 //     commit's WAL flush: fine for one node, a ceiling for a cluster.
 //     Per-partition counters would lift it (see the report on issue 18).
 //   - A partition stays as long as one job in it is pending: a queue whose
-//     destination is down holds every partition it has jobs in. Copying the
-//     few live jobs of an old partition forward is left for later.
+//     destination is down holds every partition it has jobs in, compacted
+//     to its pending jobs but still a table (three files and a relcache
+//     entry) each. Merging adjacent compacted partitions into one is left
+//     for later.
+//   - The dedupe records of a backlog stay for the dedupe window (about
+//     76 bytes an event): a drained backlog's space comes back whole only
+//     once its dedupe bucket has left the window.
 //   - Each job carries a copy of its event's payload, as in the embedded
 //     store.
 package postgres

@@ -473,3 +473,84 @@ func TestBacklogSpaceReturned(t *testing.T) {
 		t.Fatalf("Pending(hook) after the backlog = %d jobs, %v; want 400", len(got), err)
 	}
 }
+
+// TestPinnedPartitionCompacted: a queue whose destination is down keeps one
+// pending job in each partition; Cleanup rewrites those partitions with
+// only their pending jobs, which keep their Seqs and order, and the store
+// goes on as before: the jobs can be read, finished and dropped.
+func TestPinnedPartitionCompacted(t *testing.T) {
+	ctx := t.Context()
+	s, _ := setup(t, Options{PartitionJobs: 1000})
+	down := jobstore.Queue{Source: "web", Destination: "down"}
+	ok := jobstore.Queue{Source: "web", Destination: "ok"}
+	for i := range 5 {
+		if _, err := s.Append(ctx, entries("web", []string{"down"}, fmt.Sprint("down", i), 1)); err != nil {
+			t.Fatal(err)
+		}
+		es := entries("web", []string{"ok"}, fmt.Sprint("ok", i), 999)
+		for i := range es {
+			es[i].Event.Payload = []byte(strings.Repeat("x", 400))
+		}
+		if _, err := s.Append(ctx, es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pinned, err := s.Pending(ctx, down, 0, 100)
+	if err != nil || len(pinned) != 5 {
+		t.Fatalf("Pending(down) = %d jobs, %v; want 5", len(pinned), err)
+	}
+	// ok delivers everything, the first half one Finish at a time.
+	okJobs, err := s.Pending(ctx, ok, 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(ctx, jobstore.Update{Finish: okJobs[:2500], Drops: []jobstore.Drop{{Queue: ok, Below: okJobs[len(okJobs)-1].Seq + 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.jobTablesSize(t)
+	parts := s.countParts(t)
+	if _, err := s.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := s.jobTablesSize(t)
+	t.Logf("job tables %d kB -> %d kB; partitions %d -> %d", before>>10, after>>10, parts, s.countParts(t))
+	if after > before/3 {
+		t.Errorf("job tables %d kB after compaction, %d kB before: want them to shrink", after>>10, before>>10)
+	}
+	got, err := s.Pending(ctx, down, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(seqs(got)) != fmt.Sprint(seqs(pinned)) {
+		t.Fatalf("Pending(down) after compaction = Seqs %v, want %v", seqs(got), seqs(pinned))
+	}
+	for i := range got {
+		if string(got[i].Event.Payload) != string(pinned[i].Event.Payload) || got[i].Event.MessageID != pinned[i].Event.MessageID {
+			t.Errorf("job %d after compaction = %+v, want %+v", got[i].Seq, got[i].Event, pinned[i].Event)
+		}
+	}
+	if n, err := s.Cleanup(ctx); err != nil || n != 0 {
+		t.Errorf("second Cleanup dropped %d tables, %v; want nothing to do", n, err)
+	}
+	// The destination recovers: the jobs finish, the partitions go.
+	if err := s.Apply(ctx, jobstore.Update{Finish: got}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Pending(ctx, down, 0, 100); len(got) != 0 {
+		t.Errorf("Pending(down) after Finish = %d jobs, want 0", len(got))
+	}
+	if _, err := s.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.countParts(t); n > 2 {
+		t.Errorf("%d partitions left once drained, want at most 2", n)
+	}
+}
+
+func seqs(jobs []jobstore.Job) []uint64 {
+	s := make([]uint64, len(jobs))
+	for i, j := range jobs {
+		s[i] = j.Seq
+	}
+	return s
+}

@@ -69,12 +69,13 @@ CREATE TABLE dedupe (
 `,
 }
 
-// lockMigrate and lockPartitions are the advisory lock keys of the store:
-// one for migrations at start-up, one for creating and dropping dedupe
-// partitions.
+// lockMigrate, lockPartitions and lockCompact are the advisory lock keys of
+// the store: one for migrations at start-up, one for creating and dropping
+// dedupe partitions, one for rewriting a jobs partition (one node at a time).
 const (
 	lockMigrate    = 0x66616e6f75740001 // "fanout" 1
 	lockPartitions = 0x66616e6f75740002
+	lockCompact    = 0x66616e6f75740003
 )
 
 // migrate brings the schema up to date. It holds a session advisory lock
