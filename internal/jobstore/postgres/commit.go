@@ -256,12 +256,18 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 	// Candidates for dedupe, in order; later entries of the same id in
 	// the group are duplicates.
 	type ref struct{ req, entry int }
-	firstOf := make(map[dedupeID]ref)
-	var cands []dedupeID
+	n := 0
+	for _, r := range reqs {
+		n += len(r.entries)
+	}
+	firstOf := make(map[dedupeID]ref, n)
+	cands := make([]dedupeID, 0, n)
 	queues := make(map[jobstore.Queue]bool)
 	var reserve int64
+	var prev *jobstore.Entry
 	for ri, r := range reqs {
-		for ei, e := range r.entries {
+		for ei := range r.entries {
+			e := &r.entries[ei]
 			r.dup[ei] = false
 			if e.Event.MessageID != "" && !e.Replay {
 				id := dedupeID{e.Event.Source, e.Event.MessageID}
@@ -273,8 +279,12 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 				cands = append(cands, id)
 			}
 			reserve += int64(len(e.Destinations))
-			for _, d := range e.Destinations {
-				queues[jobstore.Queue{Source: e.Event.Source, Destination: d}] = true
+			// Runs of entries share their queues: look them up once a run.
+			if prev == nil || prev.Event.Source != e.Event.Source || !slices.Equal(prev.Destinations, e.Destinations) {
+				for _, d := range e.Destinations {
+					queues[jobstore.Queue{Source: e.Event.Source, Destination: d}] = true
+				}
+				prev = e
 			}
 		}
 	}
@@ -323,7 +333,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 	b.Queue("BEGIN")
 	if len(cands) > 0 {
 		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
-			won, err = collectIDs(rows, nil)
+			won, err = collectIDs(rows, nil, len(cands))
 			return err
 		})
 	}
@@ -367,7 +377,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 		if err := s.ensureJobParts(ctx, conn, last); err != nil {
 			return err
 		}
-		var rows [][]any
+		rows := make([][]any, 0, reserve)
 		seq := last - reserve + 1
 		s.mu.RLock()
 		for _, r := range reqs {
@@ -435,7 +445,8 @@ func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won
 	// record in its own bucket goes again.
 	// Its own bucket holds the records just written: the lookup looks
 	// at the next bucket itself, which the upsert would find anyway.
-	won2, err := collectIDs(q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span, bucket+1))
+	rows, err := q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span, bucket+1)
+	won2, err := collectIDs(rows, err, len(wonSrcs))
 	if err != nil {
 		return nil, err
 	}
@@ -458,12 +469,13 @@ func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won
 	return dups, nil
 }
 
-func collectIDs(rows pgx.Rows, err error) (map[dedupeID]bool, error) {
+// collectIDs reads the ids that rows return; n is how many there may be.
+func collectIDs(rows pgx.Rows, err error, n int) (map[dedupeID]bool, error) {
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	m := make(map[dedupeID]bool)
+	m := make(map[dedupeID]bool, n)
 	for rows.Next() {
 		var src string
 		var id []byte
