@@ -86,9 +86,11 @@
 //     finished rows for pending jobs that ended or moved to retries; one
 //     DELETE from retries for retry jobs that ended. All of them go in one
 //     round trip (a pgx batch).
-//  5. Retries(q, until) reads q's retries by the (queue_id, due_at, seq)
-//     index, one row more than asked: the first row not returned gives
-//     "next".
+//  5. Retries(q, until) reads q's due retries by the (queue_id, due_at,
+//     seq) index, and "next" from the same index without reading an
+//     event: the due_at of the first due job not returned, or else of the
+//     first job not due. A queue whose jobs wait for their backoff costs
+//     one index probe a call, not a payload.
 //  6. Queues lists the queues with a retry row, or with a job at or above
 //     their watermark that has no finished row: one index probe per queue
 //     and partition, from the watermark, never a scan of drained jobs.
