@@ -190,6 +190,14 @@
 //     to its pending jobs but still a table (three files and a relcache
 //     entry) each. Merging adjacent compacted partitions into one is left
 //     for later.
+//   - Pending reads every job from the cursor to the first pending one,
+//     payload and all, before the finished rows rule them out. The engine
+//     pages past what it has read, so that is usually nothing; after a
+//     restart (after = 0) it is the jobs that ended ahead of a queue's
+//     watermark, once.
+//   - Plans are cached per connection: a finished partition analyzed while
+//     nearly empty can be probed by a sequential scan until autovacuum
+//     analyzes it again (within a minute or so of growing by 10%).
 //   - The dedupe records of a backlog stay for the dedupe window (about
 //     76 bytes an event): a drained backlog's space comes back whole only
 //     once its dedupe bucket has left the window.
