@@ -2,7 +2,9 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -50,13 +52,18 @@ func (s *Store) Cleanup(ctx context.Context) (dropped int, err error) {
 
 // dropDrainedJobParts drops the jobs partitions (and their finished twins)
 // that hold no pending job. Only partitions wholly below the committed Seq
-// counter are considered: a group in flight has its Seqs above it.
+// counter are considered: a group in flight has its Seqs above it. First,
+// the partition the counter is in is retired when it is drained
+// (retireTopPart), so that it can go too.
 //
 // A partition is drained when no queue has a job in it at or above its
 // watermark without a finished row. The check probes the partition's
 // primary key once per queue, from the queue's watermark, so a drained
 // queue costs one index probe, not a scan of its jobs.
 func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
+	if err := s.retireTopPart(ctx); err != nil {
+		return 0, err
+	}
 	rows, err := s.pool.Query(ctx, `SELECT p.lo, p.hi FROM job_parts p, meta m WHERE p.hi <= m.last_seq + 1 ORDER BY p.lo`)
 	if err != nil {
 		return 0, err
@@ -72,17 +79,16 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 	}
 	dropped := 0
 	for _, p := range parts {
-		var live bool
-		err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT EXISTS (
-			SELECT 1 FROM queues q, LATERAL (
-				SELECT 1 FROM %s j
-				WHERE j.queue_id = q.id AND j.seq >= q.drop_below
-				  AND NOT EXISTS (SELECT 1 FROM %s f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
-				LIMIT 1) x)`, jobPartName(p.lo), finishedPartName(p.lo))).Scan(&live)
+		live, err := s.partLive(ctx, p.lo)
 		if err != nil {
 			return dropped, err
 		}
 		if live {
+			n, err := s.compactJobPart(ctx, p.lo, p.hi)
+			if err != nil {
+				return dropped, err
+			}
+			dropped += n
 			continue
 		}
 		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -97,6 +103,143 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 		s.log.Debug("dropped drained jobs partition", "from", p.lo, "to", p.hi)
 	}
 	return dropped, nil
+}
+
+// partLive reports whether the jobs partition from lo holds a pending job.
+func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
+	var live bool
+	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT EXISTS (
+		SELECT 1 FROM queues q, LATERAL (
+			SELECT 1 FROM %s j
+			WHERE j.queue_id = q.id AND j.seq >= q.drop_below
+			  AND NOT EXISTS (SELECT 1 FROM %s f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+			LIMIT 1) x)`, jobPartName(lo), finishedPartName(lo))).Scan(&live)
+	return live, err
+}
+
+// compactJobPart rewrites the jobs partition from lo when few of its jobs
+// are pending: a queue whose destination is down keeps every partition it
+// has jobs in, and its few jobs would keep each partition's whole space.
+// The pending jobs are copied, with their Seqs (so Pending's order holds),
+// into a new table for the same range, which takes the partition's place;
+// the old partition and its finished twin are dropped. It returns the
+// number of tables dropped: 2, or 0 when the partition holds too many
+// pending jobs (over 1/64 of its span, or over 1/8 of its rows) to be worth
+// it, or when another node is compacting.
+//
+// Step by step, in one transaction:
+//
+//  1. Count the pending jobs, up to the limit, by one index probe per
+//     queue from its watermark.
+//  2. Copy them into a new table, with its primary key and a CHECK of the
+//     range built there, and an empty finished table likewise: no lock on
+//     jobs or finished is taken yet, so appends and reads go on.
+//  3. Detach the old pair (ACCESS EXCLUSIVE on jobs and finished, waited
+//     for at most dropLockTimeout, as for a DROP). Copied jobs that ended
+//     meanwhile (a finished row, or below a watermark that moved) are
+//     deleted from the copy: under the lock no more can end.
+//  4. Attach the new pair for the same range (the CHECK spares the scan,
+//     the primary key the index build), drop the old one, take its names.
+//
+// The lock is held for step 3 and 4 only: a few small statements.
+func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
+	limit := max(s.opts.PartitionJobs/64, 1)
+	jobs, fin := jobPartName(lo), finishedPartName(lo)
+	newJobs, newFin := jobs+"_c", fin+"_c"
+	live := `SELECT j.* FROM queues q, LATERAL (
+		SELECT * FROM ` + jobs + ` j
+		WHERE j.queue_id = q.id AND j.seq >= q.drop_below
+		  AND NOT EXISTS (SELECT 1 FROM ` + fin + ` f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+		ORDER BY j.seq LIMIT %d) j`
+	compacted := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var mine bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockCompact)).Scan(&mine); err != nil || !mine {
+			return err
+		}
+		var n int64
+		var rows float64
+		if err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT count(*) FROM (`+live+` LIMIT %d) x),
+			(SELECT reltuples FROM pg_class WHERE oid = '%s'::regclass)`, limit+1, limit+1, jobs)).Scan(&n, &rows); err != nil {
+			return err
+		}
+		if rows < 0 { // never vacuumed nor analyzed: at most one job per Seq
+			rows = float64(hi - lo)
+		}
+		if n > limit || float64(n)*8 > rows {
+			return nil
+		}
+		var b strings.Builder
+		for _, t := range []struct{ parent, name string }{{"jobs", newJobs}, {"finished", newFin}} {
+			fmt.Fprintf(&b, "CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS);\n", t.name, t.parent)
+		}
+		fmt.Fprintf(&b, "INSERT INTO %s %s ORDER BY j.queue_id, j.seq;\n", newJobs, fmt.Sprintf(live, limit+1))
+		for _, t := range []string{newJobs, newFin} {
+			fmt.Fprintf(&b, "ALTER TABLE %[1]s ADD PRIMARY KEY (queue_id, seq), ADD CONSTRAINT %[1]s_range CHECK (seq >= %[2]d AND seq < %[3]d);\n", t, lo, hi)
+		}
+		fmt.Fprintf(&b, "ANALYZE %s;\n", newJobs)
+		if _, err := tx.Exec(ctx, b.String()); err != nil {
+			return err
+		}
+		b.Reset()
+		fmt.Fprintf(&b, "SET LOCAL lock_timeout = '%s';\n", dropLockTimeout)
+		fmt.Fprintf(&b, "ALTER TABLE jobs DETACH PARTITION %s;\n", jobs)
+		fmt.Fprintf(&b, "ALTER TABLE finished DETACH PARTITION %s;\n", fin)
+		fmt.Fprintf(&b, `DELETE FROM %[1]s c WHERE EXISTS (SELECT 1 FROM %[2]s f WHERE f.queue_id = c.queue_id AND f.seq = c.seq)
+			OR c.seq < (SELECT q.drop_below FROM queues q WHERE q.id = c.queue_id);`+"\n", newJobs, fin)
+		for _, t := range []struct{ parent, old, name string }{{"jobs", jobs, newJobs}, {"finished", fin, newFin}} {
+			fmt.Fprintf(&b, "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%d) TO (%d);\n", t.parent, t.name, lo, hi)
+			fmt.Fprintf(&b, "DROP TABLE %s;\n", t.old)
+			fmt.Fprintf(&b, "ALTER TABLE %s DROP CONSTRAINT %s_range;\n", t.name, t.name)
+			fmt.Fprintf(&b, "ALTER TABLE %s RENAME TO %s;\n", t.name, t.old)
+			fmt.Fprintf(&b, "ALTER INDEX %s_pkey RENAME TO %s_pkey;\n", t.name, t.old)
+		}
+		if _, err := tx.Exec(ctx, b.String()); err != nil {
+			return err
+		}
+		compacted = true
+		s.log.Debug("compacted jobs partition", "from", lo, "to", hi, "pending", n)
+		return nil
+	})
+	if err != nil || !compacted {
+		return 0, err
+	}
+	return 2, nil
+}
+
+// retireTopPart moves the Seq counter to the end of the partition it is in
+// when every job of that partition has ended and the partition has used at
+// least 1/64 of its Seqs. The next group then starts in the partition after
+// it, and this one is dropped like any other. Without it, the partition a
+// drained backlog ended in would keep its space until appends had filled
+// it, which at a low rate can take days. The Seqs skipped are a gap, which
+// Seqs may have.
+//
+// The check reads without the counter's lock, so a group may add jobs to
+// the partition between the check and the move: the partition then stays
+// until they end, like any other.
+func (s *Store) retireTopPart(ctx context.Context) error {
+	var lo, hi, last int64
+	err := s.pool.QueryRow(ctx, `SELECT p.lo, p.hi, m.last_seq FROM job_parts p, meta m
+		WHERE m.last_seq >= p.lo AND m.last_seq < p.hi`).Scan(&lo, &hi, &last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if last-lo+1 < max(s.opts.PartitionJobs/64, 1) {
+		return nil
+	}
+	live, err := s.partLive(ctx, lo)
+	if err != nil || live {
+		return err
+	}
+	_, err = s.pool.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2`, lo, hi)
+	if err == nil {
+		s.log.Debug("retired drained jobs partition", "from", lo, "to", hi, "last_seq", last)
+	}
+	return err
 }
 
 // dropExpiredDedupeParts drops the dedupe buckets that can no longer hold a

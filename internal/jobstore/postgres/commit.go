@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,14 +70,22 @@ func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, e
 }
 
 // commitLoop is the committer: it takes one request, then every request
-// already waiting, and commits them in one transaction (commitGroup). One
-// group commits at a time, so groups commit in Seq order and a reader paging
-// with Pending(after) never sees Seq n+1 before Seq n. While a group
-// commits, the next one gathers, so the more the load, the larger the group
-// and the fewer commits per event.
+// already waiting, and commits them in one transaction (commitGroup), on a
+// goroutine of the group's own. Two groups are in flight at a time: group
+// N+1 starts once group N holds the Seq counter's row lock, so that N+1
+// gathers, deduplicates and waits for the lock while N copies its jobs and
+// waits for its WAL flush. The lock serializes the commits, so groups
+// commit in Seq order and a reader paging with Pending(after) never sees
+// Seq n+1 before Seq n; the announcements follow the same order. While
+// groups commit, the next one gathers, so the more the load, the larger
+// the group and the fewer commits per event.
 func (s *Store) commitLoop() {
 	defer s.done.Done()
-	var reqs []*appendReq
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	prev := &turn{locked: make(chan struct{}), done: make(chan struct{})}
+	close(prev.locked)
+	close(prev.done)
 	for {
 		var first *appendReq
 		select {
@@ -84,7 +93,12 @@ func (s *Store) commitLoop() {
 		case <-s.closing:
 			return
 		}
-		reqs = append(reqs[:0], first)
+		// Wait for the group in flight to take the counter's lock: until
+		// then its dedupe writes are not all made, and ours must come
+		// after them (see turn). The requests arriving meanwhile join
+		// this group.
+		<-prev.locked
+		reqs := []*appendReq{first}
 		size := first.size
 	gather:
 		for size < maxGroupBytes {
@@ -96,8 +110,30 @@ func (s *Store) commitLoop() {
 				break gather
 			}
 		}
-		s.commitGroup(reqs)
+		g := &turn{prev: prev, locked: make(chan struct{}), done: make(chan struct{})}
+		inflight.Add(1)
+		go func() {
+			defer inflight.Done()
+			s.commitGroup(reqs, g)
+		}()
+		prev = g
 	}
+}
+
+// turn orders a group commit after the one before it.
+//
+// A group's first round trip writes its dedupe records and then takes the
+// Seq counter's row lock. The next group starts its own only after that
+// (locked): its dedupe upsert may then wait for an uncommitted record of
+// the group before it, which commits without waiting for anything of the
+// later group, but never the other way round, which would be a deadlock
+// that PostgreSQL cannot see (half of it is this process waiting for
+// locked). The counter's lock makes the groups commit in the order they
+// took it, and done makes them announce and answer in that order.
+type turn struct {
+	prev   *turn
+	locked chan struct{} // closed once the group holds the lock, or will not take it
+	done   chan struct{} // closed once the group has announced its jobs and answered
 }
 
 // dedupeID is the identity dedupe remembers.
@@ -116,7 +152,14 @@ type dedupeID struct{ source, messageID string }
 //     nodes, so Seqs commit in order cluster-wide. Partitions the new Seqs
 //     need are created. The jobs go in by COPY.
 //  4. Commit, announce each request's jobs (Options.Applied), answer.
-func (s *Store) commitGroup(reqs []*appendReq) {
+func (s *Store) commitGroup(reqs []*appendReq, g *turn) {
+	lockedOnce := sync.OnceFunc(func() { close(g.locked) })
+	defer lockedOnce()
+	defer func() {
+		// Announce and answer after the group before.
+		<-g.prev.done
+		close(g.done)
+	}()
 	live := reqs[:0:0]
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
@@ -129,10 +172,10 @@ func (s *Store) commitGroup(reqs []*appendReq) {
 		return
 	}
 	now := s.opts.Now()
-	err := s.commit(live, now)
+	err := s.commit(live, now, lockedOnce)
+	lockedOnce()
+	<-g.prev.done
 	if err != nil {
-		// Partitions this group created went with it.
-		s.partHi = 0
 		// Whatever went wrong, the events are not stored (or, when the
 		// commit's answer was lost, not known to be): to the tracking API
 		// that is a 503, and the client sends them again.
@@ -198,7 +241,10 @@ const clockMargin = time.Minute
 // that Seqs may have (each Append's stored jobs still get consecutive
 // Seqs). On error nothing of the group is stored and the requests' dup
 // flags are reset.
-func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
+//
+// locked is called once the group holds the counter's row lock (or knows it
+// will not take it); see turn.
+func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err error) {
 	// The group's own context: one caller giving up must not abort the
 	// others' commit.
 	ctx := s.ctx
@@ -210,12 +256,18 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 	// Candidates for dedupe, in order; later entries of the same id in
 	// the group are duplicates.
 	type ref struct{ req, entry int }
-	firstOf := make(map[dedupeID]ref)
-	var cands []dedupeID
+	n := 0
+	for _, r := range reqs {
+		n += len(r.entries)
+	}
+	firstOf := make(map[dedupeID]ref, n)
+	cands := make([]dedupeID, 0, n)
 	queues := make(map[jobstore.Queue]bool)
 	var reserve int64
+	var prev *jobstore.Entry
 	for ri, r := range reqs {
-		for ei, e := range r.entries {
+		for ei := range r.entries {
+			e := &r.entries[ei]
 			r.dup[ei] = false
 			if e.Event.MessageID != "" && !e.Replay {
 				id := dedupeID{e.Event.Source, e.Event.MessageID}
@@ -227,8 +279,12 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 				cands = append(cands, id)
 			}
 			reserve += int64(len(e.Destinations))
-			for _, d := range e.Destinations {
-				queues[jobstore.Queue{Source: e.Event.Source, Destination: d}] = true
+			// Runs of entries share their queues: look them up once a run.
+			if prev == nil || prev.Event.Source != e.Event.Source || !slices.Equal(prev.Destinations, e.Destinations) {
+				for _, d := range e.Destinations {
+					queues[jobstore.Queue{Source: e.Event.Source, Destination: d}] = true
+				}
+				prev = e
 			}
 		}
 	}
@@ -250,6 +306,12 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 	inTx := false
 	defer func() {
 		if err != nil && inTx {
+			// Partitions this group created go with it. The reset comes
+			// before the ROLLBACK, so the next group, which takes the
+			// counter's lock only after it, reads the bound again.
+			s.partMu.Lock()
+			s.partHi = 0
+			s.partMu.Unlock()
 			if _, rerr := conn.Exec(context.Background(), "ROLLBACK"); rerr != nil {
 				// The pool throws a closed connection away.
 				conn.Conn().Close(context.Background())
@@ -271,7 +333,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 	b.Queue("BEGIN")
 	if len(cands) > 0 {
 		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
-			won, err = collectIDs(rows, nil)
+			won, err = collectIDs(rows, nil, len(cands))
 			return err
 		})
 	}
@@ -309,12 +371,13 @@ func (s *Store) commit(reqs []*appendReq, now time.Time) (err error) {
 			return err
 		}
 	}
+	locked()
 
 	if reserve > 0 {
 		if err := s.ensureJobParts(ctx, conn, last); err != nil {
 			return err
 		}
-		var rows [][]any
+		rows := make([][]any, 0, reserve)
 		seq := last - reserve + 1
 		s.mu.RLock()
 		for _, r := range reqs {
@@ -382,7 +445,8 @@ func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won
 	// record in its own bucket goes again.
 	// Its own bucket holds the records just written: the lookup looks
 	// at the next bucket itself, which the upsert would find anyway.
-	won2, err := collectIDs(q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span, bucket+1))
+	rows, err := q.Query(ctx, upsertDedupe, bucket+1, wonSrcs, wonIDs, t, t-s.span, bucket+1)
+	won2, err := collectIDs(rows, err, len(wonSrcs))
 	if err != nil {
 		return nil, err
 	}
@@ -405,12 +469,13 @@ func (s *Store) dedupeNext(ctx context.Context, q querier, cands []dedupeID, won
 	return dups, nil
 }
 
-func collectIDs(rows pgx.Rows, err error) (map[dedupeID]bool, error) {
+// collectIDs reads the ids that rows return; n is how many there may be.
+func collectIDs(rows pgx.Rows, err error, n int) (map[dedupeID]bool, error) {
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	m := make(map[dedupeID]bool)
+	m := make(map[dedupeID]bool, n)
 	for rows.Next() {
 		var src string
 		var id []byte
@@ -426,6 +491,10 @@ func collectIDs(rows pgx.Rows, err error) (map[dedupeID]bool, error) {
 // one exist, creating them in their own transaction under an advisory lock
 // (CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin).
 func (s *Store) ensureDedupeParts(ctx context.Context, bucket int64) error {
+	// Not partMu: creating a partition of dedupe waits for the group in
+	// flight to commit, which may need partMu first.
+	s.dedupeMu.Lock()
+	defer s.dedupeMu.Unlock()
 	if s.dedupeParts[bucket] && s.dedupeParts[bucket+1] {
 		return nil
 	}
@@ -452,6 +521,8 @@ func (s *Store) ensureDedupeParts(ctx context.Context, bucket int64) error {
 // a partition is usually created a good while before its first job. The
 // caller's transaction holds the meta row's lock.
 func (s *Store) ensureJobParts(ctx context.Context, tx querier, last int64) error {
+	s.partMu.Lock()
+	defer s.partMu.Unlock()
 	span := s.opts.PartitionJobs
 	if last+span/2 < s.partHi {
 		return nil

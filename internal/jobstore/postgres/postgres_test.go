@@ -315,3 +315,243 @@ func TestDatabaseDown(t *testing.T) {
 		t.Errorf("Pending with the database down = %v, want an error wrapping jobstore.ErrUnavailable", err)
 	}
 }
+
+// TestAppliedInCommitOrder: with two group commits in flight, the
+// announcements still come in Seq order, as a reader paging by Seq sees
+// the jobs.
+func TestAppliedInCommitOrder(t *testing.T) {
+	ctx := t.Context()
+	var mu sync.Mutex
+	var firsts []uint64
+	s, _ := setup(t, Options{Applied: func(a jobstore.Appended) {
+		mu.Lock()
+		defer mu.Unlock()
+		firsts = append(firsts, a.First)
+	}})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for c := range 25 {
+				if _, err := s.Append(ctx, entries("web", []string{"hook"}, fmt.Sprintf("g%d-c%d", g, c), 4)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(firsts) != 8*25 {
+		t.Fatalf("%d announcements, want %d", len(firsts), 8*25)
+	}
+	for i := 1; i < len(firsts); i++ {
+		if firsts[i] <= firsts[i-1] {
+			t.Fatalf("announcement %d has First %d after %d: not in Seq order", i, firsts[i], firsts[i-1])
+		}
+	}
+}
+
+// jobTablesSize is the size on disk, indexes included, of the job tables:
+// every partition of jobs and finished, retries, queues, job_parts, meta.
+func (s *Store) jobTablesSize(t *testing.T) int64 {
+	t.Helper()
+	var n int64
+	if err := s.pool.QueryRow(t.Context(), `SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = current_schema() AND c.relkind = 'r'
+		  AND (c.relname IN ('retries', 'queues', 'job_parts', 'meta')
+		       OR c.relname LIKE 'jobs\_p%' OR c.relname LIKE 'finished\_p%')`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// databaseSize is pg_database_size of the store's database.
+func (s *Store) databaseSize(t *testing.T) int64 {
+	t.Helper()
+	var n int64
+	if err := s.pool.QueryRow(t.Context(), "SELECT pg_database_size(current_database())").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestBacklogSpaceReturned: a backlog of 200,000 jobs, once drained (by
+// watermark for one queue, one Finish at a time for the other) and cleaned
+// up, leaves the job tables within 10% of their size before it, with no
+// VACUUM: the partitions it filled are dropped, the last one included.
+func TestBacklogSpaceReturned(t *testing.T) {
+	if testing.Short() {
+		t.Skip("appends 200,000 jobs")
+	}
+	ctx := t.Context()
+	s, _ := setup(t, Options{PartitionJobs: 20_000})
+	hook := jobstore.Queue{Source: "web", Destination: "hook"}
+	crm := jobstore.Queue{Source: "web", Destination: "crm"}
+	payload := []byte(strings.Repeat("x", 300))
+	appendJobs := func(prefix string, events int) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Go(func() {
+				for b := 0; b < events/4/100; b++ {
+					es := entries("web", []string{"hook", "crm"}, fmt.Sprintf("%s-g%d-b%d", prefix, g, b), 100)
+					for i := range es {
+						es[i].Event.Payload = payload
+					}
+					if _, err := s.Append(ctx, es); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
+		}
+	}
+	// drain delivers every pending job: hook's by moving its watermark,
+	// crm's one Finish at a time, as a destination without batches does.
+	drain := func() {
+		t.Helper()
+		var last uint64
+		for {
+			jobs, err := s.Pending(ctx, hook, last, 5000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(jobs) == 0 {
+				break
+			}
+			last = jobs[len(jobs)-1].Seq
+		}
+		if err := s.Apply(ctx, jobstore.Update{Drops: []jobstore.Drop{{Queue: hook, Below: last + 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		for after := uint64(0); ; {
+			jobs, err := s.Pending(ctx, crm, after, 5000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(jobs) == 0 {
+				break
+			}
+			if err := s.Apply(ctx, jobstore.Update{Finish: jobs}); err != nil {
+				t.Fatal(err)
+			}
+			after = jobs[len(jobs)-1].Seq
+		}
+		if _, err := s.Cleanup(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Steady state before the backlog: some traffic, delivered.
+	appendJobs("warm", 2_000)
+	drain()
+	before, dbBefore := s.jobTablesSize(t), s.databaseSize(t)
+	appendJobs("backlog", 100_000) // two destinations: 200,000 jobs
+	full := s.jobTablesSize(t)
+	drain()
+	after, dbAfter := s.jobTablesSize(t), s.databaseSize(t)
+	var dedupe int64
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint
+		FROM pg_inherits WHERE inhparent = 'dedupe'::regclass`).Scan(&dedupe); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("job tables: %d kB before the backlog, %d kB with 200,000 jobs, %d kB drained (%d partitions left); "+
+		"database %d kB before, %d kB drained, of which the backlog's dedupe records, kept for the window, %d kB",
+		before>>10, full>>10, after>>10, s.countParts(t), dbBefore>>10, dbAfter>>10, dedupe>>10)
+	// An empty partition pair takes 24 kB whatever came before it; the
+	// current one and the next may be there or not.
+	if limit := before + before/10 + 2*24<<10; after > limit {
+		t.Errorf("job tables %d kB after the backlog drained, %d kB before: more than 10%% and two empty partitions over", after>>10, before>>10)
+	}
+	// The store goes on working.
+	appendJobs("after", 400)
+	if got, err := s.Pending(ctx, hook, 0, 1000); err != nil || len(got) != 400 {
+		t.Fatalf("Pending(hook) after the backlog = %d jobs, %v; want 400", len(got), err)
+	}
+}
+
+// TestPinnedPartitionCompacted: a queue whose destination is down keeps one
+// pending job in each partition; Cleanup rewrites those partitions with
+// only their pending jobs, which keep their Seqs and order, and the store
+// goes on as before: the jobs can be read, finished and dropped.
+func TestPinnedPartitionCompacted(t *testing.T) {
+	ctx := t.Context()
+	s, _ := setup(t, Options{PartitionJobs: 1000})
+	down := jobstore.Queue{Source: "web", Destination: "down"}
+	ok := jobstore.Queue{Source: "web", Destination: "ok"}
+	for i := range 5 {
+		if _, err := s.Append(ctx, entries("web", []string{"down"}, fmt.Sprint("down", i), 1)); err != nil {
+			t.Fatal(err)
+		}
+		es := entries("web", []string{"ok"}, fmt.Sprint("ok", i), 999)
+		for i := range es {
+			es[i].Event.Payload = []byte(strings.Repeat("x", 400))
+		}
+		if _, err := s.Append(ctx, es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pinned, err := s.Pending(ctx, down, 0, 100)
+	if err != nil || len(pinned) != 5 {
+		t.Fatalf("Pending(down) = %d jobs, %v; want 5", len(pinned), err)
+	}
+	// ok delivers everything, the first half one Finish at a time.
+	okJobs, err := s.Pending(ctx, ok, 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(ctx, jobstore.Update{Finish: okJobs[:2500], Drops: []jobstore.Drop{{Queue: ok, Below: okJobs[len(okJobs)-1].Seq + 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.jobTablesSize(t)
+	parts := s.countParts(t)
+	if _, err := s.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after := s.jobTablesSize(t)
+	t.Logf("job tables %d kB -> %d kB; partitions %d -> %d", before>>10, after>>10, parts, s.countParts(t))
+	if after > before/3 {
+		t.Errorf("job tables %d kB after compaction, %d kB before: want them to shrink", after>>10, before>>10)
+	}
+	got, err := s.Pending(ctx, down, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(seqs(got)) != fmt.Sprint(seqs(pinned)) {
+		t.Fatalf("Pending(down) after compaction = Seqs %v, want %v", seqs(got), seqs(pinned))
+	}
+	for i := range got {
+		if string(got[i].Event.Payload) != string(pinned[i].Event.Payload) || got[i].Event.MessageID != pinned[i].Event.MessageID {
+			t.Errorf("job %d after compaction = %+v, want %+v", got[i].Seq, got[i].Event, pinned[i].Event)
+		}
+	}
+	if n, err := s.Cleanup(ctx); err != nil || n != 0 {
+		t.Errorf("second Cleanup dropped %d tables, %v; want nothing to do", n, err)
+	}
+	// The destination recovers: the jobs finish, the partitions go.
+	if err := s.Apply(ctx, jobstore.Update{Finish: got}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Pending(ctx, down, 0, 100); len(got) != 0 {
+		t.Errorf("Pending(down) after Finish = %d jobs, want 0", len(got))
+	}
+	if _, err := s.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.countParts(t); n > 2 {
+		t.Errorf("%d partitions left once drained, want at most 2", n)
+	}
+}
+
+func seqs(jobs []jobstore.Job) []uint64 {
+	s := make([]uint64, len(jobs))
+	for i, j := range jobs {
+		s[i] = j.Seq
+	}
+	return s
+}

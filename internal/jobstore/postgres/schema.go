@@ -70,9 +70,13 @@ CREATE TABLE dedupe (
 `,
 }
 
-// lockPartitions is the advisory lock key for creating and dropping dedupe
-// partitions. (Migrations take pgmigrate.Lock.)
-const lockPartitions = 0x66616e6f75740002
+// lockPartitions and lockCompact are the advisory lock keys of the store:
+// one for creating and dropping dedupe partitions, one for rewriting a jobs
+// partition (one node at a time). (Migrations take pgmigrate.Lock.)
+const (
+	lockPartitions = 0x66616e6f75740002
+	lockCompact    = 0x66616e6f75740003
+)
 
 // migrate brings the schema up to date through the runner every component
 // shares; the job store's versions are in schema_migrations.

@@ -125,8 +125,11 @@ type Store struct {
 	mu       sync.RWMutex
 	queueIDs map[jobstore.Queue]int32
 
-	// Owned by the committer goroutine.
-	partHi      int64          // upper bound of the highest jobs partition
+	// What the group commits know of the partitions: partMu guards
+	// partHi, dedupeMu dedupeParts.
+	partMu      sync.Mutex
+	partHi      int64 // upper bound of the highest jobs partition
+	dedupeMu    sync.Mutex
 	dedupeParts map[int64]bool // dedupe partitions known to exist
 }
 
@@ -419,34 +422,51 @@ func (s *Store) Retries(ctx context.Context, q jobstore.Queue, until time.Time, 
 	if err != nil || !ok {
 		return nil, time.Time{}, wrapErr("retries "+q.Source+"/"+q.Destination, err)
 	}
-	// One more row than asked for: the first job not returned is "next".
-	rows, err := s.pool.Query(ctx, `SELECT seq, due_at, attempts, last_error, message_id, type, received_at, payload
-		FROM retries WHERE queue_id = $1 ORDER BY due_at, seq LIMIT $2`, id, max(limit, 0)+1)
+	// The due jobs by the (queue_id, due_at, seq) index, and without
+	// their events the two candidates for "next": the first due job not
+	// returned, and the first job not due. Reading a job that is not due
+	// whole would cost a payload per call for a queue that is waiting.
+	rows, err := s.pool.Query(ctx, `(SELECT true, seq, due_at, attempts, last_error, message_id, type, received_at, payload
+		  FROM retries WHERE queue_id = $1 AND due_at <= $3 ORDER BY due_at, seq LIMIT $2)
+		UNION ALL
+		(SELECT false, 0, due_at, 0, '', NULL, NULL, 0, NULL
+		  FROM retries WHERE queue_id = $1 AND due_at <= $3 ORDER BY due_at, seq OFFSET $2 LIMIT 1)
+		UNION ALL
+		(SELECT false, 0, due_at, 0, '', NULL, NULL, 0, NULL
+		  FROM retries WHERE queue_id = $1 AND due_at > $3 ORDER BY due_at LIMIT 1)`,
+		id, max(limit, 0), until.UnixNano())
 	if err != nil {
 		return nil, time.Time{}, wrapErr("retries "+q.Source+"/"+q.Destination, err)
 	}
-	all, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (jobstore.Job, error) {
-		j := jobstore.Job{Queue: q, Event: event.Event{Source: q.Source}}
+	defer rows.Close()
+	var jobs []jobstore.Job
+	var next time.Time
+	for rows.Next() {
+		var isJob bool
 		var seq, dueAt, receivedAt int64
 		var messageID []byte
-		if err := row.Scan(&seq, &dueAt, &j.Attempts, &j.LastError, &messageID, &j.Event.Type, &receivedAt, &j.Event.Payload); err != nil {
-			return j, err
+		var typ *string
+		j := jobstore.Job{Queue: q, Event: event.Event{Source: q.Source}}
+		if err := rows.Scan(&isJob, &seq, &dueAt, &j.Attempts, &j.LastError, &messageID, &typ, &receivedAt, &j.Event.Payload); err != nil {
+			return nil, time.Time{}, wrapErr("retries "+q.Source+"/"+q.Destination, err)
+		}
+		j.DueAt = time.Unix(0, dueAt).UTC()
+		if !isJob {
+			if next.IsZero() || j.DueAt.Before(next) {
+				next = j.DueAt
+			}
+			continue
 		}
 		j.Seq = uint64(seq)
-		j.DueAt = time.Unix(0, dueAt).UTC()
 		j.Event.MessageID = string(messageID)
+		j.Event.Type = *typ
 		j.Event.ReceivedAt = time.Unix(0, receivedAt).UTC()
-		return j, nil
-	})
-	if err != nil {
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, time.Time{}, wrapErr("retries "+q.Source+"/"+q.Destination, err)
 	}
-	for i, j := range all {
-		if i >= limit || j.DueAt.After(until) {
-			return all[:i], j.DueAt, nil
-		}
-	}
-	return all, time.Time{}, nil
+	return jobs, next, nil
 }
 
 // Apply applies u in one transaction committed without waiting for its WAL
