@@ -126,27 +126,20 @@ func (w *Writer) Write(q jobstore.Queue, t time.Time, recs []Record) (err error)
 	return f.Close()
 }
 
-// Read returns the records in one archive file.
+// Read returns the records in one archive file. A damaged file (a member
+// torn by a crash mid-write, or altered bytes) still yields the records of
+// every intact gzip member, with an error that describes the damage; Read
+// leaves the file as it is (Scan repairs it).
 func Read(path string) ([]Record, error) {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		return nil, fmt.Errorf("archive %s: %w", path, err)
+	recs, damage := readRecover(b)
+	if damage != nil {
+		return recs, fmt.Errorf("archive %s: %w", path, damage)
 	}
-	var out []Record
-	dec := json.NewDecoder(zr)
-	for dec.More() {
-		var r Record
-		if err := dec.Decode(&r); err != nil {
-			return out, fmt.Errorf("archive %s: %w", path, err)
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return recs, nil
 }
 
 // Scan returns the records of q whose event was received in [from, to),

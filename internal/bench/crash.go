@@ -207,7 +207,7 @@ func runCrash(ctx context.Context, e *env) (any, error) {
 		{"sink: duplicates", fmt.Sprint(res.Duplicates)},
 		{"flaky: delivered / archived / queued", fmt.Sprintf("%d / %d / %d", res.Flaky.Delivered, res.Flaky.Archived, res.Flaky.Queued)},
 		{"flaky: lost (in an unreadable archive)", fmt.Sprintf("%d (%d)", res.Flaky.Lost, res.Flaky.ArchivedUnreadable)},
-		{"flaky: unreadable archive files", fmt.Sprint(len(res.Flaky.UnreadableArchives))},
+		{"flaky: archive files with a torn member", fmt.Sprint(len(res.Flaky.UnreadableArchives))},
 	})
 	return res, nil
 }
