@@ -537,3 +537,55 @@ func TestLocalGiveUp(t *testing.T) {
 }
 
 var testLogger = slog.New(slog.DiscardHandler)
+
+// TestSlowOwner: the old owner is not dead, only paused in the middle of a
+// transaction that passed Fence. The takeover waits for that transaction
+// to end (PostgreSQL ends its idle session after FenceIdleTimeout), and
+// the old owner's write never commits once another node owns the
+// partition.
+func TestSlowOwner(t *testing.T) {
+	b := setup(t)
+	admin := b.pool()
+	if _, err := admin.Exec(t.Context(), `CREATE TABLE writes (partition int, token bigint)`); err != nil {
+		t.Fatal(err)
+	}
+	a := b.join("a", Options{})
+	token, ok := a.Owns(0)
+	if !ok {
+		t.Fatal("a does not own partition 0 after Join")
+	}
+	slow := b.pool()
+	tx, err := slow.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if err := Fence(t.Context(), tx, 0, token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(t.Context(), `INSERT INTO writes VALUES (0, $1)`, token); err != nil {
+		t.Fatal(err)
+	}
+	// a's process pauses here: no more heartbeats, its transaction idle.
+	a.stop()
+	c := b.join("c", Options{})
+	took := waitFor(t, 5*time.Second, "partition 0 not taken over from the paused owner", func() bool {
+		_, ok := c.Owns(0)
+		return ok && len(c.Owned()) == testPartitions
+	})
+	t.Logf("taken over from the paused owner in %s", took)
+	if limit := testLease + FenceIdleTimeout + 3*testHeartbeat + 200*time.Millisecond; took > limit {
+		t.Errorf("takeover took %s, want under %s", took, limit)
+	}
+	// a wakes up and commits what it wrote under its old token.
+	if err := tx.Commit(t.Context()); err == nil {
+		t.Error("the paused owner's transaction committed after the takeover")
+	}
+	var n int
+	if err := admin.QueryRow(t.Context(), `SELECT count(*) FROM writes`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d writes of the paused owner are visible after the takeover", n)
+	}
+}

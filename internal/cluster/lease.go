@@ -310,8 +310,8 @@ func (n *Node) acquire(ctx context.Context, want int, until time.Time) {
 		return nil
 	})
 	if err != nil {
-		// The UPDATE may have committed without our hearing: the leases
-		// run out unused, and another round takes them again.
+		// The UPDATE may have committed without our hearing: the next
+		// round's renewal finds the leases ours and reports them gained.
 		n.log.Warn("acquire partitions", "err", err)
 		return
 	}

@@ -31,6 +31,13 @@ const maxPayload = 7900
 // commit.
 var ErrFenced = errors.New("cluster: partition lease lost")
 
+// FenceIdleTimeout is how long a transaction that passed Fence may sit idle
+// between statements before PostgreSQL ends its session (Fence sets
+// idle_in_transaction_session_timeout for the rest of the transaction).
+// It bounds how long a paused old owner, holding the lease row's lock in
+// an open transaction, can delay a takeover.
+const FenceIdleTimeout = time.Second
+
 // Querier is the part of pgx.Tx that Fence needs.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -50,7 +57,11 @@ var _ Querier = (pgx.Tx)(nil)
 // that passed Fence commits before the takeover, and the new owner reads
 // it; a write that comes after the takeover sees the new token and fails.
 // KEY SHARE does not conflict with the owner's own renewals, which update
-// the row without touching its key. Call Fence early in the transaction
+// the row without touching its key. A transaction that passed Fence and then
+// sits idle (its process paused) would hold the takeover back, so Fence sets
+// idle_in_transaction_session_timeout to FenceIdleTimeout for the rest of
+// the transaction: PostgreSQL ends such a session and its transaction rolls
+// back. Call Fence early in the transaction
 // (before the writes) so that a stale owner does no work for nothing.
 func Fence(ctx context.Context, tx Querier, partition int, token int64) error {
 	return FenceAll(ctx, tx, map[int]int64{partition: token})
@@ -72,12 +83,14 @@ func FenceAll(ctx context.Context, tx Querier, tokens map[int]int64) error {
 		toks[i] = tokens[int(p)]
 	}
 	rows, err := tx.Query(ctx, `
-		SELECT c.partition FROM cluster_partitions c
+		SELECT c.partition
+		FROM (SELECT set_config('idle_in_transaction_session_timeout', $3, true)) AS s,
+		     cluster_partitions c
 		JOIN unnest($1::int[], $2::bigint[]) AS f(partition, token)
 		  ON c.partition = f.partition AND c.token = f.token
 		WHERE c.expires_at > clock_timestamp()
 		ORDER BY c.partition
-		FOR KEY SHARE OF c`, ps, toks)
+		FOR KEY SHARE OF c`, ps, toks, strconv.FormatInt(FenceIdleTimeout.Milliseconds(), 10))
 	if err != nil {
 		return fmt.Errorf("cluster: fence: %w", err)
 	}
