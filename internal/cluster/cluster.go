@@ -181,13 +181,21 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	if err := migrate(ctx, n.pool, opts.Partitions); err != nil {
 		return nil, err
 	}
-	err := n.pool.QueryRow(ctx,
+	// Listening before registering: every round another node runs because
+	// of this one, and every release it makes, is heard.
+	conn, err := n.subscribe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: listen: %w", err)
+	}
+	err = n.pool.QueryRow(ctx,
 		`INSERT INTO cluster_nodes (name) VALUES ($1) RETURNING id`, n.name).Scan(&n.id)
 	if err != nil {
+		hangUp(conn)
 		return nil, fmt.Errorf("cluster: register node %q: %w", n.name, err)
 	}
 	n.log = opts.Logger.With("component", "cluster", "node", n.name, "node_id", n.id)
 	if _, err := n.pool.Exec(ctx, `SELECT pg_notify($1, 'join')`, clusterChannel); err != nil {
+		hangUp(conn)
 		return nil, fmt.Errorf("cluster: announce node %q: %w", n.name, err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
@@ -197,7 +205,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	n.round(ctx)
 	n.done.Add(2)
 	go n.heartbeatLoop(rctx)
-	go n.listen(rctx)
+	go n.listen(rctx, conn)
 	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()))
 	return n, nil
 }

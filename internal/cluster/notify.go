@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // The NOTIFY channels.
@@ -142,50 +143,62 @@ func Notify(ctx context.Context, tx pgx.Tx, partitions ...int) error {
 	return nil
 }
 
-// listen holds one connection of the pool for LISTEN and turns
-// notifications into wake-ups of owned partitions and rounds of the
-// heartbeat loop. A lost connection is replaced after one Heartbeat; since
-// notifications may have been missed meanwhile, every owned partition is
-// woken then.
-func (n *Node) listen(ctx context.Context) {
+// subscribe takes a connection of the pool for good and LISTENs on it.
+func (n *Node) subscribe(ctx context.Context) (*pgxpool.Conn, error) {
+	conn, err := n.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+jobsChannel+"; LISTEN "+clusterChannel); err != nil {
+		hangUp(conn)
+		return nil, err
+	}
+	return conn, nil
+}
+
+// hangUp closes a LISTENing session rather than hand it back to the pool.
+func hangUp(conn *pgxpool.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn.Conn().Close(ctx)
+	conn.Release()
+}
+
+// listen turns notifications on conn (subscribed by Join, so that nothing
+// sent after Join is missed) into wake-ups of owned partitions and rounds
+// of the heartbeat loop. A lost connection is replaced after one
+// Heartbeat; since notifications may have been missed meanwhile, every
+// owned partition is woken then, and a round is run.
+func (n *Node) listen(ctx context.Context, conn *pgxpool.Conn) {
 	defer n.done.Done()
-	missed := false
-	for ctx.Err() == nil {
-		err := n.listenOnce(ctx, missed)
+	for {
+		err := n.receive(ctx, conn)
+		hangUp(conn)
 		if ctx.Err() != nil {
 			return
 		}
 		n.log.Warn("listener connection lost; wake-ups wait until it is back", "err", err)
-		missed = true
-		t := n.opts.Clock.NewTimer()
-		t.Set(n.opts.Clock.Now().Add(n.opts.Heartbeat))
-		select {
-		case <-ctx.Done():
-		case <-t.C():
+		for conn = nil; conn == nil; {
+			t := n.opts.Clock.NewTimer()
+			t.Set(n.opts.Clock.Now().Add(n.opts.Heartbeat))
+			select {
+			case <-ctx.Done():
+			case <-t.C():
+			}
+			t.Stop()
+			if ctx.Err() != nil {
+				return
+			}
+			if conn, err = n.subscribe(ctx); err != nil {
+				n.log.Warn("listener reconnect", "err", err)
+			}
 		}
-		t.Stop()
-	}
-}
-
-func (n *Node) listenOnce(ctx context.Context, missed bool) error {
-	conn, err := n.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		// The session is LISTENing: close it rather than hand it back.
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		conn.Conn().Close(cctx)
-		conn.Release()
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+jobsChannel+"; LISTEN "+clusterChannel); err != nil {
-		return err
-	}
-	if missed {
 		n.wakes.add(n.Owned()...)
 		n.kickRound()
 	}
+}
+
+func (n *Node) receive(ctx context.Context, conn *pgxpool.Conn) error {
 	for {
 		note, err := conn.Conn().WaitForNotification(ctx)
 		if err != nil {
