@@ -120,57 +120,63 @@ func balanced(nodes ...*Node) bool {
 	return len(seen) == testPartitions && hi-lo <= 1
 }
 
-// watch samples the nodes' ownership until stopped and fails the test if
-// two nodes own one partition at once; it returns the longest time a
+// watch samples the nodes' ownership until ended and fails the test if
+// two nodes own one partition at once; end returns the longest time a
 // partition had no owner.
 type watch struct {
+	nodes   func() []*Node
 	stop    chan struct{}
 	done    chan struct{}
+	unowned map[int]time.Time // since when
 	maxGap  time.Duration
 	overlap string
 }
 
 func startWatch(nodes func() []*Node) *watch {
-	w := &watch{stop: make(chan struct{}), done: make(chan struct{})}
+	w := &watch{nodes: nodes, stop: make(chan struct{}), done: make(chan struct{}), unowned: map[int]time.Time{}}
 	go func() {
 		defer close(w.done)
-		unowned := map[int]time.Time{}
 		for {
 			select {
 			case <-w.stop:
 				return
 			default:
 			}
-			now := time.Now()
-			owner := map[int]string{}
-			for _, n := range nodes() {
-				for _, p := range n.Owned() {
-					if o, ok := owner[p]; ok && w.overlap == "" {
-						w.overlap = fmt.Sprintf("partition %d owned by %s and %s", p, o, n.Name())
-					}
-					owner[p] = n.Name()
-				}
-			}
-			for p := range testPartitions {
-				if _, ok := owner[p]; ok {
-					if since, ok := unowned[p]; ok {
-						w.maxGap = max(w.maxGap, now.Sub(since))
-						delete(unowned, p)
-					}
-				} else if _, ok := unowned[p]; !ok {
-					unowned[p] = now
-				}
-			}
+			w.sample()
 			time.Sleep(2 * time.Millisecond)
 		}
 	}()
 	return w
 }
 
+func (w *watch) sample() {
+	now := time.Now()
+	owner := map[int]string{}
+	for _, n := range w.nodes() {
+		for _, p := range n.Owned() {
+			if o, ok := owner[p]; ok && w.overlap == "" {
+				w.overlap = fmt.Sprintf("partition %d owned by %s and %s", p, o, n.Name())
+			}
+			owner[p] = n.Name()
+		}
+	}
+	for p := range testPartitions {
+		if _, ok := owner[p]; ok {
+			if since, ok := w.unowned[p]; ok {
+				w.maxGap = max(w.maxGap, now.Sub(since))
+				delete(w.unowned, p)
+			}
+		} else if _, ok := w.unowned[p]; !ok {
+			w.unowned[p] = now
+		}
+	}
+}
+
 func (w *watch) end(t *testing.T) time.Duration {
 	t.Helper()
 	close(w.stop)
 	<-w.done
+	w.sample() // the last change may have come after the last sample
 	if w.overlap != "" {
 		t.Error(w.overlap)
 	}
@@ -267,21 +273,46 @@ func TestThreeNodesSplitEvenly(t *testing.T) {
 }
 
 func TestFailover(t *testing.T) {
+	tests := []struct {
+		name             string
+		heartbeat, lease time.Duration
+		limit            time.Duration
+	}{
+		// The victim's leases run out within a lease of its last renewal;
+		// the survivors see it at their next heartbeat.
+		{"short", testHeartbeat, testLease, testLease + 3*testHeartbeat + 200*time.Millisecond},
+		// DESIGN.md: within 10 s at the defaults.
+		{"defaults", DefaultHeartbeat, DefaultLease, 10 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.name == "defaults" && testing.Short() {
+				t.Skip("takes a default lease (5s)")
+			}
+			testFailover(t, Options{Heartbeat: tt.heartbeat, Lease: tt.lease}, tt.limit)
+		})
+	}
+}
+
+func testFailover(t *testing.T, opts Options, limit time.Duration) {
 	b := setup(t)
-	a, bb, c := b.join("a", Options{}), b.join("b", Options{}), b.join("c", Options{})
+	a, bb, c := b.join("a", opts), b.join("b", opts), b.join("c", opts)
 	waitFor(t, 5*time.Second, "not balanced", func() bool { return balanced(a, bb, c) })
 	victim := c.Owned()
 	p := victim[0]
 	staleToken, _ := c.Owns(p)
 
+	// The killed node's Owned keeps answering from its local deadlines, as
+	// a paused process would on waking: it must turn false before another
+	// node takes over.
+	w := startWatch(func() []*Node { return []*Node{a, bb, c} })
 	kill(c)
-	took := waitFor(t, 5*time.Second, "the killed node's partitions are not taken over", func() bool {
+	took := waitFor(t, limit+5*time.Second, "the killed node's partitions are not taken over", func() bool {
 		return balanced(a, bb)
 	})
-	// The victim's leases ran out within testLease of its last renewal;
-	// the survivors see it at their next heartbeat.
-	limit := testLease + 3*testHeartbeat + 200*time.Millisecond
-	t.Logf("takeover of %v in %s (lease %s, heartbeat %s)", victim, took, testLease, testHeartbeat)
+	gap := w.end(t)
+	t.Logf("takeover of %v in %s (lease %s, heartbeat %s); longest unowned %s",
+		victim, took, a.opts.Lease, a.opts.Heartbeat, gap)
 	if took > limit {
 		t.Errorf("takeover took %s, want under %s", took, limit)
 	}
