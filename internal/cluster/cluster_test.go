@@ -210,6 +210,36 @@ func TestPartitionOf(t *testing.T) {
 	}
 }
 
+func TestShareOf(t *testing.T) {
+	tests := []struct {
+		live       []int64
+		partitions int
+		want       []int // each live node's share, in order
+	}{
+		{[]int64{1}, 12, []int{12}},
+		{[]int64{1, 2}, 12, []int{6, 6}},
+		{[]int64{1, 2, 3}, 64, []int{22, 21, 21}},
+		{[]int64{4, 7, 9, 11, 20}, 12, []int{3, 3, 2, 2, 2}},
+		{[]int64{1, 2, 3}, 2, []int{1, 1, 0}},
+	}
+	for _, tt := range tests {
+		sum := 0
+		for i, id := range tt.live {
+			got := shareOf(id, tt.live, tt.partitions)
+			sum += got
+			if got != tt.want[i] {
+				t.Errorf("shareOf(%d, %v, %d) = %d, want %d", id, tt.live, tt.partitions, got, tt.want[i])
+			}
+		}
+		if sum != tt.partitions {
+			t.Errorf("shares of %v sum to %d, want %d", tt.live, sum, tt.partitions)
+		}
+	}
+	if got := shareOf(5, []int64{1, 2}, 12); got != 0 {
+		t.Errorf("share of a node not seen live = %d, want 0", got)
+	}
+}
+
 func TestOptionsValidation(t *testing.T) {
 	pool := &pgxpool.Pool{}
 	tests := []struct {
@@ -439,7 +469,19 @@ func TestFencedWrites(t *testing.T) {
 	}
 	a, bb := start("a"), start("b")
 	waitFor(t, 5*time.Second, "not balanced", func() bool { return balanced(a, bb) })
+	// Every node ever started stays watched: a killed one's local view
+	// must end before its partitions are taken over.
+	var watchedMu sync.Mutex
+	watched := []*Node{a, bb}
+	w := startWatch(func() []*Node {
+		watchedMu.Lock()
+		defer watchedMu.Unlock()
+		return slices.Clone(watched)
+	})
 	c := start("c")
+	watchedMu.Lock()
+	watched = append(watched, c)
+	watchedMu.Unlock()
 	waitFor(t, 5*time.Second, "not balanced after join", func() bool { return balanced(a, bb, c) })
 	kill(bb)
 	waitFor(t, 5*time.Second, "not balanced after kill", func() bool { return balanced(a, c) })
@@ -447,6 +489,7 @@ func TestFencedWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "not balanced after leave", func() bool { return balanced(c) })
+	w.end(t)
 	time.Sleep(50 * time.Millisecond)
 	cancel()
 	wg.Wait()
