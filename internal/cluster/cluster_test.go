@@ -694,3 +694,52 @@ func TestListenerReconnect(t *testing.T) {
 		t.Fatal("no wake-up after the listener reconnected")
 	}
 }
+
+// TestChanges follows one node's Changes through a join of another node
+// and its own Leave: gains and losses come with their tokens, in order,
+// and the channel is closed after Leave.
+func TestChanges(t *testing.T) {
+	b := setup(t)
+	a, err := Join(t.Context(), Options{Pool: b.pool(), NodeName: "a", Partitions: testPartitions,
+		Heartbeat: testHeartbeat, Lease: testLease, Logger: testLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() Change {
+		t.Helper()
+		select {
+		case c, ok := <-a.Changes():
+			if !ok {
+				t.Fatal("Changes closed early")
+			}
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatal("no change after 5s")
+		}
+		return Change{}
+	}
+	for p := range testPartitions {
+		if c := next(); c != (Change{Partition: p, Token: 1, Owned: true}) {
+			t.Fatalf("change %d after Join: %+v, want partition %d gained with token 1", p, c, p)
+		}
+	}
+	b.join("b", Options{})
+	for p := testPartitions / 2; p < testPartitions; p++ {
+		if c := next(); c != (Change{Partition: p, Token: 1}) {
+			t.Fatalf("after b joined: %+v, want partition %d lost with token 1", c, p)
+		}
+	}
+	if err := a.Leave(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	lost := map[int]bool{}
+	for c := range a.Changes() {
+		if c.Owned || c.Token != 1 {
+			t.Errorf("after Leave: %+v, want a loss with token 1", c)
+		}
+		lost[c.Partition] = true
+	}
+	if len(lost) != testPartitions/2 {
+		t.Errorf("Leave reported %d partitions lost, want %d", len(lost), testPartitions/2)
+	}
+}
