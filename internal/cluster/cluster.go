@@ -1,0 +1,356 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// Defaults of Options.
+const (
+	DefaultPartitions = 64
+	DefaultHeartbeat  = time.Second
+	DefaultLease      = 5 * time.Second
+)
+
+// Options configures a Node. Pool is required; every other field has a
+// default.
+type Options struct {
+	// Pool is the database the nodes share. Required. The node holds one of
+	// its connections for LISTEN and uses another for a moment at each
+	// heartbeat; it does not close the pool.
+	Pool *pgxpool.Pool
+	// NodeName names the node in the cluster view (cluster.node_name).
+	// Default: the host name and a random suffix. Names are for people:
+	// the node is identified by the id it gets at Join, so a node restarted
+	// under the same name is a new member.
+	NodeName string
+	// Partitions is the fixed number of partitions the queues map to.
+	// Default 64. Every node of a cluster must use the same number: Join
+	// refuses a number other than the one in the database.
+	Partitions int
+	// Heartbeat is how often the node renews its leases and rebalances.
+	// Default 1s.
+	Heartbeat time.Duration
+	// Lease is how long a partition stays owned without a renewal, and how
+	// long a node stays live without a heartbeat. Default 5s. Must be at
+	// least twice Heartbeat. A dead node's partitions are taken over
+	// within Lease plus one Heartbeat.
+	Lease time.Duration
+	// Margin is how long before its lease runs out, measured on the node's
+	// own monotonic clock from the moment it sent the last renewal, the
+	// node stops delivering a partition it could not renew. Default
+	// Lease/5. Must be less than Lease minus Heartbeat.
+	Margin time.Duration
+	// Clock decides the local expiry of leases and paces the heartbeats.
+	// Default the wall clock. The database's clock decides the leases
+	// themselves.
+	Clock clock.Clock
+	// Logger receives membership and ownership changes. Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() error {
+	if o.Pool == nil {
+		return errors.New("Options.Pool is required")
+	}
+	if o.NodeName == "" {
+		host, _ := os.Hostname()
+		if host == "" {
+			host = "node"
+		}
+		var b [3]byte
+		_, _ = rand.Read(b[:])
+		o.NodeName = host + "-" + hex.EncodeToString(b[:])
+	}
+	if o.Partitions == 0 {
+		o.Partitions = DefaultPartitions
+	}
+	if o.Partitions < 0 {
+		return fmt.Errorf("Partitions cannot be negative, found %d", o.Partitions)
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = DefaultHeartbeat
+	}
+	if o.Lease == 0 {
+		o.Lease = DefaultLease
+	}
+	if o.Heartbeat < 0 || o.Lease < 0 || o.Margin < 0 {
+		return errors.New("Heartbeat, Lease and Margin cannot be negative")
+	}
+	if o.Lease < 2*o.Heartbeat {
+		return fmt.Errorf("Lease (%s) must be at least twice Heartbeat (%s), so that one late heartbeat loses no lease", o.Lease, o.Heartbeat)
+	}
+	if o.Margin == 0 {
+		o.Margin = o.Lease / 5
+	}
+	if o.Margin >= o.Lease-o.Heartbeat {
+		return fmt.Errorf("Margin (%s) must be less than Lease minus Heartbeat (%s)", o.Margin, o.Lease-o.Heartbeat)
+	}
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// PartitionOf returns the partition of destination's queues among n
+// partitions. Every queue of one destination is in the same partition (see
+// the package documentation for why). The hash is FNV-1a, fixed: changing
+// it would move every queue.
+func PartitionOf(destination string, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(destination))
+	return int(h.Sum32() % uint32(n))
+}
+
+// Change is a partition gained or lost by this node.
+type Change struct {
+	Partition int
+	// Token is the fencing token of the lease: the one gained, or the one
+	// that is no longer valid.
+	Token int64
+	// Owned is true when the node gained the partition, false when it lost
+	// it (released it, could not renew it in time, or found it taken).
+	Owned bool
+}
+
+// lease is a partition this node owns.
+type lease struct {
+	token int64
+	// until is the local deadline: the renewal's send time plus Lease
+	// minus Margin, on the node's clock.
+	until time.Time
+}
+
+// Node is this process's membership of the cluster. Join starts it; Leave
+// ends it.
+type Node struct {
+	opts Options
+	pool *pgxpool.Pool
+	log  *slog.Logger
+	id   int64
+	name string
+
+	mu    sync.Mutex
+	owned map[int]lease
+
+	changes *relay[Change]
+	wakes   *wakeSet
+	// kick asks the heartbeat loop for a round now: another node joined,
+	// left or released partitions.
+	kick chan struct{}
+
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+	once   sync.Once
+}
+
+// Join registers a node in the cluster on opts.Pool's database, creating
+// the cluster's tables if needed, and starts its heartbeats, its share of
+// the partitions and its listener. The node's first round of heartbeat and
+// acquisition is done when Join returns.
+func Join(ctx context.Context, opts Options) (*Node, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	n := &Node{
+		opts:  opts,
+		pool:  opts.Pool,
+		name:  opts.NodeName,
+		owned: make(map[int]lease),
+		kick:  make(chan struct{}, 1),
+	}
+	if err := migrate(ctx, n.pool, opts.Partitions); err != nil {
+		return nil, err
+	}
+	// Listening before registering: every round another node runs because
+	// of this one, and every release it makes, is heard.
+	conn, err := n.subscribe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: listen: %w", err)
+	}
+	err = n.pool.QueryRow(ctx,
+		`INSERT INTO cluster_nodes (name) VALUES ($1) RETURNING id`, n.name).Scan(&n.id)
+	if err != nil {
+		hangUp(conn)
+		return nil, fmt.Errorf("cluster: register node %q: %w", n.name, err)
+	}
+	n.log = opts.Logger.With("component", "cluster", "node", n.name, "node_id", n.id)
+	if _, err := n.pool.Exec(ctx, `SELECT pg_notify($1, 'join')`, clusterChannel); err != nil {
+		hangUp(conn)
+		return nil, fmt.Errorf("cluster: announce node %q: %w", n.name, err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.changes = newRelay[Change]()
+	n.wakes = newWakeSet(rctx, &n.done)
+	n.round(ctx)
+	n.done.Add(2)
+	go n.heartbeatLoop(rctx)
+	go n.listen(rctx, conn)
+	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()))
+	return n, nil
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.name }
+
+// ID returns the node's id in the cluster, unique for every Join.
+func (n *Node) ID() int64 { return n.id }
+
+// PartitionOf returns the partition of q in this cluster.
+func (n *Node) PartitionOf(q jobstore.Queue) int {
+	return PartitionOf(q.Destination, n.opts.Partitions)
+}
+
+// Owned returns the partitions this node owns now, in order: those whose
+// lease is valid on the node's clock.
+func (n *Node) Owned() []int {
+	now := n.opts.Clock.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var ps []int
+	for p, l := range n.owned {
+		if now.Before(l.until) {
+			ps = append(ps, p)
+		}
+	}
+	slices.Sort(ps)
+	return ps
+}
+
+// Owns reports whether this node owns partition p now, and the fencing
+// token to present on its writes. The engine asks before each delivery
+// round of a queue: it turns false at the local deadline, before the lease
+// runs out in the database, even if the Change saying so was not read yet.
+func (n *Node) Owns(p int) (token int64, ok bool) {
+	now := n.opts.Clock.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	l, ok := n.owned[p]
+	if !ok || !now.Before(l.until) {
+		return 0, false
+	}
+	return l.token, true
+}
+
+// Changes returns the channel of partitions gained and lost, in the order
+// they happened. It is closed after Leave. The consumer must keep reading:
+// changes wait in memory until read.
+func (n *Node) Changes() <-chan Change { return n.changes.out }
+
+// Wakeups returns the channel of partitions this node owns that have new
+// jobs, from Notify calls on any node. A partition waiting to be read is
+// not repeated, however many notifications name it. After the listener's
+// connection was lost and restored, every owned partition is sent, as
+// notifications may have been missed.
+func (n *Node) Wakeups() <-chan int { return n.wakes.out }
+
+// Leave releases the node's partitions at once, so that the other nodes
+// take them at their next heartbeat (they are told through NOTIFY), and
+// removes the node from the cluster. The Changes channel gets a lost change
+// for each partition before the release, and is then closed.
+func (n *Node) Leave(ctx context.Context) error {
+	var err error
+	n.once.Do(func() {
+		n.cancel()
+		n.done.Wait()
+		n.mu.Lock()
+		owned := n.owned
+		n.owned = map[int]lease{}
+		n.mu.Unlock()
+		ps := make([]int, 0, len(owned))
+		for p, l := range owned {
+			ps = append(ps, p)
+			n.changes.push(Change{Partition: p, Token: l.token})
+		}
+		slices.Sort(ps)
+		n.changes.finish()
+		batch := &pgx.Batch{}
+		batch.Queue(`UPDATE cluster_partitions SET owner = NULL, expires_at = now()
+			WHERE owner = $1`, n.id)
+		batch.Queue(`DELETE FROM cluster_nodes WHERE id = $1`, n.id)
+		batch.Queue(`SELECT pg_notify($1, 'leave')`, clusterChannel)
+		if e := n.pool.SendBatch(ctx, batch).Close(); e != nil {
+			err = fmt.Errorf("cluster: leave: release partitions %v: %w", ps, e)
+			return
+		}
+		n.log.Info("left the cluster", "released", len(ps))
+	})
+	return err
+}
+
+// stop ends the node's goroutines without telling the database, as if the
+// process had been killed: its leases run out and others take them over.
+func (n *Node) stop() {
+	n.once.Do(func() {
+		n.cancel()
+		n.done.Wait()
+		n.changes.abort()
+	})
+}
+
+// NodeInfo is one node in the cluster view.
+type NodeInfo struct {
+	ID        int64     `json:"id"`
+	Name      string    `json:"name"`
+	StartedAt time.Time `json:"started_at"`
+	Heartbeat time.Time `json:"last_heartbeat"`
+	// Live is false for a node whose heartbeats stopped more than a Lease
+	// ago. Such nodes are listed for an hour, then forgotten.
+	Live bool `json:"live"`
+	// Partitions are the partitions whose lease the node holds.
+	Partitions []int `json:"partitions"`
+}
+
+// Nodes returns the cluster as the database sees it, for GET
+// /api/v1/cluster: every node, live or recently dead, in the order they
+// joined.
+func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	rows, err := n.pool.Query(ctx, `
+		SELECT n.id, n.name, n.started_at, n.heartbeat_at,
+		       n.heartbeat_at > now() - $1::interval,
+		       coalesce(array_agg(p.partition ORDER BY p.partition)
+		                FILTER (WHERE p.partition IS NOT NULL), '{}')
+		FROM cluster_nodes n
+		LEFT JOIN cluster_partitions p ON p.owner = n.id AND p.expires_at > now()
+		GROUP BY n.id ORDER BY n.id`, n.opts.Lease)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: list nodes: %w", err)
+	}
+	var out []NodeInfo
+	for rows.Next() {
+		var ni NodeInfo
+		var ps []int32
+		if err := rows.Scan(&ni.ID, &ni.Name, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
+			return nil, fmt.Errorf("cluster: list nodes: %w", err)
+		}
+		ni.Partitions = make([]int, len(ps))
+		for i, p := range ps {
+			ni.Partitions[i] = int(p)
+		}
+		out = append(out, ni)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("cluster: list nodes: %w", err)
+	}
+	return out, nil
+}

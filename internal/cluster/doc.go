@@ -1,0 +1,168 @@
+// Package cluster lets several fanout nodes share one PostgreSQL database:
+// membership, partitions owned through leases, fencing, balance, failover
+// and wake-ups. PostgreSQL is the only coordinator: no consensus of our
+// own, no other service.
+//
+// # Tables
+//
+//	cluster_nodes       id (bigserial, one per Join), name, started_at,
+//	                    heartbeat_at. A node is live while its heartbeat is
+//	                    less than one Lease old; dead rows are listed for an
+//	                    hour (GET /api/v1/cluster), then deleted.
+//	cluster_partitions  partition, owner (a node id or NULL), token,
+//	                    expires_at, acquired_at: one row per partition, the
+//	                    lease and its fencing token.
+//
+// A node is identified by its id, not its name: a process restarted under
+// the same name is a new member and takes partitions with new tokens, so
+// the two incarnations can never pass for each other.
+//
+// # Partitions: by destination
+//
+// Queues map to a fixed number of partitions (default 64) by a hash of
+// the destination alone (PartitionOf): every queue of one destination, from
+// every source, lives in one partition, so one node delivers it.
+//
+// The alternative, a hash of (source, destination), spreads one busy
+// destination over several nodes, but then the destination's rate limit
+// and concurrency become cluster-wide resources: each owner would need a
+// split budget (which strands capacity on owners whose sources are quiet,
+// and must be rebalanced on every membership change) or a token bucket in
+// the database (a round trip, and a hot row, per request). Fairness across
+// a destination's sources, the round-robin of the delivery scheduler, would
+// need the same. By destination, the rate limit, concurrency, circuit
+// breaker, AIMD window and round-robin stay what they are on one node,
+// local and exact, and the engine needs no change to keep them.
+//
+// The price: one destination's deliveries cannot use more than one node.
+// That is the right place for the limit to be: a destination's throughput
+// is bounded by its own rate limit and concurrency, not by fanout's CPU,
+// and the load the cluster spreads is many destinations. Ingest is not
+// partitioned at all: any node accepts any event.
+//
+// The partition count is fixed when the first node creates the tables; a
+// node configured with another count is refused at Join. FNV-1a is fixed
+// too: a change of either would move queues while nodes of two versions
+// run.
+//
+// # Leases: rows with an expiry, not advisory locks
+//
+// A session advisory lock is owned by a connection. That makes ownership
+// hostage to TCP: a node cut off by a network partition keeps its locks
+// until the server notices the dead connection, which with default
+// keepalives takes minutes, far past the 10 s failover. It ties each lease
+// to one pinned connection (poorly compatible with pgxpool and with
+// transaction-mode poolers), gives no fencing token to check writes
+// against, and is invisible to the cluster view except through pg_locks.
+//
+// A lease row has an expiry set by the database's clock (now() + Lease),
+// renewed by the owner's heartbeat, and visible to every node. Failover is
+// then a plain function of time: a dead node's leases end at most Lease
+// after its last renewal, whatever happened to its connections. Every
+// expiry is decided by the database's clock alone, so the nodes' clocks
+// may disagree; a node's own clock only decides when it stops delivering
+// (below), and only its rate matters there, not its setting.
+//
+// # One round, every Heartbeat
+//
+//  1. Upsert the node's row (heartbeat_at = now()), renew every lease the
+//     node holds that has not run out (RETURNING partition, token), delete
+//     node rows dead for an hour, read the live nodes and the partitions:
+//     one pipelined batch, one round trip.
+//  2. A lease held locally but not renewed is lost (it ran out, or another
+//     node took it): the engine hears of it on Changes.
+//  3. The node's share: the live nodes ordered by id split the partitions,
+//     the first Partitions mod N of them one more. Every node computes
+//     every share from the same table, so nobody assigns partitions to
+//     anybody; differing views (a heartbeat seen by one node and not yet by
+//     another) last one round.
+//  4. Over its share, the node releases its highest partitions: locally
+//     first (Changes), then owner = NULL and expires_at = now(), then
+//     NOTIFY fanout_cluster so that the others run a round at once. Under
+//     its share, it takes free or expired partitions (UPDATE ... token =
+//     token + 1 over SELECT ... FOR UPDATE SKIP LOCKED).
+//
+// Joining: the new node's row and NOTIFY make every node run a round; those
+// over their new share release the surplus at once, and the new node (and
+// any node under its share) takes it on the NOTIFY of the release. A
+// partition is unowned for the few milliseconds between a release and the
+// take, never a Lease. Leaving: Leave releases every lease at once,
+// deletes the node's row and NOTIFYs; the others take the partitions at
+// once. Dying: the node's leases run out at most Lease after its last
+// renewal, and its row stops being live at the same time; at their next
+// round (at most one Heartbeat later) the others see a larger share and
+// take the expired leases. At the defaults (Heartbeat 1s, Lease 5s) that is
+// at most 6 s, within the 10 s asked.
+//
+// # Fencing
+//
+// Each partition's token increases by one at each takeover (never at a
+// renewal or a release). The engine gets the token with the partition
+// (Change, Owns) and presents it on every write of that partition's jobs:
+// the store's Apply and claims call Fence(ctx, tx, partition, token) first
+// in their transaction. Fence selects the lease row with that token and an
+// unexpired lease, FOR KEY SHARE, and fails with ErrFenced if there is none.
+//
+// Why this holds when the old owner is only slow, not dead (a GC pause,
+// SIGSTOP, a VM migration, a network partition that heals):
+//
+//   - A write that reaches Fence after a takeover committed sees the new
+//     token (each READ COMMITTED statement sees the latest commit, and a
+//     row being taken over is waited for, then re-read) and fails.
+//   - A write that passed Fence before the takeover holds KEY SHARE on the
+//     lease row until it commits or rolls back. The takeover locks the row
+//     FOR UPDATE, which conflicts with KEY SHARE, so it cannot happen in
+//     between: SKIP LOCKED makes the taker pass over that partition until
+//     the old transaction is over, and the new owner then reads its
+//     result. The old owner's renewals, which update the row without
+//     touching its key, do not conflict with KEY SHARE.
+//   - A slow owner paused inside such a transaction would hold the
+//     takeover back for as long as it is paused. Fence therefore sets
+//     idle_in_transaction_session_timeout (FenceIdleTimeout, 1 s) for the
+//     rest of the transaction: PostgreSQL ends the idle session, the
+//     transaction rolls back, and the takeover proceeds.
+//   - Fence also refuses a lease that has run out on the database's clock
+//     (clock_timestamp(), not the transaction's start), so an owner whose
+//     lease lapsed cannot write even before anyone took over.
+//
+// What fencing cannot cover is the request to the destination, which is
+// not in the database. For that the node stops on its own before its lease
+// can end: the renewal's deadline is the moment the renewal was sent plus
+// Lease minus Margin, on the node's monotonic clock. The database sets the
+// expiry to its now() + Lease, read after the request was sent, so the
+// node's deadline comes at least Margin before the database's expiry as
+// long as the two clocks tick at about the same rate; no agreement on the
+// time of day is needed. Owns turns false at that deadline without waiting
+// for the heartbeat loop, so an engine that asks before each delivery round
+// never starts a delivery on a lease that may be gone. A request already in
+// flight when a paused process resumes may still reach the destination
+// after the takeover: a duplicate, which at-least-once delivery and the
+// messageId idempotency keys already allow; its outcome is not recorded,
+// since Fence refuses it.
+//
+// # Wake-ups
+//
+// The append transaction calls Notify(ctx, tx, partitions...): one
+// pg_notify on fanout_jobs with the partitions' numbers, delivered on
+// commit and not at all on rollback. Each node holds one connection in
+// LISTEN and hands the partitions it owns to Wakeups, coalescing repeats
+// while the engine is busy (memory bounded by the partition count). The
+// delivery is a push, not a poll: in the tests, under a millisecond after
+// the commit. A partition gained is announced on Changes, and the engine
+// scans it then, so notifications sent before the gain are not needed.
+// When the LISTEN connection is lost, notifications sent meanwhile are
+// lost too, so after reconnecting the node wakes every partition it owns.
+// NOTIFY serializes committing transactions on a database-wide lock; the
+// job store's group commit serializes them already (its meta row).
+//
+// # Limits (this phase)
+//
+//   - The store does not call Fence or Notify yet, and the engine does not
+//     follow Changes and Wakeups: wiring is the next step.
+//   - A hot destination is delivered by one node (above).
+//   - Balance counts partitions, not load: two busy destinations hashed to
+//     one partition stay together. More partitions than nodes (64 by
+//     default) keeps this small.
+//   - storage.postgres listing several servers (partitions spread over
+//     databases) is not handled here: one database coordinates.
+package cluster
