@@ -392,7 +392,7 @@ func TestAIMD(t *testing.T) {
 	for i := range 3 {
 		b.sendOne(t, "web", fmt.Sprintf("web-%d", i))
 		b.await(t, 1)
-		b.clk.Advance(delivery.DefaultRetryAfter)
+		b.clk.Advance(delivery.ThrottleBackoffBase)
 		b.await(t, 1) // delivered after the pause
 	}
 	_, q := b.state(t, "hook", "web")
@@ -514,13 +514,29 @@ func TestCircuitOpensProbesAndCloses(t *testing.T) {
 	b.clk.Advance(delivery.CircuitProbeMin) // one probe, fails
 	b.await(t, 1)
 	d, _ = b.state(t, "hook", "web")
-	if !d.CircuitOpen || !d.ProbeAt.Equal(start.Add(3*delivery.CircuitProbeMin)) {
-		t.Fatalf("after a failed probe: open=%v probe at %v, want open, probe 2x later", d.CircuitOpen, d.ProbeAt)
+	probed := start.Add(delivery.CircuitProbeMin)
+	if lo, hi := probed.Add(delivery.CircuitProbeMin), probed.Add(2*delivery.CircuitProbeMin); !d.CircuitOpen || d.ProbeAt.Before(lo) || !d.ProbeAt.Before(hi) {
+		t.Fatalf("after a failed probe: open=%v probe at %v, want open, probe in [%v, %v): the interval doubled, randomized", d.CircuitOpen, d.ProbeAt, lo, hi)
+	}
+	// A destination down for long is probed, one request at a time, at
+	// most CircuitProbeMax apart, so that its return is noticed in seconds.
+	for range 20 {
+		sent := len(b.dests["hook"].sent)
+		prev := b.clk.Now()
+		b.clk.Advance(d.ProbeAt.Sub(prev))
+		b.await(t, 1)
+		if n := len(b.dests["hook"].sent); n != sent+1 {
+			t.Fatalf("a probe sent %d requests, want 1", n-sent)
+		}
+		d, _ = b.state(t, "hook", "web")
+		if gap := d.ProbeAt.Sub(b.clk.Now()); gap < delivery.CircuitProbeMax/2 || gap >= delivery.CircuitProbeMax {
+			t.Fatalf("probe %v after the last, want in [%v, %v)", gap, delivery.CircuitProbeMax/2, delivery.CircuitProbeMax)
+		}
 	}
 	mu.Lock()
 	up = true
 	mu.Unlock()
-	b.clk.Advance(2 * delivery.CircuitProbeMin)
+	b.clk.Advance(d.ProbeAt.Sub(b.clk.Now()))
 	b.await(t, 1)
 	d, _ = b.state(t, "hook", "web")
 	if d.CircuitOpen {
@@ -607,6 +623,9 @@ func TestOpenCircuitArchivesExpiredJobs(t *testing.T) {
 			t.Fatalf("archived %s with last error %q", r.MessageID, r.LastError)
 		}
 	}
+	// A turn of the scheduler after the last report: the outcomes it
+	// gathered are written by then.
+	b.engine.State(context.Background())
 	if qs, err := b.store.Queues(context.Background()); err != nil || len(qs) != 0 {
 		t.Fatalf("store still holds queues %v (%v)", qs, err)
 	}

@@ -43,11 +43,27 @@ type queue struct {
 	// older than the oldest job still waiting, never younger.
 	retryOldest time.Time
 
-	// pausedUntil is set by a 429: the queue dispatches nothing before it.
+	// pausedUntil is set by a wait the destination asked for, a 429 or a
+	// quota: the queue dispatches nothing before it. pause says why.
 	pausedUntil time.Time
+	pause       pauseReason
+	// streak counts the 429s without a wait in a row, which
+	// ThrottleBackoff grows from.
+	streak int
 	// inflight counts dispatched requests; limit is the AIMD concurrency.
+	// cutAt is when the limit was last cut (decrease).
 	inflight int
 	limit    float64
+	cutAt    time.Time
+	// holds are the users the destination throttles alone (Result.Hold),
+	// by hold key, with the jobs that wait for each; held counts those
+	// jobs and holdNext is the earliest hold's end. See hold.
+	holds    map[string]*hold
+	held     int
+	holdNext time.Time
+	// sizes caps the next batches taken from the head, front first: the
+	// halves of a batch the destination asked to split.
+	sizes []int
 
 	inRing   bool
 	heapIdx  int // index in the wake heap, -1 when absent
@@ -85,22 +101,113 @@ func (q *queue) ready(now time.Time) bool {
 // its next events do not hammer the destination at full concurrency again.
 func (q *queue) idle(now time.Time, maxLimit int) bool {
 	return q.limit >= float64(maxLimit) && len(q.buf) == 0 && !q.diskMore && q.inflight == 0 && q.outHead == len(q.out) &&
-		q.retryNext.IsZero() && len(q.loadedRetries) == 0 && !q.pausedUntil.After(now)
+		q.retryNext.IsZero() && len(q.loadedRetries) == 0 && !q.pausedUntil.After(now) && q.held == 0
 }
 
 // nextWake returns when the queue may become ready by the passing of time
-// alone: the end of a pause, or the next retry falling due. Zero when never.
+// alone: the end of a pause, the next retry falling due, or a hold ending.
+// Zero when never.
 func (q *queue) nextWake(now time.Time) time.Time {
 	if q.pausedUntil.After(now) {
-		if len(q.buf) > 0 || q.diskMore || !q.retryNext.IsZero() {
+		if len(q.buf) > 0 || q.diskMore || !q.retryNext.IsZero() || q.held > 0 {
 			return q.pausedUntil
 		}
 		return time.Time{}
 	}
+	var w time.Time
 	if q.retryNext.After(now) && len(q.buf) == 0 && !q.diskMore {
-		return q.retryNext
+		w = q.retryNext
 	}
-	return time.Time{}
+	if q.held > 0 && (w.IsZero() || q.holdNext.Before(w)) {
+		w = q.holdNext
+	}
+	return w
+}
+
+// pauseUntil pauses the queue until t, unless it is paused longer already.
+func (q *queue) pauseUntil(t time.Time, why pauseReason) {
+	if t.After(q.pausedUntil) {
+		q.pausedUntil, q.pause = t, why
+	}
+}
+
+// decrease halves the queue's concurrency for the answer to a request
+// sent at sent, unless the limit was cut after the request went out: the
+// requests in flight when the destination first pushed back come back
+// with the same answer, and each halving the limit again took a queue
+// from 64 to 1 on one burst of 429s (a soak run's sink that allowed 200
+// requests/s then got 74/s). One cut per round of requests, as TCP does.
+func (q *queue) decrease(sent, now time.Time) {
+	if sent.Before(q.cutAt) {
+		return
+	}
+	q.limit = aimdDecrease(q.limit)
+	q.cutAt = now
+}
+
+// hold is one throttled user of a queue: its jobs wait until until, the
+// one the destination held first, then the later ones in queue order.
+type hold struct {
+	until time.Time
+	jobs  []jobstore.Job
+}
+
+// Holds bound the memory of throttled users per queue: at most maxHolds
+// users and maxHeld jobs wait in holds. Past either, the queue pauses
+// instead (pauseHolds), which costs the other users latency, not memory.
+var (
+	maxHolds = 1024
+	maxHeld  = 4096
+)
+
+// hold puts j behind the user key until until, or reports false when the
+// holds are full.
+func (q *queue) hold(key string, j jobstore.Job, until time.Time) bool {
+	h := q.holds[key]
+	if q.held >= maxHeld || (h == nil && len(q.holds) >= maxHolds) {
+		return false
+	}
+	if h == nil {
+		if q.holds == nil {
+			q.holds = map[string]*hold{}
+		}
+		h = &hold{}
+		q.holds[key] = h
+	}
+	h.jobs = append(h.jobs, j)
+	q.held++
+	if until.After(h.until) {
+		h.until = until
+	}
+	if q.holdNext.IsZero() || h.until.Before(q.holdNext) {
+		q.holdNext = h.until
+	}
+	return true
+}
+
+// releaseHolds puts the jobs of the holds that have ended by now back at
+// the head of the queue, each user's in order.
+func (q *queue) releaseHolds(now time.Time) {
+	if q.held == 0 || q.holdNext.After(now) {
+		return
+	}
+	var back []jobstore.Job
+	q.holdNext = time.Time{}
+	for key, h := range q.holds {
+		if h.until.After(now) {
+			if q.holdNext.IsZero() || h.until.Before(q.holdNext) {
+				q.holdNext = h.until
+			}
+			continue
+		}
+		back = append(back, h.jobs...)
+		q.held -= len(h.jobs)
+		delete(q.holds, key)
+	}
+	if len(q.holds) == 0 {
+		q.holds = nil // a map does not shrink; let a burst's go
+	}
+	q.buf = append(back, q.buf...)
 }
 
 // takeHandoff takes in the jobs announced for the queue since its scheduler
