@@ -180,7 +180,7 @@ var (
 	descDepth    = prometheus.NewDesc("fanout_queue_depth", "Jobs made for the destination and not ended yet (delivered, failed, unsupported or archived), the backlog waiting on disk included. Approximate after a crash.", []string{"destination"}, nil)
 	descBacklog  = prometheus.NewDesc("fanout_queue_backlog_queues", "Queues with more pending jobs on disk than are loaded.", []string{"destination"}, nil)
 	descPaused   = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused: by a wait the destination asked for, a 429, a spent quota, or too many users held.", []string{"destination"}, nil)
-	descPausedTo = prometheus.NewDesc("fanout_queue_paused_until_timestamp_seconds", "The latest end of a pause among the destination's paused queues, by why they are paused (retry-after, throttled, quota, holds-full); a quota pauses until its reset. Absent when none is paused for that reason.", []string{"destination", "reason"}, nil)
+	descQuota    = prometheus.NewDesc("fanout_queue_quota_paused_until_timestamp_seconds", "While queues of the destination are paused because a quota is spent (a daily limit): when the last of them resumes, the quota's reset, as a Unix time. Absent otherwise.", []string{"destination"}, nil)
 	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
 	descLimit    = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
 	descCircuit  = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
@@ -188,7 +188,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descPausedTo, descInflight, descLimit, descCircuit, descOldest} {
+	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descQuota, descInflight, descLimit, descCircuit, descOldest} {
 		ch <- d
 	}
 }
@@ -205,7 +205,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, d := range c.state(ctx) {
 		var depth, backlog, paused, oldest float64
-		pausedTo := map[string]time.Time{}
+		var quota time.Time
 		for _, q := range d.Queues {
 			if !q.Oldest.IsZero() {
 				oldest = max(oldest, now.Sub(q.Oldest).Seconds())
@@ -216,13 +216,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if q.PausedUntil.After(now) {
 				paused++
-				if t, ok := pausedTo[q.PauseReason]; !ok || q.PausedUntil.After(t) {
-					pausedTo[q.PauseReason] = q.PausedUntil
+				if q.PauseReason == "quota" && q.PausedUntil.After(quota) {
+					quota = q.PausedUntil
 				}
 			}
 		}
-		for reason, t := range pausedTo {
-			ch <- prometheus.MustNewConstMetric(descPausedTo, prometheus.GaugeValue, float64(t.UnixMilli())/1000, d.Name, reason)
+		if !quota.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descQuota, prometheus.GaugeValue, float64(quota.UnixMilli())/1000, d.Name)
 		}
 		if c.depth != nil {
 			depth = 0

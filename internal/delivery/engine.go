@@ -247,7 +247,7 @@ type completion struct {
 	jobs    []jobstore.Job
 	results []destinations.SendResult
 	probe   bool
-	sent    time.Time // when it was dispatched
+	seq     uint64 // the queue's number for the request (queue.sent)
 }
 
 // dest is one destination's scheduler and the state it owns.
@@ -594,7 +594,8 @@ func (d *dest) dispatch(w *workers, now time.Time) time.Duration {
 		if probe {
 			d.circuit.probing = true
 		}
-		d.start(w, completion{q: q, jobs: jobs, probe: probe, sent: now})
+		q.sent++
+		d.start(w, completion{q: q, jobs: jobs, probe: probe, seq: q.sent})
 		d.consider(q, now)
 	}
 	return 0
@@ -805,7 +806,7 @@ func (d *dest) complete(c completion) {
 	case limitIncrease:
 		q.limit = aimdIncrease(q.limit, d.Concurrency)
 	case limitDecrease:
-		q.decrease(c.sent, now)
+		q.decrease(c.seq)
 	}
 
 	var expired []*jobstore.Job

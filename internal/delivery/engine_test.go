@@ -105,6 +105,15 @@ func (d decider) Classify(req *destinations.Request, resp *destinations.Response
 	return out
 }
 
+// keyedDecider is a decider whose API throttles single users, named by
+// key.
+type keyedDecider struct {
+	decider
+	key func(event.Event) string
+}
+
+func (k keyedDecider) HoldKey(e event.Event) string { return k.key(e) }
+
 type bundle struct {
 	store   jobstore.Store
 	clk     *clock.Fake
@@ -124,6 +133,11 @@ type targetSpec struct {
 	rateLimit   float64
 	decide      func(ev event.Event, attempt int) destinations.Result
 	gate        chan struct{}
+	// dest, when set, is the destination instead of the script's.
+	dest destinations.Destination
+	// holdKey, when set, makes the script's destination a HoldKeyer.
+	holdKey func(event.Event) string
+	dedup   bool
 }
 
 func setup(t *testing.T, specs ...targetSpec) *bundle {
@@ -153,10 +167,18 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 	for _, sp := range specs {
 		s := &scripted{url: srv.URL, decide: sp.decide, tries: map[string]int{}, gate: sp.gate}
 		b.dests[sp.name] = s
+		var dest destinations.Destination = decider{s}
+		switch {
+		case sp.dest != nil:
+			dest = sp.dest
+		case sp.holdKey != nil:
+			dest = keyedDecider{decider{s}, sp.holdKey}
+		}
 		targets = append(targets, delivery.Target{
-			Name: sp.name, Type: "test", Destination: decider{s}, Client: srv.Client(),
-			Limits: delivery.Limits{Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit},
-			Batch:  destinations.BatchLimits{MaxEvents: sp.batch},
+			Name: sp.name, Type: "test", Destination: dest, Client: srv.Client(),
+			Limits:       delivery.Limits{Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit},
+			Batch:        destinations.BatchLimits{MaxEvents: sp.batch},
+			Deduplicates: sp.dedup,
 		})
 	}
 	eng, err := delivery.New(delivery.Options{

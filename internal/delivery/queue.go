@@ -51,10 +51,12 @@ type queue struct {
 	// ThrottleBackoff grows from.
 	streak int
 	// inflight counts dispatched requests; limit is the AIMD concurrency.
-	// cutAt is when the limit was last cut (decrease).
+	// sent numbers the queue's requests; cut is the number of the last
+	// one sent before the limit was last cut (decrease).
 	inflight int
 	limit    float64
-	cutAt    time.Time
+	sent     uint64
+	cut      uint64
 	// holds are the users the destination throttles alone (Result.Hold),
 	// by hold key, with the jobs that wait for each; held counts those
 	// jobs and holdNext is the earliest hold's end. See hold.
@@ -131,18 +133,18 @@ func (q *queue) pauseUntil(t time.Time, why pauseReason) {
 	}
 }
 
-// decrease halves the queue's concurrency for the answer to a request
-// sent at sent, unless the limit was cut after the request went out: the
-// requests in flight when the destination first pushed back come back
+// decrease halves the queue's concurrency for the answer to its request
+// number seq, unless the limit was cut after that request went out: the
+// requests in flight when the destination first pushes back come back
 // with the same answer, and each halving the limit again took a queue
 // from 64 to 1 on one burst of 429s (a soak run's sink that allowed 200
 // requests/s then got 74/s). One cut per round of requests, as TCP does.
-func (q *queue) decrease(sent, now time.Time) {
-	if sent.Before(q.cutAt) {
+func (q *queue) decrease(seq uint64) {
+	if seq <= q.cut {
 		return
 	}
 	q.limit = aimdDecrease(q.limit)
-	q.cutAt = now
+	q.cut = q.sent
 }
 
 // hold is one throttled user of a queue: its jobs wait until until, the
