@@ -804,7 +804,7 @@ func (d *dest) complete(c completion) {
 	q.streak = v.Streak
 	switch v.Limit {
 	case limitIncrease:
-		q.limit = aimdIncrease(q.limit, d.Concurrency)
+		q.increase(d.Concurrency)
 	case limitDecrease:
 		q.decrease(c.seq)
 	}

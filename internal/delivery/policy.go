@@ -131,12 +131,9 @@ func (c *circuit) allow(now time.Time) (ok, probe bool) {
 // throttled adds 1/limit (about +1 per round of requests), and a 429, a
 // wait or a timeout halves the limit, down to 1, once per round: the
 // requests already in flight when the limit was cut answer for the old
-// limit, not the new one (queue.decrease). A queue so finds the concurrency its
+// limit, not the new one (queue.decrease). Near the limit of its last
+// cut, the increase slows (queue.increase). A queue so finds the concurrency its
 // destination accepts instead of hammering it.
-func aimdIncrease(limit float64, max int) float64 {
-	return min(limit+1/limit, float64(max))
-}
-
 func aimdDecrease(limit float64) float64 {
 	return max(limit/2, 1)
 }

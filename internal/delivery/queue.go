@@ -55,8 +55,10 @@ type queue struct {
 	// one sent before the limit was last cut (decrease).
 	inflight int
 	limit    float64
-	sent     uint64
-	cut      uint64
+	// ceiling is the limit at its last cut; see increase.
+	sent    uint64
+	cut     uint64
+	ceiling float64
 	// holds are the users the destination throttles alone (Result.Hold),
 	// by hold key, with the jobs that wait for each; held counts those
 	// jobs and holdNext is the earliest hold's end. See hold.
@@ -143,9 +145,41 @@ func (q *queue) decrease(seq uint64) {
 	if seq <= q.cut {
 		return
 	}
+	q.ceiling = q.limit
 	q.limit = aimdDecrease(q.limit)
 	q.cut = q.sent
 }
+
+// increase grows the queue's concurrency by 1/limit (about +1 per round
+// of requests), up to max; within ceilingBand of the limit at which the
+// destination last pushed back (ceiling) it grows ceilingRounds times
+// slower, and past the band at the usual pace again: the destination
+// then takes more than it did.
+//
+// Why: a 429 with Retry-After: 1 costs the queue a whole second without a
+// request, which it must honour. Plain AIMD climbs back from the halved
+// limit to the one that overran the destination in a few rounds and
+// overruns it again, so the queue spent much of its time paused: against
+// the soak run's sink (200 requests/s, burst 20, 50 ms) it made 74
+// requests/s. Lingering near the ceiling makes the 429s, and so the
+// pauses, rare: 178/s in TestPauseAndAIMDNearTheAllowedRate, which
+// simulates that sink.
+func (q *queue) increase(max int) {
+	step := 1 / q.limit
+	if q.ceiling > 0 && q.limit >= q.ceiling-ceilingBand {
+		if q.limit > q.ceiling+ceilingBand {
+			q.ceiling = 0
+		} else {
+			step /= ceilingRounds
+		}
+	}
+	q.limit = min(q.limit+step, float64(max))
+}
+
+const (
+	ceilingRounds = 200
+	ceilingBand   = 1
+)
 
 // hold is one throttled user of a queue: its jobs wait until until, the
 // one the destination held first, then the later ones in queue order.
