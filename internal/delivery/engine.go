@@ -4,9 +4,11 @@
 // Each destination has one scheduler goroutine that owns all of its queues.
 // It keeps the queues that can send now in a ring and serves them round-robin,
 // one request per turn, while the destination has a free concurrency slot and
-// a rate-limit token. A queue that is paused by a 429, waiting for its next
-// retry, or at its adaptive concurrency limit leaves the ring and so holds no
-// slot: the others share them. Because every ready queue gets a turn before
+// a rate-limit token. A queue that is paused (a wait the destination asked
+// for, a 429, a spent quota), waiting for its next retry, or at its adaptive
+// concurrency limit leaves the ring and so holds no slot: the others share
+// them. Within a queue, a user the destination throttles alone waits alone
+// (holds, see sieve): the queue's other users go on. Because every ready queue gets a turn before
 // any gets a second, a source that sends a thousand times more than another
 // only ever has one request ahead of it per slot; it cannot make the small
 // one wait behind its backlog (head-of-line blocking, the problem fanout
@@ -360,14 +362,14 @@ const pageSize = 64
 //
 //   - The ring (inRing): it may dispatch now, as far as it knows.
 //   - The wake heap (heapIdx >= 0): it has work, but time must pass first
-//     (a pause after a 429, or its next retry falling due); wakeDue takes it
-//     out when its time comes.
+//     (the end of a pause, its next retry falling due, a held user's hold
+//     ending); wakeDue takes it out when its time comes.
 //   - Idle, in neither: only an event can give it something to do, a
 //     completion (it is at its concurrency limit) or a notification (it has
 //     nothing to send). A queue idle with nothing at all is forgotten.
 //
 // The ring alone is kept lazily: a queue that stops being ready while in it
-// (a 429 of its request in flight comes back) stays there, and may also be
+// (a wait for its request in flight comes back) stays there, and may also be
 // in the heap, until dispatch pops it, finds it not ready and considers it
 // again. Taking it out at once would mean a search of the ring.
 //
@@ -385,6 +387,11 @@ const pageSize = 64
 // the ring, never for a big queue's backlog to drain. A queue that is
 // paused, waiting for a retry or at its concurrency limit is out of the
 // ring, so it holds no turn and no slot.
+//
+// The rules that say what an answer means for a queue (pause, backoff,
+// split, hold, AIMD, circuit) live in decide; complete applies them. Every
+// time here is on the clock's steady time (dest.now), which a jump of the
+// wall clock does not move.
 func (d *dest) run(ctx context.Context) {
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
@@ -639,7 +646,7 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 			q.sizes = nil
 		}
 	}
-	if q.held > 0 && d.keyer != nil {
+	if len(q.holds) > 0 && d.keyer != nil {
 		d.sieve(q, now, most)
 		if len(q.buf) == 0 {
 			q.buf = nil
@@ -677,6 +684,10 @@ func (d *dest) sieve(q *queue, now time.Time, most int) {
 	for ; i < len(q.buf) && len(kept) < most; i++ {
 		j := q.buf[i]
 		if key := d.keyer.HoldKey(j.Event); key != "" {
+			if _, head := q.holdOut[j.Seq]; head {
+				kept = append(kept, j)
+				continue
+			}
 			if h := q.holds[key]; h != nil {
 				if !q.hold(key, j, h.until) {
 					q.pauseUntil(q.holdNext, pauseHolds)
@@ -811,11 +822,14 @@ func (d *dest) complete(c completion) {
 
 	var expired []*jobstore.Job
 	var expiredResults []destinations.SendResult
-	var requeue, split []jobstore.Job
+	var requeue, split, released []jobstore.Job
 	for i := range c.jobs {
 		j := &c.jobs[i]
 		res := &c.results[i]
 		step := v.Jobs[i]
+		if q.holdOut != nil && step.HoldUntil.IsZero() {
+			released = append(released, q.holdAnswered(j.Seq)...)
+		}
 		if step.Reason != "" {
 			res.Reason = step.Reason
 		}
@@ -873,6 +887,8 @@ func (d *dest) complete(c completion) {
 		q.sizes = append(halves, q.sizes...)
 		requeue = append(split, requeue...)
 	}
+	// A hold's head is answered: the user's later jobs follow it.
+	requeue = append(requeue, released...)
 	if len(requeue) > 0 {
 		q.buf = append(requeue, q.buf...)
 	}

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bytes"
+	"slices"
 	"sort"
 	"time"
 
@@ -17,7 +18,8 @@ type queue struct {
 	id jobstore.Queue
 
 	// buf holds loaded jobs not yet dispatched: due retries first, then
-	// pending jobs in Seq order. Jobs throttled by a 429 go back to its front.
+	// pending jobs in Seq order. Jobs sent again at once (paused by a wait,
+	// split, released from a hold) go back to its front.
 	buf []jobstore.Job
 	// cursor is the highest pending Seq loaded so far; diskMore says the
 	// store may hold pending jobs beyond it.
@@ -65,6 +67,8 @@ type queue struct {
 	holds    map[string]*hold
 	held     int
 	holdNext time.Time
+	// holdOut names, by Seq, the hold of each hold's head that is out.
+	holdOut map[uint64]string
 	// sizes caps the next batches taken from the head, front first: the
 	// halves of a batch the destination asked to split.
 	sizes []int
@@ -105,7 +109,7 @@ func (q *queue) ready(now time.Time) bool {
 // its next events do not hammer the destination at full concurrency again.
 func (q *queue) idle(now time.Time, maxLimit int) bool {
 	return q.limit >= float64(maxLimit) && len(q.buf) == 0 && !q.diskMore && q.inflight == 0 && q.outHead == len(q.out) &&
-		q.retryNext.IsZero() && len(q.loadedRetries) == 0 && !q.pausedUntil.After(now) && q.held == 0
+		q.retryNext.IsZero() && len(q.loadedRetries) == 0 && !q.pausedUntil.After(now) && len(q.holds) == 0
 }
 
 // nextWake returns when the queue may become ready by the passing of time
@@ -122,7 +126,7 @@ func (q *queue) nextWake(now time.Time) time.Time {
 	if q.retryNext.After(now) && len(q.buf) == 0 && !q.diskMore {
 		w = q.retryNext
 	}
-	if q.held > 0 && (w.IsZero() || q.holdNext.Before(w)) {
+	if !q.holdNext.IsZero() && (w.IsZero() || q.holdNext.Before(w)) {
 		w = q.holdNext
 	}
 	return w
@@ -181,11 +185,17 @@ const (
 	ceilingBand   = 1
 )
 
-// hold is one throttled user of a queue: its jobs wait until until, the
-// one the destination held first, then the later ones in queue order.
+// hold is one user of a queue that the destination throttles alone. Its
+// jobs wait in queue order: the held one first, then the later ones sieve
+// finds. When the hold ends, only its head goes out (sending); the others
+// wait for the head's answer, so that a user held again is not overtaken
+// by its own later events. Once the head gets an answer that is not
+// another hold, the rest go back to the queue, in order, and the hold is
+// gone.
 type hold struct {
-	until time.Time
-	jobs  []jobstore.Job
+	until   time.Time
+	jobs    []jobstore.Job
+	sending bool
 }
 
 // Holds bound the memory of throttled users per queue: at most maxHolds
@@ -197,9 +207,18 @@ var (
 )
 
 // hold puts j behind the user key until until, or reports false when the
-// holds are full.
+// holds are full. A hold's head that comes back held again goes back to
+// the front of its hold.
 func (q *queue) hold(key string, j jobstore.Job, until time.Time) bool {
 	h := q.holds[key]
+	if head, ok := q.holdOut[j.Seq]; ok && head == key && h != nil {
+		delete(q.holdOut, j.Seq)
+		h.jobs = insertBySeq(h.jobs, j)
+		h.sending, h.until = false, until
+		q.held++
+		q.nextHold()
+		return true
+	}
 	if q.held >= maxHeld || (h == nil && len(q.holds) >= maxHolds) {
 		return false
 	}
@@ -210,40 +229,78 @@ func (q *queue) hold(key string, j jobstore.Job, until time.Time) bool {
 		h = &hold{}
 		q.holds[key] = h
 	}
-	h.jobs = append(h.jobs, j)
+	// By Seq, which is queue order: requests in flight together may come
+	// back held in any order.
+	h.jobs = insertBySeq(h.jobs, j)
 	q.held++
-	if until.After(h.until) {
+	if !h.sending && until.After(h.until) {
 		h.until = until
-	}
-	if q.holdNext.IsZero() || h.until.Before(q.holdNext) {
-		q.holdNext = h.until
+		q.nextHold()
 	}
 	return true
 }
 
-// releaseHolds puts the jobs of the holds that have ended by now back at
-// the head of the queue, each user's in order.
+func insertBySeq(jobs []jobstore.Job, j jobstore.Job) []jobstore.Job {
+	i := sort.Search(len(jobs), func(i int) bool { return jobs[i].Seq > j.Seq })
+	return slices.Insert(jobs, i, j)
+}
+
+// nextHold sets holdNext to the earliest end of a hold whose head is not
+// out.
+func (q *queue) nextHold() {
+	q.holdNext = time.Time{}
+	for _, h := range q.holds {
+		if !h.sending && (q.holdNext.IsZero() || h.until.Before(q.holdNext)) {
+			q.holdNext = h.until
+		}
+	}
+}
+
+// releaseHolds sends the head of each hold that has ended by now back to
+// the head of the queue.
 func (q *queue) releaseHolds(now time.Time) {
-	if q.held == 0 || q.holdNext.After(now) {
+	if q.held == 0 || q.holdNext.IsZero() || q.holdNext.After(now) {
 		return
 	}
 	var back []jobstore.Job
-	q.holdNext = time.Time{}
 	for key, h := range q.holds {
-		if h.until.After(now) {
-			if q.holdNext.IsZero() || h.until.Before(q.holdNext) {
-				q.holdNext = h.until
-			}
+		if h.sending || h.until.After(now) || len(h.jobs) == 0 {
 			continue
 		}
-		back = append(back, h.jobs...)
-		q.held -= len(h.jobs)
-		delete(q.holds, key)
+		j := h.jobs[0]
+		h.jobs[0] = jobstore.Job{}
+		h.jobs = h.jobs[1:]
+		h.sending = true
+		q.held--
+		if q.holdOut == nil {
+			q.holdOut = map[uint64]string{}
+		}
+		q.holdOut[j.Seq] = key
+		back = append(back, j)
 	}
-	if len(q.holds) == 0 {
-		q.holds = nil // a map does not shrink; let a burst's go
-	}
+	q.nextHold()
 	q.buf = append(back, q.buf...)
+}
+
+// holdAnswered is told of the answer to a job that is not another hold of
+// it. If the job was a hold's head, the hold is over: its other jobs are
+// returned, in order, to go back to the queue after the head.
+func (q *queue) holdAnswered(seq uint64) []jobstore.Job {
+	key, ok := q.holdOut[seq]
+	if !ok {
+		return nil
+	}
+	delete(q.holdOut, seq)
+	h := q.holds[key]
+	delete(q.holds, key)
+	if len(q.holds) == 0 {
+		q.holds, q.holdOut = nil, nil // a map does not shrink; let a burst's go
+	}
+	if h == nil {
+		return nil
+	}
+	q.held -= len(h.jobs)
+	return h.jobs
 }
 
 // takeHandoff takes in the jobs announced for the queue since its scheduler

@@ -241,44 +241,53 @@ func TestSplitBisectsToTheBadEvent(t *testing.T) {
 // One user throttled by the destination among a thousand: only that
 // user's events wait, behind the held one and in order, while every other
 // user's are delivered; the queue holds in memory only the held user's.
+// The user is still throttled when its hold first ends: its first event
+// is held again, and the later ones stay behind it.
 func TestHoldWaitsOnlyTheThrottledUser(t *testing.T) {
-	user := func(ev event.Event) string {
-		var n int
-		fmt.Sscanf(ev.MessageID, "web-%d", &n)
-		return fmt.Sprintf("u%d", n%1000)
-	}
-	var b *bundle
-	b = setup(t, targetSpec{name: "hook", batch: 100, concurrency: 1, holdKey: user,
-		decide: func(ev event.Event, attempt int) destinations.Result {
-			if user(ev) == "u7" && b.clk.Now().Before(start.Add(10*time.Second)) {
-				return destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, Hold: "u7", RetryAfter: 10 * time.Second,
-					Reason: "HTTP 429: user u7 is throttled"}
+	for _, tc := range []struct{ batch, concurrency int }{{100, 1}, {100, 4}, {1, 1}} {
+		t.Run(fmt.Sprintf("batch %d, concurrency %d", tc.batch, tc.concurrency), func(t *testing.T) {
+			user := func(ev event.Event) string {
+				var n int
+				fmt.Sscanf(ev.MessageID, "web-%d", &n)
+				return fmt.Sprintf("u%d", n%1000)
 			}
-			return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
-		}})
-	b.send(t, "web", 3000, "hook")
-	rs := b.await(t, 2998) // every other user's, and u7's first, held
-	if n := count(rs, "web", delivery.EndDelivered); n != 2997 {
-		t.Fatalf("%d delivered while u7 is held, want 2997", n)
-	}
-	_, q := b.state(t, "hook", "web")
-	if q.Held != 3 || q.Holds != 1 || !q.PausedUntil.IsZero() {
-		t.Fatalf("held %d jobs of %d users, paused until %v; want u7's 3 held, the queue not paused", q.Held, q.Holds, q.PausedUntil)
-	}
-	b.clk.Advance(10 * time.Second)
-	rs = b.await(t, 3)
-	var got []string
-	for _, r := range rs {
-		if r.End != delivery.EndDelivered {
-			t.Fatalf("%s: %v after the hold", r.Job.Event.MessageID, r.End)
-		}
-		got = append(got, r.Job.Event.MessageID)
-	}
-	if fmt.Sprint(got) != "[web-7 web-1007 web-2007]" {
-		t.Fatalf("u7's events delivered in the order %v, want web-7, web-1007, web-2007", got)
-	}
-	if _, q := b.state(t, "hook", "web"); q.Held != 0 || q.Holds != 0 {
-		t.Fatalf("%d jobs of %d users still held", q.Held, q.Holds)
+			var b *bundle
+			b = setup(t, targetSpec{name: "hook", batch: tc.batch, concurrency: tc.concurrency, holdKey: user,
+				decide: func(ev event.Event, attempt int) destinations.Result {
+					if user(ev) == "u7" && b.clk.Now().Before(start.Add(20*time.Second)) {
+						return destinations.Result{Outcome: destinations.Retryable, StatusCode: 429, Hold: "u7", RetryAfter: 10 * time.Second,
+							Reason: "HTTP 429: user u7 is throttled"}
+					}
+					return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+				}})
+			b.send(t, "web", 3000, "hook")
+			delivered := func(n int) []string {
+				var ids []string
+				for len(ids) < n {
+					if r := b.await(t, 1)[0]; r.End == delivery.EndDelivered {
+						ids = append(ids, r.Job.Event.MessageID)
+					}
+				}
+				return ids
+			}
+			for _, id := range delivered(2997) { // every other user's, without a wait
+				if user(event.Event{MessageID: id}) == "u7" {
+					t.Fatalf("%s delivered while u7 is throttled", id)
+				}
+			}
+			_, q := b.state(t, "hook", "web")
+			if q.Held != 3 || q.Holds != 1 || !q.PausedUntil.IsZero() {
+				t.Fatalf("held %d jobs of %d users, paused until %v; want u7's 3 held, the queue not paused", q.Held, q.Holds, q.PausedUntil)
+			}
+			b.clk.Advance(10 * time.Second) // web-7 is held again
+			b.clk.Advance(10 * time.Second)
+			if got := fmt.Sprint(delivered(3)); got != "[web-7 web-1007 web-2007]" {
+				t.Fatalf("u7's events delivered in the order %v, want web-7, web-1007, web-2007", got)
+			}
+			if _, q := b.state(t, "hook", "web"); q.Held != 0 || q.Holds != 0 {
+				t.Fatalf("%d jobs of %d users still held", q.Held, q.Holds)
+			}
+		})
 	}
 }
 
