@@ -842,6 +842,9 @@ func (d *dest) complete(c completion) {
 		if step.End == EndRetrying {
 			j.LastError = res.Reason
 			if !step.Unattempted && d.expired(j, now, wall) {
+				if q.holdOut != nil && !step.HoldUntil.IsZero() {
+					released = append(released, q.holdAnswered(j.Seq)...)
+				}
 				// Reported and settled by archive, once the record is written.
 				expired = append(expired, j)
 				expiredResults = append(expiredResults, *res)
