@@ -122,9 +122,10 @@ type facts struct {
 //   - Quota: the queue pauses until RetryAfter from now or, without one,
 //     until the next midnight UTC (at most MaxQuotaWait); the job goes
 //     back to the queue's head and the attempt does not count.
-//   - Split (on a retryable or rejected result): the job goes back to the
-//     head with the others of its request marked Split, to be sent in
-//     halves; alone in its request, it is rejected with its reason.
+//   - Split, or a 413 (on a retryable or rejected result): the job goes
+//     back to the head with the others of its request marked Split, to be
+//     sent in halves; alone in its request, it is rejected with its
+//     reason.
 //   - Hold: only the job waits, RetryAfter or DefaultHoldWait, and the
 //     queue's later jobs of the same user wait behind it. The request's
 //     other retryable jobs that carry no wait of their own go back to the
@@ -159,7 +160,10 @@ func decide(f facts, results []destinations.SendResult) verdict {
 	for i := range results {
 		r := &results[i].Result
 		step := &v.Jobs[i]
-		isSplit := r.Split && (r.Outcome == destinations.Retryable || r.Outcome == destinations.Rejected)
+		// A 413 is about the request as a whole, whatever the integration
+		// made of it: the batch is split as if it had said so.
+		isSplit := (r.Split || r.StatusCode == http.StatusRequestEntityTooLarge) &&
+			(r.Outcome == destinations.Retryable || r.Outcome == destinations.Rejected)
 		switch {
 		case r.Outcome == destinations.Delivered:
 			step.End = EndDelivered

@@ -38,6 +38,7 @@ func TestDecide(t *testing.T) {
 		conflict    = res(destinations.Retryable, 409, 0) // retryable by the integration's say
 		quota       = with(res(destinations.Retryable, 429, 0), func(r *destinations.Result) { r.Quota = true })
 		tooLarge    = with(res(destinations.Rejected, 413, 0), func(r *destinations.Result) { r.Split = true; r.Reason = "HTTP 413" })
+		rejected413 = with(res(destinations.Rejected, 413, 0), func(r *destinations.Result) { r.Reason = "HTTP 413 Request Entity Too Large" })
 		heldUser    = with(res(destinations.Retryable, 429, 0), func(r *destinations.Result) { r.Hold = "u1" })
 		// The rest of a batch a user was held in: not sent, not failed.
 		notSent = res(destinations.Retryable, 429, 0)
@@ -120,6 +121,11 @@ func TestDecide(t *testing.T) {
 		{"a split event alone is rejected with the reason", 0, false, []destinations.SendResult{tooLarge},
 			verdict{Circuit: circuitSuccess, Limit: limitIncrease, Jobs: []jobStep{{End: EndFailed,
 				Reason: "the destination refused this event even when sent alone: HTTP 413"}}}},
+		{"a 413 splits a batch though the integration did not say Split", 0, false, []destinations.SendResult{rejected413, rejected413},
+			verdict{Circuit: circuitSuccess, Limit: limitKeep, Jobs: []jobStep{split, split}}},
+		{"a 413 alone is rejected", 0, false, []destinations.SendResult{rejected413},
+			verdict{Circuit: circuitSuccess, Limit: limitIncrease, Jobs: []jobStep{{End: EndFailed,
+				Reason: "the destination refused this event even when sent alone: HTTP 413 Request Entity Too Large"}}}},
 		{"a retryable split splits too", 0, false, []destinations.SendResult{with(conflict, func(r *destinations.Result) { r.Split = true }), delivered},
 			verdict{Circuit: circuitSuccess, Limit: limitKeep, Jobs: []jobStep{split, done}}},
 
