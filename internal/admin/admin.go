@@ -241,8 +241,16 @@ type QueueState struct {
 	// PendingRetry are the jobs in the retry set (from stats).
 	PendingRetry int64      `json:"pending_retry"`
 	PausedUntil  *time.Time `json:"paused_until,omitempty"`
-	RetryNext    *time.Time `json:"retry_next,omitempty"`
-	Throttled    int        `json:"throttled"`
+	// PauseReason says why the queue is paused until PausedUntil:
+	// "retry-after", "throttled", "quota" or "holds-full"
+	// (delivery.QueueState.PauseReason).
+	PauseReason string     `json:"pause_reason,omitempty"`
+	RetryNext   *time.Time `json:"retry_next,omitempty"`
+	Throttled   int        `json:"throttled"`
+	// Held jobs wait behind users the destination throttles alone, Holds
+	// of them.
+	Held  int `json:"held"`
+	Holds int `json:"holds"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -273,7 +281,8 @@ func (h *handler) state(ctx context.Context) map[string]*State {
 				Source: q.Queue.Source, Buffered: q.Buffered, Backlog: q.Backlog, InFlight: q.InFlight,
 				Limit: q.Limit, Depth: max(depth[q.Queue.Source], int64(q.Buffered+q.InFlight)),
 				OldestAgeSeconds: age, PendingRetry: pending[q.Queue.Source], PausedUntil: timePtr(q.PausedUntil),
-				RetryNext: timePtr(q.RetryNext), Throttled: q.Throttled,
+				PauseReason: q.PauseReason, RetryNext: timePtr(q.RetryNext), Throttled: q.Throttled,
+				Held: q.Held, Holds: q.Holds,
 			})
 		}
 		// A queue idle in the scheduler may still hold retries on disk.

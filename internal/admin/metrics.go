@@ -48,9 +48,10 @@ type Metrics struct {
 }
 
 type destMetrics struct {
-	attempts  [delivery.EndRetrying + 1]prometheus.Counter
-	latency   prometheus.Observer
-	throttled prometheus.Counter
+	attempts      [delivery.EndRetrying + 1]prometheus.Counter
+	latency       prometheus.Observer
+	throttled     prometheus.Counter
+	duplicateRisk prometheus.Counter
 }
 
 type srcMetrics struct {
@@ -89,15 +90,20 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		Name: "fanout_delivery_throttled_total",
 		Help: "Events answered 429 Too Many Requests; each pauses its queue.",
 	}, []string{"destination"})
+	duplicateRisk := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "fanout_delivery_retried_duplicate_risk_total",
+		Help: "Events retried after a timeout or 5xx on a batch, to a destination whose API does not deduplicate: each may be counted twice there.",
+	}, []string{"destination"})
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "fanout_ingest_events_total",
 		Help: "Events taken by the tracking API, by source and result (accepted, deduplicated, rejected).",
 	}, []string{"source", "result"})
-	m.reg.MustRegister(attempts, latency, throttled, events,
+	m.reg.MustRegister(attempts, latency, throttled, duplicateRisk, events,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{state: o.State, depth: o.Depth, now: o.Now})
 	for _, d := range o.Destinations {
-		dm := &destMetrics{latency: latency.WithLabelValues(d), throttled: throttled.WithLabelValues(d)}
+		dm := &destMetrics{latency: latency.WithLabelValues(d), throttled: throttled.WithLabelValues(d),
+			duplicateRisk: duplicateRisk.WithLabelValues(d)}
 		for e := delivery.EndDelivered; e <= delivery.EndRetrying; e++ {
 			dm.attempts[e] = attempts.WithLabelValues(d, e.String())
 		}
@@ -138,6 +144,9 @@ func (m *Metrics) Observe(r delivery.Report) {
 	if r.Result.StatusCode == http.StatusTooManyRequests {
 		dm.throttled.Inc()
 	}
+	if r.DuplicateRisk {
+		dm.duplicateRisk.Inc()
+	}
 }
 
 // ObserveIngest counts a tracking API request. It is an ingest
@@ -172,7 +181,8 @@ type stateCollector struct {
 var (
 	descDepth    = prometheus.NewDesc("fanout_queue_depth", "Jobs made for the destination and not ended yet (delivered, failed, unsupported or archived), the backlog waiting on disk included. Approximate after a crash.", []string{"destination"}, nil)
 	descBacklog  = prometheus.NewDesc("fanout_queue_backlog_queues", "Queues with more pending jobs on disk than are loaded.", []string{"destination"}, nil)
-	descPaused   = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused by a 429.", []string{"destination"}, nil)
+	descPaused   = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused: by a wait the destination asked for, a 429, a spent quota, or too many users held.", []string{"destination"}, nil)
+	descQuota    = prometheus.NewDesc("fanout_queue_quota_paused_until_timestamp_seconds", "While queues of the destination are paused because a quota is spent (a daily limit): when the last of them resumes, the quota's reset, as a Unix time. Absent otherwise.", []string{"destination"}, nil)
 	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
 	descLimit    = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
 	descCircuit  = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
@@ -180,7 +190,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descInflight, descLimit, descCircuit, descOldest} {
+	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descQuota, descInflight, descLimit, descCircuit, descOldest} {
 		ch <- d
 	}
 }
@@ -197,6 +207,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, d := range c.state(ctx) {
 		var depth, backlog, paused, oldest float64
+		var quota time.Time
 		for _, q := range d.Queues {
 			if !q.Oldest.IsZero() {
 				oldest = max(oldest, now.Sub(q.Oldest).Seconds())
@@ -207,7 +218,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if q.PausedUntil.After(now) {
 				paused++
+				if q.PauseReason == "quota" && q.PausedUntil.After(quota) {
+					quota = q.PausedUntil
+				}
 			}
+		}
+		if !quota.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descQuota, prometheus.GaugeValue, float64(quota.UnixMilli())/1000, d.Name)
 		}
 		if c.depth != nil {
 			depth = 0

@@ -1,6 +1,14 @@
 // Package clock lets the code that decides retries, backoff, pauses and
 // windows take its time from outside, so tests drive time instead of
 // sleeping.
+//
+// A clock tells two times. Now is the wall clock: what a person or another
+// machine would call the time, which an administrator or NTP may set
+// backwards or forwards. Steady never jumps: it reads like the wall clock
+// did when the process started, and moves only by the monotonic time
+// elapsed since. Intervals (a pause, a backoff, a timer) are measured on
+// Steady; times that mean something outside the process (an event's
+// receipt, an HTTP date, midnight UTC) on Now.
 package clock
 
 import (
@@ -11,15 +19,20 @@ import (
 
 // Clock tells the time and makes timers.
 type Clock interface {
+	// Now returns the wall time, which may jump.
 	Now() time.Time
-	// NewTimer returns a stopped timer.
+	// Steady returns the time on a clock that never jumps: the wall time
+	// of the process's start plus the monotonic time elapsed since.
+	Steady() time.Time
+	// NewTimer returns a stopped timer, which fires on the Steady clock.
 	NewTimer() Timer
 }
 
 // Timer is the part of time.Timer that fanout uses.
 type Timer interface {
 	C() <-chan time.Time
-	// Set makes the timer fire at t, at once if t has passed. Taking an
+	// Set makes the timer fire at t, a Steady time, at once if t has
+	// passed. Taking an
 	// absolute time, not a duration, means a fake clock that moves between
 	// the caller reading the time and setting the timer cannot make it miss.
 	Set(t time.Time)
@@ -34,6 +47,14 @@ var _ Clock = Real{}
 // Now returns time.Now().
 func (Real) Now() time.Time { return time.Now() }
 
+// epoch anchors Real's Steady clock.
+var epoch = time.Now()
+
+// Steady returns the wall time of the process's start plus the monotonic
+// time elapsed since. The result carries a monotonic reading too, so that
+// comparisons and time.Until between Steady times use it.
+func (Real) Steady() time.Time { return epoch.Add(time.Since(epoch)) }
+
 // NewTimer returns a stopped time.Timer.
 func (Real) NewTimer() Timer {
 	t := time.NewTimer(time.Hour)
@@ -47,11 +68,13 @@ func (r realTimer) C() <-chan time.Time { return r.t.C }
 func (r realTimer) Set(t time.Time)     { r.t.Reset(time.Until(t)) }
 func (r realTimer) Stop()               { r.t.Stop() }
 
-// Fake is a clock that moves only when Advance is called. The zero value is
-// not usable; use NewFake.
+// Fake is a clock that moves only when Advance or Jump is called. The zero
+// value is not usable; use NewFake.
 type Fake struct {
-	mu     sync.Mutex
+	mu sync.Mutex
+	// now is the Steady time; the wall time is now + skew.
 	now    time.Time
+	skew   time.Duration
 	timers []*fakeTimer
 }
 
@@ -60,15 +83,31 @@ var _ Clock = (*Fake)(nil)
 // NewFake returns a fake clock set to start.
 func NewFake(start time.Time) *Fake { return &Fake{now: start} }
 
-// Now returns the fake time.
+// Now returns the fake wall time: start, plus every Advance and Jump.
 func (f *Fake) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now.Add(f.skew)
+}
+
+// Steady returns the fake steady time: start plus every Advance.
+func (f *Fake) Steady() time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.now
 }
 
-// Advance moves the clock forward by d and fires every timer that is due,
-// earliest first.
+// Jump sets the wall clock forwards (d > 0) or backwards without moving
+// the steady clock, as an administrator or NTP stepping the clock does.
+// No timer fires.
+func (f *Fake) Jump(d time.Duration) {
+	f.mu.Lock()
+	f.skew += d
+	f.mu.Unlock()
+}
+
+// Advance moves both clocks forward by d and fires every timer that is
+// due, earliest first.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
 	f.now = f.now.Add(d)

@@ -4,9 +4,11 @@
 // Each destination has one scheduler goroutine that owns all of its queues.
 // It keeps the queues that can send now in a ring and serves them round-robin,
 // one request per turn, while the destination has a free concurrency slot and
-// a rate-limit token. A queue that is paused by a 429, waiting for its next
-// retry, or at its adaptive concurrency limit leaves the ring and so holds no
-// slot: the others share them. Because every ready queue gets a turn before
+// a rate-limit token. A queue that is paused (a wait the destination asked
+// for, a 429, a spent quota), waiting for its next retry, or at its adaptive
+// concurrency limit leaves the ring and so holds no slot: the others share
+// them. Within a queue, a user the destination throttles alone waits alone
+// (holds, see sieve): the queue's other users go on. Because every ready queue gets a turn before
 // any gets a second, a source that sends a thousand times more than another
 // only ever has one request ahead of it per slot; it cannot make the small
 // one wait behind its backlog (head-of-line blocking, the problem fanout
@@ -57,6 +59,10 @@ type Target struct {
 	// Limiter is RateLimit's limiter when the integration shares it
 	// (destinations.Config.Limiter); nil makes one.
 	Limiter *rate.Limiter
+	// Deduplicates is the integration's Deduplicates: whether its API drops
+	// a repeated event on its own. Where it does not, a retry after a
+	// timeout or 5xx on a batch is reported with Report.DuplicateRisk.
+	Deduplicates bool
 }
 
 // End is how a delivery attempt left its job.
@@ -88,6 +94,15 @@ type Report struct {
 	// then counts only the attempts made before, and Result holds no
 	// request.
 	Expired bool
+	// Unattempted says the attempt did not count against the job: the
+	// destination answered that a quota is spent (Result.Quota).
+	// Job.Attempts then counts only the attempts made before.
+	Unattempted bool
+	// DuplicateRisk says the job is retried after an ambiguous failure (a
+	// timeout or 5xx on a batch of several events) of an integration whose
+	// API does not deduplicate: the destination may have taken it already,
+	// and the retry may count it twice.
+	DuplicateRisk bool
 }
 
 // Options configures an Engine.
@@ -96,7 +111,9 @@ type Options struct {
 	Targets []Target
 	// Archive receives jobs whose retry window ended. Required.
 	Archive archive.Store
-	// Clock defaults to the wall clock.
+	// Clock defaults to the wall clock. The engine measures intervals
+	// (pauses, backoff, probes, timers) and the due time of retries on its
+	// Steady time, which does not jump; see dest.now.
 	Clock clock.Clock
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -165,6 +182,7 @@ func New(opts Options) (*Engine, error) {
 			labels:   pprof.Labels("destination", t.Name, "type", t.Type),
 		}
 		d.sender = destinations.Sender{Client: t.Client, Name: t.Name, Logger: d.log, Now: opts.Clock.Now}
+		d.keyer, _ = t.Destination.(destinations.HoldKeyer)
 		d.limiter = t.Limiter
 		if d.limiter == nil {
 			d.limiter = destinations.NewLimiter(t.RateLimit)
@@ -182,7 +200,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("delivery: list queues: %w", err)
 	}
-	now := e.opts.Clock.Now()
+	now := e.opts.Clock.Steady()
 	for _, q := range qs {
 		d, ok := e.dests[q.Destination]
 		if !ok {
@@ -231,6 +249,7 @@ type completion struct {
 	jobs    []jobstore.Job
 	results []destinations.SendResult
 	probe   bool
+	seq     uint64 // the queue's number for the request (queue.sent)
 }
 
 // dest is one destination's scheduler and the state it owns.
@@ -261,6 +280,8 @@ type dest struct {
 	storeRetryAt time.Time
 	rnd          *rand.Rand
 	sender       destinations.Sender
+	// keyer is the Destination as a HoldKeyer, nil when it is not one.
+	keyer destinations.HoldKeyer
 
 	done chan completion
 	snap chan chan DestinationState
@@ -346,14 +367,14 @@ const pageSize = 64
 //
 //   - The ring (inRing): it may dispatch now, as far as it knows.
 //   - The wake heap (heapIdx >= 0): it has work, but time must pass first
-//     (a pause after a 429, or its next retry falling due); wakeDue takes it
-//     out when its time comes.
+//     (the end of a pause, its next retry falling due, a held user's hold
+//     ending); wakeDue takes it out when its time comes.
 //   - Idle, in neither: only an event can give it something to do, a
 //     completion (it is at its concurrency limit) or a notification (it has
 //     nothing to send). A queue idle with nothing at all is forgotten.
 //
 // The ring alone is kept lazily: a queue that stops being ready while in it
-// (a 429 of its request in flight comes back) stays there, and may also be
+// (a wait for its request in flight comes back) stays there, and may also be
 // in the heap, until dispatch pops it, finds it not ready and considers it
 // again. Taking it out at once would mean a search of the ring.
 //
@@ -371,6 +392,11 @@ const pageSize = 64
 // the ring, never for a big queue's backlog to drain. A queue that is
 // paused, waiting for a retry or at its concurrency limit is out of the
 // ring, so it holds no turn and no slot.
+//
+// The rules that say what an answer means for a queue (pause, backoff,
+// split, hold, AIMD, circuit) live in decide; complete applies them. Every
+// time here is on the clock's steady time (dest.now), which a jump of the
+// wall clock does not move.
 func (d *dest) run(ctx context.Context) {
 	workCtx, cancelWork := context.WithCancel(context.Background())
 	defer cancelWork()
@@ -378,7 +404,7 @@ func (d *dest) run(ctx context.Context) {
 	defer timer.Stop()
 	w := &workers{ctx: workCtx, ch: make(chan completion, d.Concurrency)}
 	for {
-		now := d.e.opts.Clock.Now()
+		now := d.now()
 		d.takeNotified()
 		d.wakeDue(now)
 		wait := d.dispatch(w, now)
@@ -451,7 +477,7 @@ func (d *dest) takeNotified() {
 		d.notified = map[string]*handoff{}
 	}
 	d.mu.Unlock()
-	now := d.e.opts.Clock.Now()
+	now := d.now()
 	for src, h := range got {
 		q := d.queue(src)
 		q.takeHandoff(h)
@@ -472,8 +498,9 @@ func (d *dest) takeNotified() {
 // if time alone will make it ready.
 func (d *dest) consider(q *queue, now time.Time) {
 	if now.IsZero() {
-		now = d.e.opts.Clock.Now()
+		now = d.now()
 	}
+	q.releaseHolds(now)
 	if q.ready(now) {
 		if !q.inRing {
 			q.inRing = true
@@ -586,7 +613,8 @@ func (d *dest) dispatch(w *workers, now time.Time) time.Duration {
 		if probe {
 			d.circuit.probing = true
 		}
-		d.start(w, completion{q: q, jobs: jobs, probe: probe})
+		q.sent++
+		d.start(w, completion{q: q, jobs: jobs, probe: probe, seq: q.sent})
 		d.consider(q, now)
 	}
 	return 0
@@ -642,22 +670,38 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 	if len(q.buf) == 0 {
 		return nil, nil
 	}
-	n, size := 1, len(q.buf[0].Event.Payload)
+	most := 1
 	if d.Batch.MaxEvents > 1 {
+		most = d.Batch.MaxEvents
 		// Jobs taken in from an announcement may be fewer than a batch.
 		if len(q.buf) < d.Batch.MaxEvents && q.diskMore {
 			if err := d.load(q, now, d.Batch.MaxEvents); err != nil {
 				d.log.Warn("read more jobs for a batch", "source", q.id.Source, "err", err)
 			}
 		}
-		for n < len(q.buf) && n < d.Batch.MaxEvents {
-			s := len(q.buf[n].Event.Payload)
-			if d.Batch.MaxBytes > 0 && size+s > d.Batch.MaxBytes {
-				break
-			}
-			size += s
-			n++
+	}
+	if len(q.sizes) > 0 {
+		most = min(most, q.sizes[0])
+		q.sizes = q.sizes[1:]
+		if len(q.sizes) == 0 {
+			q.sizes = nil
 		}
+	}
+	if len(q.holds) > 0 && d.keyer != nil {
+		d.sieve(q, now, most)
+		if len(q.buf) == 0 {
+			q.buf = nil
+			return nil, nil
+		}
+	}
+	n, size := 1, len(q.buf[0].Event.Payload)
+	for n < len(q.buf) && n < most {
+		s := len(q.buf[n].Event.Payload)
+		if d.Batch.MaxBytes > 0 && size+s > d.Batch.MaxBytes {
+			break
+		}
+		size += s
+		n++
 	}
 	jobs := make([]jobstore.Job, n)
 	copy(jobs, q.buf[:n])
@@ -667,6 +711,37 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 		q.buf = nil
 	}
 	return jobs, nil
+}
+
+// sieve moves the jobs of held users out of the first most sendable jobs
+// of q's buffer into their holds, behind the held job, so that a held
+// user's later events wait behind it and not in front of it, and every
+// other user's go on. Only the jobs about to be sent are looked at, so
+// that HoldKey runs once per job. When the holds are full, the queue
+// pauses until the first hold ends rather than hold more in memory.
+func (d *dest) sieve(q *queue, now time.Time, most int) {
+	kept := q.buf[:0]
+	i := 0
+	for ; i < len(q.buf) && len(kept) < most; i++ {
+		j := q.buf[i]
+		if key := d.keyer.HoldKey(j.Event); key != "" {
+			if _, head := q.holdOut[j.Seq]; head {
+				kept = append(kept, j)
+				continue
+			}
+			if h := q.holds[key]; h != nil {
+				if !q.hold(key, j, h.until) {
+					q.pauseUntil(q.holdNext, pauseHolds)
+					break
+				}
+				continue
+			}
+		}
+		kept = append(kept, j)
+	}
+	n := copy(q.buf[len(kept):], q.buf[i:])
+	clear(q.buf[len(kept)+n:])
+	q.buf = q.buf[:len(kept)+n]
 }
 
 // load pages jobs of q in from the store until buf holds want, or at least
@@ -769,7 +844,7 @@ func (d *dest) work(w *workers) {
 // complete applies the outcome of one request, as decide judges it, to its
 // queue, its destination's circuit and its jobs.
 func (d *dest) complete(c completion) {
-	now := d.e.opts.Clock.Now()
+	now, wall := d.now(), d.e.opts.Clock.Now()
 	q := c.q
 	d.inflight--
 	q.inflight--
@@ -777,63 +852,100 @@ func (d *dest) complete(c completion) {
 		d.circuit.probing = false
 	}
 
-	v := decide(now, c.results)
+	v := decide(facts{Now: now, Wall: wall, Streak: q.streak, Jitter: d.rnd.Float64(),
+		Deduplicates: d.Deduplicates}, c.results)
 	switch v.Circuit {
 	case circuitSuccess:
 		d.circuit.success()
 	case circuitFailure:
-		d.circuit.failure(now, c.probe)
+		d.circuit.failure(now, c.probe, d.rnd.Float64())
 	}
 	if !v.PauseUntil.IsZero() {
-		q.pausedUntil = v.PauseUntil
+		q.pauseUntil(v.PauseUntil, v.Pause)
 	}
 	if v.Throttled {
 		q.throttle++
 	}
+	q.streak = v.Streak
 	switch v.Limit {
 	case limitIncrease:
-		q.limit = aimdIncrease(q.limit, d.Concurrency)
+		q.increase(d.Concurrency)
 	case limitDecrease:
-		q.limit = aimdDecrease(q.limit)
+		q.decrease(c.seq)
 	}
 
 	var expired []*jobstore.Job
 	var expiredResults []destinations.SendResult
-	var requeue []jobstore.Job
+	var requeue, split, released []jobstore.Job
 	for i := range c.jobs {
 		j := &c.jobs[i]
-		reason := c.results[i].Reason
+		res := &c.results[i]
 		step := v.Jobs[i]
-		j.Attempts++
+		if q.holdOut != nil && step.HoldUntil.IsZero() {
+			released = append(released, q.holdAnswered(j.Seq)...)
+		}
+		if step.Reason != "" {
+			res.Reason = step.Reason
+		}
+		if step.End == EndFailed {
+			res.Outcome = destinations.Rejected // a split event found alone
+		}
+		if !step.Unattempted {
+			j.Attempts++
+		}
 		if step.End == EndRetrying {
-			j.LastError = reason
-			if d.expired(j, now) {
+			j.LastError = res.Reason
+			if !step.Unattempted && d.expired(j, now, wall) {
+				if q.holdOut != nil && !step.HoldUntil.IsZero() {
+					released = append(released, q.holdAnswered(j.Seq)...)
+				}
 				// Reported and settled by archive, once the record is written.
 				expired = append(expired, j)
-				expiredResults = append(expiredResults, c.results[i])
+				expiredResults = append(expiredResults, *res)
 				continue
 			}
 		}
-		d.observe(Report{Queue: q.id, Job: j, Result: c.results[i], End: step.End, At: now})
+		d.observe(Report{Queue: q.id, Job: j, Result: *res, End: step.End, At: wall,
+			Unattempted: step.Unattempted, DuplicateRisk: step.DuplicateRisk})
 		switch {
 		case step.End != EndRetrying:
 			d.settle(q, j)
+		case step.Split:
+			split = append(split, *j)
 		case step.Requeue:
 			requeue = append(requeue, *j)
+		case !step.HoldUntil.IsZero():
+			if !q.hold(step.Hold, *j, step.HoldUntil) {
+				// Too many users held: the whole queue waits instead.
+				q.pauseUntil(step.HoldUntil, pauseHolds)
+				requeue = append(requeue, *j)
+			}
 		default:
-			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), reason)
+			d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), res.Reason)
 		}
 	}
 	if len(expired) > 0 {
-		if err := d.archive(q, expired, expiredResults, now, false); err != nil {
+		if err := d.archive(q, expired, expiredResults, false); err != nil {
 			// Keep the jobs and try to archive them again after their next
 			// attempt.
 			for i, j := range expired {
-				d.observe(Report{Queue: q.id, Job: j, Result: expiredResults[i], End: EndRetrying, At: now})
+				d.observe(Report{Queue: q.id, Job: j, Result: expiredResults[i], End: EndRetrying, At: wall})
 				d.reschedule(q, j, now.Add(Backoff(j.Attempts, d.rnd.Float64())), j.LastError)
 			}
 		}
 	}
+	if n := len(split); n > 0 {
+		// The halves go first, each its own batch: the first half, then
+		// the second, then whatever the queue had.
+		halves := []int{n}
+		if n > 1 {
+			halves = []int{(n + 1) / 2, n / 2}
+		}
+		q.sizes = append(halves, q.sizes...)
+		requeue = append(split, requeue...)
+	}
+	// A hold's head is answered: the user's later jobs follow it.
+	requeue = append(requeue, released...)
 	if len(requeue) > 0 {
 		q.buf = append(requeue, q.buf...)
 	}
@@ -846,17 +958,49 @@ func (d *dest) observe(r Report) {
 	}
 }
 
-// expired reports whether j's retry window has ended.
-func (d *dest) expired(j *jobstore.Job, now time.Time) bool {
-	return !now.Before(j.Event.ReceivedAt.Add(d.RetryWindow))
+// expired reports whether j's retry window has ended. The window starts at
+// the job's receipt, a wall time stamped by the tracking API, so it is
+// measured on the wall clock; but it has ended only when the steady clock
+// agrees (see dest.now): a wall clock set forward an hour must not archive
+// jobs an hour early. Set backwards, the wall clock makes jobs received
+// before the jump wait up to that much longer before they are archived;
+// none is archived early either way.
+func (d *dest) expired(j *jobstore.Job, now, wall time.Time) bool {
+	end := j.Event.ReceivedAt.Add(d.RetryWindow)
+	return !wall.Before(end) && !now.Before(end)
 }
+
+// now returns the scheduler's time: the clock's Steady time, which does not
+// jump when the wall clock is set. How a jump of the wall clock plays out:
+//
+//   - Pauses, backoffs, circuit probes, timers and the age of unwritten
+//     outcomes are intervals on the steady clock: a jump neither shortens
+//     nor stretches them.
+//   - A retry's DueAt, persisted in the store, is a steady time too, and
+//     the store is asked for due retries with the steady time, so that the
+//     retry set neither stalls (wall set back) nor comes due all at once
+//     (wall set forward) while the process runs. The steady clock starts
+//     at the wall time of the process's start, so across a restart a jump
+//     made meanwhile moves the due times by that much, once.
+//   - An event's receipt (receivedAt) is wall time, stamped at ingest; the
+//     retry window is judged on both clocks (expired), so a jump archives
+//     no job early, and one received after a jump backwards ends its
+//     window by the wall clock as it should.
+//   - What the outside world reads as wall time stays wall time: Report.At
+//     (latency is receipt to delivery), an archive record's ArchivedAt,
+//     the Response.ReceivedAt an HTTP-date Retry-After is measured from,
+//     and midnight UTC when a daily quota resets.
+//
+// No job is lost to a jump: jobs leave the store only by being settled.
+func (d *dest) now() time.Time { return d.e.opts.Clock.Steady() }
 
 // archive writes jobs whose retry window ended to the archive, each with its
 // last error, then reports them archived and settles them: observers hear
 // of an archived job only once its record is written. results[i] is what
 // ended jobs[i]; expired says no attempt was made (see Report.Expired). On
 // error nothing is settled or reported, and the caller keeps the jobs.
-func (d *dest) archive(q *queue, jobs []*jobstore.Job, results []destinations.SendResult, now time.Time, expired bool) error {
+func (d *dest) archive(q *queue, jobs []*jobstore.Job, results []destinations.SendResult, expired bool) error {
+	now := d.e.opts.Clock.Now() // archive records and reports carry wall time
 	recs := make([]archive.Record, len(jobs))
 	for i, j := range jobs {
 		recs[i] = archive.Record{
@@ -915,7 +1059,7 @@ func (d *dest) expireQueue(q *queue, now time.Time, budget int) int {
 		var keep []jobstore.Job
 		for i := range q.buf {
 			j := q.buf[i]
-			if len(jobs) < budget-done && d.expired(&j, now) {
+			if len(jobs) < budget-done && d.expired(&j, now, d.e.opts.Clock.Now()) {
 				if j.LastError == "" {
 					j.LastError = reason
 				}
@@ -931,7 +1075,7 @@ func (d *dest) expireQueue(q *queue, now time.Time, budget int) int {
 		for i := range results {
 			results[i].Reason = reason
 		}
-		if err := d.archive(q, jobs, results, now, true); err != nil {
+		if err := d.archive(q, jobs, results, true); err != nil {
 			break // the jobs stay loaded; the next sweep tries again
 		}
 		q.buf = keep
@@ -1027,7 +1171,7 @@ func (d *dest) flush(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	if err := d.e.opts.Store.Apply(ctx, *u); err != nil {
-		d.storeFailed(d.e.opts.Clock.Now())
+		d.storeFailed(d.now())
 		d.log.Error("write delivery outcomes; kept to write again", "err", err, "changes",
 			len(u.Drops)+len(u.Reschedule)+len(u.Finish))
 		return fmt.Errorf("write delivery outcomes: %w", err)

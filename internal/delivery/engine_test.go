@@ -105,6 +105,15 @@ func (d decider) Classify(req *destinations.Request, resp *destinations.Response
 	return out
 }
 
+// keyedDecider is a decider whose API throttles single users, named by
+// key.
+type keyedDecider struct {
+	decider
+	key func(event.Event) string
+}
+
+func (k keyedDecider) HoldKey(e event.Event) string { return k.key(e) }
+
 type bundle struct {
 	store   jobstore.Store
 	clk     *clock.Fake
@@ -124,6 +133,11 @@ type targetSpec struct {
 	rateLimit   float64
 	decide      func(ev event.Event, attempt int) destinations.Result
 	gate        chan struct{}
+	// dest, when set, is the destination instead of the script's.
+	dest destinations.Destination
+	// holdKey, when set, makes the script's destination a HoldKeyer.
+	holdKey func(event.Event) string
+	dedup   bool
 }
 
 func setup(t *testing.T, specs ...targetSpec) *bundle {
@@ -153,10 +167,18 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 	for _, sp := range specs {
 		s := &scripted{url: srv.URL, decide: sp.decide, tries: map[string]int{}, gate: sp.gate}
 		b.dests[sp.name] = s
+		var dest destinations.Destination = decider{s}
+		switch {
+		case sp.dest != nil:
+			dest = sp.dest
+		case sp.holdKey != nil:
+			dest = keyedDecider{decider{s}, sp.holdKey}
+		}
 		targets = append(targets, delivery.Target{
-			Name: sp.name, Type: "test", Destination: decider{s}, Client: srv.Client(),
-			Limits: delivery.Limits{Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit},
-			Batch:  destinations.BatchLimits{MaxEvents: sp.batch},
+			Name: sp.name, Type: "test", Destination: dest, Client: srv.Client(),
+			Limits:       delivery.Limits{Concurrency: sp.concurrency, RetryWindow: sp.window, RateLimit: sp.rateLimit},
+			Batch:        destinations.BatchLimits{MaxEvents: sp.batch},
+			Deduplicates: sp.dedup,
 		})
 	}
 	eng, err := delivery.New(delivery.Options{
@@ -392,7 +414,7 @@ func TestAIMD(t *testing.T) {
 	for i := range 3 {
 		b.sendOne(t, "web", fmt.Sprintf("web-%d", i))
 		b.await(t, 1)
-		b.clk.Advance(delivery.DefaultRetryAfter)
+		b.clk.Advance(delivery.ThrottleBackoffBase)
 		b.await(t, 1) // delivered after the pause
 	}
 	_, q := b.state(t, "hook", "web")
@@ -514,13 +536,29 @@ func TestCircuitOpensProbesAndCloses(t *testing.T) {
 	b.clk.Advance(delivery.CircuitProbeMin) // one probe, fails
 	b.await(t, 1)
 	d, _ = b.state(t, "hook", "web")
-	if !d.CircuitOpen || !d.ProbeAt.Equal(start.Add(3*delivery.CircuitProbeMin)) {
-		t.Fatalf("after a failed probe: open=%v probe at %v, want open, probe 2x later", d.CircuitOpen, d.ProbeAt)
+	probed := start.Add(delivery.CircuitProbeMin)
+	if lo, hi := probed.Add(delivery.CircuitProbeMin), probed.Add(2*delivery.CircuitProbeMin); !d.CircuitOpen || d.ProbeAt.Before(lo) || !d.ProbeAt.Before(hi) {
+		t.Fatalf("after a failed probe: open=%v probe at %v, want open, probe in [%v, %v): the interval doubled, randomized", d.CircuitOpen, d.ProbeAt, lo, hi)
+	}
+	// A destination down for long is probed, one request at a time, at
+	// most CircuitProbeMax apart, so that its return is noticed in seconds.
+	for range 20 {
+		sent := len(b.dests["hook"].sent)
+		prev := b.clk.Now()
+		b.clk.Advance(d.ProbeAt.Sub(prev))
+		b.await(t, 1)
+		if n := len(b.dests["hook"].sent); n != sent+1 {
+			t.Fatalf("a probe sent %d requests, want 1", n-sent)
+		}
+		d, _ = b.state(t, "hook", "web")
+		if gap := d.ProbeAt.Sub(b.clk.Now()); gap < delivery.CircuitProbeMax/2 || gap >= delivery.CircuitProbeMax {
+			t.Fatalf("probe %v after the last, want in [%v, %v)", gap, delivery.CircuitProbeMax/2, delivery.CircuitProbeMax)
+		}
 	}
 	mu.Lock()
 	up = true
 	mu.Unlock()
-	b.clk.Advance(2 * delivery.CircuitProbeMin)
+	b.clk.Advance(d.ProbeAt.Sub(b.clk.Now()))
 	b.await(t, 1)
 	d, _ = b.state(t, "hook", "web")
 	if d.CircuitOpen {
@@ -607,6 +645,9 @@ func TestOpenCircuitArchivesExpiredJobs(t *testing.T) {
 			t.Fatalf("archived %s with last error %q", r.MessageID, r.LastError)
 		}
 	}
+	// A turn of the scheduler after the last report: the outcomes it
+	// gathered are written by then.
+	b.engine.State(context.Background())
 	if qs, err := b.store.Queues(context.Background()); err != nil || len(qs) != 0 {
 		t.Fatalf("store still holds queues %v (%v)", qs, err)
 	}

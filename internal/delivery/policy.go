@@ -32,25 +32,54 @@ func Backoff(attempts int, r float64) time.Duration {
 	return d/2 + time.Duration(r*float64(d/2))
 }
 
-// DefaultRetryAfter is how long a queue pauses after a 429 that does not
-// say how long to wait. MaxRetryAfter caps what a 429 may ask for: a
-// destination that answers "come back tomorrow" (a daily quota) is asked
-// again every hour, so a mistaken or hostile header cannot stop a queue for
-// good.
+// ThrottleBackoff returns how long a queue pauses after the streak-th 429
+// in a row that did not say how long to wait (streak from 1): a random
+// duration in [d/2, d), where d = min(ThrottleBackoffBase * 2^(streak-1),
+// ThrottleBackoffCap), so 0.5-1 s, 1-2 s, 2-4 s, ... up to 30-60 s. The
+// ranges do not overlap, so each wait of a streak is longer than the last
+// until the cap. r is a random number in [0, 1).
+func ThrottleBackoff(streak int, r float64) time.Duration {
+	d := ThrottleBackoffCap
+	if streak < 1 {
+		streak = 1
+	}
+	if streak <= 20 {
+		if e := ThrottleBackoffBase << (streak - 1); e < d {
+			d = e
+		}
+	}
+	return d/2 + time.Duration(r*float64(d/2))
+}
+
+// Waits a destination asks for, and those of 429s that do not say.
+//
+// ThrottleBackoffBase and ThrottleBackoffCap bound ThrottleBackoff.
+// MaxRetryAfter caps the wait a result may ask for (Retry-After or a
+// documented schedule), so a mistaken or hostile header cannot stop a
+// queue for good. MaxQuotaWait caps a quota's pause: a quota resets within
+// a day. DefaultHoldWait is how long a held user waits when the
+// destination did not say.
 const (
-	DefaultRetryAfter = time.Second
-	MaxRetryAfter     = time.Hour
+	ThrottleBackoffBase = time.Second
+	ThrottleBackoffCap  = time.Minute
+	MaxRetryAfter       = time.Hour
+	MaxQuotaWait        = 25 * time.Hour
+	DefaultHoldWait     = time.Second
 )
 
 // Circuit breaking: after CircuitThreshold consecutive failed attempts
 // (transport errors and 5xx) across a destination, its circuit opens. While
-// open, no queue of the destination is dispatched except a single probe,
-// sent CircuitProbeMin after opening and at doubling intervals up to
-// CircuitProbeMax while probes keep failing. Any success closes it.
+// open, no queue of the destination is dispatched except a single probe
+// (one request), sent CircuitProbeMin after opening, then at intervals
+// that double up to CircuitProbeMax while probes keep failing, each
+// randomized in [interval/2, interval). Any success closes it. The cap is
+// low so that a destination that comes back is noticed within seconds (5 s
+// at most, counting the probe's own request), and a probe costs one request
+// every few seconds however long the destination stays down.
 const (
 	CircuitThreshold = 10
 	CircuitProbeMin  = time.Second
-	CircuitProbeMax  = time.Minute
+	CircuitProbeMax  = 4 * time.Second
 )
 
 // circuit is one destination's circuit breaker. The zero value is closed.
@@ -62,14 +91,16 @@ type circuit struct {
 	probeAt  time.Time
 }
 
-// failure records a failed attempt. A failed probe doubles the interval.
-func (c *circuit) failure(now time.Time, probe bool) {
+// failure records a failed attempt. A failed probe doubles the interval;
+// the next probe comes after a random part of it, from half to all (r is
+// a random number in [0, 1)).
+func (c *circuit) failure(now time.Time, probe bool, r float64) {
 	c.fails++
 	switch {
 	case c.open && probe:
 		c.probing = false
 		c.interval = min(2*c.interval, CircuitProbeMax)
-		c.probeAt = now.Add(c.interval)
+		c.probeAt = now.Add(c.interval/2 + time.Duration(r*float64(c.interval/2)))
 	case !c.open && c.fails >= CircuitThreshold:
 		c.open = true
 		c.interval = CircuitProbeMin
@@ -97,13 +128,12 @@ func (c *circuit) allow(now time.Time) (ok, probe bool) {
 
 // Concurrency adapts per queue by additive increase, multiplicative
 // decrease (AIMD), as TCP does: every completed request that was not
-// throttled adds 1/limit (about +1 per round of requests), and a 429 or a
-// timeout halves the limit, down to 1. A queue so finds the concurrency its
+// throttled adds 1/limit (about +1 per round of requests), and a 429, a
+// wait or a timeout halves the limit, down to 1, once per round: the
+// requests already in flight when the limit was cut answer for the old
+// limit, not the new one (queue.decrease). Near the limit of its last
+// cut, the increase slows (queue.increase). A queue so finds the concurrency its
 // destination accepts instead of hammering it.
-func aimdIncrease(limit float64, max int) float64 {
-	return min(limit+1/limit, float64(max))
-}
-
 func aimdDecrease(limit float64) float64 {
 	return max(limit/2, 1)
 }

@@ -18,8 +18,19 @@ type QueueState struct {
 	InFlight int
 	// Limit is the adaptive concurrency limit (AIMD).
 	Limit float64
-	// PausedUntil is set while a 429 pauses the queue.
+	// PausedUntil is set while the queue is paused: by a wait the
+	// destination asked for, a 429, or a spent quota (PauseReason).
 	PausedUntil time.Time
+	// PauseReason says why it is paused: "retry-after" (the destination
+	// asked for a wait), "throttled" (a 429 without a wait: exponential
+	// backoff), "quota" (a quota is spent until its reset, the next
+	// midnight UTC unless the destination said), "holds-full" (too many
+	// users held, see Held). Empty when not paused.
+	PauseReason string
+	// Held is how many jobs wait behind users the destination throttles
+	// alone (Result.Hold), and Holds how many users.
+	Held  int
+	Holds int
 	// RetryNext is when the next retry falls due; zero when none waits.
 	RetryNext time.Time
 	// Throttled counts the 429s the queue has met since it was loaded.
@@ -37,7 +48,8 @@ type DestinationState struct {
 	InFlight    int
 	Concurrency int
 	CircuitOpen bool
-	// ProbeAt is when an open circuit sends its next probe.
+	// ProbeAt is when an open circuit sends its next probe. It and the
+	// queues' times are wall times.
 	ProbeAt time.Time
 	Queues  []QueueState
 }
@@ -66,16 +78,29 @@ func (e *Engine) State(ctx context.Context) []DestinationState {
 }
 
 func (d *dest) snapshot() DestinationState {
+	// The scheduler's times are steady (dest.now); the snapshot gives wall
+	// times, which is what its readers compare them with.
+	now, wall := d.now(), d.e.opts.Clock.Now()
+	toWall := func(t time.Time) time.Time {
+		if t.IsZero() {
+			return t
+		}
+		return wall.Add(t.Sub(now))
+	}
 	s := DestinationState{
 		Name: d.Name, InFlight: d.inflight, Concurrency: d.Concurrency,
-		CircuitOpen: d.circuit.open, ProbeAt: d.circuit.probeAt,
+		CircuitOpen: d.circuit.open, ProbeAt: toWall(d.circuit.probeAt),
 	}
 	for _, q := range d.queues {
-		s.Queues = append(s.Queues, QueueState{
+		qs := QueueState{
 			Queue: q.id, Buffered: len(q.buf), Backlog: q.diskMore, InFlight: q.inflight,
-			Limit: q.limit, PausedUntil: q.pausedUntil, RetryNext: q.retryNext, Throttled: q.throttle,
-			Oldest: q.oldest(),
-		})
+			Limit: q.limit, RetryNext: toWall(q.retryNext), Throttled: q.throttle,
+			Oldest: q.oldest(), Held: q.held, Holds: len(q.holds),
+		}
+		if q.pausedUntil.After(now) {
+			qs.PausedUntil, qs.PauseReason = toWall(q.pausedUntil), q.pause.String()
+		}
+		s.Queues = append(s.Queues, qs)
 	}
 	sort.Slice(s.Queues, func(i, j int) bool { return s.Queues[i].Queue.Source < s.Queues[j].Queue.Source })
 	return s

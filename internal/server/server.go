@@ -289,7 +289,7 @@ func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Targe
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Limits: d.Delivery, Limiter: limiter,
+			Limits: d.Delivery, Limiter: limiter, Deduplicates: integ.Deduplicates,
 		})
 	}
 	return targets, nil

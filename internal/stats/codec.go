@@ -74,6 +74,8 @@ func (b *bucket) appendBinary(buf []byte) []byte {
 		buf = append(buf, r...)
 		buf = binary.AppendVarint(buf, n)
 	}
+	// Added after the first release: decode reads it only when present.
+	buf = binary.AppendVarint(buf, c.RetriedDuplicateRisk)
 	return buf
 }
 
@@ -121,6 +123,9 @@ func (b *bucket) decode(buf []byte) error {
 		r := string(buf[:l])
 		buf = buf[l:]
 		b.ingest.reject(r, varint())
+	}
+	if len(buf) > 0 {
+		c.RetriedDuplicateRisk = varint()
 	}
 	if buf == nil {
 		return errCorrupt

@@ -45,7 +45,7 @@ func (s *Stats) Observe(r delivery.Report) {
 	// any is in the retry set. Attempts counts this report's attempt
 	// too, unless the job expired without one.
 	prior := j.Attempts
-	if !r.Expired {
+	if !r.Expired && !r.Unattempted {
 		prior--
 	}
 	switch r.End {
@@ -68,6 +68,9 @@ func (s *Stats) Observe(r delivery.Report) {
 		ended = false
 		if prior == 0 {
 			c.PendingRetry = 1
+		}
+		if r.DuplicateRisk {
+			c.RetriedDuplicateRisk = 1
 		}
 	}
 	if ended && prior > 0 {

@@ -132,6 +132,11 @@ type Counts struct {
 	Failed int64 `json:"failed"`
 	// Archived: retried until the retry window ended, then archived.
 	Archived int64 `json:"archived"`
+	// RetriedDuplicateRisk counts retries after an ambiguous failure (a
+	// timeout or 5xx on a batch) of an integration whose API does not
+	// deduplicate: the destination may count those events twice. It
+	// counts attempts, not events, and is not part of the outcomes above.
+	RetriedDuplicateRisk int64 `json:"retried_duplicate_risk"`
 }
 
 func (c *Counts) add(o *Counts) {
@@ -143,6 +148,7 @@ func (c *Counts) add(o *Counts) {
 	c.PendingRetry += o.PendingRetry
 	c.Failed += o.Failed
 	c.Archived += o.Archived
+	c.RetriedDuplicateRisk += o.RetriedDuplicateRisk
 }
 
 // Ingest are a source's tracking API counts.
