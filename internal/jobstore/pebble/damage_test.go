@@ -6,10 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
+	"github.com/fanout/fanout/internal/damagetest"
 	"github.com/fanout/fanout/internal/jobstore"
 )
 
@@ -39,44 +39,6 @@ func fillDamaged(t *testing.T, dir string, n int, flush bool) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-
-// lastFile returns the newest file of dir matching pattern.
-func lastFile(t *testing.T, dir, pattern string) string {
-	t.Helper()
-	ms, err := filepath.Glob(filepath.Join(dir, pattern))
-	if err != nil || len(ms) == 0 {
-		t.Fatalf("no %s in %s", pattern, dir)
-	}
-	return slices.Max(ms)
-}
-
-// flipBytes inverts 8 bytes of the file at path, at the fraction at of its
-// length.
-func flipBytes(t *testing.T, path string, at float64) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := int(float64(len(b)) * at)
-	for k := i; k < min(i+8, len(b)); k++ {
-		b[k] ^= 0xff
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func truncateBy(t *testing.T, path string, n int64) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(path, fi.Size()-n); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -111,8 +73,8 @@ func TestDamagedDirectory(t *testing.T) {
 		// its Append never returned.
 		name: "torn WAL tail",
 		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.log")
-			truncateBy(t, p, 100)
+			p := damagetest.LastFile(t, dir, "*.log")
+			damagetest.TruncateBy(t, p, 100)
 			return p
 		},
 		want: 2*n - 1,
@@ -123,8 +85,8 @@ func TestDamagedDirectory(t *testing.T) {
 		// rest without a word.
 		name: "damaged WAL before synced records",
 		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.log")
-			flipBytes(t, p, 0.5)
+			p := damagetest.LastFile(t, dir, "*.log")
+			damagetest.FlipBytes(t, p, 0.5)
 			return p
 		},
 		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
@@ -134,9 +96,9 @@ func TestDamagedDirectory(t *testing.T) {
 		// the WAL had been synced.
 		name: "damaged WAL before synced records, not closed",
 		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.log")
-			truncateBy(t, p, recyclableHeader)
-			flipBytes(t, p, 0.5)
+			p := damagetest.LastFile(t, dir, "*.log")
+			damagetest.TruncateBy(t, p, recyclableHeader)
+			damagetest.FlipBytes(t, p, 0.5)
 			return p
 		},
 		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
@@ -145,8 +107,8 @@ func TestDamagedDirectory(t *testing.T) {
 		name:  "damaged sstable",
 		flush: true,
 		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.sst")
-			flipBytes(t, p, 0.3)
+			p := damagetest.LastFile(t, dir, "*.sst")
+			damagetest.FlipBytes(t, p, 0.3)
 			return p
 		},
 		refuse: []string{"checksum mismatch", "move it aside"},
@@ -154,8 +116,8 @@ func TestDamagedDirectory(t *testing.T) {
 		name:  "truncated sstable",
 		flush: true,
 		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.sst")
-			truncateBy(t, p, 1000)
+			p := damagetest.LastFile(t, dir, "*.sst")
+			damagetest.TruncateBy(t, p, 1000)
 			return p
 		},
 		refuse: []string{"size mismatch", "move it aside"},
@@ -172,8 +134,8 @@ func TestDamagedDirectory(t *testing.T) {
 			name:  fmt.Sprintf("damaged MANIFEST at %.0f%%", at*100),
 			flush: true,
 			damage: func(t *testing.T, dir string) string {
-				p := lastFile(t, dir, "MANIFEST-*")
-				flipBytes(t, p, at)
+				p := damagetest.LastFile(t, dir, "MANIFEST-*")
+				damagetest.FlipBytes(t, p, at)
 				return filepath.Base(p)
 			},
 			refuse: []string{"move it aside"},
@@ -228,8 +190,8 @@ func TestDamagedDirectory(t *testing.T) {
 func TestDamagedWALAdvice(t *testing.T) {
 	dir := t.TempDir()
 	fillDamaged(t, dir, 100, false)
-	p := lastFile(t, dir, "*.log")
-	flipBytes(t, p, 0.5)
+	p := damagetest.LastFile(t, dir, "*.log")
+	damagetest.FlipBytes(t, p, 0.5)
 	_, err := Open(dir, Options{Logger: testLogger(t)})
 	var at int64
 	if err == nil {
@@ -264,8 +226,8 @@ func TestDamagedWALAdvice(t *testing.T) {
 func TestDamagedBlobFile(t *testing.T) {
 	dir := t.TempDir()
 	fillDamaged(t, dir, 100, true)
-	p := lastFile(t, dir, "*.blob")
-	flipBytes(t, p, 0.3)
+	p := damagetest.LastFile(t, dir, "*.blob")
+	damagetest.FlipBytes(t, p, 0.3)
 	s, err := Open(dir, Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +245,7 @@ func TestDamagedBlobFile(t *testing.T) {
 func TestWALTailAnyCut(t *testing.T) {
 	dir := t.TempDir()
 	fillDamaged(t, dir, 20, false)
-	p := lastFile(t, dir, "*.log")
+	p := damagetest.LastFile(t, dir, "*.log")
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
