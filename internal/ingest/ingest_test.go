@@ -51,11 +51,7 @@ type bundle struct {
 // nothing.
 func setup(t testing.TB) *bundle {
 	t.Helper()
-	store, err := pebble.Open(t.TempDir(), pebble.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := openStore(t)
 	cfg := &config.Config{
 		Sources: []config.Source{{Name: "web", WriteKey: webKey}, {Name: "server", WriteKey: serverKey}, {Name: "keyless"}},
 		Destinations: []config.Destination{
@@ -81,6 +77,18 @@ func setup(t testing.TB) *bundle {
 		Logger: slog.New(slog.NewTextHandler(lockedWriter{&b.mu, &b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	return b
+}
+
+// openStore opens a Pebble store in a temporary directory, closed in
+// t.Cleanup.
+func openStore(t testing.TB) *pebble.Store {
+	t.Helper()
+	store, err := pebble.Open(t.TempDir(), pebble.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
 }
 
 type lockedWriter struct {
