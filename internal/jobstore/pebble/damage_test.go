@@ -49,9 +49,12 @@ func fillDamaged(t *testing.T, dir string, n int, flush bool) {
 func TestDamagedDirectory(t *testing.T) {
 	const n = 100
 	type damageCase struct {
-		name   string
-		flush  bool
-		damage func(t *testing.T, dir string) string // returns the damaged file
+		name  string
+		flush bool
+		// pattern is the damaged file, the newest matching it; "" for
+		// none. damage damages it.
+		pattern string
+		damage  func(t *testing.T, path string)
 		// Either the store opens with want jobs and logs logs, or Open
 		// fails with an error holding every string of refuse.
 		want   int
@@ -59,68 +62,53 @@ func TestDamagedDirectory(t *testing.T) {
 		refuse []string
 	}
 	cases := []damageCase{{
-		name:   "clean",
-		damage: func(t *testing.T, dir string) string { return "" },
-		want:   2 * n,
+		name: "clean",
+		want: 2 * n,
 	}, {
-		name:   "clean, flushed",
-		flush:  true,
-		damage: func(t *testing.T, dir string) string { return "" },
-		want:   2 * n,
+		name:  "clean, flushed",
+		flush: true,
+		want:  2 * n,
 	}, {
 		// A crash in the middle of the last write: Pebble replays up to
 		// the tear, and the store says so. Only the torn job is lost, and
 		// its Append never returned.
-		name: "torn WAL tail",
-		damage: func(t *testing.T, dir string) string {
-			p := damagetest.LastFile(t, dir, "*.log")
-			damagetest.TruncateBy(t, p, 100)
-			return p
-		},
-		want: 2*n - 1,
-		logs: "the last WAL ends in a torn write",
+		name:    "torn WAL tail",
+		pattern: "*.log",
+		damage:  func(t *testing.T, p string) { damagetest.TruncateBy(t, p, 100) },
+		want:    2*n - 1,
+		logs:    "the last WAL ends in a torn write",
 	}, {
 		// Damage in the middle of the last WAL, before records that were
 		// synced: Pebble alone would replay the first half and drop the
 		// rest without a word.
-		name: "damaged WAL before synced records",
-		damage: func(t *testing.T, dir string) string {
-			p := damagetest.LastFile(t, dir, "*.log")
-			damagetest.FlipBytes(t, p, 0.5)
-			return p
-		},
-		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
+		name:    "damaged WAL before synced records",
+		pattern: "*.log",
+		damage:  func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.5) },
+		refuse:  []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
 	}, {
 		// The same in a WAL that was not closed (its closing trailer cut
 		// off, as after a crash): the records after the damage say how far
 		// the WAL had been synced.
-		name: "damaged WAL before synced records, not closed",
-		damage: func(t *testing.T, dir string) string {
-			p := damagetest.LastFile(t, dir, "*.log")
+		name:    "damaged WAL before synced records, not closed",
+		pattern: "*.log",
+		damage: func(t *testing.T, p string) {
 			damagetest.TruncateBy(t, p, recyclableHeader)
 			damagetest.FlipBytes(t, p, 0.5)
-			return p
 		},
 		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
 	}, {
 		// Pebble's Open does not read sstables; the store's does.
-		name:  "damaged sstable",
-		flush: true,
-		damage: func(t *testing.T, dir string) string {
-			p := damagetest.LastFile(t, dir, "*.sst")
-			damagetest.FlipBytes(t, p, 0.3)
-			return p
-		},
-		refuse: []string{"checksum mismatch", "move it aside"},
+		name:    "damaged sstable",
+		flush:   true,
+		pattern: "*.sst",
+		damage:  func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.3) },
+		refuse:  []string{"checksum mismatch", "move it aside"},
 	}, {
-		name:  "truncated sstable",
-		flush: true,
-		damage: func(t *testing.T, dir string) string {
-			p := damagetest.LastFile(t, dir, "*.sst")
-			damagetest.TruncateBy(t, p, 1000)
-			return p
-		},
-		refuse: []string{"size mismatch", "move it aside"},
+		name:    "truncated sstable",
+		flush:   true,
+		pattern: "*.sst",
+		damage:  func(t *testing.T, p string) { damagetest.TruncateBy(t, p, 1000) },
+		refuse:  []string{"size mismatch", "move it aside"},
 	}}
 	// Damage in the MANIFEST before its last record: Pebble refuses some on
 	// its own, and takes others for a torn tail, opening without the
@@ -131,21 +119,22 @@ func TestDamagedDirectory(t *testing.T) {
 	// edits the MANIFEST holds), so the cases stay in its first half.
 	for _, at := range []float64{0.02, 0.1, 0.3, 0.5} {
 		cases = append(cases, damageCase{
-			name:  fmt.Sprintf("damaged MANIFEST at %.0f%%", at*100),
-			flush: true,
-			damage: func(t *testing.T, dir string) string {
-				p := damagetest.LastFile(t, dir, "MANIFEST-*")
-				damagetest.FlipBytes(t, p, at)
-				return filepath.Base(p)
-			},
-			refuse: []string{"move it aside"},
+			name:    fmt.Sprintf("damaged MANIFEST at %.0f%%", at*100),
+			flush:   true,
+			pattern: "MANIFEST-*",
+			damage:  func(t *testing.T, p string) { damagetest.FlipBytes(t, p, at) },
+			refuse:  []string{"move it aside"},
 		})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			fillDamaged(t, dir, n, c.flush)
-			file := c.damage(t, dir)
+			var file string
+			if c.pattern != "" {
+				file = damagetest.LastFile(t, dir, c.pattern)
+				c.damage(t, file)
+			}
 			var logs bytes.Buffer
 			s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if c.refuse != nil {
