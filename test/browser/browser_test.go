@@ -267,13 +267,7 @@ destinations:
 		}
 	}
 	// What fanout counted of the page's requests.
-	if res, err := http.Get(srv.AdminURL + "/metrics"); err == nil {
-		sc := bufio.NewScanner(res.Body)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "fanout_ingest_") {
-				t.Log(sc.Text())
-			}
-		}
-		res.Body.Close()
+	for _, line := range srv.Metrics(t, "fanout_ingest_") {
+		t.Log(line)
 	}
 }

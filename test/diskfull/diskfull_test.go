@@ -233,16 +233,8 @@ func storage(t *testing.T, s *fanouttest.Server) (state struct {
 // metric reads one unlabelled sample from the admin /metrics.
 func metric(t *testing.T, s *fanouttest.Server, name string) string {
 	t.Helper()
-	res, err := http.Get(s.AdminURL + "/metrics")
-	if err != nil {
-		t.Fatalf("metrics: %v", err)
-	}
-	defer res.Body.Close()
-	body, _ := io.ReadAll(res.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v
-		}
+	if lines := s.Metrics(t, name+" "); len(lines) > 0 {
+		return strings.TrimPrefix(lines[0], name+" ")
 	}
 	return "missing"
 }

@@ -176,18 +176,11 @@ func traffic(t *testing.T, trackingURL string) {
 
 func batch(t *testing.T, trackingURL, key string, events []map[string]any) {
 	t.Helper()
-	body, _ := json.Marshal(map[string]any{"batch": events})
-	req, _ := http.NewRequest("POST", trackingURL+"/v1/batch", bytes.NewReader(body))
-	req.SetBasicAuth(key, "")
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
+	body, err := json.Marshal(map[string]any{"batch": events})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	if b, _ := io.ReadAll(res.Body); res.StatusCode != 200 {
-		t.Fatalf("POST /v1/batch: %d %s", res.StatusCode, b)
-	}
+	fanouttest.Post(t, trackingURL, key, "/v1/batch", string(body))
 }
 
 // admin GETs an admin API path with the token, when not empty, and decodes
