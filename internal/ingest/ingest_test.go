@@ -52,19 +52,11 @@ type bundle struct {
 func setup(t testing.TB) *bundle {
 	t.Helper()
 	b := &bundle{}
-	store, err := pebble.Open(t.TempDir(), pebble.Options{
-		Logger: slog.New(slog.DiscardHandler),
-		Applied: func(a jobstore.Appended) {
-			b.mu.Lock()
-			b.accepted = append(b.accepted, a.Entries...)
-			b.mu.Unlock()
-		},
+	b.store = openStore(t, func(a jobstore.Appended) {
+		b.mu.Lock()
+		b.accepted = append(b.accepted, a.Entries...)
+		b.mu.Unlock()
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	b.store = store
 	cfg := &config.Config{
 		Sources: []config.Source{{Name: "web", WriteKey: webKey}, {Name: "server", WriteKey: serverKey}, {Name: "keyless"}},
 		Destinations: []config.Destination{
@@ -79,11 +71,23 @@ func setup(t testing.TB) *bundle {
 	b.h = ingest.New(ingest.Options{
 		Sources: cfg.Sources,
 		Router:  router.New(cfg, reg),
-		Store:   store,
+		Store:   b.store,
 		Now:     func() time.Time { return now },
 		Logger:  slog.New(slog.NewTextHandler(lockedWriter{&b.mu, &b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	return b
+}
+
+// openStore opens a Pebble store in a temporary directory, closed in
+// t.Cleanup; applied, when not nil, hears what it stores.
+func openStore(t testing.TB, applied jobstore.AppliedFunc) *pebble.Store {
+	t.Helper()
+	store, err := pebble.Open(t.TempDir(), pebble.Options{Logger: slog.New(slog.DiscardHandler), Applied: applied})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
 }
 
 type lockedWriter struct {

@@ -43,11 +43,7 @@ type publicBundle struct {
 
 func publicSetup(t testing.TB) *publicBundle {
 	t.Helper()
-	store, err := pebble.Open(t.TempDir(), pebble.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	store := openStore(t, nil)
 	cfg := &config.Config{
 		Sources: []config.Source{
 			{Name: "web", WriteKey: webKey},
@@ -274,11 +270,7 @@ func TestCORS(t *testing.T) {
 // TestCORSListOnly: when every source lists its origins, an origin on no
 // list is refused before anything else, preflight included.
 func TestCORSListOnly(t *testing.T) {
-	store, err := pebble.Open(t.TempDir(), pebble.Options{Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t, nil)
 	cfg := &config.Config{Sources: []config.Source{{Name: "shop", WriteKey: shopKey, AllowedOrigins: []string{shop}}}}
 	h := ingest.New(ingest.Options{Sources: cfg.Sources, Router: router.New(cfg, nil), Store: store})
 	for _, method := range []string{"OPTIONS", "POST"} {

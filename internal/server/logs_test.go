@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -158,23 +157,14 @@ func TestLogsHoldNoSecrets(t *testing.T) {
       headers: {X-Api-Key: %s, Authorization: "Bearer %s"}
     delivery: {%s}`, name, sink.URL, path, logQueryKey, logSigning, logAPIKey, logBearer, extra)
 			}
-			cfg := fmt.Sprintf(`
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-admin_token: %s
-data_dir: %s
-network: {allow_private: true}
+			p := configFile(t, dir, fmt.Sprintf(`admin_token: %s
 sources:
   - {name: web, write_key: %s}
 destinations:%s%s%s
-`, logAdminToken, data, logWriteKey,
+`, logAdminToken, logWriteKey,
 				dest("hook", "/reject", "concurrency: 4"),
 				dest("vault", "/down", "retry_window: 1ms"),
-				dest("spare", "/down", "retry_window: 1ms"))
-			p := filepath.Join(dir, "fanout.yaml")
-			if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-				t.Fatal(err)
-			}
+				dest("spare", "/down", "retry_window: 1ms")))
 			// Archiving vault's jobs fails, and the engine logs the error.
 			blockArchive(t, data, "web", "vault")
 

@@ -170,42 +170,32 @@ func queueSetup(t *testing.T) *queueBundle {
 	f := &faults{release: make(chan struct{}), tries: map[string]int{}}
 	sink := httptest.NewServer(f)
 	t.Cleanup(sink.Close)
-	dir := t.TempDir()
-	cfg := fmt.Sprintf(`
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-data_dir: %[1]s
-network: {allow_private: true}
-sources:
-  - {name: web, write_key: %[3]s}
-  - {name: app, write_key: %[4]s}
-  - {name: mobile, write_key: %[5]s}
-  - {name: legacy, write_key: %[6]s}
+	p := configFile(t, t.TempDir(), fmt.Sprintf(`sources:
+  - {name: web, write_key: %[2]s}
+  - {name: app, write_key: %[3]s}
+  - {name: mobile, write_key: %[4]s}
+  - {name: legacy, write_key: %[5]s}
 destinations:
-  - {name: ok, type: webhook, sources: [web], settings: {url: "%[2]s/ok"}}
-  - {name: flaky, type: webhook, sources: [web], settings: {url: "%[2]s/flaky"}}
-  - {name: reject, type: webhook, sources: [web], settings: {url: "%[2]s/reject"}}
+  - {name: ok, type: webhook, sources: [web], settings: {url: "%[1]s/ok"}}
+  - {name: flaky, type: webhook, sources: [web], settings: {url: "%[1]s/flaky"}}
+  - {name: reject, type: webhook, sources: [web], settings: {url: "%[1]s/reject"}}
   - name: archive
     type: webhook
     sources: [legacy]
-    settings: {url: "%[2]s/down"}
+    settings: {url: "%[1]s/down"}
     delivery: {retry_window: 1ms}
-  - {name: down, type: webhook, sources: [app], settings: {url: "%[2]s/down"}}
+  - {name: down, type: webhook, sources: [app], settings: {url: "%[1]s/down"}}
   - name: throttled
     type: webhook
     sources: [mobile]
-    settings: {url: "%[2]s/throttle"}
+    settings: {url: "%[1]s/throttle"}
     delivery: {concurrency: 1}
   - name: hang
     type: webhook
     sources: [mobile]
-    settings: {url: "%[2]s/hang"}
+    settings: {url: "%[1]s/hang"}
     delivery: {concurrency: 2, timeout: 5m}
-`, filepath.Join(dir, "data"), sink.URL, queueKeyWeb, queueKeyApp, queueKeyMobile, queueKeyLegacy)
-	p := filepath.Join(dir, "fanout.yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, sink.URL, queueKeyWeb, queueKeyApp, queueKeyMobile, queueKeyLegacy))
 	// The metrics read the wall clock for ages and pauses: start the fake
 	// one at the wall clock's time, not in the past or the future.
 	t0 := time.Now().UTC().Truncate(time.Millisecond)
@@ -764,12 +754,7 @@ func TestArchiveWriteFailure(t *testing.T) {
 	t.Cleanup(sink.Close)
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	cfg := fmt.Sprintf(`
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-data_dir: %s
-network: {allow_private: true}
-sources:
+	p := configFile(t, dir, fmt.Sprintf(`sources:
   - {name: web, write_key: %s}
 destinations:
   - name: vault
@@ -777,11 +762,7 @@ destinations:
     sources: [web]
     settings: {url: "%s"}
     delivery: {retry_window: 1ms}
-`, data, queueKeyWeb, sink.URL)
-	p := filepath.Join(dir, "fanout.yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, queueKeyWeb, sink.URL))
 	blockArchive(t, data, "web", "vault")
 	logs := &syncBuffer{}
 	clk := clock.NewFake(time.Now().UTC())

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,24 +35,14 @@ func timeoutSetup(t *testing.T, opts server.Options) *timeoutBundle {
 		io.WriteString(w, `{"ok":true}`)
 	}))
 	t.Cleanup(sink.Close)
-	dir := t.TempDir()
-	yaml := fmt.Sprintf(`
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-data_dir: %s
-network: {allow_private: true}
-sources:
+	path := configFile(t, t.TempDir(), fmt.Sprintf(`sources:
   - {name: web, write_key: %s}
 destinations:
   - name: hook
     type: webhook
     sources: [web]
     settings: {url: %s}
-`, filepath.Join(dir, "data"), timeoutWriteKey, sink.URL)
-	path := filepath.Join(dir, "fanout.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, timeoutWriteKey, sink.URL))
 	opts.Logger = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	r := run(t, path, registry.All(), opts)
 	t.Cleanup(func() {

@@ -82,12 +82,7 @@ func writeConfig(t *testing.T, dir, token string, sinkURL, okURL, deadURL string
 	if token != "" {
 		tok = "admin_token: " + token
 	}
-	cfg := fmt.Sprintf(`
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-%s
-data_dir: %s
-network: {allow_private: true}
+	return configFile(t, dir, fmt.Sprintf(`%s
 sources:
   - {name: web, write_key: %s}
   - {name: app, write_key: %s}
@@ -109,7 +104,21 @@ destinations:
     sources: [app]
     settings: {url: %s}
     delivery: {retry_window: 1ms}
-`, tok, filepath.Join(dir, "data"), writeKey, appWriteKey, sinkURL, apiKey, signing, bearer, okURL, deadURL)
+`, tok, writeKey, appWriteKey, sinkURL, apiKey, signing, bearer, okURL, deadURL))
+}
+
+// configFile writes a configuration file into dir and returns its path:
+// listen and admin_listen on free loopback ports, data_dir dir/data,
+// private networks allowed (the destinations are httptest servers), then
+// rest, the sources, destinations and whatever else the test needs.
+func configFile(t *testing.T, dir, rest string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+data_dir: %s
+network: {allow_private: true}
+%s`, filepath.Join(dir, "data"), rest)
 	p := filepath.Join(dir, "fanout.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -3,13 +3,12 @@ package stats
 import (
 	"bytes"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/damagetest"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
@@ -25,36 +24,16 @@ func TestDamagedDatabase(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		pattern string // the file damaged; "" for none
-		damage  func(b []byte) []byte
+		damage  func(t *testing.T, path string)
 	}{
 		{"sound", "", nil},
-		{"damaged sstable", "*.sst", func(b []byte) []byte {
-			for i := len(b) / 4; i < len(b)/4+8; i++ {
-				b[i] ^= 0xff
-			}
-			return b
-		}},
-		{"truncated sstable", "*.sst", func(b []byte) []byte { return b[:len(b)/2] }},
-		{"damaged MANIFEST", "MANIFEST-*", func(b []byte) []byte {
-			for i := 0; i < 8; i++ {
-				b[i] ^= 0xff
-			}
-			return b
-		}},
+		{"damaged sstable", "*.sst", func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.25) }},
+		{"truncated sstable", "*.sst", func(t *testing.T, p string) { damagetest.TruncateBy(t, p, damagetest.Size(t, p)/2) }},
+		{"damaged MANIFEST", "MANIFEST-*", func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0) }},
 		// Damage that Pebble alone takes for a torn tail, opening without
 		// the records after it: pebble.CheckDir finds it.
-		{"MANIFEST damaged before valid records", "MANIFEST-*", func(b []byte) []byte {
-			for i := len(b) / 10; i < len(b)/10+8; i++ {
-				b[i] ^= 0xff
-			}
-			return b
-		}},
-		{"closed WAL damaged", "*.log", func(b []byte) []byte {
-			for i := len(b) / 2; i < len(b)/2+8; i++ {
-				b[i] ^= 0xff
-			}
-			return b
-		}},
+		{"MANIFEST damaged before valid records", "MANIFEST-*", func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.1) }},
+		{"closed WAL damaged", "*.log", func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.5) }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var logs bytes.Buffer
@@ -87,18 +66,7 @@ func TestDamagedDatabase(t *testing.T) {
 				t.Fatal(err)
 			}
 			if c.pattern != "" {
-				ms, _ := filepath.Glob(filepath.Join(dir, c.pattern))
-				if len(ms) == 0 {
-					t.Fatalf("no %s in %s", c.pattern, dir)
-				}
-				p := slices.Max(ms)
-				b, err := os.ReadFile(p)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := os.WriteFile(p, c.damage(b), 0o644); err != nil {
-					t.Fatal(err)
-				}
+				c.damage(t, damagetest.LastFile(t, dir, c.pattern))
 			}
 
 			s, err = open()

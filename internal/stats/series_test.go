@@ -1,7 +1,6 @@
 package stats
 
 import (
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,11 +13,7 @@ import (
 // up to the overview of the same range, with empty steps in between.
 func TestSeries(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 30, 0, time.UTC)
-	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: func() time.Time { return now }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openAt(t, now)
 	report := func(ago time.Duration, end delivery.End, attempts int, latency time.Duration) {
 		recv := now.Add(-ago)
 		s.Observe(delivery.Report{

@@ -51,15 +51,23 @@ func TestHistogramError(t *testing.T) {
 	}
 }
 
-// TestOverviewLatency feeds known reports and checks the percentiles of a
-// range against the exact ones, and that a range outside sees nothing.
-func TestOverviewLatency(t *testing.T) {
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+// openAt opens stats in a new temporary directory, on a clock stopped at
+// now; they are closed in t.Cleanup.
+func openAt(t *testing.T, now time.Time) *Stats {
+	t.Helper()
 	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestOverviewLatency feeds known reports and checks the percentiles of a
+// range against the exact ones, and that a range outside sees nothing.
+func TestOverviewLatency(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	s := openAt(t, now)
 	var lat []time.Duration
 	for i := range 1000 {
 		recv := now.Add(-time.Duration(i%30) * time.Minute)

@@ -13,14 +13,11 @@ package browser_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -36,29 +33,6 @@ var bin string
 func TestMain(m *testing.M) { fanouttest.Main(m, &bin) }
 
 const writeKey = "wk_browser_web"
-
-// browser returns node's path and chromium's, or fails the test saying how
-// to install what is missing.
-func browser(t *testing.T) (node, chromium string) {
-	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not on PATH: the browser test runs test/browser/run.mjs with it (apt-get install nodejs npm)")
-	}
-	for _, pkg := range []string{"playwright-core", "@segment/analytics-next"} {
-		if _, err := os.Stat(filepath.Join("node_modules", pkg, "package.json")); err != nil {
-			t.Fatalf("test/browser/node_modules/%s is missing: run `npm ci --prefix test/browser` (make test does)", pkg)
-		}
-	}
-	chromium = os.Getenv("CHROMIUM")
-	if chromium == "" {
-		chromium = "/usr/bin/chromium"
-	}
-	if _, err := os.Stat(chromium); err != nil {
-		t.Fatalf("no chromium at %s: install Debian's (apt-get install chromium) or set CHROMIUM to its path", chromium)
-	}
-	return node, chromium
-}
 
 // servePage serves page.html and analytics.js's UMD build (and the chunks
 // it may load, from /analytics-next/bundles/, as its CDN would) on a
@@ -97,7 +71,7 @@ type pageResult struct {
 }
 
 func TestAnalyticsJS(t *testing.T) {
-	node, chromium := browser(t)
+	browser := fanouttest.NewBrowser(t, "browser", "playwright-core", "@segment/analytics-next")
 	origin := servePage(t)
 	recv := fanouttest.NewReceiver(t, fanouttest.ReceiverOptions{KeepBodies: true})
 	// The page's origin is the only one allowed, so CORS is checked for
@@ -115,26 +89,18 @@ destinations:
 `, writeKey, origin, recv.URL)})
 
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "run.mjs")
-	cmd.Env = append(os.Environ(),
-		"CHROMIUM="+chromium,
+	out, err := browser.Run(t, "run.mjs",
 		"PAGE_URL="+origin+"/",
 		"FANOUT_URL="+srv.TrackingURL,
 		"WRITE_KEY="+writeKey,
 	)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	t.Logf("node run.mjs:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("the page failed (%v); see the output above", err)
 	}
 	var res struct {
 		Modes map[string]pageResult
 	}
-	sc := bufio.NewScanner(&out)
+	sc := bufio.NewScanner(out)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		if line, ok := strings.CutPrefix(sc.Text(), "RESULT "); ok {
@@ -267,13 +233,7 @@ destinations:
 		}
 	}
 	// What fanout counted of the page's requests.
-	if res, err := http.Get(srv.AdminURL + "/metrics"); err == nil {
-		sc := bufio.NewScanner(res.Body)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "fanout_ingest_") {
-				t.Log(sc.Text())
-			}
-		}
-		res.Body.Close()
+	for _, line := range srv.Metrics(t, "fanout_ingest_") {
+		t.Log(line)
 	}
 }

@@ -153,25 +153,16 @@ func (l *load) fail(format string, args ...any) {
 
 // post sends one batch and reports whether it got a 200.
 func (l *load) post() bool {
-	type event struct {
-		Type       string         `json:"type"`
-		MessageID  string         `json:"messageId"`
-		UserID     string         `json:"userId"`
-		Event      string         `json:"event"`
-		Properties map[string]any `json:"properties"`
-	}
 	first := l.next.Add(batchSize) - batchSize
 	ids := make([]string, batchSize)
-	evs := make([]event, batchSize)
+	evs := make([]fanouttest.Track, batchSize)
 	for i := range evs {
 		ids[i] = fmt.Sprintf("e%07d", first+int64(i))
-		evs[i] = event{Type: "track", MessageID: ids[i], UserID: fmt.Sprintf("u%d", i), Event: "Disk Filled",
+		evs[i] = fanouttest.Track{Type: "track", MessageID: ids[i], UserID: fmt.Sprintf("u%d", i), Event: "Disk Filled",
 			Properties: map[string]any{"padding": strings.Repeat("p", 200)}}
 	}
 	body, _ := json.Marshal(map[string]any{"batch": evs})
-	req, _ := http.NewRequest(http.MethodPost, l.url, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.SetBasicAuth(writeKey, "")
+	req, _ := fanouttest.NewRequest(l.url, writeKey, body)
 	res, err := l.client.Do(req)
 	if err != nil {
 		l.fail("request failed (did fanout die?): %v", err)
@@ -233,16 +224,8 @@ func storage(t *testing.T, s *fanouttest.Server) (state struct {
 // metric reads one unlabelled sample from the admin /metrics.
 func metric(t *testing.T, s *fanouttest.Server, name string) string {
 	t.Helper()
-	res, err := http.Get(s.AdminURL + "/metrics")
-	if err != nil {
-		t.Fatalf("metrics: %v", err)
-	}
-	defer res.Body.Close()
-	body, _ := io.ReadAll(res.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v
-		}
+	if lines := s.Metrics(t, name+" "); len(lines) > 0 {
+		return strings.TrimPrefix(lines[0], name+" ")
 	}
 	return "missing"
 }

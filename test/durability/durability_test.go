@@ -5,7 +5,6 @@
 package durability_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -54,21 +53,14 @@ type batch struct {
 
 func makeBatches(t *testing.T, round int) []batch {
 	t.Helper()
-	type event struct {
-		Type       string         `json:"type"`
-		MessageID  string         `json:"messageId"`
-		UserID     string         `json:"userId"`
-		Event      string         `json:"event"`
-		Properties map[string]any `json:"properties"`
-	}
 	var out []batch
 	for start := 0; start < events; start += batchSize {
 		var b batch
-		evs := make([]event, 0, batchSize)
+		evs := make([]fanouttest.Track, 0, batchSize)
 		for i := start; i < start+batchSize && i < events; i++ {
 			id := fmt.Sprintf("r%d-%05d", round, i)
 			b.ids = append(b.ids, id)
-			evs = append(evs, event{
+			evs = append(evs, fanouttest.Track{
 				Type: "track", MessageID: id, UserID: fmt.Sprintf("u%d", i%97), Event: "Durability Checked",
 				Properties: map[string]any{"round": round, "i": i},
 			})
@@ -112,12 +104,10 @@ func newSender(url string, threshold int64) *sender {
 
 // post sends one batch and reports whether fanout acknowledged it.
 func (s *sender) post(b batch) (bool, error) {
-	req, err := http.NewRequest(http.MethodPost, s.url, bytes.NewReader(b.body))
+	req, err := fanouttest.NewRequest(s.url, writeKey, b.body)
 	if err != nil {
 		return false, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.SetBasicAuth(writeKey, "")
 	res, err := s.client.Do(req)
 	if err != nil {
 		return false, err

@@ -1,7 +1,6 @@
 package durability_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -111,7 +110,7 @@ func TestRetriesSurviveRestart(t *testing.T) {
 				ids[i] = fmt.Sprintf("retry-%s-%d", tc.name, i)
 				evs[i] = fmt.Sprintf(`{"type":"track","messageId":%q,"userId":"u%d","event":"Retry Survived"}`, ids[i], i)
 			}
-			postBatch(t, srv.TrackingURL, `{"batch":[`+strings.Join(evs, ",")+`]}`)
+			fanouttest.Post(t, srv.TrackingURL, writeKey, "/v1/batch", `{"batch":[`+strings.Join(evs, ",")+`]}`)
 
 			if !fanouttest.Eventually(t.Context(), 30*time.Second, func() bool {
 				failed, _ := dest.count(ids, tc.failures)
@@ -139,26 +138,5 @@ func TestRetriesSurviveRestart(t *testing.T) {
 				t.Errorf("restarted fanout serve did not exit cleanly on SIGTERM: %v", err)
 			}
 		})
-	}
-}
-
-// postBatch sends one /v1/batch request and fails the test unless fanout
-// acknowledges it with a 200.
-func postBatch(t *testing.T, trackingURL, body string) {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, trackingURL+"/v1/batch", bytes.NewReader([]byte(body)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.SetBasicAuth(writeKey, "")
-	res, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("POST /v1/batch: status %d: %s", res.StatusCode, b)
 	}
 }

@@ -7,7 +7,6 @@
 package integrations_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -111,17 +110,7 @@ destinations:
 
 	// One batch, so that each destination's queue gets every event at once
 	// and the integrations' batches hold what the tapes say.
-	req, _ := http.NewRequest("POST", srv.TrackingURL+"/v1/batch", bytes.NewBufferString(batch))
-	req.SetBasicAuth("wk_e2e", "")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("tracking API answered %d", resp.StatusCode)
-	}
+	fanouttest.Post(t, srv.TrackingURL, "wk_e2e", "/v1/batch", batch)
 
 	// Mixpanel's /import answers 429 first: fanout pauses the queue for a
 	// second (no Retry-After) and sends the same batch again, which the

@@ -4,7 +4,6 @@
 package replay_test
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -51,16 +50,7 @@ destinations:
 `})
 
 	body := `{"type":"track","messageId":"replay-1","userId":"u1","event":"Order Completed"}`
-	req, _ := http.NewRequest("POST", srv.TrackingURL+"/v1/track", bytes.NewBufferString(body))
-	req.SetBasicAuth("wk_replay", "")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("tracking API answered %d", resp.StatusCode)
-	}
+	fanouttest.Post(t, srv.TrackingURL, "wk_replay", "/v1/track", body)
 
 	// The first attempt fails, the retry comes after the 1 s window: archived.
 	ctx := context.Background()

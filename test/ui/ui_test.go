@@ -11,7 +11,6 @@
 package ui_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -176,18 +174,11 @@ func traffic(t *testing.T, trackingURL string) {
 
 func batch(t *testing.T, trackingURL, key string, events []map[string]any) {
 	t.Helper()
-	body, _ := json.Marshal(map[string]any{"batch": events})
-	req, _ := http.NewRequest("POST", trackingURL+"/v1/batch", bytes.NewReader(body))
-	req.SetBasicAuth(key, "")
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
+	body, err := json.Marshal(map[string]any{"batch": events})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
-	if b, _ := io.ReadAll(res.Body); res.StatusCode != 200 {
-		t.Fatalf("POST /v1/batch: %d %s", res.StatusCode, b)
-	}
+	fanouttest.Post(t, trackingURL, key, "/v1/batch", string(body))
 }
 
 // admin GETs an admin API path with the token, when not empty, and decodes
@@ -269,33 +260,12 @@ func settle(t *testing.T, srv *fanouttest.Server, tok string) {
 	}
 }
 
-// browser returns node's path and chromium's, or fails the test saying how
-// to install what is missing.
-func browser(t *testing.T) (node, chromium string) {
-	t.Helper()
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node is not on PATH: the UI test runs test/ui/run.mjs with it (apt-get install nodejs npm)")
-	}
-	if _, err := os.Stat(filepath.Join("node_modules", "playwright-core", "package.json")); err != nil {
-		t.Fatal("test/ui/node_modules/playwright-core is missing: run `npm ci --prefix test/ui` (make test does)")
-	}
-	chromium = os.Getenv("CHROMIUM")
-	if chromium == "" {
-		chromium = "/usr/bin/chromium"
-	}
-	if _, err := os.Stat(chromium); err != nil {
-		t.Fatalf("no chromium at %s: install Debian's (apt-get install chromium; .ci/run does) or set CHROMIUM to its path", chromium)
-	}
-	return node, chromium
-}
-
 // TestUI starts two fanouts on the same faulty destination: one without
 // a token, on which run.mjs checks every page, and one with admin_token
 // set, on which it checks the login form. The API of the second must
 // refuse requests without the token and serve the page's files without.
 func TestUI(t *testing.T) {
-	node, chromium := browser(t)
+	browser := fanouttest.NewBrowser(t, "ui", "playwright-core")
 	s := newSink(t)
 	open := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, "")})
 	locked := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, token)})
@@ -317,11 +287,7 @@ func TestUI(t *testing.T) {
 	settle(t, open, "")
 	settle(t, locked, token)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "run.mjs")
-	cmd.Env = append(os.Environ(),
-		"CHROMIUM="+chromium,
+	_, err := browser.Run(t, "run.mjs",
 		"FANOUT_ADMIN_URL="+open.AdminURL,
 		"FANOUT_TRACKING_URL="+open.TrackingURL,
 		"FANOUT_WRITE_KEY="+webKey,
@@ -330,10 +296,6 @@ func TestUI(t *testing.T) {
 		"FANOUT_SECRET="+secret,
 		"SCREENSHOTS="+filepath.Join(mustGetwd(t), "screenshots"),
 	)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	t.Logf("node run.mjs:\n%s", out.String())
 	if err != nil {
 		t.Fatalf("the browser checks failed (%v); see the output above and the screenshots in test/ui/screenshots", err)
 	}

@@ -6,10 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
+	"github.com/fanout/fanout/internal/damagetest"
 	"github.com/fanout/fanout/internal/jobstore"
 )
 
@@ -42,44 +42,6 @@ func fillDamaged(t *testing.T, dir string, n int, flush bool) {
 	}
 }
 
-// lastFile returns the newest file of dir matching pattern.
-func lastFile(t *testing.T, dir, pattern string) string {
-	t.Helper()
-	ms, err := filepath.Glob(filepath.Join(dir, pattern))
-	if err != nil || len(ms) == 0 {
-		t.Fatalf("no %s in %s", pattern, dir)
-	}
-	return slices.Max(ms)
-}
-
-// flipBytes inverts 8 bytes of the file at path, at the fraction at of its
-// length.
-func flipBytes(t *testing.T, path string, at float64) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := int(float64(len(b)) * at)
-	for k := i; k < min(i+8, len(b)); k++ {
-		b[k] ^= 0xff
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func truncateBy(t *testing.T, path string, n int64) {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(path, fi.Size()-n); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestDamagedDirectory builds each kind of damage for real (jobs written
 // through the store, the store closed, a file's bytes flipped or cut) and
 // checks what Open does with it: recover and say so, or refuse to start
@@ -87,9 +49,12 @@ func truncateBy(t *testing.T, path string, n int64) {
 func TestDamagedDirectory(t *testing.T) {
 	const n = 100
 	type damageCase struct {
-		name   string
-		flush  bool
-		damage func(t *testing.T, dir string) string // returns the damaged file
+		name  string
+		flush bool
+		// pattern is the damaged file, the newest matching it; "" for
+		// none. damage damages it.
+		pattern string
+		damage  func(t *testing.T, path string)
 		// Either the store opens with want jobs and logs logs, or Open
 		// fails with an error holding every string of refuse.
 		want   int
@@ -97,68 +62,53 @@ func TestDamagedDirectory(t *testing.T) {
 		refuse []string
 	}
 	cases := []damageCase{{
-		name:   "clean",
-		damage: func(t *testing.T, dir string) string { return "" },
-		want:   2 * n,
+		name: "clean",
+		want: 2 * n,
 	}, {
-		name:   "clean, flushed",
-		flush:  true,
-		damage: func(t *testing.T, dir string) string { return "" },
-		want:   2 * n,
+		name:  "clean, flushed",
+		flush: true,
+		want:  2 * n,
 	}, {
 		// A crash in the middle of the last write: Pebble replays up to
 		// the tear, and the store says so. Only the torn job is lost, and
 		// its Append never returned.
-		name: "torn WAL tail",
-		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.log")
-			truncateBy(t, p, 100)
-			return p
-		},
-		want: 2*n - 1,
-		logs: "the last WAL ends in a torn write",
+		name:    "torn WAL tail",
+		pattern: "*.log",
+		damage:  func(t *testing.T, p string) { damagetest.TruncateBy(t, p, 100) },
+		want:    2*n - 1,
+		logs:    "the last WAL ends in a torn write",
 	}, {
 		// Damage in the middle of the last WAL, before records that were
 		// synced: Pebble alone would replay the first half and drop the
 		// rest without a word.
-		name: "damaged WAL before synced records",
-		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.log")
-			flipBytes(t, p, 0.5)
-			return p
-		},
-		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
+		name:    "damaged WAL before synced records",
+		pattern: "*.log",
+		damage:  func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.5) },
+		refuse:  []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
 	}, {
 		// The same in a WAL that was not closed (its closing trailer cut
 		// off, as after a crash): the records after the damage say how far
 		// the WAL had been synced.
-		name: "damaged WAL before synced records, not closed",
-		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.log")
-			truncateBy(t, p, recyclableHeader)
-			flipBytes(t, p, 0.5)
-			return p
+		name:    "damaged WAL before synced records, not closed",
+		pattern: "*.log",
+		damage: func(t *testing.T, p string) {
+			damagetest.TruncateBy(t, p, recyclableHeader)
+			damagetest.FlipBytes(t, p, 0.5)
 		},
 		refuse: []string{"is unreadable at offset", "were synced up to offset", "truncate -s", "move it aside"},
 	}, {
 		// Pebble's Open does not read sstables; the store's does.
-		name:  "damaged sstable",
-		flush: true,
-		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.sst")
-			flipBytes(t, p, 0.3)
-			return p
-		},
-		refuse: []string{"checksum mismatch", "move it aside"},
+		name:    "damaged sstable",
+		flush:   true,
+		pattern: "*.sst",
+		damage:  func(t *testing.T, p string) { damagetest.FlipBytes(t, p, 0.3) },
+		refuse:  []string{"checksum mismatch", "move it aside"},
 	}, {
-		name:  "truncated sstable",
-		flush: true,
-		damage: func(t *testing.T, dir string) string {
-			p := lastFile(t, dir, "*.sst")
-			truncateBy(t, p, 1000)
-			return p
-		},
-		refuse: []string{"size mismatch", "move it aside"},
+		name:    "truncated sstable",
+		flush:   true,
+		pattern: "*.sst",
+		damage:  func(t *testing.T, p string) { damagetest.TruncateBy(t, p, 1000) },
+		refuse:  []string{"size mismatch", "move it aside"},
 	}}
 	// Damage in the MANIFEST before its last record: Pebble refuses some on
 	// its own, and takes others for a torn tail, opening without the
@@ -169,21 +119,22 @@ func TestDamagedDirectory(t *testing.T) {
 	// edits the MANIFEST holds), so the cases stay in its first half.
 	for _, at := range []float64{0.02, 0.1, 0.3, 0.5} {
 		cases = append(cases, damageCase{
-			name:  fmt.Sprintf("damaged MANIFEST at %.0f%%", at*100),
-			flush: true,
-			damage: func(t *testing.T, dir string) string {
-				p := lastFile(t, dir, "MANIFEST-*")
-				flipBytes(t, p, at)
-				return filepath.Base(p)
-			},
-			refuse: []string{"move it aside"},
+			name:    fmt.Sprintf("damaged MANIFEST at %.0f%%", at*100),
+			flush:   true,
+			pattern: "MANIFEST-*",
+			damage:  func(t *testing.T, p string) { damagetest.FlipBytes(t, p, at) },
+			refuse:  []string{"move it aside"},
 		})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
 			fillDamaged(t, dir, n, c.flush)
-			file := c.damage(t, dir)
+			var file string
+			if c.pattern != "" {
+				file = damagetest.LastFile(t, dir, c.pattern)
+				c.damage(t, file)
+			}
 			var logs bytes.Buffer
 			s, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if c.refuse != nil {
@@ -228,8 +179,8 @@ func TestDamagedDirectory(t *testing.T) {
 func TestDamagedWALAdvice(t *testing.T) {
 	dir := t.TempDir()
 	fillDamaged(t, dir, 100, false)
-	p := lastFile(t, dir, "*.log")
-	flipBytes(t, p, 0.5)
+	p := damagetest.LastFile(t, dir, "*.log")
+	damagetest.FlipBytes(t, p, 0.5)
 	_, err := Open(dir, Options{Logger: testLogger(t)})
 	var at int64
 	if err == nil {
@@ -264,8 +215,8 @@ func TestDamagedWALAdvice(t *testing.T) {
 func TestDamagedBlobFile(t *testing.T) {
 	dir := t.TempDir()
 	fillDamaged(t, dir, 100, true)
-	p := lastFile(t, dir, "*.blob")
-	flipBytes(t, p, 0.3)
+	p := damagetest.LastFile(t, dir, "*.blob")
+	damagetest.FlipBytes(t, p, 0.3)
 	s, err := Open(dir, Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +234,7 @@ func TestDamagedBlobFile(t *testing.T) {
 func TestWALTailAnyCut(t *testing.T) {
 	dir := t.TempDir()
 	fillDamaged(t, dir, 20, false)
-	p := lastFile(t, dir, "*.log")
+	p := damagetest.LastFile(t, dir, "*.log")
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)

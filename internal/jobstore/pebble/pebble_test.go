@@ -372,11 +372,12 @@ func imageIDs(t *testing.T, fs vfs.FS) (map[string]bool, error) {
 	return found, err
 }
 
-// TestDiskFull checks that an Append whose WAL write fails (here ENOSPC
-// injected into the filesystem) returns an error that the tracking API maps
-// to 503, and does not report the events as stored.
-func TestDiskFull(t *testing.T) {
-	var full atomic.Bool
+// openFillable opens a store on an in-memory filesystem whose every write
+// fails with ENOSPC while full is set, as on a full disk. The store is
+// closed in t.Cleanup.
+func openFillable(t *testing.T) (s *Store, full *atomic.Bool) {
+	t.Helper()
+	full = new(atomic.Bool)
 	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
 		if full.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
 			return syscall.ENOSPC
@@ -387,12 +388,20 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s, full
+}
+
+// TestDiskFull checks that an Append whose WAL write fails (here ENOSPC
+// injected into the filesystem) returns an error that the tracking API maps
+// to 503, and does not report the events as stored.
+func TestDiskFull(t *testing.T) {
+	s, full := openFillable(t)
 	if _, err := s.Append(t.Context(), []jobstore.Entry{entry("before")}); err != nil {
 		t.Fatal(err)
 	}
 	full.Store(true)
-	_, err = s.Append(t.Context(), []jobstore.Entry{entry("while-full")})
+	_, err := s.Append(t.Context(), []jobstore.Entry{entry("while-full")})
 	if !errors.Is(err, jobstore.ErrUnavailable) || !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("Append on a full disk = %v, want an error wrapping jobstore.ErrUnavailable and ENOSPC", err)
 	}
@@ -410,18 +419,7 @@ func TestDiskFull(t *testing.T) {
 // appends here are large enough to fill WAL blocks, which is what hands
 // the error to the next commit.
 func TestWriteErrorNeverPanics(t *testing.T) {
-	var full atomic.Bool
-	fs := errorfs.Wrap(vfs.NewMem(), errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if full.Load() && op.Kind.ReadOrWrite() == errorfs.OpIsWrite {
-			return syscall.ENOSPC
-		}
-		return nil
-	}))
-	s, err := Open("db", Options{Logger: testLogger(t), fs: fs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, full := openFillable(t)
 	big := func(id string) jobstore.Entry {
 		e := entry(id)
 		e.Event.Payload = []byte(`{"type":"track","event":"` + strings.Repeat("x", 8<<10) + `"}`)
