@@ -104,7 +104,11 @@ function Figures({ o }) {
     </div>
     <div class="group">
       <h3>In progress</h3>
-      <div class="row"><${Figure} o=${o} f=${figures[4]} /><${Figure} o=${o} f=${figures[6]} /></div>
+      <div class="row"><${Figure} o=${o} f=${figures[4]} /></div>
+    </div>
+    <div class="group">
+      <h3>Attempts</h3>
+      <div class="row"><${Figure} o=${o} f=${figures[6]} /></div>
     </div>
     <div class="group">
       <h3>Latency</h3>

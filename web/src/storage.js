@@ -44,7 +44,9 @@ export function StoragePanel({ s }) {
           data-bytes=${d.free_bytes}>${d.free_bytes < 0 ? 'unknown' : bytes(d.free_bytes)}</td>
       </tr>`)}</tbody>
     </table>
-    <p class="muted" data-field="reserve">Events are refused below <span data-field="min_free" data-bytes=${s.min_free_bytes}>${bytes(s.min_free_bytes)}</span>
-      free; ballast held: ${bytes(s.ballast_bytes)}${s.disk_full ? html`; writes that met a full disk: ${s.disk_full}` : ''}.</p>
+    <p class="muted" data-field="reserve">
+      Events are refused below <span data-field="min_free" data-bytes=${s.min_free_bytes}>${bytes(s.min_free_bytes)}</span>${' '}
+      free (storage.min_free); ballast held: ${bytes(s.ballast_bytes)}${s.disk_full ? `; writes that met a full disk: ${s.disk_full}` : ''}.
+    </p>
   </section>`;
 }

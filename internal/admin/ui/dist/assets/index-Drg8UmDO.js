@@ -53,7 +53,11 @@
     </div>
     <div class="group">
       <h3>In progress</h3>
-      <div class="row"><${fo} o=${e} f=${so[4]} /><${fo} o=${e} f=${so[6]} /></div>
+      <div class="row"><${fo} o=${e} f=${so[4]} /></div>
+    </div>
+    <div class="group">
+      <h3>Attempts</h3>
+      <div class="row"><${fo} o=${e} f=${so[6]} /></div>
     </div>
     <div class="group">
       <h3>Latency</h3>
@@ -213,8 +217,10 @@
           data-bytes=${t.free_bytes}>${t.free_bytes<0?`unknown`:no(t.free_bytes)}</td>
       </tr>`)}</tbody>
     </table>
-    <p class="muted" data-field="reserve">Events are refused below <span data-field="min_free" data-bytes=${e.min_free_bytes}>${no(e.min_free_bytes)}</span>
-      free; ballast held: ${no(e.ballast_bytes)}${e.disk_full?L`; writes that met a full disk: ${e.disk_full}`:``}.</p>
+    <p class="muted" data-field="reserve">
+      Events are refused below <span data-field="min_free" data-bytes=${e.min_free_bytes}>${no(e.min_free_bytes)}</span>${` `}
+      free (storage.min_free); ballast held: ${no(e.ballast_bytes)}${e.disk_full?`; writes that met a full disk: ${e.disk_full}`:``}.
+    </p>
   </section>`}function Lo({storage:e}){let t=io(e=>U(`/destinations`,{signal:e}),[],2e3),n=t.data;return L`<main class="page destinations">
     <div class="page-head">
       <h1>Destinations</h1>
