@@ -7,6 +7,7 @@
 //   FANOUT_ADMIN_URL         a fanout without admin_token
 //   FANOUT_TRACKING_URL      its tracking API, and FANOUT_WRITE_KEY for source "web"
 //   FANOUT_LOCKED_ADMIN_URL  a fanout with admin_token FANOUT_ADMIN_TOKEN
+//   FANOUT_FULL_ADMIN_URL    a fanout whose storage.min_free no disk has: ingest refuses events
 //   FANOUT_SECRET            a destination's API key no page may show
 //   SCREENSHOTS              where to save a screenshot of each page
 import assert from 'node:assert/strict';
@@ -23,6 +24,7 @@ const ADMIN = env('FANOUT_ADMIN_URL');
 const TRACKING = env('FANOUT_TRACKING_URL');
 const WRITE_KEY = env('FANOUT_WRITE_KEY');
 const LOCKED = env('FANOUT_LOCKED_ADMIN_URL');
+const FULL = env('FANOUT_FULL_ADMIN_URL');
 const TOKEN = env('FANOUT_ADMIN_TOKEN');
 const SECRET = env('FANOUT_SECRET');
 const SHOTS = env('SCREENSHOTS');
@@ -72,7 +74,7 @@ async function newPage() {
   return page;
 }
 
-const figureFields = ['delivered_first_attempt', 'delivered_after_retries', 'failed', 'unsupported', 'pending_retry', 'archived'];
+const figureFields = ['delivered_first_attempt', 'delivered_after_retries', 'failed', 'unsupported', 'pending_retry', 'archived', 'retried_duplicate_risk'];
 const num = (s) => Number(s.replace(/[^0-9]/g, ''));
 
 // readOverview reads every (source, destination) row of the overview page.
@@ -137,6 +139,11 @@ check('overview shows the same counts as the admin API', async () => {
   assert.equal(num(web('ok').delivered_first_attempt), 28);
   assert.equal(num(web('flaky').failed), 3);
   assert.equal(num(web('flaky').delivered_after_retries), 2);
+  // The duplicate-risk figure says what it counts.
+  for (const sel of ['[data-testid=figures] .figure:has([data-field=retried_duplicate_risk])', '[data-testid=source] th[title]']) {
+    assert.match(await page.locator(sel).first().getAttribute('title'), /ambiguous failure.*does not deduplicate/, `${sel} tooltip`);
+  }
+  assert.equal(await page.locator('[data-testid=storage-banner]').count(), 0, 'no storage banner with a 1 MB reserve');
   // Both charts drew.
   assert.equal(await page.locator('[data-testid=chart-delivery] canvas').count(), 1);
   assert.equal(await page.locator('[data-testid=chart-latency] canvas').count(), 1);
@@ -245,7 +252,11 @@ check('the destinations page shows the queue the 429s paused', async () => {
   const q = limited.locator('[data-testid=queue][data-source=web]');
   await q.waitFor();
   assert.equal(await q.getAttribute('data-paused'), 'true');
-  assert.match(await q.locator('[data-field=state]').textContent(), /paused \(429\) · resumes in (59|60)m/);
+  // Its 429s carry a Retry-After of an hour: the pause says so.
+  const pausedQueue = (await api(ADMIN, '/destinations')).body.find((d) => d.name === 'limited').state.queues.find((x) => x.source === 'web');
+  assert.equal(pausedQueue.pause_reason, 'retry-after', 'the API says why limited/web is paused');
+  assert.equal(await q.locator('[data-field=state]').getAttribute('data-reason'), 'retry-after');
+  assert.match(await q.locator('[data-field=state]').textContent(), /^waiting for Retry-After until \d\d:\d\d:\d\d · resumes in (59|60)m/);
   assert.match(await limited.locator('[data-field=paused]').textContent(), /rate limited/);
   // Nothing reaches limited, so its queue's depth is every event web has
   // sent (28 of the known traffic and the debugger's), as the API says.
@@ -260,7 +271,77 @@ check('the destinations page shows the queue the 429s paused', async () => {
   assert.match(await flaky.locator('[data-setting=headers]').textContent(), /X-Api-Key\s*\[redacted\]/);
   assert.match(await flaky.locator('[data-field=circuit]').textContent(), /circuit closed/);
   assert.ok(!(await page.content()).includes(SECRET), 'the secret appears nowhere in the page');
+  // The storage panel: the three directories with their free space, and
+  // the 1 MB reserve of ui_test.go; ingest accepts, so no banner.
+  const storage = (await api(ADMIN, '/storage')).body;
+  const panel = page.locator('[data-testid=storage]');
+  await panel.waitFor();
+  assert.deepEqual(await panel.locator('[data-testid=storage-dir]').evaluateAll((els) => els.map((e) => e.dataset.name)), storage.dirs.map((d) => d.name));
+  assert.deepEqual(storage.dirs.map((d) => d.name).sort(), ['archive', 'jobs', 'stats']);
+  for (const d of storage.dirs) {
+    const shown = Number(await panel.locator(`[data-testid=storage-dir][data-name=${d.name}] [data-field=free]`).getAttribute('data-bytes'));
+    assert.ok(shown > 0 && Math.abs(shown - d.free_bytes) < 1 << 30, `${d.name}: shows ${shown} bytes free, API says ${d.free_bytes}`);
+    assert.match(await panel.locator(`[data-testid=storage-dir][data-name=${d.name}] [data-field=free]`).textContent(), /^[\d.]+ (B|KB|MB|GB|TB|PB)$/);
+  }
+  assert.equal(await panel.locator('[data-field=min_free]').textContent(), '1.0 MB');
+  assert.equal(await panel.locator('[data-field=accepting]').textContent(), 'accepting events');
+  assert.equal(await page.locator('[data-testid=storage-banner]').count(), 0);
   await page.screenshot({ path: join(SHOTS, 'destinations.png'), fullPage: true });
+  assert.deepEqual(page.errors, []);
+});
+
+check('every pause reason and the per-user holds have their label', async () => {
+  // The engine's other pauses (a spent quota, a 429 without a wait, too
+  // many users held) take a destination that ui_test.go does not run:
+  // the page is fed a copy of the API's answer with those states.
+  const page = await newPage();
+  const midnight = new Date();
+  midnight.setUTCHours(24, 0, 0, 0);
+  const soon = new Date(Date.now() + 90_000).toISOString();
+  await page.route('**/api/v1/destinations', async (route) => {
+    const res = await route.fetch();
+    const ds = await res.json();
+    const q = ds.find((d) => d.name === 'ok').state.queues[0];
+    const base = { ...q, depth: 5, buffered: 5, backlog: false, in_flight: 0, held: 0, holds: 0 };
+    ds.find((d) => d.name === 'ok').state.queues = [
+      { ...base, source: 'a-quota', paused_until: midnight.toISOString(), pause_reason: 'quota' },
+      { ...base, source: 'b-throttled', paused_until: soon, pause_reason: 'throttled', throttled: 3 },
+      { ...base, source: 'c-holds-full', paused_until: soon, pause_reason: 'holds-full', held: 40, holds: 7 },
+      { ...base, source: 'd-holds', held: 12, holds: 1 },
+    ];
+    await route.fulfill({ response: res, json: ds });
+  });
+  await page.goto(ADMIN + '/#/destinations');
+  const ok = page.locator('[data-testid=destination][data-name=ok]');
+  const state = (src, f = 'state') => ok.locator(`[data-testid=queue][data-source=${src}] [data-field=${f}]`).textContent();
+  await ok.locator('[data-testid=queue][data-source=a-quota]').waitFor();
+  assert.match(await state('a-quota'), /^paused until 00:00 UTC \(daily quota\) · resumes in \d+/);
+  assert.match(await state('b-throttled'), /^throttled \(429\) until \d\d:\d\d:\d\d · resumes in 1m/);
+  assert.match(await state('c-holds-full'), /^too many users held: paused until \d\d:\d\d:\d\d/);
+  assert.equal((await state('c-holds-full', 'holds')).trim(), 'per-user holds: 7 users, 40 jobs');
+  assert.equal((await state('d-holds', 'holds')).trim(), 'per-user holds: 1 user, 12 jobs');
+  assert.equal(await ok.locator('[data-testid=queue][data-source=d-holds]').getAttribute('data-paused'), 'false');
+  assert.match(await ok.locator('[data-field=paused]').textContent(), /quota spent, rate limited, too many users held/);
+  assert.deepEqual(page.errors, []);
+});
+
+check('a fanout short of disk space shows the storage banner on every page', async () => {
+  const storage = (await api(FULL, '/storage')).body;
+  assert.equal(storage.accepting, false, `the API says ingest accepts with a 1000 TB reserve: ${JSON.stringify(storage)}`);
+  const page = await newPage();
+  for (const p of ['overview', 'debugger?source=web', 'destinations']) {
+    await page.goto(`${FULL}/#/${p}`);
+    const banner = page.locator('[data-testid=storage-banner]');
+    await banner.waitFor();
+    const text = await banner.textContent();
+    assert.match(text, /Ingest is refusing events \(the tracking API answers 503\)/, `#/${p}: ${text}`);
+    assert.match(text, /Short of the 1000 TB reserve: (jobs|stats|archive) [\d.]+ [KMGT]?B free/, `#/${p}: ${text}`);
+    if (p === 'destinations') {
+      await page.locator('[data-testid=storage] [data-field=accepting]:text("refusing events")').waitFor();
+      await page.screenshot({ path: join(SHOTS, 'storage-full.png') });
+    }
+  }
+  // Only the 503s of the tracking API: the page itself makes no error.
   assert.deepEqual(page.errors, []);
 });
 

@@ -103,12 +103,13 @@ func newSink(t *testing.T) *sink {
 }
 
 // config connects source web to ok, flaky and limited, and source ios to
-// ok; adminToken is empty or the admin_token.
-func config(s *sink, adminToken string) string {
+// ok; adminToken is empty or the admin_token; minFree is storage.min_free.
+func config(s *sink, adminToken, minFree string) string {
 	var b strings.Builder
 	if adminToken != "" {
 		fmt.Fprintf(&b, "admin_token: %s\n", adminToken)
 	}
+	fmt.Fprintf(&b, "storage:\n  min_free: %s\n", minFree)
 	fmt.Fprintf(&b, `sources:
   - name: web
     write_key: %s
@@ -260,15 +261,19 @@ func settle(t *testing.T, srv *fanouttest.Server, tok string) {
 	}
 }
 
-// TestUI starts two fanouts on the same faulty destination: one without
-// a token, on which run.mjs checks every page, and one with admin_token
-// set, on which it checks the login form. The API of the second must
-// refuse requests without the token and serve the page's files without.
+// TestUI starts three fanouts on the same faulty destination: one without
+// a token, on which run.mjs checks every page; one with admin_token set,
+// on which it checks the login form; and one whose storage.min_free no
+// disk has, whose ingest refuses events, on which it checks the storage
+// banner. The API of the second must refuse requests without the token
+// and serve the page's files without. The first two keep a 1 MB reserve,
+// so that no banner shows on a nearly full test machine.
 func TestUI(t *testing.T) {
 	browser := fanouttest.NewBrowser(t, "ui", "playwright-core")
 	s := newSink(t)
-	open := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, "")})
-	locked := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, token)})
+	open := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, "", "1MB")})
+	locked := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, token, "1MB")})
+	full := fanouttest.Start(t, bin, fanouttest.Config{YAML: config(s, "", "1000TB")})
 
 	for path, want := range map[string]int{"/api/v1/sources": 401, "/api/v1/overview": 401, "/metrics": 401, "/": 200, "/healthz": 200} {
 		if got := admin(t, locked.AdminURL, path, "", nil); got != want {
@@ -292,6 +297,7 @@ func TestUI(t *testing.T) {
 		"FANOUT_TRACKING_URL="+open.TrackingURL,
 		"FANOUT_WRITE_KEY="+webKey,
 		"FANOUT_LOCKED_ADMIN_URL="+locked.AdminURL,
+		"FANOUT_FULL_ADMIN_URL="+full.AdminURL,
 		"FANOUT_ADMIN_TOKEN="+token,
 		"FANOUT_SECRET="+secret,
 		"SCREENSHOTS="+filepath.Join(mustGetwd(t), "screenshots"),

@@ -2,10 +2,11 @@
 // redacted by the server) and the live state of its queues.
 import { html } from 'htm/preact';
 import { get } from './api.js';
-import { count, duration, timestamp, until } from './format.js';
+import { clock, count, duration, timestamp, until } from './format.js';
 import { Status, usePoll } from './poll.js';
+import { StoragePanel } from './storage.js';
 
-export function Destinations() {
+export function Destinations({ storage }) {
   const poll = usePoll((signal) => get('/destinations', { signal }), [], 2000);
   const list = poll.data;
   return html`<main class="page destinations">
@@ -15,12 +16,13 @@ export function Destinations() {
     </div>
     ${list && list.length === 0 && html`<p class="empty">No destinations are configured.</p>`}
     ${list && list.map((d) => html`<${Destination} d=${d} />`)}
+    <${StoragePanel} s=${storage} />
   </main>`;
 }
 
 function Destination({ d }) {
   const st = d.state;
-  const paused = st?.queues.some((q) => q.paused_until && Date.parse(q.paused_until) > Date.now());
+  const reasons = new Set((st?.queues || []).filter((q) => pausedUntil(q)).map((q) => q.pause_reason || ''));
   return html`<section class="card destination" data-testid="destination" data-name=${d.name}>
     <div class="dest-head">
       <h2>${d.name}</h2>
@@ -29,7 +31,7 @@ function Destination({ d }) {
         ? html`<span class=${'badge ' + (st.circuit_open ? 'failed' : 'delivered')} data-field="circuit">
             circuit ${st.circuit_open ? 'open' : 'closed'}</span>`
         : html`<span class="badge pending">no scheduler state</span>`}
-      ${paused && html`<span class="badge retrying" data-field="paused">rate limited</span>`}
+      ${reasons.size > 0 && html`<span class="badge retrying" data-field="paused">${[...reasons].map((r) => headline[r] || 'paused').join(', ')}</span>`}
     </div>
     <div class="dest-body">
       <dl class="facts">
@@ -60,18 +62,50 @@ function Destination({ d }) {
   </section>`;
 }
 
+// headline names a pause reason in the destination's heading.
+const headline = { quota: 'quota spent', 'retry-after': 'rate limited', throttled: 'rate limited', 'holds-full': 'too many users held' };
+
+function pausedUntil(q) {
+  return q.paused_until && Date.parse(q.paused_until) > Date.now() ? q.paused_until : null;
+}
+
+// pauseLabel says why a queue is paused and until when: a spent quota
+// until its reset (midnight UTC unless the destination said), a wait the
+// destination asked for (Retry-After), a 429 without one (backoff), or
+// too many users held at once.
+function pauseLabel(reason, t) {
+  switch (reason) {
+    case 'quota': {
+      const d = new Date(t);
+      const midnight = d.getUTCHours() === 0 && d.getUTCMinutes() === 0 && d.getUTCSeconds() === 0;
+      return `paused until ${clock(t, true)} (${midnight ? 'daily quota' : 'quota spent'})`;
+    }
+    case 'retry-after':
+      return `waiting for Retry-After until ${clock(t)}`;
+    case 'throttled':
+      return `throttled (429) until ${clock(t)}`;
+    case 'holds-full':
+      return `too many users held: paused until ${clock(t)}`;
+    default:
+      return `paused until ${clock(t)}`;
+  }
+}
+
 function Queue({ q }) {
-  const now = Date.now();
-  const pausedUntil = q.paused_until && Date.parse(q.paused_until) > now ? q.paused_until : null;
+  const paused = pausedUntil(q);
   let state = html`<span class="badge delivered">sending</span>`;
-  if (pausedUntil) {
-    state = html`<span class="badge retrying" data-field="state" title=${'until ' + timestamp(pausedUntil)}>paused (429) · resumes ${until(pausedUntil)}</span>`;
+  if (paused) {
+    state = html`<span class="badge retrying" data-field="state" data-reason=${q.pause_reason || ''}
+      title=${'until ' + timestamp(paused)}>${pauseLabel(q.pause_reason, paused)} · resumes ${until(paused)}</span>`;
   } else if (q.retry_next) {
     state = html`<span class="badge pending" data-field="state" title=${timestamp(q.retry_next)}>next retry ${until(q.retry_next)}</span>`;
-  } else if (!q.buffered && !q.in_flight && !q.backlog) {
+  } else if (!q.buffered && !q.in_flight && !q.backlog && !q.held) {
     state = html`<span class="badge pending" data-field="state">idle</span>`;
   }
-  return html`<tr data-testid="queue" data-source=${q.source} data-paused=${pausedUntil ? 'true' : 'false'}>
+  const holds = q.holds > 0 &&
+    html`<span class="badge retrying" data-field="holds" title="Jobs waiting behind users the destination throttles one by one; the rest of the queue goes on">
+      per-user holds: ${count(q.holds)} user${q.holds === 1 ? '' : 's'}, ${count(q.held)} job${q.held === 1 ? '' : 's'}</span>`;
+  return html`<tr data-testid="queue" data-source=${q.source} data-paused=${paused ? 'true' : 'false'}>
     <td>${q.source}</td>
     <td class="num" data-field="depth">${count(q.depth)}</td>
     <td class="num" data-field="buffered">${count(q.buffered)}${q.backlog ? ' + more on disk' : ''}</td>
@@ -79,7 +113,7 @@ function Queue({ q }) {
     <td class="num" data-field="pending_retry">${count(q.pending_retry)}</td>
     <td class="num">${count(q.in_flight)}</td>
     <td class="num">${q.limit ? Math.round(q.limit * 10) / 10 : '–'}</td>
-    <td>${state}</td>
+    <td><div class="queue-state">${state}${holds}</div></td>
     <td class="num">${count(q.throttled)}</td>
   </tr>`;
 }

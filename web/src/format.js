@@ -65,3 +65,23 @@ export function prettyJSON(text) {
     return text;
   }
 }
+
+// bytes formats a size: 512 B, 3.4 MB, 12 GB, 1.2 TB (powers of 1024).
+export function bytes(n) {
+  if (n == null || n < 0) return '–';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB', 'PB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 || n >= 100 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+}
+
+// clock formats a time of day: 14:05:09 local, or 00:00 UTC with utc.
+export function clock(iso, utc = false) {
+  const d = new Date(iso);
+  const p = (n) => String(n).padStart(2, '0');
+  if (utc) return `${p(d.getUTCHours())}:${p(d.getUTCMinutes())} UTC`;
+  return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}

@@ -7,6 +7,7 @@ import { useRoute } from './router.js';
 import { Overview } from './overview.js';
 import { Debugger } from './debugger.js';
 import { Destinations } from './destinations.js';
+import { StorageBanner, useStorage } from './storage.js';
 import './style.css';
 
 const pages = [
@@ -56,6 +57,8 @@ function App() {
   // Bumped after a sign-in, so that the page fetches again.
   const [session, setSession] = useState(0);
   useEffect(() => onUnauthorized(() => setLocked(true)), []);
+  // Polled here so that every page warns when ingest refuses events.
+  const storage = useStorage(session, locked);
 
   if (locked) {
     return html`<${Login} onDone=${() => { setLocked(false); setSession((n) => n + 1); }} />`;
@@ -70,7 +73,8 @@ function App() {
       </nav>
       ${token() && html`<button class="link" onClick=${() => { setToken(''); setLocked(true); }}>Sign out</button>`}
     </header>
-    <${Page} key=${page.path + session} params=${params} />
+    <${StorageBanner} s=${storage.data} />
+    <${Page} key=${page.path + session} params=${params} storage=${storage.data} />
   </div>`;
 }
 

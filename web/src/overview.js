@@ -25,6 +25,11 @@ const figures = [
   { field: 'unsupported', label: 'Unsupported', kind: 'muted' },
   { field: 'pending_retry', label: 'Pending retry', kind: 'warn' },
   { field: 'archived', label: 'Archived', kind: 'bad' },
+  {
+    field: 'retried_duplicate_risk', label: 'Retried, duplicate risk', kind: 'warn',
+    title: 'Retries after an ambiguous failure (a timeout or 5xx on a batch) to an API that does not deduplicate: ' +
+      'the destination may have taken those events already and may count them twice. Counts attempts, not events.',
+  },
 ];
 
 export function Overview({ params }) {
@@ -102,6 +107,10 @@ function Figures({ o }) {
       <div class="row"><${Figure} o=${o} f=${figures[4]} /></div>
     </div>
     <div class="group">
+      <h3>Attempts</h3>
+      <div class="row"><${Figure} o=${o} f=${figures[6]} /></div>
+    </div>
+    <div class="group">
       <h3>Latency</h3>
       <div class="row">
         <div class="figure"><b data-field="p95">${latency(o.latency.p95_ms, o.latency.count > 0)}</b><span>P95 latency</span></div>
@@ -111,7 +120,7 @@ function Figures({ o }) {
 }
 
 function Figure({ o, f }) {
-  return html`<div class=${'figure ' + f.kind}>
+  return html`<div class=${'figure ' + f.kind} title=${f.title}>
     <b data-field=${f.field}>${count(o[f.field])}</b><span>${f.label}</span>
   </div>`;
 }
@@ -168,7 +177,7 @@ function SourceTable({ source, pairs, sel, select }) {
       : html`<table class="grid">
       <thead><tr>
         <th>Destination</th>
-        ${figures.map((f) => html`<th class="num">${f.label}</th>`)}
+        ${figures.map((f) => html`<th class=${'num' + (f.title ? ' hint' : '')} title=${f.title}>${f.label}</th>`)}
         <th class="num">P95 latency</th>
       </tr></thead>
       <tbody>
@@ -176,7 +185,7 @@ function SourceTable({ source, pairs, sel, select }) {
             class=${'clickable' + (active(p.destination) ? ' active' : '')}
             onClick=${() => select({ source: p.source, destination: p.destination })}>
           <td>${p.destination}</td>
-          ${figures.map((f) => html`<td class=${'num ' + (p[f.field] ? f.kind : '')} data-field=${f.field}>${count(p[f.field])}</td>`)}
+          ${figures.map((f) => html`<td class=${'num ' + (p[f.field] ? f.kind : '')} data-field=${f.field} title=${f.title}>${count(p[f.field])}</td>`)}
           <td class="num" data-field="p95">${latency(p.latency.p95_ms, p.latency.count > 0)}</td>
         </tr>`)}
       </tbody>

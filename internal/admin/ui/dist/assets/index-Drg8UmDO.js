@@ -6,54 +6,58 @@
 `)==-1?[t]:t.split(/\n/gm);for(let e=0;e<n.length;e++){let t=n[e];D?(d.save(),d.translate(a,o+e*A),d.rotate(D),d.fillText(t,0,0),d.restore()):d.fillText(t,a,o+e*A)}}}S.show&&fr(j,S.filter(r,v,e,f,x),i,n,O,T,J(S.width*W,3),S.stroke(r,e),S.dash,S.cap);let ne=t.grid;ne.show&&fr(j,ne.filter(r,v,e,f,x),i,i==0?2:1,i==0?Ee:Te,i==0?Oe:De,J(ne.width*W,3),ne.stroke(r,e),ne.dash,ne.cap),C.show&&fr([O],[1],+(i==0),i==0?1:2,i==1?Ee:Te,i==1?Oe:De,J(C.width*W,3),C.stroke(r,e),C.dash,C.cap)}da(`drawAxes`)}function _r(e){v.forEach((t,n)=>{n>0&&(t._paths=null,e&&(i==1?(t.min=null,t.max=null):t.facets.forEach(e=>{e.min=null,e.max=null})))})}let vr=!1,yr=!1,br=[];function xr(){yr=!1;for(let e=0;e<br.length;e++)da(...br[e]);br.length=0}function Sr(){vr||=(hr(wr),!0)}function Cr(e,t=!1){vr=!0,yr=t,e(r),wr(),t&&br.length>0&&queueMicrotask(xr)}r.batch=Cr;function wr(){if(ke&&=(Un(),!1),je&&=(Le(),!1),Ae){if(G(p,yt,be),G(p,_t,H),G(p,ht,B),G(p,gt,V),G(m,yt,be),G(m,_t,H),G(m,ht,B),G(m,gt,V),G(f,ht,ve),G(f,gt,ye),u.width=Cn(ve*W),u.height=Cn(ye*W),y.forEach(({_el:e,_show:t,_size:n,_pos:r,side:i})=>{if(e!=null){if(t){let t=i===3||i===0?n:0,a=i%2==1;G(e,a?`left`:`top`,r-t),G(e,a?`width`:`height`,n),G(e,a?`top`:`left`,a?H:be),G(e,a?`height`:`width`,a?V:B),Vt(e,rt)}else Bt(e,rt)}}),an=on=fn=gn=_n=vn=yn=Sn=pn=null,On=1,zi(!0),be!=xe||H!=Se||B!=Ce||V!=we){_r(!1);let e=B/Ce,t=V/we;if(oe&&!Me&&N.left>=0){N.left*=e,N.top*=t,kr&&Gt(kr,Cn(N.left),0,B,V),Ar&&Gt(Ar,0,Cn(N.top),B,V);for(let n=0;n<Ge.length;n++){let r=Ge[n];r!=null&&(Ke[n]*=e,qe[n]*=t,Gt(r,wn(Ke[n]),wn(qe[n]),B,V))}}if(Q.show&&!Ne&&Q.left>=0&&Q.width>0){Q.left*=e,Q.width*=e,Q.top*=t,Q.height*=t;for(let e in qi)G($,e,Q[e])}xe=be,Se=H,Ce=B,we=V}da(`setSize`),Ae=!1}ve>0&&ye>0&&(d.clearRect(0,0,u.width,u.height),da(`drawClear`),w.forEach(e=>e()),da(`draw`)),Q.show&&Ne&&(Hr(Q),Ne=!1),oe&&Me&&(Mi(null,!0,!1),Me=!1),M.show&&M.live&&Pe&&(Ai(),Pe=!1),c||(c=!0,r.status=1,da(`ready`)),tn=!1,vr=!1}r.redraw=(e,t)=>{je=t||!1,e===!1?Sr():ni(S,D.min,D.max)};function Tr(e,n){let i=b[e];if(i.from==null){if(Wt==0){let t=i.range(r,n.min,n.max,e);n.min=t[0],n.max=t[1]}if(n.min>n.max){let e=n.min;n.min=n.max,n.max=e}if(Wt>1&&n.min!=null&&n.max!=null&&n.max-n.min<1e-16)return;e==S&&i.distr==2&&Wt>0&&(n.min=en(n.min,t[0]),n.max=en(n.max,t[0]),n.min==n.max&&n.max++),A[e]=n,ke=!0,Sr()}}r.setScale=Tr;let Er,Or,kr,Ar,jr,Mr,Nr,Ir,Lr,Rr,Y,X,zr=!1,Br=N.drag,Z=Br.x,Vr=Br.y;oe&&(N.x&&(Er=Ut(at,m)),N.y&&(Or=Ut(ot,m)),D.ori==0?(kr=Er,Ar=Or):(kr=Or,Ar=Er),Y=N.left,X=N.top);let Q=r.select=lr({show:!0,over:!0,left:0,width:0,top:0,height:0},e.select),$=Q.show?Ut(it,Q.over?m:p):null;function Hr(e,t){if(Q.show){for(let t in e)Q[t]=e[t],t in qi&&G($,t,e[t]);t!==!1&&da(`setSelect`)}}r.setSelect=Hr;function Qr(e){if(v[e].show)P&&Vt(L[e],rt);else if(P&&Bt(L[e],rt),oe){let t=We?Ge[0]:Ge[e];t!=null&&Gt(t,-10,-10,B,V)}}function ni(e,t,n){Tr(e,{min:t,max:n})}function ri(e,t,n,a){t.focus!=null&&mi(e),t.show!=null&&v.forEach((n,r)=>{r>0&&(e==r||e==null)&&(n.show=t.show,Qr(r),i==2?(ni(n.facets[0].scale,null,null),ni(n.facets[1].scale,null,null)):ni(n.scale,null,null),Sr())}),n!==!1&&da(`setSeries`,e,t),a&&ga(`setSeries`,r,e,t)}r.setSeries=ri;function ai(e,t){lr(x[e],t)}function oi(e,t){e.fill=q(e.fill||null),e.dir=K(e.dir,-1),t??=x.length,x.splice(t,0,e)}function si(e){e==null?x.length=0:x.splice(e,1)}r.addBand=oi,r.setBand=ai,r.delBand=si;function ci(e,t){v[e].alpha=t,oe&&Ge[e]!=null&&(Ge[e].style.opacity=t),P&&L[e]&&(L[e].style.opacity=t)}let li,ui,di,fi={focus:!0};function mi(e){if(e!=di){let t=e==null,n=He.alpha!=1;v.forEach((r,a)=>{if(i==1||a>0){let i=t||a==0||a==e;r._focus=t?null:i,n&&ci(a,i?1:He.alpha)}}),di=e,n&&Sr()}}P&&Ue&&ge(Dt,I,e=>{N._lock||(Ve(e),di!=null&&ri(null,fi,!0,pa.setSeries))});function hi(e,t,n){let r=b[t];n&&(e=e/W-(r.ori==1?H:be));let i=B;r.ori==1&&(i=V,e=i-e),r.dir==-1&&(e=i-e);let a=r._min,o=r._max,s=e/i,c=a+(o-a)*s,l=r.distr;return l==3?Dn(10,c):l==4?jn(c,r.asinh):l==100?r.bwd(c):c}function gi(e,n){return en(hi(e,S,n),t[0],Kt,Jt)}r.valToIdx=e=>en(e,t[0]),r.posToIdx=gi,r.posToVal=hi,r.valToPos=(e,t,n)=>b[t].ori==0?a(e,b[t],n?De:B,n?Te:0):o(e,b[t],n?Oe:V,n?Ee:0),r.setCursor=(e,t,n)=>{Y=e.left,X=e.top,Mi(null,t,n)};function _i(e,t){G($,yt,Q.left=e),G($,ht,Q.width=t)}function vi(e,t){G($,_t,Q.top=e),G($,gt,Q.height=t)}let yi=D.ori==0?_i:vi,bi=D.ori==1?_i:vi;function ki(){if(P&&M.live)for(let e=+(i==2);e<v.length;e++){if(e==0&&ue)continue;let t=M.values[e],n=0;for(let r in t)le[e][n++].firstChild.nodeValue=t[r]}}function Ai(e,t){if(e!=null&&(e.idxs?e.idxs.forEach((e,t)=>{ae[t]=e}):nr(e.idx)||ae.fill(e.idx),M.idx=ae[0]),P&&M.live){for(let e=0;e<v.length;e++)(e>0||i==1&&!ue)&&ji(e,ae[e]);ki()}Pe=!1,t!==!1&&da(`setLegend`)}r.setLegend=Ai;function ji(e,n){let i=v[e],a=e==0&&O==2?Zt:t[e],o;ue?o=i.values(r,e,n)??de:(o=i.value(r,n==null?null:a[n],e,n),o=o==null?de:{_:o}),M.values[e]=o}function Mi(e,n,a){Lr=Y,Rr=X,[Y,X]=N.move(r,Y,X),N.left=Y,N.top=X,oe&&(kr&&Gt(kr,Cn(Y),0,B,V),Ar&&Gt(Ar,0,Cn(X),B,V));let o,s=Kt>Jt;li=Nn,ui=null;let c=D.ori==0?B:V,l=D.ori==1?B:V;if(Y<0||Wt==0||s){o=N.idx=null;for(let e=0;e<v.length;e++){let t=Ge[e];t!=null&&Gt(t,-10,-10,B,V)}Ue&&ri(null,fi,!0,e==null&&pa.setSeries),M.live&&(ae.fill(o),Pe=!0)}else{let e,n,a;i==1&&(e=D.ori==0?Y:X,n=hi(e,S),o=N.idx=en(n,t[0],Kt,Jt),a=k(t[0][o],D,c,0));let s=-10,u=-10,d=0,f=0,p=!0,m=``,h=``;for(let e=+(i==2);e<v.length;e++){let g=v[e],_=ae[e],y=_==null?null:i==1?t[e][_]:t[e][1][_],x=N.dataIdx(r,e,o,n),S=x==null?null:i==1?t[e][x]:t[e][1][x];if(Pe=Pe||S!=y||x!=_,ae[e]=x,e>0&&g.show){let n=x==null?-10:x==o?a:k(i==1?t[0][x]:t[e][0][x],D,c,0),_=S==null?-10:ee(S,i==1?b[g.scale]:b[g.facets[1].scale],l,0);if(Ue&&S!=null){let t=D.ori==1?Y:X,n=xn(He.dist(r,e,x,_,t));if(n<li){let r=He.bias;if(r!=0){let i=hi(t,g.scale),a=S>=0?1:-1,o=i>=0?1:-1;o==a&&(o==1?r==1?S>=i:S<=i:r==1?S<=i:S>=i)&&(li=n,ui=e)}else li=n,ui=e}}if(Pe||We){let t,i;D.ori==0?(t=n,i=_):(t=_,i=n);let a,o,c,l,g,v,y=!0,b=U.bbox;if(b!=null){y=!1;let t=b(r,e);c=t.left,l=t.top,a=t.width,o=t.height}else c=t,l=i,a=o=U.size(r,e);if(v=U.fill(r,e),g=U.stroke(r,e),We)e==ui&&li<=He.prox&&(s=c,u=l,d=a,f=o,p=y,m=v,h=g);else{let t=Ge[e];t!=null&&(Ke[e]=c,qe[e]=l,Yt(t,a,o,y),qt(t,v,g),Gt(t,wn(c),wn(l),B,V))}}}}if(We){let e=He.prox;if(Pe||(di==null?li<=e:li>e||ui!=di)){let e=Ge[0];e!=null&&(Ke[0]=s,qe[0]=u,Yt(e,d,f,p),qt(e,m,h),Gt(e,wn(s),wn(u),B,V))}}}if(Q.show&&zr){if(e!=null){let[t,n]=pa.scales,[r,i]=pa.match,[a,o]=e.cursor.sync.scales,s=e.cursor.drag;if(Z=s._x,Vr=s._y,Z||Vr){let{left:s,top:u,width:d,height:f}=e.select,p=e.scales[a].ori,m=e.posToVal,h,g,_,v,y,x=t!=null&&r(t,a),S=n!=null&&i(n,o);x&&Z?(p==0?(h=s,g=d):(h=u,g=f),_=b[t],v=k(m(h,a),_,c,0),y=k(m(h+g,a),_,c,0),yi(Tn(v,y),xn(y-v))):yi(0,c),S&&Vr?(p==1?(h=s,g=d):(h=u,g=f),_=b[n],v=ee(m(h,o),_,l,0),y=ee(m(h+g,o),_,l,0),bi(Tn(v,y),xn(y-v))):bi(0,l)}else Zi()}else{let e=xn(Lr-jr),t=xn(Rr-Mr);if(D.ori==1){let n=e;e=t,t=n}Z=Br.x&&e>=Br.dist,Vr=Br.y&&t>=Br.dist;let n=Br.uni;n==null?Br.x&&Br.y&&(Z||Vr)&&(Z=Vr=!0):Z&&Vr&&(Z=e>=n,Vr=t>=n,!Z&&!Vr&&(t>e?Vr=!0:Z=!0));let r,i;Z&&(D.ori==0?(r=Nr,i=Y):(r=Ir,i=X),yi(Tn(r,i),xn(i-r)),Vr||bi(0,l)),Vr&&(D.ori==1?(r=Nr,i=Y):(r=Ir,i=X),bi(Tn(r,i),xn(i-r)),Z||yi(0,c)),!Z&&!Vr&&(yi(0,0),bi(0,0))}}if(Br._x=Z,Br._y=Vr,e==null){if(a){if(ma!=null){let[e,t]=pa.scales;pa.values[0]=e==null?null:hi(D.ori==0?Y:X,e),pa.values[1]=t==null?null:hi(D.ori==1?Y:X,t)}ga(Ct,r,Y,X,B,V,o)}if(Ue){let e=a&&pa.setSeries,t=He.prox;di==null?li<=t&&ri(ui,fi,!0,e):li>t?ri(null,fi,!0,e):ui!=di&&ri(ui,fi,!0,e)}}Pe&&(M.idx=o,Ai()),n!==!1&&da(`setCursor`)}let Ni=null;Object.defineProperty(r,"rect",{get(){return Ni??zi(!1),Ni}});function zi(e=!1){e?Ni=null:(Ni=m.getBoundingClientRect(),da(`syncRect`,Ni))}function Bi(e,t,n,r,i,a,o){N._lock||zr&&e!=null&&e.movementX==0&&e.movementY==0||(Vi(e,t,n,r,i,a,o,!1,e!=null),e==null?Mi(t,!0,!1):Mi(null,!0,!0))}function Vi(e,t,n,i,a,o,c,l,u){if(Ni??zi(!1),Ve(e),e!=null)n=e.clientX-Ni.left,i=e.clientY-Ni.top;else{if(n<0||i<0){Y=-10,X=-10;return}let[e,r]=pa.scales,c=t.cursor.sync,[l,u]=c.values,[d,f]=c.scales,[p,m]=pa.match,h=t.axes[0].side%2==1,g=D.ori==0?B:V,_=D.ori==1?B:V,v=h?o:a,y=h?a:o,x=h?i:n,S=h?n:i;if(n=d==null?x/v*g:p(e,d)?s(l,b[e],g,0):-10,i=f==null?S/y*_:m(r,f)?s(u,b[r],_,0):-10,D.ori==1){let e=n;n=i,i=e}}u&&(t==null||t.cursor.event.type==Ct)&&((n<=1||n>=B-1)&&(n=Gn(n,B)),(i<=1||i>=V-1)&&(i=Gn(i,V))),l?(jr=n,Mr=i,[Nr,Ir]=N.move(r,n,i)):(Y=n,X=i)}let qi={width:0,height:0,left:0,top:0};function Zi(){Hr(qi,!1)}let Qi,ea,ta,na;function ra(e,t,n,i,a,o,s){zr=!0,Z=Vr=Br._x=Br._y=!1,Vi(e,t,n,i,a,o,s,!0,!1),e!=null&&(ge(Tt,Ft,aa,!1),ga(wt,r,Nr,Ir,B,V,null));let{left:c,top:l,width:u,height:d}=Q;Qi=c,ea=l,ta=u,na=d}function aa(e,t,n,i,a,o,s){zr=Br._x=Br._y=!1,Vi(e,t,n,i,a,o,s,!1,!0);let{left:c,top:l,width:u,height:d}=Q,f=u>0||d>0,p=Qi!=c||ea!=l||ta!=u||na!=d;if(f&&p&&Hr(Q),Br.setScale&&f&&p){let e=c,t=u,n=l,r=d;if(D.ori==1&&(e=l,t=d,n=c,r=u),Z&&ni(S,hi(e,S),hi(e+t,S)),Vr)for(let e in b){let t=b[e];e!=S&&t.from==null&&t.min!=Nn&&ni(e,hi(n+r,e),hi(n,e))}Zi()}else N.lock&&(N._lock=!N._lock,Mi(t,!0,e!=null));e!=null&&(_e(Tt,Ft),ga(Tt,r,Y,X,B,V,null))}function oa(e,t,n,r,i,a,o){if(N._lock)return;Ve(e);let s=zr;if(zr){let e=!0,t=!0,n,r;D.ori==0?(n=Z,r=Vr):(n=Vr,r=Z),n&&r&&(e=Y<=10||Y>=B-10,t=X<=10||X>=V-10),n&&e&&(Y=Y<Nr?0:B),r&&t&&(X=X<Ir?0:V),Mi(null,!0,!0),zr=!1}Y=-10,X=-10,ae.fill(null),Mi(null,!0,!0),s&&(zr=s)}function sa(e,t,n,i,a,o,s){N._lock||(Ve(e),rn(),Zi(),e!=null&&ga(Ot,r,Y,X,B,V,null))}function ca(){y.forEach(Ua),Fe(r.width,r.height,!0)}Qt(Mt,It,ca);let la={};la.mousedown=ra,la.mousemove=Bi,la.mouseup=aa,la.dblclick=sa,la.setSeries=(e,t,n,i)=>{let a=pa.match[2];n=a(r,t,n),n!=-1&&ri(n,i,!0,!1)},oe&&(ge(wt,m,ra),ge(Ct,m,Bi),ge(Et,m,e=>{Ve(e),zi(!1)}),ge(Dt,m,oa),ge(Ot,m,sa),Da.add(r),r.syncRect=zi);let ua=r.hooks=e.hooks||{};function da(e,t,n){yr?br.push([e,t,n]):e in ua&&ua[e].forEach(e=>{e.call(null,r,t,n)})}(e.plugins||[]).forEach(e=>{for(let t in e.hooks)ua[t]=(ua[t]||[]).concat(e.hooks[t])});let fa=(e,t,n)=>n,pa=lr({key:null,setSeries:!1,filters:{pub:Vn,sub:Vn},scales:[S,v[1]?v[1].scale:null],match:[Hn,Hn,fa],values:[null,null]},N.sync);pa.match.length==2&&pa.match.push(fa),N.sync=pa;let ma=pa.key,ha=Ji(ma);function ga(e,t,n,r,i,a,o){pa.filters.pub(e,t,n,r,i,a,o)&&ha.pub(e,t,n,r,i,a,o)}ha.sub(r);function _a(e,t,n,r,i,a,o){pa.filters.sub(e,t,n,r,i,a,o)&&la[e](null,t,n,r,i,a,o)}r.pub=_a;function va(){ha.unsub(r),Da.delete(r),z.clear(),$t(Mt,It,ca),l.remove(),I?.remove(),da(`destroy`)}r.destroy=va;function ya(){da(`init`,e,t),nn(t||e.data,!1),A[S]?Tr(S,A[S]):rn(),Ne=Q.show&&(Q.width>0||Q.height>0),Me=Pe=!0,Fe(e.width,e.height)}return v.forEach(xt),y.forEach(Pt),n?n instanceof HTMLElement?(n.appendChild(l),ya()):n(r,ya):ya(),r}Wa.assign=lr,Wa.fmtNum=vn,Wa.rangeNum=mn,Wa.rangeLog=cn,Wa.rangeAsinh=ln,Wa.orient=Zi,Wa.pxRatio=W,Wa.join=mr,Wa.fmtDate=Dr,Wa.tzDate=kr,Wa.sync=Ji;{Wa.addGap=na,Wa.clipGaps=ta;let e=Wa.paths={points:ga};e.linear=ba,e.stepped=xa,e.bars=Ca,e.spline=Ta}function Ga({data:e,series:t,height:n=200,yFormat:r=e=>String(e),yScale:i={},ySplits:a,title:o,testid:s}){let c=Ce(null),l=Ce(null);return Se(()=>{let o=c.current,s={width:o.clientWidth||600,height:n,cursor:{drag:{x:!1,y:!1}},legend:{live:!0},scales:{x:{time:!0},y:i},axes:[{stroke:`#6b7280`,grid:{stroke:`#eef0f3`},ticks:{stroke:`#eef0f3`}},{stroke:`#6b7280`,grid:{stroke:`#eef0f3`},ticks:{stroke:`#eef0f3`},size:60,splits:a&&((e,t,n,r)=>a.filter(e=>e>=n&&e<=r)),values:(e,t)=>t.map(e=>e==null?``:r(e))}],series:[{},...t]};l.current=new Wa(s,e,o);let u=new ResizeObserver(()=>{l.current&&o.clientWidth&&l.current.setSize({width:o.clientWidth,height:n})});return u.observe(o),()=>{u.disconnect(),l.current.destroy(),l.current=null}},[t.map(e=>e.label).join(`|`),n]),Se(()=>{l.current&&l.current.setData(e)},[e]),L`<figure class="chart" data-testid=${s}>
     <figcaption>${o}</figcaption>
     <div ref=${c}></div>
-  </figure>`}var Ka=Wa.paths.stepped({align:1}),qa=new Intl.NumberFormat(`en-US`);function Ja(e){return qa.format(e||0)}function Ya(e,t=!0){return t?e<1?`<1 ms`:e<1e3?`${Math.round(e)} ms`:e<6e4?`${(e/1e3).toFixed(+(e<1e4))} s`:e<36e5?`${(e/6e4).toFixed(1)} min`:`${(e/36e5).toFixed(1)} h`:`–`}function Xa(e){let t=Math.max(0,Math.round(e));if(t<60)return`${t}s`;let n=Math.floor(t/60);if(n<60)return`${n}m ${t%60?t%60+`s`:``}`.trim();let r=Math.floor(n/60);return r<48?`${r}h ${n%60?n%60+`m`:``}`.trim():`${Math.floor(r/24)}d ${r%24?r%24+`h`:``}`.trim()}var Za=new Intl.RelativeTimeFormat(`en`,{numeric:`auto`});function Qa(e,t=Date.now()){if(!e)return``;let n=(new Date(e).getTime()-t)/1e3,r=Math.abs(n);return r<45?Za.format(Math.round(n),`second`):r<2700?Za.format(Math.round(n/60),`minute`):r<64800?Za.format(Math.round(n/3600),`hour`):Za.format(Math.round(n/86400),`day`)}function $a(e,t=Date.now()){let n=(new Date(e).getTime()-t)/1e3;return n<=0?`now`:`in `+Xa(n)}function eo(e){if(!e)return``;let t=new Date(e),n=(e,t=2)=>String(e).padStart(t,`0`);return`${t.getFullYear()}/${n(t.getMonth()+1)}/${n(t.getDate())} ${n(t.getHours())}:${n(t.getMinutes())}:${n(t.getSeconds())}`}function to(e){if(typeof e!=`string`)return JSON.stringify(e,null,2);try{return JSON.stringify(JSON.parse(e),null,2)}catch{return e}}function no(e,t,n){let[r,i]=H({data:null,error:null,updatedAt:null,loading:!0}),a=Ce(null),o=Te(async()=>{a.current?.abort();let t=new AbortController;a.current=t,i(e=>({...e,loading:!0}));try{let n=await e(t.signal);t.signal.aborted||i({data:n,error:null,updatedAt:new Date,loading:!1})}catch(e){if(t.signal.aborted||e instanceof Le)return;i(t=>({...t,error:e,loading:!1}))}},t);return Se(()=>{if(o(),!n)return()=>a.current?.abort();let e=setInterval(()=>{document.visibilityState===`visible`&&o()},n);return()=>{clearInterval(e),a.current?.abort()}},[o,n]),{...r,refresh:o}}function ro({poll:e}){let t=e.updatedAt;return L`<div class="status">
+  </figure>`}var Ka=Wa.paths.stepped({align:1}),qa=new Intl.NumberFormat(`en-US`);function Ja(e){return qa.format(e||0)}function Ya(e,t=!0){return t?e<1?`<1 ms`:e<1e3?`${Math.round(e)} ms`:e<6e4?`${(e/1e3).toFixed(+(e<1e4))} s`:e<36e5?`${(e/6e4).toFixed(1)} min`:`${(e/36e5).toFixed(1)} h`:`–`}function Xa(e){let t=Math.max(0,Math.round(e));if(t<60)return`${t}s`;let n=Math.floor(t/60);if(n<60)return`${n}m ${t%60?t%60+`s`:``}`.trim();let r=Math.floor(n/60);return r<48?`${r}h ${n%60?n%60+`m`:``}`.trim():`${Math.floor(r/24)}d ${r%24?r%24+`h`:``}`.trim()}var Za=new Intl.RelativeTimeFormat(`en`,{numeric:`auto`});function Qa(e,t=Date.now()){if(!e)return``;let n=(new Date(e).getTime()-t)/1e3,r=Math.abs(n);return r<45?Za.format(Math.round(n),`second`):r<2700?Za.format(Math.round(n/60),`minute`):r<64800?Za.format(Math.round(n/3600),`hour`):Za.format(Math.round(n/86400),`day`)}function $a(e,t=Date.now()){let n=(new Date(e).getTime()-t)/1e3;return n<=0?`now`:`in `+Xa(n)}function eo(e){if(!e)return``;let t=new Date(e),n=(e,t=2)=>String(e).padStart(t,`0`);return`${t.getFullYear()}/${n(t.getMonth()+1)}/${n(t.getDate())} ${n(t.getHours())}:${n(t.getMinutes())}:${n(t.getSeconds())}`}function to(e){if(typeof e!=`string`)return JSON.stringify(e,null,2);try{return JSON.stringify(JSON.parse(e),null,2)}catch{return e}}function no(e){if(e==null||e<0)return`–`;let t=[`B`,`KB`,`MB`,`GB`,`TB`,`PB`],n=0;for(;e>=1024&&n<t.length-1;)e/=1024,n++;return`${n===0||e>=100?Math.round(e):e.toFixed(1)} ${t[n]}`}function ro(e,t=!1){let n=new Date(e),r=e=>String(e).padStart(2,`0`);return t?`${r(n.getUTCHours())}:${r(n.getUTCMinutes())} UTC`:`${r(n.getHours())}:${r(n.getMinutes())}:${r(n.getSeconds())}`}function io(e,t,n){let[r,i]=H({data:null,error:null,updatedAt:null,loading:!0}),a=Ce(null),o=Te(async()=>{a.current?.abort();let t=new AbortController;a.current=t,i(e=>({...e,loading:!0}));try{let n=await e(t.signal);t.signal.aborted||i({data:n,error:null,updatedAt:new Date,loading:!1})}catch(e){if(t.signal.aborted||e instanceof Le)return;i(t=>({...t,error:e,loading:!1}))}},t);return Se(()=>{if(o(),!n)return()=>a.current?.abort();let e=setInterval(()=>{document.visibilityState===`visible`&&o()},n);return()=>{clearInterval(e),a.current?.abort()}},[o,n]),{...r,refresh:o}}function ao({poll:e}){let t=e.updatedAt;return L`<div class="status">
     ${e.error&&L`<span class="error" role="alert">${String(e.error.message||e.error)}</span>`}
     <span class="updated" data-testid="updated" data-updated=${t?t.getTime():``}>
       ${t?`Updated ${t.toLocaleTimeString()}`:e.loading?`Loading…`:``}
     </span>
     <button class="ghost" data-testid="refresh" onClick=${()=>e.refresh()}>Refresh</button>
-  </div>`}var io=[{range:`10m`,label:`10 minutes`,step:`1m`},{range:`1h`,label:`1 hour`,step:`1m`},{range:`24h`,label:`24 hours`,step:`10m`},{range:`7d`,label:`7 days`,step:`1h`}],ao=[{field:`delivered_first_attempt`,label:`Delivered on first try`,kind:`good`},{field:`delivered_after_retries`,label:`Delivered on retry`,kind:`good`},{field:`failed`,label:`Failed`,kind:`bad`},{field:`unsupported`,label:`Unsupported`,kind:`muted`},{field:`pending_retry`,label:`Pending retry`,kind:`warn`},{field:`archived`,label:`Archived`,kind:`bad`}];function oo({params:e}){let t=io.find(t=>t.range===e.range)||io[1],n={source:e.source||``,destination:e.destination||``},r=t=>Ke({range:e.range,...t}),i=no(async e=>{let r={range:t.range,...n},[i,a,o,s,c]=await Promise.all([U(`/sources`,{signal:e}),U(`/overview`+He({range:t.range}),{signal:e}),n.source||n.destination?U(`/overview`+He(r),{signal:e}):null,U(`/series`+He({...r,step:t.step}),{signal:e}),U(`/issues`+He(r),{signal:e})]);return{sources:i,all:a,selected:o||a,series:s,issues:c.issues}},[t.range,n.source,n.destination],5e3),a=i.data;return L`<main class="page overview">
+  </div>`}var oo=[{range:`10m`,label:`10 minutes`,step:`1m`},{range:`1h`,label:`1 hour`,step:`1m`},{range:`24h`,label:`24 hours`,step:`10m`},{range:`7d`,label:`7 days`,step:`1h`}],so=[{field:`delivered_first_attempt`,label:`Delivered on first try`,kind:`good`},{field:`delivered_after_retries`,label:`Delivered on retry`,kind:`good`},{field:`failed`,label:`Failed`,kind:`bad`},{field:`unsupported`,label:`Unsupported`,kind:`muted`},{field:`pending_retry`,label:`Pending retry`,kind:`warn`},{field:`archived`,label:`Archived`,kind:`bad`},{field:`retried_duplicate_risk`,label:`Retried, duplicate risk`,kind:`warn`,title:`Retries after an ambiguous failure (a timeout or 5xx on a batch) to an API that does not deduplicate: the destination may have taken those events already and may count them twice. Counts attempts, not events.`}];function co({params:e}){let t=oo.find(t=>t.range===e.range)||oo[1],n={source:e.source||``,destination:e.destination||``},r=t=>Ke({range:e.range,...t}),i=io(async e=>{let r={range:t.range,...n},[i,a,o,s,c]=await Promise.all([U(`/sources`,{signal:e}),U(`/overview`+He({range:t.range}),{signal:e}),n.source||n.destination?U(`/overview`+He(r),{signal:e}):null,U(`/series`+He({...r,step:t.step}),{signal:e}),U(`/issues`+He(r),{signal:e})]);return{sources:i,all:a,selected:o||a,series:s,issues:c.issues}},[t.range,n.source,n.destination],5e3),a=i.data;return L`<main class="page overview">
     <div class="page-head">
       <h1>Overview</h1>
       <div class="segmented" role="group" aria-label="Time range">
-        ${io.map(n=>L`<button data-range=${n.range} aria-pressed=${n===t}
+        ${oo.map(n=>L`<button data-range=${n.range} aria-pressed=${n===t}
           onClick=${()=>Ke({...e,range:n.range})}>${n.label}</button>`)}
       </div>
-      <${ro} poll=${i} />
+      <${ao} poll=${i} />
     </div>
     ${a&&L`
-      <${so} sel=${n} onClear=${()=>r({})} />
-      <${co} o=${a.selected} />
-      <${uo} series=${a.series} />
+      <${lo} sel=${n} onClear=${()=>r({})} />
+      <${uo} o=${a.selected} />
+      <${po} series=${a.series} />
       <section class="card">
         <h2>Sources and destinations</h2>
         ${a.sources.length===0&&L`<p class="empty">No sources are configured.</p>`}
-        ${a.sources.map(e=>L`<${mo} source=${e} pairs=${a.all.pairs} sel=${n} select=${r} />`)}
+        ${a.sources.map(e=>L`<${go} source=${e} pairs=${a.all.pairs} sel=${n} select=${r} />`)}
       </section>
-      <${ho} issues=${a.issues} />
+      <${_o} issues=${a.issues} />
     `}
-  </main>`}function so({sel:e,onClear:t}){return L`<p class="selection">
+  </main>`}function lo({sel:e,onClear:t}){return L`<p class="selection">
     Showing <strong data-testid="selection">${e.destination?`${e.source} → ${e.destination}`:e.source||`All sources and destinations`}</strong>
     ${(e.source||e.destination)&&L` · <button class="link" onClick=${t}>show all</button>`}
-  </p>`}function co({o:e}){return L`<section class="figures" data-testid="figures">
+  </p>`}function uo({o:e}){return L`<section class="figures" data-testid="figures">
     <div class="group">
       <h3>Events delivered</h3>
       <div class="row">
-        <${lo} o=${e} f=${ao[0]} />
-        <${lo} o=${e} f=${ao[1]} />
+        <${fo} o=${e} f=${so[0]} />
+        <${fo} o=${e} f=${so[1]} />
       </div>
     </div>
     <div class="group">
       <h3>Events not delivered</h3>
       <div class="row">
-        <${lo} o=${e} f=${ao[2]} />
-        <${lo} o=${e} f=${ao[3]} />
-        <${lo} o=${e} f=${ao[5]} />
+        <${fo} o=${e} f=${so[2]} />
+        <${fo} o=${e} f=${so[3]} />
+        <${fo} o=${e} f=${so[5]} />
       </div>
     </div>
     <div class="group">
       <h3>In progress</h3>
-      <div class="row"><${lo} o=${e} f=${ao[4]} /></div>
+      <div class="row"><${fo} o=${e} f=${so[4]} /></div>
+    </div>
+    <div class="group">
+      <h3>Attempts</h3>
+      <div class="row"><${fo} o=${e} f=${so[6]} /></div>
     </div>
     <div class="group">
       <h3>Latency</h3>
@@ -61,19 +65,19 @@
         <div class="figure"><b data-field="p95">${Ya(e.latency.p95_ms,e.latency.count>0)}</b><span>P95 latency</span></div>
       </div>
     </div>
-  </section>`}function lo({o:e,f:t}){return L`<div class=${`figure `+t.kind}>
+  </section>`}function fo({o:e,f:t}){return L`<div class=${`figure `+t.kind} title=${t.title}>
     <b data-field=${t.field}>${Ja(e[t.field])}</b><span>${t.label}</span>
-  </div>`}function uo({series:e}){let t=we(()=>{let t=e.points,n=t.map(e=>Date.parse(e.at)/1e3);return{counts:[n,t.map(e=>e.delivered_first_attempt),t.map(e=>e.delivered_after_retries),t.map(e=>e.failed+e.archived)],latency:[n,t.map(e=>e.latency.count?e.latency.p95_ms:null)]}},[e]);return L`<section class="card trends">
+  </div>`}function po({series:e}){let t=we(()=>{let t=e.points,n=t.map(e=>Date.parse(e.at)/1e3);return{counts:[n,t.map(e=>e.delivered_first_attempt),t.map(e=>e.delivered_after_retries),t.map(e=>e.failed+e.archived)],latency:[n,t.map(e=>e.latency.count?e.latency.p95_ms:null)]}},[e]);return L`<section class="card trends">
     <h2>Delivery trends <small>per ${e.step_seconds>=3600?`${e.step_seconds/3600} h`:`${e.step_seconds/60} min`}, by when events were received</small></h2>
     <div class="charts">
       <${Ga} title="Event delivery" testid="chart-delivery" data=${t.counts}
         yFormat=${e=>Ja(e)}
         series=${[{label:`Delivered on first try`,stroke:`#16a34a`,fill:`rgba(22,163,74,0.12)`,paths:Ka,width:2},{label:`Delivered on retry`,stroke:`#0ea5e9`,paths:Ka,width:2},{label:`Failed or archived`,stroke:`#dc2626`,fill:`rgba(220,38,38,0.10)`,paths:Ka,width:2}]} />
       <${Ga} title="P95 latency" testid="chart-latency" data=${t.latency}
-        yFormat=${e=>Ya(e)} yScale=${fo} ySplits=${po}
+        yFormat=${e=>Ya(e)} yScale=${mo} ySplits=${ho}
         series=${[{label:`P95 latency`,stroke:`#7c3aed`,width:2,points:{show:!0,size:5},value:(e,t)=>t==null?`–`:Ya(t)}]} />
     </div>
-  </section>`}var fo={distr:3,log:10},po=[1,10,100,1e3,1e4,6e4,6e5,36e5,36e6];function mo({source:e,pairs:t,sel:n,select:r}){let i=e.destinations.map(n=>t.find(t=>t.source===e.name&&t.destination===n)||{source:e.name,destination:n,latency:{count:0}}),a=t=>n.source===e.name&&(t?n.destination===t:!n.destination);return L`<div class="source" data-testid="source" data-source=${e.name}>
+  </section>`}var mo={distr:3,log:10},ho=[1,10,100,1e3,1e4,6e4,6e5,36e5,36e6];function go({source:e,pairs:t,sel:n,select:r}){let i=e.destinations.map(n=>t.find(t=>t.source===e.name&&t.destination===n)||{source:e.name,destination:n,latency:{count:0}}),a=t=>n.source===e.name&&(t?n.destination===t:!n.destination);return L`<div class="source" data-testid="source" data-source=${e.name}>
     <h3>
       <button class=${`link`+(a(``)?` active`:``)} onClick=${()=>r({source:e.name})}>${e.name}</button>
       <small>${e.destinations.length} destination${e.destinations.length===1?``:`s`}</small>
@@ -81,7 +85,7 @@
     ${i.length===0?L`<p class="empty">Not connected to any destination.</p>`:L`<table class="grid">
       <thead><tr>
         <th>Destination</th>
-        ${ao.map(e=>L`<th class="num">${e.label}</th>`)}
+        ${so.map(e=>L`<th class=${`num`+(e.title?` hint`:``)} title=${e.title}>${e.label}</th>`)}
         <th class="num">P95 latency</th>
       </tr></thead>
       <tbody>
@@ -89,12 +93,12 @@
             class=${`clickable`+(a(e.destination)?` active`:``)}
             onClick=${()=>r({source:e.source,destination:e.destination})}>
           <td>${e.destination}</td>
-          ${ao.map(t=>L`<td class=${`num `+(e[t.field]?t.kind:``)} data-field=${t.field}>${Ja(e[t.field])}</td>`)}
+          ${so.map(t=>L`<td class=${`num `+(e[t.field]?t.kind:``)} data-field=${t.field} title=${t.title}>${Ja(e[t.field])}</td>`)}
           <td class="num" data-field="p95">${Ya(e.latency.p95_ms,e.latency.count>0)}</td>
         </tr>`)}
       </tbody>
     </table>`}
-  </div>`}function ho({issues:e}){let[t,n]=H(null),r=e=>`${e.source}/${e.destination}/${e.id}`;return L`<section class="card">
+  </div>`}function _o({issues:e}){let[t,n]=H(null),r=e=>`${e.source}/${e.destination}/${e.id}`;return L`<section class="card">
     <h2>Delivery issues <small>failed attempts grouped by reason; click one for its samples</small></h2>
     ${e.length===0?L`<p class="empty" data-testid="no-issues">No delivery issues in this range.</p>`:L`<table class="grid issues">
       <thead><tr><th>Description</th><th>Destination</th><th class="num">Count</th><th>Last seen</th></tr></thead>
@@ -107,11 +111,11 @@
             <td class="num" data-field="count">${Ja(e.count)}</td>
             <td title=${eo(e.last_seen)}>${Qa(e.last_seen)}</td>
           </tr>
-          ${t===r(e)&&L`<tr class="expanded"><td colspan="4"><${go} issue=${e} /></td></tr>`}
+          ${t===r(e)&&L`<tr class="expanded"><td colspan="4"><${vo} issue=${e} /></td></tr>`}
         `)}
       </tbody>
     </table>`}
-  </section>`}function go({issue:e}){let[t,n]=H(0),r=e.samples[Math.min(t,e.samples.length-1)];if(!r)return L`<p class="empty">No samples were kept.</p>`;let i=e=>Object.entries(e||{}).map(([e,t])=>t.map(t=>`${e}: ${t}`).join(`
+  </section>`}function vo({issue:e}){let[t,n]=H(0),r=e.samples[Math.min(t,e.samples.length-1)];if(!r)return L`<p class="empty">No samples were kept.</p>`;let i=e=>Object.entries(e||{}).map(([e,t])=>t.map(t=>`${e}: ${t}`).join(`
 `)).join(`
 `);return L`<div class="samples" data-testid="samples">
     <div class="sample-head">
@@ -134,7 +138,7 @@
         ${r.response?L`<pre>${`HTTP ${r.response.status}\n${i(r.response.header)}\n\n${to(r.response.body)}`}</pre>`:L`<p class="empty">No response (${r.reason}).</p>`}
       </section>
     </div>
-  </div>`}var _o=e=>JSON.stringify(e,null,2);function vo(...e){for(;e.length&&yo(e[e.length-1]);)e.pop();return e.map(e=>e===void 0?`undefined`:_o(e)).join(`, `)}function yo(e){return e==null||typeof e==`object`&&!Array.isArray(e)&&Object.keys(e).length===0}function bo(e){switch(e.type){case`track`:return`analytics.track(${vo(e.event??``,e.properties)})`;case`identify`:return e.userId==null?`analytics.identify(${vo(e.traits??{})})`:`analytics.identify(${vo(e.userId,e.traits)})`;case`page`:return`analytics.page(${vo(...xo(e))})`;case`screen`:return`analytics.screen(${vo(...xo(e))})`;case`group`:return`analytics.group(${vo(e.groupId??``,e.traits)})`;case`alias`:return`analytics.alias(${vo(e.userId??``,e.previousId??``)})`;default:return`// unknown call type ${_o(e.type)}\n${_o(e)}`}}function xo(e){let t=e.name??e.properties?.name;return e.category==null?t==null?[e.properties??{}]:[t,e.properties]:[e.category,t??``,e.properties]}function So(e){return e.userId!=null&&e.userId!==``?{label:`userId`,value:e.userId}:e.anonymousId!=null&&e.anonymousId!==``?{label:`anonymousId`,value:e.anonymousId}:null}function Co(e){switch(e.type){case`track`:return e.event||`(no event name)`;case`page`:case`screen`:return e.name||e.properties?.name||e.properties?.path||`(${e.type})`;case`identify`:return e.traits?.email||e.traits?.name||e.userId||e.anonymousId||`(anonymous)`;case`group`:return e.traits?.name||e.groupId||`(group)`;case`alias`:return`${e.previousId} → ${e.userId}`;default:return e.type}}var wo=500;function To({params:e}){let[t,n]=H(null),[r,i]=H(null);Se(()=>{let e=new AbortController;return U(`/sources`,{signal:e.signal}).then(n,t=>e.signal.aborted||i(t)),()=>e.abort()},[]);let a=e.source||t?.[0]?.name;return L`<main class="page debugger">
+  </div>`}var yo=e=>JSON.stringify(e,null,2);function bo(...e){for(;e.length&&xo(e[e.length-1]);)e.pop();return e.map(e=>e===void 0?`undefined`:yo(e)).join(`, `)}function xo(e){return e==null||typeof e==`object`&&!Array.isArray(e)&&Object.keys(e).length===0}function So(e){switch(e.type){case`track`:return`analytics.track(${bo(e.event??``,e.properties)})`;case`identify`:return e.userId==null?`analytics.identify(${bo(e.traits??{})})`:`analytics.identify(${bo(e.userId,e.traits)})`;case`page`:return`analytics.page(${bo(...Co(e))})`;case`screen`:return`analytics.screen(${bo(...Co(e))})`;case`group`:return`analytics.group(${bo(e.groupId??``,e.traits)})`;case`alias`:return`analytics.alias(${bo(e.userId??``,e.previousId??``)})`;default:return`// unknown call type ${yo(e.type)}\n${yo(e)}`}}function Co(e){let t=e.name??e.properties?.name;return e.category==null?t==null?[e.properties??{}]:[t,e.properties]:[e.category,t??``,e.properties]}function wo(e){return e.userId!=null&&e.userId!==``?{label:`userId`,value:e.userId}:e.anonymousId!=null&&e.anonymousId!==``?{label:`anonymousId`,value:e.anonymousId}:null}function To(e){switch(e.type){case`track`:return e.event||`(no event name)`;case`page`:case`screen`:return e.name||e.properties?.name||e.properties?.path||`(${e.type})`;case`identify`:return e.traits?.email||e.traits?.name||e.userId||e.anonymousId||`(anonymous)`;case`group`:return e.traits?.name||e.groupId||`(group)`;case`alias`:return`${e.previousId} → ${e.userId}`;default:return e.type}}var Eo=500;function Do({params:e}){let[t,n]=H(null),[r,i]=H(null);Se(()=>{let e=new AbortController;return U(`/sources`,{signal:e.signal}).then(n,t=>e.signal.aborted||i(t)),()=>e.abort()},[]);let a=e.source||t?.[0]?.name;return L`<main class="page debugger">
     <div class="page-head">
       <h1>Debugger</h1>
       ${t&&L`<label class="inline">Source
@@ -145,8 +149,8 @@
     </div>
     ${r&&L`<p class="error" role="alert">${String(r.message||r)}</p>`}
     ${t&&t.length===0&&L`<p class="empty">No sources are configured.</p>`}
-    ${a&&L`<${Do} key=${a} source=${a} />`}
-  </main>`}var Eo=(e,t)=>t.seq-e.seq;function Do({source:e}){let t=Ce(new Map),n=Ce(new Map),r=Ce(!1),[,i]=H(0),[a,o]=H(!1),[s,c]=H(`connecting`),[l,u]=H(``),[d,f]=H(null),[p,m]=H(`pretty`),h=()=>i(e=>e+1),g=(e,t)=>{if(e.set(t.message_id,t),e.size>wo){let t=[...e.values()].sort(Eo).slice(wo);for(let n of t)e.delete(n.message_id)}};Se(()=>{let i=new AbortController,a=`/sources/${encodeURIComponent(e)}`,o=!1;return Ue(a+`/events/stream`,{signal:i.signal,onState:async e=>{if(c(e),!(e!==`open`||o)){o=!0;try{let e=await U(a+`/events`,{signal:i.signal});for(let n of e.events)t.current.has(n.message_id)||g(t.current,n);h()}catch{}}},onMessage:(e,i)=>{if(e!==`event`&&e!==`outcome`)return;let a=JSON.parse(i);g(r.current?n.current:t.current,a),h()}}),()=>i.abort()},[e]);function _(e){if(r.current=e,o(e),!e){for(let e of n.current.values())g(t.current,e);n.current.clear(),h()}}let v=[...t.current.values()].sort(Eo),y=l.trim().toLowerCase(),b=y?v.filter(e=>ko(e,y)):v,x=d&&t.current.get(d),S=[...n.current.values()].filter(e=>!t.current.has(e.message_id)).length;return L`<div class="live">
+    ${a&&L`<${ko} key=${a} source=${a} />`}
+  </main>`}var Oo=(e,t)=>t.seq-e.seq;function ko({source:e}){let t=Ce(new Map),n=Ce(new Map),r=Ce(!1),[,i]=H(0),[a,o]=H(!1),[s,c]=H(`connecting`),[l,u]=H(``),[d,f]=H(null),[p,m]=H(`pretty`),h=()=>i(e=>e+1),g=(e,t)=>{if(e.set(t.message_id,t),e.size>Eo){let t=[...e.values()].sort(Oo).slice(Eo);for(let n of t)e.delete(n.message_id)}};Se(()=>{let i=new AbortController,a=`/sources/${encodeURIComponent(e)}`,o=!1;return Ue(a+`/events/stream`,{signal:i.signal,onState:async e=>{if(c(e),!(e!==`open`||o)){o=!0;try{let e=await U(a+`/events`,{signal:i.signal});for(let n of e.events)t.current.has(n.message_id)||g(t.current,n);h()}catch{}}},onMessage:(e,i)=>{if(e!==`event`&&e!==`outcome`)return;let a=JSON.parse(i);g(r.current?n.current:t.current,a),h()}}),()=>i.abort()},[e]);function _(e){if(r.current=e,o(e),!e){for(let e of n.current.values())g(t.current,e);n.current.clear(),h()}}let v=[...t.current.values()].sort(Oo),y=l.trim().toLowerCase(),b=y?v.filter(e=>jo(e,y)):v,x=d&&t.current.get(d),S=[...n.current.values()].filter(e=>!t.current.has(e.message_id)).length;return L`<div class="live">
     <div class="toolbar">
       <div class="segmented" role="group" aria-label="Live or paused">
         <button data-testid="live" aria-pressed=${!a} onClick=${()=>_(!1)}>Live</button>
@@ -154,7 +158,7 @@
       </div>
       <input type="search" placeholder="Search events" data-testid="search" value=${l}
         onInput=${e=>u(e.target.value)} />
-      <span class=${`conn `+s} data-testid="conn">${Oo(s,a,S)}</span>
+      <span class=${`conn `+s} data-testid="conn">${Ao(s,a,S)}</span>
     </div>
     <div class="split">
       <ul class="events" data-testid="events">
@@ -162,18 +166,18 @@
         ${b.map(e=>L`<li key=${e.message_id} data-testid="event" data-message-id=${e.message_id}
             class=${e.message_id===d?`active`:``} onClick=${()=>f(e.message_id)}>
           <span class="type">${e.type}</span>
-          <span class="name">${Co(e.payload||{})}</span>
-          <${Ao} outcomes=${e.destinations} />
+          <span class="name">${To(e.payload||{})}</span>
+          <${Mo} outcomes=${e.destinations} />
           <time title=${eo(e.received_at)}>${eo(e.received_at)}</time>
         </li>`)}
       </ul>
       <div class="detail">
-        ${x?L`<${jo} ev=${x} view=${p} setView=${m} />`:L`<p class="empty">Select an event to see it.</p>`}
+        ${x?L`<${No} ev=${x} view=${p} setView=${m} />`:L`<p class="empty">Select an event to see it.</p>`}
       </div>
     </div>
-  </div>`}function Oo(e,t,n){return t?n?`Paused · ${n} new event${n===1?``:`s`} held`:`Paused`:{open:`Live`,connecting:`Connecting…`,retrying:`Reconnecting…`,closed:`Disconnected`}[e]||e}function ko(e,t){return e.type.includes(t)||e.message_id.toLowerCase().includes(t)||JSON.stringify(e.payload).toLowerCase().includes(t)}function Ao({outcomes:e}){return L`<span class="dots">${e.map(e=>L`<i class=${`dot `+e.status} title=${`${e.destination}: ${e.status}`}></i>`)}</span>`}function jo({ev:e,view:t,setView:n}){let r=e.payload||{},i=So(r),a=we(()=>t===`pretty`?bo(r):JSON.stringify(r,null,2),[e,t]);return L`<div data-testid="detail">
+  </div>`}function Ao(e,t,n){return t?n?`Paused · ${n} new event${n===1?``:`s`} held`:`Paused`:{open:`Live`,connecting:`Connecting…`,retrying:`Reconnecting…`,closed:`Disconnected`}[e]||e}function jo(e,t){return e.type.includes(t)||e.message_id.toLowerCase().includes(t)||JSON.stringify(e.payload).toLowerCase().includes(t)}function Mo({outcomes:e}){return L`<span class="dots">${e.map(e=>L`<i class=${`dot `+e.status} title=${`${e.destination}: ${e.status}`}></i>`)}</span>`}function No({ev:e,view:t,setView:n}){let r=e.payload||{},i=wo(r),a=we(()=>t===`pretty`?So(r):JSON.stringify(r,null,2),[e,t]);return L`<div data-testid="detail">
     <div class="detail-head">
-      <h2>${Co(r)}</h2>
+      <h2>${To(r)}</h2>
       <span class="muted">${e.type} · received ${eo(e.received_at)}${i?` · ${i.label} ${i.value}`:``}</span>
     </div>
     <div class="tabs" role="tablist">
@@ -194,20 +198,44 @@
         </tr>`)}
       </tbody>
     </table>`}
-  </div>`}function Mo(){let e=no(e=>U(`/destinations`,{signal:e}),[],2e3),t=e.data;return L`<main class="page destinations">
+  </div>`}function Po(e,t){return io(e=>t?null:U(`/storage`,{signal:e}),[e,t],5e3)}function Fo({s:e}){if(!e||e.accepting&&!e.degraded)return null;let t=(e.dirs||[]).filter(t=>t.free_bytes>=0&&t.free_bytes<e.min_free_bytes);return L`<div class="banner" role="alert" data-testid="storage-banner">
+    <strong>${e.accepting?`Storage degraded`:`Ingest is refusing events`}</strong>
+    ${!e.accepting&&` (the tracking API answers 503)`}${e.reason?`: `+e.reason:``}.
+    ${t.length>0&&L` Short of the ${no(e.min_free_bytes)} reserve: ${t.map((e,t)=>`${t?`, `:``}${e.name} ${no(e.free_bytes)} free`)}.`}
+    ${e.degraded&&` A write met a full disk; the ballast is released until there is room again.`}
+    <span class="muted" title=${eo(e.since)}> Since ${Qa(e.since)}.</span>
+  </div>`}function Io({s:e}){if(!e)return null;let t=e.accepting?e.degraded?[`retrying`,`degraded`]:[`delivered`,`accepting events`]:[`failed`,`refusing events`];return L`<section class="card storage" data-testid="storage">
+    <div class="dest-head">
+      <h2>Storage</h2>
+      <span class=${`badge `+t[0]} data-field="accepting">${t[1]}</span>
+    </div>
+    <table class="grid">
+      <thead><tr><th>Directory</th><th>Path</th><th class="num">Free</th></tr></thead>
+      <tbody>${(e.dirs||[]).map(t=>L`<tr data-testid="storage-dir" data-name=${t.name}>
+        <td>${t.name}</td><td><code>${t.path}</code></td>
+        <td class=${`num`+(t.free_bytes>=0&&t.free_bytes<e.min_free_bytes?` bad`:``)} data-field="free"
+          data-bytes=${t.free_bytes}>${t.free_bytes<0?`unknown`:no(t.free_bytes)}</td>
+      </tr>`)}</tbody>
+    </table>
+    <p class="muted" data-field="reserve">
+      Events are refused below <span data-field="min_free" data-bytes=${e.min_free_bytes}>${no(e.min_free_bytes)}</span>${` `}
+      free (storage.min_free); ballast held: ${no(e.ballast_bytes)}${e.disk_full?`; writes that met a full disk: ${e.disk_full}`:``}.
+    </p>
+  </section>`}function Lo({storage:e}){let t=io(e=>U(`/destinations`,{signal:e}),[],2e3),n=t.data;return L`<main class="page destinations">
     <div class="page-head">
       <h1>Destinations</h1>
-      <${ro} poll=${e} />
+      <${ao} poll=${t} />
     </div>
-    ${t&&t.length===0&&L`<p class="empty">No destinations are configured.</p>`}
-    ${t&&t.map(e=>L`<${No} d=${e} />`)}
-  </main>`}function No({d:e}){let t=e.state,n=t?.queues.some(e=>e.paused_until&&Date.parse(e.paused_until)>Date.now());return L`<section class="card destination" data-testid="destination" data-name=${e.name}>
+    ${n&&n.length===0&&L`<p class="empty">No destinations are configured.</p>`}
+    ${n&&n.map(e=>L`<${Ro} d=${e} />`)}
+    <${Io} s=${e} />
+  </main>`}function Ro({d:e}){let t=e.state,n=new Set((t?.queues||[]).filter(e=>Bo(e)).map(e=>e.pause_reason||``));return L`<section class="card destination" data-testid="destination" data-name=${e.name}>
     <div class="dest-head">
       <h2>${e.name}</h2>
       <span class="badge type">${e.type}</span>
       ${t?L`<span class=${`badge `+(t.circuit_open?`failed`:`delivered`)} data-field="circuit">
             circuit ${t.circuit_open?`open`:`closed`}</span>`:L`<span class="badge pending">no scheduler state</span>`}
-      ${n&&L`<span class="badge retrying" data-field="paused">rate limited</span>`}
+      ${n.size>0&&L`<span class="badge retrying" data-field="paused">${[...n].map(e=>zo[e]||`paused`).join(`, `)}</span>`}
     </div>
     <div class="dest-body">
       <dl class="facts">
@@ -220,7 +248,7 @@
       </dl>
       <div class="settings">
         <h3>Settings</h3>
-        <${Fo} settings=${e.settings} />
+        <${Uo} settings=${e.settings} />
       </div>
     </div>
     <h3>Queues</h3>
@@ -231,9 +259,11 @@
         <th class="num">Pending retry</th><th class="num">In flight</th>
         <th class="num">Concurrency limit</th><th>State</th><th class="num">429s</th>
       </tr></thead>
-      <tbody>${t.queues.map(e=>L`<${Po} q=${e} />`)}</tbody>
+      <tbody>${t.queues.map(e=>L`<${Ho} q=${e} />`)}</tbody>
     </table>`}
-  </section>`}function Po({q:e}){let t=Date.now(),n=e.paused_until&&Date.parse(e.paused_until)>t?e.paused_until:null,r=L`<span class="badge delivered">sending</span>`;return n?r=L`<span class="badge retrying" data-field="state" title=${`until `+eo(n)}>paused (429) · resumes ${$a(n)}</span>`:e.retry_next?r=L`<span class="badge pending" data-field="state" title=${eo(e.retry_next)}>next retry ${$a(e.retry_next)}</span>`:e.buffered||e.in_flight||e.backlog||(r=L`<span class="badge pending" data-field="state">idle</span>`),L`<tr data-testid="queue" data-source=${e.source} data-paused=${n?`true`:`false`}>
+  </section>`}var zo={quota:`quota spent`,"retry-after":`rate limited`,throttled:`rate limited`,"holds-full":`too many users held`};function Bo(e){return e.paused_until&&Date.parse(e.paused_until)>Date.now()?e.paused_until:null}function Vo(e,t){switch(e){case`quota`:{let e=new Date(t),n=e.getUTCHours()===0&&e.getUTCMinutes()===0&&e.getUTCSeconds()===0;return`paused until ${ro(t,!0)} (${n?`daily quota`:`quota spent`})`}case`retry-after`:return`waiting for Retry-After until ${ro(t)}`;case`throttled`:return`throttled (429) until ${ro(t)}`;case`holds-full`:return`too many users held: paused until ${ro(t)}`;default:return`paused until ${ro(t)}`}}function Ho({q:e}){let t=Bo(e),n=L`<span class="badge delivered">sending</span>`;t?n=L`<span class="badge retrying" data-field="state" data-reason=${e.pause_reason||``}
+      title=${`until `+eo(t)}>${Vo(e.pause_reason,t)} · resumes ${$a(t)}</span>`:e.retry_next?n=L`<span class="badge pending" data-field="state" title=${eo(e.retry_next)}>next retry ${$a(e.retry_next)}</span>`:e.buffered||e.in_flight||e.backlog||e.held||(n=L`<span class="badge pending" data-field="state">idle</span>`);let r=e.holds>0&&L`<span class="badge retrying" data-field="holds" title="Jobs waiting behind users the destination throttles one by one; the rest of the queue goes on">
+      per-user holds: ${Ja(e.holds)} user${e.holds===1?``:`s`}, ${Ja(e.held)} job${e.held===1?``:`s`}</span>`;return L`<tr data-testid="queue" data-source=${e.source} data-paused=${t?`true`:`false`}>
     <td>${e.source}</td>
     <td class="num" data-field="depth">${Ja(e.depth)}</td>
     <td class="num" data-field="buffered">${Ja(e.buffered)}${e.backlog?` + more on disk`:``}</td>
@@ -241,11 +271,11 @@
     <td class="num" data-field="pending_retry">${Ja(e.pending_retry)}</td>
     <td class="num">${Ja(e.in_flight)}</td>
     <td class="num">${e.limit?Math.round(e.limit*10)/10:`–`}</td>
-    <td>${r}</td>
+    <td><div class="queue-state">${n}${r}</div></td>
     <td class="num">${Ja(e.throttled)}</td>
-  </tr>`}function Fo({settings:e}){let t=Object.entries(e||{});return t.length===0?L`<p class="empty">None.</p>`:L`<dl class="facts" data-testid="settings">
-    ${t.map(([e,t])=>L`<dt>${e}</dt><dd data-setting=${e}>${Io(t)}</dd>`)}
-  </dl>`}function Io(e){return e==null?`–`:typeof e==`object`?L`<dl class="facts nested">${Object.entries(e).map(([e,t])=>L`<dt>${e}</dt><dd>${Io(t)}</dd>`)}</dl>`:String(e)}var Lo=[{path:`overview`,title:`Overview`,component:oo},{path:`debugger`,title:`Debugger`,component:To},{path:`destinations`,title:`Destinations`,component:Mo}];function Ro({onDone:e}){let[t,n]=H(``),[r,i]=H(``),[a,o]=H(!1);async function s(n){n.preventDefault(),o(!0),i(``),Ie(t.trim());try{await U(`/sources`),e()}catch(e){Ie(``),i(e instanceof Le?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return L`<main class="login">
+  </tr>`}function Uo({settings:e}){let t=Object.entries(e||{});return t.length===0?L`<p class="empty">None.</p>`:L`<dl class="facts" data-testid="settings">
+    ${t.map(([e,t])=>L`<dt>${e}</dt><dd data-setting=${e}>${Wo(t)}</dd>`)}
+  </dl>`}function Wo(e){return e==null?`–`:typeof e==`object`?L`<dl class="facts nested">${Object.entries(e).map(([e,t])=>L`<dt>${e}</dt><dd>${Wo(t)}</dd>`)}</dl>`:String(e)}var Go=[{path:`overview`,title:`Overview`,component:co},{path:`debugger`,title:`Debugger`,component:Do},{path:`destinations`,title:`Destinations`,component:Lo}];function Ko({onDone:e}){let[t,n]=H(``),[r,i]=H(``),[a,o]=H(!1);async function s(n){n.preventDefault(),o(!0),i(``),Ie(t.trim());try{await U(`/sources`),e()}catch(e){Ie(``),i(e instanceof Le?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return L`<main class="login">
     <form onSubmit=${s} data-testid="login">
       <h1>fanout</h1>
       <p>This fanout has an admin token. Enter it to see the delivery overview, the debugger and the destinations.</p>
@@ -257,14 +287,15 @@
       <button type="submit" class="primary" disabled=${a}>Sign in</button>
       <p class="hint">The token is kept in this tab's session storage and sent as <code>Authorization: Bearer</code>.</p>
     </form>
-  </main>`}function zo(){let{path:e,params:t}=qe(),n=Lo.find(t=>t.path===e)||Lo[0],[r,i]=H(!1),[a,o]=H(0);if(Se(()=>ze(()=>i(!0)),[]),r)return L`<${Ro} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let s=n.component;return L`<div class="shell">
+  </main>`}function qo(){let{path:e,params:t}=qe(),n=Go.find(t=>t.path===e)||Go[0],[r,i]=H(!1),[a,o]=H(0);Se(()=>ze(()=>i(!0)),[]);let s=Po(a,r);if(r)return L`<${Ko} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return L`<div class="shell">
     <header class="top">
       <a class="brand" href="#/overview">fanout</a>
       <nav>
-        ${Lo.map(e=>L`<a href=${`#/`+e.path} class=${e===n?`active`:``}
+        ${Go.map(e=>L`<a href=${`#/`+e.path} class=${e===n?`active`:``}
           aria-current=${e===n?`page`:void 0}>${e.title}</a>`)}
       </nav>
       ${Fe()&&L`<button class="link" onClick=${()=>{Ie(``),i(!0)}}>Sign out</button>`}
     </header>
-    <${s} key=${n.path+a} params=${t} />
-  </div>`}F(L`<${zo} />`,document.getElementById(`app`));
+    <${Fo} s=${s.data} />
+    <${c} key=${n.path+a} params=${t} storage=${s.data} />
+  </div>`}F(L`<${qo} />`,document.getElementById(`app`));
