@@ -166,7 +166,12 @@ func (o Outcome) String() string {
 // Result is the outcome of one event's attempt.
 type Result struct {
 	Outcome Outcome
-	// Reason says why, for anything but Delivered, in words a user can act on.
+	// Reason says why, for anything but Delivered, in words a user can act
+	// on. On a Delivered result it is a warning, usually empty: what the
+	// event was delivered without ("delivered without properties not in
+	// event_properties: plan"). The delivery issues group warnings under
+	// the outcome "delivered" and the debugger shows them; the event counts
+	// as delivered all the same.
 	Reason string
 	// StatusCode is the HTTP status the destination answered, 0 when none.
 	StatusCode int

@@ -61,9 +61,12 @@
 // associated with the contact by email. Only the properties that the
 // `event_properties` setting maps to event properties are sent (HubSpot
 // refuses an occurrence naming a property its definition lacks), at most
-// 50; the others are dropped. fanout has no way yet to show a warning on a
-// delivered event, so the drop is said in the setting's description, not
-// in the delivery issues. Other track calls are unsupported.
+// 50; the others are dropped (an email property is sent as the
+// occurrence's email). An occurrence delivered without some of its
+// properties carries a warning as its Result.Reason, "delivered without
+// properties not in event_properties (or beyond HubSpot's 50 per event):
+// referrer_code", which the delivery issues group under the outcome
+// delivered and the debugger shows. Other track calls are unsupported.
 //
 // # Deduplication
 //
@@ -99,10 +102,13 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	_ "time/tzdata" // time_zone names, wherever the host lacks a zone database
+	"weak"
 
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/destinations/plan"
@@ -139,7 +145,7 @@ var Integration = &destinations.Integration{
 		{
 			Name:        "event_properties",
 			Type:        destinations.StringMap,
-			Description: "Maps track call property names to the internal names of the custom event's properties: {plan: plan_tier}. Each property must exist on the event's definition in HubSpot; names are lower-cased, and must then start with a letter and hold only a-z, 0-9 and _ (at most 50 characters). Properties not listed are not sent, and at most 50 are sent per event.",
+			Description: "Maps track call property names to the internal names of the custom event's properties: {plan: plan_tier}. Each property must exist on the event's definition in HubSpot; names are lower-cased, and must then start with a letter and hold only a-z, 0-9 and _ (at most 50 characters). Properties not listed are not sent, and at most 50 are sent per event; an event delivered without some says which in the delivery issues, as a warning.",
 		},
 		{
 			Name:        "time_zone",
@@ -167,6 +173,14 @@ type destination struct {
 	properties map[string]string
 	eventProps map[string]string // track property name to event property internal name
 	zone       *time.Location    // where the daily limit resets; nil: UTC
+
+	// warnings holds, for each occurrence batch carrying an event whose
+	// properties were dropped, the warning of each of its events in the
+	// order of req.Events ("" for none), which Classify gives those
+	// delivered. An entry goes when its request is garbage collected, so
+	// a request never classified (a transport error) leaves nothing.
+	mu       sync.Mutex
+	warnings map[weak.Pointer[destinations.Request]][]string
 }
 
 var _ destinations.Destination = (*destination)(nil)
@@ -185,7 +199,8 @@ func New(cfg destinations.Config) (destinations.Destination, error) {
 	if strings.HasPrefix(strings.ToLower(token), "bearer ") {
 		return nil, fmt.Errorf("access_token: expected the token alone, found it with a \"Bearer \" prefix: give it without")
 	}
-	d := &destination{base: strings.TrimRight(base, "/"), auth: "Bearer " + token}
+	d := &destination{base: strings.TrimRight(base, "/"), auth: "Bearer " + token,
+		warnings: map[weak.Pointer[destinations.Request]][]string{}}
 	d.events = s.StringMap("events")
 	d.properties = s.StringMap("properties")
 	for name, fq := range d.events {
@@ -227,6 +242,7 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 	// names an email twice and a later identify is written later.
 	var rounds plan.Rounds
 	var occurrences []plan.Item
+	warnings := map[int]string{} // by event index
 	for i := range events {
 		m, ok := b.Fields(i, &events[i])
 		if !ok {
@@ -246,7 +262,7 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 			}
 			rounds.Add(in.ID, plan.Item{Event: i, Body: body})
 		case event.Track:
-			in, _, reason, unsupported := d.occurrence(events[i].MessageID, m)
+			in, dropped, reason, unsupported := d.occurrence(events[i].MessageID, m)
 			switch {
 			case unsupported:
 				b.Unsupported(i, reason)
@@ -259,6 +275,9 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 					continue
 				}
 				occurrences = append(occurrences, plan.Item{Event: i, Body: body})
+				if len(dropped) > 0 {
+					warnings[i] = droppedWarning(dropped)
+				}
 			}
 		default:
 			b.Unsupported(i, "HubSpot takes identify and track calls, not "+events[i].Type)
@@ -270,9 +289,50 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 		}
 	}
 	for _, run := range plan.Batches(occurrences, MaxBatchInputs, 0, 1, envelope) {
-		b.Add(d.batchRequest(eventsPath, run))
+		req := d.batchRequest(eventsPath, run)
+		d.keepWarnings(req, warnings)
+		b.Add(req)
 	}
 	return b.Plan, nil
+}
+
+// maxNamed is how many dropped properties a warning names.
+const maxNamed = 10
+
+// droppedWarning is the Result.Reason of an occurrence delivered without
+// the properties dropped.
+func droppedWarning(dropped []string) string {
+	names := strings.Join(dropped[:min(len(dropped), maxNamed)], ", ")
+	if len(dropped) > maxNamed {
+		names += fmt.Sprintf(" and %d more", len(dropped)-maxNamed)
+	}
+	return "delivered without properties not in event_properties (or beyond HubSpot's 50 per event): " + names
+}
+
+// keepWarnings keeps the warnings, by event index, of the events req
+// carries, for Classify.
+func (d *destination) keepWarnings(req *destinations.Request, byEvent map[int]string) {
+	var ws []string
+	for j, i := range req.Events {
+		if w := byEvent[i]; w != "" {
+			if ws == nil {
+				ws = make([]string, len(req.Events))
+			}
+			ws[j] = w
+		}
+	}
+	if ws == nil {
+		return
+	}
+	key := weak.Make(req)
+	d.mu.Lock()
+	d.warnings[key] = ws
+	d.mu.Unlock()
+	runtime.AddCleanup(req, func(key weak.Pointer[destinations.Request]) {
+		d.mu.Lock()
+		delete(d.warnings, key)
+		d.mu.Unlock()
+	}, key)
 }
 
 // The endpoints, below api_url.
@@ -337,7 +397,8 @@ type occurrenceInput struct {
 const MaxEventProperties = 50
 
 // occurrence builds the batch input of a track call. dropped lists the
-// event's properties left out: unmapped, or beyond MaxEventProperties.
+// event's properties left out: unmapped, or beyond MaxEventProperties; an
+// unmapped email property that is the occurrence's email is not left out.
 func (d *destination) occurrence(messageID string, m map[string]any) (in occurrenceInput, dropped []string, reason string, unsupported bool) {
 	name := traits.EventName(m)
 	fq, ok := d.events[name]
@@ -349,7 +410,12 @@ func (d *destination) occurrence(messageID string, m map[string]any) (in occurre
 		return in, nil, "the track call has no email (in properties or context.traits), which HubSpot needs to associate the occurrence with a contact", false
 	}
 	in = occurrenceInput{EventName: fq, Email: strings.ToLower(email), UUID: EventUUID(messageID)}
-	in.Properties, dropped = eventProperties(traits.Properties(m), d.eventProps)
+	props := traits.Properties(m)
+	in.Properties, dropped = eventProperties(props, d.eventProps)
+	if e, _ := props["email"].(string); strings.EqualFold(e, email) {
+		// Sent as the occurrence's email, not left out.
+		dropped = slices.DeleteFunc(dropped, func(k string) bool { return k == "email" })
+	}
 	if ts, ok := traits.Timestamp(m); ok {
 		in.OccurredAt = ts.UTC().Format("2006-01-02T15:04:05.000Z")
 	}
@@ -472,8 +538,24 @@ const (
 )
 
 // Classify reads an upsert's or an occurrence batch's answer (see the
-// package doc).
+// package doc). An occurrence delivered without some of its properties
+// carries Transform's warning as its reason.
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
+	out := d.classify(req, resp)
+	d.mu.Lock()
+	ws := d.warnings[weak.Make(req)]
+	d.mu.Unlock()
+	if len(ws) == len(out) {
+		for j := range out {
+			if out[j].Outcome == destinations.Delivered && out[j].Reason == "" {
+				out[j].Reason = ws[j]
+			}
+		}
+	}
+	return out
+}
+
+func (d *destination) classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	n := len(req.Events)
 	code := resp.StatusCode
 	isEvent := strings.HasSuffix(req.URL, eventsPath)

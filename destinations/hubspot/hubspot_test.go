@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -86,10 +87,13 @@ func TestTapes(t *testing.T) {
 			Want: []want{ok, ok, ok},
 		},
 		{
-			// Two occurrences in one batch, the mapped property only.
+			// Two occurrences in one batch, the mapped property only: the
+			// first is delivered with a warning naming the one dropped
+			// (TestDroppedWarning checks that the second has none).
 			Tape:   "track",
 			Events: twoSignUps,
-			Want:   []want{{Outcome: destinations.Delivered, Status: 204}, {Outcome: destinations.Delivered, Status: 204}},
+			Want: []want{{Outcome: destinations.Delivered, Status: 204, Reason: droppedReferrer},
+				{Outcome: destinations.Delivered, Status: 204}},
 		},
 		{
 			// A 400 naming the second occurrence by uuid.
@@ -137,7 +141,7 @@ func TestTapes(t *testing.T) {
 			// The same uuid again: the first occurrence was accepted.
 			Tape:   "duplicate",
 			Events: func(t *testing.T) []event.Event { return []event.Event{signedUp(t)} },
-			Want:   []want{{Outcome: destinations.Delivered, Status: 409}},
+			Want:   []want{{Outcome: destinations.Delivered, Status: 409, Reason: droppedReferrer}},
 		},
 		{
 			Tape:   "server_error",
@@ -146,6 +150,29 @@ func TestTapes(t *testing.T) {
 		},
 	}
 	destinationstest.RunTapes(t, setup, cases)
+}
+
+// droppedReferrer is the warning of signedUp, delivered without its
+// unmapped property.
+const droppedReferrer = "delivered without properties not in event_properties (or beyond HubSpot's 50 per event): referrer_code"
+
+// An occurrence delivered without some of its properties says which in
+// its reason, a warning; one without any dropped has none (Grace's email
+// property is sent as the occurrence's email). A failed occurrence keeps
+// its failure's reason.
+func TestDroppedWarning(t *testing.T) {
+	got := setup(t, "track", nil).Send(twoSignUps(t)...)
+	if len(got) != 2 || got[0].Outcome != destinations.Delivered || got[0].Reason != droppedReferrer ||
+		got[1].Outcome != destinations.Delivered || got[1].Reason != "" {
+		t.Fatalf("got %+v, %+v; want delivered with %q, delivered with no reason", got[0].Result, got[1].Result, droppedReferrer)
+	}
+	got = setup(t, "forbidden", nil).Send(signedUp(t))
+	if got[0].Outcome != destinations.Rejected || strings.Contains(got[0].Reason, "delivered without") {
+		t.Fatalf("got %+v; want rejected with the 403's reason", got[0].Result)
+	}
+	if w := droppedWarning([]string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"}); !strings.HasSuffix(w, ": a, b, c, d, e, f, g, h, i, j and 2 more") {
+		t.Errorf("warning of 12 dropped: %q", w)
+	}
 }
 
 // TestWaits checks the answers that pause the queue or split the batch:
@@ -324,4 +351,30 @@ func TestRefusedAlone(t *testing.T) {
 			t.Errorf("%s: %+v", req.URL, r)
 		}
 	}
+}
+
+// The warnings of a request never classified (a transport error) go with
+// the request.
+func TestWarningsForgotten(t *testing.T) {
+	d := newDest(t).(*destination)
+	if p, err := d.Transform(context.Background(), []event.Event{signedUp(t)}); err != nil || len(p.Requests) != 1 {
+		t.Fatalf("plan %+v, %v", p, err)
+	}
+	d.mu.Lock()
+	n := len(d.warnings)
+	d.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d requests with warnings kept, want 1", n)
+	}
+	for range 100 {
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+		d.mu.Lock()
+		n = len(d.warnings)
+		d.mu.Unlock()
+		if n == 0 {
+			return
+		}
+	}
+	t.Fatalf("%d requests with warnings kept after the request was collected, want 0", n)
 }

@@ -44,10 +44,13 @@ const (
 type Outcome struct {
 	Destination string `json:"destination"`
 	// Status is one of the Status constants.
-	Status   string    `json:"status"`
-	Attempts int       `json:"attempts"`
-	Reason   string    `json:"reason,omitempty"`
-	At       time.Time `json:"at,omitzero"`
+	Status   string `json:"status"`
+	Attempts int    `json:"attempts"`
+	// Reason says why the event failed or is retried; on a delivered
+	// event, it is a warning (properties the destination could not take,
+	// say), usually "".
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at,omitzero"`
 }
 
 // Event is one accepted event.
@@ -226,10 +229,8 @@ func (d *Debugger) apply(r *ring, ev *Event, rep delivery.Report) {
 		o.Status = statusOf(rep.End)
 		o.Attempts = rep.Job.Attempts
 		o.At = rep.At
-		o.Reason = ""
-		if rep.End != delivery.EndDelivered {
-			o.Reason = d.redactors[rep.Queue.Destination].String(rep.Result.Reason)
-		}
+		// A delivered event's reason is a warning: kept, like a failure's.
+		o.Reason = d.redactors[rep.Queue.Destination].String(rep.Result.Reason)
 		r.publish("outcome", ev)
 		return
 	}

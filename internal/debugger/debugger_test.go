@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
@@ -100,5 +101,40 @@ func TestOutcomeBeforeEvent(t *testing.T) {
 				t.Fatalf("events %+v, want m1 %s at hook", evs, want)
 			}
 		})
+	}
+}
+
+// A delivered outcome keeps its result's reason, a warning; one without
+// clears the reason of the attempt before.
+func TestDeliveredWarning(t *testing.T) {
+	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+	warning := "delivered without properties not in event_properties: referrer_code"
+	d := New(nil)
+	e := jobstore.Entry{
+		Event:        event.Event{Source: "web", MessageID: "m1", Type: event.Track, ReceivedAt: at, Payload: []byte(`{}`)},
+		Destinations: []string{"hubspot", "hook"},
+	}
+	d.ObserveIngest(ingest.Report{Source: "web", Status: 200, Accepted: []jobstore.Entry{e},
+		Routes: []router.Decision{{To: []string{"hubspot", "hook"}}}})
+	attempt := func(dest string, n int, end delivery.End, r destinations.Result) {
+		q := jobstore.Queue{Source: "web", Destination: dest}
+		d.Observe(delivery.Report{Queue: q, Job: &jobstore.Job{Queue: q, Event: e.Event, Attempts: n}, End: end,
+			At: at.Add(time.Duration(n) * time.Second), Result: destinations.SendResult{Result: r}})
+	}
+	for _, dest := range []string{"hubspot", "hook"} {
+		attempt(dest, 1, delivery.EndRetrying, destinations.Result{Outcome: destinations.Retryable, StatusCode: 503, Reason: "HTTP 503"})
+	}
+	attempt("hubspot", 2, delivery.EndDelivered, destinations.Result{Outcome: destinations.Delivered, StatusCode: 204, Reason: warning})
+	attempt("hook", 2, delivery.EndDelivered, destinations.Result{Outcome: destinations.Delivered, StatusCode: 200})
+	evs := d.Events("web")
+	if len(evs) != 1 || len(evs[0].Destinations) != 2 {
+		t.Fatalf("events %+v, want m1 at two destinations", evs)
+	}
+	want := map[string]string{"hubspot": warning, "hook": ""}
+	for _, o := range evs[0].Destinations {
+		if o.Status != StatusDelivered || o.Attempts != 2 || o.Reason != want[o.Destination] {
+			t.Errorf("%s: %s after %d attempts, reason %q; want delivered after 2, reason %q",
+				o.Destination, o.Status, o.Attempts, o.Reason, want[o.Destination])
+		}
 	}
 }

@@ -16,13 +16,16 @@ import (
 )
 
 // Issue is one delivery issue: failed attempts of one (source, destination)
-// with the same status code and normalized reason.
+// with the same status code and normalized reason, or delivered attempts
+// with the same warning (a Delivered result with a Reason, such as
+// properties the destination could not take).
 type Issue struct {
 	// ID numbers the group within its (source, destination).
 	ID          uint32 `json:"id"`
 	Source      string `json:"source"`
 	Destination string `json:"destination"`
-	// Outcome is "rejected" (not retried) or "retryable".
+	// Outcome is "rejected" (not retried), "retryable", or "delivered"
+	// for a warning on delivered events.
 	Outcome string `json:"outcome"`
 	// Status is the HTTP status answered; 0 when there was no response.
 	Status int `json:"status"`
@@ -96,15 +99,19 @@ func (pi *pairIssues) put(is *Issue) {
 	pi.nextID = max(pi.nextID, is.ID+1)
 }
 
-// issue counts a failed attempt in its group. s.mu is held.
+// issue counts a failed attempt, or a delivered one with a warning, in
+// its group. s.mu is held.
 func (s *Stats) issue(p Pair, r delivery.Report) {
 	red := s.opts.Redactors[p.Destination]
 	if red == nil {
 		red = s.opts.Fallback
 	}
 	outcome := "retryable"
-	if r.Result.Outcome == destinations.Rejected {
+	switch r.Result.Outcome {
+	case destinations.Rejected:
 		outcome = "rejected"
+	case destinations.Delivered:
+		outcome = "delivered"
 	}
 	// The reason may quote the response body, which may echo a secret:
 	// redact first, or normalizing would hide the secret from the redactor.

@@ -86,7 +86,11 @@ func (s *Stats) Observe(r delivery.Report) {
 	if b != nil {
 		b.c.add(&c)
 	}
-	if o := r.Result.Outcome; o == destinations.Rejected || o == destinations.Retryable {
+	// A delivered result with a reason carries a warning (see
+	// destinations.Result.Reason): an issue group of its own, outcome
+	// "delivered"; the event is counted delivered above all the same.
+	if o := r.Result.Outcome; o == destinations.Rejected || o == destinations.Retryable ||
+		o == destinations.Delivered && r.Result.Reason != "" {
 		s.issue(p, r)
 	}
 }
