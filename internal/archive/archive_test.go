@@ -41,15 +41,7 @@ func TestWriteScan(t *testing.T) {
 		{t0.Add(-time.Hour), t0, ""},
 	}
 	for _, tt := range tests {
-		recs, err := w.Scan(q, tt.from, tt.to)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got string
-		for _, r := range recs {
-			got += r.MessageID
-		}
-		if got != tt.want {
+		if got := scanIDs(t, w, q, tt.from, tt.to); got != tt.want {
 			t.Errorf("Scan(%v, %v) = %q, want %q", tt.from, tt.to, got, tt.want)
 		}
 	}

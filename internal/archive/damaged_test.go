@@ -69,15 +69,7 @@ func TestDamagedFile(t *testing.T) {
 			}
 
 			for scan := 1; scan <= 2; scan++ { // the second finds the repaired file
-				recs, err := w.Scan(q, t0, t0.Add(time.Hour))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := ""
-				for _, r := range recs {
-					got += r.MessageID
-				}
-				if got != c.want {
+				if got := scanIDs(t, w, q, t0, t0.Add(time.Hour)); got != c.want {
 					t.Errorf("scan %d returned %q, want %q", scan, got, c.want)
 				}
 			}

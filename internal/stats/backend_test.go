@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
@@ -34,7 +32,7 @@ var backends = []backend{
 		}
 	}},
 	{"postgres", func(t *testing.T) func(string, func() time.Time) Options {
-		pool := testPool(t, pgtest.Start(t))
+		pool := pgtest.Pool(t, pgtest.Start(t))
 		return func(node string, now func() time.Time) Options {
 			pg, err := NewPostgres(t.Context(), pool, PostgresOptions{Node: node, Now: now})
 			if err != nil {
@@ -43,16 +41,6 @@ var backends = []backend{
 			return Options{Backend: pg, Now: now}
 		}
 	}},
-}
-
-func testPool(t *testing.T, dsn string) *pgxpool.Pool {
-	t.Helper()
-	pool, err := pgxpool.New(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
 }
 
 // traffic feeds s four events received at at: one delivered at once, one
@@ -230,7 +218,7 @@ func TestPostgresPrune(t *testing.T) {
 	now := at
 	clock := func() time.Time { return now }
 	dsn := pgtest.Start(t)
-	pool := testPool(t, dsn)
+	pool := pgtest.Pool(t, dsn)
 	pg, err := NewPostgres(t.Context(), pool, PostgresOptions{Node: "n", Now: clock})
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +267,7 @@ func TestPostgresDown(t *testing.T) {
 	now := at
 	clock := func() time.Time { return now }
 	dsn := pgtest.Start(t)
-	pool := testPool(t, dsn)
+	pool := pgtest.Pool(t, dsn)
 	pg, err := NewPostgres(t.Context(), pool, PostgresOptions{Node: "n", Now: clock, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
