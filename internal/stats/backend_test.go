@@ -47,18 +47,24 @@ var backends = []backend{
 // delivered on the second attempt after a 503, one still retrying after a
 // 503, one rejected with a 400.
 func traffic(s *Stats, at time.Time) {
-	rep := ingest.Report{Source: "web", Status: 200}
-	for _, id := range []string{"a", "b", "c", "d"} {
-		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
-			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
-		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
-	}
-	s.ObserveIngest(rep)
+	ingestTracks(s, at, "a", "b", "c", "d")
 	attempt(s, at, "a", 1, delivery.EndDelivered, destinations.Delivered, 0, at.Add(time.Second))
 	attempt(s, at, "b", 1, delivery.EndRetrying, destinations.Retryable, 503, at.Add(time.Second))
 	attempt(s, at, "b", 2, delivery.EndDelivered, destinations.Delivered, 0, at.Add(time.Minute))
 	attempt(s, at, "c", 1, delivery.EndRetrying, destinations.Retryable, 503, at.Add(time.Second))
 	attempt(s, at, "d", 1, delivery.EndFailed, destinations.Rejected, 400, at.Add(time.Second))
+}
+
+// ingestTracks has s observe the ingest of one track event per id, from
+// source web, received at at and routed to destination hook.
+func ingestTracks(s *Stats, at time.Time, ids ...string) {
+	rep := ingest.Report{Source: "web", Status: 200}
+	for _, id := range ids {
+		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
+			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
+		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
+	}
+	s.ObserveIngest(rep)
 }
 
 func attempt(s *Stats, received time.Time, id string, attempts int, end delivery.End, o destinations.Outcome, status int, when time.Time) {
