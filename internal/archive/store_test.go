@@ -57,6 +57,8 @@ func TestStoreWriteScan(t *testing.T) {
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
 			a := st.open(t)
+			// Two writes into the same hour (for the files archive, two
+			// gzip members of one file) and one into the next.
 			writes := []struct {
 				q    jobstore.Queue
 				at   time.Time

@@ -31,13 +31,7 @@ func TestDuplicateRiskAndQuotaAnswers(t *testing.T) {
 	if got := s.PendingRetry("hook")["web"]; got != 1 {
 		t.Fatalf("pending retry %d after a quota answer to a job in the retry set, want 1", got)
 	}
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = openDir(t, dir, at)
+	s = reopen(t, s, dir, at)
 	defer s.Close()
 	o, err := s.Overview(Filter{From: at.Add(-time.Hour), To: at.Add(time.Hour)})
 	if err != nil {

@@ -58,6 +58,19 @@ func openAt(t *testing.T, now time.Time) *Stats {
 	return s
 }
 
+// reopen flushes and closes s, which were opened in dir, and opens them
+// again on a clock stopped at now; the caller closes them.
+func reopen(t *testing.T, s *Stats, dir string, now time.Time) *Stats {
+	t.Helper()
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return openDir(t, dir, now)
+}
+
 // openDir opens the stats in dir on a clock stopped at now; the caller
 // closes them.
 func openDir(t *testing.T, dir string, now time.Time) *Stats {
@@ -162,13 +175,7 @@ func TestDepth(t *testing.T) {
 		}
 	}
 	s.Replayed("web", "hook", 2)
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = openDir(t, dir, at)
+	s = reopen(t, s, dir, at)
 	defer s.Close()
 	if got := s.Depth("hook")["web"]; got != 2 {
 		t.Fatalf("after a reopen: depth %d, want 2 (the two replayed)", got)
