@@ -557,9 +557,5 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 			r.Reason += ": the request is over GA4's 130 kB limit; it is sent again in halves"
 		}
 	}
-	out := make([]destinations.Result, len(req.Events))
-	for i := range out {
-		out[i] = r
-	}
-	return out
+	return destinations.Fill(len(req.Events), r)
 }

@@ -385,11 +385,7 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 			r.Reason = fmt.Sprintf("Slack refused the message (HTTP %d %s): %s", resp.StatusCode, code, hint)
 		}
 	}
-	out := make([]destinations.Result, len(req.Events))
-	for i := range out {
-		out[i] = r
-	}
-	return out
+	return destinations.Fill(len(req.Events), r)
 }
 
 // errorCode returns the error a failure's plain-text body names: its first
