@@ -72,7 +72,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/template"
 
@@ -349,13 +348,7 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 		if err != nil {
 			return destinations.Plan{}, err
 		}
-		b.Add(&destinations.Request{
-			Method: http.MethodPost,
-			URL:    d.url,
-			Header: http.Header{"Content-Type": {"application/json"}},
-			Body:   body,
-			Events: []int{i},
-		})
+		b.Add(destinations.PostJSON(d.url, body, []int{i}))
 	}
 	return b.Plan, nil
 }
