@@ -670,20 +670,25 @@ func (tp *Tape) scrubURL(raw string) string {
 	if err != nil || u.RawQuery == "" {
 		return raw
 	}
-	q := u.Query()
+	if q := u.Query(); tp.redactFields(q) {
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// redactFields replaces the values of the scrubbed fields in v with
+// Redacted, and reports whether v had any.
+func (tp *Tape) redactFields(v url.Values) bool {
 	changed := false
-	for k := range q {
+	for k := range v {
 		if tp.scrubFields[k] {
-			for i := range q[k] {
-				q[k][i] = Redacted
+			for i := range v[k] {
+				v[k][i] = Redacted
 			}
 			changed = true
 		}
 	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
+	return changed
 }
 
 // scrubHeader returns the values of header name as a tape keeps them.
@@ -726,19 +731,8 @@ func (tp *Tape) scrubBody(contentType string, body []byte) []byte {
 		return body
 	}
 	if strings.HasPrefix(contentType, "application/x-www-form-urlencoded") {
-		if f, err := url.ParseQuery(string(body)); err == nil {
-			changed := false
-			for k := range f {
-				if tp.scrubFields[k] {
-					for i := range f[k] {
-						f[k][i] = Redacted
-					}
-					changed = true
-				}
-			}
-			if changed {
-				return []byte(f.Encode())
-			}
+		if f, err := url.ParseQuery(string(body)); err == nil && tp.redactFields(f) {
+			return []byte(f.Encode())
 		}
 	}
 	return body
