@@ -266,10 +266,7 @@ func (tp *Tape) Secret(env string) string {
 	if !tp.recording {
 		return Redacted
 	}
-	v := os.Getenv(env)
-	if v == "" {
-		tp.t.Fatalf("tape %s: recording needs the credential in $%s", tp.file, env)
-	}
+	v := tp.getenv(env, "the credential in $"+env)
 	tp.mu.Lock()
 	tp.secrets = append(tp.secrets, v)
 	tp.mu.Unlock()
@@ -285,13 +282,22 @@ func (tp *Tape) Var(env, replay string) string {
 	if !tp.recording {
 		return replay
 	}
-	v := os.Getenv(env)
-	if v == "" {
-		tp.t.Fatalf("tape %s: recording needs $%s", tp.file, env)
-	}
+	v := tp.getenv(env, "$"+env)
 	tp.mu.Lock()
 	tp.vars[v] = replay
 	tp.mu.Unlock()
+	return v
+}
+
+// getenv returns the value of the environment variable env for a
+// recording, failing the test when it is unset with a message that the
+// recording needs what.
+func (tp *Tape) getenv(env, what string) string {
+	tp.t.Helper()
+	v := os.Getenv(env)
+	if v == "" {
+		tp.t.Fatalf("tape %s: recording needs %s", tp.file, what)
+	}
 	return v
 }
 
