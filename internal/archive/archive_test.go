@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
 func TestReplay(t *testing.T) {
@@ -25,11 +24,7 @@ func TestReplay(t *testing.T) {
 	if err := w.Write(q, t0.Add(4*time.Hour), recs); err != nil {
 		t.Fatal(err)
 	}
-	store, err := pebble.Open(t.TempDir(), pebble.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openJobs(t)
 	now := t0.Add(5 * time.Hour)
 	var chunks []int
 	r := &Replayer{Archive: w, Store: store, Now: func() time.Time { return now },

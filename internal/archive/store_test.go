@@ -43,6 +43,17 @@ func scanIDs(t *testing.T, a Store, q jobstore.Queue, from, to time.Time) string
 	return got
 }
 
+// openJobs opens an empty job store to replay into, closed when t ends.
+func openJobs(t *testing.T) *pebble.Store {
+	t.Helper()
+	store, err := pebble.Open(t.TempDir(), pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
 // TestStoreWriteScan writes records across hours and months and reads
 // ranges of them back, from each archive.
 func TestStoreWriteScan(t *testing.T) {
@@ -123,11 +134,7 @@ func TestStoreReplay(t *testing.T) {
 			if err := a.Write(q, t0.Add(4*time.Hour), recs); err != nil {
 				t.Fatal(err)
 			}
-			store, err := pebble.Open(t.TempDir(), pebble.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer store.Close()
+			store := openJobs(t)
 			now := t0.Add(5 * time.Hour)
 			r := &Replayer{Archive: a, Store: store, Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler)}
 			n, err := r.Replay(t.Context(), q.Source, q.Destination, t0, t0.Add(time.Hour))
