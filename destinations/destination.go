@@ -123,6 +123,19 @@ type Request struct {
 	Events []int
 }
 
+// PostJSON returns a POST request of body, a JSON document, to url,
+// carrying the events at indexes events of the batch; it sends no header
+// but Content-Type.
+func PostJSON(url string, body []byte, events []int) *Request {
+	return &Request{
+		Method: http.MethodPost,
+		URL:    url,
+		Header: http.Header{"Content-Type": {"application/json"}},
+		Body:   body,
+		Events: events,
+	}
+}
+
 // Response is the destination's answer to a Request.
 type Response struct {
 	StatusCode int

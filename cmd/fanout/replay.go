@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 )
 
@@ -23,8 +22,7 @@ func runReplay(ctx context.Context, args []string) error {
 	from := fs.String("from", "", "first receivedAt to replay, RFC 3339 (default: --range before --to)")
 	to := fs.String("to", "", "end of the range, RFC 3339, exclusive (default: now)")
 	span := fs.String("range", "24h", "length of the range when --from is not given: 1h, 24h, 7d")
-	adminURL := fs.String("admin", "http://127.0.0.1:8081", "admin API address")
-	token := fs.String("token", os.Getenv("FANOUT_ADMIN_TOKEN"), "admin token (default $FANOUT_ADMIN_TOKEN)")
+	admin := adminFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -38,13 +36,9 @@ func runReplay(ctx context.Context, args []string) error {
 	if *to != "" {
 		q.Set("to", *to)
 	}
-	u := strings.TrimRight(*adminURL, "/") + "/api/v1/replay?" + q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	req, err := admin.request(ctx, http.MethodPost, "/api/v1/replay?"+q.Encode())
 	if err != nil {
-		return fmt.Errorf("--admin: %w", err)
-	}
-	if *token != "" {
-		req.Header.Set("Authorization", "Bearer "+*token)
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -53,13 +47,13 @@ func runReplay(ctx context.Context, args []string) error {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s answered %s: %s", *adminURL, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s answered %s: %s", admin.url, resp.Status, strings.TrimSpace(string(body)))
 	}
 	var res struct {
 		Replayed int `json:"replayed"`
 	}
 	if err := json.Unmarshal(body, &res); err != nil {
-		return fmt.Errorf("%s answered %q: %w", *adminURL, body, err)
+		return fmt.Errorf("%s answered %q: %w", admin.url, body, err)
 	}
 	fmt.Printf("replayed %d archived events of %s to %s\n", res.Replayed, *source, *destination)
 	return nil

@@ -23,21 +23,16 @@ func runTail(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
 	source := fs.String("source", "", "name of the source to follow (required)")
 	raw := fs.Bool("raw", false, "print each update as JSON instead of one line")
-	adminURL := fs.String("admin", "http://127.0.0.1:8081", "admin API address")
-	token := fs.String("token", os.Getenv("FANOUT_ADMIN_TOKEN"), "admin token (default $FANOUT_ADMIN_TOKEN)")
+	admin := adminFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *source == "" {
 		return errors.New("--source is required")
 	}
-	u := strings.TrimRight(*adminURL, "/") + "/api/v1/sources/" + url.PathEscape(*source) + "/events/stream"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := admin.request(ctx, http.MethodGet, "/api/v1/sources/"+url.PathEscape(*source)+"/events/stream")
 	if err != nil {
-		return fmt.Errorf("--admin: %w", err)
-	}
-	if *token != "" {
-		req.Header.Set("Authorization", "Bearer "+*token)
+		return err
 	}
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := http.DefaultClient.Do(req)
@@ -50,9 +45,9 @@ func runTail(ctx context.Context, args []string) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("%s answered %s: %s", u, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s answered %s: %s", req.URL, resp.Status, strings.TrimSpace(string(body)))
 	}
-	fmt.Fprintf(os.Stderr, "following source %s at %s (Ctrl-C to stop)\n", *source, *adminURL)
+	fmt.Fprintf(os.Stderr, "following source %s at %s (Ctrl-C to stop)\n", *source, admin.url)
 	err = follow(resp.Body, os.Stdout, *raw)
 	if ctx.Err() != nil {
 		return nil

@@ -258,13 +258,7 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 		if err != nil {
 			return destinations.Plan{}, err
 		}
-		b.Add(&destinations.Request{
-			Method: http.MethodPost,
-			URL:    d.url,
-			Header: http.Header{"Content-Type": {"application/json"}},
-			Body:   body,
-			Events: idx,
-		})
+		b.Add(destinations.PostJSON(d.url, body, idx))
 	}
 	return b.Plan, nil
 }

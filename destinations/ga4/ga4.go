@@ -275,13 +275,7 @@ func (d *destination) request(u string, g *group, run []plan.Item) *destinations
 		idx[j] = it.Event
 	}
 	body, _ := json.Marshal(p) // raw messages and strings: cannot fail
-	return &destinations.Request{
-		Method: http.MethodPost,
-		URL:    u,
-		Header: http.Header{"Content-Type": {"application/json"}},
-		Body:   body,
-		Events: idx,
-	}
+	return destinations.PostJSON(u, body, idx)
 }
 
 // gaEventOf builds the GA4 event of a track or page call, or says which
@@ -557,9 +551,5 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 			r.Reason += ": the request is over GA4's 130 kB limit; it is sent again in halves"
 		}
 	}
-	out := make([]destinations.Result, len(req.Events))
-	for i := range out {
-		out[i] = r
-	}
-	return out
+	return destinations.Fill(len(req.Events), r)
 }

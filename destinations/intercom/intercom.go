@@ -436,11 +436,7 @@ func (e errorList) String() string {
 // package doc).
 func (d *destination) Classify(req *destinations.Request, resp *destinations.Response) []destinations.Result {
 	r := classify(strings.HasSuffix(req.URL, "/events"), resp)
-	out := make([]destinations.Result, len(req.Events))
-	for i := range out {
-		out[i] = r
-	}
-	return out
+	return destinations.Fill(len(req.Events), r)
 }
 
 const checkToken = "check access_token (Developer Hub > your app > Authentication), and that api_url is the workspace's region"

@@ -242,13 +242,7 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 
 	token, rejected, err := d.accessToken(ctx)
 	if err != nil {
-		for _, it := range items {
-			if rejected {
-				b.Reject(it.Event, err.Error())
-			} else {
-				b.Retry(it.Event, err.Error())
-			}
-		}
+		b.Fail(items, rejected, err.Error())
 		return b.Plan, nil
 	}
 	auth := "Bearer " + token

@@ -321,13 +321,7 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 					links = append(links, plan.Item{Event: i, Body: link})
 				}
 			}
-			engage = append(engage, &destinations.Request{
-				Method: http.MethodPost,
-				URL:    d.engageURL,
-				Header: http.Header{"Content-Type": {"application/json"}},
-				Body:   body,
-				Events: []int{i},
-			})
+			engage = append(engage, destinations.PostJSON(d.engageURL, body, []int{i}))
 		default:
 			b.Unsupported(i, "Mixpanel takes track, page, screen, identify and alias calls, not "+events[i].Type)
 		}

@@ -28,6 +28,20 @@ func (b *Builder) Retry(i int, reason string) {
 	b.result(i, destinations.Result{Outcome: destinations.Retryable, Reason: reason})
 }
 
+// Fail gives the event of each of items the outcome of a failure before
+// any request, such as an OAuth token endpoint's answer: Rejected with
+// reason when rejected (the credentials were refused), Retryable with
+// reason otherwise.
+func (b *Builder) Fail(items []Item, rejected bool, reason string) {
+	for _, it := range items {
+		if rejected {
+			b.Reject(it.Event, reason)
+		} else {
+			b.Retry(it.Event, reason)
+		}
+	}
+}
+
 // Unsupported gives event i the outcome Unsupported with reason.
 func (b *Builder) Unsupported(i int, reason string) {
 	b.result(i, destinations.Result{Outcome: destinations.Unsupported, Reason: reason})

@@ -402,13 +402,7 @@ func (d *destination) Transform(ctx context.Context, events []event.Event) (dest
 	token, rejected, err := d.accessToken(ctx)
 	if err != nil {
 		for _, round := range rounds.Of {
-			for _, it := range round {
-				if rejected {
-					b.Reject(it.Event, err.Error())
-				} else {
-					b.Retry(it.Event, err.Error())
-				}
-			}
+			b.Fail(round, rejected, err.Error())
 		}
 		return b.Plan, nil
 	}

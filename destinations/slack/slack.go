@@ -72,7 +72,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/template"
 
@@ -349,13 +348,7 @@ func (d *destination) Transform(_ context.Context, events []event.Event) (destin
 		if err != nil {
 			return destinations.Plan{}, err
 		}
-		b.Add(&destinations.Request{
-			Method: http.MethodPost,
-			URL:    d.url,
-			Header: http.Header{"Content-Type": {"application/json"}},
-			Body:   body,
-			Events: []int{i},
-		})
+		b.Add(destinations.PostJSON(d.url, body, []int{i}))
 	}
 	return b.Plan, nil
 }
@@ -385,11 +378,7 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 			r.Reason = fmt.Sprintf("Slack refused the message (HTTP %d %s): %s", resp.StatusCode, code, hint)
 		}
 	}
-	out := make([]destinations.Result, len(req.Events))
-	for i := range out {
-		out[i] = r
-	}
-	return out
+	return destinations.Fill(len(req.Events), r)
 }
 
 // errorCode returns the error a failure's plain-text body names: its first

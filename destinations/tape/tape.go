@@ -266,10 +266,7 @@ func (tp *Tape) Secret(env string) string {
 	if !tp.recording {
 		return Redacted
 	}
-	v := os.Getenv(env)
-	if v == "" {
-		tp.t.Fatalf("tape %s: recording needs the credential in $%s", tp.file, env)
-	}
+	v := tp.getenv(env, "the credential in $"+env)
 	tp.mu.Lock()
 	tp.secrets = append(tp.secrets, v)
 	tp.mu.Unlock()
@@ -285,13 +282,22 @@ func (tp *Tape) Var(env, replay string) string {
 	if !tp.recording {
 		return replay
 	}
-	v := os.Getenv(env)
-	if v == "" {
-		tp.t.Fatalf("tape %s: recording needs $%s", tp.file, env)
-	}
+	v := tp.getenv(env, "$"+env)
 	tp.mu.Lock()
 	tp.vars[v] = replay
 	tp.mu.Unlock()
+	return v
+}
+
+// getenv returns the value of the environment variable env for a
+// recording, failing the test when it is unset with a message that the
+// recording needs what.
+func (tp *Tape) getenv(env, what string) string {
+	tp.t.Helper()
+	v := os.Getenv(env)
+	if v == "" {
+		tp.t.Fatalf("tape %s: recording needs %s", tp.file, what)
+	}
 	return v
 }
 
@@ -670,20 +676,25 @@ func (tp *Tape) scrubURL(raw string) string {
 	if err != nil || u.RawQuery == "" {
 		return raw
 	}
-	q := u.Query()
+	if q := u.Query(); tp.redactFields(q) {
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+// redactFields replaces the values of the scrubbed fields in v with
+// Redacted, and reports whether v had any.
+func (tp *Tape) redactFields(v url.Values) bool {
 	changed := false
-	for k := range q {
+	for k := range v {
 		if tp.scrubFields[k] {
-			for i := range q[k] {
-				q[k][i] = Redacted
+			for i := range v[k] {
+				v[k][i] = Redacted
 			}
 			changed = true
 		}
 	}
-	if changed {
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
+	return changed
 }
 
 // scrubHeader returns the values of header name as a tape keeps them.
@@ -726,19 +737,8 @@ func (tp *Tape) scrubBody(contentType string, body []byte) []byte {
 		return body
 	}
 	if strings.HasPrefix(contentType, "application/x-www-form-urlencoded") {
-		if f, err := url.ParseQuery(string(body)); err == nil {
-			changed := false
-			for k := range f {
-				if tp.scrubFields[k] {
-					for i := range f[k] {
-						f[k][i] = Redacted
-					}
-					changed = true
-				}
-			}
-			if changed {
-				return []byte(f.Encode())
-			}
+		if f, err := url.ParseQuery(string(body)); err == nil && tp.redactFields(f) {
+			return []byte(f.Encode())
 		}
 	}
 	return body

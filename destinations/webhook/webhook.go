@@ -384,10 +384,7 @@ func (d *destination) Classify(req *destinations.Request, resp *destinations.Res
 		r.Outcome, r.Split = destinations.Retryable, true
 		r.Reason += ": the batch is too large for the receiver; it is sent again in halves"
 	}
-	for i := range out {
-		out[i] = r
-	}
-	return out
+	return destinations.Fill(len(out), r)
 }
 
 // batchReport is the body a receiver answers a batch with to report each

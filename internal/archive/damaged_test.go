@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
 // TestDamagedFile writes an archive file of three gzip members through
@@ -69,15 +68,7 @@ func TestDamagedFile(t *testing.T) {
 			}
 
 			for scan := 1; scan <= 2; scan++ { // the second finds the repaired file
-				recs, err := w.Scan(q, t0, t0.Add(time.Hour))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got := ""
-				for _, r := range recs {
-					got += r.MessageID
-				}
-				if got != c.want {
+				if got := scanIDs(t, w, q, t0, t0.Add(time.Hour)); got != c.want {
 					t.Errorf("scan %d returned %q, want %q", scan, got, c.want)
 				}
 			}
@@ -100,11 +91,7 @@ func TestDamagedFile(t *testing.T) {
 			}
 
 			// The kept records replay.
-			store, err := pebble.Open(t.TempDir(), pebble.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer store.Close()
+			store := openJobs(t)
 			r := &Replayer{Archive: w, Store: store, Now: time.Now, Logger: slog.New(slog.DiscardHandler)}
 			n, err := r.Replay(t.Context(), q.Source, q.Destination, t0, t0.Add(time.Hour))
 			if err != nil || n != len(c.want) {

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
 	"github.com/fanout/fanout/internal/pgtest"
@@ -22,7 +20,7 @@ var stores = []struct {
 }{
 	{"files", func(t *testing.T) Store { return NewWriter(t.TempDir()) }},
 	{"postgres", func(t *testing.T) Store {
-		p, err := NewPostgres(t.Context(), testPool(t, pgtest.Start(t)))
+		p, err := NewPostgres(t.Context(), pgtest.Pool(t, pgtest.Start(t)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -30,14 +28,30 @@ var stores = []struct {
 	}},
 }
 
-func testPool(t *testing.T, dsn string) *pgxpool.Pool {
+// scanIDs scans q in a from from to to and returns the messageIds of the
+// records, in order, run together: "abc" for records a, b and c.
+func scanIDs(t *testing.T, a Store, q jobstore.Queue, from, to time.Time) string {
 	t.Helper()
-	pool, err := pgxpool.New(t.Context(), dsn)
+	recs, err := a.Scan(q, from, to)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
-	return pool
+	var got string
+	for _, r := range recs {
+		got += r.MessageID
+	}
+	return got
+}
+
+// openJobs opens an empty job store to replay into, closed when t ends.
+func openJobs(t *testing.T) *pebble.Store {
+	t.Helper()
+	store, err := pebble.Open(t.TempDir(), pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
 }
 
 // TestStoreWriteScan writes records across hours and months and reads
@@ -54,6 +68,8 @@ func TestStoreWriteScan(t *testing.T) {
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
 			a := st.open(t)
+			// Two writes into the same hour (for the files archive, two
+			// gzip members of one file) and one into the next.
 			writes := []struct {
 				q    jobstore.Queue
 				at   time.Time
@@ -79,15 +95,7 @@ func TestStoreWriteScan(t *testing.T) {
 				{t0.Add(-time.Hour), t0, ""},
 			}
 			for _, tt := range tests {
-				recs, err := a.Scan(q, tt.from, tt.to)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var got string
-				for _, r := range recs {
-					got += r.MessageID
-				}
-				if got != tt.want {
+				if got := scanIDs(t, a, q, tt.from, tt.to); got != tt.want {
 					t.Errorf("Scan(%v, %v) = %q, want %q", tt.from, tt.to, got, tt.want)
 				}
 			}
@@ -126,11 +134,7 @@ func TestStoreReplay(t *testing.T) {
 			if err := a.Write(q, t0.Add(4*time.Hour), recs); err != nil {
 				t.Fatal(err)
 			}
-			store, err := pebble.Open(t.TempDir(), pebble.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer store.Close()
+			store := openJobs(t)
 			now := t0.Add(5 * time.Hour)
 			r := &Replayer{Archive: a, Store: store, Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler)}
 			n, err := r.Replay(t.Context(), q.Source, q.Destination, t0, t0.Add(time.Hour))
@@ -158,7 +162,7 @@ func TestStoreReplay(t *testing.T) {
 // engine keeps the jobs; once it is back the same Write succeeds.
 func TestPostgresDown(t *testing.T) {
 	dsn := pgtest.Start(t)
-	pool := testPool(t, dsn)
+	pool := pgtest.Pool(t, dsn)
 	a, err := NewPostgres(t.Context(), pool)
 	if err != nil {
 		t.Fatal(err)

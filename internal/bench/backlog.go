@@ -137,18 +137,10 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	}
 
 	e.logf("backlog: %d events pile up for the down destination while app keeps sending", e.opts.Events)
-	appCtx, stopApp := context.WithCancel(ctx)
-	var appRes loadResult
-	var appWG sync.WaitGroup
-	appWG.Add(1)
-	go func() {
-		defer appWG.Done()
-		appRes = app("d").run(appCtx, 0)
-	}()
+	stopApp := app("d").background(ctx)
 	bulk := load{t: newTracker(srv.track, "wk_bulk"), source: "bulk", rate: backlogRate, batch: 100, workers: 8, prefix: "b"}
 	br := bulk.run(ctx, int64(e.opts.Events))
-	stopApp()
-	appWG.Wait()
+	appRes := stopApp()
 	res.Events, res.IngestPerSec = br.acked, br.rate()
 	if _, _, err := waitAccepted(up, uint64(appRes.acked), time.Minute); err != nil {
 		return nil, err

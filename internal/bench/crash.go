@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -103,17 +102,9 @@ func runCrash(ctx context.Context, e *env) (any, error) {
 	res := CrashResult{Scenario: "crash", Kills: e.opts.Kills, KillModes: map[string]int{}}
 
 	e.logf("load: 5,000 events/s in 100-event batches; SIGKILL the server %d times", res.Kills)
-	lctx, stopLoad := context.WithCancel(ctx)
-	var lr loadResult
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		lr = load{t: newTracker(srv.track, "wk_bench"), source: "web", rate: 5000, batch: 100, workers: 8, prefix: "c", keep: true}.run(lctx, 0)
-	}()
+	stopLoad := load{t: newTracker(srv.track, "wk_bench"), source: "web", rate: 5000, batch: 100, workers: 8, prefix: "c", keep: true}.background(ctx)
 	fail := func(err error) (any, error) {
 		stopLoad()
-		wg.Wait()
 		return nil, err
 	}
 	cur := srv.proc
@@ -162,8 +153,7 @@ func runCrash(ctx context.Context, e *env) (any, error) {
 		return fail(err)
 	}
 	time.Sleep(time.Second)
-	stopLoad()
-	wg.Wait()
+	lr := stopLoad()
 	res.Acked = len(lr.ids)
 	e.logf("waiting for the %d acknowledged events", res.Acked)
 	_, s, err := waitAccepted(sinkAddr, uint64(res.Acked), 5*time.Minute)

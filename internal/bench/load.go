@@ -28,6 +28,24 @@ type loadResult struct {
 
 func (r loadResult) rate() float64 { return float64(r.acked) / r.elapsed.Seconds() }
 
+// background runs l in its own goroutine until ctx ends or the returned
+// stop is called; stop ends the load, waits for it and returns its result.
+// stop may be called more than once.
+func (l load) background(ctx context.Context) (stop func() loadResult) {
+	lctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var res loadResult
+	go func() {
+		defer close(done)
+		res = l.run(lctx, 0)
+	}()
+	return func() loadResult {
+		cancel()
+		<-done
+		return res
+	}
+}
+
 // run sends until ctx ends (or, with max > 0, until max events were tried).
 func (l load) run(ctx context.Context, max int64) loadResult {
 	tickets := make(chan int64)

@@ -1,11 +1,8 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -178,22 +175,10 @@ func runNoisyNeighbor(ctx context.Context, e *env) (any, error) {
 // events that neither reached the sink (its --record file) nor wait in the
 // store for destination dest.
 func (e *env) unaccounted(dataDir, dest string, acked []string, record string) (lost, pending int, err error) {
-	got := map[string]bool{}
-	f, err := os.Open(record)
+	got, err := recordedIDs(record)
 	if err != nil {
 		return 0, 0, err
 	}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		var ev struct {
-			MessageID string `json:"messageId"`
-		}
-		if json.Unmarshal(sc.Bytes(), &ev) == nil {
-			got[ev.MessageID] = true
-		}
-	}
-	f.Close()
 	queued, err := e.queuedIDs(dataDir, dest)
 	if err != nil {
 		return 0, 0, err

@@ -43,12 +43,7 @@ func setup(t *testing.T) *bundle {
 
 func (b *bundle) pool() *pgxpool.Pool {
 	b.t.Helper()
-	pool, err := pgxpool.New(context.Background(), b.dsn)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	b.t.Cleanup(pool.Close)
-	return pool
+	return pgtest.Pool(b.t, b.dsn)
 }
 
 // join starts a node with the test's settings; opts may override them.

@@ -191,22 +191,31 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 	}
 	b.engine = eng
 	b.listen.Store(eng)
+	stopEngine := run(eng)
+	var once sync.Once
+	b.stop = func() {
+		once.Do(func() {
+			stopEngine()
+			store.Close()
+		})
+	}
+	t.Cleanup(b.stop)
+	return b
+}
+
+// run runs eng in its own goroutine until the returned stop is called;
+// stop cancels Run's context and waits for Run to return.
+func run(eng *delivery.Engine) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		eng.Run(ctx)
 	}()
-	var once sync.Once
-	b.stop = func() {
-		once.Do(func() {
-			cancel()
-			<-done
-			store.Close()
-		})
+	return func() {
+		cancel()
+		<-done
 	}
-	t.Cleanup(b.stop)
-	return b
 }
 
 // send appends n events from source to the destinations.
@@ -799,10 +808,7 @@ func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer run(eng)()
 	b.listen.Store(eng)
 
 	entries := make([]jobstore.Entry, 20)
@@ -813,7 +819,7 @@ func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
 			Destinations: []string{"broken", "fine"},
 		}
 	}
-	if _, err := store.Append(ctx, entries); err != nil {
+	if _, err := store.Append(t.Context(), entries); err != nil {
 		t.Fatal(err)
 	}
 	var broken, fine int
@@ -836,7 +842,7 @@ func TestPanickingIntegrationOpensItsCircuit(t *testing.T) {
 			t.Fatalf("reports: broken %d, fine %d", broken, fine)
 		}
 	}
-	for _, d := range eng.State(ctx) {
+	for _, d := range eng.State(t.Context()) {
 		if d.Name == "broken" && !d.CircuitOpen {
 			t.Fatalf("after %d panics the circuit is closed", broken)
 		}

@@ -46,11 +46,8 @@ func runOver(t *testing.T, b *bundle, store jobstore.Store, target delivery.Targ
 		t.Fatal(err)
 	}
 	b.listen.Store(eng)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	eng.State(ctx) // answered once the schedulers run: the store is listed
+	t.Cleanup(run(eng))
+	eng.State(t.Context()) // answered once the schedulers run: the store is listed
 	return reports
 }
 

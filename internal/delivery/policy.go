@@ -20,12 +20,19 @@ const (
 // Backoff returns the wait before the next try of a job that has failed
 // attempts times; r is a random number in [0, 1).
 func Backoff(attempts int, r float64) time.Duration {
-	d := BackoffCap
-	if attempts < 1 {
-		attempts = 1
+	return exponential(BackoffBase, BackoffCap, attempts, r)
+}
+
+// exponential returns a random duration in [d/2, d), where d =
+// min(base * 2^(n-1), limit) and n is at least 1; r is a random number in
+// [0, 1). Past n = 20 d is limit, so that the shift cannot overflow.
+func exponential(base, limit time.Duration, n int, r float64) time.Duration {
+	d := limit
+	if n < 1 {
+		n = 1
 	}
-	if attempts <= 20 {
-		if e := BackoffBase << (attempts - 1); e < d {
+	if n <= 20 {
+		if e := base << (n - 1); e < d {
 			d = e
 		}
 	}
@@ -39,16 +46,7 @@ func Backoff(attempts int, r float64) time.Duration {
 // ranges do not overlap, so each wait of a streak is longer than the last
 // until the cap. r is a random number in [0, 1).
 func ThrottleBackoff(streak int, r float64) time.Duration {
-	d := ThrottleBackoffCap
-	if streak < 1 {
-		streak = 1
-	}
-	if streak <= 20 {
-		if e := ThrottleBackoffBase << (streak - 1); e < d {
-			d = e
-		}
-	}
-	return d/2 + time.Duration(r*float64(d/2))
+	return exponential(ThrottleBackoffBase, ThrottleBackoffCap, streak, r)
 }
 
 // Waits a destination asks for, and those of 429s that do not say.

@@ -92,15 +92,9 @@ func TestStoreDownPausesAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	store.down.Store(true)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		eng.Run(ctx)
-	}()
+	stop := run(eng)
 	defer func() {
-		cancel()
-		<-done
+		stop()
 		inner.Close()
 	}()
 

@@ -5,8 +5,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/fanout/fanout/internal/pgtest"
 )
 
@@ -15,11 +13,7 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // TestRun: nodes starting together apply each migration once; components
 // keep their versions apart; a database newer than the code is refused.
 func TestRun(t *testing.T) {
-	pool, err := pgxpool.New(t.Context(), pgtest.Start(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := pgtest.Pool(t, pgtest.Start(t))
 	steps := []string{
 		`CREATE TABLE a (n integer)`,
 		`INSERT INTO a VALUES (1)`, // applied twice would make two rows
@@ -44,7 +38,7 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An older fanout meets a database a newer one migrated.
-	err = Run(t.Context(), pool, "a_migrations", steps[:1])
+	err := Run(t.Context(), pool, "a_migrations", steps[:1])
 	if err == nil || !strings.Contains(err.Error(), "newer than this fanout knows") {
 		t.Fatalf("Run with fewer migrations than applied: %v", err)
 	}

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Options configures a Server. The zero value is ready to use.
@@ -268,6 +269,18 @@ func Start(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return dsn
+}
+
+// Pool opens a connection pool on dsn and closes it when t ends. The pool
+// is not tied to t.Context, which ends before t's cleanups run.
+func Pool(t testing.TB, dsn string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }
 
 // Shared returns the test binary's cluster, starting it on first use.

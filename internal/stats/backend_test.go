@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
@@ -34,7 +32,7 @@ var backends = []backend{
 		}
 	}},
 	{"postgres", func(t *testing.T) func(string, func() time.Time) Options {
-		pool := testPool(t, pgtest.Start(t))
+		pool := pgtest.Pool(t, pgtest.Start(t))
 		return func(node string, now func() time.Time) Options {
 			pg, err := NewPostgres(t.Context(), pool, PostgresOptions{Node: node, Now: now})
 			if err != nil {
@@ -45,32 +43,28 @@ var backends = []backend{
 	}},
 }
 
-func testPool(t *testing.T, dsn string) *pgxpool.Pool {
-	t.Helper()
-	pool, err := pgxpool.New(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
-}
-
 // traffic feeds s four events received at at: one delivered at once, one
 // delivered on the second attempt after a 503, one still retrying after a
 // 503, one rejected with a 400.
 func traffic(s *Stats, at time.Time) {
-	rep := ingest.Report{Source: "web", Status: 200}
-	for _, id := range []string{"a", "b", "c", "d"} {
-		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
-			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
-		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
-	}
-	s.ObserveIngest(rep)
+	ingestTracks(s, at, "a", "b", "c", "d")
 	attempt(s, at, "a", 1, delivery.EndDelivered, destinations.Delivered, 0, at.Add(time.Second))
 	attempt(s, at, "b", 1, delivery.EndRetrying, destinations.Retryable, 503, at.Add(time.Second))
 	attempt(s, at, "b", 2, delivery.EndDelivered, destinations.Delivered, 0, at.Add(time.Minute))
 	attempt(s, at, "c", 1, delivery.EndRetrying, destinations.Retryable, 503, at.Add(time.Second))
 	attempt(s, at, "d", 1, delivery.EndFailed, destinations.Rejected, 400, at.Add(time.Second))
+}
+
+// ingestTracks has s observe the ingest of one track event per id, from
+// source web, received at at and routed to destination hook.
+func ingestTracks(s *Stats, at time.Time, ids ...string) {
+	rep := ingest.Report{Source: "web", Status: 200}
+	for _, id := range ids {
+		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
+			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
+		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
+	}
+	s.ObserveIngest(rep)
 }
 
 func attempt(s *Stats, received time.Time, id string, attempts int, end delivery.End, o destinations.Outcome, status int, when time.Time) {
@@ -230,7 +224,7 @@ func TestPostgresPrune(t *testing.T) {
 	now := at
 	clock := func() time.Time { return now }
 	dsn := pgtest.Start(t)
-	pool := testPool(t, dsn)
+	pool := pgtest.Pool(t, dsn)
 	pg, err := NewPostgres(t.Context(), pool, PostgresOptions{Node: "n", Now: clock})
 	if err != nil {
 		t.Fatal(err)
@@ -279,7 +273,7 @@ func TestPostgresDown(t *testing.T) {
 	now := at
 	clock := func() time.Time { return now }
 	dsn := pgtest.Start(t)
-	pool := testPool(t, dsn)
+	pool := pgtest.Pool(t, dsn)
 	pg, err := NewPostgres(t.Context(), pool, PostgresOptions{Node: "n", Now: clock, Timeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -6,9 +6,7 @@ import (
 
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
-	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/router"
 )
 
 // Retries that risk duplicates are counted in the overview, and survive a
@@ -17,21 +15,8 @@ import (
 func TestDuplicateRiskAndQuotaAnswers(t *testing.T) {
 	dir := t.TempDir()
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
-	open := func() *Stats {
-		s, err := Open(Options{Dir: dir, Now: func() time.Time { return at }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	s := open()
-	rep := ingest.Report{Source: "web", Status: 200}
-	for _, id := range []string{"a", "b"} {
-		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
-			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
-		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
-	}
-	s.ObserveIngest(rep)
+	s := openDir(t, dir, at)
+	ingestTracks(s, at, "a", "b")
 	q := jobstore.Queue{Source: "web", Destination: "hook"}
 	observe := func(id string, attempts int, end delivery.End, r delivery.Report) {
 		r.Queue, r.End, r.At = q, end, at
@@ -46,13 +31,7 @@ func TestDuplicateRiskAndQuotaAnswers(t *testing.T) {
 	if got := s.PendingRetry("hook")["web"]; got != 1 {
 		t.Fatalf("pending retry %d after a quota answer to a job in the retry set, want 1", got)
 	}
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = open()
+	s = reopen(t, s, dir, at)
 	defer s.Close()
 	o, err := s.Overview(Filter{From: at.Add(-time.Hour), To: at.Add(time.Hour)})
 	if err != nil {

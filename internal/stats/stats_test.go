@@ -11,9 +11,7 @@ import (
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
-	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/router"
 )
 
 // TestHistogramError compares the histogram's quantiles with exact ones
@@ -55,11 +53,32 @@ func TestHistogramError(t *testing.T) {
 // now; they are closed in t.Cleanup.
 func openAt(t *testing.T, now time.Time) *Stats {
 	t.Helper()
-	s, err := Open(Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: func() time.Time { return now }})
+	s := openDir(t, filepath.Join(t.TempDir(), "stats"), now)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// reopen flushes and closes s, which were opened in dir, and opens them
+// again on a clock stopped at now; the caller closes them.
+func reopen(t *testing.T, s *Stats, dir string, now time.Time) *Stats {
+	t.Helper()
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return openDir(t, dir, now)
+}
+
+// openDir opens the stats in dir on a clock stopped at now; the caller
+// closes them.
+func openDir(t *testing.T, dir string, now time.Time) *Stats {
+	t.Helper()
+	s, err := Open(Options{Dir: dir, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
 	return s
 }
 
@@ -121,21 +140,8 @@ func TestNormalize(t *testing.T) {
 func TestDepth(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "stats")
 	at := time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
-	open := func() *Stats {
-		s, err := Open(Options{Dir: dir, Now: func() time.Time { return at }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	s := open()
-	rep := ingest.Report{Source: "web", Status: 200}
-	for _, id := range []string{"a", "b", "c", "d"} {
-		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: id, Type: event.Track,
-			ReceivedAt: at, Payload: []byte(`{}`)}, Destinations: []string{"hook"}})
-		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
-	}
-	s.ObserveIngest(rep)
+	s := openDir(t, dir, at)
+	ingestTracks(s, at, "a", "b", "c", "d")
 	attempt := func(id string, attempts int, end delivery.End, expired bool) {
 		job := &jobstore.Job{Queue: jobstore.Queue{Source: "web", Destination: "hook"},
 			Event: event.Event{Source: "web", MessageID: id, ReceivedAt: at}, Attempts: attempts}
@@ -169,13 +175,7 @@ func TestDepth(t *testing.T) {
 		}
 	}
 	s.Replayed("web", "hook", 2)
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = open()
+	s = reopen(t, s, dir, at)
 	defer s.Close()
 	if got := s.Depth("hook")["web"]; got != 2 {
 		t.Fatalf("after a reopen: depth %d, want 2 (the two replayed)", got)

@@ -15,6 +15,7 @@
 // failed request, an answer >= 400, a console error or warning, a page
 // error). It exits 1 when there was any.
 import { chromium } from 'playwright-core';
+import { launchOptions } from '../fanouttest/chromium.mjs';
 
 const env = (k) => {
   const v = process.env[k];
@@ -30,22 +31,7 @@ const apiHost = new URL(FANOUT).host + '/v1';
 // timestamps fanout delivers show its clock-skew correction.
 const SKEW_MS = 60 * 60 * 1000;
 
-// The flags Debian's chromium needs on a machine without a display, GPU,
-// sandbox privileges or outside network; playwright-core gives it a fresh
-// profile directory (--user-data-dir) for each launch.
-const browser = await chromium.launch({
-  executablePath: env('CHROMIUM'),
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await chromium.launch(launchOptions(env('CHROMIUM')));
 
 // The modes: how a user points analytics.js at fanout.
 //   standard  settings given inline, apiHost as a load option: one request per call

@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { launchOptions } from '../fanouttest/chromium.mjs';
 
 const env = (k) => {
   const v = process.env[k];
@@ -30,22 +31,7 @@ const SECRET = env('FANOUT_SECRET');
 const SHOTS = env('SCREENSHOTS');
 mkdirSync(SHOTS, { recursive: true });
 
-// The flags Debian's chromium needs on a machine without a display, GPU,
-// sandbox privileges or outside network; playwright-core gives it a fresh
-// profile directory.
-const browser = await chromium.launch({
-  executablePath: env('CHROMIUM'),
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await chromium.launch(launchOptions(env('CHROMIUM')));
 
 const checks = [];
 const check = (name, fn) => checks.push({ name, fn });
