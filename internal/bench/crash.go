@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/jobstore"
 )
 
 // crashConfig is one source delivered to two webhooks: "sink", which
@@ -269,6 +270,16 @@ func (e *env) flakyOutcome(dataDir string, acked []string, record string) (Flaky
 			if !archived[id] {
 				torn[id] = true
 			}
+		}
+	}
+	// With storage.postgres the archive is the database's archive table.
+	if e.storage == StorePostgres {
+		ids, err := e.archivedInDB(dataDir, jobstore.Queue{Source: "web", Destination: "flaky"})
+		if err != nil {
+			return r, err
+		}
+		for _, id := range ids {
+			archived[id] = true
 		}
 	}
 	queued, err := e.queuedIDs(dataDir, "flaky")

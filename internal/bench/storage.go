@@ -10,6 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fanout/fanout/internal/archive"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/open"
 	"github.com/fanout/fanout/internal/pgtest"
@@ -145,4 +148,32 @@ func runStores(ctx context.Context, run func(context.Context, *env) (any, error)
 	}
 	w.Flush()
 	return figures, nil
+}
+
+// archivedInDB returns the messageIds of q's jobs in the archive table of
+// the database the server on dataDir used.
+func (e *env) archivedInDB(dataDir string, q jobstore.Queue) ([]string, error) {
+	dsn, err := e.dsn(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	a, err := archive.NewPostgres(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := a.Scan(q, time.Unix(0, 0), time.Now().Add(24*time.Hour))
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(recs))
+	for i, r := range recs {
+		ids[i] = r.MessageID
+	}
+	return ids, nil
 }
