@@ -52,6 +52,10 @@ type Options struct {
 	// WriteTimeout bounds handling a request and writing its response,
 	// counted from the end of its headers. Default 30s.
 	WriteTimeout time.Duration
+	// ClusterTuning overrides the cluster's timings (with
+	// storage.postgres); zero fields take the defaults.
+	ClusterTuning ClusterTuning
+
 	// IdleTimeout is how long a keep-alive connection may wait for its next
 	// request. Default 2m.
 	//
@@ -78,6 +82,7 @@ type Server struct {
 	stats   *stats.Stats
 	archive archive.Store
 	pg      *pgVisibility // the stats and archive tables, with storage.postgres
+	cluster *pgCluster    // the membership of the cluster, with storage.postgres
 	space   *diskspace.Watcher
 	engine  *delivery.Engine
 	track   *http.Server
@@ -125,6 +130,14 @@ func New(opts Options) (_ *Server, err error) {
 	// readable (jobstore.AppliedFunc); it is built after the store, and no
 	// event arrives before Run, so the hook starts unset.
 	var notify atomic.Pointer[delivery.Engine]
+	// With storage.postgres the node joins the cluster of the nodes that
+	// share the database before it opens the store, which fences its
+	// writes and wakes the other nodes through it.
+	if cfg.Storage.Postgres != "" {
+		if s.cluster, err = joinCluster(cfg.Storage.Postgres, cfg.Cluster.NodeName, opts.ClusterTuning, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
 	openCtx, cancelOpen := context.WithTimeout(context.Background(), storeOpenTimeout)
 	defer cancelOpen()
 	store, err := open.Store(openCtx, open.Options{
@@ -352,6 +365,7 @@ func (s *Server) closeOpened() {
 	if s.store != nil {
 		s.store.Close()
 	}
+	s.cluster.Leave(s.opts.Logger)
 	if s.space != nil {
 		s.space.Close()
 	}
@@ -430,6 +444,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.store.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close store: %w", err)
 	}
+	// After the engine's last outcomes are written, under its leases: the
+	// other nodes take its partitions at once.
+	s.cluster.Leave(log)
 	s.space.Close()
 	log.Info("stopped")
 	return runErr
