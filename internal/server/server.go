@@ -140,7 +140,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	openCtx, cancelOpen := context.WithTimeout(context.Background(), storeOpenTimeout)
 	defer cancelOpen()
-	store, err := open.Store(openCtx, open.Options{
+	oo := open.Options{
 		DataDir:  cfg.DataDir,
 		Postgres: cfg.Storage.Postgres,
 		Applied: func(a jobstore.Appended) {
@@ -152,7 +152,11 @@ func New(opts Options) (_ *Server, err error) {
 		Now:          opts.Clock.Now,
 		Logger:       opts.Logger,
 		FS:           spaceFS,
-	})
+	}
+	if s.cluster != nil {
+		oo.Cluster = s.cluster.node
+	}
+	store, err := open.Store(openCtx, oo)
 	if err != nil {
 		return nil, err
 	}
@@ -232,14 +236,19 @@ func New(opts Options) (_ *Server, err error) {
 	if opts.NoVisibility {
 		observe = nil
 	}
-	s.engine, err = delivery.New(delivery.Options{
+	eo := delivery.Options{
 		Store:   store,
 		Targets: targets,
 		Archive: s.archive,
 		Clock:   opts.Clock,
 		Logger:  opts.Logger,
 		Observe: observe,
-	})
+	}
+	if s.cluster != nil {
+		// Deliver only the partitions this node owns.
+		eo.Ownership = s.cluster.node
+	}
+	s.engine, err = delivery.New(eo)
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +311,7 @@ func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Targe
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Limits: d.Delivery, Limiter: limiter, Deduplicates: integ.Deduplicates,
+			Limits: d.Delivery, Limiter: limiter, Deduplicates: integ.Deduplicates, Sources: d.Sources,
 		})
 	}
 	return targets, nil
