@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fanout/fanout/internal/cluster"
 )
@@ -79,4 +80,39 @@ func (c *pgCluster) Node() *cluster.Node {
 		return nil
 	}
 	return c.node
+}
+
+// clusterView is GET /api/v1/cluster: the nodes as the database sees them,
+// and which of them answered.
+type clusterView struct {
+	// Self is the id of the node that answered.
+	Self  int64              `json:"self"`
+	Name  string             `json:"name"`
+	Nodes []cluster.NodeInfo `json:"nodes"`
+}
+
+// View returns the cluster view for the admin API.
+func (c *pgCluster) View(ctx context.Context) (any, error) {
+	nodes, err := c.node.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if nodes == nil {
+		nodes = []cluster.NodeInfo{}
+	}
+	return clusterView{Self: c.node.ID(), Name: c.node.Name(), Nodes: nodes}, nil
+}
+
+// Collectors are the node's cluster gauges for /metrics.
+func (c *pgCluster) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "fanout_cluster_owned_partitions",
+			Help: "Partitions whose lease this node holds (valid on its own clock).",
+		}, func() float64 { return float64(len(c.node.Owned())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "fanout_cluster_lease_age_seconds",
+			Help: "Seconds since this node's leases were last renewed (its last successful heartbeat round); past the lease minus its margin it stops delivering.",
+		}, func() float64 { return c.node.LeaseAge().Seconds() }),
+	}
 }

@@ -223,6 +223,9 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	metrics := admin.NewMetrics(mo)
 	metrics.Registry().MustRegister(s.space)
+	if s.cluster != nil {
+		metrics.Registry().MustRegister(s.cluster.Collectors()...)
+	}
 
 	targets, err := newTargets(cfg, opts.Registry)
 	if err != nil {
@@ -274,6 +277,10 @@ func New(opts Options) (_ *Server, err error) {
 	})
 	metrics.Registry().MustRegister(tracking.Collectors()...)
 	s.track = newHTTPServer(tracking, opts)
+	var clusterView func(context.Context) (any, error)
+	if s.cluster != nil {
+		clusterView = s.cluster.View
+	}
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
 		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
@@ -281,6 +288,7 @@ func New(opts Options) (_ *Server, err error) {
 			Archive: s.archive, Store: s.store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
 		}).Replay,
 		Storage: func() any { return s.space.State() },
+		Cluster: clusterView,
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
