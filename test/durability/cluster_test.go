@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/pgtest"
 	"github.com/fanout/fanout/test/fanouttest"
 )
@@ -162,18 +164,41 @@ func TestClusterFailover(t *testing.T) {
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= 3_000 })
 	fanouttest.Eventually(t.Context(), inFlightTimeout, func() bool { return recv.InFlight() > 0 })
 
-	// Kill the last node; the load goes on to the two others.
-	victim := nodes[2]
-	before, _ := getCluster(t, nodes[0].AdminURL)
-	rest := urls[:2]
+	// Kill the node that delivers the most destinations; the load goes on
+	// to the two others.
+	before, err := getCluster(t, nodes[0].AdminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vi, most := 0, -1
+	for i, n := range before.Nodes {
+		var dests []string
+		for d := range clusterPairs {
+			if slices.Contains(n.Partitions, cluster.PartitionOf(fmt.Sprintf("d%d", d), cluster.DefaultPartitions)) {
+				dests = append(dests, fmt.Sprintf("d%d", d))
+			}
+		}
+		t.Logf("node %d (%s): %d partitions, delivers %v", n.ID, n.Name, len(n.Partitions), dests)
+		if len(dests) > most {
+			vi, most = i, len(dests)
+		}
+	}
+	victim := nodes[vi]
+	var rest []string
+	for i, u := range urls {
+		if i != vi {
+			rest = append(rest, u)
+		}
+	}
 	live.Store(&rest)
 	victim.Kill()
 	killedAt := time.Now()
 	// Taken over: the victim holds no lease any more (its leases ran out),
 	// and the two live nodes hold all 64 partitions.
-	victimID := before.Nodes[2].ID
+	victimID := before.Nodes[vi].ID
+	watcher := nodes[(vi+1)%3]
 	taken := func() bool {
-		v, err := getCluster(t, nodes[0].AdminURL)
+		v, err := getCluster(t, watcher.AdminURL)
 		if err != nil {
 			return false
 		}
@@ -189,7 +214,7 @@ func TestClusterFailover(t *testing.T) {
 		return owned == 64
 	}
 	if !fanouttest.Eventually(t.Context(), 20*time.Second, taken) {
-		v, _ := getCluster(t, nodes[0].AdminURL)
+		v, _ := getCluster(t, watcher.AdminURL)
 		t.Fatalf("the killed node's partitions were not taken over within 20s: %+v", v)
 	}
 	takeover := time.Since(killedAt)
