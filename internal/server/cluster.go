@@ -71,6 +71,12 @@ func (c *pgCluster) Leave(log *slog.Logger) {
 	if err := c.node.Leave(ctx); err != nil {
 		log.Warn("leave the cluster", "err", err)
 	}
+	// The engine has stopped reading Changes; the losses Leave announces
+	// are read here, so that the channel closes and its goroutine ends.
+	go func() {
+		for range c.node.Changes() {
+		}
+	}()
 	c.pool.Close()
 }
 
