@@ -239,3 +239,121 @@ func TestClusterFailover(t *testing.T) {
 		t.Errorf("bad deliveries: %v", first(bad, 5))
 	}
 }
+
+// mostDestinations returns the index in v.Nodes of the node that delivers
+// the most of the test's destinations.
+func mostDestinations(v clusterView) int {
+	vi, most := 0, -1
+	for i, n := range v.Nodes {
+		k := 0
+		for d := range clusterPairs {
+			if slices.Contains(n.Partitions, cluster.PartitionOf(fmt.Sprintf("d%d", d), cluster.DefaultPartitions)) {
+				k++
+			}
+		}
+		if k > most {
+			vi, most = i, k
+		}
+	}
+	return vi
+}
+
+// TestClusterPausedNode pauses (SIGSTOP) one of two nodes under load, with
+// deliveries in flight: its leases run out and the other node takes its
+// partitions over. Resumed (SIGCONT), the paused node finds its partitions
+// lost, drops its queues, rejoins and takes its share back from the other
+// node, which hands over partitions it is delivering. Through both moves,
+// every acknowledged event is delivered.
+func TestClusterPausedNode(t *testing.T) {
+	dsn := pgtest.Start(t)
+	recv := fanouttest.NewReceiver(t, fanouttest.ReceiverOptions{Latency: latency})
+	yaml := clusterYAML(recv.URL)
+	nodes := []*fanouttest.Server{
+		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
+		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
+	}
+	shared := func(watch *fanouttest.Server) func() bool {
+		return func() bool {
+			v, err := getCluster(t, watch.AdminURL)
+			if err != nil {
+				return false
+			}
+			live := 0
+			for _, n := range v.Nodes {
+				if n.Live && len(n.Partitions) == 32 {
+					live++
+				}
+			}
+			return live == 2
+		}
+	}
+	if !fanouttest.Eventually(t.Context(), 30*time.Second, shared(nodes[0])) {
+		t.Fatal("the two nodes did not share the partitions")
+	}
+	before, err := getCluster(t, nodes[0].AdminURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vi := mostDestinations(before)
+	victim, other := nodes[vi], nodes[1-vi]
+	victimID := before.Nodes[vi].ID
+
+	// The load goes to the node that stays up.
+	l := &clusterLoad{client: &http.Client{Timeout: 30 * time.Second}}
+	urls := []string{other.TrackingURL}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range senders {
+		wg.Go(func() { l.run(w, stop, func() []string { return urls }) })
+	}
+	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= 2_000 })
+	fanouttest.Eventually(t.Context(), inFlightTimeout, func() bool { return recv.InFlight() > 0 })
+	if err := victim.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	pausedAt := time.Now()
+	takenOver := func() bool {
+		v, err := getCluster(t, other.AdminURL)
+		if err != nil {
+			return false
+		}
+		for _, n := range v.Nodes {
+			if n.ID == victimID && len(n.Partitions) > 0 {
+				return false
+			}
+			if n.ID != victimID && len(n.Partitions) == 64 {
+				return true
+			}
+		}
+		return false
+	}
+	if !fanouttest.Eventually(t.Context(), 20*time.Second, takenOver) {
+		victim.Resume()
+		t.Fatal("the paused node's partitions were not taken over within 20s")
+	}
+	t.Logf("paused node's partitions taken over in %v", time.Since(pausedAt).Round(time.Millisecond))
+	time.Sleep(time.Second)
+	if err := victim.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if !fanouttest.Eventually(t.Context(), 30*time.Second, shared(other)) {
+		v, _ := getCluster(t, other.AdminURL)
+		t.Fatalf("the resumed node did not take its share back: %+v", v)
+	}
+	acked := l.acked.Load()
+	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= acked+2_000 })
+	close(stop)
+	wg.Wait()
+
+	ids := l.ackedIDs()
+	ok := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(ids)) == 0 })
+	lost := recv.Missing(ids)
+	t.Logf("one of two nodes paused and resumed: %d events acknowledged, %d delivered, %d duplicates",
+		len(ids), len(ids)-len(lost), duplicates(recv, ids))
+	if !ok {
+		t.Fatalf("%d acknowledged events not delivered; first: %v", len(lost), first(lost, 10))
+	}
+	if victim.Exited() || other.Exited() {
+		t.Errorf("a node exited")
+	}
+}
