@@ -130,8 +130,8 @@
 //     one more round trip. A stale token fails with jobstore.ErrFenced and
 //     writes nothing: the engine drops the update, and the partition's new
 //     owner delivers those jobs again (at least once). A write that passed
-//     the fence commits before any takeover of its partitions, which waits
-//     for the lock.
+//     the fence commits before any takeover of its partitions: the taker
+//     passes over a locked lease row until the write is over.
 //
 // # Deduplication
 //
