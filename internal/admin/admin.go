@@ -68,6 +68,11 @@ type Options struct {
 	// Storage, when set, returns the disk space state served at
 	// GET /api/v1/storage (a diskspace.State).
 	Storage func() any
+	// Cluster, when set, returns the cluster view served at
+	// GET /api/v1/cluster: the nodes sharing the database, their last
+	// heartbeat and their partitions. Without it (no storage.postgres)
+	// the route answers 404.
+	Cluster func(ctx context.Context) (any, error)
 	// Token, when not empty, is required as a bearer token.
 	Token string
 	// Now is the clock ranges end at. Default time.Now.
@@ -109,6 +114,7 @@ func New(o Options) http.Handler {
 	if o.Storage != nil {
 		m.HandleFunc("GET /api/v1/storage", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, o.Storage()) })
 	}
+	m.HandleFunc("GET /api/v1/cluster", h.cluster)
 	m.HandleFunc("GET /api/v1/sources/{name}/events", h.events)
 	m.HandleFunc("GET /api/v1/sources/{name}/events/stream", h.stream)
 	if o.Metrics != nil {
@@ -316,6 +322,20 @@ func (h *handler) destinations(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	writeJSON(w, out)
+}
+
+func (h *handler) cluster(w http.ResponseWriter, r *http.Request) {
+	if h.Cluster == nil {
+		writeError(w, http.StatusNotFound, "not in a cluster: storage.postgres is not set")
+		return
+	}
+	v, err := h.Cluster(r.Context())
+	if err != nil {
+		h.Logger.Error("cluster view", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "cluster view unavailable: "+err.Error())
+		return
+	}
+	writeJSON(w, v)
 }
 
 func (h *handler) queues(w http.ResponseWriter, r *http.Request) {

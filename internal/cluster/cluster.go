@@ -151,6 +151,9 @@ type Node struct {
 
 	mu    sync.Mutex
 	owned map[int]lease
+	// renewedAt is when the last successful round's renewal was sent, on
+	// the node's clock (LeaseAge).
+	renewedAt time.Time
 
 	changes *relay[Change]
 	wakes   *wakeSet
@@ -250,6 +253,20 @@ func (n *Node) Owns(p int) (token int64, ok bool) {
 		return 0, false
 	}
 	return l.token, true
+}
+
+// LeaseAge returns how long ago the node's leases were last renewed: the
+// age of its last successful heartbeat round, whether or not it owns a
+// partition. It stays under Heartbeat while the database answers; past
+// Lease minus Margin the node has stopped delivering.
+func (n *Node) LeaseAge() time.Duration {
+	now := n.opts.Clock.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.renewedAt.IsZero() {
+		return 0
+	}
+	return now.Sub(n.renewedAt)
 }
 
 // Changes returns the channel of partitions gained and lost, in the order

@@ -157,8 +157,23 @@
 //
 // # Limits (this phase)
 //
-//   - The store does not call Fence or Notify yet, and the engine does not
-//     follow Changes and Wakeups: wiring is the next step.
+//   - Wiring: server.New joins (cluster.node_name) when storage.postgres is
+//     set and Leaves after the engine's last outcomes are written; the
+//     job store (jobstore/postgres, Options.Cluster) queues Notify in each
+//     group commit's first round trip and calls FenceAll in Apply with
+//     the tokens Owns gives at that moment (jobstore.ErrFenced when a
+//     partition is not owned or the token is stale: the update is
+//     dropped, the new owner delivers again); the delivery engine
+//     (delivery.Options.Ownership) follows Changes and Wakeups, scanning a
+//     gained partition's queues with one Store.Queues call per batch of
+//     gains, forgetting a lost one's queues at once, and asking Owns before
+//     each dispatch turn.
+//   - In a cluster the engine reads every job back from the store: the
+//     jobs a node's own appends announce are not all of a queue's new jobs
+//     (other nodes append to it too), so they only wake the queue. One
+//     Pending read per page, not per job, but more reads than on one node.
+//   - Apply costs one more round trip in a cluster (FenceAll before the
+//     batch of writes).
 //   - A hot destination is delivered by one node (above).
 //   - Balance counts partitions, not load: two busy destinations hashed to
 //     one partition stay together. More partitions than nodes (64 by

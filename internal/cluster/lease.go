@@ -183,7 +183,7 @@ func (n *Node) round(parent context.Context) {
 		}
 		return
 	}
-	n.renewed(renewed, until)
+	n.renewed(renewed, until, sent)
 
 	share := shareOf(n.id, live, n.opts.Partitions)
 	owned := n.Owned()
@@ -213,8 +213,9 @@ func shareOf(id int64, live []int64, partitions int) int {
 
 // renewed records the leases the database renewed; an owned partition that
 // was not renewed is lost (its lease ran out or another node took it).
-func (n *Node) renewed(renewed map[int]int64, until time.Time) {
+func (n *Node) renewed(renewed map[int]int64, until, sent time.Time) {
 	n.mu.Lock()
+	n.renewedAt = sent
 	var changes []Change
 	for p, l := range n.owned {
 		if tok, ok := renewed[p]; !ok || tok != l.token {

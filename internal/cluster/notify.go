@@ -123,6 +123,25 @@ func Notify(ctx context.Context, tx pgx.Tx, partitions ...int) error {
 	if len(partitions) == 0 {
 		return nil
 	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, jobsChannel, notifyPayload(partitions)); err != nil {
+		return fmt.Errorf("cluster: notify: %w", err)
+	}
+	return nil
+}
+
+// QueueNotify is Notify as a statement of a batch sent inside the
+// appending transaction (the job store's group commit pipelines its
+// statements): no round trip of its own.
+func QueueNotify(b *pgx.Batch, partitions ...int) {
+	if len(partitions) == 0 {
+		return
+	}
+	b.Queue(`SELECT pg_notify($1, $2)`, jobsChannel, notifyPayload(partitions))
+}
+
+// notifyPayload is the payload naming partitions: their numbers, or "*"
+// for all when the list would not fit.
+func notifyPayload(partitions []int) string {
 	ps := slices.Clone(partitions)
 	slices.Sort(ps)
 	ps = slices.Compact(ps)
@@ -137,10 +156,7 @@ func Notify(ctx context.Context, tx pgx.Tx, partitions ...int) error {
 	if len(payload) > maxPayload {
 		payload = "*"
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, jobsChannel, payload); err != nil {
-		return fmt.Errorf("cluster: notify: %w", err)
-	}
-	return nil
+	return payload
 }
 
 // subscribe takes a connection of the pool for good and LISTENs on it.

@@ -28,6 +28,7 @@ type Config struct {
 	// DataDir holds the embedded store and the archive. Default ./fanout-data.
 	DataDir string  `yaml:"data_dir"`
 	Storage Storage `yaml:"storage"`
+	Cluster Cluster `yaml:"cluster"`
 	Network Network `yaml:"network"`
 	// DedupeWindow is how long a (source, messageId) is remembered. Default
 	// jobstore.DefaultDedupeWindow (24h), the stores'.
@@ -50,6 +51,16 @@ type Storage struct {
 	// API answers 503 (written 256MB, 1GB, ...). Zero: the default,
 	// diskspace.DefaultMinFree.
 	MinFree int64 `yaml:"min_free"`
+}
+
+// Cluster configures this node's membership of a cluster: the nodes whose
+// storage.postgres names the same database. Unused without
+// storage.postgres.
+type Cluster struct {
+	// NodeName names the node in the cluster view (GET /api/v1/cluster)
+	// and its log lines. Default: the host name and a random suffix. Names
+	// are for people: a node restarted under the same name is a new member.
+	NodeName string `yaml:"node_name"`
 }
 
 // Network controls outbound connections.

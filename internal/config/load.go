@@ -450,6 +450,11 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 				"min_free": d.size(&c.Storage.MinFree),
 			})
 		},
+		"cluster": func(n *yaml.Node, path string) error {
+			return d.mapping(n, path, map[string]field{
+				"node_name": d.str(&c.Cluster.NodeName),
+			})
+		},
 		"network": func(n *yaml.Node, path string) error {
 			return d.mapping(n, path, map[string]field{
 				"allow_private": d.boolean(&c.Network.AllowPrivate),

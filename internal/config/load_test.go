@@ -200,7 +200,7 @@ func TestLoadErrors(t *testing.T) {
 		{"top level not a mapping", "- a\n", nil,
 			`fanout.yaml:1: expected a mapping, found a list`},
 		{"unknown top-level key", "lisen: 1\n" + minimal, nil,
-			"fanout.yaml:1: lisen: unknown key (known keys: admin_listen, admin_token, data_dir, dedupe_window, destinations, listen, network, public_url, sources, storage)"},
+			"fanout.yaml:1: lisen: unknown key (known keys: admin_listen, admin_token, cluster, data_dir, dedupe_window, destinations, listen, network, public_url, sources, storage)"},
 		{"unknown nested key", replace("    sources: [web]", "    sources: [web]\n    delivery:\n      timeuot: 1s"), nil,
 			"fanout.yaml:10: destinations[0].delivery.timeuot: unknown key (known keys: concurrency, rate_limit, retry_window, timeout)"},
 		{"list of postgres servers", "storage:\n  postgres: [\"host=a\", \"host=b\"]\n" + minimal, nil,

@@ -59,6 +59,9 @@ type Target struct {
 	// Limiter is RateLimit's limiter when the integration shares it
 	// (destinations.Config.Limiter); nil makes one.
 	Limiter *rate.Limiter
+	// Sources are the sources connected to the destination. In a cluster,
+	// a wake-up for the destination's partition reads their queues.
+	Sources []string
 	// Deduplicates is the integration's Deduplicates: whether its API drops
 	// a repeated event on its own. Where it does not, a retry after a
 	// timeout or 5xx on a batch is reported with Report.DuplicateRisk.
@@ -122,6 +125,11 @@ type Options struct {
 	Observe func(Report)
 	// Seed seeds the backoff jitter; 0 picks a random seed.
 	Seed uint64
+	// Ownership, when set, is this node's share of a cluster: the engine
+	// delivers only the queues of the partitions it owns, follows their
+	// changes and hears of jobs appended by other nodes through it. Nil:
+	// every queue is this engine's.
+	Ownership Ownership
 	// ShutdownGrace is how long Run waits for in-flight requests after its
 	// context ends before cancelling them. Default DefaultShutdownGrace.
 	ShutdownGrace time.Duration
@@ -134,6 +142,8 @@ const DefaultShutdownGrace = 10 * time.Second
 type Engine struct {
 	opts  Options
 	dests map[string]*dest
+	// byPart lists the destinations of each partition, with Ownership.
+	byPart map[int][]*dest
 }
 
 // New validates the options and builds an engine. Call Run to start it.
@@ -188,6 +198,13 @@ func New(opts Options) (*Engine, error) {
 			d.limiter = destinations.NewLimiter(t.RateLimit)
 		}
 		e.dests[t.Name] = d
+		if opts.Ownership != nil {
+			if e.byPart == nil {
+				e.byPart = map[int][]*dest{}
+			}
+			d.part = opts.Ownership.PartitionOf(jobstore.Queue{Destination: t.Name})
+			e.byPart[d.part] = append(e.byPart[d.part], d)
+		}
 	}
 	return e, nil
 }
@@ -196,6 +213,11 @@ func New(opts Options) (*Engine, error) {
 // ShutdownGrace for in-flight requests, records their outcomes and returns.
 // Jobs not finished stay in the store for the next start.
 func (e *Engine) Run(ctx context.Context) error {
+	if e.opts.Ownership != nil {
+		// The partitions owned are announced on Changes, those owned at
+		// Join included; each is scanned when gained.
+		return e.runSchedulers(ctx, true)
+	}
 	qs, err := e.opts.Store.Queues(ctx)
 	if err != nil {
 		return fmt.Errorf("delivery: list queues: %w", err)
@@ -215,7 +237,20 @@ func (e *Engine) Run(ctx context.Context) error {
 		// event for it arrives. The schedulers have not started yet.
 		d.consider(dq, now)
 	}
+	return e.runSchedulers(ctx, false)
+}
+
+// runSchedulers runs every destination's scheduler, and with follow the
+// follower of the cluster's changes, until ctx ends.
+func (e *Engine) runSchedulers(ctx context.Context, follow bool) error {
 	var wg sync.WaitGroup
+	if follow {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.follow(ctx)
+		}()
+	}
 	for _, d := range e.dests {
 		wg.Add(1)
 		go func() {
@@ -258,6 +293,8 @@ type dest struct {
 	e      *Engine
 	log    *slog.Logger
 	labels pprof.LabelSet
+	// part is the destination's partition, with Options.Ownership.
+	part int
 
 	// Owned by the scheduler goroutine.
 	queues   map[string]*queue // by source name
@@ -294,6 +331,9 @@ type dest struct {
 	wake     chan struct{}
 	// spare is the emptied map of the scheduler's last look; it owns it.
 	spare map[string]*handoff
+	// own is the destination's ownership in a cluster (see ownState),
+	// under mu.
+	own ownState
 }
 
 // handoff holds the jobs announced for one queue since its scheduler last
@@ -310,10 +350,22 @@ type handoff struct {
 func (d *dest) notify(entries []jobstore.Entry, seq, stride uint64) {
 	source := entries[0].Event.Source
 	d.mu.Lock()
+	if d.e.opts.Ownership != nil && !d.own.owned {
+		// Another node's to deliver; it hears of the jobs by a wake-up.
+		d.mu.Unlock()
+		return
+	}
 	h := d.notified[source]
 	if h == nil {
 		h = d.spareHandoff()
 		d.notified[source] = h
+	}
+	if !h.overflow && d.e.opts.Ownership != nil {
+		// In a cluster, other nodes append to the same queue: jobs
+		// announced here are not all the queue's new jobs, and taking them
+		// would move its cursor past theirs. The queue reads the store.
+		clear(h.jobs)
+		h.jobs, h.overflow = h.jobs[:0], true
 	}
 	if !h.overflow && len(h.jobs)+len(entries) > pageSize {
 		clear(h.jobs)
@@ -405,6 +457,7 @@ func (d *dest) run(ctx context.Context) {
 	w := &workers{ctx: workCtx, ch: make(chan completion, d.Concurrency)}
 	for {
 		now := d.now()
+		d.takeOwnership()
 		d.takeNotified()
 		d.wakeDue(now)
 		wait := d.dispatch(w, now)
@@ -497,6 +550,9 @@ func (d *dest) takeNotified() {
 // consider puts q in the ring if it may dispatch now, or in the wake heap
 // if time alone will make it ready.
 func (d *dest) consider(q *queue, now time.Time) {
+	if q.gone {
+		return // its partition was lost
+	}
 	if now.IsZero() {
 		now = d.now()
 	}
@@ -563,6 +619,11 @@ func (d *dest) nextWake(now time.Time, wait time.Duration) time.Time {
 // has ready queues. It returns how long to wait for a rate-limit token or a
 // circuit probe when that is what stopped it.
 func (d *dest) dispatch(w *workers, now time.Time) time.Duration {
+	if d.ring.len() > 0 && !d.owns() {
+		// The lease may be gone: start nothing. The Change saying so
+		// follows and forgets the queues.
+		return 0
+	}
 	for d.inflight < d.Concurrency && d.ring.len() > 0 {
 		ok, probe := d.circuit.allow(now)
 		if !ok {
@@ -1171,6 +1232,15 @@ func (d *dest) flush(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
 	if err := d.e.opts.Store.Apply(ctx, *u); err != nil {
+		if fenced(err) {
+			// The partition is another node's now: it delivers these jobs
+			// again. Nothing to keep.
+			d.log.Warn("delivery outcomes refused: the partition's lease is lost; the new owner delivers their jobs again",
+				"partition", d.part, "changes", len(u.Drops)+len(u.Reschedule)+len(u.Finish))
+			d.updateSince = time.Time{}
+			u.Drops, u.Reschedule, u.Finish = u.Drops[:0], u.Reschedule[:0], u.Finish[:0]
+			return err
+		}
 		d.storeFailed(d.now())
 		d.log.Error("write delivery outcomes; kept to write again", "err", err, "changes",
 			len(u.Drops)+len(u.Reschedule)+len(u.Finish))

@@ -16,6 +16,10 @@ import (
 // goroutine and never touched by another.
 type queue struct {
 	id jobstore.Queue
+	// gone says the queue's partition was lost (see dest.forget): it is in
+	// no ring, heap or map any more, and a completion for it must not put
+	// it back.
+	gone bool
 
 	// buf holds loaded jobs not yet dispatched: due retries first, then
 	// pending jobs in Seq order. Jobs sent again at once (paused by a wait,

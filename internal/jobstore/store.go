@@ -22,6 +22,12 @@ import (
 // right now (disk full, database down). The tracking API answers it with 503.
 var ErrUnavailable = errors.New("storage unavailable")
 
+// ErrFenced is returned by Apply when the update touches queues of a
+// cluster partition this node no longer owns (its lease ran out or another
+// node took it over): nothing of the update was written, and the new owner
+// delivers its jobs again. Only stores shared by a cluster return it.
+var ErrFenced = errors.New("partition lease lost; the update was not written")
+
 // DefaultDedupeWindow is how long a (source, messageId) pair is remembered
 // when a store's DedupeWindow option is zero, and the default of the
 // configuration file's dedupe_window.

@@ -117,7 +117,7 @@ func TestPostgresPasswordShownNowhere(t *testing.T) {
 		t.Fatalf("POST /v1/batch on PostgreSQL: %d", code)
 	}
 	for _, path := range []string{"/", "/healthz", "/api/v1/sources", "/api/v1/destinations", "/api/v1/destination-types",
-		"/api/v1/overview", "/api/v1/queues", "/api/v1/issues", "/metrics", "/debug/pprof/cmdline"} {
+		"/api/v1/overview", "/api/v1/queues", "/api/v1/issues", "/api/v1/cluster", "/metrics", "/debug/pprof/cmdline"} {
 		resp := r.fetch(t, path)
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()

@@ -52,6 +52,10 @@ type Options struct {
 	// WriteTimeout bounds handling a request and writing its response,
 	// counted from the end of its headers. Default 30s.
 	WriteTimeout time.Duration
+	// ClusterTuning overrides the cluster's timings (with
+	// storage.postgres); zero fields take the defaults.
+	ClusterTuning ClusterTuning
+
 	// IdleTimeout is how long a keep-alive connection may wait for its next
 	// request. Default 2m.
 	//
@@ -78,6 +82,7 @@ type Server struct {
 	stats   *stats.Stats
 	archive archive.Store
 	pg      *pgVisibility // the stats and archive tables, with storage.postgres
+	cluster *pgCluster    // the membership of the cluster, with storage.postgres
 	space   *diskspace.Watcher
 	engine  *delivery.Engine
 	track   *http.Server
@@ -125,9 +130,17 @@ func New(opts Options) (_ *Server, err error) {
 	// readable (jobstore.AppliedFunc); it is built after the store, and no
 	// event arrives before Run, so the hook starts unset.
 	var notify atomic.Pointer[delivery.Engine]
+	// With storage.postgres the node joins the cluster of the nodes that
+	// share the database before it opens the store, which fences its
+	// writes and wakes the other nodes through it.
+	if cfg.Storage.Postgres != "" {
+		if s.cluster, err = joinCluster(cfg.Storage.Postgres, cfg.Cluster.NodeName, opts.ClusterTuning, opts.Logger); err != nil {
+			return nil, err
+		}
+	}
 	openCtx, cancelOpen := context.WithTimeout(context.Background(), storeOpenTimeout)
 	defer cancelOpen()
-	store, err := open.Store(openCtx, open.Options{
+	oo := open.Options{
 		DataDir:  cfg.DataDir,
 		Postgres: cfg.Storage.Postgres,
 		Applied: func(a jobstore.Appended) {
@@ -139,7 +152,11 @@ func New(opts Options) (_ *Server, err error) {
 		Now:          opts.Clock.Now,
 		Logger:       opts.Logger,
 		FS:           spaceFS,
-	})
+	}
+	if s.cluster != nil {
+		oo.Cluster = s.cluster.node
+	}
+	store, err := open.Store(openCtx, oo)
 	if err != nil {
 		return nil, err
 	}
@@ -206,6 +223,9 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	metrics := admin.NewMetrics(mo)
 	metrics.Registry().MustRegister(s.space)
+	if s.cluster != nil {
+		metrics.Registry().MustRegister(s.cluster.Collectors()...)
+	}
 
 	targets, err := newTargets(cfg, opts.Registry)
 	if err != nil {
@@ -219,14 +239,19 @@ func New(opts Options) (_ *Server, err error) {
 	if opts.NoVisibility {
 		observe = nil
 	}
-	s.engine, err = delivery.New(delivery.Options{
+	eo := delivery.Options{
 		Store:   store,
 		Targets: targets,
 		Archive: s.archive,
 		Clock:   opts.Clock,
 		Logger:  opts.Logger,
 		Observe: observe,
-	})
+	}
+	if s.cluster != nil {
+		// Deliver only the partitions this node owns.
+		eo.Ownership = s.cluster.node
+	}
+	s.engine, err = delivery.New(eo)
 	if err != nil {
 		return nil, err
 	}
@@ -252,6 +277,10 @@ func New(opts Options) (_ *Server, err error) {
 	})
 	metrics.Registry().MustRegister(tracking.Collectors()...)
 	s.track = newHTTPServer(tracking, opts)
+	var clusterView func(context.Context) (any, error)
+	if s.cluster != nil {
+		clusterView = s.cluster.View
+	}
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
 		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
@@ -259,6 +288,7 @@ func New(opts Options) (_ *Server, err error) {
 			Archive: s.archive, Store: s.store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
 		}).Replay,
 		Storage: func() any { return s.space.State() },
+		Cluster: clusterView,
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -289,7 +319,7 @@ func newTargets(cfg *config.Config, reg destinations.Registry) ([]delivery.Targe
 		}
 		targets = append(targets, delivery.Target{
 			Name: d.Name, Type: d.Type, Destination: impl, Batch: batch, Client: client,
-			Limits: d.Delivery, Limiter: limiter, Deduplicates: integ.Deduplicates,
+			Limits: d.Delivery, Limiter: limiter, Deduplicates: integ.Deduplicates, Sources: d.Sources,
 		})
 	}
 	return targets, nil
@@ -352,6 +382,7 @@ func (s *Server) closeOpened() {
 	if s.store != nil {
 		s.store.Close()
 	}
+	s.cluster.Leave(s.opts.Logger)
 	if s.space != nil {
 		s.space.Close()
 	}
@@ -430,6 +461,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.store.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close store: %w", err)
 	}
+	// After the engine's last outcomes are written, under its leases: the
+	// other nodes take its partitions at once.
+	s.cluster.Leave(log)
 	s.space.Close()
 	log.Info("stopped")
 	return runErr

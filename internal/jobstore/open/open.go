@@ -35,6 +35,10 @@ type Options struct {
 	Now          func() time.Time
 	Logger       *slog.Logger
 	Applied      jobstore.AppliedFunc
+	// Cluster is the node's membership of the cluster sharing the
+	// PostgreSQL database (see postgres.Options.Cluster). Unused by the
+	// embedded store.
+	Cluster postgres.Cluster
 	// FS is the filesystem the embedded store writes through (see
 	// pebble.Options.FS). Unused when Postgres is set.
 	FS vfs.FS
@@ -50,6 +54,7 @@ func Store(ctx context.Context, opts Options) (jobstore.Store, error) {
 			Now:          opts.Now,
 			Logger:       opts.Logger,
 			Applied:      opts.Applied,
+			Cluster:      opts.Cluster,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("storage.postgres: %w", err)

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/jobstore"
 )
 
@@ -349,6 +350,15 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 	}
 	if reserve > 0 && !next {
 		reserveSeqs(b)
+	}
+	if c := s.opts.Cluster; c != nil {
+		// Wake the owners of the group's queues when it commits. A queue
+		// whose jobs all turn out duplicates wakes its owner for nothing.
+		ps := make([]int, 0, len(queues))
+		for q := range queues {
+			ps = append(ps, c.PartitionOf(q))
+		}
+		cluster.QueueNotify(b, ps...)
 	}
 	inTx = true
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {

@@ -114,6 +114,25 @@
 //     new table for the same range, which is attached in its place, and
 //     the old one is dropped. Only the swap takes the exclusive lock.
 //
+// # In a cluster
+//
+// With Options.Cluster (server.New sets it whenever storage.postgres is
+// set), two things change:
+//
+//   - The group commit queues cluster.Notify in its first round trip, with
+//     the partitions of every queue of the group: the owners (on any node)
+//     hear of the jobs when the group commits, and not at all if it rolls
+//     back. No extra round trip.
+//   - Apply first asks the node for the token of every partition the update
+//     touches (Owns) and fails at once with jobstore.ErrFenced if one is
+//     not owned; then, in the transaction, cluster.FenceAll checks the
+//     tokens and locks the lease rows (FOR KEY SHARE) before the writes,
+//     one more round trip. A stale token fails with jobstore.ErrFenced and
+//     writes nothing: the engine drops the update, and the partition's new
+//     owner delivers those jobs again (at least once). A write that passed
+//     the fence commits before any takeover of its partitions: the taker
+//     passes over a locked lease row until the write is over.
+//
 // # Deduplication
 //
 // An event is a duplicate when its (source, messageId) was stored less than

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
 )
@@ -57,6 +58,18 @@ type Options struct {
 	CleanupInterval time.Duration
 	// MaxConns bounds the connection pool. Default 8.
 	MaxConns int32
+	// Cluster, when set, is the node's membership of the cluster sharing
+	// the database (a *cluster.Node): each group commit wakes the owners of
+	// its jobs' partitions (cluster.Notify, delivered on commit), and
+	// Apply writes only under the leases of the partitions it touches
+	// (cluster.FenceAll), failing with jobstore.ErrFenced otherwise.
+	Cluster Cluster
+}
+
+// Cluster is what the store needs of a cluster node.
+type Cluster interface {
+	PartitionOf(q jobstore.Queue) int
+	Owns(p int) (token int64, ok bool)
 }
 
 // Defaults; see Options.
@@ -582,7 +595,24 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 		rPayload = append(rPayload, r.Job.Event.Payload)
 	}
 
-	// All statements go in one round trip and one transaction.
+	// In a cluster, the update is written only under the leases of the
+	// partitions it touches, as they are now: a node that lost one writes
+	// nothing, and the new owner delivers those jobs again.
+	var tokens map[int]int64
+	if c := s.opts.Cluster; c != nil {
+		tokens = map[int]int64{}
+		for q := range ids {
+			p := c.PartitionOf(q)
+			tok, ok := c.Owns(p)
+			if !ok {
+				return fmt.Errorf("jobstore/postgres: apply: %w: partition %d is not this node's", jobstore.ErrFenced, p)
+			}
+			tokens[p] = tok
+		}
+	}
+
+	// All statements go in one round trip and one transaction (and the
+	// fence before them, in a cluster).
 	b := &pgx.Batch{}
 	b.Queue("SET LOCAL synchronous_commit = off")
 	if len(dropIDs) > 0 {
@@ -609,8 +639,14 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 			WHERE r.queue_id = u.q AND r.seq = u.s`, delQ, delSeq)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := cluster.FenceAll(ctx, tx, tokens); err != nil {
+			return err
+		}
 		return tx.SendBatch(ctx, b).Close()
 	})
+	if errors.Is(err, cluster.ErrFenced) {
+		return fmt.Errorf("jobstore/postgres: apply: %w: %w", jobstore.ErrFenced, err)
+	}
 	return wrapErr("apply", err)
 }
 

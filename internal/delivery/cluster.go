@@ -1,0 +1,236 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/jobstore"
+)
+
+// Ownership is a node's share of a cluster (a *cluster.Node): the engine
+// delivers only the queues of the partitions it owns. Every queue of one
+// destination is in one partition, so a destination's scheduler is wholly
+// owned or not at all, and its limits, circuit and round-robin stay local.
+type Ownership interface {
+	PartitionOf(q jobstore.Queue) int
+	// Owns reports whether the node owns partition p now. The scheduler
+	// asks before each dispatch turn: it turns false at the lease's local
+	// deadline, before the Change saying so is read.
+	Owns(p int) (token int64, ok bool)
+	// Changes are the partitions gained and lost, in order.
+	Changes() <-chan cluster.Change
+	// Wakeups are owned partitions with new jobs, appended on any node.
+	Wakeups() <-chan int
+}
+
+// How a destination follows its partition's ownership. Only with
+// Options.Ownership; without, every destination is owned from the start.
+//
+//   - Gained: the destination is marked owned and scanning, then the
+//     store's queues of the gained partitions are listed (Store.Queues,
+//     one call for every partition gained at once), and each listed queue
+//     is read from its watermark, retries included.
+//   - Jobs this node appends (notify) only mark their queue as having more
+//     in the store: other nodes append to the same queues, so the jobs
+//     announced here are not all of a queue's new jobs, and taking them as
+//     they are would move its cursor past the others'.
+//   - Lost: the scheduler forgets every queue at once (their loaded jobs
+//     are left in the store for the new owner) and dispatches nothing
+//     more. Requests in flight finish; their outcomes go to the store like
+//     any other, where the store's fencing refuses them once the lease is
+//     gone (jobstore.ErrFenced): the update is dropped, and the new owner
+//     delivers those jobs again (at least once).
+//   - Wakeup: another node (or this one) appended jobs to the partition:
+//     every queue of the destination's connected sources, and every queue
+//     it knows, reads the store from its cursor.
+type ownState struct {
+	owned, scanning, lost, woken bool
+	scanned                      []string // sources whose queues the gain scan found
+}
+
+// setOwnership records a change of d's ownership; the scheduler applies it
+// at its next turn (takeOwnership). Called by the engine's follower.
+func (d *dest) setOwnership(f func(s *ownState)) {
+	d.mu.Lock()
+	f(&d.own)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// owns reports whether d may dispatch now.
+func (d *dest) owns() bool {
+	o := d.e.opts.Ownership
+	if o == nil {
+		return true
+	}
+	_, ok := o.Owns(d.part)
+	return ok
+}
+
+// takeOwnership applies the ownership changes recorded since the last turn.
+// It runs before takeNotified, so that queues found by a gain scan are
+// marked as having jobs in the store before announced jobs are taken in.
+func (d *dest) takeOwnership() {
+	if d.e.opts.Ownership == nil {
+		return
+	}
+	d.mu.Lock()
+	lost, scanned, woken := d.own.lost, d.own.scanned, d.own.woken
+	d.own.lost, d.own.scanned, d.own.woken = false, nil, false
+	if lost {
+		clear(d.notified)
+	}
+	d.mu.Unlock()
+	if lost {
+		d.forget()
+	}
+	now := d.now()
+	for _, src := range scanned {
+		q := d.queue(src)
+		q.diskMore = true
+		q.retryNext = now // unknown until the store is asked
+		d.consider(q, now)
+	}
+	if woken {
+		for _, src := range d.Sources {
+			d.queue(src)
+		}
+		for _, q := range d.queues {
+			q.diskMore = true
+			d.consider(q, now)
+		}
+	}
+}
+
+// forget drops every queue of a destination whose partition was lost. The
+// outcomes gathered and not yet written are tried once: the store refuses
+// them if the lease is gone, and the new owner delivers their jobs again.
+func (d *dest) forget() {
+	for _, q := range d.queues {
+		q.gone = true
+	}
+	d.queues = map[string]*queue{}
+	d.ring = ring{}
+	d.wakeHeap = nil
+	d.flush(context.Background())
+	d.log.Info("partition lost: stopped delivering", "partition", d.part, "in_flight", d.inflight)
+}
+
+// follow applies the cluster's ownership changes and wake-ups to the
+// destinations until ctx ends.
+func (e *Engine) follow(ctx context.Context) {
+	o := e.opts.Ownership
+	changes, wakeups := o.Changes(), o.Wakeups()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c, ok := <-changes:
+			if !ok {
+				changes = nil
+				continue
+			}
+			batch := []cluster.Change{c}
+			for more := true; more; {
+				select {
+				case c, ok := <-changes:
+					if !ok {
+						changes, more = nil, false
+						continue
+					}
+					batch = append(batch, c)
+				default:
+					more = false
+				}
+			}
+			e.changed(ctx, batch)
+		case p := <-wakeups:
+			for _, d := range e.byPart[p] {
+				d.setOwnership(func(s *ownState) {
+					if s.owned {
+						s.woken = true
+					}
+				})
+			}
+		}
+	}
+}
+
+// changed applies a run of changes in order, then scans the store for the
+// queues of the partitions gained and still owned.
+func (e *Engine) changed(ctx context.Context, batch []cluster.Change) {
+	gained := map[int]bool{}
+	for _, c := range batch {
+		owned := c.Owned
+		for _, d := range e.byPart[c.Partition] {
+			d.setOwnership(func(s *ownState) {
+				if owned {
+					s.owned, s.scanning = true, true
+				} else {
+					*s = ownState{lost: true}
+				}
+			})
+		}
+		if owned {
+			gained[c.Partition] = true
+		} else {
+			delete(gained, c.Partition)
+		}
+	}
+	if len(gained) == 0 {
+		return
+	}
+	qs := e.scan(ctx)
+	found := map[string][]string{}
+	for _, q := range qs {
+		if gained[e.opts.Ownership.PartitionOf(q)] {
+			found[q.Destination] = append(found[q.Destination], q.Source)
+		}
+	}
+	for p := range gained {
+		for _, d := range e.byPart[p] {
+			srcs := found[d.Name]
+			d.setOwnership(func(s *ownState) {
+				if s.scanning {
+					s.scanning = false
+					s.scanned = append(s.scanned, srcs...)
+				}
+			})
+		}
+	}
+	n := 0
+	for _, ss := range found {
+		n += len(ss)
+	}
+	e.opts.Logger.Info("partitions gained: delivering their queues", "partitions", len(gained), "queues", n)
+}
+
+// scan lists the store's queues, calling again with a backoff while the
+// store fails, until ctx ends.
+func (e *Engine) scan(ctx context.Context) []jobstore.Queue {
+	wait := storeRetryMin
+	for {
+		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		qs, err := e.opts.Store.Queues(sctx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return qs
+		}
+		e.opts.Logger.Error("list the queues of partitions gained; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, storeRetryMax)
+	}
+}
+
+// fenced reports whether err is the store refusing a write of a partition
+// this node no longer owns.
+func fenced(err error) bool { return errors.Is(err, jobstore.ErrFenced) }

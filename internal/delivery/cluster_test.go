@@ -1,0 +1,158 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/pebble"
+)
+
+// fakeOwnership is a cluster share the test moves by hand: destination
+// "a" is partition 0, "b" partition 1.
+type fakeOwnership struct {
+	mu      sync.Mutex
+	owned   map[int]int64
+	changes chan cluster.Change
+	wakes   chan int
+}
+
+func (f *fakeOwnership) PartitionOf(q jobstore.Queue) int {
+	if q.Destination == "a" {
+		return 0
+	}
+	return 1
+}
+
+func (f *fakeOwnership) Owns(p int) (int64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tok, ok := f.owned[p]
+	return tok, ok
+}
+
+func (f *fakeOwnership) Changes() <-chan cluster.Change { return f.changes }
+func (f *fakeOwnership) Wakeups() <-chan int            { return f.wakes }
+
+func (f *fakeOwnership) set(p int, owned bool) {
+	f.mu.Lock()
+	if owned {
+		f.owned[p]++
+	} else {
+		delete(f.owned, p)
+	}
+	tok := f.owned[p]
+	f.mu.Unlock()
+	f.changes <- cluster.Change{Partition: p, Token: tok, Owned: owned}
+}
+
+// With Ownership, the engine delivers the queues of the partitions it owns
+// only: a gained partition's queues are read from the store, jobs appended
+// elsewhere are delivered on a wake-up, and a lost partition's are left
+// alone until it is gained again.
+func TestOwnership(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(start)
+	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	var targets []delivery.Target
+	for _, name := range []string{"a", "b"} {
+		s := &scripted{url: srv.URL, tries: map[string]int{}}
+		targets = append(targets, delivery.Target{Name: name, Type: "test", Destination: decider{s},
+			Client: srv.Client(), Sources: []string{"web"}})
+	}
+	own := &fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16), wakes: make(chan int, 16)}
+	reports := make(chan delivery.Report, 1024)
+	eng, err := delivery.New(delivery.Options{
+		Store: store, Targets: targets, Clock: clk, Seed: 1, Ownership: own,
+		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
+		Observe: func(r delivery.Report) { reports <- r },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	send := func(k int, dests ...string) {
+		t.Helper()
+		var es []jobstore.Entry
+		for range k {
+			n++
+			id := fmt.Sprintf("e%d", n)
+			es = append(es, jobstore.Entry{Destinations: dests, Event: event.Event{Source: "web", MessageID: id,
+				Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))}})
+		}
+		if _, err := store.Append(context.Background(), es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(what string, want map[string]int) {
+		t.Helper()
+		got := map[string]int{}
+		total := 0
+		for _, w := range want {
+			total += w
+		}
+		deadline := time.After(10 * time.Second)
+		for i := 0; i < total; i++ {
+			select {
+			case r := <-reports:
+				got[r.Queue.Destination]++
+			case <-deadline:
+				t.Fatalf("%s: delivered %v, want %v", what, got, want)
+			}
+		}
+		select {
+		case r := <-reports:
+			t.Fatalf("%s: more delivered than %v: %s/%s", what, want, r.Queue.Destination, r.Job.Event.MessageID)
+		case <-time.After(200 * time.Millisecond):
+		}
+		for d, w := range want {
+			if got[d] != w {
+				t.Fatalf("%s: delivered %v, want %v", what, got, want)
+			}
+		}
+	}
+
+	send(3, "a", "b") // before the start, owned by nobody
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); eng.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	expect("nothing owned", map[string]int{})
+
+	own.set(0, true)
+	expect("partition 0 gained", map[string]int{"a": 3})
+
+	// Appended by another node: heard of by a wake-up only (this store
+	// announces nothing to the engine).
+	send(2, "a", "b")
+	expect("before the wake-up", map[string]int{})
+	own.wakes <- 0
+	expect("partition 0 woken", map[string]int{"a": 2})
+
+	own.set(0, false)
+	send(2, "a")
+	own.wakes <- 0
+	expect("partition 0 lost", map[string]int{})
+
+	own.set(1, true)
+	expect("partition 1 gained", map[string]int{"b": 5})
+	own.set(0, true)
+	expect("partition 0 gained again", map[string]int{"a": 2})
+}

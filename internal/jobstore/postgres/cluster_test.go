@@ -1,0 +1,106 @@
+package postgres
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/pgtest"
+)
+
+// staleNode is a cluster node whose tokens the test can make stale, as if
+// another node had taken its partitions over.
+type staleNode struct {
+	*cluster.Node
+	stale atomic.Bool
+	lost  atomic.Bool
+}
+
+func (n *staleNode) Owns(p int) (int64, bool) {
+	tok, ok := n.Node.Owns(p)
+	if n.lost.Load() {
+		return 0, false
+	}
+	if n.stale.Load() {
+		tok--
+	}
+	return tok, ok
+}
+
+// In a cluster, an append wakes the owner of its jobs' partition on
+// commit, and Apply writes only under the partition's current token: a
+// stale token or a partition not owned writes nothing and fails with
+// jobstore.ErrFenced.
+func TestClusterNotifyAndFence(t *testing.T) {
+	dsn := pgtest.Start(t)
+	pool, err := pgxpool.New(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	node, err := cluster.Join(t.Context(), cluster.Options{Pool: pool, NodeName: "solo", Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { node.Leave(t.Context()) })
+	sn := &staleNode{Node: node}
+	s, err := Open(t.Context(), dsn, Options{Cluster: sn, CleanupInterval: -1, PartitionJobs: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	q := jobstore.Queue{Source: "web", Destination: "hook"}
+	p := node.PartitionOf(q)
+	if _, ok := node.Owns(p); !ok {
+		t.Fatalf("a node alone owns every partition; not %d (owns %v)", p, node.Owned())
+	}
+	// Drain the wake-ups of the join.
+	for drained := false; !drained; {
+		select {
+		case <-node.Wakeups():
+		case <-time.After(100 * time.Millisecond):
+			drained = true
+		}
+	}
+	if _, err := s.Append(t.Context(), entries("web", []string{"hook"}, "a", 3)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-node.Wakeups():
+		if got != p {
+			t.Errorf("woken for partition %d, want %d", got, p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake-up for the appended jobs")
+	}
+
+	jobs, err := s.Pending(t.Context(), q, 0, 10)
+	if err != nil || len(jobs) != 3 {
+		t.Fatalf("Pending: %d jobs, %v", len(jobs), err)
+	}
+	sn.stale.Store(true)
+	if err := s.Apply(t.Context(), jobstore.Update{Finish: jobs[:1]}); !errors.Is(err, jobstore.ErrFenced) {
+		t.Fatalf("Apply under a stale token: %v, want ErrFenced", err)
+	}
+	sn.stale.Store(false)
+	sn.lost.Store(true)
+	if err := s.Apply(t.Context(), jobstore.Update{Finish: jobs[1:2]}); !errors.Is(err, jobstore.ErrFenced) {
+		t.Fatalf("Apply of a partition not owned: %v, want ErrFenced", err)
+	}
+	if left, _ := s.Pending(t.Context(), q, 0, 10); len(left) != 3 {
+		t.Fatalf("a fenced Apply wrote: %d jobs left, want 3", len(left))
+	}
+	sn.lost.Store(false)
+	if err := s.Apply(t.Context(), jobstore.Update{Finish: jobs[:2]}); err != nil {
+		t.Fatalf("Apply under the current token: %v", err)
+	}
+	if left, _ := s.Pending(t.Context(), q, 0, 10); len(left) != 1 {
+		t.Fatalf("%d jobs left, want 1", len(left))
+	}
+}

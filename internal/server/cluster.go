@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fanout/fanout/internal/cluster"
+)
+
+// clusterConns bounds the pool the cluster membership uses: one connection
+// held for LISTEN, one for each heartbeat round, one for the admin API's
+// cluster view.
+const clusterConns = 3
+
+// ClusterTuning overrides the cluster's timings and partition count
+// (Options.ClusterTuning); zero fields take the cluster package's
+// defaults. Tests shorten the failover with it.
+type ClusterTuning struct {
+	Heartbeat, Lease time.Duration
+	Partitions       int
+}
+
+// pgCluster is this node's membership of the cluster of nodes sharing
+// storage.postgres, on a pool of its own.
+type pgCluster struct {
+	pool *pgxpool.Pool
+	node *cluster.Node
+}
+
+// joinCluster connects to dsn and joins the cluster under name (empty: a
+// default one).
+func joinCluster(dsn, name string, tune ClusterTuning, log *slog.Logger) (*pgCluster, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("storage.postgres: %w", err)
+	}
+	cfg.MaxConns = clusterConns
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("storage.postgres: %w", err)
+	}
+	node, err := cluster.Join(ctx, cluster.Options{
+		Pool: pool, NodeName: name, Logger: log,
+		// The wall clock always: the leases are timed by the database, and
+		// a fake clock would stop the heartbeats.
+		Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
+	})
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("storage.postgres: %w", err)
+	}
+	return &pgCluster{pool: pool, node: node}, nil
+}
+
+// Leave leaves the cluster, so that the other nodes take this node's
+// partitions at once, and closes the pool. Call it after the engine has
+// stopped and written its last outcomes.
+func (c *pgCluster) Leave(log *slog.Logger) {
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.node.Leave(ctx); err != nil {
+		log.Warn("leave the cluster", "err", err)
+	}
+	// The engine has stopped reading Changes; the losses Leave announces
+	// are read here, so that the channel closes and its goroutine ends.
+	go func() {
+		for range c.node.Changes() {
+		}
+	}()
+	c.pool.Close()
+}
+
+// Node returns the membership, nil without a cluster.
+func (c *pgCluster) Node() *cluster.Node {
+	if c == nil {
+		return nil
+	}
+	return c.node
+}
+
+// clusterView is GET /api/v1/cluster: the nodes as the database sees them,
+// and which of them answered.
+type clusterView struct {
+	// Self is the id of the node that answered.
+	Self  int64              `json:"self"`
+	Name  string             `json:"name"`
+	Nodes []cluster.NodeInfo `json:"nodes"`
+}
+
+// View returns the cluster view for the admin API.
+func (c *pgCluster) View(ctx context.Context) (any, error) {
+	nodes, err := c.node.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if nodes == nil {
+		nodes = []cluster.NodeInfo{}
+	}
+	return clusterView{Self: c.node.ID(), Name: c.node.Name(), Nodes: nodes}, nil
+}
+
+// Collectors are the node's cluster gauges for /metrics.
+func (c *pgCluster) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "fanout_cluster_owned_partitions",
+			Help: "Partitions whose lease this node holds (valid on its own clock).",
+		}, func() float64 { return float64(len(c.node.Owned())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "fanout_cluster_lease_age_seconds",
+			Help: "Seconds since this node's leases were last renewed (its last successful heartbeat round); past the lease minus its margin it stops delivering.",
+		}, func() float64 { return c.node.LeaseAge().Seconds() }),
+	}
+}

@@ -1,0 +1,77 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/fanout/fanout/internal/pgtest"
+	"github.com/fanout/fanout/internal/server"
+)
+
+// With storage.postgres the node joins the cluster under cluster.node_name:
+// GET /api/v1/cluster shows it with every partition (it is alone), /metrics
+// has its cluster gauges, and after shutdown it has left (its row is gone).
+func TestPostgresClusterView(t *testing.T) {
+	dsn := pgtest.Start(t)
+	view := func(r *running) (v struct {
+		Self  int64 `json:"self"`
+		Nodes []struct {
+			ID         int64  `json:"id"`
+			Name       string `json:"name"`
+			Live       bool   `json:"live"`
+			Partitions []int  `json:"partitions"`
+		} `json:"nodes"`
+	}) {
+		t.Helper()
+		resp := r.fetch(t, "/api/v1/cluster")
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /api/v1/cluster: %d", resp.StatusCode)
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	start := func(name string) *running {
+		cfg := pgConfig(t, dsn)
+		cfg.Cluster.NodeName = name
+		srv, err := server.New(server.Options{Config: cfg, Registry: testRegistry(), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- srv.Run(ctx) }()
+		r := &running{srv: srv, cancel: cancel, done: done}
+		t.Cleanup(r.stop)
+		return r
+	}
+
+	a := start("node-a")
+	v := view(a)
+	if len(v.Nodes) != 1 || v.Nodes[0].Name != "node-a" || v.Nodes[0].ID != v.Self || !v.Nodes[0].Live || len(v.Nodes[0].Partitions) != 64 {
+		t.Fatalf("cluster view of a node alone: %+v", v)
+	}
+	resp := a.fetch(t, "/metrics")
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"fanout_cluster_owned_partitions 64", "fanout_cluster_lease_age_seconds "} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	a.stop()
+
+	// node-a left on shutdown: a second node sees itself alone.
+	bn := start("node-b")
+	v = view(bn)
+	if len(v.Nodes) != 1 || v.Nodes[0].Name != "node-b" || len(v.Nodes[0].Partitions) != 64 {
+		t.Fatalf("cluster view after node-a left: %+v", v)
+	}
+}
