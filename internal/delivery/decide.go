@@ -180,7 +180,7 @@ func decide(f facts, results []destinations.SendResult) verdict {
 		case r.Outcome == destinations.Rejected:
 			step.End = EndFailed
 			reached = true
-		case r.Quota:
+		case r.Quota && r.Hold == "":
 			step.End, step.Requeue, step.Unattempted = EndRetrying, true, true
 			quota = true
 			d := r.RetryAfter
@@ -194,6 +194,9 @@ func decide(f facts, results []destinations.SendResult) verdict {
 				d = DefaultHoldWait
 			}
 			step.End, step.Hold, step.HoldUntil = EndRetrying, r.Hold, f.Now.Add(min(d, MaxRetryAfter))
+			// A quota one user spent (Amplitude's exceeded_daily_quota_users)
+			// holds that user alone, and costs no attempt.
+			step.Unattempted = r.Quota
 			held, reached = true, true
 		default:
 			step.End = EndRetrying
