@@ -90,25 +90,29 @@ func (l *clusterLoad) run(w int, stop <-chan struct{}, urls func() []string) {
 	}
 }
 
+// drain lets the load run on until 2,000 more events are acknowledged (30 s
+// at most), stops it, and waits up to deliverTimeout for recv to have every
+// event acknowledged: it returns those, the ones still missing, and whether
+// none is.
+func (l *clusterLoad) drain(t *testing.T, stop chan struct{}, wg *sync.WaitGroup, recv *fanouttest.Receiver) (acked, lost []string, ok bool) {
+	t.Helper()
+	from := l.acked.Load()
+	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= from+2_000 })
+	close(stop)
+	wg.Wait()
+	acked = l.ackedIDs()
+	ok = fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(acked)) == 0 })
+	return acked, recv.Missing(acked), ok
+}
+
 func (l *clusterLoad) ackedIDs() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]string(nil), l.ids...)
 }
 
-// clusterView is GET /api/v1/cluster.
-type clusterView struct {
-	Self  int64 `json:"self"`
-	Nodes []struct {
-		ID         int64  `json:"id"`
-		Name       string `json:"name"`
-		Live       bool   `json:"live"`
-		Partitions []int  `json:"partitions"`
-	} `json:"nodes"`
-}
-
-func getCluster(t *testing.T, adminURL string) (clusterView, error) {
-	var v clusterView
+func getCluster(t *testing.T, adminURL string) (fanouttest.ClusterView, error) {
+	var v fanouttest.ClusterView
 	res, err := http.Get(adminURL + "/api/v1/cluster")
 	if err != nil {
 		return v, err
@@ -221,14 +225,7 @@ func TestClusterFailover(t *testing.T) {
 	if takeover > 10*time.Second {
 		t.Errorf("takeover took %v, more than the 10 s promised", takeover)
 	}
-	ackedAtTakeover := l.acked.Load()
-	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= ackedAtTakeover+2_000 })
-	close(stop)
-	wg.Wait()
-
-	acked := l.ackedIDs()
-	ok := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(acked)) == 0 })
-	lost := recv.Missing(acked)
+	acked, lost, ok := l.drain(t, stop, &wg, recv)
 	t.Logf("3 nodes, one killed: takeover in %v; %d events acknowledged, %d delivered, %d duplicates, %d requests refused or failed",
 		takeover.Round(time.Millisecond), len(acked), len(acked)-len(lost), duplicates(recv, acked), l.failed.Load())
 	if !ok {
@@ -242,7 +239,7 @@ func TestClusterFailover(t *testing.T) {
 
 // mostDestinations returns the index in v.Nodes of the node that delivers
 // the most of the test's destinations.
-func mostDestinations(v clusterView) int {
+func mostDestinations(v fanouttest.ClusterView) int {
 	vi, most := 0, -1
 	for i, n := range v.Nodes {
 		k := 0
@@ -340,14 +337,7 @@ func TestClusterPausedNode(t *testing.T) {
 		v, _ := getCluster(t, other.AdminURL)
 		t.Fatalf("the resumed node did not take its share back: %+v", v)
 	}
-	acked := l.acked.Load()
-	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= acked+2_000 })
-	close(stop)
-	wg.Wait()
-
-	ids := l.ackedIDs()
-	ok := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(ids)) == 0 })
-	lost := recv.Missing(ids)
+	ids, lost, ok := l.drain(t, stop, &wg, recv)
 	t.Logf("one of two nodes paused and resumed: %d events acknowledged, %d delivered, %d duplicates",
 		len(ids), len(ids)-len(lost), duplicates(recv, ids))
 	if !ok {
