@@ -1,7 +1,6 @@
 package durability_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -62,22 +61,15 @@ func (l *clusterLoad) run(w int, stop <-chan struct{}, urls func() []string) {
 		node := (w + n) % len(us)
 		src := (w*7 + n) % clusterPairs
 		var ids []string
-		var evs []map[string]any
 		for i := range batchSize / 4 {
-			id := fmt.Sprintf("cl-%d-%d-%d", w, n, i)
-			ids = append(ids, id)
-			evs = append(evs, map[string]any{"type": "track", "messageId": id, "userId": "u", "event": "Clustered"})
+			ids = append(ids, fmt.Sprintf("cl-%d-%d-%d", w, n, i))
 		}
-		body, _ := json.Marshal(map[string]any{"batch": evs})
-		req, _ := http.NewRequest(http.MethodPost, us[node]+"/v1/batch", bytes.NewReader(body))
-		req.SetBasicAuth(fmt.Sprintf("wk_s%d", src), "")
-		res, err := l.client.Do(req)
+		res, err := postTracks(l.client, us[node]+"/v1/batch", fmt.Sprintf("wk_s%d", src), "Clustered", ids)
 		if err != nil {
 			l.failed.Add(1)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		res.Body.Close()
 		if res.StatusCode != http.StatusOK {
 			l.failed.Add(1)
 			time.Sleep(10 * time.Millisecond)
