@@ -16,7 +16,6 @@ import (
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
 // fakeOwnership is a cluster share the test moves by hand: destination
@@ -64,10 +63,7 @@ func (f *fakeOwnership) set(p int, owned bool) {
 func TestOwnership(t *testing.T) {
 	dir := t.TempDir()
 	clk := clock.NewFake(start)
-	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openStore(t, dir, clk)
 	defer store.Close()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer srv.Close()

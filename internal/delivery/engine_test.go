@@ -205,6 +205,16 @@ func setupIn(t *testing.T, dir string, clk *clock.Fake, specs ...targetSpec) *bu
 
 // run runs eng in its own goroutine until the returned stop is called;
 // stop cancels Run's context and waits for Run to return.
+// openStore opens the job store of dir (in dir/jobs) on clk's time.
+func openStore(t *testing.T, dir string, clk *clock.Fake) *pebble.Store {
+	t.Helper()
+	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
 func run(eng *delivery.Engine) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -443,10 +453,7 @@ func TestAIMD(t *testing.T) {
 func TestDeliversWhatTheStoreHoldsAtStart(t *testing.T) {
 	dir := t.TempDir()
 	clk := clock.NewFake(start)
-	store, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := openStore(t, dir, clk)
 	var entries []jobstore.Entry
 	for i := range 6 {
 		id := fmt.Sprintf("web-%d", i)

@@ -15,7 +15,6 @@ import (
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
-	"github.com/fanout/fanout/internal/jobstore/pebble"
 )
 
 // downStore is a store whose reads and writes fail while down is set, as
@@ -62,10 +61,7 @@ func (s *downStore) Apply(ctx context.Context, u jobstore.Update) error {
 func TestStoreDownPausesAndResumes(t *testing.T) {
 	dir := t.TempDir()
 	clk := clock.NewFake(start)
-	inner, err := pebble.Open(filepath.Join(dir, "jobs"), pebble.Options{Now: clk.Now, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inner := openStore(t, dir, clk)
 	store := &downStore{Store: inner}
 	q := jobstore.Queue{Source: "web", Destination: "hook"}
 	var entries []jobstore.Entry

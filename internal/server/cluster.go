@@ -37,14 +37,9 @@ type pgCluster struct {
 func joinCluster(dsn, name string, tune ClusterTuning, log *slog.Logger) (*pgCluster, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg, err := pgxpool.ParseConfig(dsn)
+	pool, err := openPool(ctx, dsn, clusterConns)
 	if err != nil {
-		return nil, fmt.Errorf("storage.postgres: %w", err)
-	}
-	cfg.MaxConns = clusterConns
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("storage.postgres: %w", err)
+		return nil, err
 	}
 	node, err := cluster.Join(ctx, cluster.Options{
 		Pool: pool, NodeName: name, Logger: log,

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/fanout/fanout/internal/pgtest"
 	"github.com/fanout/fanout/internal/server"
+	"github.com/fanout/fanout/test/fanouttest"
 )
 
 // With storage.postgres the node joins the cluster under cluster.node_name:
@@ -18,15 +18,7 @@ import (
 // has its cluster gauges, and after shutdown it has left (its row is gone).
 func TestPostgresClusterView(t *testing.T) {
 	dsn := pgtest.Start(t)
-	view := func(r *running) (v struct {
-		Self  int64 `json:"self"`
-		Nodes []struct {
-			ID         int64  `json:"id"`
-			Name       string `json:"name"`
-			Live       bool   `json:"live"`
-			Partitions []int  `json:"partitions"`
-		} `json:"nodes"`
-	}) {
+	view := func(r *running) (v fanouttest.ClusterView) {
 		t.Helper()
 		resp := r.fetch(t, "/api/v1/cluster")
 		defer resp.Body.Close()
@@ -41,16 +33,7 @@ func TestPostgresClusterView(t *testing.T) {
 	start := func(name string) *running {
 		cfg := pgConfig(t, dsn)
 		cfg.Cluster.NodeName = name
-		srv, err := server.New(server.Options{Config: cfg, Registry: testRegistry(), Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		r := &running{srv: srv, cancel: cancel, done: done}
-		t.Cleanup(r.stop)
-		return r
+		return runWith(t, server.Options{Config: cfg, Registry: testRegistry(), Logger: slog.New(slog.DiscardHandler)})
 	}
 
 	a := start("node-a")

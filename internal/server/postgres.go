@@ -34,14 +34,9 @@ type pgVisibility struct {
 func openPGVisibility(dsn, listen string) (*pgVisibility, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg, err := pgxpool.ParseConfig(dsn)
+	pool, err := openPool(ctx, dsn, visibilityConns)
 	if err != nil {
-		return nil, fmt.Errorf("storage.postgres: %w", err)
-	}
-	cfg.MaxConns = visibilityConns
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("storage.postgres: %w", err)
+		return nil, err
 	}
 	host, err := os.Hostname()
 	if err != nil {
@@ -64,4 +59,20 @@ func (v *pgVisibility) Close() {
 	if v != nil {
 		v.pool.Close()
 	}
+}
+
+// openPool connects to dsn with a pool of at most maxConns connections.
+// Errors name storage.postgres and never include the DSN's password (pgx
+// redacts it).
+func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("storage.postgres: %w", err)
+	}
+	cfg.MaxConns = maxConns
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("storage.postgres: %w", err)
+	}
+	return pool, nil
 }

@@ -102,16 +102,8 @@ func TestPostgresPasswordShownNowhere(t *testing.T) {
 	dsn := pgtest.Start(t) + " password=" + password
 	reg := testRegistry()
 	cfg := pgConfig(t, dsn)
-	srv, err := server.New(server.Options{Config: cfg, Registry: reg,
+	r := runWith(t, server.Options{Config: cfg, Registry: reg,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	r := &running{srv: srv, cancel: cancel, done: done}
-	t.Cleanup(r.stop)
 
 	if code := r.send(t, writeKey, batch(track("pg-1", "ok", ""), track("pg-2", "ok", ""))); code != 200 {
 		t.Fatalf("POST /v1/batch on PostgreSQL: %d", code)

@@ -162,12 +162,19 @@ func run(t *testing.T, cfgPath string, reg destinations.Registry, opts server.Op
 		t.Fatal(err)
 	}
 	opts.Config, opts.Registry = cfg, reg
+	return runWith(t, opts)
+}
+
+// runWith runs a server with opts (its Config and Registry set) until stop,
+// or the end of the test.
+func runWith(t *testing.T, opts server.Options) *running {
+	t.Helper()
 	srv, err := server.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1), token: cfg.AdminToken}
+	r := &running{srv: srv, cancel: cancel, done: make(chan error, 1), token: opts.Config.AdminToken}
 	go func() { r.done <- srv.Run(ctx) }()
 	t.Cleanup(r.stop)
 	return r

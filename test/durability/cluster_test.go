@@ -1,7 +1,6 @@
 package durability_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -62,22 +61,15 @@ func (l *clusterLoad) run(w int, stop <-chan struct{}, urls func() []string) {
 		node := (w + n) % len(us)
 		src := (w*7 + n) % clusterPairs
 		var ids []string
-		var evs []map[string]any
 		for i := range batchSize / 4 {
-			id := fmt.Sprintf("cl-%d-%d-%d", w, n, i)
-			ids = append(ids, id)
-			evs = append(evs, map[string]any{"type": "track", "messageId": id, "userId": "u", "event": "Clustered"})
+			ids = append(ids, fmt.Sprintf("cl-%d-%d-%d", w, n, i))
 		}
-		body, _ := json.Marshal(map[string]any{"batch": evs})
-		req, _ := http.NewRequest(http.MethodPost, us[node]+"/v1/batch", bytes.NewReader(body))
-		req.SetBasicAuth(fmt.Sprintf("wk_s%d", src), "")
-		res, err := l.client.Do(req)
+		res, err := postTracks(l.client, us[node]+"/v1/batch", fmt.Sprintf("wk_s%d", src), "Clustered", ids)
 		if err != nil {
 			l.failed.Add(1)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		res.Body.Close()
 		if res.StatusCode != http.StatusOK {
 			l.failed.Add(1)
 			time.Sleep(10 * time.Millisecond)
@@ -90,25 +82,29 @@ func (l *clusterLoad) run(w int, stop <-chan struct{}, urls func() []string) {
 	}
 }
 
+// drain lets the load run on until 2,000 more events are acknowledged (30 s
+// at most), stops it, and waits up to deliverTimeout for recv to have every
+// event acknowledged: it returns those, the ones still missing, and whether
+// none is.
+func (l *clusterLoad) drain(t *testing.T, stop chan struct{}, wg *sync.WaitGroup, recv *fanouttest.Receiver) (acked, lost []string, ok bool) {
+	t.Helper()
+	from := l.acked.Load()
+	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= from+2_000 })
+	close(stop)
+	wg.Wait()
+	acked = l.ackedIDs()
+	ok = fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(acked)) == 0 })
+	return acked, recv.Missing(acked), ok
+}
+
 func (l *clusterLoad) ackedIDs() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]string(nil), l.ids...)
 }
 
-// clusterView is GET /api/v1/cluster.
-type clusterView struct {
-	Self  int64 `json:"self"`
-	Nodes []struct {
-		ID         int64  `json:"id"`
-		Name       string `json:"name"`
-		Live       bool   `json:"live"`
-		Partitions []int  `json:"partitions"`
-	} `json:"nodes"`
-}
-
-func getCluster(t *testing.T, adminURL string) (clusterView, error) {
-	var v clusterView
+func getCluster(t *testing.T, adminURL string) (fanouttest.ClusterView, error) {
+	var v fanouttest.ClusterView
 	res, err := http.Get(adminURL + "/api/v1/cluster")
 	if err != nil {
 		return v, err
@@ -221,14 +217,7 @@ func TestClusterFailover(t *testing.T) {
 	if takeover > 10*time.Second {
 		t.Errorf("takeover took %v, more than the 10 s promised", takeover)
 	}
-	ackedAtTakeover := l.acked.Load()
-	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= ackedAtTakeover+2_000 })
-	close(stop)
-	wg.Wait()
-
-	acked := l.ackedIDs()
-	ok := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(acked)) == 0 })
-	lost := recv.Missing(acked)
+	acked, lost, ok := l.drain(t, stop, &wg, recv)
 	t.Logf("3 nodes, one killed: takeover in %v; %d events acknowledged, %d delivered, %d duplicates, %d requests refused or failed",
 		takeover.Round(time.Millisecond), len(acked), len(acked)-len(lost), duplicates(recv, acked), l.failed.Load())
 	if !ok {
@@ -242,7 +231,7 @@ func TestClusterFailover(t *testing.T) {
 
 // mostDestinations returns the index in v.Nodes of the node that delivers
 // the most of the test's destinations.
-func mostDestinations(v clusterView) int {
+func mostDestinations(v fanouttest.ClusterView) int {
 	vi, most := 0, -1
 	for i, n := range v.Nodes {
 		k := 0
@@ -340,14 +329,7 @@ func TestClusterPausedNode(t *testing.T) {
 		v, _ := getCluster(t, other.AdminURL)
 		t.Fatalf("the resumed node did not take its share back: %+v", v)
 	}
-	acked := l.acked.Load()
-	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= acked+2_000 })
-	close(stop)
-	wg.Wait()
-
-	ids := l.ackedIDs()
-	ok := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(ids)) == 0 })
-	lost := recv.Missing(ids)
+	ids, lost, ok := l.drain(t, stop, &wg, recv)
 	t.Logf("one of two nodes paused and resumed: %d events acknowledged, %d delivered, %d duplicates",
 		len(ids), len(ids)-len(lost), duplicates(recv, ids))
 	if !ok {

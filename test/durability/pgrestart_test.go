@@ -103,22 +103,15 @@ func (l *load) run(t *testing.T, w int, stop <-chan struct{}) {
 		default:
 		}
 		var ids []string
-		var evs []map[string]any
 		for i := range batchSize {
-			id := fmt.Sprintf("pg-%d-%d-%d", w, n, i)
-			ids = append(ids, id)
-			evs = append(evs, map[string]any{"type": "track", "messageId": id, "userId": "u", "event": "Restarted"})
+			ids = append(ids, fmt.Sprintf("pg-%d-%d-%d", w, n, i))
 		}
-		body, _ := json.Marshal(map[string]any{"batch": evs})
-		req, _ := http.NewRequest(http.MethodPost, l.url, bytes.NewReader(body))
-		req.SetBasicAuth(writeKey, "")
-		res, err := l.client.Do(req)
+		res, err := postTracks(l.client, l.url, writeKey, "Restarted", ids)
 		if err != nil {
 			l.errors.Add(1)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		res.Body.Close()
 		switch {
 		case res.StatusCode == http.StatusOK:
 			l.mu.Lock()
@@ -136,6 +129,24 @@ func (l *load) run(t *testing.T, w int, stop <-chan struct{}) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// postTracks sends url one batch of track events named event, one per
+// messageId of ids, with key, and returns the response, its body closed.
+func postTracks(client *http.Client, url, key, event string, ids []string) (*http.Response, error) {
+	var evs []map[string]any
+	for _, id := range ids {
+		evs = append(evs, map[string]any{"type": "track", "messageId": id, "userId": "u", "event": event})
+	}
+	body, _ := json.Marshal(map[string]any{"batch": evs})
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.SetBasicAuth(key, "")
+	res, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	res.Body.Close()
+	return res, nil
 }
 
 func (l *load) ids() []string {

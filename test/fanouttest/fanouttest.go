@@ -359,3 +359,14 @@ func Main(m *testing.M, bin *string) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+// ClusterView is the body of the admin API's GET /api/v1/cluster.
+type ClusterView struct {
+	Self  int64 `json:"self"`
+	Nodes []struct {
+		ID         int64  `json:"id"`
+		Name       string `json:"name"`
+		Live       bool   `json:"live"`
+		Partitions []int  `json:"partitions"`
+	} `json:"nodes"`
+}
