@@ -39,6 +39,11 @@ type Options struct {
 	// the node is identified by the id it gets at Join, so a node restarted
 	// under the same name is a new member.
 	NodeName string
+	// AdminURL is where the other nodes reach this node's admin API
+	// (http://host:port), listed by Nodes: the admin API of any node
+	// gathers the live state of every node through it. Default "": the
+	// node is listed without one, and the others cannot ask it.
+	AdminURL string
 	// Partitions is the fixed number of partitions the queues map to.
 	// Default 64. Every node of a cluster must use the same number: Join
 	// refuses a number other than the one in the database.
@@ -191,7 +196,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: listen: %w", err)
 	}
 	err = n.pool.QueryRow(ctx,
-		`INSERT INTO cluster_nodes (name) VALUES ($1) RETURNING id`, n.name).Scan(&n.id)
+		`INSERT INTO cluster_nodes (name, admin_url) VALUES ($1, $2) RETURNING id`, n.name, opts.AdminURL).Scan(&n.id)
 	if err != nil {
 		hangUp(conn)
 		return nil, fmt.Errorf("cluster: register node %q: %w", n.name, err)
@@ -327,8 +332,11 @@ func (n *Node) stop() {
 
 // NodeInfo is one node in the cluster view.
 type NodeInfo struct {
-	ID        int64     `json:"id"`
-	Name      string    `json:"name"`
+	ID   int64  `json:"id"`
+	Name string `json:"name"`
+	// AdminURL is the node's admin API (Options.AdminURL), "" when it
+	// gave none.
+	AdminURL  string    `json:"admin_url,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	Heartbeat time.Time `json:"last_heartbeat"`
 	// Live is false for a node whose heartbeats stopped more than a Lease
@@ -343,7 +351,7 @@ type NodeInfo struct {
 // joined.
 func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	rows, err := n.pool.Query(ctx, `
-		SELECT n.id, n.name, n.started_at, n.heartbeat_at,
+		SELECT n.id, n.name, n.admin_url, n.started_at, n.heartbeat_at,
 		       n.heartbeat_at > now() - $1::interval,
 		       coalesce(array_agg(p.partition ORDER BY p.partition)
 		                FILTER (WHERE p.partition IS NOT NULL), '{}')
@@ -357,7 +365,7 @@ func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	for rows.Next() {
 		var ni NodeInfo
 		var ps []int32
-		if err := rows.Scan(&ni.ID, &ni.Name, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
+		if err := rows.Scan(&ni.ID, &ni.Name, &ni.AdminURL, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
 			return nil, fmt.Errorf("cluster: list nodes: %w", err)
 		}
 		ni.Partitions = make([]int, len(ps))

@@ -272,7 +272,7 @@ func TestPartitionCountMismatch(t *testing.T) {
 
 func TestThreeNodesSplitEvenly(t *testing.T) {
 	b := setup(t)
-	a, bb, c := b.join("a", Options{}), b.join("b", Options{}), b.join("c", Options{})
+	a, bb, c := b.join("a", Options{}), b.join("b", Options{}), b.join("c", Options{AdminURL: "http://127.0.0.1:8081"})
 	took := waitFor(t, 5*time.Second, "three nodes do not split the partitions evenly", func() bool {
 		return balanced(a, bb, c)
 	})
@@ -294,6 +294,9 @@ func TestThreeNodesSplitEvenly(t *testing.T) {
 		if ni.Name != want.Name() || ni.ID != want.ID() || !ni.Live || !slices.Equal(ni.Partitions, want.Owned()) {
 			t.Errorf("Nodes[%d] = %+v, want %s live with %v", i, ni, want.Name(), want.Owned())
 		}
+	}
+	if got := []string{infos[0].AdminURL, infos[2].AdminURL}; got[0] != "" || got[1] != "http://127.0.0.1:8081" {
+		t.Errorf("admin URLs of a and c = %q, want none and the one c joined with", got)
 	}
 }
 

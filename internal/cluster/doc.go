@@ -5,7 +5,8 @@
 //
 // # Tables
 //
-//	cluster_nodes       id (bigserial, one per Join), name, started_at,
+//	cluster_nodes       id (bigserial, one per Join), name, admin_url
+//	                    (where the others reach its admin API), started_at,
 //	                    heartbeat_at. A node is live while its heartbeat is
 //	                    less than one Lease old; dead rows are listed for an
 //	                    hour (GET /api/v1/cluster), then deleted.

@@ -37,6 +37,11 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
 			)`); err != nil {
 			return err
 		}
+		// Appended: the node's admin API, for the cluster-wide admin views.
+		if _, err := tx.Exec(ctx, `
+			ALTER TABLE cluster_nodes ADD COLUMN IF NOT EXISTS admin_url text NOT NULL DEFAULT ''`); err != nil {
+			return err
+		}
 		var have int
 		if err := tx.QueryRow(ctx, `SELECT count(*) FROM cluster_partitions`).Scan(&have); err != nil {
 			return err
