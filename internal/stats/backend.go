@@ -36,6 +36,10 @@ type Backend interface {
 	// issueGroups returns, as JSON, the issue groups refs of another
 	// node, those that it has.
 	issueGroups(node string, refs []issueRef) ([][]byte, error)
+	// otherGauges calls fn with the gauges of every other node sharing
+	// the backend, summed over those nodes per pair; none for a backend
+	// of the node's own.
+	otherGauges(fn func(p Pair, pending, open int64)) error
 	// save stores w, all of it or none of it.
 	save(w *writes) error
 	// prune drops the minutes before cut and the issue groups drop.
@@ -183,6 +187,8 @@ func (pb *pebbleBackend) scan(from, to, ownTo int64, f *Filter, fn func(Pair, in
 // issueGroups finds nothing: a node's own database holds no other node's
 // minutes to ask for.
 func (pb *pebbleBackend) issueGroups(string, []issueRef) ([][]byte, error) { return nil, nil }
+
+func (pb *pebbleBackend) otherGauges(func(Pair, int64, int64)) error { return nil }
 
 func (pb *pebbleBackend) save(w *writes) error {
 	batch := pb.db.NewBatch()

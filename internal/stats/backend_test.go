@@ -214,6 +214,16 @@ func TestPostgresNodes(t *testing.T) {
 		if own := s.issues[Pair{"web", "hook"}].byKey[issues[0].key()].ID; issues[0].ID != own {
 			t.Errorf("node %s: merged issue has id %d, want this node's %d", name, issues[0].ID, own)
 		}
+		// The gauges are running differences: b ended the job a left
+		// retrying, so only their sum says one job is still pending.
+		gs, err := s.ClusterGauges()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := gs[Pair{"web", "hook"}]; g.PendingRetry != 1 {
+			t.Errorf("node %s: cluster gauges of web -> hook %+v, want 1 pending retry (a's %v, b's %v)",
+				name, g, a.PendingRetry("hook"), b.PendingRetry("hook"))
+		}
 	}
 }
 

@@ -47,10 +47,13 @@ func (s *Stats) Run(ctx context.Context) {
 }
 
 // Flush writes every change since the last Flush in one batch (synced, or
-// one transaction), then forgets the clean minutes older than Hot. When the
+// one transaction), then forgets the clean minutes older than Hot. It is
+// safe to call at any time, concurrently with Run. When the
 // write fails, everything in it is marked changed again, so the next Flush
 // retries it.
 func (s *Stats) Flush() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	var w writes
 	var written []*bucket
 	var writtenIssues []*Issue

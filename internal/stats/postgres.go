@@ -255,6 +255,26 @@ func (pg *Postgres) issueGroups(node string, refs []issueRef) ([][]byte, error) 
 	return out, nil
 }
 
+// otherGauges sums the gauge rows of the other nodes, the dead ones
+// included: a gauge is a running difference (a node that took an event
+// counts it open, the node that delivered it counts it ended), so only the
+// sum over every node that ever counted is the cluster's.
+func (pg *Postgres) otherGauges(fn func(Pair, int64, int64)) error {
+	ctx, cancel := pg.ctx()
+	defer cancel()
+	rows, _ := pg.pool.Query(ctx, `SELECT source, destination, sum(pending)::bigint, sum(open)::bigint
+		FROM stats_gauges WHERE node <> $1 GROUP BY source, destination`, pg.opts.Node)
+	var p Pair
+	var pending, open int64
+	if _, err := pgx.ForEachRow(rows, []any{&p.Source, &p.Destination, &pending, &open}, func() error {
+		fn(p, pending, open)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("stats/postgres: read the other nodes' gauges: %w", err)
+	}
+	return nil
+}
+
 // save writes w in one transaction, one statement per table, after making
 // sure the day partitions of its minutes exist.
 func (pg *Postgres) save(w *writes) error {

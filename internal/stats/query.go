@@ -33,6 +33,47 @@ func (s *Stats) Depth(destination string) map[string]int64 {
 	return out
 }
 
+// Gauges are a queue's running counts (see PendingRetry and Depth).
+type Gauges struct {
+	PendingRetry int64 `json:"pending_retry"`
+	Depth        int64 `json:"depth"`
+}
+
+// ClusterGauges returns every pair's running counts summed over the nodes
+// sharing the backend: this node's from memory, the others' as they last
+// flushed them (Flush them first for figures that agree from every node).
+// With a backend of the node's own, they are this node's. Pairs whose
+// counts are all zero are left out.
+func (s *Stats) ClusterGauges() (map[Pair]Gauges, error) {
+	out := map[Pair]Gauges{}
+	add := func(p Pair, pending, open int64) {
+		g := out[p]
+		g.PendingRetry += pending
+		g.Depth += open
+		out[p] = g
+	}
+	if err := s.backend.otherGauges(add); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	for dst, bySrc := range s.gauges {
+		for src, g := range bySrc {
+			add(Pair{src, dst}, g.pending, g.open)
+		}
+	}
+	s.mu.Unlock()
+	for p, g := range out {
+		// Depth may dip below zero for a moment (see gauge.open).
+		g.Depth = max(g.Depth, 0)
+		if g == (Gauges{}) {
+			delete(out, p)
+			continue
+		}
+		out[p] = g
+	}
+	return out, nil
+}
+
 // Filter selects the stats of a query. Empty Source or Destination means
 // all of them; From is inclusive, To exclusive, both rounded down to the
 // minute.

@@ -204,6 +204,11 @@ type Stats struct {
 	log     *slog.Logger
 	backend Backend
 
+	// flushMu makes Flushes take turns: Run's and those the admin API
+	// asks for (a cluster-wide view). Each writes whole values, so one
+	// that took its copy earlier must not land after a later one.
+	flushMu sync.Mutex
+
 	mu sync.Mutex
 	// hot holds every minute at or after completeFrom, and the older
 	// minutes loaded because a retry of an old event touched them.
