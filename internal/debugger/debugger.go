@@ -7,6 +7,7 @@ package debugger
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"sync"
 	"time"
 
@@ -55,8 +56,12 @@ type Outcome struct {
 
 // Event is one accepted event.
 type Event struct {
-	// Seq orders the events of a source.
-	Seq        uint64    `json:"seq"`
+	// Seq orders the events of a source on the node that took them in; 0
+	// marks an outcome alone (see Outcomes).
+	Seq uint64 `json:"seq"`
+	// Node names the node that took the event in, in a cluster-wide view
+	// (Merge); "" in a node's own.
+	Node       string    `json:"node,omitempty"`
 	Source     string    `json:"source"`
 	MessageID  string    `json:"message_id"`
 	Type       string    `json:"type"`
@@ -99,6 +104,15 @@ type ring struct {
 	// tracking API waits for, so an attempt can end before ObserveIngest
 	// hears of the event. Bounded by earlyMax; cleared when full.
 	early map[string][]delivery.Report
+	// orphans are the last outcomes of events this node did not take in
+	// (another node of a cluster did): Outcomes, and the feed, give them
+	// to a cluster-wide view, which applies them to the event it got from
+	// the node that took it in. Taken in at SampleRate a second, like the
+	// events.
+	orphans      [Size]*Event
+	orphanNext   int
+	orphanSecond int64
+	orphanTaken  int
 }
 
 // earlyMax bounds the outcomes a source keeps for events not yet seen.
@@ -214,9 +228,39 @@ func (d *Debugger) Observe(rep delivery.Report) {
 			id := rep.Job.Event.MessageID
 			r.early[id] = append(r.early[id], rep)
 		}
+		d.orphan(r, rep)
 		return
 	}
 	d.apply(r, ev, rep)
+}
+
+// orphan keeps and publishes the outcome of an event this node does not
+// have, within the second's budget. d.mu is held.
+func (d *Debugger) orphan(r *ring, rep delivery.Report) {
+	if s := rep.At.Unix(); s != r.orphanSecond {
+		r.orphanSecond, r.orphanTaken = s, 0
+	}
+	if r.orphanTaken >= SampleRate {
+		return
+	}
+	r.orphanTaken++
+	e := rep.Job.Event
+	// Cloned: the report's strings may share a buffer with the job's
+	// payload, which must not stay alive for a kept outcome.
+	ev := &Event{Source: e.Source, MessageID: strings.Clone(e.MessageID), ReceivedAt: e.ReceivedAt,
+		Destinations: []Outcome{d.outcome(rep)}}
+	r.orphans[r.orphanNext] = ev
+	r.orphanNext = (r.orphanNext + 1) % Size
+	r.publish("outcome", ev)
+}
+
+// outcome is what rep says became of its event at its destination.
+func (d *Debugger) outcome(rep delivery.Report) Outcome {
+	return Outcome{
+		Destination: rep.Queue.Destination, Status: statusOf(rep.End), Attempts: rep.Job.Attempts, At: rep.At,
+		// A delivered event's reason is a warning: kept, like a failure's.
+		Reason: d.redactors[rep.Queue.Destination].String(rep.Result.Reason),
+	}
 }
 
 // apply records one attempt's outcome on its event and publishes it.
@@ -226,11 +270,7 @@ func (d *Debugger) apply(r *ring, ev *Event, rep delivery.Report) {
 		if o.Destination != rep.Queue.Destination {
 			continue
 		}
-		o.Status = statusOf(rep.End)
-		o.Attempts = rep.Job.Attempts
-		o.At = rep.At
-		// A delivered event's reason is a warning: kept, like a failure's.
-		o.Reason = d.redactors[rep.Queue.Destination].String(rep.Result.Reason)
+		*o = d.outcome(rep)
 		r.publish("outcome", ev)
 		return
 	}
@@ -288,8 +328,31 @@ func (d *Debugger) Events(source string) []Event {
 	return out
 }
 
+// Outcomes returns a copy of source's kept outcomes of events this node
+// did not take in, oldest first, each as an Event with Seq 0 that holds
+// the message id, the time received and the one outcome. In a cluster the
+// node that delivers an event is often not the one that took it in; a
+// cluster-wide view applies these to the events of the other nodes
+// (Merge).
+func (d *Debugger) Outcomes(source string) []Event {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := []Event{}
+	r := d.sources[source]
+	if r == nil {
+		return out
+	}
+	for i := range Size {
+		if ev := r.orphans[(r.orphanNext+i)%Size]; ev != nil {
+			out = append(out, ev.copy())
+		}
+	}
+	return out
+}
+
 // Subscribe returns a feed of source's new events and outcome changes,
-// and a function that ends it. Updates a subscriber is too slow to take
+// outcomes of events this node does not have included (Seq 0, see
+// Outcomes), and a function that ends it. Updates a subscriber is too slow to take
 // are dropped.
 func (d *Debugger) Subscribe(source string) (<-chan Update, func()) {
 	ch := make(chan Update, subscriberBuffer)
