@@ -3,7 +3,7 @@
 // debugger as server-sent events, Prometheus metrics at /metrics and
 // profiles at /debug/pprof, and the web UI built on them at /.
 //
-// Routes (all GET):
+// Routes (GET unless marked):
 //
 //	/                                     the web UI (see ui.go), never behind the token
 //	/healthz                              "ok", never behind the token
@@ -17,8 +17,17 @@
 //	/api/v1/storage                       free disk space, the reserve, the ballast, whether events are refused
 //	/api/v1/sources/{name}/events         the debugger's last events of a source
 //	/api/v1/sources/{name}/events/stream  server-sent events: new events ("event") and outcome changes ("outcome")
-//	/metrics                              Prometheus
+//	/api/v1/cluster                       the cluster's nodes (404 without storage.postgres)
+//	POST /api/v1/replay?source=&destination=&from=&to=|range=   re-deliver archived events
+//	POST /api/v1/stats/flush              write this node's in-memory stats now
+//	/metrics                              Prometheus, this node's alone
 //	/debug/pprof/...                      net/http/pprof
+//
+// In a cluster (Options.Peers) the overview, series, issues, destinations,
+// queues and the debugger's routes answer for every node, whichever node
+// serves them, and list the nodes' statuses ("nodes", or the Fanout-Nodes
+// header on the routes that answer an array); with local=1 they answer for
+// the serving node alone. See cluster.go.
 //
 // When a token is configured every route but /healthz and the UI's files
 // requires "Authorization: Bearer <token>". The UI's files hold no data:
@@ -73,6 +82,11 @@ type Options struct {
 	// heartbeat and their partitions. Without it (no storage.postgres)
 	// the route answers 404.
 	Cluster func(ctx context.Context) (any, error)
+	// Peers, when set, lists the nodes of the cluster, this one marked
+	// Self: the overview, series, issues, destinations, queues and
+	// debugger routes then answer for the whole cluster (see cluster.go).
+	// Without it they answer for this node alone.
+	Peers func(ctx context.Context) ([]Peer, error)
 	// Token, when not empty, is required as a bearer token.
 	Token string
 	// Now is the clock ranges end at. Default time.Now.
@@ -87,6 +101,8 @@ type Options struct {
 type handler struct {
 	Options
 	mux *http.ServeMux
+	// client calls the other nodes' admin APIs (Peers).
+	client *http.Client
 }
 
 // New returns the admin API handler.
@@ -100,7 +116,7 @@ func New(o Options) http.Handler {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	h := &handler{Options: o, mux: http.NewServeMux()}
+	h := &handler{Options: o, mux: http.NewServeMux(), client: newPeerClient()}
 	m := h.mux
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	m.HandleFunc("GET /api/v1/sources", h.sources)
@@ -111,6 +127,7 @@ func New(o Options) http.Handler {
 	m.HandleFunc("GET /api/v1/issues", h.issues)
 	m.HandleFunc("GET /api/v1/queues", h.queues)
 	m.HandleFunc("POST /api/v1/replay", h.replay)
+	m.HandleFunc("POST /api/v1/stats/flush", h.flush)
 	if o.Storage != nil {
 		m.HandleFunc("GET /api/v1/storage", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, o.Storage()) })
 	}
@@ -227,6 +244,10 @@ type State struct {
 	CircuitOpen bool         `json:"circuit_open"`
 	ProbeAt     *time.Time   `json:"probe_at,omitempty"`
 	Queues      []QueueState `json:"queues"`
+	// Nodes, in a cluster-wide view, are the nodes whose schedulers hold
+	// the destination's queues: its partition's owner, two of them for a
+	// moment during a hand-over.
+	Nodes []NodeState `json:"nodes,omitempty"`
 }
 
 // QueueState is one (source, destination) queue's state.
@@ -257,6 +278,9 @@ type QueueState struct {
 	// of them.
 	Held  int `json:"held"`
 	Holds int `json:"holds"`
+	// Nodes, in a cluster-wide view, are the nodes holding the queue's
+	// jobs in their schedulers.
+	Nodes []string `json:"nodes,omitempty"`
 }
 
 func timePtr(t time.Time) *time.Time {
@@ -266,7 +290,9 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func (h *handler) state(ctx context.Context) map[string]*State {
+// localState is this node's state of every destination: its schedulers,
+// and the depth and pending retries its stats count.
+func (h *handler) localState(ctx context.Context) map[string]*State {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	out := map[string]*State{}
@@ -304,7 +330,7 @@ func (h *handler) state(ctx context.Context) map[string]*State {
 }
 
 func (h *handler) destinations(w http.ResponseWriter, r *http.Request) {
-	states := h.state(r.Context())
+	states, nodes := h.states(r)
 	out := []Destination{}
 	for _, d := range h.Config.Destinations {
 		var schema destinations.Schema
@@ -320,6 +346,9 @@ func (h *handler) destinations(w http.ResponseWriter, r *http.Request) {
 			},
 			State: states[d.Name],
 		})
+	}
+	if nodes != nil {
+		w.Header().Set(nodesHeader, nodesValue(nodes))
 	}
 	writeJSON(w, out)
 }
@@ -339,12 +368,15 @@ func (h *handler) cluster(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) queues(w http.ResponseWriter, r *http.Request) {
-	states := h.state(r.Context())
+	states, nodes := h.states(r)
 	out := []*State{}
 	for _, s := range states {
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	if nodes != nil {
+		w.Header().Set(nodesHeader, nodesValue(nodes))
+	}
 	writeJSON(w, out)
 }
 
@@ -458,13 +490,17 @@ func (h *handler) overview(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	nodes := h.statsNodes(r)
 	o, err := h.Stats.Overview(f)
 	if err != nil {
 		h.Logger.Error("read stats", "err", err)
 		writeError(w, http.StatusInternalServerError, "reading the stats failed; see the server log")
 		return
 	}
-	writeJSON(w, o)
+	writeJSON(w, struct {
+		stats.Overview
+		Nodes []NodeStatus `json:"nodes,omitempty"`
+	}{o, nodes})
 }
 
 // series answers the overview's counts and latency cut into steps of the
@@ -483,6 +519,7 @@ func (h *handler) series(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	nodes := h.statsNodes(r)
 	sr, err := h.Stats.Series(f, step)
 	if errors.Is(err, stats.ErrStep) {
 		writeError(w, http.StatusBadRequest, "step: "+strings.TrimPrefix(err.Error(), stats.ErrStep.Error()+": "))
@@ -493,7 +530,10 @@ func (h *handler) series(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "reading the stats failed; see the server log")
 		return
 	}
-	writeJSON(w, sr)
+	writeJSON(w, struct {
+		stats.Series
+		Nodes []NodeStatus `json:"nodes,omitempty"`
+	}{sr, nodes})
 }
 
 func (h *handler) issues(w http.ResponseWriter, r *http.Request) {
@@ -502,13 +542,18 @@ func (h *handler) issues(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	nodes := h.statsNodes(r)
 	is, err := h.Stats.Issues(f)
 	if err != nil {
 		h.Logger.Error("read issues", "err", err)
 		writeError(w, http.StatusInternalServerError, "reading the issues failed; see the server log")
 		return
 	}
-	writeJSON(w, map[string]any{"from": f.From, "to": f.To, "issues": is})
+	out := map[string]any{"from": f.From, "to": f.To, "issues": is}
+	if nodes != nil {
+		out["nodes"] = nodes
+	}
+	writeJSON(w, out)
 }
 
 func (h *handler) source(w http.ResponseWriter, r *http.Request) (string, bool) {
@@ -527,6 +572,16 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if h.clusterWide(r) {
+		evs, nodes := h.clusterEvents(r.Context(), name)
+		writeJSON(w, map[string]any{"source": name, "events": evs, "nodes": nodes})
+		return
+	}
+	if h.Peers != nil {
+		// Another node asks for this one's part.
+		writeJSON(w, h.nodeEvents(name))
+		return
+	}
 	writeJSON(w, map[string]any{"source": name, "events": h.Debugger.Events(name)})
 }
 
@@ -541,8 +596,6 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
-	feed, stop := h.Debugger.Subscribe(name)
-	defer stop()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -551,6 +604,16 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	if err := rc.Flush(); err != nil {
 		return
 	}
+	if h.clusterWide(r) {
+		h.clusterStream(w, r, rc, name)
+		return
+	}
+	// This node's own feed: in a cluster, another node merging it (the
+	// outcomes of events this node did not take in included, Seq 0); on
+	// its own, a client, to whom those mean nothing.
+	alone := h.Peers == nil
+	feed, stop := h.Debugger.Subscribe(name)
+	defer stop()
 	beat := time.NewTicker(h.Heartbeat)
 	defer beat.Stop()
 	for {
@@ -562,6 +625,9 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case u := <-feed:
+			if alone && u.Event.Seq == 0 {
+				continue
+			}
 			data, err := json.Marshal(u.Event)
 			if err != nil {
 				continue

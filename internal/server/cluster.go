@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/cluster"
 )
 
@@ -33,8 +36,8 @@ type pgCluster struct {
 }
 
 // joinCluster connects to dsn and joins the cluster under name (empty: a
-// default one).
-func joinCluster(dsn, name string, tune ClusterTuning, log *slog.Logger) (*pgCluster, error) {
+// default one), advertising adminURL as its admin API.
+func joinCluster(dsn, name, adminURL string, tune ClusterTuning, log *slog.Logger) (*pgCluster, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool, err := openPool(ctx, dsn, clusterConns)
@@ -42,7 +45,7 @@ func joinCluster(dsn, name string, tune ClusterTuning, log *slog.Logger) (*pgClu
 		return nil, err
 	}
 	node, err := cluster.Join(ctx, cluster.Options{
-		Pool: pool, NodeName: name, Logger: log,
+		Pool: pool, NodeName: name, AdminURL: adminURL, Logger: log,
 		// The wall clock always: the leases are timed by the database, and
 		// a fake clock would stop the heartbeats.
 		Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
@@ -102,6 +105,35 @@ func (c *pgCluster) View(ctx context.Context) (any, error) {
 		nodes = []cluster.NodeInfo{}
 	}
 	return clusterView{Self: c.node.ID(), Name: c.node.Name(), Nodes: nodes}, nil
+}
+
+// Peers lists the nodes for the admin API's cluster-wide views.
+func (c *pgCluster) Peers(ctx context.Context) ([]admin.Peer, error) {
+	nodes, err := c.node.Nodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]admin.Peer, len(nodes))
+	for i, n := range nodes {
+		out[i] = admin.Peer{ID: n.ID, Name: n.Name, AdminURL: n.AdminURL, Live: n.Live, Self: n.ID == c.node.ID()}
+	}
+	return out, nil
+}
+
+// adminURL is the URL other nodes reach the admin API bound to ln at: its
+// address, with the host name in place of an unspecified IP (a node
+// listening on every interface is reached by its name).
+func adminURL(ln net.Listener) string {
+	host, port, err := net.SplitHostPort(ln.Addr().String())
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if name, err := os.Hostname(); err == nil && name != "" {
+			host = name
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 // Collectors are the node's cluster gauges for /metrics.

@@ -133,8 +133,13 @@ func New(opts Options) (_ *Server, err error) {
 	// With storage.postgres the node joins the cluster of the nodes that
 	// share the database before it opens the store, which fences its
 	// writes and wakes the other nodes through it.
+	// The admin listener is bound first there, so that the node
+	// advertises where its admin API answers when it joins.
 	if cfg.Storage.Postgres != "" {
-		if s.cluster, err = joinCluster(cfg.Storage.Postgres, cfg.Cluster.NodeName, opts.ClusterTuning, opts.Logger); err != nil {
+		if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			return nil, fmt.Errorf("admin_listen: %w", err)
+		}
+		if s.cluster, err = joinCluster(cfg.Storage.Postgres, cfg.Cluster.NodeName, adminURL(s.adminLn), opts.ClusterTuning, opts.Logger); err != nil {
 			return nil, err
 		}
 	}
@@ -278,8 +283,9 @@ func New(opts Options) (_ *Server, err error) {
 	metrics.Registry().MustRegister(tracking.Collectors()...)
 	s.track = newHTTPServer(tracking, opts)
 	var clusterView func(context.Context) (any, error)
+	var peers func(context.Context) ([]admin.Peer, error)
 	if s.cluster != nil {
-		clusterView = s.cluster.View
+		clusterView, peers = s.cluster.View, s.cluster.Peers
 	}
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
@@ -289,13 +295,16 @@ func New(opts Options) (_ *Server, err error) {
 		}).Replay,
 		Storage: func() any { return s.space.State() },
 		Cluster: clusterView,
+		Peers:   peers,
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
-		return nil, fmt.Errorf("admin_listen: %w", err)
+	if s.adminLn == nil {
+		if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			return nil, fmt.Errorf("admin_listen: %w", err)
+		}
 	}
 	return s, nil
 }
@@ -368,12 +377,14 @@ func newHTTPServer(h http.Handler, opts Options) *http.Server {
 	}
 }
 
-// closeOpened closes, when New fails, what it had opened: the tracking
-// listener, the stats and the job store. The admin listener is bound last,
-// so it is never open then.
+// closeOpened closes, when New fails, what it had opened: the listeners,
+// the stats and the job store.
 func (s *Server) closeOpened() {
 	if s.trackLn != nil {
 		s.trackLn.Close()
+	}
+	if s.adminLn != nil {
+		s.adminLn.Close()
 	}
 	if s.stats != nil {
 		s.stats.Close()

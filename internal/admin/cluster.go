@@ -1,0 +1,469 @@
+package admin
+
+// # One view from any node
+//
+// Nodes whose storage.postgres names the same database form a cluster
+// (internal/cluster), and each of them serves the admin API and the UI.
+// Whichever node serves it, the overview, the series, the delivery
+// issues, the destinations' and queues' state and the debugger show the
+// whole cluster. /metrics stays per node: Prometheus scrapes every node
+// and sums.
+//
+// What a view needs lives in one of two places, and is read where it
+// lives:
+//
+//   - In the database: the stats minutes, issue groups and gauges (every
+//     node writes rows of its own, every query sums every node's rows,
+//     see stats.Postgres) and the archive. Any node reads them directly.
+//     What the database does not have yet is the last FlushInterval (2 s)
+//     each node counted in memory; read as is, two nodes would answer with
+//     figures seconds apart. So a cluster-wide stats view first asks every
+//     live node to flush (POST /api/v1/stats/flush), this one included,
+//     and reads after: all nodes then answer from the same rows. The
+//     other way, fetching each node's figures and adding them up, cannot
+//     merge latency quantiles (the sketches are in the rows, not in the
+//     answers) and would read the database N times instead of once.
+//   - In a node's memory: the scheduler's live state (buffered, in
+//     flight, paused, rate, circuit) of the destinations whose partitions
+//     the node owns, and the debugger's sample of the events it took in
+//     and the outcomes of those it delivered. The serving node asks every
+//     live node for its part (the same route with local=1) and merges:
+//     mergeStates, and debugger.Merge for events, whose outcomes are often
+//     reported by another node than the one that took the event in.
+//
+// The node list is the cluster's (cluster.Node.Nodes, through
+// Options.Peers): each node advertises its admin URL when it joins. The
+// calls to other nodes carry the admin token (the nodes of a cluster share
+// admin_token), are bounded (peerTimeout each, peerConcurrency at a time,
+// peerMaxBody), and never loop: a request with local=1 is answered from
+// the node alone. A node that is down, or does not answer in time, is
+// listed unreachable with the reason, and the view is served without its
+// part: "nodes" in the JSON answers, the Fanout-Nodes header on the routes
+// that answer a JSON array (destinations, queues), a "nodes" event on the
+// merged debugger stream.
+//
+// Queue depth and pending retries are the exception among the live
+// figures: they are running differences counted by whichever node took
+// an event in (+1) and whichever ended it (-1), so they are summed over
+// every node's rows, the dead ones included (stats.ClusterGauges), not
+// asked of the live nodes.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fanout/fanout/internal/debugger"
+	"github.com/fanout/fanout/internal/stats"
+)
+
+// nodesHeader carries the nodes' statuses (JSON) on the routes that answer
+// a JSON array.
+const nodesHeader = "Fanout-Nodes"
+
+// nodesValue is nodes as JSON fit for a header: ASCII, on one line.
+func nodesValue(nodes []NodeStatus) string {
+	b, _ := json.Marshal(nodes)
+	var sb strings.Builder
+	for _, r := range string(b) {
+		if r < 0x80 {
+			sb.WriteRune(r)
+		} else if r <= 0xffff {
+			fmt.Fprintf(&sb, `\u%04x`, r)
+		} else {
+			sb.WriteRune('?')
+		}
+	}
+	return sb.String()
+}
+
+// NodeState is one node's part of a destination's state in a cluster-wide
+// view: the node whose scheduler holds queues of it.
+type NodeState struct {
+	Node        string `json:"node"`
+	InFlight    int    `json:"in_flight"`
+	Concurrency int    `json:"concurrency"`
+	CircuitOpen bool   `json:"circuit_open"`
+	Queues      int    `json:"queues"`
+}
+
+// states is the state of every destination: this node's, or in a cluster
+// every node's merged, with the nodes' statuses (nil for this node's
+// alone).
+func (h *handler) states(r *http.Request) (map[string]*State, []NodeStatus) {
+	if !h.clusterWide(r) {
+		return h.localState(r.Context()), nil
+	}
+	ctx := r.Context()
+	var flushed []NodeStatus
+	var wg sync.WaitGroup
+	wg.Go(func() { flushed = h.flushCluster(ctx) })
+	parts, nodes := gather(ctx, h, http.MethodGet, "/api/v1/queues", nil, func() ([]*State, error) {
+		out := []*State{}
+		for _, s := range h.localState(ctx) {
+			out = append(out, s)
+		}
+		return out, nil
+	})
+	wg.Wait()
+	nodes = joinStatus(nodes, flushed)
+	gauges, err := h.Stats.ClusterGauges()
+	if err != nil {
+		h.Logger.Warn("read the cluster's queue depths", "err", err)
+	}
+	return mergeStates(parts, gauges), nodes
+}
+
+// joinStatus marks unreachable in a the nodes unreachable in b.
+func joinStatus(a, b []NodeStatus) []NodeStatus {
+	for i := range a {
+		for _, o := range b {
+			if o.ID == a[i].ID && o.Name == a[i].Name && !o.Reachable && a[i].Reachable {
+				a[i].Reachable, a[i].Error = false, o.Error
+			}
+		}
+	}
+	return a
+}
+
+// mergeStates merges the nodes' states of each destination. In a steady
+// cluster one node holds a destination's queues (its partition's owner);
+// during a hand-over two may. Counts add up; a queue is paused until the
+// latest pause and retries next at the earliest retry; a circuit is open
+// when any node has it open; the concurrency is the one of the nodes that
+// hold queues of the destination (the others keep the configured one).
+// The depth and pending retries come from gauges, the sums over every
+// node's stats (nil: as the nodes gave them).
+func mergeStates(parts []namedPart[[]*State], gauges map[stats.Pair]stats.Gauges) map[string]*State {
+	out := map[string]*State{}
+	queues := map[stats.Pair]*QueueState{}
+	for _, part := range parts {
+		for _, s := range part.v {
+			m := out[s.Name]
+			if m == nil {
+				m = &State{Name: s.Name, Concurrency: s.Concurrency, Queues: []QueueState{}}
+				out[s.Name] = m
+			}
+			holds := len(s.Queues) > 0 || s.InFlight > 0
+			if holds || s.CircuitOpen {
+				if len(m.Nodes) == 0 {
+					m.Concurrency = s.Concurrency
+				} else {
+					m.Concurrency = max(m.Concurrency, s.Concurrency)
+				}
+				m.Nodes = append(m.Nodes, NodeState{Node: part.node, InFlight: s.InFlight,
+					Concurrency: s.Concurrency, CircuitOpen: s.CircuitOpen, Queues: len(s.Queues)})
+			}
+			m.InFlight += s.InFlight
+			if s.CircuitOpen {
+				m.CircuitOpen = true
+				m.ProbeAt = earliest(m.ProbeAt, s.ProbeAt)
+			}
+			for _, q := range s.Queues {
+				p := stats.Pair{Source: q.Source, Destination: s.Name}
+				mq := queues[p]
+				if mq == nil {
+					mq = &QueueState{Source: q.Source}
+					queues[p] = mq
+				}
+				mergeQueue(mq, q)
+				if q.Buffered+q.InFlight+q.Held > 0 || q.Backlog || q.PausedUntil != nil {
+					mq.Nodes = append(mq.Nodes, part.node)
+				}
+			}
+		}
+	}
+	if gauges != nil {
+		for p, mq := range queues {
+			g := gauges[p]
+			mq.PendingRetry = g.PendingRetry
+			mq.Depth = max(g.Depth, int64(mq.Buffered+mq.InFlight))
+		}
+		// A queue no node holds may still have jobs on disk.
+		for p, g := range gauges {
+			if queues[p] == nil && out[p.Destination] != nil && (g.Depth > 0 || g.PendingRetry > 0) {
+				queues[p] = &QueueState{Source: p.Source, PendingRetry: g.PendingRetry, Depth: max(g.Depth, g.PendingRetry)}
+			}
+		}
+	}
+	for p, mq := range queues {
+		out[p.Destination].Queues = append(out[p.Destination].Queues, *mq)
+	}
+	for _, m := range out {
+		sort.Slice(m.Queues, func(i, j int) bool { return m.Queues[i].Source < m.Queues[j].Source })
+	}
+	return out
+}
+
+// mergeQueue adds one node's state of a queue to m.
+func mergeQueue(m *QueueState, q QueueState) {
+	m.Buffered += q.Buffered
+	m.Backlog = m.Backlog || q.Backlog
+	m.InFlight += q.InFlight
+	m.Limit = max(m.Limit, q.Limit)
+	m.Depth += q.Depth
+	m.OldestAgeSeconds = max(m.OldestAgeSeconds, q.OldestAgeSeconds)
+	m.PendingRetry += q.PendingRetry
+	if q.PausedUntil != nil && (m.PausedUntil == nil || q.PausedUntil.After(*m.PausedUntil)) {
+		m.PausedUntil, m.PauseReason = q.PausedUntil, q.PauseReason
+	}
+	m.RetryNext = earliest(m.RetryNext, q.RetryNext)
+	m.Throttled += q.Throttled
+	m.Held += q.Held
+	m.Holds += q.Holds
+}
+
+func earliest(a, b *time.Time) *time.Time {
+	if a == nil || b != nil && b.Before(*a) {
+		return b
+	}
+	return a
+}
+
+// statsNodes flushes the cluster's stats before a cluster-wide stats view
+// and returns the nodes' statuses; nil for this node's view alone.
+func (h *handler) statsNodes(r *http.Request) []NodeStatus {
+	if !h.clusterWide(r) {
+		return nil
+	}
+	return h.flushCluster(r.Context())
+}
+
+// nodeEvents is GET /api/v1/sources/{name}/events?local=1: the node's
+// part of the debugger, the outcomes of other nodes' events included.
+func (h *handler) nodeEvents(name string) debugger.NodeEvents {
+	return debugger.NodeEvents{Events: h.Debugger.Events(name), Outcomes: h.Debugger.Outcomes(name)}
+}
+
+// clusterEvents merges every node's kept events of source name.
+func (h *handler) clusterEvents(ctx context.Context, name string) ([]debugger.Event, []NodeStatus) {
+	parts, nodes := gather(ctx, h, http.MethodGet, "/api/v1/sources/"+name+"/events", nil,
+		func() (debugger.NodeEvents, error) { return h.nodeEvents(name), nil })
+	lists := make([]debugger.NodeEvents, len(parts))
+	for i, p := range parts {
+		lists[i] = p.v
+		lists[i].Node = p.node
+	}
+	return debugger.MergeEvents(lists), nodes
+}
+
+// nodeUpdate is one item of a node's feed in a merged stream, or (status
+// set) a change of the node's reachability.
+type nodeUpdate struct {
+	node   string
+	u      debugger.Update
+	status *NodeStatus
+}
+
+// clusterStream serves the merged event stream of source name: this
+// node's feed and every other live node's (its stream with local=1),
+// through a debugger.Merge. A node lost is retried every peerRefresh, and
+// nodes that join are followed from then on. Each change in the nodes
+// reachable is sent as a "nodes" event.
+func (h *handler) clusterStream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, name string) {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	feed, stop := h.Debugger.Subscribe(name)
+	defer stop()
+	updates := make(chan nodeUpdate, 256)
+	following := map[int64]context.CancelFunc{}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	statuses := map[int64]NodeStatus{}
+	list := func() []NodeStatus {
+		l := make([]NodeStatus, 0, len(statuses))
+		for _, s := range statuses {
+			l = append(l, s)
+		}
+		sort.Slice(l, func(i, j int) bool { return l[i].ID < l[j].ID })
+		return l
+	}
+	self := "this node"
+	// refresh follows the nodes that joined and drops those that left; it
+	// reports whether the statuses changed.
+	refresh := func() bool {
+		before := list()
+		ps := h.peers(ctx)
+		seen := map[int64]bool{}
+		for _, p := range ps {
+			seen[p.ID] = true
+			if p.Self {
+				self = p.Name
+				statuses[p.ID] = NodeStatus{ID: p.ID, Name: p.Name, Self: true, Reachable: true}
+				continue
+			}
+			if _, ok := following[p.ID]; ok {
+				continue
+			}
+			if why := p.unreachable(); why != "" {
+				statuses[p.ID] = NodeStatus{ID: p.ID, Name: p.Name, Error: why}
+				continue
+			}
+			fctx, fcancel := context.WithCancel(ctx)
+			following[p.ID] = fcancel
+			wg.Go(func() { h.follow(fctx, p, name, updates) })
+		}
+		for id, fcancel := range following {
+			if !seen[id] {
+				fcancel()
+				delete(following, id)
+			}
+		}
+		for id := range statuses {
+			if !seen[id] {
+				delete(statuses, id)
+			}
+		}
+		return !slices.Equal(before, list())
+	}
+	refresh()
+	send := func(kind string, id int, v any) bool {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return true
+		}
+		if _, err := fmt.Fprintf(w, "event: %s\nid: %d\ndata: %s\n\n", kind, id, data); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	sendNodes := func() bool { return send("nodes", 0, list()) }
+	if !sendNodes() {
+		return
+	}
+	merge := debugger.NewMerge(debugger.Size)
+	seq := 0
+	beat := time.NewTicker(h.Heartbeat)
+	defer beat.Stop()
+	tick := time.NewTicker(peerRefresh)
+	defer tick.Stop()
+	for {
+		var nu nodeUpdate
+		select {
+		case <-ctx.Done():
+			return
+		case <-beat.C:
+			if _, err := fmt.Fprint(w, ": heartbeat\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+			continue
+		case <-tick.C:
+			if refresh() && !sendNodes() {
+				return
+			}
+			continue
+		case u := <-feed:
+			nu = nodeUpdate{node: self, u: u}
+		case nu = <-updates:
+		}
+		if nu.status != nil {
+			if old, ok := statuses[nu.status.ID]; ok && old == *nu.status {
+				continue
+			}
+			statuses[nu.status.ID] = *nu.status
+			if !nu.status.Reachable {
+				// Followed again at the next refresh.
+				if fcancel := following[nu.status.ID]; fcancel != nil {
+					fcancel()
+					delete(following, nu.status.ID)
+				}
+			}
+			if !sendNodes() {
+				return
+			}
+			continue
+		}
+		out, ok := merge.Add(nu.node, nu.u)
+		if !ok {
+			continue
+		}
+		seq++
+		if !send(out.Kind, seq, out.Event) {
+			return
+		}
+	}
+}
+
+// follow reads p's own event stream of source name into updates, with a
+// status when it connects and when it is lost, until ctx ends or the
+// stream ends.
+func (h *handler) follow(ctx context.Context, p Peer, name string, updates chan<- nodeUpdate) {
+	status := func(err error) {
+		s := NodeStatus{ID: p.ID, Name: p.Name, Reachable: err == nil}
+		if err != nil {
+			s.Error = err.Error()
+		}
+		select {
+		case updates <- nodeUpdate{status: &s}:
+		case <-ctx.Done():
+		}
+	}
+	req, err := h.peerRequest(ctx, p, http.MethodGet, "/api/v1/sources/"+name+"/events/stream", nil)
+	if err != nil {
+		status(err)
+		return
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	res, err := h.client.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			status(fmt.Errorf("unreachable: %w", err))
+		}
+		return
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		status(fmt.Errorf("answered %s", res.Status))
+		return
+	}
+	status(nil)
+	// A node that stops sending (hung, or cut off) is noticed by its
+	// missing heartbeats.
+	idle := &idleReader{r: res.Body, d: 3 * h.Heartbeat, t: time.AfterFunc(3*h.Heartbeat, func() { res.Body.Close() })}
+	defer idle.t.Stop()
+	err = readSSE(idle, func(kind string, data []byte) error {
+		if kind != "event" && kind != "outcome" {
+			return nil
+		}
+		var ev debugger.Event
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return fmt.Errorf("unreadable %s: %w", kind, err)
+		}
+		select {
+		case updates <- nodeUpdate{node: p.Name, u: debugger.Update{Kind: kind, Event: ev}}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	if ctx.Err() != nil {
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("the stream ended")
+	}
+	status(fmt.Errorf("lost: %w", err))
+}
+
+// idleReader closes a stream (through t) when nothing came for d.
+type idleReader struct {
+	r io.Reader
+	d time.Duration
+	t *time.Timer
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	n, err := ir.r.Read(p)
+	if n > 0 {
+		ir.t.Reset(ir.d)
+	}
+	return n, err
+}
