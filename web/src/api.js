@@ -60,6 +60,22 @@ export async function get(path, { signal } = {}) {
   return res.json();
 }
 
+// getWithNodes is get for the routes that answer an array in a cluster:
+// it returns { body, nodes }, nodes from the Fanout-Nodes header (which of
+// the cluster's nodes answered; null outside a cluster).
+export async function getWithNodes(path, { signal } = {}) {
+  const res = await fetch('/api/v1' + path, { headers: headers({ Accept: 'application/json' }), signal });
+  if (!res.ok) await refused(res);
+  const h = res.headers.get('Fanout-Nodes');
+  let nodes = null;
+  try {
+    nodes = h ? JSON.parse(h) : null;
+  } catch {
+    // an unreadable header only loses the node list
+  }
+  return { body: await res.json(), nodes };
+}
+
 // query builds a query string from the defined, non-empty values of params.
 export function query(params) {
   const q = new URLSearchParams();

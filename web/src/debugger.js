@@ -5,6 +5,7 @@ import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { get, stream } from './api.js';
 import { ago, timestamp } from './format.js';
 import { call, title, who } from './pretty.js';
+import { Unreachable } from './nodes.js';
 import { setParams } from './router.js';
 
 // keep matches the server's debugger.Size: the last 500 events a source.
@@ -35,8 +36,10 @@ export function Debugger({ params }) {
   </main>`;
 }
 
-// byNewest orders events newest first.
-const byNewest = (a, b) => b.seq - a.seq;
+// byNewest orders events newest first: by the time received, since in a
+// cluster each node numbers (seq) the events it took in on its own.
+const byNewest = (a, b) =>
+  Date.parse(b.received_at) - Date.parse(a.received_at) || (b.node || '').localeCompare(a.node || '') || b.seq - a.seq;
 
 function Live({ source }) {
   // events holds what is shown; held, what arrived while paused. Both
@@ -51,6 +54,8 @@ function Live({ source }) {
   const [search, setSearch] = useState('');
   const [selected, setSelected] = useState(null);
   const [view, setView] = useState('pretty');
+  // nodes, in a cluster, are the nodes the stream follows.
+  const [nodes, setNodes] = useState(null);
 
   const redraw = () => setTick((n) => n + 1);
   const put = (m, ev) => {
@@ -83,6 +88,10 @@ function Live({ source }) {
         }
       },
       onMessage: (kind, data) => {
+        if (kind === 'nodes') {
+          setNodes(JSON.parse(data));
+          return;
+        }
         if (kind !== 'event' && kind !== 'outcome') return;
         const ev = JSON.parse(data);
         // While paused nothing shown changes, outcomes included.
@@ -110,6 +119,7 @@ function Live({ source }) {
   const newHeld = [...held.current.values()].filter((ev) => !events.current.has(ev.message_id)).length;
 
   return html`<div class="live">
+    <${Unreachable} nodes=${nodes} />
     <div class="toolbar">
       <div class="segmented" role="group" aria-label="Live or paused">
         <button data-testid="live" aria-pressed=${!isPaused} onClick=${() => toggle(false)}>Live</button>
@@ -161,7 +171,7 @@ function Detail({ ev, view, setView }) {
   return html`<div data-testid="detail">
     <div class="detail-head">
       <h2>${title(p)}</h2>
-      <span class="muted">${ev.type} · received ${timestamp(ev.received_at)}${user ? ` · ${user.label} ${user.value}` : ''}</span>
+      <span class="muted">${ev.type} · received ${timestamp(ev.received_at)}${ev.node ? ` by ${ev.node}` : ''}${user ? ` · ${user.label} ${user.value}` : ''}</span>
     </div>
     <div class="tabs" role="tablist">
       <button role="tab" data-testid="view-pretty" aria-selected=${view === 'pretty'} onClick=${() => setView('pretty')}>Pretty</button>

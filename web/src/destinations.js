@@ -1,19 +1,23 @@
 // Destinations: each configured destination, its settings (secrets
 // redacted by the server) and the live state of its queues.
 import { html } from 'htm/preact';
-import { get } from './api.js';
+import { getWithNodes } from './api.js';
 import { clock, count, duration, timestamp, until } from './format.js';
 import { Status, usePoll } from './poll.js';
+import { NodeCount, Unreachable } from './nodes.js';
 import { StoragePanel } from './storage.js';
 
 export function Destinations({ storage }) {
-  const poll = usePoll((signal) => get('/destinations', { signal }), [], 2000);
-  const list = poll.data;
+  const poll = usePoll((signal) => getWithNodes('/destinations', { signal }), [], 2000);
+  const list = poll.data?.body;
+  const nodes = poll.data?.nodes;
   return html`<main class="page destinations">
     <div class="page-head">
       <h1>Destinations</h1>
+      <${NodeCount} nodes=${nodes} />
       <${Status} poll=${poll} />
     </div>
+    <${Unreachable} nodes=${nodes} />
     ${list && list.length === 0 && html`<p class="empty">No destinations are configured.</p>`}
     ${list && list.map((d) => html`<${Destination} d=${d} />`)}
     <${StoragePanel} s=${storage} />
@@ -41,6 +45,9 @@ function Destination({ d }) {
         <dt>Retry window</dt><dd>${d.delivery.retry_window}</dd>
         <dt>Timeout</dt><dd>${d.delivery.timeout}</dd>
         ${st?.circuit_open && st.probe_at && html`<dt>Next probe</dt><dd>${until(st.probe_at)}</dd>`}
+        ${st?.nodes?.length > 0 && html`<dt>Delivered by</dt><dd data-field="nodes">${st.nodes
+          .map((n) => `${n.node} (${n.in_flight} in flight of ${n.concurrency}${n.circuit_open ? ', circuit open' : ''})`)
+          .join(', ')}</dd>`}
       </dl>
       <div class="settings">
         <h3>Settings</h3>
@@ -106,7 +113,7 @@ function Queue({ q }) {
     html`<span class="badge retrying" data-field="holds" title="Jobs waiting behind users the destination throttles one by one; the rest of the queue goes on">
       per-user holds: ${count(q.holds)} user${q.holds === 1 ? '' : 's'}, ${count(q.held)} job${q.held === 1 ? '' : 's'}</span>`;
   return html`<tr data-testid="queue" data-source=${q.source} data-paused=${paused ? 'true' : 'false'}>
-    <td>${q.source}</td>
+    <td>${q.source}${q.nodes?.length > 0 && html` <span class="muted" data-field="queue-nodes">on ${q.nodes.join(', ')}</span>`}</td>
     <td class="num" data-field="depth">${count(q.depth)}</td>
     <td class="num" data-field="buffered">${count(q.buffered)}${q.backlog ? ' + more on disk' : ''}</td>
     <td class="num" data-field="oldest">${q.oldest_age_seconds ? duration(q.oldest_age_seconds) : '–'}</td>

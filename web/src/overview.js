@@ -5,6 +5,7 @@ import { useMemo, useState } from 'preact/hooks';
 import { get, query } from './api.js';
 import { Chart, stepped } from './chart.js';
 import { ago, count, latency, prettyJSON, timestamp } from './format.js';
+import { NodeCount, Unreachable } from './nodes.js';
 import { Status, usePoll } from './poll.js';
 import { setParams } from './router.js';
 
@@ -61,9 +62,11 @@ export function Overview({ params }) {
         ${ranges.map((x) => html`<button data-range=${x.range} aria-pressed=${x === r}
           onClick=${() => setParams({ ...params, range: x.range })}>${x.label}</button>`)}
       </div>
+      ${d && html`<${NodeCount} nodes=${d.all.nodes} />`}
       <${Status} poll=${poll} />
     </div>
     ${d && html`
+      <${Unreachable} nodes=${d.all.nodes} />
       <${Selection} sel=${sel} onClear=${() => select({})} />
       <${Figures} o=${d.selected} />
       <${Trends} series=${d.series} />
