@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,5 +363,126 @@ func TestClusterView(t *testing.T) {
 			}
 		}
 		t.Logf("views from %s with %s dead: %v", n.name, dead.name, took.Round(time.Millisecond))
+	}
+}
+
+// TestClusterReplay: events archived after their retry window on one
+// node's watch are replayed from another node, the one not delivering the
+// destination, and reach the destination: the archive is the cluster's.
+func TestClusterReplay(t *testing.T) {
+	dsn := pgtest.Start(t)
+	var failing atomic.Bool
+	failing.Store(true)
+	var mu sync.Mutex
+	got := map[string]int{}
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		var ev struct {
+			MessageID string `json:"messageId"`
+		}
+		json.NewDecoder(r.Body).Decode(&ev)
+		mu.Lock()
+		got[ev.MessageID]++
+		mu.Unlock()
+	}))
+	defer sink.Close()
+	yaml := fmt.Sprintf(`admin_token: %s
+sources:
+  - name: web
+    write_key: wk_web
+destinations:
+  - name: hook
+    type: webhook
+    sources: [web]
+    settings:
+      url: %q
+    delivery:
+      timeout: 5s
+      retry_window: 2s
+`, viewToken, sink.URL)
+	nodes := []*viewNode{
+		{Server: fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml})},
+		{Server: fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml})},
+	}
+	ctx := t.Context()
+	// The node not delivering hook replays it.
+	var replayer *viewNode
+	split := func() bool {
+		var v struct {
+			Self  int64 `json:"self"`
+			Nodes []struct {
+				ID         int64 `json:"id"`
+				Live       bool  `json:"live"`
+				Partitions []int `json:"partitions"`
+			} `json:"nodes"`
+		}
+		for _, n := range nodes {
+			if _, err := adminGet(ctx, n, "/api/v1/cluster", &v); err != nil || len(v.Nodes) != 2 {
+				return false
+			}
+			for _, ni := range v.Nodes {
+				if !ni.Live || len(ni.Partitions) != cluster.DefaultPartitions/2 {
+					return false
+				}
+				if ni.ID == v.Self && !slices.Contains(ni.Partitions, cluster.PartitionOf("hook", cluster.DefaultPartitions)) {
+					replayer = n
+				}
+			}
+		}
+		return replayer != nil
+	}
+	if !fanouttest.Eventually(ctx, 30*time.Second, split) {
+		t.Fatal("the two nodes did not share the partitions")
+	}
+	var ids []string
+	for i := range 20 {
+		ids = append(ids, fmt.Sprintf("rp-%d", i))
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	for i, n := range nodes {
+		if res, err := postTracks(client, n.TrackingURL+"/v1/batch", "wk_web", "Replayed", ids[i*10:(i+1)*10]); err != nil || res.StatusCode != http.StatusOK {
+			t.Fatalf("send to node %d: %v %v", i, res, err)
+		}
+	}
+	var archived struct {
+		Archived int64 `json:"archived"`
+	}
+	if !fanouttest.Eventually(ctx, 60*time.Second, func() bool {
+		_, err := adminGet(ctx, replayer, "/api/v1/overview?range=1h", &archived)
+		return err == nil && archived.Archived == int64(len(ids))
+	}) {
+		t.Fatalf("overview from the replaying node: %d archived, want %d", archived.Archived, len(ids))
+	}
+	failing.Store(false)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, replayer.AdminURL+"/api/v1/replay?source=web&destination=hook&range=1h", nil)
+	req.Header.Set("Authorization", "Bearer "+viewToken)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var replayed struct {
+		Replayed int `json:"replayed"`
+	}
+	json.NewDecoder(res.Body).Decode(&replayed)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || replayed.Replayed != len(ids) {
+		t.Fatalf("replay from the node not delivering hook: %s, %d replayed; want %d", res.Status, replayed.Replayed, len(ids))
+	}
+	delivered := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range ids {
+			if got[id] == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	if !fanouttest.Eventually(ctx, 60*time.Second, delivered) {
+		mu.Lock()
+		t.Fatalf("after the replay the destination got %d of %d events", len(got), len(ids))
 	}
 }
