@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -33,7 +34,18 @@ type ClusterTuning struct {
 type pgCluster struct {
 	pool *pgxpool.Pool
 	node *cluster.Node
+
+	// peers is the node list the admin API's cluster-wide views last
+	// read, at peersAt; peersMu makes concurrent views share one read.
+	peersMu sync.Mutex
+	peersAt time.Time
+	peers   []admin.Peer
 }
+
+// peersTTL is how long the admin API reuses the node list: the pool is
+// the heartbeat's too (clusterConns), so views, however many, read it at
+// most once a second.
+const peersTTL = time.Second
 
 // joinCluster connects to dsn and joins the cluster under name (empty: a
 // default one), advertising adminURL as its admin API.
@@ -107,8 +119,14 @@ func (c *pgCluster) View(ctx context.Context) (any, error) {
 	return clusterView{Self: c.node.ID(), Name: c.node.Name(), Nodes: nodes}, nil
 }
 
-// Peers lists the nodes for the admin API's cluster-wide views.
+// Peers lists the nodes for the admin API's cluster-wide views, as read
+// less than peersTTL ago. The slice is shared: callers must not change it.
 func (c *pgCluster) Peers(ctx context.Context) ([]admin.Peer, error) {
+	c.peersMu.Lock()
+	defer c.peersMu.Unlock()
+	if c.peers != nil && time.Since(c.peersAt) < peersTTL {
+		return c.peers, nil
+	}
 	nodes, err := c.node.Nodes(ctx)
 	if err != nil {
 		return nil, err
@@ -117,6 +135,7 @@ func (c *pgCluster) Peers(ctx context.Context) ([]admin.Peer, error) {
 	for i, n := range nodes {
 		out[i] = admin.Peer{ID: n.ID, Name: n.Name, AdminURL: n.AdminURL, Live: n.Live, Self: n.ID == c.node.ID()}
 	}
+	c.peers, c.peersAt = out, time.Now()
 	return out, nil
 }
 
