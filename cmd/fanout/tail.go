@@ -71,6 +71,11 @@ func follow(r io.Reader, w io.Writer, raw bool) error {
 				fmt.Fprintf(w, "{\"kind\":%q,\"event\":%s}\n", kind, data)
 				continue
 			}
+			if kind == "nodes" {
+				// In a cluster: the nodes whose events the stream shows.
+				fmt.Fprintln(w, nodesLine(data))
+				continue
+			}
 			var ev debugger.Event
 			if err := json.Unmarshal([]byte(data), &ev); err != nil {
 				fmt.Fprintln(w, data)
@@ -80,6 +85,32 @@ func follow(r io.Reader, w io.Writer, raw bool) error {
 		}
 	}
 	return sc.Err()
+}
+
+// nodesLine formats a cluster stream's "nodes" event, such as
+// `nodes: a, b; unreachable: c (unreachable: connection refused)`.
+func nodesLine(data string) string {
+	var ns []struct {
+		Name      string `json:"name"`
+		Reachable bool   `json:"reachable"`
+		Error     string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(data), &ns); err != nil {
+		return "nodes: " + data
+	}
+	var up, down []string
+	for _, n := range ns {
+		if n.Reachable {
+			up = append(up, n.Name)
+		} else {
+			down = append(down, fmt.Sprintf("%s (%s)", n.Name, n.Error))
+		}
+	}
+	line := "nodes: " + strings.Join(up, ", ")
+	if len(down) > 0 {
+		line += "; unreachable: " + strings.Join(down, ", ")
+	}
+	return line
 }
 
 // pretty formats an update on one line, such as

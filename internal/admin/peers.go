@@ -90,10 +90,13 @@ func (h *handler) peers(ctx context.Context) []Peer {
 		h.Logger.Warn("list the cluster's nodes; serving this node's part alone", "err", err)
 		return []Peer{{Self: true, Live: true, Name: "this node"}}
 	}
-	out := make([]Peer, 0, len(ps))
+	out := make([]Peer, 1, len(ps)+1)
+	// A node whose row is gone (dead for an hour, as the others saw it)
+	// still answers for itself.
+	out[0] = Peer{Self: true, Live: true, Name: "this node"}
 	for _, p := range ps {
 		if p.Self {
-			out = append([]Peer{p}, out...)
+			out[0] = p
 		} else {
 			out = append(out, p)
 		}
