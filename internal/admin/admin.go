@@ -87,6 +87,9 @@ type Options struct {
 	// debugger routes then answer for the whole cluster (see cluster.go).
 	// Without it they answer for this node alone.
 	Peers func(ctx context.Context) ([]Peer, error)
+	// Delivers, in a cluster, reports whether this node owns the
+	// partition of a destination now: whether it is the one delivering it.
+	Delivers func(destination string) bool
 	// Token, when not empty, is required as a bearer token.
 	Token string
 	// Now is the clock ranges end at. Default time.Now.
@@ -244,9 +247,12 @@ type State struct {
 	CircuitOpen bool         `json:"circuit_open"`
 	ProbeAt     *time.Time   `json:"probe_at,omitempty"`
 	Queues      []QueueState `json:"queues"`
-	// Nodes, in a cluster-wide view, are the nodes whose schedulers hold
-	// the destination's queues: its partition's owner, two of them for a
-	// moment during a hand-over.
+	// Owned, in a node's own answer in a cluster (local=1), says the node
+	// owns the destination's partition: it is the node delivering it.
+	Owned bool `json:"owned,omitempty"`
+	// Nodes, in a cluster-wide view, are the nodes delivering the
+	// destination or holding its queues: its partition's owner, and for a
+	// moment during a hand-over the previous one.
 	Nodes []NodeState `json:"nodes,omitempty"`
 }
 
@@ -302,6 +308,9 @@ func (h *handler) localState(ctx context.Context) map[string]*State {
 		now := h.Now()
 		st := &State{Name: d.Name, InFlight: d.InFlight, Concurrency: d.Concurrency,
 			CircuitOpen: d.CircuitOpen, ProbeAt: timePtr(d.ProbeAt), Queues: []QueueState{}}
+		if h.Delivers != nil {
+			st.Owned = h.Delivers(d.Name)
+		}
 		seen := map[string]bool{}
 		for _, q := range d.Queues {
 			seen[q.Queue.Source] = true

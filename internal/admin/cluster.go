@@ -85,13 +85,16 @@ func nodesValue(nodes []NodeStatus) string {
 }
 
 // NodeState is one node's part of a destination's state in a cluster-wide
-// view: the node whose scheduler holds queues of it.
+// view: the node delivering it, or one whose scheduler still holds queues
+// of it.
 type NodeState struct {
-	Node        string `json:"node"`
-	InFlight    int    `json:"in_flight"`
-	Concurrency int    `json:"concurrency"`
-	CircuitOpen bool   `json:"circuit_open"`
-	Queues      int    `json:"queues"`
+	Node string `json:"node"`
+	// Owner says the node owns the destination's partition.
+	Owner       bool `json:"owner"`
+	InFlight    int  `json:"in_flight"`
+	Concurrency int  `json:"concurrency"`
+	CircuitOpen bool `json:"circuit_open"`
+	Queues      int  `json:"queues"`
 }
 
 // states is the state of every destination: this node's, or in a cluster
@@ -137,8 +140,8 @@ func joinStatus(a, b []NodeStatus) []NodeStatus {
 // cluster one node holds a destination's queues (its partition's owner);
 // during a hand-over two may. Counts add up; a queue is paused until the
 // latest pause and retries next at the earliest retry; a circuit is open
-// when any node has it open; the concurrency is the one of the nodes that
-// hold queues of the destination (the others keep the configured one).
+// when any node has it open; the concurrency is the owner's (the others
+// keep the configured one).
 // The depth and pending retries come from gauges, the sums over every
 // node's stats (nil: as the nodes gave them).
 func mergeStates(parts []namedPart[[]*State], gauges map[stats.Pair]stats.Gauges) map[string]*State {
@@ -151,14 +154,11 @@ func mergeStates(parts []namedPart[[]*State], gauges map[stats.Pair]stats.Gauges
 				m = &State{Name: s.Name, Concurrency: s.Concurrency, Queues: []QueueState{}}
 				out[s.Name] = m
 			}
-			holds := len(s.Queues) > 0 || s.InFlight > 0
-			if holds || s.CircuitOpen {
-				if len(m.Nodes) == 0 {
+			if s.Owned || len(s.Queues) > 0 || s.InFlight > 0 || s.CircuitOpen {
+				if len(m.Nodes) == 0 || s.Owned {
 					m.Concurrency = s.Concurrency
-				} else {
-					m.Concurrency = max(m.Concurrency, s.Concurrency)
 				}
-				m.Nodes = append(m.Nodes, NodeState{Node: part.node, InFlight: s.InFlight,
+				m.Nodes = append(m.Nodes, NodeState{Node: part.node, Owner: s.Owned, InFlight: s.InFlight,
 					Concurrency: s.Concurrency, CircuitOpen: s.CircuitOpen, Queues: len(s.Queues)})
 			}
 			m.InFlight += s.InFlight

@@ -34,7 +34,7 @@ func at(s int) *time.Time {
 // depth and pending retries from the cluster's gauges.
 func TestMergeStates(t *testing.T) {
 	a := []*State{
-		{Name: "hook", InFlight: 3, Concurrency: 4, Queues: []QueueState{
+		{Name: "hook", InFlight: 3, Concurrency: 4, Owned: true, Queues: []QueueState{
 			{Source: "web", Buffered: 5, InFlight: 3, Limit: 4, Depth: 40, PausedUntil: at(10), PauseReason: "retry-after", RetryNext: at(30)},
 		}},
 		{Name: "crm", Concurrency: 10, Queues: []QueueState{}},
@@ -74,8 +74,9 @@ func TestMergeStates(t *testing.T) {
 			if len(got) != 2 || hook == nil || crm == nil {
 				t.Fatalf("merged %v, want hook and crm", got)
 			}
-			if hook.InFlight != 4 || hook.Concurrency != 10 || len(hook.Nodes) != 2 || hook.Queues[1].Source != "web" {
-				t.Errorf("hook: %+v, want 4 in flight, concurrency 10 (the larger of the two holding queues), on a and b, app then web", hook)
+			if hook.InFlight != 4 || hook.Concurrency != 4 || len(hook.Nodes) != 2 || !hook.Nodes[0].Owner || hook.Nodes[1].Owner ||
+				hook.Queues[1].Source != "web" {
+				t.Errorf("hook: %+v, want 4 in flight, the concurrency of a (the owner), on a and b, app then web", hook)
 			}
 			if q := hook.Queues[1]; fmt.Sprint(q) != fmt.Sprint(c.hook) {
 				t.Errorf("web -> hook\n got %+v\nwant %+v", q, c.hook)

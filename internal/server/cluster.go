@@ -14,6 +14,7 @@ import (
 
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/jobstore"
 )
 
 // clusterConns bounds the pool the cluster membership uses: one connection
@@ -137,6 +138,12 @@ func (c *pgCluster) Peers(ctx context.Context) ([]admin.Peer, error) {
 	}
 	c.peers, c.peersAt = out, time.Now()
 	return out, nil
+}
+
+// Delivers reports whether this node owns destination's partition now.
+func (c *pgCluster) Delivers(destination string) bool {
+	_, ok := c.node.Owns(c.node.PartitionOf(jobstore.Queue{Destination: destination}))
+	return ok
 }
 
 // adminURL is the URL other nodes reach the admin API bound to ln at: its

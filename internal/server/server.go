@@ -284,8 +284,9 @@ func New(opts Options) (_ *Server, err error) {
 	s.track = newHTTPServer(tracking, opts)
 	var clusterView func(context.Context) (any, error)
 	var peers func(context.Context) ([]admin.Peer, error)
+	var delivers func(string) bool
 	if s.cluster != nil {
-		clusterView, peers = s.cluster.View, s.cluster.Peers
+		clusterView, peers, delivers = s.cluster.View, s.cluster.Peers, s.cluster.Delivers
 	}
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
@@ -293,9 +294,10 @@ func New(opts Options) (_ *Server, err error) {
 		Replay: (&archive.Replayer{
 			Archive: s.archive, Store: s.store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
 		}).Replay,
-		Storage: func() any { return s.space.State() },
-		Cluster: clusterView,
-		Peers:   peers,
+		Storage:  func() any { return s.space.State() },
+		Cluster:  clusterView,
+		Peers:    peers,
+		Delivers: delivers,
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {

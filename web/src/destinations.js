@@ -46,8 +46,8 @@ function Destination({ d }) {
         <dt>Timeout</dt><dd>${d.delivery.timeout}</dd>
         ${st?.circuit_open && st.probe_at && html`<dt>Next probe</dt><dd>${until(st.probe_at)}</dd>`}
         ${st?.nodes?.length > 0 && html`<dt>Delivered by</dt><dd data-field="nodes">${st.nodes
-          .map((n) => `${n.node} (${n.in_flight} in flight of ${n.concurrency}${n.circuit_open ? ', circuit open' : ''})`)
-          .join(', ')}</dd>`}
+          .map((n) => `${n.node}${n.owner ? '' : ' (handing over)'}: ${n.in_flight} in flight of ${n.concurrency}${n.circuit_open ? ', circuit open' : ''}`)
+          .join('; ')}</dd>`}
       </dl>
       <div class="settings">
         <h3>Settings</h3>

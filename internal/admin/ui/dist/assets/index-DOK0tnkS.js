@@ -258,7 +258,7 @@
         <dt>Retry window</dt><dd>${e.delivery.retry_window}</dd>
         <dt>Timeout</dt><dd>${e.delivery.timeout}</dd>
         ${t?.circuit_open&&t.probe_at&&I`<dt>Next probe</dt><dd>${eo(t.probe_at)}</dd>`}
-        ${t?.nodes?.length>0&&I`<dt>Delivered by</dt><dd data-field="nodes">${t.nodes.map(e=>`${e.node} (${e.in_flight} in flight of ${e.concurrency}${e.circuit_open?`, circuit open`:``})`).join(`, `)}</dd>`}
+        ${t?.nodes?.length>0&&I`<dt>Delivered by</dt><dd data-field="nodes">${t.nodes.map(e=>`${e.node}${e.owner?``:` (handing over)`}: ${e.in_flight} in flight of ${e.concurrency}${e.circuit_open?`, circuit open`:``}`).join(`; `)}</dd>`}
       </dl>
       <div class="settings">
         <h3>Settings</h3>
