@@ -57,15 +57,20 @@ const checks = [];
 const check = (phase, name, fn) => phase === PHASE && checks.push({ name, fn });
 
 check('live', 'the debugger of one node shows an event a second took in and a third delivered', async () => {
+  const t = Date.now();
   const page = await newPage();
   await page.goto(`${ADMIN}/#/debugger?source=${SOURCE}`);
+  console.log(`     page loaded after ${Date.now() - t} ms`);
   await page.waitForSelector('[data-testid=conn]:text("Live")');
+  console.log(`     live after ${Date.now() - t} ms`);
   // The stream follows the other nodes before the event is sent.
   await page.waitForTimeout(500);
   const id = 'ui-cluster-' + Date.now();
   await send(id);
+  const t0 = Date.now();
   const row = page.locator(`[data-testid=event][data-message-id="${id}"]`);
   await row.waitFor({ timeout: 20_000 });
+  console.log(`     the event shown after ${Date.now() - t0} ms`);
   await row.click();
   const status = page.locator(`[data-testid=outcomes] tr[data-destination=${DEST}] [data-field=status]`);
   await page.waitForFunction(
@@ -74,6 +79,7 @@ check('live', 'the debugger of one node shows an event a second took in and a th
     { timeout: 20_000 },
   );
   assert.equal(await status.textContent(), 'delivered');
+  console.log(`     delivered shown after ${Date.now() - t0} ms`);
   assert.match(await page.locator('[data-testid=detail] .detail-head .muted').textContent(), new RegExp(`by ${TAKER}`));
   assert.equal(await page.locator('[data-testid=nodes-down]').count(), 0, 'every node answers');
   await page.screenshot({ path: join(SHOTS, 'cluster-debugger.png') });
