@@ -87,6 +87,10 @@ type Options struct {
 	// debugger routes then answer for the whole cluster (see cluster.go).
 	// Without it they answer for this node alone.
 	Peers func(ctx context.Context) ([]Peer, error)
+	// NodeID, in a cluster, is this node's id (cluster.Node.ID): every
+	// answer carries it in the Fanout-Node header, so that a node asking
+	// another for its part can tell it reached the node it meant.
+	NodeID int64
 	// Delivers, in a cluster, reports whether this node owns the
 	// partition of a destination now: whether it is the one delivering it.
 	Delivers func(destination string) bool
@@ -151,6 +155,9 @@ func New(o Options) http.Handler {
 }
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.NodeID != 0 {
+		w.Header().Set(nodeHeader, strconv.FormatInt(h.NodeID, 10))
+	}
 	if h.Token != "" && !public(r) && !h.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fanout admin"`)
 		writeError(w, http.StatusUnauthorized, "expected Authorization: Bearer <admin_token>")

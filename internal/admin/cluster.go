@@ -56,6 +56,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,20 @@ import (
 	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/stats"
 )
+
+// nodeHeader carries the id of the node that answered (Options.NodeID).
+const nodeHeader = "Fanout-Node"
+
+// checkNode fails when res is not p's: an admin URL that reaches another
+// node, as http://127.0.0.1:8081 does from every host but p's when p's
+// admin_listen is on loopback. Without the check that node's part would
+// be counted twice, and p's not at all.
+func checkNode(p Peer, res *http.Response) error {
+	if got := res.Header.Get(nodeHeader); got != strconv.FormatInt(p.ID, 10) {
+		return fmt.Errorf("%s answered as node %q, not as node %d: the admin URL it advertises reaches another node (is its admin_listen on loopback?)", p.AdminURL, got, p.ID)
+	}
+	return nil
+}
 
 // nodesHeader carries the nodes' statuses (JSON) on the routes that answer
 // a JSON array.
@@ -422,6 +437,10 @@ func (h *handler) follow(ctx context.Context, p Peer, name string, updates chan<
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusOK {
 		status(fmt.Errorf("answered %s", res.Status))
+		return
+	}
+	if err := checkNode(p, res); err != nil {
+		status(err)
 		return
 	}
 	status(nil)

@@ -201,6 +201,9 @@ func (h *handler) ask(ctx context.Context, p Peer, method, path string, query ur
 	}
 	defer res.Body.Close()
 	body := io.LimitReader(res.Body, peerMaxBody)
+	if err := checkNode(p, res); err != nil {
+		return err
+	}
 	if res.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		_ = json.NewDecoder(body).Decode(&e)

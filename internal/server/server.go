@@ -285,8 +285,9 @@ func New(opts Options) (_ *Server, err error) {
 	var clusterView func(context.Context) (any, error)
 	var peers func(context.Context) ([]admin.Peer, error)
 	var delivers func(string) bool
+	var nodeID int64
 	if s.cluster != nil {
-		clusterView, peers, delivers = s.cluster.View, s.cluster.Peers, s.cluster.Delivers
+		clusterView, peers, delivers, nodeID = s.cluster.View, s.cluster.Peers, s.cluster.Delivers, s.cluster.node.ID()
 	}
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
@@ -298,6 +299,7 @@ func New(opts Options) (_ *Server, err error) {
 		Cluster:  clusterView,
 		Peers:    peers,
 		Delivers: delivers,
+		NodeID:   nodeID,
 	}), opts)
 
 	if s.trackLn, err = net.Listen("tcp", cfg.Listen); err != nil {
