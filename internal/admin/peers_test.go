@@ -20,6 +20,7 @@ import (
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/pgtest"
 	"github.com/fanout/fanout/internal/router"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -106,10 +107,28 @@ type node struct {
 
 const testToken = "tok"
 
+// clusterOptions shape a testCluster.
+type clusterOptions struct {
+	// stats opens a node's stats; default a Pebble database of its own.
+	stats func(t *testing.T, name string) *stats.Stats
+	// idle: no node's scheduler holds a queue; otherwise the second
+	// delivers hook, 3 jobs buffered and 2 in flight.
+	idle bool
+}
+
+func pebbleStats(t *testing.T, _ string) *stats.Stats {
+	st, err := stats.Open(stats.Options{Dir: filepath.Join(t.TempDir(), "stats")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // testCluster starts n admin APIs that list each other, plus a node
-// that died (no heartbeat) and one whose listener is closed (live in the
-// list, refusing connections).
-func testCluster(t *testing.T, n int) []*node {
+// that died (no heartbeat), one whose listener is closed (live in the
+// list, refusing connections) and one whose URL reaches another node.
+func testCluster(t *testing.T, n int, o clusterOptions) []*node {
 	t.Helper()
 	cfg := &config.Config{
 		Sources:      []config.Source{{Name: "web"}},
@@ -130,17 +149,16 @@ func testCluster(t *testing.T, n int) []*node {
 		}
 		return out
 	}
+	if o.stats == nil {
+		o.stats = pebbleStats
+	}
 	for i := range n {
-		st, err := stats.Open(stats.Options{Dir: filepath.Join(t.TempDir(), "stats")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
+		st := o.stats(t, fmt.Sprintf("n%d", i+1))
 		nd := &node{dbg: debugger.New(nil), stats: st}
 		id := int64(i + 1)
 		state := func(context.Context) []delivery.DestinationState {
 			ds := delivery.DestinationState{Name: "hook", Concurrency: 8}
-			if i == 1 { // the second node delivers hook
+			if i == 1 && !o.idle { // the second node delivers hook
 				ds.InFlight = 2
 				ds.Queues = []delivery.QueueState{{Queue: jobstore.Queue{Source: "web", Destination: "hook"}, Buffered: 3, InFlight: 2}}
 			}
@@ -202,7 +220,7 @@ func checkNodes(t *testing.T, what string, ns []NodeStatus) {
 // the others are asked for their own part only (local=1), never in a
 // loop; the dead and the unreachable node are listed, not fatal.
 func TestClusterViews(t *testing.T) {
-	nodes := testCluster(t, 3)
+	nodes := testCluster(t, 3, clusterOptions{})
 	received := time.Now().Add(-time.Second)
 	// n3 takes the event in, n2 delivers it.
 	e := jobstore.Entry{Event: event.Event{Source: "web", MessageID: "m1", Type: event.Track, ReceivedAt: received, Payload: []byte(`{}`)}}
@@ -273,7 +291,7 @@ func TestClusterViews(t *testing.T) {
 // The merged stream of one node shows an event another took in with the
 // outcome a third reported, and says which nodes it follows.
 func TestClusterStream(t *testing.T) {
-	nodes := testCluster(t, 3)
+	nodes := testCluster(t, 3, clusterOptions{})
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, nodes[0].srv.URL+"/api/v1/sources/web/events/stream", nil)
@@ -320,6 +338,55 @@ func TestClusterStream(t *testing.T) {
 	}
 	if last.Node != "n3" || last.Destinations[0].Status != debugger.StatusDelivered {
 		t.Fatalf("last streamed %+v, want m1 from n3, delivered", last)
+	}
+}
+
+// Nodes sharing a PostgreSQL database for their stats answer with the
+// same figures at once: a view asks every node to write what it counted
+// in memory before it reads. Here no node flushes on its own (no Run):
+// only the views' flushes put n1's and n3's counts where n2 reads them.
+func TestClusterStatsAgree(t *testing.T) {
+	pool := pgtest.Pool(t, pgtest.Start(t))
+	nodes := testCluster(t, 3, clusterOptions{idle: true, stats: func(t *testing.T, name string) *stats.Stats {
+		pg, err := stats.NewPostgres(t.Context(), pool, stats.PostgresOptions{Node: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := stats.Open(stats.Options{Backend: pg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}})
+	// n1 takes 3 events in, n2 delivers 2 of them; n3 counts nothing.
+	received := time.Now().Add(-time.Second)
+	rep := ingest.Report{Source: "web", Status: 200}
+	for i := range 3 {
+		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: fmt.Sprint("m", i),
+			Type: event.Track, ReceivedAt: received, Payload: []byte(`{}`)}})
+		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
+	}
+	nodes[0].stats.ObserveIngest(rep)
+	q := jobstore.Queue{Source: "web", Destination: "hook"}
+	for _, e := range rep.Accepted[:2] {
+		nodes[1].stats.Observe(delivery.Report{Queue: q, Job: &jobstore.Job{Queue: q, Event: e.Event, Attempts: 1},
+			End: delivery.EndDelivered, At: received.Add(time.Millisecond)})
+	}
+	for _, nd := range []*node{nodes[2], nodes[1], nodes[0]} {
+		var o struct {
+			stats.Overview
+			Nodes []NodeStatus `json:"nodes"`
+		}
+		getJSON(t, nd.srv.URL+"/api/v1/overview?range=1h", &o)
+		if o.Received != 3 || o.DeliveredFirst != 2 || o.Ingest.Accepted != 3 || o.Latency.Count != 2 {
+			t.Errorf("overview from %s: %+v, ingest %+v; want 3 received (n1's), 2 delivered (n2's)", nd.peer.Name, o.Counts, o.Ingest)
+		}
+		var qs []*State
+		getJSON(t, nd.srv.URL+"/api/v1/queues", &qs)
+		if len(qs) != 1 || len(qs[0].Queues) != 1 || qs[0].Queues[0].Depth != 1 {
+			t.Errorf("queues from %s: %+v, want hook with web's depth 1 (3 made on n1, 2 ended on n2)", nd.peer.Name, qs)
+		}
 	}
 }
 
