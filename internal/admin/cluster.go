@@ -54,6 +54,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strconv"
@@ -259,7 +260,7 @@ func (h *handler) nodeEvents(name string) debugger.NodeEvents {
 
 // clusterEvents merges every node's kept events of source name.
 func (h *handler) clusterEvents(ctx context.Context, name string) ([]debugger.Event, []NodeStatus) {
-	parts, nodes := gather(ctx, h, http.MethodGet, "/api/v1/sources/"+name+"/events", nil,
+	parts, nodes := gather(ctx, h, http.MethodGet, "/api/v1/sources/"+url.PathEscape(name)+"/events", nil,
 		func() (debugger.NodeEvents, error) { return h.nodeEvents(name), nil })
 	lists := make([]debugger.NodeEvents, len(parts))
 	for i, p := range parts {
@@ -421,7 +422,7 @@ func (h *handler) follow(ctx context.Context, p Peer, name string, updates chan<
 		case <-ctx.Done():
 		}
 	}
-	req, err := h.peerRequest(ctx, p, http.MethodGet, "/api/v1/sources/"+name+"/events/stream", nil)
+	req, err := h.peerRequest(ctx, p, http.MethodGet, "/api/v1/sources/"+url.PathEscape(name)+"/events/stream", nil)
 	if err != nil {
 		status(err)
 		return
