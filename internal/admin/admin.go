@@ -610,6 +610,10 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// Subscribed before the answer starts: a client that sees the stream
+	// open (another node merging it, say) misses no update after.
+	feed, stop := h.Debugger.Subscribe(name)
+	defer stop()
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{})
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -621,15 +625,13 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if h.clusterWide(r) {
-		h.clusterStream(w, r, rc, name)
+		h.clusterStream(w, r, rc, name, feed)
 		return
 	}
 	// This node's own feed: in a cluster, another node merging it (the
 	// outcomes of events this node did not take in included, Seq 0); on
 	// its own, a client, to whom those mean nothing.
 	alone := h.Peers == nil
-	feed, stop := h.Debugger.Subscribe(name)
-	defer stop()
 	beat := time.NewTicker(h.Heartbeat)
 	defer beat.Stop()
 	for {

@@ -279,15 +279,15 @@ type nodeUpdate struct {
 }
 
 // clusterStream serves the merged event stream of source name: this
-// node's feed and every other live node's (its stream with local=1),
+// node's feed and every other live node's (its stream with local=1,
+// subscribed before it answers, so a node reported reachable misses
+// nothing after),
 // through a debugger.Merge. A node lost is retried every peerRefresh, and
 // nodes that join are followed from then on. Each change in the nodes
 // reachable is sent as a "nodes" event.
-func (h *handler) clusterStream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, name string) {
+func (h *handler) clusterStream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, name string, feed <-chan debugger.Update) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	feed, stop := h.Debugger.Subscribe(name)
-	defer stop()
 	updates := make(chan nodeUpdate, 256)
 	following := map[int64]context.CancelFunc{}
 	var wg sync.WaitGroup
