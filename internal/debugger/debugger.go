@@ -2,6 +2,10 @@
 // Size events, each with what became of it at every destination so far,
 // and a feed of new events and outcome changes for subscribers (the admin
 // API's server-sent events and `fanout tail`).
+//
+// In a cluster each node keeps the events it took in, and the outcomes of
+// the events other nodes took in that it delivered (Outcomes); Merge joins
+// the nodes' parts into one view, which the admin API serves from any node.
 package debugger
 
 import (
