@@ -275,7 +275,40 @@
     <td class="num">${Ja(e.throttled)}</td>
   </tr>`}function Uo({settings:e}){let t=Object.entries(e||{});return t.length===0?L`<p class="empty">None.</p>`:L`<dl class="facts" data-testid="settings">
     ${t.map(([e,t])=>L`<dt>${e}</dt><dd data-setting=${e}>${Wo(t)}</dd>`)}
-  </dl>`}function Wo(e){return e==null?`–`:typeof e==`object`?L`<dl class="facts nested">${Object.entries(e).map(([e,t])=>L`<dt>${e}</dt><dd>${Wo(t)}</dd>`)}</dl>`:String(e)}var Go=[{path:`overview`,title:`Overview`,component:co},{path:`debugger`,title:`Debugger`,component:Do},{path:`destinations`,title:`Destinations`,component:Lo}];function Ko({onDone:e}){let[t,n]=H(``),[r,i]=H(``),[a,o]=H(!1);async function s(n){n.preventDefault(),o(!0),i(``),Ie(t.trim());try{await U(`/sources`),e()}catch(e){Ie(``),i(e instanceof Le?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return L`<main class="login">
+  </dl>`}function Wo(e){return e==null?`–`:typeof e==`object`?L`<dl class="facts nested">${Object.entries(e).map(([e,t])=>L`<dt>${e}</dt><dd>${Wo(t)}</dd>`)}</dl>`:String(e)}async function Go(e){try{return await U(`/cluster`,{signal:e})}catch(e){if(/^404 /.test(e.message))return{single:e.message.slice(4)};throw e}}function Ko(){let e=io(Go,[],2e3),t=e.data;return L`<main class="page cluster">
+    <div class="page-head">
+      <h1>Cluster</h1>
+      <${ao} poll=${e} />
+    </div>
+    ${t&&t.single&&L`<section class="card" data-testid="not-cluster">
+      <h2>Not a cluster</h2>
+      <p>This fanout runs alone on its embedded store (${t.single}).</p>
+      <p class="muted">Nodes whose <code>storage.postgres</code> names the same database form a cluster:
+        each destination is delivered by one node, and a node that stops or dies hands its partitions to the others.</p>
+    </section>`}
+    ${t&&t.nodes&&L`<${qo} v=${t} at=${e.updatedAt} />`}
+  </main>`}function qo({v:e,at:t}){let n=t?t.getTime():Date.now(),r=e.nodes.filter(e=>e.live),i=r.reduce((e,t)=>e+t.partitions.length,0);return L`<section class="card">
+    <p data-testid="cluster-summary">
+      <strong>${r.length}</strong> live node${r.length===1?``:`s`} holding <strong>${i}</strong> partition${i===1?``:`s`}${e.nodes.length>r.length&&`; ${e.nodes.length-r.length} dead, listed for an hour`}.
+      <span class="muted"> This page is served by node ${e.name} (#${e.self}).</span>
+    </p>
+    <table class="grid">
+      <thead><tr>
+        <th>Node</th><th>State</th><th>Started</th><th>Last heartbeat</th>
+        <th class="num" title="Time since the node last renewed its leases (its heartbeat round)">Lease age</th>
+        <th class="num">Partitions</th><th>Which</th>
+      </tr></thead>
+      <tbody>${e.nodes.map(t=>L`<tr data-testid="node" data-id=${t.id} data-name=${t.name} data-live=${String(t.live)}>
+        <td>${t.name} <span class="muted">#${t.id}</span>${t.id===e.self&&L` <span class="badge type" data-field="self">this node</span>`}</td>
+        <td><span class=${`badge `+(t.live?`delivered`:`failed`)} data-field="state">${t.live?`live`:`dead`}</span></td>
+        <td title=${eo(t.started_at)}>${Qa(t.started_at,n)}</td>
+        <td data-field="heartbeat" title=${eo(t.last_heartbeat)}>${eo(t.last_heartbeat)}</td>
+        <td class="num" data-field="lease_age">${Jo(t,n)}</td>
+        <td class="num" data-field="partition_count">${t.partitions.length}</td>
+        <td data-field="partitions"><code>${Yo(t.partitions)||`–`}</code></td>
+      </tr>`)}</tbody>
+    </table>
+  </section>`}function Jo(e,t){if(!e.live)return`ran out`;let n=Math.max(0,(t-new Date(e.last_heartbeat).getTime())/1e3);return n<60?`${n.toFixed(1)} s`:Xa(n)}function Yo(e){let t=[];for(let n=0;n<e.length;){let r=n;for(;r+1<e.length&&e[r+1]===e[r]+1;)r++;t.push(n===r?`${e[n]}`:`${e[n]}-${e[r]}`),n=r+1}return t.join(`, `)}var Xo=[{path:`overview`,title:`Overview`,component:co},{path:`debugger`,title:`Debugger`,component:Do},{path:`destinations`,title:`Destinations`,component:Lo},{path:`cluster`,title:`Cluster`,component:Ko}];function Zo({onDone:e}){let[t,n]=H(``),[r,i]=H(``),[a,o]=H(!1);async function s(n){n.preventDefault(),o(!0),i(``),Ie(t.trim());try{await U(`/sources`),e()}catch(e){Ie(``),i(e instanceof Le?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return L`<main class="login">
     <form onSubmit=${s} data-testid="login">
       <h1>fanout</h1>
       <p>This fanout has an admin token. Enter it to see the delivery overview, the debugger and the destinations.</p>
@@ -287,15 +320,15 @@
       <button type="submit" class="primary" disabled=${a}>Sign in</button>
       <p class="hint">The token is kept in this tab's session storage and sent as <code>Authorization: Bearer</code>.</p>
     </form>
-  </main>`}function qo(){let{path:e,params:t}=qe(),n=Go.find(t=>t.path===e)||Go[0],[r,i]=H(!1),[a,o]=H(0);Se(()=>ze(()=>i(!0)),[]);let s=Po(a,r);if(r)return L`<${Ko} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return L`<div class="shell">
+  </main>`}function Qo(){let{path:e,params:t}=qe(),n=Xo.find(t=>t.path===e)||Xo[0],[r,i]=H(!1),[a,o]=H(0);Se(()=>ze(()=>i(!0)),[]);let s=Po(a,r);if(r)return L`<${Zo} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return L`<div class="shell">
     <header class="top">
       <a class="brand" href="#/overview">fanout</a>
       <nav>
-        ${Go.map(e=>L`<a href=${`#/`+e.path} class=${e===n?`active`:``}
+        ${Xo.map(e=>L`<a href=${`#/`+e.path} class=${e===n?`active`:``}
           aria-current=${e===n?`page`:void 0}>${e.title}</a>`)}
       </nav>
       ${Fe()&&L`<button class="link" onClick=${()=>{Ie(``),i(!0)}}>Sign out</button>`}
     </header>
     <${Fo} s=${s.data} />
     <${c} key=${n.path+a} params=${t} storage=${s.data} />
-  </div>`}F(L`<${qo} />`,document.getElementById(`app`));
+  </div>`}F(L`<${Qo} />`,document.getElementById(`app`));
