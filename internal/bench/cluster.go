@@ -108,6 +108,13 @@ type ClusterKills struct {
 	Delivered      uint64    `json:"delivered_unique"`
 	Lost           int       `json:"lost"`
 	Duplicates     uint64    `json:"duplicates"`
+	// KillDuplicates are the duplicates the sink counted from each kill
+	// until a second after the takeover: the killed node's deliveries
+	// whose outcome it had not written, sent again by the new owner.
+	// HandoverDuplicates are the rest, counted while the restarted node
+	// takes its share back from the two others (a clean handover).
+	KillDuplicates     uint64 `json:"kill_duplicates"`
+	HandoverDuplicates uint64 `json:"handover_duplicates"`
 	// InFlightAtKills is the sum, over the kills, of the killed node's
 	// fanout_inflight_requests read just before each kill.
 	InFlightAtKills int `json:"in_flight_at_kills"`
@@ -188,7 +195,8 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		[2]string{"takeover, kill to first delivery (s)", fmt.Sprintf("max %.1f; %s", res.Kills.TakeoverMaxSec, strings.Join(takeovers, " "))},
 		[2]string{"acknowledged / delivered (unique)", fmt.Sprintf("%d / %d", res.Kills.Acked, res.Kills.Delivered)},
 		[2]string{"lost", fmt.Sprint(res.Kills.Lost)},
-		[2]string{"duplicates / requests in flight at the kills", fmt.Sprintf("%d / %d", res.Kills.Duplicates, res.Kills.InFlightAtKills)})
+		[2]string{"duplicates after the kills / requests in flight at the kills", fmt.Sprintf("%d / %d", res.Kills.KillDuplicates, res.Kills.InFlightAtKills)},
+		[2]string{"duplicates after the restarted node took its share back", fmt.Sprint(res.Kills.HandoverDuplicates)})
 	e.table(rows)
 	return res, nil
 }
@@ -405,6 +413,10 @@ func (c *fanoutCluster) kills(ctx context.Context, sinkAddr string, kills int) (
 				res.InFlightAtKills += int(n)
 			}
 		}
+		before, err := sinkStats(sinkAddr)
+		if err != nil {
+			return res, err
+		}
 		c.setLive(vi)
 		victim.kill()
 		killed := time.Now()
@@ -425,7 +437,16 @@ func (c *fanoutCluster) kills(ctx context.Context, sinkAddr string, kills int) (
 		t := at.Sub(killed).Seconds()
 		res.TakeoverSec = append(res.TakeoverSec, t)
 		res.TakeoverMaxSec = max(res.TakeoverMaxSec, t)
-		c.e.logf("kill %d/%d: %s delivered %v; taken over in %.1f s", k+1, kills, c.names[vi], dests, t)
+		// The new owner sends the killed node's unrecorded deliveries
+		// first: they head their queues.
+		time.Sleep(time.Second)
+		after, err := sinkStats(sinkAddr)
+		if err != nil {
+			return res, err
+		}
+		dups := after.Duplicates - before.Duplicates
+		res.KillDuplicates += dups
+		c.e.logf("kill %d/%d: %s delivered %v; taken over in %.1f s; %d duplicates", k+1, kills, c.names[vi], dests, t, dups)
 
 		p, err := c.e.start(fmt.Sprintf("%s-restart-%d", c.names[vi], k+1), "serve", "--config", c.cfgs[vi], "--log-level", "warn")
 		if err != nil {
@@ -450,6 +471,7 @@ func (c *fanoutCluster) kills(ctx context.Context, sinkAddr string, kills int) (
 		c.e.logf("%v", err)
 	}
 	res.Delivered, res.Duplicates = s.Unique, s.Duplicates
+	res.HandoverDuplicates = res.Duplicates - res.KillDuplicates
 	return res, nil
 }
 
