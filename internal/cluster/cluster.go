@@ -203,7 +203,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
-	n.changes = newRelay[Change]()
+	n.changes = newRelay[Change](n.opts.Partitions) // a round changes at most every partition
 	n.wakes = newWakeSet(rctx, &n.done)
 	n.round(ctx)
 	n.done.Add(2)
