@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -59,8 +60,12 @@ type ClusterResult struct {
 	// Scale holds one ingest-and-drain run per cluster size (1, 2, 3
 	// nodes), each on a fresh database of the same PostgreSQL.
 	Scale []ClusterScaleRun `json:"scale"`
-	// CPU3vs1 is the CPU per delivered event of 3 nodes over that of 1.
+	// CPU3vs1 is the CPU per delivered event of 3 nodes over that of 1,
+	// at the same steady rate (SteadyRate), the mean of two runs each.
 	CPU3vs1 float64 `json:"cpu_per_event_3_vs_1"`
+	// SteadyRate is the events/s of the steady runs: one every cluster
+	// size sustains on the machine, so that each delivers the same load.
+	SteadyRate float64 `json:"steady_events_per_sec"`
 	// RateLimit is destination "limited" flooded through 3 nodes.
 	RateLimit ClusterRateLimit `json:"rate_limit"`
 	// Kills is one node of 3 SIGKILLed repeatedly under load.
@@ -79,11 +84,23 @@ type ClusterScaleRun struct {
 	// the start of the load until the last was delivered.
 	DeliveredEventsPerSec float64 `json:"delivered_events_per_sec"`
 	// CPUPerDeliveredEventUs is the CPU time of every fanout process of
-	// the cluster (from /proc), ingest and delivery, per delivered event.
+	// the cluster (from /proc), ingest and delivery, per delivered event,
+	// in that run: at each size's own top rate, so batches and group
+	// commits differ in size from one size to the next.
 	CPUPerDeliveredEventUs float64 `json:"cpu_per_delivered_event_us"`
-	Lost                   int64   `json:"lost"`
-	Duplicates             uint64  `json:"duplicates"`
+	// SteadyCPUUs is the same at SteadyRate, one figure per run: the
+	// sizes are run 1, 2, 3, then 3, 2, 1, each on a fresh cluster, so
+	// that a drift in the shared machine's speed weighs on every size
+	// alike. SteadyCPUMeanUs is their mean.
+	SteadyCPUUs     []float64 `json:"steady_cpu_per_delivered_event_us"`
+	SteadyCPUMeanUs float64   `json:"steady_cpu_per_delivered_event_mean_us"`
+	Lost            int64     `json:"lost"`
+	Duplicates      uint64    `json:"duplicates"`
 }
+
+// clusterSteadyRate is the steady runs' events/s: well under what one
+// node on PostgreSQL takes on the 2-core machine the figures come from.
+const clusterSteadyRate = 1000
 
 // ClusterRateLimit is what destination "limited" received.
 type ClusterRateLimit struct {
@@ -145,7 +162,22 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		}
 		c.stop()
 	}
-	res.CPU3vs1 = res.Scale[2].CPUPerDeliveredEventUs / res.Scale[0].CPUPerDeliveredEventUs
+	res.SteadyRate = clusterSteadyRate
+	for _, n := range []int{1, 2, 3, 3, 2, 1} {
+		run := &res.Scale[n-1]
+		c, err := e.startCluster(fmt.Sprintf("steady%d-%d", n, len(run.SteadyCPUUs)+1), sinkAddr, n)
+		if err != nil {
+			return nil, err
+		}
+		cpu, err := c.steady(ctx, sinkAddr, clusterSteadyRate)
+		c.stop()
+		if err != nil {
+			return nil, err
+		}
+		run.SteadyCPUUs = append(run.SteadyCPUUs, cpu)
+		run.SteadyCPUMeanUs = (run.SteadyCPUMeanUs*float64(len(run.SteadyCPUUs)-1) + cpu) / float64(len(run.SteadyCPUUs))
+	}
+	res.CPU3vs1 = res.Scale[2].SteadyCPUMeanUs / res.Scale[0].SteadyCPUMeanUs
 
 	record := filepath.Join(e.opts.Dir, "kills-received.jsonl")
 	killSinkAddr, killSink, err := e.startSink("sink-kills", "--record", record, "--rate-limit-key", "header:"+clusterKeyHeader)
@@ -181,6 +213,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 			[2]string{"durable ingest, 100-event batches" + v, fmt.Sprintf("%.0f events/s (%d events)", r.IngestEventsPerSec, r.IngestedEvents)},
 			[2]string{"delivered, whole run" + v, fmt.Sprintf("%.0f events/s", r.DeliveredEventsPerSec)},
 			[2]string{"CPU of all nodes per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
+			[2]string{fmt.Sprintf("CPU per delivered event at %.0f events/s", res.SteadyRate) + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyCPUMeanUs, us(r.SteadyCPUUs))},
 			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
 	}
 	takeovers := make([]string, len(res.Kills.TakeoverSec))
@@ -188,7 +221,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		takeovers[i] = fmt.Sprintf("%.1f", t)
 	}
 	rows = append(rows,
-		[2]string{"CPU per event, 3 nodes / 1 node", fmt.Sprintf("%.2f", res.CPU3vs1)},
+		[2]string{fmt.Sprintf("CPU per event at %.0f events/s, 3 nodes / 1 node", res.SteadyRate), fmt.Sprintf("%.2f", res.CPU3vs1)},
 		[2]string{"rate limit across 3 nodes", fmt.Sprintf("%.0f req/s configured, %.0f offered, %.1f measured (%.2f x)",
 			res.RateLimit.Configured, res.RateLimit.Offered, res.RateLimit.Measured, res.RateLimit.Ratio)},
 		[2]string{"SIGKILLs of one node of 3 under load", fmt.Sprint(res.Kills.Kills)},
@@ -342,8 +375,10 @@ func (c *fanoutCluster) ingestAndDrain(ctx context.Context, sinkAddr string) (Cl
 	c.e.logf("%s: ingest, 32 senders over %d node(s) and %d sources, 100-event batches, for %v", c.name, len(c.nodes), clusterDests, c.e.opts.Duration)
 	cpu0, start := c.cpu(), time.Now()
 	lctx, cancel := context.WithTimeout(ctx, c.e.opts.Duration)
+	profiled := c.profile(lctx)
 	lr := c.load(0, 100, 32, c.name, c.writeKeys, false).run(lctx, 0)
 	cancel()
+	profiled()
 	run.IngestedEvents, run.IngestEventsPerSec = lr.acked, lr.rate()
 	done, s, err := waitAccepted(sinkAddr, uint64(lr.acked), 10*c.e.opts.Duration+time.Minute)
 	if err != nil {
@@ -355,6 +390,82 @@ func (c *fanoutCluster) ingestAndDrain(ctx context.Context, sinkAddr string) (Cl
 	run.Lost = lr.acked - int64(s.Unique)
 	run.Duplicates = s.Duplicates
 	return run, nil
+}
+
+// profile, with --keep, saves a CPU profile of each node (its admin
+// /debug/pprof/profile) while ctx lasts into the work dir, as
+// NAME.cpu.pprof, to see where a cluster's CPU per event goes; the
+// returned function waits for the files. Without --keep it does nothing.
+func (c *fanoutCluster) profile(ctx context.Context) (wait func()) {
+	if !c.e.opts.Keep {
+		return func() {}
+	}
+	deadline, _ := ctx.Deadline()
+	secs := max(1, int(time.Until(deadline).Seconds()))
+	done := make(chan struct{}, len(c.nodes))
+	for i, s := range c.nodes {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			path := filepath.Join(c.e.opts.Dir, c.names[i]+".cpu.pprof")
+			if err := download(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.admin, secs), path); err != nil {
+				c.e.logf("profile %s: %v", c.names[i], err)
+			}
+		}()
+	}
+	return func() {
+		for range c.nodes {
+			<-done
+		}
+	}
+}
+
+func download(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// steady sends rate events/s in 20-event batches, spread over every node,
+// for the scenario's duration, waits for them to be delivered and returns
+// the cluster's CPU time per delivered event.
+func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float64) (float64, error) {
+	s0, err := sinkStats(sinkAddr)
+	if err != nil {
+		return 0, err
+	}
+	c.e.logf("%s: %.0f events/s over %d node(s) for %v", c.name, rate, len(c.nodes), c.e.opts.Duration)
+	cpu0 := c.cpu()
+	lctx, cancel := context.WithTimeout(ctx, c.e.opts.Duration)
+	lr := c.load(rate, 20, 8, c.name, c.writeKeys, false).run(lctx, 0)
+	cancel()
+	_, s, err := waitAccepted(sinkAddr, s0.Unique+uint64(lr.acked), time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	return float64((c.cpu() - cpu0).Microseconds()) / float64(s.Unique-s0.Unique), nil
+}
+
+// us writes figures in µs, one decimal, space separated.
+func us(fs []float64) string {
+	out := make([]string, len(fs))
+	for i, f := range fs {
+		out[i] = fmt.Sprintf("%.1f", f)
+	}
+	return strings.Join(out, ", ")
 }
 
 // rateLimit sends three times the limited destination's rate limit,
