@@ -146,6 +146,9 @@ func NewGroup(nodes []*Node) (*Group, error) {
 // Node returns the membership on server i.
 func (g *Group) Node(i int) *Node { return g.nodes[i] }
 
+// Partitions returns the cluster's partition count.
+func (g *Group) Partitions() int { return g.partitions }
+
 // ID returns the node's id on the first server, the one the cluster view
 // calls self.
 func (g *Group) ID() int64 { return g.nodes[0].ID() }
