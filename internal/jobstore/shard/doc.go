@@ -81,9 +81,12 @@
 // server). Queues asks every server; one that does not answer fails the
 // call, unless this node owns none of that server's partitions
 // (Options.Holds): the engine lists queues to scan the partitions it gains,
-// and a server on which it owns nothing has none of those. So a node that
-// takes over partitions of a running server while another server is down
-// is not held up by the down one.
+// and a server on which it owns nothing has none of those. The engine
+// lists with QueuesIn when the store has it, naming the partitions gained,
+// and only their servers are asked: a node that takes partitions of one
+// server is not held up by another that is down or slow (under a heavy
+// write load, listing a server's queues was seen to take longer than the
+// engine's 10 s store timeout, for a minute).
 //
 // # Start-up
 //

@@ -241,13 +241,31 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 // fails the call, unless Options.Holds says this node owns none of its
 // partitions: then its queues are of no use to the caller (see Holds).
 func (s *Store) Queues(ctx context.Context) ([]jobstore.Queue, error) {
+	return s.queues(ctx, s.all())
+}
+
+// QueuesIn is Queues asking only the servers that hold partitions (as
+// cluster.PartitionOf numbers them); it returns every queue of those
+// servers. The delivery engine calls it to scan the partitions it gains,
+// so that a server that is slow or down does not hold up a gain on
+// another.
+func (s *Store) QueuesIn(ctx context.Context, partitions []int) ([]jobstore.Queue, error) {
+	var servers []int
+	for _, p := range partitions {
+		servers = append(servers, p%len(s.stores))
+	}
+	slices.Sort(servers)
+	return s.queues(ctx, slices.Compact(servers))
+}
+
+func (s *Store) queues(ctx context.Context, servers []int) ([]jobstore.Queue, error) {
 	lists := make([][]jobstore.Queue, len(s.stores))
 	errs := make([]error, len(s.stores))
-	each(s.all(), func(i int) { lists[i], errs[i] = s.stores[i].Queues(ctx) })
+	each(servers, func(i int) { lists[i], errs[i] = s.stores[i].Queues(ctx) })
 	var out []jobstore.Queue
 	var failed []error
-	for i, err := range errs {
-		switch {
+	for _, i := range servers {
+		switch err := errs[i]; {
 		case err == nil:
 			out = append(out, lists[i]...)
 		case s.opts.Holds != nil && !s.opts.Holds(i) && ctx.Err() == nil:

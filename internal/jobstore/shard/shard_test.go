@@ -1,6 +1,7 @@
 package shard_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"sync"
@@ -223,6 +224,15 @@ func TestQueuesWithAServerDown(t *testing.T) {
 	}{
 		{"owning partitions of the down server", true, nil},
 		{"owning none of them", false, []jobstore.Queue{{Source: "web", Destination: "hook"}}},
+	}
+	// Listing server 0's partitions does not ask server 1, held or not.
+	b.setHolds(1, true)
+	pl := b.store.(interface {
+		QueuesIn(ctx context.Context, partitions []int) ([]jobstore.Queue, error)
+	})
+	hookPart := cluster.PartitionOf("hook", cluster.DefaultPartitions)
+	if got, err := pl.QueuesIn(ctx, []int{hookPart}); err != nil || !slices.Equal(got, []jobstore.Queue{{Source: "web", Destination: "hook"}}) {
+		t.Errorf("QueuesIn(partition %d of server 0) with server 1 down = %v, %v; want [web/hook]", hookPart, got, err)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
