@@ -45,6 +45,10 @@ func joinCluster(dsns []string, name string, tune ClusterTuning, log *slog.Logge
 		if err != nil {
 			for _, n := range nodes {
 				n.Leave(ctx)
+				go func() { // so that the changes Leave announces are read and the channel closes
+					for range n.Changes() {
+					}
+				}()
 			}
 			c.closePools()
 		}
