@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/jobstore/open"
 )
 
 // clusterConns bounds the pool the cluster membership uses: one connection
@@ -26,36 +27,60 @@ type ClusterTuning struct {
 }
 
 // pgCluster is this node's membership of the cluster of nodes sharing
-// storage.postgres, on a pool of its own.
+// storage.postgres, on pools of its own: one server's, or one per server
+// when it lists several.
 type pgCluster struct {
-	pool *pgxpool.Pool
-	node *cluster.Node
+	pools []*pgxpool.Pool
+	node  membership
 }
 
-// joinCluster connects to dsn and joins the cluster under name (empty: a
-// default one).
-func joinCluster(dsn, name string, tune ClusterTuning, log *slog.Logger) (*pgCluster, error) {
+// joinCluster connects to every server of dsns and joins the cluster there
+// under name (empty: a default one, the same on every server).
+func joinCluster(dsns []string, name string, tune ClusterTuning, log *slog.Logger) (_ *pgCluster, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := openPool(ctx, dsn, clusterConns)
-	if err != nil {
+	c := &pgCluster{}
+	var nodes []*cluster.Node
+	defer func() {
+		if err != nil {
+			for _, n := range nodes {
+				n.Leave(ctx)
+				go func() { // so that the changes Leave announces are read and the channel closes
+					for range n.Changes() {
+					}
+				}()
+			}
+			c.closePools()
+		}
+	}()
+	for i, dsn := range dsns {
+		key := open.PostgresKey(i, len(dsns))
+		pool, err := openPool(ctx, key, dsn, clusterConns)
+		if err != nil {
+			return nil, err
+		}
+		c.pools = append(c.pools, pool)
+		node, err := cluster.Join(ctx, cluster.Options{
+			Pool: pool, NodeName: name, Logger: log,
+			// The wall clock always: the leases are timed by the database, and
+			// a fake clock would stop the heartbeats.
+			Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
+			Server: i, Servers: len(dsns),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		nodes = append(nodes, node)
+		name = node.Name()
+	}
+	if c.node, err = newMembership(nodes); err != nil {
 		return nil, err
 	}
-	node, err := cluster.Join(ctx, cluster.Options{
-		Pool: pool, NodeName: name, Logger: log,
-		// The wall clock always: the leases are timed by the database, and
-		// a fake clock would stop the heartbeats.
-		Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
-	})
-	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("storage.postgres: %w", err)
-	}
-	return &pgCluster{pool: pool, node: node}, nil
+	return c, nil
 }
 
 // Leave leaves the cluster, so that the other nodes take this node's
-// partitions at once, and closes the pool. Call it after the engine has
+// partitions at once, and closes the pools. Call it after the engine has
 // stopped and written its last outcomes.
 func (c *pgCluster) Leave(log *slog.Logger) {
 	if c == nil {
@@ -72,11 +97,11 @@ func (c *pgCluster) Leave(log *slog.Logger) {
 		for range c.node.Changes() {
 		}
 	}()
-	c.pool.Close()
+	c.closePools()
 }
 
 // Node returns the membership, nil without a cluster.
-func (c *pgCluster) Node() *cluster.Node {
+func (c *pgCluster) Node() membership {
 	if c == nil {
 		return nil
 	}

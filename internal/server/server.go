@@ -133,7 +133,7 @@ func New(opts Options) (_ *Server, err error) {
 	// With storage.postgres the node joins the cluster of the nodes that
 	// share the database before it opens the store, which fences its
 	// writes and wakes the other nodes through it.
-	if cfg.Storage.Postgres != "" {
+	if len(cfg.Storage.Postgres) > 0 {
 		if s.cluster, err = joinCluster(cfg.Storage.Postgres, cfg.Cluster.NodeName, opts.ClusterTuning, opts.Logger); err != nil {
 			return nil, err
 		}
@@ -154,7 +154,7 @@ func New(opts Options) (_ *Server, err error) {
 		FS:           spaceFS,
 	}
 	if s.cluster != nil {
-		oo.Cluster = s.cluster.node
+		s.cluster.storeOptions(&oo)
 	}
 	store, err := open.Store(openCtx, oo)
 	if err != nil {
@@ -184,7 +184,7 @@ func New(opts Options) (_ *Server, err error) {
 	files.SetGuard(s.space)
 	files.Logger = opts.Logger.With("component", "archive")
 	s.archive = files
-	if cfg.Storage.Postgres != "" {
+	if len(cfg.Storage.Postgres) > 0 {
 		if s.pg, err = openPGVisibility(cfg.Storage.Postgres, cfg.Listen); err != nil {
 			return nil, err
 		}
