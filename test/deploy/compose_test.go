@@ -152,9 +152,13 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: node_name %q is empty or another node's", name, cfg.Cluster.NodeName)
 		}
 		names[cfg.Cluster.NodeName] = true
-		dsns[cfg.Storage.Postgres] = true
+		if len(cfg.Storage.Postgres) != 1 {
+			t.Fatalf("%s: storage.postgres lists %d servers, want the postgres service alone", name, len(cfg.Storage.Postgres))
+		}
+		dsn := cfg.Storage.Postgres[0]
+		dsns[dsn] = true
 
-		u, err := url.Parse(cfg.Storage.Postgres)
+		u, err := url.Parse(dsn)
 		if err != nil {
 			t.Fatalf("%s: storage.postgres: %v", name, err)
 		}
