@@ -20,6 +20,7 @@ var scenarios = map[string]func(ctx context.Context, e *env) (any, error){
 	"many-queues":    runManyQueues,
 	"crash":          runCrash,
 	"soak":           runSoak,
+	"cluster":        runCluster,
 }
 
 // Names lists the scenarios.

@@ -18,6 +18,10 @@ type load struct {
 	prefix string
 	// keep records the messageIds of every acknowledged batch.
 	keep bool
+	// pick, when set, chooses the tracking API and source of batch i
+	// instead of t and source: the cluster scenario spreads its load over
+	// the nodes and sources with it.
+	pick func(i int64) (*tracker, string)
 }
 
 type loadResult struct {
@@ -86,6 +90,10 @@ func (l load) run(ctx context.Context, max int64) loadResult {
 			var body, id []byte
 			var ids []string
 			for i := range tickets {
+				t, source := l.t, l.source
+				if l.pick != nil {
+					t, source = l.pick(i)
+				}
 				body = append(body[:0], `{"batch":[`...)
 				ids = ids[:0]
 				for j := range l.batch {
@@ -93,7 +101,7 @@ func (l load) run(ctx context.Context, max int64) loadResult {
 						body = append(body, ',')
 					}
 					id = appendID(id[:0], l.prefix, i, j)
-					body = appendEvent(body, id, l.source)
+					body = appendEvent(body, id, source)
 					if l.keep {
 						ids = append(ids, string(id))
 					}
@@ -101,7 +109,7 @@ func (l load) run(ctx context.Context, max int64) loadResult {
 				body = append(body, `]}`...)
 				// A request in flight when the load ends still counts: its
 				// answer says whether the events were stored.
-				err := l.t.send(context.WithoutCancel(ctx), body)
+				err := t.send(context.WithoutCancel(ctx), body)
 				mu.Lock()
 				if err != nil {
 					res.failed += int64(l.batch)

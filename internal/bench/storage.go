@@ -104,7 +104,7 @@ func (e *env) openStore(dataDir string) (jobstore.Store, error) {
 		if err != nil {
 			return nil, err
 		}
-		opts.Postgres = dsn
+		opts.Postgres = []string{dsn}
 	}
 	return open.Store(context.Background(), opts)
 }

@@ -48,6 +48,12 @@ type Options struct {
 	// Default 64. Every node of a cluster must use the same number: Join
 	// refuses a number other than the one in the database.
 	Partitions int
+	// Server and Servers place the membership when storage.postgres lists
+	// several servers: it is the membership on the server at index Server
+	// of a list of Servers, and leases only the partitions that live there
+	// (p mod Servers = Server, see ServerOf). Default 0 of 1: every
+	// partition, on the one server.
+	Server, Servers int
 	// Heartbeat is how often the node renews its leases and rebalances.
 	// Default 1s.
 	Heartbeat time.Duration
@@ -88,6 +94,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Partitions < 0 {
 		return fmt.Errorf("Partitions cannot be negative, found %d", o.Partitions)
+	}
+	if err := o.placeServer(); err != nil {
+		return err
 	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = DefaultHeartbeat
@@ -186,7 +195,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		owned: make(map[int]lease),
 		kick:  make(chan struct{}, 1),
 	}
-	if err := migrate(ctx, n.pool, opts.Partitions); err != nil {
+	if err := migrate(ctx, n.pool, opts); err != nil {
 		return nil, err
 	}
 	// Listening before registering: every round another node runs because
@@ -208,7 +217,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
-	n.changes = newRelay[Change]()
+	n.changes = newRelay[Change](n.opts.Partitions) // a round changes at most every partition
 	n.wakes = newWakeSet(rctx, &n.done)
 	n.round(ctx)
 	n.done.Add(2)

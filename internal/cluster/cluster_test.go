@@ -97,7 +97,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	return time.Since(start)
 }
 
-// balanced reports whether nodes own every partition between them, each
+// balanced reports whether nodes own every partition of their server between them, each
 // its share (differing by at most one), none twice.
 func balanced(nodes ...*Node) bool {
 	seen := map[int]bool{}
@@ -112,7 +112,7 @@ func balanced(nodes ...*Node) bool {
 			seen[p] = true
 		}
 	}
-	return len(seen) == testPartitions && hi-lo <= 1
+	return len(seen) == len(nodes[0].opts.partitionsHere()) && hi-lo <= 1
 }
 
 // watch samples the nodes' ownership until ended and fails the test if

@@ -179,6 +179,35 @@
 //   - Balance counts partitions, not load: two busy destinations hashed to
 //     one partition stay together. More partitions than nodes (64 by
 //     default) keeps this small.
-//   - storage.postgres listing several servers (partitions spread over
-//     databases) is not handled here: one database coordinates.
+//   - With several servers (below), a node's takeover of one server's
+//     partitions does not wait for another server, but its start-up needs
+//     them all.
+//
+// # Several servers
+//
+// When storage.postgres lists N servers, partition p lives on server
+// p mod N (ServerOf): the destination's jobs (jobstore/shard), its lease
+// and its fencing token are all in that server's database, so Fence runs in
+// the same transaction as the writes it guards, exactly as with one server.
+// Each server has its own cluster tables holding only its partitions
+// (Options.Server and Servers); a node joins on every server, one Node per
+// server under one name, and a Group gathers them for the delivery engine
+// (Owns asks the Node of the partition's server; Changes and Wakeups merge
+// theirs). The shares are computed per server among the nodes live there,
+// from that server's own table, so each server balances by itself.
+//
+// Why not one coordinating database and the jobs spread: the fence must be
+// checked in the transaction that writes the outcome, which is on the
+// destination's server; a lease on another database could change between
+// the check and the commit. And with one coordinator, its outage would stop
+// every server's delivery; here a server that is down stops only its own
+// Node: its leases run out, the engine stops its partitions, the other Nodes
+// are untouched, and when it is back its Node takes its partitions again
+// with new tokens. Nothing coordinates across servers, so nothing needs to.
+//
+// A database keeps the partition rows it was created with. Join refuses
+// one whose rows are not those of its place in the list (another order,
+// another length): the jobs stored there under the old layout would have no
+// owner. Changing the list needs the nodes stopped, the jobs delivered and
+// the cluster_partitions tables dropped.
 package cluster

@@ -14,9 +14,11 @@ import (
 // so that nodes starting together take turns.
 const schemaLock = 0x66616e6f7574 // "fanout"
 
-// migrate creates the cluster's tables and partition rows if they are
-// missing, and checks that the database has the partition count asked for.
-func migrate(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
+// migrate creates the cluster's tables and the rows of the partitions
+// that live on this server if they are missing, and checks that the
+// database holds those partitions and no others.
+func migrate(ctx context.Context, pool *pgxpool.Pool, opts Options) error {
+	here := opts.partitionsHere()
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(schemaLock)); err != nil {
 			return err
@@ -42,19 +44,17 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
 			ALTER TABLE cluster_nodes ADD COLUMN IF NOT EXISTS admin_url text NOT NULL DEFAULT ''`); err != nil {
 			return err
 		}
-		var have int
-		if err := tx.QueryRow(ctx, `SELECT count(*) FROM cluster_partitions`).Scan(&have); err != nil {
+		var have []int
+		if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(partition ORDER BY partition), '{}')
+			FROM cluster_partitions`).Scan(&have); err != nil {
 			return err
 		}
-		if have == 0 {
+		if len(have) == 0 {
 			_, err := tx.Exec(ctx, `INSERT INTO cluster_partitions (partition)
-				SELECT generate_series(0, $1 - 1)`, partitions)
+				SELECT unnest($1::int[])`, here)
 			return err
 		}
-		if have != partitions {
-			return fmt.Errorf("the database's cluster has %d partitions, this node is configured with %d: every node must use the same count, and changing it needs every node stopped and the cluster_partitions table dropped", have, partitions)
-		}
-		return nil
+		return opts.checkPartitions(have)
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: create tables: %w", err)
@@ -190,7 +190,7 @@ func (n *Node) round(parent context.Context) {
 	}
 	n.renewed(renewed, until, sent)
 
-	share := shareOf(n.id, live, n.opts.Partitions)
+	share := shareOf(n.id, live, len(n.opts.partitionsHere()))
 	owned := n.Owned()
 	switch {
 	case len(owned) > share:

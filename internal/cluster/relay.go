@@ -8,6 +8,14 @@ import (
 // relay hands values to a channel in order without blocking the sender:
 // the heartbeat loop must never wait for the engine to read a change.
 // Values wait in a slice; they are few (one per partition gained or lost).
+//
+// out is buffered (newRelay's buffer) so that the values pushed together
+// reach it together: the engine reads what is ready without waiting and
+// lists the store's queues once per batch of gains. Over an unbuffered
+// channel each value waits for the reader, the reader finds nothing more
+// ready, and a round's 21 gains become 21 listings one after another, each
+// as slow as the jobs table is large (seconds under load), which held a
+// dead node's last partitions back far past the lease.
 type relay[T any] struct {
 	out chan T
 
@@ -19,9 +27,9 @@ type relay[T any] struct {
 	stopped sync.Once
 }
 
-func newRelay[T any]() *relay[T] {
+func newRelay[T any](buffer int) *relay[T] {
 	r := &relay[T]{
-		out:    make(chan T),
+		out:    make(chan T, buffer),
 		signal: make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 	}
@@ -51,7 +59,8 @@ func (r *relay[T]) finish() {
 	r.poke()
 }
 
-// abort closes out now, dropping what was not read.
+// abort closes out now, dropping what was not handed to it (a reader
+// still gets what is in its buffer).
 func (r *relay[T]) abort() { r.stopped.Do(func() { close(r.stop) }) }
 
 // run is owned by the relay: it ends when finish's values are read or at

@@ -39,14 +39,17 @@ type Config struct {
 
 // Storage selects the job store.
 type Storage struct {
-	// Postgres is a PostgreSQL DSN, as a URL
+	// Postgres lists the PostgreSQL servers, each as a DSN: a URL
 	// (postgres://user:password@host:5432/db?sslmode=require) or key=value
-	// pairs (host=... dbname=...). When set, jobs are stored in that
-	// database instead of the embedded store in DataDir. Default empty: the
-	// embedded store. One DSN only for now; a list is for a cluster spread
-	// over several servers. It may hold a password: it appears in no log
-	// line, error or admin view.
-	Postgres string `yaml:"postgres"`
+	// pairs (host=... dbname=...). In the file it is one DSN or a list of
+	// them. When set, jobs, stats and the archive are stored there instead
+	// of DataDir, and the nodes that list the same servers form a cluster.
+	// With several servers, partition p of the cluster lives on server p
+	// mod len(Postgres): every node must list the same servers in the same
+	// order (see package jobstore/shard), and the stats and the archive
+	// live on the first. Default empty: the embedded store. A DSN may hold
+	// a password: it appears in no log line, error or admin view.
+	Postgres []string `yaml:"postgres"`
 	// MinFree is the free disk space, in bytes, below which the tracking
 	// API answers 503 (written 256MB, 1GB, ...). Zero: the default,
 	// diskspace.DefaultMinFree.

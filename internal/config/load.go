@@ -441,12 +441,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) error {
 		"dedupe_window": d.duration(&c.DedupeWindow),
 		"storage": func(n *yaml.Node, path string) error {
 			return d.mapping(n, path, map[string]field{
-				"postgres": func(n *yaml.Node, path string) error {
-					if n.Kind == yaml.SequenceNode {
-						return d.errorf(n, path, "a list of servers is not supported yet (it is for a cluster spread over several); give one DSN")
-					}
-					return d.str(&c.Storage.Postgres)(n, path)
-				},
+				"postgres": d.postgres(&c.Storage.Postgres),
 				"min_free": d.size(&c.Storage.MinFree),
 			})
 		},
@@ -576,6 +571,10 @@ func (d *decoder) validate(c *Config, reg destinations.Registry) error {
 	}
 	if c.DedupeWindow <= 0 {
 		return d.invalid("dedupe_window", "must be greater than zero, found %s", c.DedupeWindow)
+	}
+
+	if err := d.validatePostgres(c.Storage.Postgres); err != nil {
+		return err
 	}
 
 	if len(c.Sources) == 0 {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -203,8 +204,16 @@ func TestLoadErrors(t *testing.T) {
 			"fanout.yaml:1: lisen: unknown key (known keys: admin_listen, admin_token, cluster, data_dir, dedupe_window, destinations, listen, network, public_url, sources, storage)"},
 		{"unknown nested key", replace("    sources: [web]", "    sources: [web]\n    delivery:\n      timeuot: 1s"), nil,
 			"fanout.yaml:10: destinations[0].delivery.timeuot: unknown key (known keys: concurrency, rate_limit, retry_window, timeout)"},
-		{"list of postgres servers", "storage:\n  postgres: [\"host=a\", \"host=b\"]\n" + minimal, nil,
-			"fanout.yaml:2: storage.postgres: a list of servers is not supported yet (it is for a cluster spread over several); give one DSN"},
+		{"bad DSN in a list of servers", "storage:\n  postgres:\n    - host=a dbname=f\n    - postgres://fanout:pw-secret@b:notaport/f\n" + minimal, nil,
+			"fanout.yaml:4: storage.postgres[1]: cannot parse `postgres://fanout:xxxxx@b:notaport/f`: invalid port"},
+		{"bad DSN alone", "storage:\n  postgres: \"host=a port=x password=pw-secret\"\n" + minimal, nil,
+			"fanout.yaml:2: storage.postgres: cannot parse `host=a port=x password=xxxxx`: invalid port"},
+		{"empty DSN in a list", "storage:\n  postgres: [\"host=a\", \"\"]\n" + minimal, nil,
+			"fanout.yaml:2: storage.postgres[1]: expected a DSN, found an empty string"},
+		{"one database listed twice", "storage:\n  postgres:\n    - host=a dbname=f password=one\n    - postgres://u:two@a:5432/f\n" + minimal, nil,
+			"fanout.yaml:4: storage.postgres[1]: names the same database as storage.postgres[0]: list each server once"},
+		{"postgres as a mapping", "storage:\n  postgres:\n    host: a\n" + minimal, nil,
+			"fanout.yaml:3: storage.postgres: expected a single value, found a mapping"},
 		{"repeated key", "listen: a:1\nlisten: b:2\n" + minimal, nil,
 			"fanout.yaml:2: listen: key is repeated (first at line 1)"},
 		{"missing variable", "admin_token: ${FANOUT_ADMIN_TOKEN}\n" + minimal, nil,
@@ -366,5 +375,33 @@ func TestParseSize(t *testing.T) {
 		if got != tt.want || ok != tt.ok {
 			t.Errorf("parseSize(%q) = %d, %v; want %d, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
+	}
+}
+
+// storage.postgres takes one DSN, as it always has, or a list of them.
+func TestPostgresServers(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"absent", "", nil},
+		{"empty string: the embedded store", "storage:\n  postgres: \"\"\n", nil},
+		{"one DSN", "storage:\n  postgres: host=a dbname=f\n", []string{"host=a dbname=f"}},
+		{"a list of one", "storage:\n  postgres: [\"host=a dbname=f\"]\n", []string{"host=a dbname=f"}},
+		{"a list of two", "storage:\n  postgres:\n    - host=a dbname=f\n    - postgres://u:${PW}@b/f\n",
+			[]string{"host=a dbname=f", "postgres://u:pw@b/f"}},
+		{"same database name on two hosts", "storage:\n  postgres: [\"host=a dbname=f\", \"host=b dbname=f\"]\n",
+			[]string{"host=a dbname=f", "host=b dbname=f"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parse("fanout.yaml", []byte(tt.yaml+minimal), testRegistry(), env(map[string]string{"PW": "pw"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(cfg.Storage.Postgres, tt.want) {
+				t.Errorf("Storage.Postgres = %q, want %q", cfg.Storage.Postgres, tt.want)
+			}
+		})
 	}
 }

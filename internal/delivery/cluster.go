@@ -185,7 +185,7 @@ func (e *Engine) changed(ctx context.Context, batch []cluster.Change) {
 	if len(gained) == 0 {
 		return
 	}
-	qs := e.scan(ctx)
+	qs := e.scan(ctx, gained)
 	found := map[string][]string{}
 	for _, q := range qs {
 		if gained[e.opts.Ownership.PartitionOf(q)] {
@@ -210,13 +210,30 @@ func (e *Engine) changed(ctx context.Context, batch []cluster.Change) {
 	e.opts.Logger.Info("partitions gained: delivering their queues", "partitions", len(gained), "queues", n)
 }
 
-// scan lists the store's queues, calling again with a backoff while the
-// store fails, until ctx ends.
-func (e *Engine) scan(ctx context.Context) []jobstore.Queue {
+// partitionLister is a store that can list the queues of some partitions
+// without asking about the others: the store spread over several servers
+// (jobstore/shard) then asks only the servers that hold them, so that a
+// server that is slow or down does not hold up a gain on another.
+type partitionLister interface {
+	QueuesIn(ctx context.Context, partitions []int) ([]jobstore.Queue, error)
+}
+
+// scan lists the store's queues (those of the gained partitions, when the
+// store can tell them apart), calling again with a backoff while the store
+// fails, until ctx ends.
+func (e *Engine) scan(ctx context.Context, gained map[int]bool) []jobstore.Queue {
+	list := e.opts.Store.Queues
+	if pl, ok := e.opts.Store.(partitionLister); ok {
+		ps := make([]int, 0, len(gained))
+		for p := range gained {
+			ps = append(ps, p)
+		}
+		list = func(ctx context.Context) ([]jobstore.Queue, error) { return pl.QueuesIn(ctx, ps) }
+	}
 	wait := storeRetryMin
 	for {
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		qs, err := e.opts.Store.Queues(sctx)
+		qs, err := list(sctx)
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			return qs

@@ -98,8 +98,11 @@ func (a Appended) Runs(fn func(entries []Entry, dests []string, first uint64)) {
 // takes as its Applied option. A store calls it once per Append call that
 // stored at least one entry, with what that call stored (duplicates left
 // out) and the Seqs Pending reads its jobs back with, once they are
-// readable and before Append returns. Calls come one at a time, in Seq
-// order. A store may call it before its write is durable (the embedded
+// readable and before Append returns. Calls come one at a time, each
+// queue's jobs in Seq order. (A store spread over several servers,
+// jobstore/shard, numbers each server's jobs on its own and announces each
+// server's part of an Append in a call of its own: Seqs are ordered within
+// a queue, and a queue lives on one server.) A store may call it before its write is durable (the embedded
 // store does, while its fsync runs): should the write then fail, Append
 // fails and the client sends again, a duplicate that at-least-once delivery
 // allows. It runs on the store's committer and must not block.

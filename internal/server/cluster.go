@@ -15,6 +15,7 @@ import (
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/open"
 )
 
 // clusterConns bounds the pool the cluster membership uses: one connection
@@ -31,10 +32,11 @@ type ClusterTuning struct {
 }
 
 // pgCluster is this node's membership of the cluster of nodes sharing
-// storage.postgres, on a pool of its own.
+// storage.postgres, on pools of its own: one server's, or one per server
+// when it lists several.
 type pgCluster struct {
-	pool *pgxpool.Pool
-	node *cluster.Node
+	pools []*pgxpool.Pool
+	node  membership
 
 	// peers is the node list the admin API's cluster-wide views last
 	// read, at peersAt; peersMu makes concurrent views share one read.
@@ -43,35 +45,59 @@ type pgCluster struct {
 	peers   []admin.Peer
 }
 
-// peersTTL is how long the admin API reuses the node list: the pool is
+// peersTTL is how long the admin API reuses the node list: the pools are
 // the heartbeat's too (clusterConns), so views, however many, read it at
 // most once a second.
 const peersTTL = time.Second
 
-// joinCluster connects to dsn and joins the cluster under name (empty: a
-// default one), advertising adminURL as its admin API.
-func joinCluster(dsn, name, adminURL string, tune ClusterTuning, log *slog.Logger) (*pgCluster, error) {
+// joinCluster connects to every server of dsns and joins the cluster there
+// under name (empty: a default one, the same on every server), advertising
+// adminURL as its admin API.
+func joinCluster(dsns []string, name, adminURL string, tune ClusterTuning, log *slog.Logger) (_ *pgCluster, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := openPool(ctx, dsn, clusterConns)
-	if err != nil {
+	c := &pgCluster{}
+	var nodes []*cluster.Node
+	defer func() {
+		if err != nil {
+			for _, n := range nodes {
+				n.Leave(ctx)
+				go func() { // so that the changes Leave announces are read and the channel closes
+					for range n.Changes() {
+					}
+				}()
+			}
+			c.closePools()
+		}
+	}()
+	for i, dsn := range dsns {
+		key := open.PostgresKey(i, len(dsns))
+		pool, err := openPool(ctx, key, dsn, clusterConns)
+		if err != nil {
+			return nil, err
+		}
+		c.pools = append(c.pools, pool)
+		node, err := cluster.Join(ctx, cluster.Options{
+			Pool: pool, NodeName: name, AdminURL: adminURL, Logger: log,
+			// The wall clock always: the leases are timed by the database, and
+			// a fake clock would stop the heartbeats.
+			Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
+			Server: i, Servers: len(dsns),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		nodes = append(nodes, node)
+		name = node.Name()
+	}
+	if c.node, err = newMembership(nodes); err != nil {
 		return nil, err
 	}
-	node, err := cluster.Join(ctx, cluster.Options{
-		Pool: pool, NodeName: name, AdminURL: adminURL, Logger: log,
-		// The wall clock always: the leases are timed by the database, and
-		// a fake clock would stop the heartbeats.
-		Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
-	})
-	if err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("storage.postgres: %w", err)
-	}
-	return &pgCluster{pool: pool, node: node}, nil
+	return c, nil
 }
 
 // Leave leaves the cluster, so that the other nodes take this node's
-// partitions at once, and closes the pool. Call it after the engine has
+// partitions at once, and closes the pools. Call it after the engine has
 // stopped and written its last outcomes.
 func (c *pgCluster) Leave(log *slog.Logger) {
 	if c == nil {
@@ -88,11 +114,11 @@ func (c *pgCluster) Leave(log *slog.Logger) {
 		for range c.node.Changes() {
 		}
 	}()
-	c.pool.Close()
+	c.closePools()
 }
 
 // Node returns the membership, nil without a cluster.
-func (c *pgCluster) Node() *cluster.Node {
+func (c *pgCluster) Node() membership {
 	if c == nil {
 		return nil
 	}

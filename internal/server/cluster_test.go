@@ -58,3 +58,27 @@ func TestPostgresClusterView(t *testing.T) {
 		t.Fatalf("cluster view after node-a left: %+v", v)
 	}
 }
+
+// With two servers a node alone holds every partition, half on each: the
+// cluster view and /metrics count them together.
+func TestPostgresClusterViewTwoServers(t *testing.T) {
+	cfg := pgConfig(t, pgtest.Start(t), pgtest.Start(t))
+	cfg.Cluster.NodeName = "node-a"
+	r := runWith(t, server.Options{Config: cfg, Registry: testRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	resp := r.fetch(t, "/api/v1/cluster")
+	var v fanouttest.ClusterView
+	err := json.NewDecoder(resp.Body).Decode(&v)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/v1/cluster: %d, %v", resp.StatusCode, err)
+	}
+	if len(v.Nodes) != 1 || v.Nodes[0].Name != "node-a" || v.Nodes[0].ID != v.Self || !v.Nodes[0].Live || len(v.Nodes[0].Partitions) != 64 {
+		t.Fatalf("cluster view of a node alone on two servers: %+v", v)
+	}
+	resp = r.fetch(t, "/metrics")
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "fanout_cluster_owned_partitions 64") {
+		t.Errorf("/metrics lacks fanout_cluster_owned_partitions 64")
+	}
+}

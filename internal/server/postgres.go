@@ -9,6 +9,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/jobstore/open"
 	"github.com/fanout/fanout/internal/stats"
 )
 
@@ -26,15 +29,24 @@ type pgVisibility struct {
 	archive *archive.Postgres
 }
 
-// openPGVisibility connects to dsn and brings the stats and archive tables
-// up to date. node names this node's stats rows (see stats.Postgres): the
-// host name and the tracking API's listen address, so that nodes on one
-// host differ and a node keeps its name across restarts. Errors never
-// include the DSN's password (pgx redacts it).
-func openPGVisibility(dsn, listen string) (*pgVisibility, error) {
+// openPGVisibility connects to the first server of dsns and brings the
+// stats and archive tables up to date there. node names this node's stats
+// rows (see stats.Postgres): the host name and the tracking API's listen
+// address, so that nodes on one host differ and a node keeps its name
+// across restarts. Errors never include the DSN's password (pgx redacts
+// it).
+//
+// With several servers the stats and the archive live on the first, not
+// beside each destination's jobs: the admin API's overview reads one
+// database, and both already ride out a database that does not answer
+// (the stats keep their minutes in memory and write them later; the
+// engine keeps a job whose archive record could not be written and tries
+// again), so while the first server is down nothing is lost, only the
+// overview cannot be read and archiving waits.
+func openPGVisibility(dsns []string, listen string) (*pgVisibility, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := openPool(ctx, dsn, visibilityConns)
+	pool, err := openPool(ctx, open.PostgresKey(0, len(dsns)), dsns[0], visibilityConns)
 	if err != nil {
 		return nil, err
 	}
@@ -61,18 +73,62 @@ func (v *pgVisibility) Close() {
 	}
 }
 
-// openPool connects to dsn with a pool of at most maxConns connections.
-// Errors name storage.postgres and never include the DSN's password (pgx
-// redacts it).
-func openPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+// openPool connects to dsn, the server that key names in the
+// configuration, with a pool of at most maxConns connections. Errors name
+// key and never include the DSN's password (pgx redacts it).
+func openPool(ctx context.Context, key, dsn string, maxConns int32) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("storage.postgres: %w", err)
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	cfg.MaxConns = maxConns
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("storage.postgres: %w", err)
+		return nil, fmt.Errorf("%s: %w", key, err)
 	}
 	return pool, nil
+}
+
+// membership is what the server uses of its cluster membership: a
+// *cluster.Node with one server, a *cluster.Group over several.
+type membership interface {
+	delivery.Ownership
+	ID() int64
+	Name() string
+	Owned() []int
+	LeaseAge() time.Duration
+	Nodes(ctx context.Context) ([]cluster.NodeInfo, error)
+	Leave(ctx context.Context) error
+}
+
+var (
+	_ membership = (*cluster.Node)(nil)
+	_ membership = (*cluster.Group)(nil)
+)
+
+// newMembership returns the one server's node as it is, so that one
+// server works exactly as before, or the group of several.
+func newMembership(nodes []*cluster.Node) (membership, error) {
+	if len(nodes) == 1 {
+		return nodes[0], nil
+	}
+	return cluster.NewGroup(nodes)
+}
+
+// storeOptions gives the job store the membership that fences its writes
+// and through which it wakes the owners of new jobs.
+func (c *pgCluster) storeOptions(oo *open.Options) {
+	switch m := c.node.(type) {
+	case *cluster.Node:
+		oo.Cluster = m
+	case *cluster.Group:
+		oo.Group = m
+	}
+}
+
+// closePools closes the membership's pools.
+func (c *pgCluster) closePools() {
+	for _, p := range c.pools {
+		p.Close()
+	}
 }

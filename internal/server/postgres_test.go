@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -42,14 +43,15 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// pgConfig loads the test configuration with storage.postgres set to dsn.
-func pgConfig(t *testing.T, dsn string) *config.Config {
+// pgConfig loads the test configuration with storage.postgres set to
+// dsns: one server, or several.
+func pgConfig(t *testing.T, dsns ...string) *config.Config {
 	t.Helper()
 	cfg, err := config.Load(writeConfig(t, t.TempDir(), "", "http://127.0.0.1:1/hook", "http://127.0.0.1:1", "http://127.0.0.1:1"), testRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Storage.Postgres = dsn
+	cfg.Storage.Postgres = dsns
 	return cfg
 }
 
@@ -75,33 +77,55 @@ func TestPostgresStartupErrors(t *testing.T) {
 		{"nothing listens", "host=127.0.0.1 port=1 user=fanout password=" + password + " dbname=fanout connect_timeout=2", "connect"},
 		{"missing permissions", limited, "permission denied"},
 	}
+	// Each DSN alone, then as the second of two servers, the first of
+	// which works: the error names the entry at fault.
+	good := pgtest.Start(t) + " password=" + password
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var logs lockedBuffer
-			_, err := server.New(server.Options{Config: pgConfig(t, tt.dsn), Registry: testRegistry(),
-				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-			if err == nil {
-				t.Fatal("New succeeded")
-			}
-			msg := err.Error()
-			t.Logf("New = %s", msg)
-			if !strings.HasPrefix(msg, "storage.postgres: ") || !strings.Contains(msg, tt.cause) {
-				t.Errorf("New = %q, want an error naming storage.postgres and %q", msg, tt.cause)
-			}
-			if strings.Contains(msg, password) || strings.Contains(logs.String(), password) {
-				t.Errorf("the password shows in the error %q or the log:\n%s", msg, logs.String())
-			}
-		})
+		for _, place := range []struct {
+			dsns []string
+			key  string
+		}{
+			{[]string{tt.dsn}, "storage.postgres: "},
+			{[]string{good, tt.dsn}, "storage.postgres[1]: "},
+		} {
+			t.Run(tt.name+" "+strings.TrimSuffix(place.key, ": "), func(t *testing.T) {
+				var logs lockedBuffer
+				_, err := server.New(server.Options{Config: pgConfig(t, place.dsns...), Registry: testRegistry(),
+					Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+				if err == nil {
+					t.Fatal("New succeeded")
+				}
+				msg := err.Error()
+				t.Logf("New = %s", msg)
+				if !strings.HasPrefix(msg, place.key) || !strings.Contains(msg, tt.cause) {
+					t.Errorf("New = %q, want an error naming %sand %q", msg, place.key, tt.cause)
+				}
+				if strings.Contains(msg, password) || strings.Contains(logs.String(), password) {
+					t.Errorf("the password shows in the error %q or the log:\n%s", msg, logs.String())
+				}
+			})
+		}
 	}
 }
 
 // On PostgreSQL, events are stored and delivered as on the embedded store,
 // and the DSN's password appears in no log line and no admin response.
 func TestPostgresPasswordShownNowhere(t *testing.T) {
+	for _, servers := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d servers", servers), func(t *testing.T) {
+			var dsns []string
+			for range servers {
+				dsns = append(dsns, pgtest.Start(t)+" password="+password)
+			}
+			testPasswordShownNowhere(t, dsns)
+		})
+	}
+}
+
+func testPasswordShownNowhere(t *testing.T, dsns []string) {
 	var logs lockedBuffer
-	dsn := pgtest.Start(t) + " password=" + password
 	reg := testRegistry()
-	cfg := pgConfig(t, dsn)
+	cfg := pgConfig(t, dsns...)
 	r := runWith(t, server.Options{Config: cfg, Registry: reg,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 

@@ -135,7 +135,7 @@ func New(opts Options) (_ *Server, err error) {
 	// writes and wakes the other nodes through it.
 	// The admin listener is bound first there, so that the node
 	// advertises where its admin API answers when it joins.
-	if cfg.Storage.Postgres != "" {
+	if len(cfg.Storage.Postgres) > 0 {
 		if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
 			return nil, fmt.Errorf("admin_listen: %w", err)
 		}
@@ -159,7 +159,7 @@ func New(opts Options) (_ *Server, err error) {
 		FS:           spaceFS,
 	}
 	if s.cluster != nil {
-		oo.Cluster = s.cluster.node
+		s.cluster.storeOptions(&oo)
 	}
 	store, err := open.Store(openCtx, oo)
 	if err != nil {
@@ -189,7 +189,7 @@ func New(opts Options) (_ *Server, err error) {
 	files.SetGuard(s.space)
 	files.Logger = opts.Logger.With("component", "archive")
 	s.archive = files
-	if cfg.Storage.Postgres != "" {
+	if len(cfg.Storage.Postgres) > 0 {
 		if s.pg, err = openPGVisibility(cfg.Storage.Postgres, cfg.Listen); err != nil {
 			return nil, err
 		}

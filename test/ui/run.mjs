@@ -8,6 +8,7 @@
 //   FANOUT_TRACKING_URL      its tracking API, and FANOUT_WRITE_KEY for source "web"
 //   FANOUT_LOCKED_ADMIN_URL  a fanout with admin_token FANOUT_ADMIN_TOKEN
 //   FANOUT_FULL_ADMIN_URL    a fanout whose storage.min_free no disk has: ingest refuses events
+//   FANOUT_CLUSTER_ADMIN_URL a node of a cluster of two on PostgreSQL
 //   FANOUT_SECRET            a destination's API key no page may show
 //   SCREENSHOTS              where to save a screenshot of each page
 import assert from 'node:assert/strict';
@@ -26,6 +27,7 @@ const TRACKING = env('FANOUT_TRACKING_URL');
 const WRITE_KEY = env('FANOUT_WRITE_KEY');
 const LOCKED = env('FANOUT_LOCKED_ADMIN_URL');
 const FULL = env('FANOUT_FULL_ADMIN_URL');
+const CLUSTER = env('FANOUT_CLUSTER_ADMIN_URL');
 const TOKEN = env('FANOUT_ADMIN_TOKEN');
 const SECRET = env('FANOUT_SECRET');
 const SHOTS = env('SCREENSHOTS');
@@ -329,6 +331,54 @@ check('a fanout short of disk space shows the storage banner on every page', asy
   }
   // Only the 503s of the tracking API: the page itself makes no error.
   assert.deepEqual(page.errors, []);
+});
+
+check('the cluster page lists the nodes, their heartbeats, lease ages and partitions', async () => {
+  const page = await newPage();
+  await page.goto(CLUSTER + '/#/cluster');
+  await page.waitForSelector('[data-testid=node]');
+  const v = (await api(CLUSTER, '/cluster')).body;
+  assert.equal(v.nodes.length, 2, `the API lists ${JSON.stringify(v.nodes)}`);
+  const rows = await page.$$eval('[data-testid=node]', (rs) =>
+    rs.map((r) => {
+      const o = { id: Number(r.dataset.id), name: r.dataset.name };
+      for (const el of r.querySelectorAll('[data-field]')) o[el.dataset.field] = el.textContent.trim();
+      return o;
+    }),
+  );
+  assert.deepEqual(rows.map((r) => r.id), v.nodes.map((n) => n.id));
+  for (const n of v.nodes) {
+    const r = rows.find((r) => r.id === n.id);
+    assert.equal(r.name, n.name);
+    assert.equal(r.state, 'live');
+    assert.equal(Number(r.partition_count), n.partitions.length, `node ${n.name}`);
+    // The partitions, written as ranges, read back.
+    const listed = r.partitions.split(', ').flatMap((x) => {
+      const [a, b = a] = x.split('-').map(Number);
+      return Array.from({ length: b - a + 1 }, (_, i) => a + i);
+    });
+    assert.deepEqual(listed, n.partitions, `node ${n.name}`);
+    assert.match(r.lease_age, /^\d+\.\d s$/, `node ${n.name}: lease age ${r.lease_age}`);
+    assert.ok(Number.parseFloat(r.lease_age) < 5, `node ${n.name}: a live node's lease age ${r.lease_age} is under the lease`);
+    assert.ok(r.heartbeat.length > 0, `node ${n.name}: no last heartbeat`);
+    assert.equal(r.self !== undefined, n.id === v.self, `node ${n.name}: the "this node" badge`);
+  }
+  assert.match(await page.textContent('[data-testid=cluster-summary]'), /2 live nodes holding 64 partitions/);
+  await page.screenshot({ path: join(SHOTS, 'cluster.png'), fullPage: true });
+  assert.deepEqual(page.errors, []);
+});
+
+check('a fanout on the embedded store shows the cluster page as no cluster', async () => {
+  assert.equal((await api(ADMIN, '/cluster')).status, 404);
+  const page = await newPage();
+  await page.goto(ADMIN + '/#/overview?range=1h');
+  await page.click('nav a:text("Cluster")');
+  const card = page.locator('[data-testid=not-cluster]');
+  await card.waitFor();
+  assert.match(await card.textContent(), /Not a cluster.*storage\.postgres is not set/s);
+  assert.equal(await page.locator('[data-testid=node]').count(), 0);
+  // The API's 404 is the answer the page expects; the page logs nothing else.
+  assert.deepEqual(page.errors.filter((e) => !/status of 404/.test(e)), []);
 });
 
 check('with admin_token set, the API wants it and the login form works', async () => {

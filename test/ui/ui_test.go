@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/pgtest"
 	"github.com/fanout/fanout/test/fanouttest"
 )
 
@@ -265,7 +266,9 @@ func settle(t *testing.T, srv *fanouttest.Server, tok string) {
 // a token, on which run.mjs checks every page; one with admin_token set,
 // on which it checks the login form; and one whose storage.min_free no
 // disk has, whose ingest refuses events, on which it checks the storage
-// banner. The API of the second must refuse requests without the token
+// banner. Beside them, two nodes of a cluster on a throwaway PostgreSQL,
+// on which it checks the Cluster page (the first fanout, on the embedded
+// store, shows it as no cluster). The API of the second must refuse requests without the token
 // and serve the page's files without. The first two keep a 1 MB reserve,
 // so that no banner shows on a nearly full test machine.
 func TestUI(t *testing.T) {
@@ -287,6 +290,8 @@ func TestUI(t *testing.T) {
 		t.Errorf("GET /api/v1/sources on loopback without a token: %d, want 200", got)
 	}
 
+	clustered := startCluster(t, s)
+
 	traffic(t, open.TrackingURL)
 	traffic(t, locked.TrackingURL)
 	settle(t, open, "")
@@ -298,6 +303,7 @@ func TestUI(t *testing.T) {
 		"FANOUT_WRITE_KEY="+webKey,
 		"FANOUT_LOCKED_ADMIN_URL="+locked.AdminURL,
 		"FANOUT_FULL_ADMIN_URL="+full.AdminURL,
+		"FANOUT_CLUSTER_ADMIN_URL="+clustered.AdminURL,
 		"FANOUT_ADMIN_TOKEN="+token,
 		"FANOUT_SECRET="+secret,
 		"SCREENSHOTS="+filepath.Join(mustGetwd(t), "screenshots"),
@@ -305,6 +311,44 @@ func TestUI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the browser checks failed (%v); see the output above and the screenshots in test/ui/screenshots", err)
 	}
+}
+
+// startCluster starts two nodes on one throwaway PostgreSQL database,
+// delivering to the ok destination, and returns the first once the two
+// share the partitions.
+func startCluster(t *testing.T, s *sink) *fanouttest.Server {
+	t.Helper()
+	dsn := pgtest.Start(t)
+	yaml := fmt.Sprintf(`sources:
+  - name: web
+    write_key: %s
+destinations:
+  - name: ok
+    type: webhook
+    sources: [web]
+    settings:
+      url: %s/ok
+`, webKey, s.URL)
+	nodes := []*fanouttest.Server{
+		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
+		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
+	}
+	shared := fanouttest.Eventually(context.Background(), 30*time.Second, func() bool {
+		var v fanouttest.ClusterView
+		if admin(t, nodes[0].AdminURL, "/api/v1/cluster", "", &v) != 200 || len(v.Nodes) != 2 {
+			return false
+		}
+		for _, n := range v.Nodes {
+			if !n.Live || len(n.Partitions) != 32 {
+				return false
+			}
+		}
+		return true
+	})
+	if !shared {
+		t.Fatal("the two cluster nodes did not share the partitions within 30s")
+	}
+	return nodes[0]
 }
 
 func mustGetwd(t *testing.T) string {

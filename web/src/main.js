@@ -1,4 +1,4 @@
-// fanout's web UI: three pages over the admin API, chosen by the URL's
+// fanout's web UI: a few pages over the admin API, chosen by the URL's
 // hash so that the server serves one file and a reload keeps the page.
 import { html, render } from 'htm/preact';
 import { useEffect, useState } from 'preact/hooks';
@@ -7,6 +7,7 @@ import { useRoute } from './router.js';
 import { Overview } from './overview.js';
 import { Debugger } from './debugger.js';
 import { Destinations } from './destinations.js';
+import { Cluster } from './cluster.js';
 import { StorageBanner, useStorage } from './storage.js';
 import './style.css';
 
@@ -14,6 +15,7 @@ const pages = [
   { path: 'overview', title: 'Overview', component: Overview },
   { path: 'debugger', title: 'Debugger', component: Debugger },
   { path: 'destinations', title: 'Destinations', component: Destinations },
+  { path: 'cluster', title: 'Cluster', component: Cluster },
 ];
 
 function Login({ onDone }) {

@@ -947,14 +947,15 @@ func testReplay(t *testing.T, h *harness) {
 }
 
 // announced returns, per queue, the jobs the store announced through
-// Applied as "messageId@seq", and checks that the announcements came in Seq
-// order.
+// Applied as "messageId@seq", and checks that each queue's announcements
+// came in Seq order (a store spread over servers numbers each server's
+// jobs on its own; see jobstore.AppliedFunc).
 func (h *harness) announced() map[jobstore.Queue][]string {
 	h.t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := map[jobstore.Queue][]string{}
-	var last uint64
+	last := map[jobstore.Queue]uint64{}
 	for _, a := range h.heard {
 		if len(a.Entries) == 0 {
 			h.t.Errorf("Applied called with no entries")
@@ -963,11 +964,11 @@ func (h *harness) announced() map[jobstore.Queue][]string {
 			for i, e := range entries {
 				for k, d := range dests {
 					seq := first + uint64(i*len(dests)+k)
-					if seq <= last {
-						h.t.Errorf("Applied announced Seq %d after Seq %d: not in Seq order", seq, last)
-					}
-					last = seq
 					q := jobstore.Queue{Source: e.Event.Source, Destination: d}
+					if seq <= last[q] {
+						h.t.Errorf("Applied announced Seq %d of %s after Seq %d: not in Seq order", seq, d, last[q])
+					}
+					last[q] = seq
 					out[q] = append(out[q], fmt.Sprintf("%s@%d", e.Event.MessageID, seq))
 				}
 			}

@@ -289,7 +289,40 @@
     <td class="num">${Ya(e.throttled)}</td>
   </tr>`}function Ko({settings:e}){let t=Object.entries(e||{});return t.length===0?I`<p class="empty">None.</p>`:I`<dl class="facts" data-testid="settings">
     ${t.map(([e,t])=>I`<dt>${e}</dt><dd data-setting=${e}>${qo(t)}</dd>`)}
-  </dl>`}function qo(e){return e==null?`–`:typeof e==`object`?I`<dl class="facts nested">${Object.entries(e).map(([e,t])=>I`<dt>${e}</dt><dd>${qo(t)}</dd>`)}</dl>`:String(e)}var Jo=[{path:`overview`,title:`Overview`,component:fo},{path:`debugger`,title:`Debugger`,component:Ao},{path:`destinations`,title:`Destinations`,component:Bo}];function Yo({onDone:e}){let[t,n]=V(``),[r,i]=V(``),[a,o]=V(!1);async function s(n){n.preventDefault(),o(!0),i(``),Le(t.trim());try{await H(`/sources`),e()}catch(e){Le(``),i(e instanceof Re?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return I`<main class="login">
+  </dl>`}function qo(e){return e==null?`–`:typeof e==`object`?I`<dl class="facts nested">${Object.entries(e).map(([e,t])=>I`<dt>${e}</dt><dd>${qo(t)}</dd>`)}</dl>`:String(e)}async function Jo(e){try{return await H(`/cluster`,{signal:e})}catch(e){if(/^404 /.test(e.message))return{single:e.message.slice(4)};throw e}}function Yo(){let e=so(Jo,[],2e3),t=e.data;return I`<main class="page cluster">
+    <div class="page-head">
+      <h1>Cluster</h1>
+      <${co} poll=${e} />
+    </div>
+    ${t&&t.single&&I`<section class="card" data-testid="not-cluster">
+      <h2>Not a cluster</h2>
+      <p>This fanout runs alone on its embedded store (${t.single}).</p>
+      <p class="muted">Nodes whose <code>storage.postgres</code> names the same database form a cluster:
+        each destination is delivered by one node, and a node that stops or dies hands its partitions to the others.</p>
+    </section>`}
+    ${t&&t.nodes&&I`<${Xo} v=${t} at=${e.updatedAt} />`}
+  </main>`}function Xo({v:e,at:t}){let n=t?t.getTime():Date.now(),r=e.nodes.filter(e=>e.live),i=r.reduce((e,t)=>e+t.partitions.length,0);return I`<section class="card">
+    <p data-testid="cluster-summary">
+      <strong>${r.length}</strong> live node${r.length===1?``:`s`} holding <strong>${i}</strong> partition${i===1?``:`s`}${e.nodes.length>r.length&&`; ${e.nodes.length-r.length} dead, listed for an hour`}.
+      <span class="muted"> This page is served by node ${e.name} (#${e.self}).</span>
+    </p>
+    <table class="grid">
+      <thead><tr>
+        <th>Node</th><th>State</th><th>Started</th><th>Last heartbeat</th>
+        <th class="num" title="Time since the node last renewed its leases (its heartbeat round)">Lease age</th>
+        <th class="num">Partitions</th><th>Which</th>
+      </tr></thead>
+      <tbody>${e.nodes.map(t=>I`<tr data-testid="node" data-id=${t.id} data-name=${t.name} data-live=${String(t.live)}>
+        <td>${t.name} <span class="muted">#${t.id}</span>${t.id===e.self&&I` <span class="badge type" data-field="self">this node</span>`}</td>
+        <td><span class=${`badge `+(t.live?`delivered`:`failed`)} data-field="state">${t.live?`live`:`dead`}</span></td>
+        <td title=${to(t.started_at)}>${$a(t.started_at,n)}</td>
+        <td data-field="heartbeat" title=${to(t.last_heartbeat)}>${to(t.last_heartbeat)}</td>
+        <td class="num" data-field="lease_age">${Zo(t,n)}</td>
+        <td class="num" data-field="partition_count">${t.partitions.length}</td>
+        <td data-field="partitions"><code>${Qo(t.partitions)||`–`}</code></td>
+      </tr>`)}</tbody>
+    </table>
+  </section>`}function Zo(e,t){if(!e.live)return`ran out`;let n=Math.max(0,(t-new Date(e.last_heartbeat).getTime())/1e3);return n<60?`${n.toFixed(1)} s`:Za(n)}function Qo(e){let t=[];for(let n=0;n<e.length;){let r=n;for(;r+1<e.length&&e[r+1]===e[r]+1;)r++;t.push(n===r?`${e[n]}`:`${e[n]}-${e[r]}`),n=r+1}return t.join(`, `)}var $o=[{path:`overview`,title:`Overview`,component:fo},{path:`debugger`,title:`Debugger`,component:Ao},{path:`destinations`,title:`Destinations`,component:Bo},{path:`cluster`,title:`Cluster`,component:Yo}];function es({onDone:e}){let[t,n]=V(``),[r,i]=V(``),[a,o]=V(!1);async function s(n){n.preventDefault(),o(!0),i(``),Le(t.trim());try{await H(`/sources`),e()}catch(e){Le(``),i(e instanceof Re?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return I`<main class="login">
     <form onSubmit=${s} data-testid="login">
       <h1>fanout</h1>
       <p>This fanout has an admin token. Enter it to see the delivery overview, the debugger and the destinations.</p>
@@ -301,15 +334,15 @@
       <button type="submit" class="primary" disabled=${a}>Sign in</button>
       <p class="hint">The token is kept in this tab's session storage and sent as <code>Authorization: Bearer</code>.</p>
     </form>
-  </main>`}function Xo(){let{path:e,params:t}=Ye(),n=Jo.find(t=>t.path===e)||Jo[0],[r,i]=V(!1),[a,o]=V(0);Ce(()=>Be(()=>i(!0)),[]);let s=Lo(a,r);if(r)return I`<${Yo} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return I`<div class="shell">
+  </main>`}function ts(){let{path:e,params:t}=Ye(),n=$o.find(t=>t.path===e)||$o[0],[r,i]=V(!1),[a,o]=V(0);Ce(()=>Be(()=>i(!0)),[]);let s=Lo(a,r);if(r)return I`<${es} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return I`<div class="shell">
     <header class="top">
       <a class="brand" href="#/overview">fanout</a>
       <nav>
-        ${Jo.map(e=>I`<a href=${`#/`+e.path} class=${e===n?`active`:``}
+        ${$o.map(e=>I`<a href=${`#/`+e.path} class=${e===n?`active`:``}
           aria-current=${e===n?`page`:void 0}>${e.title}</a>`)}
       </nav>
       ${Ie()&&I`<button class="link" onClick=${()=>{Le(``),i(!0)}}>Sign out</button>`}
     </header>
     <${Ro} s=${s.data} />
     <${c} key=${n.path+a} params=${t} storage=${s.data} />
-  </div>`}P(I`<${Xo} />`,document.getElementById(`app`));
+  </div>`}P(I`<${ts} />`,document.getElementById(`app`));
