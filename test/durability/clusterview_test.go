@@ -450,7 +450,9 @@ destinations:
 	var archived struct {
 		Archived int64 `json:"archived"`
 	}
-	if !fanouttest.Eventually(ctx, 60*time.Second, func() bool {
+	// The destination's circuit opens after a few failures, and the jobs
+	// wait for its probes to be archived: a minute, about.
+	if !fanouttest.Eventually(ctx, 150*time.Second, func() bool {
 		_, err := adminGet(ctx, replayer, "/api/v1/overview?range=1h", &archived)
 		return err == nil && archived.Archived == int64(len(ids))
 	}) {
