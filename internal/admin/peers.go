@@ -130,12 +130,15 @@ func gather[T any](ctx context.Context, h *handler, method, path string, query u
 	for i, p := range ps {
 		nodes[i] = NodeStatus{ID: p.ID, Name: p.Name, Self: p.Self}
 		if p.Self {
-			v, err := local()
-			if err != nil {
-				nodes[i].Error = err.Error()
-				continue
-			}
-			got[i], nodes[i].Reachable = &v, true
+			// Alongside the others' calls, not before them.
+			wg.Go(func() {
+				v, err := local()
+				if err != nil {
+					nodes[i].Error = err.Error()
+					return
+				}
+				got[i], nodes[i].Reachable = &v, true
+			})
 			continue
 		}
 		if why := p.unreachable(); why != "" {
