@@ -288,22 +288,27 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 		srcs[i], ids[i] = c.source, []byte(c.messageID)
 	}
 	var won map[dedupeID]bool
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	if len(cands) > 0 {
-		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
-			won, err = collectIDs(rows, nil, len(cands))
-			return err
-		})
-	}
-	if c := s.opts.Cluster; c != nil {
-		// Wake the owners of the group's queues when it commits. A queue
-		// whose jobs all turn out duplicates wakes its owner for nothing.
-		ps := make([]int, 0, len(queues))
-		for q := range queues {
-			ps = append(ps, c.PartitionOf(q))
+	// A batch is sent once: a retry builds it again.
+	begin := func() *pgx.Batch {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		if len(cands) > 0 {
+			b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
+				won, err = collectIDs(rows, nil, len(cands))
+				return err
+			})
 		}
-		cluster.QueueNotify(b, ps...)
+		if c := s.opts.Cluster; c != nil {
+			// Wake the owners of the group's queues when it commits. A
+			// queue whose jobs all turn out duplicates wakes its owner for
+			// nothing.
+			ps := make([]int, 0, len(queues))
+			for q := range queues {
+				ps = append(ps, c.PartitionOf(q))
+			}
+			cluster.QueueNotify(b, ps...)
+		}
+		return b
 	}
 	var conn *pgxpool.Conn
 	inTx := false
@@ -324,18 +329,20 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 			return nil, err
 		}
 		inTx = true
-		err = conn.SendBatch(ctx, b).Close()
+		err = conn.SendBatch(ctx, begin()).Close()
 		if err == nil {
 			break
 		}
 		// An idle connection that died (a restarted server, a cut
 		// connection) is only found dead now, and its transaction has
-		// rolled back: try once more on another.
+		// rolled back: try once more, on a new connection, since the
+		// other idle ones most likely died with it.
 		if !conn.Conn().IsClosed() || attempt > 0 {
-			return nil, err
+			return nil, fmt.Errorf("dedupe: %w", err)
 		}
 		conn.Release()
 		conn, inTx = nil, false
+		s.pool.Reset()
 	}
 	if len(cands) > 0 {
 		// Near a bucket's end the dedupe takes a second round trip.
@@ -366,12 +373,12 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 	// Every dedupe write of the group is made: only now does it take
 	// Seqs, and from then on it waits only for groups with lower Seqs,
 	// which wait for nothing of it (see sequencer).
-	first, g, err := seqr.reserve(ctx, conn, jobs)
+	seq0, g, err := seqr.reserve(ctx, conn, jobs)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("take Seqs: %w", err)
 	}
 	rows := make([][]any, 0, jobs)
-	seq := first
+	seq := seq0
 	s.mu.RLock()
 	for _, r := range reqs {
 		r.first = uint64(seq)
@@ -391,13 +398,13 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"jobs"},
 		[]string{"queue_id", "seq", "message_id", "type", "received_at", "payload"},
 		pgx.CopyFromRows(rows)); err != nil {
-		return g, err
+		return g, fmt.Errorf("copy jobs: %w", err)
 	}
-	b = &pgx.Batch{}
-	queueAwaitLower(b, first)
+	b := &pgx.Batch{}
+	queueAwaitLower(b, seq0)
 	b.Queue("COMMIT")
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return g, err
+		return g, fmt.Errorf("commit: %w", err)
 	}
 	inTx = false
 	return g, nil

@@ -136,19 +136,39 @@ func queueAwaitLower(b *pgx.Batch, first int64) {
 func (q *sequencer) reserve(ctx context.Context, tx *pgxpool.Conn, n int64) (first int64, g *turn, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	defer func() {
-		if err != nil {
-			// Whatever state the session is in, closing it ends it; a new
-			// one is on its way for the next group.
-			q.hangUp()
-			q.redial()
+	conn, last, err := q.advance(ctx, n)
+	if err != nil {
+		return 0, nil, err
+	}
+	first = last - n + 1
+	hi, lo := seqKey(first)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::int, $2::int)", hi, lo); err != nil {
+		// The group's connection failed: the Seqs are not handed out.
+		if _, rerr := conn.Exec(ctx, "ROLLBACK"); rerr != nil {
+			q.lost()
 		}
-	}()
-	var conn *pgx.Conn
-	var last int64
+		return 0, nil, err
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		q.lost()
+		return 0, nil, err
+	}
+	if err := q.ensureJobParts(ctx, conn, last); err != nil {
+		q.lost()
+		return 0, nil, err
+	}
+	q.noteAnalyze(first, last)
+	g = &turn{prev: q.last, done: make(chan struct{})}
+	q.last = g
+	return first, g, nil
+}
+
+// advance begins the counter's transaction on the session and advances
+// the counter by n (step 1), returning the session and the new counter.
+func (q *sequencer) advance(ctx context.Context, n int64) (conn *pgx.Conn, last int64, err error) {
 	for attempt := 0; ; attempt++ {
 		if conn, err = q.session(ctx); err != nil {
-			return 0, nil, err
+			return nil, 0, err
 		}
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
@@ -157,31 +177,38 @@ func (q *sequencer) reserve(ctx context.Context, tx *pgxpool.Conn, n int64) (fir
 		})
 		err = conn.SendBatch(ctx, b).Close()
 		if err == nil {
-			break
+			return conn, last, nil
 		}
+		closed := conn.IsClosed()
+		q.lost()
 		// A session that died while idle (a restarted server, a cut
 		// connection) is only found dead now. Its transaction, if it
 		// began, has rolled back: try once more on a new one.
-		if !conn.IsClosed() || attempt > 0 {
-			return 0, nil, err
+		if !closed || attempt > 0 {
+			return nil, 0, err
 		}
+		q.discardDial()
+	}
+}
+
+// lost closes the session, whatever state it is in, and dials a new one in
+// the background for the next group.
+func (q *sequencer) lost() {
+	q.hangUp()
+	q.redial()
+}
+
+// discardDial drops a redial in progress, whose connection may be as dead
+// as the one it replaces; the next session is dialed afresh.
+func (q *sequencer) discardDial() {
+	if q.dialing == nil {
+		return
+	}
+	if conn := <-q.dialing; conn != nil {
+		q.conn = conn
 		q.hangUp()
 	}
-	first = last - n + 1
-	hi, lo := seqKey(first)
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1::int, $2::int)", hi, lo); err != nil {
-		return 0, nil, err
-	}
-	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-		return 0, nil, err
-	}
-	if err := q.ensureJobParts(ctx, conn, last); err != nil {
-		return 0, nil, err
-	}
-	q.noteAnalyze(first, last)
-	g = &turn{prev: q.last, done: make(chan struct{})}
-	q.last = g
-	return first, g, nil
+	q.dialing = nil
 }
 
 // session returns the sequencer's own connection, connecting when it has
