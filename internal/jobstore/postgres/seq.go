@@ -359,9 +359,16 @@ func (q *sequencer) noteAnalyze(first, last int64) {
 func (q *sequencer) analyzeLoop() {
 	defer close(q.stopped)
 	for lo := range q.analyze {
-		_, err := q.s.pool.Exec(q.s.ctx, fmt.Sprintf("ANALYZE %s, %s", jobPartName(lo), finishedPartName(lo)))
+		// In a transaction, so that a lock held elsewhere (a compaction,
+		// a DROP) is waited for at most a moment, as a DROP waits for it.
+		err := pgx.BeginFunc(q.s.ctx, q.s.pool, func(tx pgx.Tx) error {
+			_, err := tx.Exec(q.s.ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%s'; ANALYZE %s, %s",
+				dropLockTimeout, jobPartName(lo), finishedPartName(lo)))
+			return err
+		})
 		if err != nil && q.s.checkOpen() == nil {
-			// A partition dropped meanwhile has nothing to plan for.
+			// A partition dropped meanwhile has nothing to plan for, and
+			// a partition busy now is analyzed at its next mark.
 			q.s.log.Debug("analyze jobs partition", "from", lo, "err", err)
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fanout/fanout/internal/jobstore"
 )
 
@@ -92,5 +94,36 @@ func TestReaderNeverSkipsASeq(t *testing.T) {
 	}
 	if missed > 0 {
 		t.Errorf("the paging reader passed over %d of %d acknowledged events", missed, len(acked))
+	}
+}
+
+// TestNewPartitionAnalyzed: once a jobs partition's Seqs pass the first of
+// analyzeMarks, the partition and its finished twin have planner
+// statistics (reltuples is -1 until a table is first analyzed), so that
+// Pending is not planned for an empty table. Close waits for the
+// ANALYZEs asked for.
+func TestNewPartitionAnalyzed(t *testing.T) {
+	s, dsn := setup(t, Options{PartitionJobs: DefaultPartitionJobs})
+	for b := range 11 {
+		if _, err := s.Append(t.Context(), entries("web", []string{"hook"}, fmt.Sprintf("b%d", b), 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	for _, table := range []string{jobPartName(1), finishedPartName(1)} {
+		var tuples float64
+		if err := conn.QueryRow(t.Context(), "SELECT reltuples FROM pg_class WHERE relname = $1", table).Scan(&tuples); err != nil {
+			t.Fatal(err)
+		}
+		if tuples < 0 {
+			t.Errorf("%s has no statistics after 1,100 Seqs (reltuples %v)", table, tuples)
+		}
 	}
 }
