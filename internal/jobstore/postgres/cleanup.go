@@ -51,8 +51,8 @@ func (s *Store) Cleanup(ctx context.Context) (dropped int, err error) {
 }
 
 // dropDrainedJobParts drops the jobs partitions (and their finished twins)
-// that hold no pending job. Only partitions wholly below the settled Seqs
-// are considered (settledSeq): a group in flight has its Seqs above. First,
+// that hold no pending job. Only partitions wholly below the committed Seq
+// counter are considered: a group in flight has its Seqs above it. First,
 // the partition the counter is in is retired when it is drained
 // (retireTopPart), so that it can go too.
 //
@@ -64,11 +64,7 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 	if err := s.retireTopPart(ctx); err != nil {
 		return 0, err
 	}
-	_, settled, err := s.settledSeq(ctx)
-	if err != nil {
-		return 0, err
-	}
-	rows, err := s.pool.Query(ctx, `SELECT lo, hi FROM job_parts WHERE hi <= $1 + 1 ORDER BY lo`, settled)
+	rows, err := s.pool.Query(ctx, `SELECT p.lo, p.hi FROM job_parts p, meta m WHERE p.hi <= m.last_seq + 1 ORDER BY p.lo`)
 	if err != nil {
 		return 0, err
 	}
@@ -219,16 +215,17 @@ func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
 // it, which at a low rate can take days. The Seqs skipped are a gap, which
 // Seqs may have.
 //
-// It does nothing while a group is in flight (a Seq handed out is not
-// settled: its jobs are not visible yet), and moves the counter only if no
-// group took Seqs since the check.
+// The check reads without the counter's lock, so a group may add jobs to
+// the partition between the check and the move: the partition then stays
+// until they end, like any other. The move is made only while no group
+// is in flight (the Seqs handed out, seq_alloc, are all committed or
+// rolled back, meta): the jobs of a group in flight are not visible yet,
+// and must not end up below a counter that says every Seq up to it is
+// committed.
 func (s *Store) retireTopPart(ctx context.Context) error {
-	last, settled, err := s.settledSeq(ctx)
-	if err != nil || settled != last {
-		return err
-	}
-	var lo, hi int64
-	err = s.pool.QueryRow(ctx, `SELECT lo, hi FROM job_parts WHERE $1 >= lo AND $1 < hi`, last).Scan(&lo, &hi)
+	var lo, hi, last int64
+	err := s.pool.QueryRow(ctx, `SELECT p.lo, p.hi, m.last_seq FROM job_parts p, meta m
+		WHERE m.last_seq >= p.lo AND m.last_seq < p.hi`).Scan(&lo, &hi, &last)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
@@ -242,7 +239,8 @@ func (s *Store) retireTopPart(ctx context.Context) error {
 	if err != nil || live {
 		return err
 	}
-	_, err = s.pool.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq = $1`, last, hi)
+	_, err = s.pool.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2
+		AND last_seq = (SELECT a.last_seq FROM seq_alloc a FOR UPDATE)`, lo, hi)
 	if err == nil {
 		s.log.Debug("retired drained jobs partition", "from", lo, "to", hi, "last_seq", last)
 	}

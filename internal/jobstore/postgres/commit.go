@@ -401,8 +401,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 		return g, fmt.Errorf("copy jobs: %w", err)
 	}
 	b := &pgx.Batch{}
-	queueAwaitLower(b, seq0)
-	b.Queue("COMMIT")
+	queueCommit(b, seq0, seq-1)
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return g, fmt.Errorf("commit: %w", err)
 	}

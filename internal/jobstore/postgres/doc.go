@@ -19,8 +19,10 @@
 //
 // # Tables
 //
-//	meta       one row: last_seq, the highest Seq handed out; dedupe_span,
-//	           the window the dedupe buckets were made for
+//	meta       one row: last_seq, the committed counter (every Seq up to
+//	           it is committed or rolled back); dedupe_span, the window
+//	           the dedupe buckets were made for
+//	seq_alloc  one row: last_seq, the highest Seq handed out
 //	queues     id, source, destination, drop_below: one row per virtual
 //	           queue; the id keeps the jobs' keys small, drop_below is the
 //	           queue's watermark (every job below it has ended)
@@ -57,24 +59,26 @@
 //     after COMMIT, that is after the WAL is flushed, and the group's
 //     Appends share that flush. Options.Applied hears of each Append's
 //     jobs after the commit and before Append returns.
-//  2. Seqs come from one counter, meta.last_seq, advanced in a short
-//     transaction of its own on the committer's own session, not in the
-//     group's: were it in the group's, its row lock would be held until
-//     the group commits, and the groups of the whole database would copy
-//     their jobs and flush their WAL one at a time (they did, before).
-//     Readers page by Seq, so Seqs must still commit in order: a reader
-//     paging with Pending(after) must never see Seq n+1 before Seq n. So
-//     before the counter's transaction commits, the group's transaction
-//     takes an advisory lock keyed by its first Seq, held until it ends;
-//     and just before its COMMIT, in the same round trip, it waits for
-//     every such lock with a lower key (read from pg_locks): every group
-//     of any node with lower Seqs that is still in flight. Dedupe upserts,
-//     COPYs and WAL flushes of different groups overlap; only the commits
-//     are ordered. No deadlock: a group waits only for lower Seqs, and a
-//     group holding Seqs has made all its dedupe writes, which a later
-//     group may wait for. A group that rolls back leaves its Seqs unused,
-//     a gap, which Seqs may have. On one node the groups take Seqs one at
-//     a time, and announce and answer in Seq order. See sequencer (seq.go).
+//  2. Seqs are handed out by seq_alloc, advanced in a short transaction of
+//     its own on the committer's own session, not in the group's: were it
+//     in the group's, its row lock would be held until the group commits,
+//     and the groups of the whole database would copy their jobs and flush
+//     their WAL one at a time (they did, when meta.last_seq was the only
+//     counter). Readers page by Seq, so Seqs must still commit in order: a
+//     reader paging with Pending(after) must never see Seq n+1 before Seq
+//     n. So before seq_alloc's transaction commits, the group's
+//     transaction takes an advisory lock keyed by its first Seq, held
+//     until it ends; and in its last round trip it waits for every such
+//     lock with a lower key (read from pg_locks): every group of any node
+//     with lower Seqs that is still in flight; then it moves meta.last_seq
+//     up to its last Seq and commits. So meta.last_seq stays the committed
+//     counter, moved in Seq order. Dedupe upserts, COPYs and WAL flushes of
+//     different groups overlap; only the commits are ordered. No
+//     deadlock: a group waits only for lower Seqs, and a group holding
+//     Seqs has made all its dedupe writes, which a later group may wait
+//     for. A group that rolls back leaves its Seqs unused, a gap, which
+//     Seqs may have. On one node the groups take Seqs one at a time, and
+//     announce and answer in Seq order. See sequencer (seq.go).
 //     A new jobs partition has no planner statistics: the committer has it
 //     analyzed, with its finished twin, after its first thousand Seqs and
 //     a few times more as it fills (analyzeMarks), so that Pending is
@@ -103,8 +107,8 @@
 //     their watermark that has no finished row: one index probe per queue
 //     and partition, from the watermark, never a scan of drained jobs.
 //  7. Cleanup (every CleanupInterval) looks at each partition wholly below
-//     the settled Seqs (below the first Seq of the lowest group in flight,
-//     so no group in flight can still write to it) and drops it, with its finished twin, when no queue has a job in it at
+//     the committed last_seq (so no group in flight can still write to it)
+//     and drops it, with its finished twin, when no queue has a job in it at
 //     or above the queue's watermark without a finished row. That check is
 //     one index probe per queue, from its watermark. A DROP needs an ACCESS
 //     EXCLUSIVE lock on the parent, and a DROP waiting for it would queue
@@ -112,8 +116,9 @@
 //     again at the next cleanup. The partition the counter is in cannot
 //     go that way, and once a backlog has drained it would keep its space
 //     until appends filled it: so when it is drained and has used at least
-//     1/64 of its Seqs, and no group is in flight, Cleanup first moves the
-//     counter to its end (a gap in the Seqs), and it goes with the others. TestBacklogSpaceReturned
+//     1/64 of its Seqs, and no group is in flight (seq_alloc equals
+//     last_seq), Cleanup first moves the committed counter to its end (a
+//     gap in the Seqs: seq_alloc follows), and it goes with the others. TestBacklogSpaceReturned
 //     shows 200,000 jobs' 83 MB coming back to within a few kB.
 //  8. A partition that is not drained but holds few pending jobs (at most
 //     1/64 of its span and 1/8 of its rows: a queue whose destination is
@@ -214,8 +219,8 @@
 //     commits wait, not the work before them, but in a cluster of many
 //     nodes one slow group delays the commits of all. Per-partition
 //     counters would lift that, with Pending's order kept per partition.
-//   - Each group takes Seqs in a transaction of its own (one more round
-//     trip than a group that takes them in its own transaction, and a
+//   - Each group takes Seqs in a transaction of its own (two more round
+//     trips than a group that takes them in its own transaction, and a
 //     read of pg_locks before its COMMIT), which a group of a few events
 //     pays in latency.
 //   - A partition stays as long as one job in it is pending: a queue whose

@@ -68,6 +68,13 @@ CREATE TABLE dedupe (
 	PRIMARY KEY (bucket, source, message_id)
 ) PARTITION BY RANGE (bucket);
 `,
+	// 2: Seqs handed out apart from Seqs committed (see sequencer).
+	`
+CREATE TABLE seq_alloc (
+	id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+	last_seq bigint NOT NULL
+);
+`,
 }
 
 // lockPartitions, lockCompact and lockJobParts are the advisory lock keys

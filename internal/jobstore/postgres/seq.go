@@ -16,41 +16,48 @@ import (
 //
 // Readers page by Seq (Pending(q, after)), so a Seq must never become
 // visible before a lower one that is still to commit: the reader would
-// move past it. Seqs come from one counter, meta.last_seq. Were the
-// counter's row updated in the group's own transaction, its lock would be
-// held until that transaction commits, and the groups of the whole
-// database would copy their jobs and flush their WAL one at a time. So a
-// group takes its Seqs in a short transaction of its own, and waits for the
-// lower ones only just before its COMMIT, once its jobs are copied:
+// move past it. And meta.last_seq is the committed counter: every Seq up
+// to it is committed or rolled back, which readers and Cleanup rely on.
+// It used to be the only counter, updated in the group's own transaction,
+// whose row lock was held until that transaction committed: the groups of
+// the whole database copied their jobs and flushed their WAL one at a
+// time. Now a group takes its Seqs from a second counter, seq_alloc, in a
+// short transaction of its own, and waits for the lower ones only just
+// before its COMMIT, once its jobs are copied:
 //
 //  1. On the sequencer's own session (synchronous_commit off: see below),
-//     BEGIN and advance the counter by the group's jobs. The row is locked
-//     until this short transaction ends, so Seqs are taken one group at a
-//     time, database-wide.
+//     BEGIN and advance seq_alloc by the group's jobs (takeSeqs). Its row
+//     is locked until this short transaction ends, so Seqs are taken one
+//     group at a time, database-wide.
 //  2. In the group's transaction, take a transaction advisory lock whose
 //     key is the group's first Seq (seqKey). It is held until the group
 //     commits or rolls back, whatever ends it: a lost connection, a
 //     killed process.
-//  3. COMMIT the counter. Every group that takes Seqs after this one
-//     finds its lock held.
-//  4. The group copies its jobs; then, just before its COMMIT and in the
-//     same round trip, it waits for every such lock with a lower key
-//     (awaitLower, which reads pg_locks): every group with lower Seqs that
-//     is still in flight, on any node. A group with lower Seqs that is not
-//     in pg_locks has committed or rolled back already, because it took
-//     its lock before its Seqs were handed out (step 2 before 3).
+//  3. COMMIT seq_alloc. Every group that takes Seqs after this one finds
+//     its lock held.
+//  4. The group copies its jobs; then, in its last round trip, it waits
+//     for every such lock with a lower key (queueAwaitLower, which reads
+//     pg_locks): every group with lower Seqs that is still in flight, on
+//     any node; moves meta.last_seq up to its last Seq; and commits. A
+//     group with lower Seqs that is not in pg_locks has committed or
+//     rolled back already, because it took its lock before its Seqs were
+//     handed out (step 2 before 3).
 //
-// So groups commit in Seq order, as they did under one lock, but their
-// dedupe upserts, their COPYs and their WAL flushes overlap. No deadlock:
-// a group waits only for lower Seqs, and a group holding Seqs waits for
-// nothing of a later one (its dedupe writes, which a later group may wait
-// for, are all made before it takes Seqs). A group that rolls back leaves
-// its Seqs unused, a gap, which Seqs may have.
+// So groups commit in Seq order, and meta.last_seq moves in commit order,
+// as they did under one lock, but their dedupe upserts, their COPYs and
+// their WAL flushes overlap. meta's row lock is taken only in the last
+// round trip, when the groups before have committed. No deadlock: a group
+// waits only for lower Seqs, and a group holding Seqs waits for nothing of
+// a later one (its dedupe writes, which a later group may wait for, are
+// all made before it takes Seqs). A group that rolls back leaves its Seqs
+// unused, a gap, which Seqs may have.
 //
-// The counter's transaction commits without waiting for its WAL flush:
-// the jobs that use its Seqs commit with synchronous_commit on, later in
-// the same WAL, so their flush makes it durable too; lost in a crash
-// without them, it only hands out the same Seqs again.
+// seq_alloc's transaction commits without waiting for its WAL flush: the
+// jobs that use its Seqs commit with synchronous_commit on, later in the
+// same WAL, so their flush makes it durable too; lost in a crash without
+// them, it only hands out the same Seqs again. seq_alloc never falls behind
+// meta.last_seq (takeSeqs starts from the higher of the two), so Cleanup
+// moves only meta.last_seq when it retires a partition.
 //
 // On one node, Seqs are taken one group at a time (mu), so the chain of
 // turns, which orders the announcements (Options.Applied), is in Seq order.
@@ -106,6 +113,13 @@ func (q *sequencer) close() {
 	q.hangUp()
 }
 
+// takeSeqs advances the Seqs handed out by $1 and returns the last. It
+// creates the row on first use, and starts from meta.last_seq when that is
+// higher (Cleanup moves it past a retired partition).
+const takeSeqs = `INSERT INTO seq_alloc AS a (last_seq) SELECT m.last_seq + $1 FROM meta m
+	ON CONFLICT (id) DO UPDATE SET last_seq = GREATEST(a.last_seq, (SELECT last_seq FROM meta)) + $1
+	RETURNING last_seq`
+
 // seqKey is the advisory lock key of a group whose first Seq is seq: the
 // two-key form, seq split at bit 31 so that both halves are non-negative
 // int4s. The store owns the two-key advisory locks of its database; every
@@ -122,12 +136,15 @@ const inflightKeys = `SELECT (l.classid::bigint << 31) | l.objid::bigint AS seq,
 	WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ExclusiveLock' AND l.granted
 	  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`
 
-// queueAwaitLower queues, in a group's transaction, the wait for every
-// group in flight whose Seqs are below first (step 4). The shared locks it
-// takes end with the transaction.
-func queueAwaitLower(b *pgx.Batch, first int64) {
+// queueCommit queues the last round trip of a group whose Seqs are first
+// to last (step 4): the wait for every group in flight with lower Seqs
+// (the shared locks it takes end with the transaction), the committed
+// counter moved up to last, and COMMIT.
+func queueCommit(b *pgx.Batch, first, last int64) {
 	b.Queue(`SELECT count(pg_advisory_xact_lock_shared(k.classid::bigint::int, k.objid::bigint::int))
 		FROM (`+inflightKeys+`) k WHERE k.seq < $1`, first)
+	b.Queue("UPDATE meta SET last_seq = GREATEST(last_seq, $1)", last)
+	b.Queue("COMMIT")
 }
 
 // reserve takes n consecutive Seqs for the group whose transaction is open
@@ -163,8 +180,8 @@ func (q *sequencer) reserve(ctx context.Context, tx *pgxpool.Conn, n int64) (fir
 	return first, g, nil
 }
 
-// advance begins the counter's transaction on the session and advances
-// the counter by n (step 1), returning the session and the new counter.
+// advance begins seq_alloc's transaction on the session and takes n Seqs
+// (step 1), returning the session and the last Seq taken.
 func (q *sequencer) advance(ctx context.Context, n int64) (conn *pgx.Conn, last int64, err error) {
 	for attempt := 0; ; attempt++ {
 		if conn, err = q.session(ctx); err != nil {
@@ -172,7 +189,7 @@ func (q *sequencer) advance(ctx context.Context, n int64) (conn *pgx.Conn, last 
 		}
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
-		b.Queue("UPDATE meta SET last_seq = last_seq + $1 RETURNING last_seq", n).QueryRow(func(row pgx.Row) error {
+		b.Queue(takeSeqs, n).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&last)
 		})
 		err = conn.SendBatch(ctx, b).Close()
@@ -314,16 +331,6 @@ func (q *sequencer) ensureJobParts(ctx context.Context, conn *pgx.Conn, last int
 		s.partHi = hi
 	}
 	return err
-}
-
-// settledSeq returns the Seq counter (last) and the highest Seq up to
-// which every group that took Seqs has committed or rolled back
-// (settled): below the first Seq of the lowest group in flight, else
-// last. It waits for nothing.
-func (s *Store) settledSeq(ctx context.Context) (last, settled int64, err error) {
-	err = s.pool.QueryRow(ctx, `SELECT m.last_seq, LEAST(m.last_seq, coalesce((SELECT min(k.seq) - 1 FROM (`+inflightKeys+`) k), m.last_seq))
-		FROM meta m`).Scan(&last, &settled)
-	return last, settled, err
 }
 
 // analyzeMarks are the offsets into a jobs partition at which it is

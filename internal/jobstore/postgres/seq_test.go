@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -16,7 +17,8 @@ import (
 // overlap, while a reader pages through the queue as the engine does,
 // always after the highest Seq it has read. Every acknowledged event must
 // reach the reader: a Seq committed after a higher one was read would be
-// passed over.
+// passed over. And meta.last_seq is the committed counter: a snapshot that
+// reads it sees every job up to it that will ever be.
 func TestReaderNeverSkipsASeq(t *testing.T) {
 	ctx := t.Context()
 	a, dsn := setup(t, Options{PartitionJobs: 1000})
@@ -70,7 +72,40 @@ func TestReaderNeverSkipsASeq(t *testing.T) {
 			}
 		}
 	}
+	type counted struct{ last, jobs int64 }
+	var snaps []counted
+	countUpTo := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}, last int64) int64 {
+		var n int64
+		if err := q.QueryRow(ctx, "SELECT count(*) FROM jobs WHERE seq <= $1", last).Scan(&n); err != nil {
+			t.Error(err)
+		}
+		return n
+	}
 	var reader sync.WaitGroup
+	reader.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			err := pgx.BeginTxFunc(ctx, a.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+				var c counted
+				if err := tx.QueryRow(ctx, "SELECT last_seq FROM meta").Scan(&c.last); err != nil {
+					return err
+				}
+				c.jobs = countUpTo(tx, c.last)
+				snaps = append(snaps, c)
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
 	reader.Go(func() {
 		for {
 			select {
@@ -94,6 +129,14 @@ func TestReaderNeverSkipsASeq(t *testing.T) {
 	}
 	if missed > 0 {
 		t.Errorf("the paging reader passed over %d of %d acknowledged events", missed, len(acked))
+	}
+	for _, c := range snaps {
+		if now := countUpTo(a.pool, c.last); now != c.jobs {
+			t.Fatalf("a snapshot with last_seq %d saw %d jobs up to it; %d are there now", c.last, c.jobs, now)
+		}
+	}
+	if len(snaps) == 0 {
+		t.Error("no snapshot of the counter was taken")
 	}
 }
 
