@@ -120,11 +120,15 @@ func (s *Store) commitLoop() {
 	}
 }
 
-// groupsInFlight is how many group commits run at once: up to four, each
-// holding a pooled connection, and at most half the pool, so that reads
-// and deliveries' updates always find a connection.
+// groupsInFlight is how many group commits run at once, each holding a
+// pooled connection: two, one copying or committing while the next
+// gathers and deduplicates, and never more than half the pool, so that
+// reads and deliveries' updates always find a connection. More groups in
+// flight make smaller groups: on two cores, four cost 30 to 45% more CPU
+// per event (PostgreSQL's and the store's) than two, for no more events
+// per second (TestAppendRate, see BENCHMARKS.md).
 func groupsInFlight(maxConns int32) int {
-	return int(min(max(maxConns/2, 1), 4))
+	return int(min(max(maxConns/2, 1), 2))
 }
 
 // dedupeID is the identity dedupe remembers.

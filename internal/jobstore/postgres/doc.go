@@ -47,8 +47,8 @@
 //
 //  1. Append hands its entries to the committer goroutine, which gathers
 //     every Append waiting into a group and commits it in one transaction
-//     (commit.go), up to four groups at a time, each on a connection of
-//     its own. A group's round trips: BEGIN and the dedupe upsert,
+//     (commit.go), two groups at a time, each on a connection of its
+//     own. A group's round trips: BEGIN and the dedupe upsert,
 //     pipelined; its Seqs (step 2); one COPY of all its jobs; the wait for
 //     lower Seqs and COMMIT, pipelined. Seqs are taken once the dedupe has
 //     answered, for the stored jobs only, so each Append's stored jobs
