@@ -217,7 +217,11 @@ func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
 //
 // The check reads without the counter's lock, so a group may add jobs to
 // the partition between the check and the move: the partition then stays
-// until they end, like any other.
+// until they end, like any other. The move is made only while no group
+// is in flight (the Seqs handed out, seq_alloc, are all committed or
+// rolled back, meta): the jobs of a group in flight are not visible yet,
+// and must not end up below a counter that says every Seq up to it is
+// committed.
 func (s *Store) retireTopPart(ctx context.Context) error {
 	var lo, hi, last int64
 	err := s.pool.QueryRow(ctx, `SELECT p.lo, p.hi, m.last_seq FROM job_parts p, meta m
@@ -235,7 +239,8 @@ func (s *Store) retireTopPart(ctx context.Context) error {
 	if err != nil || live {
 		return err
 	}
-	_, err = s.pool.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2`, lo, hi)
+	_, err = s.pool.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2
+		AND last_seq = (SELECT a.last_seq FROM seq_alloc a FOR UPDATE)`, lo, hi)
 	if err == nil {
 		s.log.Debug("retired drained jobs partition", "from", lo, "to", hi, "last_seq", last)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/jobstore"
@@ -72,21 +73,22 @@ func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, e
 
 // commitLoop is the committer: it takes one request, then every request
 // already waiting, and commits them in one transaction (commitGroup), on a
-// goroutine of the group's own. Two groups are in flight at a time: group
-// N+1 starts once group N holds the Seq counter's row lock, so that N+1
-// gathers, deduplicates and waits for the lock while N copies its jobs and
-// waits for its WAL flush. The lock serializes the commits, so groups
-// commit in Seq order and a reader paging with Pending(after) never sees
-// Seq n+1 before Seq n; the announcements follow the same order. While
-// groups commit, the next one gathers, so the more the load, the larger
-// the group and the fewer commits per event.
+// goroutine of the group's own. Up to groupsInFlight groups run at once,
+// each on a connection of its own: their dedupe upserts, their COPYs and
+// their WAL flushes overlap. What keeps them in order is not the
+// committer but the Seqs (see sequencer): a group commits only after every
+// group, of any node, that took lower Seqs has committed or rolled back,
+// so a reader paging with Pending(after) never sees Seq n+1 before Seq n;
+// and this node's groups announce in Seq order too. While groups commit,
+// the next one gathers, so the more the load, the larger the group and the
+// fewer commits per event.
 func (s *Store) commitLoop() {
 	defer s.done.Done()
 	var inflight sync.WaitGroup
+	seqr := newSequencer(s)
+	defer seqr.close()
 	defer inflight.Wait()
-	prev := &turn{locked: make(chan struct{}), done: make(chan struct{})}
-	close(prev.locked)
-	close(prev.done)
+	slots := make(chan struct{}, groupsInFlight(s.opts.MaxConns))
 	for {
 		var first *appendReq
 		select {
@@ -94,11 +96,9 @@ func (s *Store) commitLoop() {
 		case <-s.closing:
 			return
 		}
-		// Wait for the group in flight to take the counter's lock: until
-		// then its dedupe writes are not all made, and ours must come
-		// after them (see turn). The requests arriving meanwhile join
+		// Wait for a free slot; the requests arriving meanwhile join
 		// this group.
-		<-prev.locked
+		slots <- struct{}{}
 		reqs := []*appendReq{first}
 		size := first.size
 	gather:
@@ -111,30 +111,24 @@ func (s *Store) commitLoop() {
 				break gather
 			}
 		}
-		g := &turn{prev: prev, locked: make(chan struct{}), done: make(chan struct{})}
 		inflight.Add(1)
 		go func() {
 			defer inflight.Done()
-			s.commitGroup(reqs, g)
+			defer func() { <-slots }()
+			s.commitGroup(reqs, seqr)
 		}()
-		prev = g
 	}
 }
 
-// turn orders a group commit after the one before it.
-//
-// A group's first round trip writes its dedupe records and then takes the
-// Seq counter's row lock. The next group starts its own only after that
-// (locked): its dedupe upsert may then wait for an uncommitted record of
-// the group before it, which commits without waiting for anything of the
-// later group, but never the other way round, which would be a deadlock
-// that PostgreSQL cannot see (half of it is this process waiting for
-// locked). The counter's lock makes the groups commit in the order they
-// took it, and done makes them announce and answer in that order.
-type turn struct {
-	prev   *turn
-	locked chan struct{} // closed once the group holds the lock, or will not take it
-	done   chan struct{} // closed once the group has announced its jobs and answered
+// groupsInFlight is how many group commits run at once, each holding a
+// pooled connection: two, one copying or committing while the next
+// gathers and deduplicates, and never more than half the pool, so that
+// reads and deliveries' updates always find a connection. More groups in
+// flight make smaller groups: on two cores, four cost 30 to 45% more CPU
+// per event (PostgreSQL's and the store's) than two, for no more events
+// per second (TestAppendRate, see BENCHMARKS.md).
+func groupsInFlight(maxConns int32) int {
+	return int(min(max(maxConns/2, 1), 2))
 }
 
 // dedupeID is the identity dedupe remembers.
@@ -148,19 +142,12 @@ type dedupeID struct{ source, messageID string }
 //     candidate and every later one a duplicate.
 //  3. In one transaction: the candidates are upserted into the current
 //     dedupe bucket; those the upsert did not write are duplicates (see
-//     dedupe). The Seq counter in meta is advanced by the number of jobs,
-//     which locks its row until commit: that serializes the commits of all
-//     nodes, so Seqs commit in order cluster-wide. Partitions the new Seqs
-//     need are created. The jobs go in by COPY.
-//  4. Commit, announce each request's jobs (Options.Applied), answer.
-func (s *Store) commitGroup(reqs []*appendReq, g *turn) {
-	lockedOnce := sync.OnceFunc(func() { close(g.locked) })
-	defer lockedOnce()
-	defer func() {
-		// Announce and answer after the group before.
-		<-g.prev.done
-		close(g.done)
-	}()
+//     dedupe). The jobs of the others take the next Seqs (sequencer), go
+//     in by COPY, and the transaction commits once every lower Seq has
+//     committed or rolled back.
+//  4. After the groups of this node that took lower Seqs, announce each
+//     request's jobs (Options.Applied) and answer.
+func (s *Store) commitGroup(reqs []*appendReq, seqr *sequencer) {
 	live := reqs[:0:0]
 	for _, r := range reqs {
 		if err := r.ctx.Err(); err != nil {
@@ -173,9 +160,12 @@ func (s *Store) commitGroup(reqs []*appendReq, g *turn) {
 		return
 	}
 	now := s.opts.Now()
-	err := s.commit(live, now, lockedOnce)
-	lockedOnce()
-	<-g.prev.done
+	g, err := s.commit(live, now, seqr)
+	if g != nil {
+		// Announce and answer after the groups before.
+		g.waitPrev()
+		defer close(g.done)
+	}
 	if err != nil {
 		// Whatever went wrong, the events are not stored (or, when the
 		// commit's answer was lost, not known to be): to the tracking API
@@ -234,24 +224,20 @@ const upsertDedupe = `INSERT INTO dedupe (bucket, source, message_id, stored_at)
 // be for dedupe to stay exact at a bucket boundary; see dedupe.
 const clockMargin = time.Minute
 
-// commit runs the group's transaction in three round trips: BEGIN, the
-// dedupe upsert and the Seq counter's UPDATE pipelined in one; the COPY of
-// the jobs; COMMIT. The counter is advanced by the jobs of every entry
-// that is not a duplicate within the group, before the dedupe upsert has
-// answered: the Seqs of the entries it finds stored are left unused, a gap
-// that Seqs may have (each Append's stored jobs still get consecutive
-// Seqs). On error nothing of the group is stored and the requests' dup
-// flags are reset.
-//
-// locked is called once the group holds the counter's row lock (or knows it
-// will not take it); see turn.
-func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err error) {
+// commit runs the group's transaction: BEGIN, the dedupe upsert (and the
+// cluster's NOTIFY) pipelined in one round trip; the Seqs of the stored
+// jobs (sequencer.reserve); the COPY of the jobs; the wait for lower Seqs
+// and COMMIT in one round trip. Seqs are taken only once the dedupe has
+// answered, for the jobs actually stored. On error nothing of the group is
+// stored and the requests' dup flags are reset. It returns the group's
+// place in this node's order of Seqs, nil when it took none.
+func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *turn, err error) {
 	// The group's own context: one caller giving up must not abort the
 	// others' commit.
 	ctx := s.ctx
 	bucket := now.UnixNano() / s.span
 	if err := s.ensureDedupeParts(ctx, bucket); err != nil {
-		return err
+		return nil, err
 	}
 
 	// Candidates for dedupe, in order; later entries of the same id in
@@ -264,7 +250,6 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 	firstOf := make(map[dedupeID]ref, n)
 	cands := make([]dedupeID, 0, n)
 	queues := make(map[jobstore.Queue]bool)
-	var reserve int64
 	var prev *jobstore.Entry
 	for ri, r := range reqs {
 		for ei := range r.entries {
@@ -279,7 +264,6 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 				firstOf[id] = ref{ri, ei}
 				cands = append(cands, id)
 			}
-			reserve += int64(len(e.Destinations))
 			// Runs of entries share their queues: look them up once a run.
 			if prev == nil || prev.Event.Source != e.Event.Source || !slices.Equal(prev.Destinations, e.Destinations) {
 				for _, d := range e.Destinations {
@@ -297,29 +281,8 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 		}
 	}()
 	if err := s.ensureQueues(ctx, queues); err != nil {
-		return err
+		return nil, err
 	}
-
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	inTx := false
-	defer func() {
-		if err != nil && inTx {
-			// Partitions this group created go with it. The reset comes
-			// before the ROLLBACK, so the next group, which takes the
-			// counter's lock only after it, reads the bound again.
-			s.partMu.Lock()
-			s.partHi = 0
-			s.partMu.Unlock()
-			if _, rerr := conn.Exec(context.Background(), "ROLLBACK"); rerr != nil {
-				// The pool throws a closed connection away.
-				conn.Conn().Close(context.Background())
-			}
-		}
-		conn.Release()
-	}()
 
 	t := now.UnixNano()
 	cutoff := t - s.span
@@ -329,95 +292,125 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, locked func()) (err err
 		srcs[i], ids[i] = c.source, []byte(c.messageID)
 	}
 	var won map[dedupeID]bool
-	var last int64
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	if len(cands) > 0 {
-		b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
-			won, err = collectIDs(rows, nil, len(cands))
-			return err
-		})
-	}
-	// The counter's row lock is taken after every dedupe write: a group
-	// holding it must never wait for another group's dedupe record, or two
-	// nodes' groups can deadlock. Near a bucket's end the dedupe takes a
-	// second round trip, and the counter waits for it.
-	next := len(cands) > 0 && t > (bucket+1)*s.span-int64(clockMargin)
-	reserveSeqs := func(b *pgx.Batch) {
-		b.Queue("UPDATE meta SET last_seq = last_seq + $1 RETURNING last_seq", reserve).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&last)
-		})
-	}
-	if reserve > 0 && !next {
-		reserveSeqs(b)
-	}
-	if c := s.opts.Cluster; c != nil {
-		// Wake the owners of the group's queues when it commits. A queue
-		// whose jobs all turn out duplicates wakes its owner for nothing.
-		ps := make([]int, 0, len(queues))
-		for q := range queues {
-			ps = append(ps, c.PartitionOf(q))
+	// A batch is sent once: a retry builds it again.
+	begin := func() *pgx.Batch {
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		if len(cands) > 0 {
+			b.Queue(upsertDedupe, bucket, srcs, ids, t, cutoff, bucket-1).Query(func(rows pgx.Rows) error {
+				won, err = collectIDs(rows, nil, len(cands))
+				return err
+			})
 		}
-		cluster.QueueNotify(b, ps...)
+		if c := s.opts.Cluster; c != nil {
+			// Wake the owners of the group's queues when it commits. A
+			// queue whose jobs all turn out duplicates wakes its owner for
+			// nothing.
+			ps := make([]int, 0, len(queues))
+			for q := range queues {
+				ps = append(ps, c.PartitionOf(q))
+			}
+			cluster.QueueNotify(b, ps...)
+		}
+		return b
 	}
-	inTx = true
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return err
+	var conn *pgxpool.Conn
+	inTx := false
+	defer func() {
+		if conn == nil {
+			return
+		}
+		if err != nil && inTx {
+			if _, rerr := conn.Exec(context.Background(), "ROLLBACK"); rerr != nil {
+				// The pool throws a closed connection away.
+				conn.Conn().Close(context.Background())
+			}
+		}
+		conn.Release()
+	}()
+	for attempt := 0; ; attempt++ {
+		if conn, err = s.pool.Acquire(ctx); err != nil {
+			return nil, err
+		}
+		inTx = true
+		err = conn.SendBatch(ctx, begin()).Close()
+		if err == nil {
+			break
+		}
+		// An idle connection that died (a restarted server, a cut
+		// connection) is only found dead now, and its transaction has
+		// rolled back: try once more, on a new connection, since the
+		// other idle ones most likely died with it.
+		if !conn.Conn().IsClosed() || attempt > 0 {
+			return nil, fmt.Errorf("dedupe: %w", err)
+		}
+		conn.Release()
+		conn, inTx = nil, false
+		s.pool.Reset()
 	}
 	if len(cands) > 0 {
+		// Near a bucket's end the dedupe takes a second round trip.
+		next := t > (bucket+1)*s.span-int64(clockMargin)
 		dups, err := s.dedupeNext(ctx, conn, cands, won, t, bucket, next)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for id := range dups {
 			ref := firstOf[id]
 			reqs[ref.req].dup[ref.entry] = true
 		}
 	}
-	if reserve > 0 && next {
-		b = &pgx.Batch{}
-		reserveSeqs(b)
-		if err := conn.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-	}
-	locked()
 
-	if reserve > 0 {
-		if err := s.ensureJobParts(ctx, conn, last); err != nil {
-			return err
-		}
-		rows := make([][]any, 0, reserve)
-		seq := last - reserve + 1
-		s.mu.RLock()
-		for _, r := range reqs {
-			r.first = uint64(seq)
-			for i, e := range r.entries {
-				if r.dup[i] {
-					continue
-				}
-				for _, d := range e.Destinations {
-					id := s.queueIDs[jobstore.Queue{Source: e.Event.Source, Destination: d}]
-					rows = append(rows, []any{id, seq, []byte(e.Event.MessageID), e.Event.Type,
-						e.Event.ReceivedAt.UnixNano(), []byte(e.Event.Payload)})
-					seq++
-				}
-			}
-		}
-		s.mu.RUnlock()
-		if len(rows) > 0 {
-			if _, err := conn.CopyFrom(ctx, pgx.Identifier{"jobs"},
-				[]string{"queue_id", "seq", "message_id", "type", "received_at", "payload"},
-				pgx.CopyFromRows(rows)); err != nil {
-				return err
+	var jobs int64
+	for _, r := range reqs {
+		for i, e := range r.entries {
+			if !r.dup[i] {
+				jobs += int64(len(e.Destinations))
 			}
 		}
 	}
-	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
-		return err
+	if jobs == 0 {
+		_, err := conn.Exec(ctx, "COMMIT")
+		inTx = err != nil
+		return nil, err
+	}
+	// Every dedupe write of the group is made: only now does it take
+	// Seqs, and from then on it waits only for groups with lower Seqs,
+	// which wait for nothing of it (see sequencer).
+	seq0, g, err := seqr.reserve(ctx, conn, jobs)
+	if err != nil {
+		return nil, fmt.Errorf("take Seqs: %w", err)
+	}
+	rows := make([][]any, 0, jobs)
+	seq := seq0
+	s.mu.RLock()
+	for _, r := range reqs {
+		r.first = uint64(seq)
+		for i, e := range r.entries {
+			if r.dup[i] {
+				continue
+			}
+			for _, d := range e.Destinations {
+				id := s.queueIDs[jobstore.Queue{Source: e.Event.Source, Destination: d}]
+				rows = append(rows, []any{id, seq, []byte(e.Event.MessageID), e.Event.Type,
+					e.Event.ReceivedAt.UnixNano(), []byte(e.Event.Payload)})
+				seq++
+			}
+		}
+	}
+	s.mu.RUnlock()
+	if _, err := conn.CopyFrom(ctx, pgx.Identifier{"jobs"},
+		[]string{"queue_id", "seq", "message_id", "type", "received_at", "payload"},
+		pgx.CopyFromRows(rows)); err != nil {
+		return g, fmt.Errorf("copy jobs: %w", err)
+	}
+	b := &pgx.Batch{}
+	queueCommit(b, seq0, seq-1)
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return g, fmt.Errorf("commit: %w", err)
 	}
 	inTx = false
-	return nil
+	return g, nil
 }
 
 // dedupeNext completes the dedupe of cands, given the ids that the upsert
@@ -524,30 +517,4 @@ func (s *Store) ensureDedupeParts(ctx context.Context, bucket int64) error {
 		s.dedupeParts[bucket], s.dedupeParts[bucket+1] = true, true
 	}
 	return err
-}
-
-// ensureJobParts creates the partitions that Seqs up to last need, and the
-// next one when last has passed the middle of the highest partition, so that
-// a partition is usually created a good while before its first job. The
-// caller's transaction holds the meta row's lock.
-func (s *Store) ensureJobParts(ctx context.Context, tx querier, last int64) error {
-	s.partMu.Lock()
-	defer s.partMu.Unlock()
-	span := s.opts.PartitionJobs
-	if last+span/2 < s.partHi {
-		return nil
-	}
-	// Another node may have created partitions: read the bound again
-	// under the lock. (partHi is only ever below the true bound: a failed
-	// group resets it to 0.)
-	if err := tx.QueryRow(ctx, "SELECT coalesce(max(hi), 1) FROM job_parts").Scan(&s.partHi); err != nil {
-		return err
-	}
-	for last+span/2 >= s.partHi {
-		if err := createJobParts(ctx, tx, s.partHi, s.partHi+span); err != nil {
-			return err
-		}
-		s.partHi += span
-	}
-	return nil
 }

@@ -19,8 +19,10 @@
 //
 // # Tables
 //
-//	meta       one row: last_seq, the highest Seq handed out; dedupe_span,
-//	           the window the dedupe buckets were made for
+//	meta       one row: last_seq, the committed counter (every Seq up to
+//	           it is committed or rolled back); dedupe_span, the window
+//	           the dedupe buckets were made for
+//	seq_alloc  one row: last_seq, the highest Seq handed out
 //	queues     id, source, destination, drop_below: one row per virtual
 //	           queue; the id keeps the jobs' keys small, drop_below is the
 //	           queue's watermark (every job below it has ended)
@@ -44,33 +46,43 @@
 // # Operations, step by step
 //
 //  1. Append hands its entries to the committer goroutine, which gathers
-//     every Append waiting and commits them in one transaction (commit.go)
-//     of three round trips: BEGIN, the dedupe upsert and one UPDATE of
-//     meta.last_seq, pipelined; one COPY of all the jobs; COMMIT. The
-//     UPDATE reserves a consecutive range of Seqs for the jobs of every
-//     entry that is not a duplicate within the group; it is sent before
-//     the upsert has said which entries were stored earlier, so the Seqs
-//     of those are left unused (a gap after the group's last job). Each
-//     Append's stored jobs still have consecutive Seqs, as
-//     jobstore.Appended expects. When the new Seqs pass the middle of the
-//     highest partition, the next one is created in the same transaction.
-//     synchronous_commit is on: Append
-//     returns after COMMIT, that is after the WAL is flushed, and the
-//     group's Appends share that flush. Options.Applied hears of each
-//     Append's jobs after the commit and before Append returns.
-//  2. The UPDATE of meta's one row locks it until COMMIT, so group commits
-//     are serialized, on one node and across nodes: Seqs become visible in
-//     Seq order, and a reader paging with Pending(after) never sees Seq n+1
-//     before Seq n. (The row lock is released only after the commit is
-//     visible.) The price is one commit at a time for the whole database;
-//     see "Limits". On one node two groups are in flight: group N+1
-//     starts its first round trip once group N holds the row lock, so its
-//     dedupe upsert runs, and its UPDATE waits for the lock, while N
-//     copies its jobs and waits for its WAL flush. N+1 never starts its
-//     dedupe writes before N's are made: N+1 may wait for N's uncommitted
-//     dedupe records, never N for N+1's (that would be a deadlock half in
-//     this process, which PostgreSQL cannot break). Groups announce and
-//     answer in the order they took the lock.
+//     every Append waiting into a group and commits it in one transaction
+//     (commit.go), two groups at a time, each on a connection of its
+//     own. A group's round trips: BEGIN and the dedupe upsert,
+//     pipelined; its Seqs (step 2); one COPY of all its jobs; the wait for
+//     lower Seqs and COMMIT, pipelined. Seqs are taken once the dedupe has
+//     answered, for the stored jobs only, so each Append's stored jobs
+//     have consecutive Seqs, as jobstore.Appended expects. Partitions the
+//     new Seqs need (and the next one, once the Seqs pass the middle of
+//     the highest partition) are created and committed before the COPY,
+//     under an advisory lock. synchronous_commit is on: Append returns
+//     after COMMIT, that is after the WAL is flushed, and the group's
+//     Appends share that flush. Options.Applied hears of each Append's
+//     jobs after the commit and before Append returns.
+//  2. Seqs are handed out by seq_alloc, advanced in a short transaction of
+//     its own on the committer's own session, not in the group's: were it
+//     in the group's, its row lock would be held until the group commits,
+//     and the groups of the whole database would copy their jobs and flush
+//     their WAL one at a time (they did, when meta.last_seq was the only
+//     counter). Readers page by Seq, so Seqs must still commit in order: a
+//     reader paging with Pending(after) must never see Seq n+1 before Seq
+//     n. So before seq_alloc's transaction commits, the group's
+//     transaction takes an advisory lock keyed by its first Seq, held
+//     until it ends; and in its last round trip it waits for every such
+//     lock with a lower key (read from pg_locks): every group of any node
+//     with lower Seqs that is still in flight; then it moves meta.last_seq
+//     up to its last Seq and commits. So meta.last_seq stays the committed
+//     counter, moved in Seq order. Dedupe upserts, COPYs and WAL flushes of
+//     different groups overlap; only the commits are ordered. No
+//     deadlock: a group waits only for lower Seqs, and a group holding
+//     Seqs has made all its dedupe writes, which a later group may wait
+//     for. A group that rolls back leaves its Seqs unused, a gap, which
+//     Seqs may have. On one node the groups take Seqs one at a time, and
+//     announce and answer in Seq order. See sequencer (seq.go).
+//     A new jobs partition has no planner statistics: the committer has it
+//     analyzed, with its finished twin, after its first thousand Seqs and
+//     a few times more as it fills (analyzeMarks), so that Pending is
+//     planned for the rows it has.
 //  3. Pending(q, after) reads jobs of q with seq > max(after, drop_below-1)
 //     that have no finished row, by the primary key, from the partitions
 //     that can hold such Seqs.
@@ -104,8 +116,9 @@
 //     again at the next cleanup. The partition the counter is in cannot
 //     go that way, and once a backlog has drained it would keep its space
 //     until appends filled it: so when it is drained and has used at least
-//     1/64 of its Seqs, Cleanup first moves the counter to its end (a gap
-//     in the Seqs), and it goes with the others. TestBacklogSpaceReturned
+//     1/64 of its Seqs, and no group is in flight (seq_alloc equals
+//     last_seq), Cleanup first moves the committed counter to its end (a
+//     gap in the Seqs: seq_alloc follows), and it goes with the others. TestBacklogSpaceReturned
 //     shows 200,000 jobs' 83 MB coming back to within a few kB.
 //  8. A partition that is not drained but holds few pending jobs (at most
 //     1/64 of its span and 1/8 of its rows: a queue whose destination is
@@ -170,9 +183,9 @@
 // there lost the race, is a duplicate after all, and its first record is
 // deleted again in the same transaction. That costs a second write for one
 // event in 1,440 with the default 24h window, and assumes the nodes' clocks
-// agree within a minute. Rows are inserted in key order, and the Seq
-// counter's row is locked only after every dedupe write of the group, so
-// that two nodes' groups wait for each other rather than deadlock.
+// agree within a minute. Rows are inserted in key order, and a group takes
+// its Seqs only after every dedupe write of the group, so that two groups,
+// of one node or two, wait for each other rather than deadlock.
 //
 // Buckets before the previous one cannot hold a record from the window, and
 // Cleanup drops them whole. The span is stored in meta: a store opened with
@@ -201,9 +214,15 @@
 //
 // # Limits (phase A)
 //
-//   - One commit at a time per database (the meta row), held through the
-//     commit's WAL flush: fine for one node, a ceiling for a cluster.
-//     Per-partition counters would lift it (see the report on issue 18).
+//   - Commits are still ordered database-wide (step 2): a group's COMMIT
+//     waits for the groups with lower Seqs, whatever their queues. Only the
+//     commits wait, not the work before them, but in a cluster of many
+//     nodes one slow group delays the commits of all. Per-partition
+//     counters would lift that, with Pending's order kept per partition.
+//   - Each group takes Seqs in a transaction of its own (two more round
+//     trips than a group that takes them in its own transaction, and a
+//     read of pg_locks before its COMMIT), which a group of a few events
+//     pays in latency.
 //   - A partition stays as long as one job in it is pending: a queue whose
 //     destination is down holds every partition it has jobs in, compacted
 //     to its pending jobs but still a table (three files and a relcache

@@ -68,14 +68,24 @@ CREATE TABLE dedupe (
 	PRIMARY KEY (bucket, source, message_id)
 ) PARTITION BY RANGE (bucket);
 `,
+	// 2: Seqs handed out apart from Seqs committed (see sequencer).
+	`
+CREATE TABLE seq_alloc (
+	id       boolean PRIMARY KEY DEFAULT true CHECK (id),
+	last_seq bigint NOT NULL
+);
+`,
 }
 
-// lockPartitions and lockCompact are the advisory lock keys of the store:
-// one for creating and dropping dedupe partitions, one for rewriting a jobs
-// partition (one node at a time). (Migrations take pgmigrate.Lock.)
+// lockPartitions, lockCompact and lockJobParts are the advisory lock keys
+// of the store: one for creating and dropping dedupe partitions, one for
+// rewriting a jobs partition (one node at a time), one for creating jobs
+// partitions. (Migrations take pgmigrate.Lock; the group commits take
+// two-key locks, see sequencer.)
 const (
 	lockPartitions = 0x66616e6f75740002
 	lockCompact    = 0x66616e6f75740003
+	lockJobParts   = 0x66616e6f75740004
 )
 
 // migrate brings the schema up to date through the runner every component
@@ -97,7 +107,7 @@ func dedupePartName(b int64) string { return "dedupe_b" + strconv.FormatInt(b, 1
 // apart and then attached, because ATTACH PARTITION takes only a SHARE
 // UPDATE EXCLUSIVE lock on the parent, which blocks neither reads nor
 // writes, where CREATE TABLE ... PARTITION OF takes an exclusive one. The
-// caller holds the meta row's lock, so no other node creates partitions
+// caller holds lockJobParts, so no other node creates partitions
 // meanwhile.
 func createJobParts(ctx context.Context, tx querier, lo, hi int64) error {
 	var b strings.Builder
