@@ -106,6 +106,10 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 }
 
 // partLive reports whether the jobs partition from lo holds a pending job.
+// ORDER BY keeps the probe on the primary key: without it the planner took
+// a sequential scan of the partition, expecting to meet a pending job
+// early, and read all 300,000 drained jobs of a backlog (0.4 to 0.75 s)
+// at every cleanup.
 func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 	var live bool
 	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT EXISTS (
@@ -113,6 +117,7 @@ func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 			SELECT 1 FROM %s j
 			WHERE j.queue_id = q.id AND j.seq >= q.drop_below
 			  AND NOT EXISTS (SELECT 1 FROM %s f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+			ORDER BY j.seq
 			LIMIT 1) x)`, jobPartName(lo), finishedPartName(lo))).Scan(&live)
 	return live, err
 }

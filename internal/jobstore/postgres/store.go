@@ -767,10 +767,13 @@ func (s *Store) Queues(ctx context.Context) ([]jobstore.Queue, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
+	// The first pending job of each queue, by the primary key from the
+	// watermark (ORDER BY keeps it there; see partLive).
 	rows, err := s.pool.Query(ctx, `SELECT q.source, q.destination FROM queues q
-		WHERE EXISTS (SELECT 1 FROM retries r WHERE r.queue_id = q.id)
-		   OR EXISTS (SELECT 1 FROM jobs j WHERE j.queue_id = q.id AND j.seq >= q.drop_below
-		              AND NOT EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = q.id AND f.seq = j.seq AND f.seq >= q.drop_below))
+		LEFT JOIN LATERAL (SELECT 1 AS one FROM jobs j WHERE j.queue_id = q.id AND j.seq >= q.drop_below
+		    AND NOT EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = q.id AND f.seq = j.seq OFFSET 0)
+		  ORDER BY j.seq LIMIT 1) p ON true
+		WHERE p.one IS NOT NULL OR EXISTS (SELECT 1 FROM retries r WHERE r.queue_id = q.id)
 		ORDER BY q.source, q.destination`)
 	if err != nil {
 		return nil, wrapErr("queues", err)
