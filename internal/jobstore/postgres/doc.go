@@ -119,8 +119,9 @@
 //     again at the next cleanup. The partition the counter is in cannot
 //     go that way, and once a backlog has drained it would keep its space
 //     until appends filled it: so when it is drained and has used at least
-//     1/64 of its Seqs, Cleanup first moves the counter to its end (a gap
-//     in the Seqs), and it goes with the others. TestBacklogSpaceReturned
+//     1/64 of its Seqs or holds 1 MB (retireBytes), Cleanup first moves
+//     the counter to its end (a gap in the Seqs), and it goes with the
+//     others. TestBacklogSpaceReturned
 //     shows 200,000 jobs' 83 MB coming back to within a few kB.
 //  8. A partition that is not drained but holds few pending jobs (at most
 //     1/64 of its span and 1/8 of its rows: a queue whose destination is

@@ -605,3 +605,58 @@ func seqs(jobs []jobstore.Job) []uint64 {
 	}
 	return s
 }
+
+// TestDrainedTopPartitionRetired: the partition the Seq counter is in,
+// once drained, is retired and dropped when it holds retireBytes, however
+// few of its Seqs it has used, and kept while it is smaller.
+func TestDrainedTopPartitionRetired(t *testing.T) {
+	tests := []struct {
+		name        string
+		jobs        int
+		payload     int
+		wantDropped bool
+	}{
+		{"over retireBytes: dropped", 1500, 1000, true},
+		{"small: kept for the next appends", 100, 100, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			s, _ := setup(t, Options{PartitionJobs: 1_000_000})
+			q := jobstore.Queue{Source: "web", Destination: "hook"}
+			es := entries("web", []string{"hook"}, "e", tt.jobs)
+			for i := range es {
+				es[i].Event.Payload = []byte(strings.Repeat("x", tt.payload))
+			}
+			if _, err := s.Append(ctx, es); err != nil {
+				t.Fatal(err)
+			}
+			jobs, err := s.Pending(ctx, q, 0, tt.jobs)
+			if err != nil || len(jobs) != tt.jobs {
+				t.Fatalf("Pending = %d jobs, %v; want %d", len(jobs), err, tt.jobs)
+			}
+			if err := s.Apply(ctx, jobstore.Update{Finish: jobs}); err != nil {
+				t.Fatal(err)
+			}
+			before := s.jobTablesSize(t)
+			if _, err := s.Cleanup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var left int
+			if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM job_parts WHERE lo <= $1", int64(jobs[len(jobs)-1].Seq)).Scan(&left); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("job tables %d kB -> %d kB", before>>10, s.jobTablesSize(t)>>10)
+			if dropped := left == 0; dropped != tt.wantDropped {
+				t.Errorf("drained partition dropped = %v, want %v", dropped, tt.wantDropped)
+			}
+			// Appends go on either way.
+			if _, err := s.Append(ctx, entries("web", []string{"hook"}, "after", 10)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Pending(ctx, q, 0, 100); err != nil || len(got) != 10 {
+				t.Fatalf("Pending after = %d jobs, %v; want 10", len(got), err)
+			}
+		})
+	}
+}
