@@ -74,6 +74,17 @@ type BacklogResult struct {
 	BareRequestsPerSec float64 `json:"bare_requests_per_sec"`
 	DrainVsBare        float64 `json:"drain_vs_bare"`
 	Lost               int64   `json:"lost"`
+	// The job store's size before the backlog, while it waits, and once
+	// it has drained: the first measure within 10% of the one before,
+	// taken every shrinkPoll, or the last one after shrinkWait.
+	// ShrunkAfterSec is how long after the drain that was (-1: not
+	// within shrinkWait). On PostgreSQL the 10% is of the job tables: the
+	// dedupe records of the backlog's events stay for the dedupe window,
+	// as they must (see BENCHMARKS.md).
+	StoreBefore    StoreSize `json:"store_before"`
+	StoreBacklog   StoreSize `json:"store_with_backlog"`
+	StoreDrained   StoreSize `json:"store_drained"`
+	ShrunkAfterSec float64   `json:"store_shrunk_after_sec"`
 	// Batched is the same backlog again, on a fresh server, for a
 	// destination whose webhook sends backlogBatch events per request (the
 	// engine's batch path).
@@ -135,6 +146,9 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	if res.Quiet, err = window("q", "quiet"); err != nil {
 		return nil, err
 	}
+	if res.StoreBefore, err = e.storeSize(srv.dataDir); err != nil {
+		return nil, err
+	}
 
 	e.logf("backlog: %d events pile up for the down destination while app keeps sending", e.opts.Events)
 	stopApp := app("d").background(ctx)
@@ -151,6 +165,9 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 	if res.Waiting, err = window("w", fmt.Sprintf("waiting (%d events wait)", res.Events)); err != nil {
 		return nil, err
 	}
+	if res.StoreBacklog, err = e.storeSize(srv.dataDir); err != nil {
+		return nil, err
+	}
 
 	e.logf("recovery: the down destination comes back")
 	d, err := drain(down, br.acked)
@@ -158,6 +175,9 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 		return nil, err
 	}
 	res.FirstDeliveryAfterSec, res.DrainPerSec, res.Lost = d.firstAfter, d.perSec, d.lost
+	if res.StoreDrained, res.ShrunkAfterSec, err = e.waitShrunk(srv.dataDir, res.StoreBefore); err != nil {
+		return nil, err
+	}
 	// The machine's request rate right after the drain, on a sink of its
 	// own so that the up destination's counts stay fanout's.
 	bareSink, bareProc, err := e.startSink("bare")
@@ -219,6 +239,12 @@ func runBacklog(ctx context.Context, e *env) (any, error) {
 		{"first delivery after recovery", fmt.Sprintf("%.1f s (circuit probe)", res.FirstDeliveryAfterSec)},
 		{"drain, one event per request", fmt.Sprintf("%.0f events/s, %.2f x a bare client's %.0f req/s", res.DrainPerSec, res.DrainVsBare, res.BareRequestsPerSec)},
 		{"lost", fmt.Sprint(res.Lost)},
+		{"store: before / backlog waiting / drained", fmt.Sprintf("%s / %s / %s", mb(res.StoreBefore.Total), mb(res.StoreBacklog.Total), mb(res.StoreDrained.Total))},
+		{"  job tables", e.sizes(res.StoreBefore.JobTables, res.StoreBacklog.JobTables, res.StoreDrained.JobTables)},
+		{"  dedupe records", e.sizes(res.StoreBefore.Dedupe, res.StoreBacklog.Dedupe, res.StoreDrained.Dedupe) +
+			perEvent(res.StoreDrained.Dedupe-res.StoreBefore.Dedupe, res.Events)},
+		{"  stats", e.sizes(res.StoreBefore.Stats, res.StoreBacklog.Stats, res.StoreDrained.Stats)},
+		{"back within 10% once drained", shrunk(e.storage, res.ShrunkAfterSec)},
 		{"batched backlog (fresh server)", fmt.Sprintf("%d events, ingested at %.0f events/s", res.Batched.Events, res.Batched.IngestPerSec)},
 		{"peak RSS", mb(res.Batched.PeakRSSBytes)},
 		{"first delivery after recovery", fmt.Sprintf("%.1f s (circuit probe)", res.Batched.FirstDeliveryAfterSec)},
@@ -286,4 +312,69 @@ func drain(addr string, n int64) (drained, error) {
 		lost:       n - int64(s.Unique),
 		stats:      s,
 	}, nil
+}
+
+// shrinkWait is how long after a drain the store has to come back within
+// 10% of its size before the backlog, measured every shrinkPoll.
+const (
+	shrinkWait = 2 * time.Minute
+	shrinkPoll = 2 * time.Second
+)
+
+// waitShrunk measures the store on dataDir every shrinkPoll until it is
+// within 10% of before (the job tables on PostgreSQL, the whole store on
+// Pebble) or shrinkWait has passed. It returns the last measure and when
+// it came back, in seconds (-1 if it did not).
+func (e *env) waitShrunk(dataDir string, before StoreSize) (StoreSize, float64, error) {
+	measure := func(s StoreSize) int64 {
+		if e.storage == StorePostgres {
+			return s.JobTables
+		}
+		return s.Total
+	}
+	e.logf("the store shrinks: its size every %v for at most %v", shrinkPoll, shrinkWait)
+	start := time.Now()
+	for {
+		s, err := e.storeSize(dataDir)
+		if err != nil {
+			return s, 0, err
+		}
+		if m := measure(before); measure(s) <= m+m/10 {
+			return s, time.Since(start).Seconds(), nil
+		}
+		if time.Since(start) >= shrinkWait {
+			return s, -1, nil
+		}
+		time.Sleep(shrinkPoll)
+	}
+}
+
+// sizes prints three sizes of a part of the PostgreSQL store, which the
+// embedded store does not split.
+func (e *env) sizes(before, backlog, drained int64) string {
+	if e.storage != StorePostgres {
+		return "-"
+	}
+	kb := func(b int64) string { return fmt.Sprintf("%.0f kB", float64(b)/1024) }
+	return fmt.Sprintf("%s / %s / %s", kb(before), kb(backlog), kb(drained))
+}
+
+// perEvent says how many bytes a backlog's event left, when it left any.
+func perEvent(bytes, events int64) string {
+	if bytes <= 0 || events == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%.0f B per backlog event)", float64(bytes)/float64(events))
+}
+
+// shrunk says when the store came back within 10%, and of what.
+func shrunk(storage string, sec float64) string {
+	what := "the store"
+	if storage == StorePostgres {
+		what = "the job tables"
+	}
+	if sec < 0 {
+		return fmt.Sprintf("no: %s not within %v", what, shrinkWait)
+	}
+	return fmt.Sprintf("%.0f s after the drain (%s)", sec, what)
 }

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fanout/fanout/internal/archive"
@@ -176,4 +177,70 @@ func (e *env) archivedInDB(dataDir string, q jobstore.Queue) ([]string, error) {
 		ids[i] = r.MessageID
 	}
 	return ids, nil
+}
+
+// StoreSize is the size of a server's job store. On PostgreSQL it is
+// pg_database_size, split into the job tables (every partition of jobs
+// and finished, retries, queues, job_parts, meta), the dedupe records
+// (every dedupe bucket), the stats tables and the rest (the archive, the
+// cluster's tables, the system catalogs); on Pebble, the jobs directory,
+// which holds all of it.
+type StoreSize struct {
+	Total     int64 `json:"total_bytes"`
+	JobTables int64 `json:"job_tables_bytes,omitempty"`
+	Dedupe    int64 `json:"dedupe_bytes,omitempty"`
+	Stats     int64 `json:"stats_bytes,omitempty"`
+}
+
+// jobTables are the job store's tables, by the name of the table at the top
+// of their partitioning.
+var jobTables = []string{"jobs", "finished", "retries", "queues", "job_parts", "meta"}
+
+// storeSize measures the job store of the server on dataDir.
+func (e *env) storeSize(dataDir string) (StoreSize, error) {
+	if e.storage != StorePostgres {
+		n, err := diskUsage(filepath.Join(dataDir, "jobs"))
+		return StoreSize{Total: n}, err
+	}
+	dsn, err := e.dsn(dataDir)
+	if err != nil {
+		return StoreSize{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return StoreSize{}, err
+	}
+	defer conn.Close(context.Background())
+	// Each table of the schema with its partitions, by the table at the
+	// top.
+	rows, err := conn.Query(ctx, `WITH RECURSIVE fam AS (
+			SELECT c.oid, c.relname::text AS top FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+			UNION ALL
+			SELECT i.inhrelid, f.top FROM pg_inherits i JOIN fam f ON i.inhparent = f.oid)
+		SELECT top, sum(pg_total_relation_size(oid))::bigint FROM fam GROUP BY top
+		UNION ALL
+		SELECT '', pg_database_size(current_database())`)
+	if err != nil {
+		return StoreSize{}, err
+	}
+	var s StoreSize
+	var top string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&top, &n}, func() error {
+		switch {
+		case top == "":
+			s.Total = n
+		case slices.Contains(jobTables, top):
+			s.JobTables += n
+		case top == "dedupe":
+			s.Dedupe += n
+		case strings.HasPrefix(top, "stats_"):
+			s.Stats += n
+		}
+		return nil
+	})
+	return s, err
 }

@@ -106,6 +106,10 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 }
 
 // partLive reports whether the jobs partition from lo holds a pending job.
+// ORDER BY keeps the probe on the primary key: without it the planner took
+// a sequential scan of the partition, expecting to meet a pending job
+// early, and read all 300,000 drained jobs of a backlog (0.4 to 0.75 s)
+// at every cleanup.
 func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 	var live bool
 	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT EXISTS (
@@ -113,6 +117,7 @@ func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 			SELECT 1 FROM %s j
 			WHERE j.queue_id = q.id AND j.seq >= q.drop_below
 			  AND NOT EXISTS (SELECT 1 FROM %s f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+			ORDER BY j.seq
 			LIMIT 1) x)`, jobPartName(lo), finishedPartName(lo))).Scan(&live)
 	return live, err
 }
@@ -207,13 +212,22 @@ func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
 	return 2, nil
 }
 
+// retireBytes is the size from which a drained partition that the Seq
+// counter is in is retired, however few of its Seqs it has used: a
+// drained store keeps at most that much of ended jobs. Retiring costs the
+// next group the creation of a partition pair, so it is done at most once
+// per retireBytes of jobs (or per 1/64 of a partition's Seqs).
+const retireBytes = 1 << 20
+
 // retireTopPart moves the Seq counter to the end of the partition it is in
 // when every job of that partition has ended and the partition has used at
-// least 1/64 of its Seqs. The next group then starts in the partition after
-// it, and this one is dropped like any other. Without it, the partition a
-// drained backlog ended in would keep its space until appends had filled
-// it, which at a low rate can take days. The Seqs skipped are a gap, which
-// Seqs may have.
+// least 1/64 of its Seqs or holds retireBytes. The next group then starts
+// in the partition after it, and this one is dropped like any other.
+// Without it, the partition a drained backlog ended in would keep its space
+// until appends had filled it, which at a low rate can take days (the
+// 1,000,000-event backlog scenario left 7,000 drained jobs, 3.4 MB, in a
+// partition that had used 0.7% of its Seqs). The Seqs skipped are a gap,
+// which Seqs may have.
 //
 // The check reads without the counter's lock, so a group may add jobs to
 // the partition between the check and the move: the partition then stays
@@ -233,7 +247,13 @@ func (s *Store) retireTopPart(ctx context.Context) error {
 		return err
 	}
 	if last-lo+1 < max(s.opts.PartitionJobs/64, 1) {
-		return nil
+		var size int64
+		if err := s.pool.QueryRow(ctx, "SELECT pg_total_relation_size($1::regclass)", jobPartName(lo)).Scan(&size); err != nil {
+			return err
+		}
+		if size < retireBytes {
+			return nil
+		}
 	}
 	live, err := s.partLive(ctx, lo)
 	if err != nil || live {

@@ -378,15 +378,25 @@ func (s *Store) databaseSize(t *testing.T) int64 {
 }
 
 // TestBacklogSpaceReturned: a backlog of 200,000 jobs, once drained (by
-// watermark for one queue, one Finish at a time for the other) and cleaned
-// up, leaves the job tables within 10% of their size before it, with no
-// VACUUM: the partitions it filled are dropped, the last one included.
+// the engine's Drop for one queue; for the other by Finish, half of each
+// page out of order) and cleaned up, leaves the job tables within 10% of
+// their size before it, with no VACUUM: every partition it filled is
+// dropped, the last one included. Its dedupe records stay for the window,
+// and once the window has passed (the store's clock moved on) Cleanup drops
+// them too, and the whole database is back within 10%.
 func TestBacklogSpaceReturned(t *testing.T) {
 	if testing.Short() {
 		t.Skip("appends 200,000 jobs")
 	}
 	ctx := t.Context()
-	s, _ := setup(t, Options{PartitionJobs: 20_000})
+	var mu sync.Mutex
+	now := time.Unix(1_000_000_000, 0)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	s, _ := setup(t, Options{PartitionJobs: 20_000, DedupeWindow: time.Hour, Now: clock})
 	hook := jobstore.Queue{Source: "web", Destination: "hook"}
 	crm := jobstore.Queue{Source: "web", Destination: "crm"}
 	payload := []byte(strings.Repeat("x", 300))
@@ -412,8 +422,15 @@ func TestBacklogSpaceReturned(t *testing.T) {
 			t.FailNow()
 		}
 	}
+	apply := func(u jobstore.Update) {
+		t.Helper()
+		if err := s.Apply(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// drain delivers every pending job: hook's by moving its watermark,
-	// crm's one Finish at a time, as a destination without batches does.
+	// crm's by Finish, the odd jobs of each page before the even ones (the
+	// odd ones end ahead of a pending job: finished rows).
 	drain := func() {
 		t.Helper()
 		var last uint64
@@ -427,9 +444,7 @@ func TestBacklogSpaceReturned(t *testing.T) {
 			}
 			last = jobs[len(jobs)-1].Seq
 		}
-		if err := s.Apply(ctx, jobstore.Update{Drops: []jobstore.Drop{{Queue: hook, Below: last + 1}}}); err != nil {
-			t.Fatal(err)
-		}
+		apply(jobstore.Update{Drops: []jobstore.Drop{{Queue: hook, Below: last + 1}}})
 		for after := uint64(0); ; {
 			jobs, err := s.Pending(ctx, crm, after, 5000)
 			if err != nil {
@@ -438,9 +453,16 @@ func TestBacklogSpaceReturned(t *testing.T) {
 			if len(jobs) == 0 {
 				break
 			}
-			if err := s.Apply(ctx, jobstore.Update{Finish: jobs}); err != nil {
-				t.Fatal(err)
+			var odd, even []jobstore.Job
+			for i, j := range jobs {
+				if i%2 == 1 {
+					odd = append(odd, j)
+				} else {
+					even = append(even, j)
+				}
 			}
+			apply(jobstore.Update{Finish: odd})
+			apply(jobstore.Update{Finish: even})
 			after = jobs[len(jobs)-1].Seq
 		}
 		if _, err := s.Cleanup(ctx); err != nil {
@@ -453,21 +475,49 @@ func TestBacklogSpaceReturned(t *testing.T) {
 	before, dbBefore := s.jobTablesSize(t), s.databaseSize(t)
 	appendJobs("backlog", 100_000) // two destinations: 200,000 jobs
 	full := s.jobTablesSize(t)
+	var lastSeq int64
+	if err := s.pool.QueryRow(ctx, "SELECT last_seq FROM meta").Scan(&lastSeq); err != nil {
+		t.Fatal(err)
+	}
 	drain()
 	after, dbAfter := s.jobTablesSize(t), s.databaseSize(t)
-	var dedupe int64
-	if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint
-		FROM pg_inherits WHERE inhparent = 'dedupe'::regclass`).Scan(&dedupe); err != nil {
-		t.Fatal(err)
+	dedupe := func() int64 {
+		var n int64
+		if err := s.pool.QueryRow(ctx, `SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0)::bigint
+			FROM pg_inherits WHERE inhparent = 'dedupe'::regclass`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
 	t.Logf("job tables: %d kB before the backlog, %d kB with 200,000 jobs, %d kB drained (%d partitions left); "+
 		"database %d kB before, %d kB drained, of which the backlog's dedupe records, kept for the window, %d kB",
-		before>>10, full>>10, after>>10, s.countParts(t), dbBefore>>10, dbAfter>>10, dedupe>>10)
+		before>>10, full>>10, after>>10, s.countParts(t), dbBefore>>10, dbAfter>>10, dedupe()>>10)
 	// An empty partition pair takes 24 kB whatever came before it; the
 	// current one and the next may be there or not.
 	if limit := before + before/10 + 2*24<<10; after > limit {
 		t.Errorf("job tables %d kB after the backlog drained, %d kB before: more than 10%% and two empty partitions over", after>>10, before>>10)
 	}
+	var left int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM job_parts WHERE lo <= $1", lastSeq).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left > 0 {
+		t.Errorf("%d partitions holding the backlog's Seqs (up to %d) are left once it drained; want all dropped", left, lastSeq)
+	}
+
+	// The window passes: the dedupe buckets are dropped whole.
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	if _, err := s.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dbWindow := s.databaseSize(t)
+	t.Logf("database %d kB once the window has passed (dedupe records %d kB)", dbWindow>>10, dedupe()>>10)
+	if dbWindow > dbBefore+dbBefore/10 {
+		t.Errorf("database %d kB once the backlog drained and its dedupe window passed, %d kB before: more than 10%% over", dbWindow>>10, dbBefore>>10)
+	}
+
 	// The store goes on working.
 	appendJobs("after", 400)
 	if got, err := s.Pending(ctx, hook, 0, 1000); err != nil || len(got) != 400 {
@@ -554,4 +604,59 @@ func seqs(jobs []jobstore.Job) []uint64 {
 		s[i] = j.Seq
 	}
 	return s
+}
+
+// TestDrainedTopPartitionRetired: the partition the Seq counter is in,
+// once drained, is retired and dropped when it holds retireBytes, however
+// few of its Seqs it has used, and kept while it is smaller.
+func TestDrainedTopPartitionRetired(t *testing.T) {
+	tests := []struct {
+		name        string
+		jobs        int
+		payload     int
+		wantDropped bool
+	}{
+		{"over retireBytes: dropped", 1500, 1000, true},
+		{"small: kept for the next appends", 100, 100, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			s, _ := setup(t, Options{PartitionJobs: 1_000_000})
+			q := jobstore.Queue{Source: "web", Destination: "hook"}
+			es := entries("web", []string{"hook"}, "e", tt.jobs)
+			for i := range es {
+				es[i].Event.Payload = []byte(strings.Repeat("x", tt.payload))
+			}
+			if _, err := s.Append(ctx, es); err != nil {
+				t.Fatal(err)
+			}
+			jobs, err := s.Pending(ctx, q, 0, tt.jobs)
+			if err != nil || len(jobs) != tt.jobs {
+				t.Fatalf("Pending = %d jobs, %v; want %d", len(jobs), err, tt.jobs)
+			}
+			if err := s.Apply(ctx, jobstore.Update{Finish: jobs}); err != nil {
+				t.Fatal(err)
+			}
+			before := s.jobTablesSize(t)
+			if _, err := s.Cleanup(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var left int
+			if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM job_parts WHERE lo <= $1", int64(jobs[len(jobs)-1].Seq)).Scan(&left); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("job tables %d kB -> %d kB", before>>10, s.jobTablesSize(t)>>10)
+			if dropped := left == 0; dropped != tt.wantDropped {
+				t.Errorf("drained partition dropped = %v, want %v", dropped, tt.wantDropped)
+			}
+			// Appends go on either way.
+			if _, err := s.Append(ctx, entries("web", []string{"hook"}, "after", 10)); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.Pending(ctx, q, 0, 100); err != nil || len(got) != 10 {
+				t.Fatalf("Pending after = %d jobs, %v; want 10", len(got), err)
+			}
+		})
+	}
 }
