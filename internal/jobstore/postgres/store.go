@@ -321,6 +321,19 @@ func (s *Store) checkOpen() error {
 	}
 }
 
+// retryDead runs f, and once more when it failed before its request
+// reached the server (pgconn.SafeToRetry): an idle connection that died (a
+// restarted server, a cut connection) is found dead only when used, and the
+// other idle ones most likely died with it, so the pool drops them first.
+func (s *Store) retryDead(f func() error) error {
+	err := f()
+	if err != nil && pgconn.SafeToRetry(err) {
+		s.pool.Reset()
+		err = f()
+	}
+	return err
+}
+
 // queueID returns the id of q, or ok false when the database has none (then
 // q has no jobs).
 func (s *Store) queueID(ctx context.Context, q jobstore.Queue) (id int32, ok bool, err error) {
@@ -330,7 +343,9 @@ func (s *Store) queueID(ctx context.Context, q jobstore.Queue) (id int32, ok boo
 	if ok {
 		return id, true, nil
 	}
-	err = s.pool.QueryRow(ctx, "SELECT id FROM queues WHERE source = $1 AND destination = $2", q.Source, q.Destination).Scan(&id)
+	err = s.retryDead(func() error {
+		return s.pool.QueryRow(ctx, "SELECT id FROM queues WHERE source = $1 AND destination = $2", q.Source, q.Destination).Scan(&id)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -430,7 +445,11 @@ func (s *Store) Pending(ctx context.Context, q jobstore.Queue, after uint64, lim
 		return nil, wrapErr("pending "+q.Source+"/"+q.Destination, err)
 	}
 	gen := s.reads.generation(id)
-	rows, err := s.pool.Query(ctx, pendingQuery, id, int64(after), limit)
+	var rows pgx.Rows
+	err = s.retryDead(func() (err error) {
+		rows, err = s.pool.Query(ctx, pendingQuery, id, int64(after), limit)
+		return err
+	})
 	if err != nil {
 		return nil, wrapErr("pending "+q.Source+"/"+q.Destination, err)
 	}
