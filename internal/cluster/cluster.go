@@ -67,6 +67,18 @@ type Options struct {
 	// node stops delivering a partition it could not renew. Default
 	// Lease/5. Must be less than Lease minus Heartbeat.
 	Margin time.Duration
+	// Grace is how long a planned handover (rebalancing) waits for the
+	// engine to finish the requests it has in flight on a partition it
+	// gives up, and write their outcomes under the lease, before releasing
+	// the lease anyway (Drained ends the wait sooner). Default Lease/2, and
+	// must be less than Lease: the partition pauses for at most the grace
+	// (then a takeover of a few milliseconds), and a planned move must
+	// pause it less than the one Lease asked. Half a Lease is long past
+	// what a destination that answers at all takes; a request still in
+	// flight then is most likely hung until its client's timeout, and is
+	// left to the fencing: its outcome is refused and the new owner sends
+	// its jobs again, as after a death.
+	Grace time.Duration
 	// Clock decides the local expiry of leases and paces the heartbeats.
 	// Default the wall clock. The database's clock decides the leases
 	// themselves.
@@ -116,6 +128,12 @@ func (o *Options) setDefaults() error {
 	if o.Margin >= o.Lease-o.Heartbeat {
 		return fmt.Errorf("Margin (%s) must be less than Lease minus Heartbeat (%s)", o.Margin, o.Lease-o.Heartbeat)
 	}
+	if o.Grace == 0 {
+		o.Grace = o.Lease / 2
+	}
+	if o.Grace < 0 || o.Grace >= o.Lease {
+		return fmt.Errorf("Grace (%s) must be positive and less than Lease (%s)", o.Grace, o.Lease)
+	}
 	if o.Clock == nil {
 		o.Clock = clock.Real{}
 	}
@@ -142,8 +160,16 @@ type Change struct {
 	// that is no longer valid.
 	Token int64
 	// Owned is true when the node gained the partition, false when it lost
-	// it (released it, could not renew it in time, or found it taken).
+	// it (released it, could not renew it in time, or found it taken):
+	// either way it must start no more requests on it.
 	Owned bool
+	// Draining is set on a loss that is a planned handover: the node still
+	// holds the lease, renewed, and Token stays valid for writes (Owns),
+	// until the consumer calls Drained(Partition, Token) once the requests
+	// it has in flight on the partition are over and their outcomes
+	// written, or until Options.Grace has passed. Only then is the lease
+	// released to the next owner. No further Change follows for it.
+	Draining bool
 }
 
 // lease is a partition this node owns.
@@ -152,7 +178,15 @@ type lease struct {
 	// until is the local deadline: the renewal's send time plus Lease
 	// minus Margin, on the node's clock.
 	until time.Time
+	// graceEnd is set while the lease is being handed over (Change.Draining):
+	// when it is released even if the engine has not called Drained, on the
+	// node's clock. drained says the engine has.
+	graceEnd time.Time
+	drained  bool
 }
+
+// draining reports whether the lease is being handed over.
+func (l lease) draining() bool { return !l.graceEnd.IsZero() }
 
 // Node is this process's membership of the cluster. Join starts it; Leave
 // ends it.
@@ -174,6 +208,9 @@ type Node struct {
 	// kick asks the heartbeat loop for a round now: another node joined,
 	// left or released partitions.
 	kick chan struct{}
+	// handed asks the heartbeat loop to release the leases whose handover
+	// is over (Drained).
+	handed chan struct{}
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -189,11 +226,12 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	n := &Node{
-		opts:  opts,
-		pool:  opts.Pool,
-		name:  opts.NodeName,
-		owned: make(map[int]lease),
-		kick:  make(chan struct{}, 1),
+		opts:   opts,
+		pool:   opts.Pool,
+		name:   opts.NodeName,
+		owned:  make(map[int]lease),
+		kick:   make(chan struct{}, 1),
+		handed: make(chan struct{}, 1),
 	}
 	if err := migrate(ctx, n.pool, opts); err != nil {
 		return nil, err
@@ -239,14 +277,14 @@ func (n *Node) PartitionOf(q jobstore.Queue) int {
 }
 
 // Owned returns the partitions this node owns now, in order: those whose
-// lease is valid on the node's clock.
+// lease is valid on the node's clock and not being handed over.
 func (n *Node) Owned() []int {
 	now := n.opts.Clock.Now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var ps []int
 	for p, l := range n.owned {
-		if now.Before(l.until) {
+		if now.Before(l.until) && !l.draining() {
 			ps = append(ps, p)
 		}
 	}
@@ -258,6 +296,9 @@ func (n *Node) Owned() []int {
 // token to present on its writes. The engine asks before each delivery
 // round of a queue: it turns false at the local deadline, before the lease
 // runs out in the database, even if the Change saying so was not read yet.
+// It stays true while the partition is handed over (Change.Draining), so
+// that the outcomes of the requests still in flight are written; the engine
+// has stopped starting requests on it by then.
 func (n *Node) Owns(p int) (token int64, ok bool) {
 	now := n.opts.Clock.Now()
 	n.mu.Lock()
@@ -295,6 +336,26 @@ func (n *Node) Changes() <-chan Change { return n.changes.out }
 // notifications may have been missed.
 func (n *Node) Wakeups() <-chan int { return n.wakes.out }
 
+// Drained tells the node that the engine has no request in flight on
+// partition p, handed over under token, and has written every outcome: the
+// lease is released now, without waiting for the rest of the grace. A
+// partition not being handed over under that token is left alone.
+func (n *Node) Drained(p int, token int64) {
+	n.mu.Lock()
+	l, ok := n.owned[p]
+	if !ok || l.token != token || !l.draining() {
+		n.mu.Unlock()
+		return
+	}
+	l.drained = true
+	n.owned[p] = l
+	n.mu.Unlock()
+	select {
+	case n.handed <- struct{}{}:
+	default:
+	}
+}
+
 // Leave releases the node's partitions at once, so that the other nodes
 // take them at their next heartbeat (they are told through NOTIFY), and
 // removes the node from the cluster. The Changes channel gets a lost change
@@ -311,7 +372,9 @@ func (n *Node) Leave(ctx context.Context) error {
 		ps := make([]int, 0, len(owned))
 		for p, l := range owned {
 			ps = append(ps, p)
-			n.changes.push(Change{Partition: p, Token: l.token})
+			if !l.draining() { // the engine heard of those already
+				n.changes.push(Change{Partition: p, Token: l.token})
+			}
 		}
 		slices.Sort(ps)
 		n.changes.finish()

@@ -723,8 +723,8 @@ func TestChanges(t *testing.T) {
 	}
 	b.join("b", Options{})
 	for p := testPartitions / 2; p < testPartitions; p++ {
-		if c := next(); c != (Change{Partition: p, Token: 1}) {
-			t.Fatalf("after b joined: %+v, want partition %d lost with token 1", c, p)
+		if c := next(); c != (Change{Partition: p, Token: 1, Draining: true}) {
+			t.Fatalf("after b joined: %+v, want partition %d handed over with token 1", c, p)
 		}
 	}
 	if err := a.Leave(t.Context()); err != nil {

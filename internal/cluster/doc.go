@@ -77,23 +77,48 @@
 //     every share from the same table, so nobody assigns partitions to
 //     anybody; differing views (a heartbeat seen by one node and not yet by
 //     another) last one round.
-//  4. Over its share, the node releases its highest partitions: locally
-//     first (Changes), then owner = NULL and expires_at = now(), then
-//     NOTIFY fanout_cluster so that the others run a round at once. Under
-//     its share, it takes free or expired partitions (UPDATE ... token =
-//     token + 1 over SELECT ... FOR UPDATE SKIP LOCKED).
+//  4. Over its share, the node hands its highest partitions over (below).
+//     Under its share, it takes free or expired partitions (UPDATE ...
+//     token = token + 1 over SELECT ... FOR UPDATE SKIP LOCKED).
+//
+// # Handover: drain, then release
+//
+// A partition given up on purpose (rebalancing) moves in two phases, so
+// that a planned move sends nothing twice:
+//
+//  1. Drain: the engine hears at once that it must start no more requests
+//     on it (a Change with Draining). The node keeps the lease, renewed by
+//     every round as before, and Owns keeps giving its token, so the
+//     outcomes of the requests still in flight are written under it.
+//  2. Release: when the engine has nothing in flight on the partition and
+//     every outcome written, it calls Drained; the node then drops the
+//     lease locally (no write presents the token after this), sets owner
+//     = NULL and expires_at = now(), and NOTIFYs fanout_cluster, so that
+//     the others run a round at once and the node under its share takes it.
+//
+// The wait is bounded by Options.Grace (default Lease/2): after it the node
+// releases anyway. A request still in flight then (a destination that hangs
+// until the client's timeout) is the fencing's case: its outcome is refused
+// and the new owner sends its jobs again, as after a death. Releasing at
+// once instead, as a first version did, had every outcome in flight at a
+// rebalance refused: thousands of duplicates over ten restarts in `fanout
+// bench cluster` (BENCHMARKS.md).
 //
 // Joining: the new node's row and NOTIFY make every node run a round; those
-// over their new share release the surplus at once, and the new node (and
-// any node under its share) takes it on the NOTIFY of the release. A
-// partition is unowned for the few milliseconds between a release and the
-// take, never a Lease. Leaving: Leave releases every lease at once,
-// deletes the node's row and NOTIFYs; the others take the partitions at
-// once. Dying: the node's leases run out at most Lease after its last
-// renewal, and its row stops being live at the same time; at their next
-// round (at most one Heartbeat later) the others see a larger share and
-// take the expired leases. At the defaults (Heartbeat 1s, Lease 5s) that is
-// at most 6 s, within the 10 s asked.
+// over their new share hand the surplus over, and the new node (and any
+// node under its share) takes it on the NOTIFY of the release. A partition
+// is unowned for the time its requests in flight take to finish, at most
+// the grace, then the few milliseconds between the release and the take:
+// always less than a Lease. Leaving: Leave runs after the engine has
+// stopped and written its last outcomes (server.New), so there is nothing
+// left to drain: it releases every lease at once, deletes the node's row
+// and NOTIFYs; the others take the partitions at once. Dying: the node's
+// leases run out at most Lease after its last renewal, and its row stops
+// being live at the same time; at their next round (at most one Heartbeat
+// later) the others see a larger share and take the expired leases. At the
+// defaults (Heartbeat 1s, Lease 5s) that is at most 6 s, within the 10 s
+// asked; the requests in flight at the death are the ones fencing cannot
+// save from being sent twice.
 //
 // # Fencing
 //
@@ -167,8 +192,12 @@
 //     dropped, the new owner delivers again); the delivery engine
 //     (delivery.Options.Ownership) follows Changes and Wakeups, scanning a
 //     gained partition's queues with one Store.Queues call per batch of
-//     gains, forgetting a lost one's queues at once, and asking Owns before
-//     each dispatch turn.
+//     gains, forgetting a lost one's queues at once, asking Owns before
+//     each dispatch turn, and calling Drained when a partition handed over
+//     has nothing left in flight.
+//   - A handover is not cancelled: a partition being drained is released
+//     even if the node's share grows again meanwhile (the node retakes a
+//     free partition at its next round).
 //   - In a cluster the engine reads every job back from the store: the
 //     jobs a node's own appends announce are not all of a queue's new jobs
 //     (other nodes append to it too), so they only wake the queue. One

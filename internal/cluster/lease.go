@@ -63,7 +63,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, opts Options) error {
 }
 
 // heartbeatLoop runs a round every Heartbeat, when another node asks for
-// one through NOTIFY, and when a local deadline passes.
+// one through NOTIFY, and when a local deadline passes; and it releases
+// the leases handed over, when the engine says they are drained or their
+// grace ends.
 func (n *Node) heartbeatLoop(ctx context.Context) {
 	defer n.done.Done()
 	t := n.opts.Clock.NewTimer()
@@ -74,17 +76,22 @@ func (n *Node) heartbeatLoop(ctx context.Context) {
 		if d, ok := n.expireLocal(); ok && d.Before(at) {
 			at = d
 		}
+		if d, ok := n.handOver(ctx); ok && d.Before(at) {
+			at = d
+		}
 		t.Set(at)
 		kicked := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
+		case <-n.handed:
+			continue
 		case <-n.kick:
 			kicked = true
 		}
-		// A timer that fired for a local deadline only expires leases, at
-		// the top of the loop.
+		// A timer that fired for a local deadline or a grace only expires
+		// or releases leases, at the top of the loop.
 		if now := n.opts.Clock.Now(); kicked || !now.Before(next) {
 			n.round(ctx)
 			next = now.Add(n.opts.Heartbeat)
@@ -194,7 +201,8 @@ func (n *Node) round(parent context.Context) {
 	owned := n.Owned()
 	switch {
 	case len(owned) > share:
-		n.release(ctx, owned[share:])
+		n.drain(owned[share:])
+		n.handOver(ctx)
 	case len(owned) < share:
 		n.acquire(ctx, share-len(owned), until)
 	}
@@ -234,7 +242,9 @@ func (n *Node) renewed(renewed map[int]int64, until, sent time.Time) {
 			// database: a late renewal. Ours again, same token.
 			changes = append(changes, Change{Partition: p, Token: tok, Owned: true})
 		}
-		n.owned[p] = lease{token: tok, until: until}
+		l := n.owned[p] // a handover in progress goes on
+		l.token, l.until = tok, until
+		n.owned[p] = l
 	}
 	n.mu.Unlock()
 	n.publish(changes)
@@ -260,28 +270,80 @@ func (n *Node) publish(changes []Change) {
 	}
 }
 
-// release gives up partitions: first locally, so that the engine stops
-// delivering them, then in the database, with the lease ended now so the
-// next owner need not wait. The token stays: the next owner increments it.
-func (n *Node) release(ctx context.Context, ps []int) {
+// drain starts handing partitions over: the engine hears at once that it
+// must start no more requests on them (a Change with Draining), while the
+// node keeps their leases, renewed by every round, so that the outcomes
+// of the requests in flight are written under them. handOver releases
+// them when the engine says they are drained (Drained), or at the end of
+// the grace. Releasing at once instead would have those outcomes refused
+// by the fencing and their jobs sent again by the next owner: a planned
+// move must send nothing twice.
+func (n *Node) drain(ps []int) {
+	end := n.opts.Clock.Now().Add(n.opts.Grace)
 	n.mu.Lock()
 	var changes []Change
 	for _, p := range ps {
-		if l, ok := n.owned[p]; ok {
-			delete(n.owned, p)
-			changes = append(changes, Change{Partition: p, Token: l.token})
+		if l, ok := n.owned[p]; ok && !l.draining() {
+			l.graceEnd = end
+			n.owned[p] = l
+			changes = append(changes, Change{Partition: p, Token: l.token, Draining: true})
 		}
 	}
 	n.mu.Unlock()
+	if len(changes) > 0 {
+		n.log.Info("handing partitions over: waiting for their requests in flight", "partitions", len(changes), "grace", n.opts.Grace)
+	}
 	n.publish(changes)
+}
+
+// handOver releases the leases handed over whose engine is done with them
+// or whose grace has ended, and returns the earliest grace still running.
+// Each is dropped locally first, so that no write presents its token
+// after the release, then ended in the database, with the lease ended now
+// so the next owner need not wait; NOTIFY has the others take it at once.
+// The token stays: the next owner increments it.
+func (n *Node) handOver(ctx context.Context) (next time.Time, ok bool) {
+	now := n.opts.Clock.Now()
+	var ps []int
+	overdue := 0
+	n.mu.Lock()
+	for p, l := range n.owned {
+		switch {
+		case !l.draining():
+		case l.drained || !now.Before(l.graceEnd):
+			delete(n.owned, p)
+			ps = append(ps, p)
+			if !l.drained {
+				overdue++
+			}
+		case !ok || l.graceEnd.Before(next):
+			next, ok = l.graceEnd, true
+		}
+	}
+	n.mu.Unlock()
+	if len(ps) == 0 {
+		return next, ok
+	}
+	slices.Sort(ps)
+	if overdue > 0 {
+		// Their last outcomes will be refused by the fencing, and the next
+		// owner sends those jobs again.
+		n.log.Warn("handover grace over with requests still in flight: releasing anyway",
+			"partitions", overdue, "grace", n.opts.Grace)
+	}
 	batch := &pgx.Batch{}
 	batch.Queue(`UPDATE cluster_partitions SET owner = NULL, expires_at = now()
 		WHERE owner = $1 AND partition = ANY($2)`, n.id, ps)
 	batch.Queue(`SELECT pg_notify($1, 'release')`, clusterChannel)
-	if err := n.pool.SendBatch(ctx, batch).Close(); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, n.opts.Lease-n.opts.Margin)
+	defer cancel()
+	if err := n.pool.SendBatch(rctx, batch).Close(); err != nil {
 		// The leases run out by themselves; the others wait one Lease.
 		n.log.Warn("release partitions", "partitions", ps, "err", err)
+		return next, ok
 	}
+	n.log.Info("partitions released", "partitions", ps)
+	return next, ok
 }
 
 // acquire takes up to want partitions that are free or whose lease ran

@@ -167,6 +167,12 @@ func (g *Group) Owns(p int) (int64, bool) {
 	return g.nodes[p%len(g.nodes)].Owns(p)
 }
 
+// Drained tells the membership of the server p lives on that partition p,
+// handed over under token, is drained (see Node.Drained).
+func (g *Group) Drained(p int, token int64) {
+	g.nodes[p%len(g.nodes)].Drained(p, token)
+}
+
 // Holds reports whether the node owns at least one partition of server i.
 // The sharded job store lists the queues of a server that does not answer
 // as none when the node holds none of its partitions (see

@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/fanout/fanout/internal/cluster"
@@ -23,6 +24,10 @@ type Ownership interface {
 	Changes() <-chan cluster.Change
 	// Wakeups are owned partitions with new jobs, appended on any node.
 	Wakeups() <-chan int
+	// Drained says that partition p, handed over under token (a Change
+	// with Draining), has no request in flight left and every outcome
+	// written: the node may release its lease now.
+	Drained(p int, token int64)
 }
 
 // How a destination follows its partition's ownership. Only with
@@ -42,12 +47,36 @@ type Ownership interface {
 //     any other, where the store's fencing refuses them once the lease is
 //     gone (jobstore.ErrFenced): the update is dropped, and the new owner
 //     delivers those jobs again (at least once).
+//   - Handed over (a loss with Draining): the same, but the lease is still
+//     this node's, so those outcomes are written. Once every destination
+//     of the partition has nothing in flight and nothing unwritten, the
+//     last of them calls Drained and the node releases the lease: a
+//     planned move sends nothing twice. If the grace ends first, the node
+//     releases anyway and the case is a loss's.
 //   - Wakeup: another node (or this one) appended jobs to the partition:
 //     every queue of the destination's connected sources, and every queue
 //     it knows, reads the store from its cursor.
 type ownState struct {
 	owned, scanning, lost, woken bool
 	scanned                      []string // sources whose queues the gain scan found
+	// handover is set with lost when the loss is a handover.
+	handover *handover
+}
+
+// handover counts the destinations of a partition handed over that are
+// not yet drained; the last one tells the node.
+type handover struct {
+	o     Ownership
+	part  int
+	token int64
+	left  atomic.Int32
+}
+
+// drained is called once by each destination of the partition.
+func (h *handover) drained() {
+	if h.left.Add(-1) == 0 {
+		h.o.Drained(h.part, h.token)
+	}
 }
 
 // setOwnership records a change of d's ownership; the scheduler applies it
@@ -80,12 +109,18 @@ func (d *dest) takeOwnership() {
 		return
 	}
 	d.mu.Lock()
-	lost, scanned, woken := d.own.lost, d.own.scanned, d.own.woken
-	d.own.lost, d.own.scanned, d.own.woken = false, nil, false
+	lost, scanned, woken, h := d.own.lost, d.own.scanned, d.own.woken, d.own.handover
+	d.own.lost, d.own.scanned, d.own.woken, d.own.handover = false, nil, false, nil
 	if lost {
 		clear(d.notified)
 	}
 	d.mu.Unlock()
+	if h != nil {
+		if d.handover != nil {
+			d.handover.drained() // an older handover's token: the node ignores it
+		}
+		d.handover = h
+	}
 	if lost {
 		d.forget()
 	}
@@ -119,6 +154,22 @@ func (d *dest) forget() {
 	d.wakeHeap = nil
 	d.flush(context.Background())
 	d.log.Info("partition lost: stopped delivering", "partition", d.part, "in_flight", d.inflight)
+}
+
+// handedOver tells the handover in progress, if any, that this destination
+// is drained once nothing is in flight and every outcome is written. A
+// write that failed is kept and tried again (flush); until it succeeds, the
+// destination is not drained, and the node's grace bounds the wait.
+func (d *dest) handedOver() {
+	if d.handover == nil || d.inflight > 0 {
+		return
+	}
+	if u := &d.update; len(u.Drops)+len(u.Reschedule)+len(u.Finish) > 0 {
+		return
+	}
+	d.handover.drained()
+	d.handover = nil
+	d.log.Info("partition handed over: requests in flight finished and written", "partition", d.part)
 }
 
 // follow applies the cluster's ownership changes and wake-ups to the
@@ -167,12 +218,21 @@ func (e *Engine) changed(ctx context.Context, batch []cluster.Change) {
 	gained := map[int]bool{}
 	for _, c := range batch {
 		owned := c.Owned
-		for _, d := range e.byPart[c.Partition] {
+		ds := e.byPart[c.Partition]
+		var h *handover
+		if c.Draining {
+			h = &handover{o: e.opts.Ownership, part: c.Partition, token: c.Token}
+			h.left.Store(int32(len(ds)))
+			if len(ds) == 0 {
+				e.opts.Ownership.Drained(c.Partition, c.Token)
+			}
+		}
+		for _, d := range ds {
 			d.setOwnership(func(s *ownState) {
 				if owned {
 					s.owned, s.scanning = true, true
 				} else {
-					*s = ownState{lost: true}
+					*s = ownState{lost: true, handover: h}
 				}
 			})
 		}

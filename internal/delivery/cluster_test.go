@@ -41,6 +41,8 @@ func (f *fakeOwnership) Owns(p int) (int64, bool) {
 	return tok, ok
 }
 
+func (f *fakeOwnership) Drained(p int, token int64) {}
+
 func (f *fakeOwnership) Changes() <-chan cluster.Change { return f.changes }
 func (f *fakeOwnership) Wakeups() <-chan int            { return f.wakes }
 

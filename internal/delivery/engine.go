@@ -334,6 +334,9 @@ type dest struct {
 	// own is the destination's ownership in a cluster (see ownState),
 	// under mu.
 	own ownState
+	// handover is the partition's handover this destination has yet to
+	// finish (handedOver); owned by the scheduler goroutine.
+	handover *handover
 }
 
 // handoff holds the jobs announced for one queue since its scheduler last
@@ -464,6 +467,7 @@ func (d *dest) run(ctx context.Context) {
 		if d.flushDue(now) {
 			d.flush(ctx)
 		}
+		d.handedOver()
 		if next := d.nextWake(now, wait); !next.IsZero() {
 			timer.Set(next)
 		}
@@ -509,6 +513,7 @@ func (d *dest) shutdown(w *workers, cancelWork context.CancelFunc) {
 	close(w.ch)
 	w.wg.Wait()
 	d.flush(context.Background())
+	d.handedOver()
 }
 
 // takeNotified hands each queue the jobs announced for it since the last
