@@ -176,7 +176,7 @@ func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
 		}
 		var b strings.Builder
 		for _, t := range []struct{ parent, name string }{{"jobs", newJobs}, {"finished", newFin}} {
-			fmt.Fprintf(&b, "CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS);\n", t.name, t.parent)
+			fmt.Fprintf(&b, "CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS) %s;\n", t.name, t.parent, noAutovacuum)
 		}
 		fmt.Fprintf(&b, "INSERT INTO %s %s ORDER BY j.queue_id, j.seq;\n", newJobs, fmt.Sprintf(live, limit+1))
 		for _, t := range []string{newJobs, newFin} {

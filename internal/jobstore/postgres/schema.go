@@ -102,6 +102,17 @@ func finishedPartName(lo int64) string { return "finished_p" + strconv.FormatInt
 // dedupePartName names the partition of dedupe bucket b.
 func dedupePartName(b int64) string { return "dedupe_b" + strconv.FormatInt(b, 10) }
 
+// noAutovacuum is the storage of the partitions of jobs and finished. They
+// are written once and dropped whole (never updated in place; a compaction
+// writes a new table and deletes from that copy only): autovacuum would find
+// nothing to reclaim in them, yet its insert-triggered pass over a
+// partition that a backlog just filled reads all of it and, setting the
+// pages all-visible, writes it again with full-page images in the WAL,
+// which every commit then waits behind. Planner statistics, the one thing
+// they need from it, the store gathers itself (analyzeMarks, and ANALYZE
+// after a compaction); anti-wraparound vacuums still run, as they always do.
+const noAutovacuum = "WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
+
 // createJobParts creates the partitions of jobs and finished for Seqs
 // [lo, hi) in tx, and records them in job_parts. The tables are created
 // apart and then attached, because ATTACH PARTITION takes only a SHARE
@@ -115,7 +126,7 @@ func createJobParts(ctx context.Context, tx querier, lo, hi int64) error {
 		{"jobs", jobPartName(lo)},
 		{"finished", finishedPartName(lo)},
 	} {
-		fmt.Fprintf(&b, "CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS);\n", t.name, t.parent)
+		fmt.Fprintf(&b, "CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS) %s;\n", t.name, t.parent, noAutovacuum)
 		fmt.Fprintf(&b, "ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%d) TO (%d);\n", t.parent, t.name, lo, hi)
 	}
 	fmt.Fprintf(&b, "INSERT INTO job_parts (lo, hi) VALUES (%d, %d);", lo, hi)
