@@ -319,17 +319,11 @@ func (e *Event) copy() Event {
 func (d *Debugger) Events(source string) []Event {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := []Event{}
 	r := d.sources[source]
 	if r == nil {
-		return out
+		return []Event{}
 	}
-	for i := range Size {
-		if ev := r.events[(r.next+i)%Size]; ev != nil {
-			out = append(out, ev.copy())
-		}
-	}
-	return out
+	return copyRing(&r.events, r.next)
 }
 
 // Outcomes returns a copy of source's kept outcomes of events this node
@@ -341,13 +335,19 @@ func (d *Debugger) Events(source string) []Event {
 func (d *Debugger) Outcomes(source string) []Event {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := []Event{}
 	r := d.sources[source]
 	if r == nil {
-		return out
+		return []Event{}
 	}
+	return copyRing(&r.orphans, r.orphanNext)
+}
+
+// copyRing copies the events of a ring buffer whose oldest slot is next,
+// oldest first.
+func copyRing(slots *[Size]*Event, next int) []Event {
+	out := []Event{}
 	for i := range Size {
-		if ev := r.orphans[(r.orphanNext+i)%Size]; ev != nil {
+		if ev := slots[(next+i)%Size]; ev != nil {
 			out = append(out, ev.copy())
 		}
 	}
