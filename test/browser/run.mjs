@@ -15,13 +15,9 @@
 // failed request, an answer >= 400, a console error or warning, a page
 // error). It exits 1 when there was any.
 import { chromium } from 'playwright-core';
-import { launchOptions } from '../fanouttest/chromium.mjs';
+import { launchOptions, requireEnv } from '../fanouttest/chromium.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set; run this through browser_test.go (go test ./test/browser)`);
-  return v;
-};
+const env = (k) => requireEnv(k, 'browser_test.go (go test ./test/browser)');
 const PAGE_URL = env('PAGE_URL');
 const FANOUT = env('FANOUT_URL');
 const WRITE_KEY = env('WRITE_KEY');

@@ -1,6 +1,6 @@
-// The launch options of Debian's chromium for the run.mjs scripts of the
-// browser tests (test/browser, test/ui), which fanouttest.Browser runs.
-// Plain data, no imports: each script imports playwright-core from its own
+// What the browser scripts of test/browser and test/ui share (fanouttest.Browser
+// runs them): the launch options of Debian's chromium and the reading of the
+// environment their Go test sets. No imports: each script imports playwright-core from its own
 // node_modules and passes these to chromium.launch.
 
 // launchOptions returns the options for chromium.launch: headless, with the
@@ -20,3 +20,11 @@ export const launchOptions = (executablePath) => ({
     '--disable-sync',
   ],
 });
+
+// requireEnv returns a script's environment variable k, or throws naming
+// the Go test (runner) that sets it: the scripts are not run by hand.
+export const requireEnv = (k, runner) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set; run this through ${runner}`);
+  return v;
+};

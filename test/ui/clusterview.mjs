@@ -13,13 +13,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { launchOptions } from '../fanouttest/chromium.mjs';
+import { launchOptions, requireEnv } from '../fanouttest/chromium.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set; run this through clusterview_test.go (go test ./test/ui)`);
-  return v;
-};
+const env = (k) => requireEnv(k, 'clusterview_test.go (go test ./test/ui)');
 const PHASE = env('PHASE');
 const ADMIN = env('FANOUT_ADMIN_URL');
 const TOKEN = env('FANOUT_ADMIN_TOKEN');

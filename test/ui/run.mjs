@@ -15,13 +15,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { launchOptions } from '../fanouttest/chromium.mjs';
+import { launchOptions, requireEnv } from '../fanouttest/chromium.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set; run this through ui_test.go (go test ./test/ui)`);
-  return v;
-};
+const env = (k) => requireEnv(k, 'ui_test.go (go test ./test/ui)');
 const ADMIN = env('FANOUT_ADMIN_URL');
 const TRACKING = env('FANOUT_TRACKING_URL');
 const WRITE_KEY = env('FANOUT_WRITE_KEY');
