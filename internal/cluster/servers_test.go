@@ -210,10 +210,14 @@ func TestTwoServers(t *testing.T) {
 		}
 		return true
 	})
+	// A token never goes back. It stays the same when a's lease was still
+	// valid in the database as server 1 came back (an outage shorter than
+	// the lease in the database's time): a late renewal, with no other owner
+	// in between (see Node.renewed); any takeover raises it.
 	for _, p := range a.Node(1).Owned() {
 		tok, _ := a.Owns(p)
-		if old, ok := tokens1[p]; ok && tok <= old {
-			t.Errorf("partition %d taken again with token %d, not above %d", p, tok, old)
+		if old, ok := tokens1[p]; ok && tok < old {
+			t.Errorf("partition %d owned again with token %d, below %d", p, tok, old)
 		}
 	}
 	if got := onServer0(a); !mapsEqual(got, before) {
