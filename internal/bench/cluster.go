@@ -450,8 +450,10 @@ func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float6
 	c.e.logf("%s: %.0f events/s over %d node(s) for %v", c.name, rate, len(c.nodes), c.e.opts.Duration)
 	cpu0 := c.cpu()
 	lctx, cancel := context.WithTimeout(ctx, c.e.opts.Duration)
+	profiled := c.profile(lctx)
 	lr := c.load(rate, 20, 8, c.name, c.writeKeys, false).run(lctx, 0)
 	cancel()
+	profiled()
 	_, s, err := waitAccepted(sinkAddr, s0.Unique+uint64(lr.acked), time.Minute)
 	if err != nil {
 		return 0, err
