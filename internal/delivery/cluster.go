@@ -33,10 +33,12 @@ type Ownership interface {
 // How a destination follows its partition's ownership. Only with
 // Options.Ownership; without, every destination is owned from the start.
 //
-//   - Gained: the destination is marked owned and scanning, then the
-//     store's queues of the gained partitions are listed (Store.Queues,
-//     one call for every partition gained at once), and each listed queue
-//     is read from its watermark, retries included.
+//   - Gained: the destination is marked owned at once, then the store's
+//     queues of the gained partitions are listed (Store.Queues, one call
+//     for every partition gained while no listing ran, in the background:
+//     see follow), and each listed queue is read from its watermark,
+//     retries included. A listing's result goes only to partitions still
+//     in the gain it was made for.
 //   - Jobs this node appends (notify) only mark their queue as having more
 //     in the store: other nodes append to the same queues, so the jobs
 //     announced here are not all of a queue's new jobs, and taking them as
@@ -57,8 +59,8 @@ type Ownership interface {
 //     every queue of the destination's connected sources, and every queue
 //     it knows, reads the store from its cursor.
 type ownState struct {
-	owned, scanning, lost, woken bool
-	scanned                      []string // sources whose queues the gain scan found
+	owned, lost, woken bool
+	scanned            []string // sources whose queues the gain scan found
 	// handover is set with lost when the loss is a handover.
 	handover *handover
 }
@@ -174,10 +176,43 @@ func (d *dest) handedOver() {
 
 // follow applies the cluster's ownership changes and wake-ups to the
 // destinations until ctx ends.
+//
+// It never waits for the store. Listing the queues of partitions gained
+// (scan) takes from a fraction of a second to several seconds on a loaded
+// PostgreSQL, and is retried for as long as the store fails; a follower
+// that listed them itself read no change meanwhile, so a handover arriving
+// then (a node joining just after this one took a dead node's partitions
+// over) waited behind the listing while the schedulers went on sending on
+// the partition, Owns still true for its writes, until the grace ran out
+// and the node released the lease with requests in flight: their outcomes
+// refused and their jobs sent again by the next owner. So the listing runs
+// in a goroutine of its own, one at a time, and the follower applies every
+// change, a loss or a handover first of all, the moment it reads it; the
+// partitions gained meanwhile wait for the next listing, together.
 func (e *Engine) follow(ctx context.Context) {
 	o := e.opts.Ownership
 	changes, wakeups := o.Changes(), o.Wakeups()
+	f := &follower{e: e, gen: map[int]uint64{}, pending: map[int]bool{}}
+	// scanned carries the listing in progress back; nil when none is.
+	var scanned chan scan
+	defer func() {
+		if scanned != nil {
+			<-scanned // the listing ends with ctx
+		}
+	}()
 	for {
+		if scanned == nil && len(f.pending) > 0 {
+			scanned = make(chan scan, 1)
+			sc := scan{gens: map[int]uint64{}}
+			for p := range f.pending {
+				sc.gens[p] = f.gen[p]
+			}
+			clear(f.pending)
+			go func() {
+				sc.queues = e.scan(ctx, sc.gens)
+				scanned <- sc
+			}()
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -186,7 +221,10 @@ func (e *Engine) follow(ctx context.Context) {
 				changes = nil
 				continue
 			}
-			batch := []cluster.Change{c}
+			f.change(c)
+			// The changes of one round arrive together: apply all that
+			// are ready before listing, so that their gains share one
+			// listing.
 			for more := true; more; {
 				select {
 				case c, ok := <-changes:
@@ -194,12 +232,14 @@ func (e *Engine) follow(ctx context.Context) {
 						changes, more = nil, false
 						continue
 					}
-					batch = append(batch, c)
+					f.change(c)
 				default:
 					more = false
 				}
 			}
-			e.changed(ctx, batch)
+		case sc := <-scanned:
+			scanned = nil
+			f.scanned(sc)
 		case p := <-wakeups:
 			for _, d := range e.byPart[p] {
 				d.setOwnership(func(s *ownState) {
@@ -212,62 +252,77 @@ func (e *Engine) follow(ctx context.Context) {
 	}
 }
 
-// changed applies a run of changes in order, then scans the store for the
-// queues of the partitions gained and still owned.
-func (e *Engine) changed(ctx context.Context, batch []cluster.Change) {
-	gained := map[int]bool{}
-	for _, c := range batch {
-		owned := c.Owned
-		ds := e.byPart[c.Partition]
-		var h *handover
-		if c.Draining {
-			h = &handover{o: e.opts.Ownership, part: c.Partition, token: c.Token}
-			h.left.Store(int32(len(ds)))
-			if len(ds) == 0 {
-				e.opts.Ownership.Drained(c.Partition, c.Token)
+// follower is the state of the engine's follower goroutine (follow).
+type follower struct {
+	e *Engine
+	// gen counts the changes of each partition, so that a listing's
+	// result is applied to a partition only if it is still in the gain the
+	// listing was for: not lost since, nor lost and gained again (that
+	// gain waits for a listing of its own).
+	gen map[int]uint64
+	// pending are the partitions gained and not yet being listed.
+	pending map[int]bool
+}
+
+// scan is one listing of the queues of partitions gained: the partitions
+// with their gen at its start, and the queues found.
+type scan struct {
+	gens   map[int]uint64
+	queues []jobstore.Queue
+}
+
+// change applies c to the destinations of its partition at once; a gain's
+// queues are listed later (scanned).
+func (f *follower) change(c cluster.Change) {
+	f.gen[c.Partition]++
+	if c.Owned {
+		f.pending[c.Partition] = true
+	} else {
+		delete(f.pending, c.Partition)
+	}
+	ds := f.e.byPart[c.Partition]
+	var h *handover
+	if c.Draining {
+		h = &handover{o: f.e.opts.Ownership, part: c.Partition, token: c.Token}
+		h.left.Store(int32(len(ds)))
+		if len(ds) == 0 {
+			f.e.opts.Ownership.Drained(c.Partition, c.Token)
+		}
+	}
+	for _, d := range ds {
+		d.setOwnership(func(s *ownState) {
+			if c.Owned {
+				s.owned = true
+			} else {
+				*s = ownState{lost: true, handover: h}
 			}
-		}
-		for _, d := range ds {
-			d.setOwnership(func(s *ownState) {
-				if owned {
-					s.owned, s.scanning = true, true
-				} else {
-					*s = ownState{lost: true, handover: h}
-				}
-			})
-		}
-		if owned {
-			gained[c.Partition] = true
-		} else {
-			delete(gained, c.Partition)
-		}
+		})
 	}
-	if len(gained) == 0 {
-		return
-	}
-	qs := e.scan(ctx, gained)
+}
+
+// scanned hands the queues a listing found to the destinations of the
+// partitions it listed that are still in the same gain.
+func (f *follower) scanned(sc scan) {
 	found := map[string][]string{}
-	for _, q := range qs {
-		if gained[e.opts.Ownership.PartitionOf(q)] {
+	for _, q := range sc.queues {
+		p := f.e.opts.Ownership.PartitionOf(q)
+		if g, ok := sc.gens[p]; ok && g == f.gen[p] {
 			found[q.Destination] = append(found[q.Destination], q.Source)
 		}
 	}
-	for p := range gained {
-		for _, d := range e.byPart[p] {
+	parts, n := 0, 0
+	for p, g := range sc.gens {
+		if g != f.gen[p] {
+			continue
+		}
+		parts++
+		for _, d := range f.e.byPart[p] {
 			srcs := found[d.Name]
-			d.setOwnership(func(s *ownState) {
-				if s.scanning {
-					s.scanning = false
-					s.scanned = append(s.scanned, srcs...)
-				}
-			})
+			n += len(srcs)
+			d.setOwnership(func(s *ownState) { s.scanned = append(s.scanned, srcs...) })
 		}
 	}
-	n := 0
-	for _, ss := range found {
-		n += len(ss)
-	}
-	e.opts.Logger.Info("partitions gained: delivering their queues", "partitions", len(gained), "queues", n)
+	f.e.opts.Logger.Info("partitions gained: delivering their queues", "partitions", parts, "queues", n)
 }
 
 // partitionLister is a store that can list the queues of some partitions
@@ -281,7 +336,7 @@ type partitionLister interface {
 // scan lists the store's queues (those of the gained partitions, when the
 // store can tell them apart), calling again with a backoff while the store
 // fails, until ctx ends.
-func (e *Engine) scan(ctx context.Context, gained map[int]bool) []jobstore.Queue {
+func (e *Engine) scan(ctx context.Context, gained map[int]uint64) []jobstore.Queue {
 	list := e.opts.Store.Queues
 	if pl, ok := e.opts.Store.(partitionLister); ok {
 		ps := make([]int, 0, len(gained))

@@ -1,0 +1,159 @@
+package delivery_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/delivery"
+	"github.com/fanout/fanout/internal/event"
+	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/postgres"
+	"github.com/fanout/fanout/internal/pgtest"
+)
+
+// heldScan is the job store with its listing of queues, the engine's scan
+// of the partitions it gains, held up while armed, as a loaded database
+// holds it up for seconds.
+type heldScan struct {
+	*postgres.Store
+	armed   atomic.Bool
+	held    chan struct{} // closed when a listing is held
+	release chan struct{} // closed to let the listings through
+	once    sync.Once
+}
+
+func (s *heldScan) Queues(ctx context.Context) ([]jobstore.Queue, error) {
+	if s.armed.Load() {
+		s.once.Do(func() { close(s.held) })
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Store.Queues(ctx)
+}
+
+// A partition handed over is released as soon as the engine has nothing in
+// flight on it, whatever its destinations are doing and whatever else the
+// engine is busy with, never by the end of the grace: with requests in
+// flight, once their outcomes are written; with a queue waiting for its
+// retry or its rate limit, no queue, or no destination at all, at once;
+// and while the engine is still listing the queues of partitions it has
+// just gained.
+//
+// Node a holds partitions 4 to 7 (a destination in each of 4, 5 and 6,
+// none in 7) and takes 0 to 3 over from node c, which leaves; then node b
+// joins, and a hands 4 to 7 over to it.
+func TestHandoverWithinGrace(t *testing.T) {
+	const grace = 1500 * time.Millisecond
+	delivered := func(ev event.Event, attempt int) destinations.Result {
+		return destinations.Result{Outcome: destinations.Delivered, StatusCode: 200}
+	}
+	retried := func(ev event.Event, attempt int) destinations.Result {
+		return destinations.Result{Outcome: destinations.Retryable, StatusCode: 503}
+	}
+	for _, tc := range []struct {
+		name string
+		// events per destination, sent before the handover, and how long
+		// the sink takes to answer each request.
+		events  int
+		latency time.Duration
+		limits  delivery.Limits
+		decide  func(ev event.Event, attempt int) destinations.Result
+		// heldScan holds a's listing of the queues of 0 to 3, which it
+		// gains from c, until b has its share.
+		heldScan bool
+		// once checks that every event reaches its destination once.
+		once bool
+	}{
+		{name: "requests in flight", events: 60, latency: 100 * time.Millisecond,
+			limits: delivery.Limits{Concurrency: 2}, decide: delivered, once: true},
+		{name: "requests in flight, gain scan held up", events: 60, latency: 100 * time.Millisecond,
+			limits: delivery.Limits{Concurrency: 2}, decide: delivered, heldScan: true, once: true},
+		{name: "queues waiting for their retry", events: 3, decide: retried},
+		{name: "queues waiting for their retry, gain scan held up", events: 3, decide: retried, heldScan: true},
+		{name: "queues behind the rate limit", events: 5, limits: delivery.Limits{RateLimit: 0.5}, decide: delivered},
+		{name: "no queue", decide: delivered},
+		{name: "no queue, gain scan held up", decide: delivered, heldScan: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := &handoverBundle{node: cluster.Options{Partitions: 8, Heartbeat: 100 * time.Millisecond,
+				Lease: 3 * time.Second, Grace: grace}, limits: tc.limits, decide: tc.decide}
+			in := map[int]bool{}
+			for i := 0; len(b.dests) < 3; i++ {
+				name := fmt.Sprintf("d%d", i)
+				if p := cluster.PartitionOf(name, 8); p >= 4 && p <= 6 && !in[p] {
+					in[p] = true
+					b.dests = append(b.dests, name)
+				}
+			}
+			setupHandover(t, tc.latency, b)
+
+			// c holds every partition, then hands 4 to 7 over to a.
+			c, err := cluster.Join(t.Context(), cluster.Options{Pool: pgtest.Pool(t, b.dsn), NodeName: "c",
+				Partitions: 8, Heartbeat: 100 * time.Millisecond, Lease: 3 * time.Second, Logger: quiet})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Leave(context.Background()) })
+			go func() {
+				for ch := range c.Changes() {
+					if ch.Draining {
+						c.Drained(ch.Partition, ch.Token)
+					}
+				}
+			}()
+			scan := &heldScan{held: make(chan struct{}), release: make(chan struct{})}
+			let := sync.OnceFunc(func() { close(scan.release) })
+			t.Cleanup(let)
+			a := b.start("a", func(s *postgres.Store) jobstore.Store { scan.Store = s; return scan })
+			eventually(t, "a takes its share from c", func() bool { return len(a.node.Owned()) == 4 })
+
+			if tc.events > 0 {
+				b.send(a.store, tc.events)
+				eventually(t, "a sends to every destination", func() bool {
+					b.mu.Lock()
+					defer b.mu.Unlock()
+					seen := map[string]bool{}
+					for k := range b.got {
+						seen[strings.Fields(k)[0]] = true
+					}
+					return len(seen) == len(b.dests) || b.inflight.Load() >= int32(len(b.dests))
+				})
+			}
+			scan.armed.Store(tc.heldScan)
+			if err := c.Leave(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "a takes c's partitions over", func() bool { return len(a.node.Owned()) == 8 })
+			if tc.heldScan {
+				select {
+				case <-scan.held:
+				case <-time.After(10 * time.Second):
+					t.Fatal("a never listed the queues of the partitions it took over")
+				}
+			}
+
+			joined := time.Now()
+			nb := b.start("b", nil)
+			eventually(t, "b takes its share from a", func() bool { return len(nb.node.Owned()) == 4 })
+			pause := time.Since(joined)
+			let()
+			t.Logf("b had its share %s after joining (grace %s)", pause.Round(time.Millisecond), grace)
+			if logs := a.logs.String(); strings.Contains(logs, "handover grace over") {
+				t.Errorf("a released partitions at the end of the grace, not when drained; its log:\n%s", logs)
+			}
+			if tc.once {
+				b.awaitOnce(tc.events)
+			}
+		})
+	}
+}
