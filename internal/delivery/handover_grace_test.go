@@ -3,6 +3,9 @@ package delivery_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,6 +13,8 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/archive"
+	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
@@ -22,7 +27,7 @@ import (
 // of the partitions it gains, held up while armed, as a loaded database
 // holds it up for seconds.
 type heldScan struct {
-	*postgres.Store
+	jobstore.Store
 	armed   atomic.Bool
 	held    chan struct{} // closed when a listing is held
 	release chan struct{} // closed to let the listings through
@@ -155,5 +160,78 @@ func TestHandoverWithinGrace(t *testing.T) {
 				b.awaitOnce(tc.events)
 			}
 		})
+	}
+}
+
+// drainingOwnership is fakeOwnership that records Drained.
+type drainingOwnership struct {
+	*fakeOwnership
+	drained chan [2]int64 // partition, token
+}
+
+func (f drainingOwnership) Drained(p int, token int64) { f.drained <- [2]int64{int64(p), token} }
+
+// A handover of a partition whose queues the engine is still listing (it
+// has just gained it) is drained at once, not after the listing; and the
+// listing, once back, is not applied to the partition handed over: its
+// queues would be delivered again on a lease the node is giving up.
+func TestHandoverDuringGainScan(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(start)
+	store := openStore(t, dir, clk)
+	defer store.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	s := &scripted{url: srv.URL, tries: map[string]int{}}
+	targets := []delivery.Target{{Name: "a", Type: "test", Destination: decider{s}, Client: srv.Client(), Sources: []string{"web"}}}
+	own := drainingOwnership{&fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16),
+		wakes: make(chan int, 16)}, make(chan [2]int64, 16)}
+	scan := &heldScan{Store: store, held: make(chan struct{}), release: make(chan struct{})}
+	let := sync.OnceFunc(func() { close(scan.release) })
+	defer let()
+	reports := make(chan delivery.Report, 16)
+	eng, err := delivery.New(delivery.Options{Store: scan, Targets: targets, Clock: clk, Seed: 1, Ownership: own,
+		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
+		Observe: func(r delivery.Report) { reports <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var es []jobstore.Entry
+	for i := range 3 {
+		id := fmt.Sprintf("e%d", i)
+		es = append(es, jobstore.Entry{Destinations: []string{"a"}, Event: event.Event{Source: "web", MessageID: id,
+			Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))}})
+	}
+	if _, err := store.Append(context.Background(), es); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); eng.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	scan.armed.Store(true)
+	own.set(0, true)
+	select {
+	case <-scan.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gain of partition 0 was never listed")
+	}
+	// Handed over while listed: the lease stays valid for writes (Owns).
+	tok, _ := own.Owns(0)
+	own.changes <- cluster.Change{Partition: 0, Token: tok, Draining: true}
+	select {
+	case got := <-own.drained:
+		if got != [2]int64{0, tok} {
+			t.Fatalf("Drained(%d, %d), want Drained(0, %d)", got[0], got[1], tok)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("partition 0 handed over during its listing: never drained")
+	}
+	let()
+	select {
+	case r := <-reports:
+		t.Fatalf("%s/%s delivered on a partition handed over", r.Queue.Destination, r.Job.Event.MessageID)
+	case <-time.After(300 * time.Millisecond):
 	}
 }
