@@ -304,8 +304,7 @@ func (n *Node) drain(ps []int) {
 // The token stays: the next owner increments it.
 func (n *Node) handOver(ctx context.Context) (next time.Time, ok bool) {
 	now := n.opts.Clock.Now()
-	var ps []int
-	overdue := 0
+	var ps, overdue []int
 	n.mu.Lock()
 	for p, l := range n.owned {
 		switch {
@@ -314,7 +313,7 @@ func (n *Node) handOver(ctx context.Context) (next time.Time, ok bool) {
 			delete(n.owned, p)
 			ps = append(ps, p)
 			if !l.drained {
-				overdue++
+				overdue = append(overdue, p)
 			}
 		case !ok || l.graceEnd.Before(next):
 			next, ok = l.graceEnd, true
@@ -325,9 +324,10 @@ func (n *Node) handOver(ctx context.Context) (next time.Time, ok bool) {
 		return next, ok
 	}
 	slices.Sort(ps)
-	if overdue > 0 {
+	if len(overdue) > 0 {
 		// Their last outcomes will be refused by the fencing, and the next
 		// owner sends those jobs again.
+		slices.Sort(overdue)
 		n.log.Warn("handover grace over with requests still in flight: releasing anyway",
 			"partitions", overdue, "grace", n.opts.Grace)
 	}
