@@ -204,12 +204,14 @@ func (e *Engine) follow(ctx context.Context) {
 		if scanned == nil && len(f.pending) > 0 {
 			scanned = make(chan scan, 1)
 			sc := scan{gens: map[int]uint64{}}
+			ps := make([]int, 0, len(f.pending))
 			for p := range f.pending {
 				sc.gens[p] = f.gen[p]
+				ps = append(ps, p)
 			}
 			clear(f.pending)
 			go func() {
-				sc.queues = e.scan(ctx, sc.gens)
+				sc.queues = e.scan(ctx, ps)
 				scanned <- sc
 			}()
 		}
@@ -336,14 +338,10 @@ type partitionLister interface {
 // scan lists the store's queues (those of the gained partitions, when the
 // store can tell them apart), calling again with a backoff while the store
 // fails, until ctx ends.
-func (e *Engine) scan(ctx context.Context, gained map[int]uint64) []jobstore.Queue {
+func (e *Engine) scan(ctx context.Context, gained []int) []jobstore.Queue {
 	list := e.opts.Store.Queues
 	if pl, ok := e.opts.Store.(partitionLister); ok {
-		ps := make([]int, 0, len(gained))
-		for p := range gained {
-			ps = append(ps, p)
-		}
-		list = func(ctx context.Context) ([]jobstore.Queue, error) { return pl.QueuesIn(ctx, ps) }
+		list = func(ctx context.Context) ([]jobstore.Queue, error) { return pl.QueuesIn(ctx, gained) }
 	}
 	wait := storeRetryMin
 	for {
