@@ -101,7 +101,7 @@ const ownerFile = "owner"
 const watchdogScript = `dir=$1; shift
 cat >/dev/null
 if [ -f "$dir/data/postmaster.pid" ]; then "$@" >/dev/null 2>&1; fi
-cd / && rm -rf "$dir"`
+rm -rf "$dir"`
 
 // watchdogs holds the write end of each running server's watchdog pipe,
 // by directory, until Stop closes it. Kept here rather than in the Server,
@@ -192,6 +192,9 @@ func (s *Server) own() error {
 	stop := s.command("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
 	cmd := exec.Command("/bin/sh", append([]string{"-c", watchdogScript, "pgtest-watchdog", s.dir}, stop...)...)
 	cmd.Stdin = r
+	// In /, so as to hold no directory of the owner's busy, and to be
+	// one the postgres user can enter.
+	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()

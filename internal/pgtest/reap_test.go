@@ -36,19 +36,22 @@ func TestOwnerChild(t *testing.T) {
 // A server whose owner is killed does not keep running: its watchdog
 // stops it at once, and when the watchdog was killed too the next
 // StartServer stops it. Real processes: the test binary runs again as
-// the owner, and is sent SIGKILL.
+// the owner, in a process group of its own, and the group is sent a
+// signal, as a job runner's kill or a terminal's Ctrl-C would.
 func TestKilledOwner(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts clusters of its own")
 	}
 	cases := []struct {
 		name string
-		// killWatchdog kills the watchdog with the owner: the next
+		sig  syscall.Signal
+		// killWatchdog kills the watchdog before the owner: the next
 		// StartServer reaps the server.
 		killWatchdog bool
 	}{
-		{"the watchdog stops it", false},
-		{"the next start reaps it", true},
+		{"SIGKILL: the watchdog stops it", syscall.SIGKILL, false},
+		{"Ctrl-C: the watchdog stops it", syscall.SIGINT, false},
+		{"watchdog killed too: the next start reaps it", syscall.SIGKILL, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -63,7 +66,7 @@ func TestKilledOwner(t *testing.T) {
 				}
 				waitGone(t, watchdog, "the watchdog")
 			}
-			if err := owner.Process.Kill(); err != nil {
+			if err := syscall.Kill(-owner.Process.Pid, c.sig); err != nil {
 				t.Fatal(err)
 			}
 			owner.Wait()
@@ -107,6 +110,7 @@ func startChild(t *testing.T) (dir string, watchdog int, owner *exec.Cmd) {
 		t.Fatal(err)
 	}
 	owner.Stderr = os.Stderr
+	owner.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := owner.Start(); err != nil {
 		t.Fatal(err)
 	}
