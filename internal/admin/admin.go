@@ -110,6 +110,8 @@ type handler struct {
 	mux *http.ServeMux
 	// client calls the other nodes' admin APIs (Peers).
 	client *http.Client
+	// flushes are the cluster-wide views' flush rounds (cluster.go).
+	flushes flushRounds
 }
 
 // New returns the admin API handler.

@@ -23,6 +23,11 @@ package admin
 //     other way, fetching each node's figures and adding them up, cannot
 //     merge latency quantiles (the sketches are in the rows, not in the
 //     answers) and would read the database N times instead of once.
+//     The views share their flush rounds (flushRounds): the UI asks for
+//     the overview, series and issues at once from every open tab, and
+//     one round serves all the views waiting when it starts. A node with
+//     nothing counted since its last flush answers without writing
+//     (stats.Flush).
 //   - In a node's memory: the scheduler's live state (buffered, in
 //     flight, paused, rate, circuit) of the destinations whose partitions
 //     the node owns, and the debugger's sample of the events it took in
@@ -123,7 +128,7 @@ func (h *handler) states(r *http.Request) (map[string]*State, []NodeStatus) {
 	ctx := r.Context()
 	var flushed []NodeStatus
 	var wg sync.WaitGroup
-	wg.Go(func() { flushed = h.flushCluster(ctx) })
+	wg.Go(func() { flushed = h.flushes.do(ctx, h.flushCluster) })
 	parts, nodes := gather(ctx, h, http.MethodGet, "/api/v1/queues", nil, func() ([]*State, error) {
 		out := []*State{}
 		for _, s := range h.localState(ctx) {
@@ -249,7 +254,76 @@ func (h *handler) statsNodes(r *http.Request) []NodeStatus {
 	if !h.clusterWide(r) {
 		return nil
 	}
-	return h.flushCluster(r.Context())
+	return h.flushes.do(r.Context(), h.flushCluster)
+}
+
+// flushRounds lets the concurrent cluster-wide views of a node share their
+// flush rounds (handler.flushCluster): one round runs at a time, and every
+// view that asks while it runs waits for the next one, which they all
+// share. Views asked together by N browser tabs make two rounds, not N.
+//
+// A view never shares a round that started before it asked: that round
+// may have flushed a node before the node counted what the view must
+// show, and an overview taken once delivery has stopped would then miss
+// the last deliveries (TestClusterStatsAgree, TestClusterView in
+// test/durability). Sharing the round in flight, as singleflight would,
+// is therefore not enough; waiting for the next round costs a view at
+// most one round more.
+//
+// The zero value is ready to use.
+type flushRounds struct {
+	mu sync.Mutex
+	// next is the round not started yet that the views asking now will
+	// share; nil when none waits.
+	next *flushRound
+	// running is closed when the running round ends; nil when none runs.
+	running chan struct{}
+}
+
+// flushRound is one flush of every node, shared by views.
+type flushRound struct {
+	done  chan struct{} // closed when nodes is set
+	nodes []NodeStatus
+	views int // how many views asked for it; read under flushRounds.mu
+}
+
+// do returns the nodes' statuses of a round of flush that starts after do
+// was called, running it if no round runs, else waiting for the running
+// one to end and the next to run. The view whose call runs the round runs
+// it to the end even if its ctx ends (the others share it); a view whose
+// ctx ends while waiting gets nil.
+func (f *flushRounds) do(ctx context.Context, flush func(context.Context) []NodeStatus) []NodeStatus {
+	f.mu.Lock()
+	if f.next == nil {
+		f.next = &flushRound{done: make(chan struct{})}
+	}
+	r := f.next
+	r.views++
+	for {
+		if f.next == r && f.running == nil {
+			running := make(chan struct{})
+			f.next, f.running = nil, running
+			f.mu.Unlock()
+			r.nodes = flush(context.WithoutCancel(ctx))
+			close(r.done)
+			f.mu.Lock()
+			f.running = nil
+			f.mu.Unlock()
+			close(running)
+			return r.nodes
+		}
+		// Another round runs (r's, or one before it): wait for its end.
+		running := f.running
+		f.mu.Unlock()
+		select {
+		case <-r.done:
+			return r.nodes
+		case <-running:
+		case <-ctx.Done():
+			return nil
+		}
+		f.mu.Lock()
+	}
 }
 
 // nodeEvents is GET /api/v1/sources/{name}/events?local=1: the node's

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/debugger"
@@ -97,6 +99,7 @@ func TestMergeStates(t *testing.T) {
 // its own stats and debugger.
 type node struct {
 	peer  Peer
+	h     *handler
 	dbg   *debugger.Debugger
 	stats *stats.Stats
 	srv   *httptest.Server
@@ -114,6 +117,9 @@ type clusterOptions struct {
 	// idle: no node's scheduler holds a queue; otherwise the second
 	// delivers hook, 3 jobs buffered and 2 in flight.
 	idle bool
+	// wrap, when set, wraps each node's admin API, to watch or hold
+	// what it answers.
+	wrap func(nd *node, api http.Handler) http.Handler
 }
 
 func pebbleStats(t *testing.T, _ string) *stats.Stats {
@@ -164,15 +170,19 @@ func testCluster(t *testing.T, n int, o clusterOptions) []*node {
 			}
 			return []delivery.DestinationState{ds}
 		}
-		h := New(Options{Config: cfg, Registry: destinations.Registry{}, State: state, Stats: st, Debugger: nd.dbg, Token: testToken, NodeID: id,
-			Peers: func(context.Context) ([]Peer, error) { return list(id), nil }})
+		nd.h = New(Options{Config: cfg, Registry: destinations.Registry{}, State: state, Stats: st, Debugger: nd.dbg, Token: testToken, NodeID: id,
+			Peers: func(context.Context) ([]Peer, error) { return list(id), nil }}).(*handler)
+		var api http.Handler = nd.h
+		if o.wrap != nil {
+			api = o.wrap(nd, api)
+		}
 		nd.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Query().Get(localParam) == "1" {
 				nd.mu.Lock()
 				nd.requests = append(nd.requests, r.Method+" "+r.URL.Path)
 				nd.mu.Unlock()
 			}
-			h.ServeHTTP(w, r)
+			api.ServeHTTP(w, r)
 		}))
 		t.Cleanup(nd.srv.Close)
 		nd.peer = Peer{ID: id, Name: fmt.Sprintf("n%d", i+1), AdminURL: nd.srv.URL, Live: true}
@@ -347,26 +357,10 @@ func TestClusterStream(t *testing.T) {
 // only the views' flushes put n1's and n3's counts where n2 reads them.
 func TestClusterStatsAgree(t *testing.T) {
 	pool := pgtest.Pool(t, pgtest.Start(t))
-	nodes := testCluster(t, 3, clusterOptions{idle: true, stats: func(t *testing.T, name string) *stats.Stats {
-		pg, err := stats.NewPostgres(t.Context(), pool, stats.PostgresOptions{Node: name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := stats.Open(stats.Options{Backend: pg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		return st
-	}})
+	nodes := testCluster(t, 3, clusterOptions{idle: true, stats: postgresStats(pool)})
 	// n1 takes 3 events in, n2 delivers 2 of them; n3 counts nothing.
 	received := time.Now().Add(-time.Second)
-	rep := ingest.Report{Source: "web", Status: 200}
-	for i := range 3 {
-		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: fmt.Sprint("m", i),
-			Type: event.Track, ReceivedAt: received, Payload: []byte(`{}`)}})
-		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
-	}
+	rep := tracks(3, received)
 	nodes[0].stats.ObserveIngest(rep)
 	q := jobstore.Queue{Source: "web", Destination: "hook"}
 	for _, e := range rep.Accepted[:2] {
@@ -388,6 +382,35 @@ func TestClusterStatsAgree(t *testing.T) {
 			t.Errorf("queues from %s: %+v, want hook with web's depth 1 (3 made on n1, 2 ended on n2)", nd.peer.Name, qs)
 		}
 	}
+}
+
+// postgresStats opens each node's stats on pool, rows of its own in the
+// database the nodes share.
+func postgresStats(pool *pgxpool.Pool) func(t *testing.T, name string) *stats.Stats {
+	return func(t *testing.T, name string) *stats.Stats {
+		pg, err := stats.NewPostgres(t.Context(), pool, stats.PostgresOptions{Node: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := stats.Open(stats.Options{Backend: pg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+}
+
+// tracks is a tracking API request of n track events of source web, each
+// routed to hook, received at received.
+func tracks(n int, received time.Time) ingest.Report {
+	rep := ingest.Report{Source: "web", Status: 200}
+	for i := range n {
+		rep.Accepted = append(rep.Accepted, jobstore.Entry{Event: event.Event{Source: "web", MessageID: fmt.Sprint("m", i),
+			Type: event.Track, ReceivedAt: received, Payload: []byte(`{}`)}})
+		rep.Routes = append(rep.Routes, router.Decision{To: []string{"hook"}})
+	}
+	return rep
 }
 
 // FuzzReadSSE: any stream parses without panicking, and an event written

@@ -14,11 +14,39 @@
 // initdb and postgres refuse to run as root. When the process runs as root
 // (as the tests do in CI containers), the binaries run as the `postgres`
 // user through runuser, on a directory chowned to that user.
+//
+// # A server dies with its owner
+//
+// pg_ctl detaches the postmaster (a session of its own): nothing stops it
+// when the process that started it, its owner, is killed (SIGKILL, a test
+// timeout, Ctrl-C) before Stop. Two things see to it that it does not
+// outlive its owner for long:
+//
+//   - A watchdog: StartServer first starts a small shell, in a session of
+//     its own (so that Ctrl-C and a kill of the owner's process group do
+//     not reach it), whose stdin is a pipe only the owner holds the write
+//     end of. The kernel closes that end however the owner ends; the shell
+//     then reads end-of-file, stops the server (pg_ctl stop -m immediate)
+//     and removes its directory. Stop closes the pipe too, after stopping
+//     the server itself, so the watchdog finds nothing left to do. This
+//     needs no signal handling in the owner, no polling and no help from
+//     PostgreSQL, and works the same in a test binary and in `fanout bench`.
+//   - A reaper, for the case the watchdog was killed with its owner (a
+//     kill of every process, the OOM killer): each directory holds an
+//     owner file with the owner's PID and start time (the start time tells
+//     a reused PID from the owner), and every StartServer first stops the
+//     servers of the pgtest directories whose owner is gone and removes
+//     those directories.
+//
+// The watchdog alone would leave a server running forever once it is
+// killed; the reaper alone would leave it running until the next start,
+// which may be the next day.
 package pgtest
 
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -28,6 +56,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,20 +86,50 @@ type Server struct {
 	asUser string   // run the binaries as this user; "" for the current one
 	opts   []string // the postgres options it was started with, for Up
 	dbs    atomic.Int64
+	// watchdog stops the server and removes dir once its stdin, a pipe
+	// whose write end is in watchdogs, reaches end-of-file.
+	watchdog *exec.Cmd
+}
+
+// ownerFile is the file in a server's directory naming its owner: the PID
+// and start time of the process that started it.
+const ownerFile = "owner"
+
+// watchdogScript waits for end-of-file on stdin, then runs its arguments
+// after the first (pg_ctl stop) if the server in directory $1 is running,
+// and removes the directory.
+const watchdogScript = `dir=$1; shift
+cat >/dev/null
+if [ -f "$dir/data/postmaster.pid" ]; then "$@" >/dev/null 2>&1; fi
+rm -rf "$dir"`
+
+// watchdogs holds the write end of each running server's watchdog pipe,
+// by directory, until Stop closes it. Kept here rather than in the Server,
+// so that a Server dropped without Stop does not have its pipe closed by
+// the garbage collector while something still uses the server by its DSN.
+var watchdogs struct {
+	mu sync.Mutex
+	w  map[string]*os.File
 }
 
 // StartServer creates a cluster in a new temporary directory and starts it.
-// Stop stops it and removes the directory.
+// Stop stops it and removes the directory. It first stops the servers
+// whose owner is gone (see the package doc).
 func StartServer(opts Options) (*Server, error) {
 	bin, err := findBinDir(opts.BinDir)
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "pgtest-")
+	var asUser string
+	if os.Geteuid() == 0 {
+		asUser = "postgres"
+	}
+	reap(bin, asUser)
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
-	s := &Server{dir: dir, binDir: bin}
+	s := &Server{dir: dir, binDir: bin, asUser: asUser}
 	if err := s.start(opts); err != nil {
 		s.Stop()
 		return nil, err
@@ -78,9 +137,14 @@ func StartServer(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// dirPrefix starts the name of every server's directory in os.TempDir.
+const dirPrefix = "pgtest-"
+
 func (s *Server) start(opts Options) error {
-	if os.Geteuid() == 0 {
-		s.asUser = "postgres"
+	if err := s.own(); err != nil {
+		return err
+	}
+	if s.asUser != "" {
 		u, err := user.Lookup(s.asUser)
 		if err != nil {
 			return fmt.Errorf("pgtest: running as root, and PostgreSQL refuses to: need a %q user to run it as: %w", s.asUser, err)
@@ -112,6 +176,40 @@ func (s *Server) start(opts Options) error {
 	return s.Up()
 }
 
+// own writes the owner file and starts the watchdog, before there is a
+// server to leave behind.
+func (s *Server) own() error {
+	if id, ok := procID(os.Getpid()); ok {
+		if err := os.WriteFile(filepath.Join(s.dir, ownerFile), []byte(id), 0o644); err != nil {
+			return fmt.Errorf("pgtest: %w", err)
+		}
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("pgtest: watchdog: %w", err)
+	}
+	defer r.Close()
+	stop := s.command("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop")
+	cmd := exec.Command("/bin/sh", append([]string{"-c", watchdogScript, "pgtest-watchdog", s.dir}, stop...)...)
+	cmd.Stdin = r
+	// In /, so as to hold no directory of the owner's busy, and to be
+	// one the postgres user can enter.
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("pgtest: start the watchdog: %w", err)
+	}
+	s.watchdog = cmd
+	watchdogs.mu.Lock()
+	if watchdogs.w == nil {
+		watchdogs.w = map[string]*os.File{}
+	}
+	watchdogs.w[s.dir] = w
+	watchdogs.mu.Unlock()
+	return nil
+}
+
 // Up starts the server's postmaster on its existing data and waits until
 // it accepts connections: after StartServer has created it, or after Down.
 func (s *Server) Up() error {
@@ -137,15 +235,20 @@ func (s *Server) Down() error {
 
 // run runs one of the PostgreSQL binaries, as s.asUser if set.
 func (s *Server) run(name string, args ...string) ([]byte, error) {
-	path := filepath.Join(s.binDir, name)
-	var cmd *exec.Cmd
-	if s.asUser != "" {
-		cmd = exec.Command("runuser", append([]string{"-u", s.asUser, "--", path}, args...)...)
-	} else {
-		cmd = exec.Command(path, args...)
-	}
+	argv := s.command(name, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = s.dir
 	return cmd.CombinedOutput()
+}
+
+// command is the command line that runs one of the PostgreSQL binaries, as
+// s.asUser if set.
+func (s *Server) command(name string, args ...string) []string {
+	path := filepath.Join(s.binDir, name)
+	if s.asUser != "" {
+		return append([]string{"runuser", "-u", s.asUser, "--", path}, args...)
+	}
+	return append([]string{path}, args...)
 }
 
 // DSN returns the connection string of database db on the server.
@@ -168,18 +271,100 @@ func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
 }
 
 // Stop stops the server at once (no checkpoint: its data is thrown away)
-// and removes its directory.
+// and removes its directory. Calling it again does nothing.
 func (s *Server) Stop() error {
 	var err error
-	if _, statErr := os.Stat(filepath.Join(s.dir, "data", "postmaster.pid")); statErr == nil {
+	if s.running() {
 		if out, stopErr := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-m", "immediate", "-w", "stop"); stopErr != nil {
 			err = fmt.Errorf("pgtest: pg_ctl stop: %w\n%s", stopErr, out)
 		}
+	}
+	if s.watchdog != nil {
+		watchdogs.mu.Lock()
+		w := watchdogs.w[s.dir]
+		delete(watchdogs.w, s.dir)
+		watchdogs.mu.Unlock()
+		w.Close()
+		s.watchdog.Wait()
+		s.watchdog = nil
 	}
 	if rmErr := os.RemoveAll(s.dir); err == nil && rmErr != nil {
 		err = fmt.Errorf("pgtest: %w", rmErr)
 	}
 	return err
+}
+
+// running reports whether the server's postmaster runs: its PID file names
+// a live process whose command line names the data directory. The check on
+// the command line keeps a stale PID file (its server killed, the PID
+// since reused) from having pg_ctl signal another process.
+func (s *Server) running() bool {
+	data := filepath.Join(s.dir, "data")
+	b, err := os.ReadFile(filepath.Join(data, "postmaster.pid"))
+	if err != nil {
+		return false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return false
+	}
+	if _, ok := procID(pid); !ok {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	// Without /proc, trust the PID file as pg_ctl does.
+	return err != nil || strings.Contains(string(cmdline), data)
+}
+
+// reap stops the servers of the pgtest directories in os.TempDir whose
+// owner is gone, and removes the directories. A directory without a
+// readable owner file is left alone: it is being created, or its owner
+// cannot be told (another user's, or a system without /proc).
+func reap(binDir, asUser string) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		var pid int
+		var start string
+		if _, err := fmt.Sscan(string(b), &pid, &start); err != nil {
+			continue
+		}
+		if id, ok := procID(pid); ok && id == string(b) {
+			continue
+		}
+		old := &Server{dir: dir, binDir: binDir, asUser: asUser}
+		if err := old.Stop(); err != nil {
+			slog.Warn("pgtest: stopping the server of a process that is gone", "dir", dir, "owner_pid", pid, "err", err)
+			continue
+		}
+		slog.Info("pgtest: stopped the server of a process that is gone", "dir", dir, "owner_pid", pid)
+	}
+}
+
+// procID identifies process pid: its PID and start time (in clock ticks
+// since boot, from /proc/<pid>/stat), which together no other process has.
+// ok is false when the process does not exist, is a zombie, or /proc cannot
+// tell.
+func procID(pid int) (id string, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", false
+	}
+	// pid (comm) state ppid ... starttime is field 22; comm may hold
+	// spaces and parentheses, so count from the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return "", false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return "", false
+	}
+	return fmt.Sprintf("%d %s\n", pid, f[19]), true
 }
 
 // findBinDir finds the directory holding the PostgreSQL server binaries.

@@ -24,6 +24,7 @@ func (s *Stats) gauge(p Pair) *gauge {
 	if !g.dirty {
 		g.dirty = true
 		s.dirty = append(s.dirty, p)
+		s.changed = true
 	}
 	return g
 }
@@ -35,6 +36,7 @@ func (s *Stats) Observe(r delivery.Report) {
 	j := r.Job
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.changed = true
 	b := s.bucket(p, minuteOf(j.Event.ReceivedAt))
 	if b != nil {
 		b.dirty = true
@@ -101,6 +103,7 @@ func (s *Stats) ObserveIngest(r ingest.Report) {
 	now := s.opts.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.changed = true
 	src := s.bucket(Pair{Source: r.Source}, minuteOf(now))
 	if src != nil {
 		src.dirty = true

@@ -50,7 +50,7 @@ func (s *Stats) Run(ctx context.Context) {
 // one transaction), then forgets the clean minutes older than Hot. It is
 // safe to call at any time, concurrently with Run. When the
 // write fails, everything in it is marked changed again, so the next Flush
-// retries it.
+// retries it. When nothing changed it writes nothing and returns at once.
 func (s *Stats) Flush() error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
@@ -58,6 +58,11 @@ func (s *Stats) Flush() error {
 	var written []*bucket
 	var writtenIssues []*Issue
 	s.mu.Lock()
+	if !s.changed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.changed = false
 	for k, b := range s.hot {
 		if b.dirty {
 			w.minutes = append(w.minutes, minuteRow{pair: k.pair, minute: k.minute, v: b.appendBinary(nil)})
@@ -91,6 +96,7 @@ func (s *Stats) Flush() error {
 	if err := s.backend.save(&w); err != nil {
 		// Mark them again so the next Flush retries.
 		s.mu.Lock()
+		s.changed = true
 		for _, b := range written {
 			b.dirty = true
 		}

@@ -220,6 +220,13 @@ type Stats struct {
 	// every pair; dirty lists those changed since the last Flush.
 	gauges map[string]map[string]*gauge
 	dirty  []Pair
+	// changed says something may have been marked dirty since the last
+	// Flush took its copy. Whatever marks a minute, an issue group or a
+	// gauge dirty sets it (Observe, ObserveIngest, gauge, a failed
+	// Flush), so that a Flush with nothing to write, as the cluster's
+	// views ask every node for (internal/admin), returns at once instead
+	// of walking the hot minutes with the hooks' lock held.
+	changed bool
 }
 
 // gauge is one pair's running counts, kept apart from the minutes so that
