@@ -5,19 +5,15 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"slices"
 	"time"
 
 	pebbledb "github.com/cockroachdb/pebble/v2"
 
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/groupcommit"
 )
 
 const (
-	// maxGroupBytes bounds one group's batch. A batch larger than half a
-	// memtable would be written by Pebble as a "flushable batch" of its
-	// own; 8 MB stays well below that and is still hundreds of requests.
-	maxGroupBytes = 8 << 20
 	// maxInflight bounds the groups applied but not yet synced.
 	maxInflight = 4
 	// recentGroups is how many groups' messageIds the committer remembers
@@ -27,7 +23,6 @@ const (
 
 // appendReq is one Append call on its way through the committer.
 type appendReq struct {
-	ctx     context.Context
 	entries []jobstore.Entry
 	// gen is the last group applied before the call's own dedupe lookups:
 	// they saw every group up to gen and none after.
@@ -40,19 +35,16 @@ type appendReq struct {
 	// first is the Seq of the call's first job, set by the committer.
 	first uint64
 	size  int
-	done  chan appendResult // buffered: the committer never blocks on it
 }
 
-type appendResult struct {
-	duplicate []bool
-	err       error
-}
+// appendCall is an appendReq in the committer's hands.
+type appendCall = groupcommit.Call[*appendReq]
 
 // group is the requests committed by one batch.
 type group struct {
 	gen   uint64
 	batch *pebbledb.Batch
-	reqs  []*appendReq
+	calls []*appendCall
 	ids   []dedupeID // the messageIds this group stores
 	// announced is closed once Options.Applied has heard of the group; its
 	// requests are answered only then, so Applied runs before Append
@@ -64,9 +56,9 @@ type group struct {
 //
 // The call does the work that needs no ordering itself, in parallel with
 // other calls: the dedupe lookups of its events in the database and the
-// encoding of their records. Then it hands the request to the committer
-// goroutine, which finishes the dedupe check against the groups the lookups
-// could not see, assigns Seqs, and commits (see commitLoop).
+// encoding of their records. Then it hands the request to the committer,
+// which finishes the dedupe check against the groups the lookups could not
+// see, assigns Seqs, and commits (see commitGroup).
 //
 // If ctx ends while the call waits for its sync, Append returns ctx's error
 // but the entries may still be stored: the caller cannot know, just as after
@@ -83,23 +75,34 @@ func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, e
 		s.mu.RUnlock()
 		return []bool{}, nil
 	}
-	r := &appendReq{ctx: ctx, entries: entries, done: make(chan appendResult, 1)}
+	r := &appendReq{entries: entries}
 	if err := s.prepare(r); err != nil {
 		return nil, err
 	}
-	select {
-	case s.reqs <- r:
-	case <-s.closing:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := s.appends.Commit(ctx, r, r.size); err != nil {
+		return nil, err
 	}
-	select {
-	case res := <-r.done:
-		return res.duplicate, res.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	return r.dup, nil
+}
+
+// startCommits starts the committer, one group at a time, and its syncer.
+func (s *Store) startCommits() error {
+	s.synced = make(chan *group, maxInflight)
+	s.syncerDone = make(chan struct{})
+	appends, err := groupcommit.Start(groupcommit.Options{ErrClosed: ErrClosed}, s.commitGroup)
+	if err != nil {
+		return err
 	}
+	s.appends = appends
+	go s.syncLoop()
+	return nil
+}
+
+// stopCommits returns once every request the committer took is answered.
+func (s *Store) stopCommits() {
+	s.appends.Close()
+	close(s.synced)
+	<-s.syncerDone
 }
 
 // prepare looks r's events up in the dedupe records and encodes the records
@@ -140,10 +143,13 @@ func (s *Store) prepare(r *appendReq) error {
 	return nil
 }
 
-// commitLoop is the committer. Group commit, step by step:
+// commitGroup commits one group; groupcommit hands it each group in turn
+// (see groupcommit.Committer.run), on one goroutine, the committer. Group
+// commit, step by step:
 //
-//  1. Block for one request, then take every other request already waiting
-//     (up to maxGroupBytes): they are the group.
+//  1. The group is the request that the committer blocked for and every
+//     other request already waiting (up to groupcommit's MaxBytes), those
+//     whose caller has gone left out.
 //  2. Finish each request's dedupe check: its own lookups saw the database
 //     up to group r.gen, and recentIDs holds the messageIds of the groups
 //     since (including this one), so a lookup there completes it. Only this
@@ -165,115 +171,57 @@ func (s *Store) prepare(r *appendReq) error {
 // A record is readable before it is synced (as with any Pebble commit). A
 // group deduped against a record that then fails to sync fails too: Pebble's
 // WAL errors are sticky and groups are answered in order.
-func (s *Store) commitLoop() {
-	defer close(s.committerDone)
-	synced := make(chan *group, maxInflight)
-	syncerDone := make(chan struct{})
-	go s.syncLoop(synced, syncerDone)
-	defer func() {
-		close(synced)
-		<-syncerDone
-	}()
-	var reqs []*appendReq
-	for {
-		select {
-		case <-s.closing:
-			return
-		default:
-		}
-		var first *appendReq
-		select {
-		case first = <-s.reqs:
-		case <-s.closing:
-			return
-		}
-		reqs = append(reqs[:0], first)
-		size := first.size
-	gather:
-		for size < maxGroupBytes {
-			select {
-			case r := <-s.reqs:
-				reqs = append(reqs, r)
-				size += r.size
-			default:
-				break gather
-			}
-		}
-		g := s.buildGroup(reqs)
-		if g == nil {
-			continue
-		}
-		err := s.failed()
-		if err == nil {
-			if err = s.db.ApplyNoSyncWait(g.batch, pebbledb.Sync); err != nil {
-				err = unavailable("append", err)
-				s.fail(err)
-			}
-		}
-		if err != nil {
-			// Nothing of the group is stored: forget its messageIds so
-			// that a retry is not taken for a duplicate.
-			s.recent.forget(g.gen, g.ids)
-			for _, r := range g.reqs {
-				r.done <- appendResult{err: err}
-			}
-			// Not closed: Pebble may still hold it after a failed apply.
-			continue
-		}
-		s.appliedGen.Store(g.gen)
-		// Announce after the hand-off to the syncer. Announcing readies the
-		// delivery schedulers, and Go runs the goroutine readied last first
-		// on this P. Announced before, a scheduler would wait behind the
-		// WAL writer (readied by the apply), whose fsync then holds the P:
-		// with the other core busy, in a compaction say, nothing takes the
-		// waiting scheduler until the fsync ends or sysmon retakes the P,
-		// up to 10 ms later. A stage probe found such 4 to 10 ms waits for
-		// every delivery during a 4-second compaction after a
-		// 5,000,000-event ingest.
-		synced <- g
-		if s.opts.Applied != nil {
-			s.announce(g)
-		}
-		close(g.announced)
+func (s *Store) commitGroup(calls []*appendCall) {
+	g := s.buildGroup(calls)
+	if g == nil {
+		return
 	}
-}
-
-// announce passes the entries a group stored to Options.Applied.
-func (s *Store) announce(g *group) {
-	for _, r := range g.reqs {
-		stored := r.entries
-		if slices.Contains(r.dup, true) {
-			stored = make([]jobstore.Entry, 0, len(r.entries))
-			for i, e := range r.entries {
-				if !r.dup[i] {
-					stored = append(stored, e)
-				}
-			}
-		}
-		if len(stored) > 0 {
-			s.opts.Applied(jobstore.Appended{Entries: stored, First: r.first})
+	err := s.failed()
+	if err == nil {
+		if err = s.db.ApplyNoSyncWait(g.batch, pebbledb.Sync); err != nil {
+			err = unavailable("append", err)
+			s.fail(err)
 		}
 	}
+	if err != nil {
+		// Nothing of the group is stored: forget its messageIds so
+		// that a retry is not taken for a duplicate.
+		s.recent.forget(g.gen, g.ids)
+		groupcommit.AnswerAll(g.calls, err)
+		// Not closed: Pebble may still hold it after a failed apply.
+		return
+	}
+	s.appliedGen.Store(g.gen)
+	// Announce after the hand-off to the syncer. Announcing readies the
+	// delivery schedulers, and Go runs the goroutine readied last first
+	// on this P. Announced before, a scheduler would wait behind the
+	// WAL writer (readied by the apply), whose fsync then holds the P:
+	// with the other core busy, in a compaction say, nothing takes the
+	// waiting scheduler until the fsync ends or sysmon retakes the P,
+	// up to 10 ms later. A stage probe found such 4 to 10 ms waits for
+	// every delivery during a 4-second compaction after a
+	// 5,000,000-event ingest.
+	s.synced <- g
+	for _, c := range g.calls {
+		r := c.Req
+		groupcommit.Announce(s.opts.Applied, r.entries, r.dup, r.first)
+	}
+	close(g.announced)
 }
 
-// syncLoop waits for each group's fsync, in order, and answers its requests.
-func (s *Store) syncLoop(groups <-chan *group, done chan<- struct{}) {
-	defer close(done)
-	for g := range groups {
+// syncLoop is the syncer: it waits for each group's fsync, in order, and
+// answers its requests.
+func (s *Store) syncLoop() {
+	defer close(s.syncerDone)
+	for g := range s.synced {
 		err := g.batch.SyncWait()
 		<-g.announced
 		if err != nil {
 			err = unavailable("append", err)
-			s.log.Error("append sync failed", "err", err, "requests", len(g.reqs))
+			s.log.Error("append sync failed", "err", err, "requests", len(g.calls))
 			s.fail(err)
 		}
-		for _, r := range g.reqs {
-			if err != nil {
-				r.done <- appendResult{err: err}
-			} else {
-				r.done <- appendResult{duplicate: r.dup}
-			}
-		}
+		groupcommit.AnswerAll(g.calls, err)
 		if err == nil {
 			g.batch.Close()
 		}
@@ -283,10 +231,10 @@ func (s *Store) syncLoop(groups <-chan *group, done chan<- struct{}) {
 // dedupeID is the identity dedupe remembers.
 type dedupeID struct{ source, messageID string }
 
-// buildGroup builds one batch for reqs. Requests whose context has ended, or
-// whose dedupe lookup failed, are answered at once and left out. It returns
-// nil when nothing is left.
-func (s *Store) buildGroup(reqs []*appendReq) *group {
+// buildGroup builds one batch for calls. Requests whose dedupe lookup
+// failed are answered at once and left out. It returns nil when nothing is
+// left.
+func (s *Store) buildGroup(calls []*appendCall) *group {
 	now := s.opts.Now()
 	oldest := dedupeBucket(now.Add(-s.opts.DedupeWindow))
 	current := dedupeBucket(now)
@@ -305,13 +253,10 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 	var nowVal [8]byte
 	binary.BigEndian.PutUint64(nowVal[:], timeKey(now))
 	var stored [][]byte // filterKeys of the dedupe records written
-	for _, r := range reqs {
-		if err := r.ctx.Err(); err != nil {
-			r.done <- appendResult{err: err}
-			continue
-		}
+	for _, c := range calls {
+		r := c.Req
 		if err := s.finishDedupe(r, now); err != nil {
-			r.done <- appendResult{err: fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err)}
+			c.Answer(fmt.Errorf("jobstore/pebble: append: dedupe lookup: %w", err))
 			continue
 		}
 		r.first = s.lastSeq + 1
@@ -336,12 +281,12 @@ func (s *Store) buildGroup(reqs []*appendReq) *group {
 			}
 		}
 		r.recs = nil
-		g.reqs = append(g.reqs, r)
+		g.calls = append(g.calls, c)
 	}
 	s.recent.endGroup(g.gen)
 	// Into the filter before the group is applied: see dedupeFilter.
 	s.filter.add(current, stored)
-	if len(g.reqs) == 0 {
+	if len(g.calls) == 0 {
 		b.Close()
 		return nil
 	}

@@ -94,7 +94,8 @@
 // # Durability
 //
 // Append returns only after its batch is fsynced, and concurrent Appends
-// share fsyncs (group commit, pipelined: see commit.go). Apply is not synced;
+// share fsyncs (group commit: jobstore/groupcommit gathers the calls,
+// commit.go writes each group and pipelines the syncs). Apply is not synced;
 // jobstore.Update explains why losing one is safe. What Open does with a
 // damaged directory, so that it never runs with jobs silently missing, is
 // told in damage.go.

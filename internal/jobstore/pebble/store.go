@@ -18,6 +18,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/groupcommit"
 )
 
 // Compile-time check that Store implements the interface.
@@ -82,15 +83,14 @@ type Store struct {
 	opts Options
 	log  *slog.Logger
 
-	// reqs carries Append calls to the committer. It is unbuffered on
-	// purpose: a call that the committer has not taken is still blocked in
-	// its send and can give up (closing, context) without leaving a request
-	// behind that nobody answers.
-	reqs    chan *appendReq
+	// appends is the group committer of Append calls (see commitGroup);
+	// synced carries its applied groups to the syncer, which closes
+	// syncerDone once it has answered them all.
+	appends    *groupcommit.Committer[*appendReq]
+	synced     chan *group
+	syncerDone chan struct{}
+	// closing is closed when Close begins: loadFilter stops.
 	closing chan struct{}
-	// committerDone is closed when the committer and its syncer have
-	// answered every request they took.
-	committerDone chan struct{}
 	// filterDone is closed when loadFilter has returned.
 	filterDone chan struct{}
 	closeOnce  sync.Once
@@ -171,14 +171,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, damaged(dir, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err))
 	}
 	s := &Store{
-		db:            db,
-		opts:          opts,
-		log:           log,
-		reqs:          make(chan *appendReq),
-		closing:       make(chan struct{}),
-		committerDone: make(chan struct{}),
-		filterDone:    make(chan struct{}),
-		recent:        newRecentIDs(recentGroups),
+		db:         db,
+		opts:       opts,
+		log:        log,
+		closing:    make(chan struct{}),
+		filterDone: make(chan struct{}),
+		recent:     newRecentIDs(recentGroups),
 	}
 	v, closer, err := db.Get(metaSeqKey)
 	switch {
@@ -196,7 +194,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		closer.Close()
 	}
 	s.filter = newDedupeFilter(dedupeBucket(opts.Now().Add(-opts.DedupeWindow)))
-	go s.commitLoop()
+	if err := s.startCommits(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("jobstore/pebble: open %s: %w", dir, err)
+	}
 	go s.loadFilter()
 	return s, nil
 }
@@ -604,7 +605,7 @@ func (s *Store) Close() error {
 	err := ErrClosed
 	s.closeOnce.Do(func() {
 		close(s.closing)
-		<-s.committerDone
+		s.stopCommits()
 		<-s.filterDone
 		s.mu.Lock()
 		s.closed = true

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,29 +12,22 @@ import (
 
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/groupcommit"
 )
-
-// maxGroupBytes bounds the payload bytes of one group's transaction.
-const maxGroupBytes = 8 << 20
 
 // appendReq is one Append call on its way through the committer.
 type appendReq struct {
-	ctx     context.Context
 	entries []jobstore.Entry
 	dup     []bool
 	first   uint64 // Seq of the call's first job, set by the committer
-	size    int
-	done    chan appendResult // buffered: the committer never blocks on it
 }
 
-type appendResult struct {
-	duplicate []bool
-	err       error
-}
+// appendCall is an appendReq in the committer's hands.
+type appendCall = groupcommit.Call[*appendReq]
 
 // Append stores entries durably; see jobstore.Store. It hands the call to
-// the committer goroutine, which commits it with every other call waiting at
-// that moment in one transaction (group commit), and returns once that
+// the committer, which commits it with every other call waiting at that
+// moment in one transaction (group commit), and returns once that
 // transaction has committed: synchronous_commit is on, so the commit has
 // reached the WAL on disk.
 //
@@ -52,72 +44,46 @@ func (s *Store) Append(ctx context.Context, entries []jobstore.Entry) ([]bool, e
 	if len(entries) == 0 {
 		return []bool{}, nil
 	}
-	r := &appendReq{ctx: ctx, entries: entries, dup: make([]bool, len(entries)), done: make(chan appendResult, 1)}
+	r := &appendReq{entries: entries, dup: make([]bool, len(entries))}
+	size := 0
 	for _, e := range entries {
-		r.size += (len(e.Event.Payload) + 64) * max(len(e.Destinations), 1)
+		size += (len(e.Event.Payload) + 64) * max(len(e.Destinations), 1)
 	}
-	select {
-	case s.reqs <- r:
-	case <-s.closing:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := s.appends.Commit(ctx, r, size); err != nil {
+		return nil, err
 	}
-	select {
-	case res := <-r.done:
-		return res.duplicate, res.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return r.dup, nil
 }
 
-// commitLoop is the committer: it takes one request, then every request
-// already waiting, and commits them in one transaction (commitGroup), on a
-// goroutine of the group's own. Up to groupsInFlight groups run at once,
-// each on a connection of its own: their dedupe upserts, their COPYs and
-// their WAL flushes overlap. What keeps them in order is not the
-// committer but the Seqs (see sequencer): a group commits only after every
-// group, of any node, that took lower Seqs has committed or rolled back,
-// so a reader paging with Pending(after) never sees Seq n+1 before Seq n;
-// and this node's groups announce in Seq order too. While groups commit,
-// the next one gathers, so the more the load, the larger the group and the
-// fewer commits per event.
-func (s *Store) commitLoop() {
-	defer s.done.Done()
-	var inflight sync.WaitGroup
-	seqr := newSequencer(s)
-	defer seqr.close()
-	defer inflight.Wait()
-	slots := make(chan struct{}, groupsInFlight(s.opts.MaxConns))
-	for {
-		var first *appendReq
-		select {
-		case first = <-s.reqs:
-		case <-s.closing:
-			return
-		}
-		// Wait for a free slot; the requests arriving meanwhile join
-		// this group.
-		slots <- struct{}{}
-		reqs := []*appendReq{first}
-		size := first.size
-	gather:
-		for size < maxGroupBytes {
-			select {
-			case r := <-s.reqs:
-				reqs = append(reqs, r)
-				size += r.size
-			default:
-				break gather
-			}
-		}
-		inflight.Add(1)
-		go func() {
-			defer inflight.Done()
-			defer func() { <-slots }()
-			s.commitGroup(reqs, seqr)
-		}()
+// startCommits starts the committer: groupcommit gathers the Append calls
+// waiting into a group, and commitGroup commits it. Up to groupsInFlight
+// groups run at once, each on a goroutine and a connection of its own:
+// their dedupe upserts, their COPYs and their WAL flushes overlap. What
+// keeps them in order is not the committer but the Seqs (see sequencer): a
+// group commits only after every group, of any node, that took lower Seqs
+// has committed or rolled back, so a reader paging with Pending(after)
+// never sees Seq n+1 before Seq n; and this node's groups announce in Seq
+// order too. While groups commit, the next one gathers, so the more the
+// load, the larger the group and the fewer commits per event.
+func (s *Store) startCommits() error {
+	s.seqr = newSequencer(s)
+	appends, err := groupcommit.Start(groupcommit.Options{
+		InFlight:  groupsInFlight(s.opts.MaxConns),
+		ErrClosed: ErrClosed,
+	}, s.commitGroup)
+	if err != nil {
+		s.seqr.close()
+		return err
 	}
+	s.appends = appends
+	return nil
+}
+
+// stopCommits returns once every group taken has been answered, and ends
+// the sequencer's session.
+func (s *Store) stopCommits() {
+	s.appends.Close()
+	s.seqr.close()
 }
 
 // groupsInFlight is how many group commits run at once, each holding a
@@ -134,33 +100,24 @@ func groupsInFlight(maxConns int32) int {
 // dedupeID is the identity dedupe remembers.
 type dedupeID struct{ source, messageID string }
 
-// commitGroup commits reqs in one transaction and answers each of them.
-// Step by step:
+// commitGroup commits one group (the calls whose caller has gone are left
+// out already) in one transaction and answers each call. Step by step:
 //
-//  1. Requests whose context has ended are answered and left out.
-//  2. Within the group, the first entry of each (source, messageId) is a
+//  1. Within the group, the first entry of each (source, messageId) is a
 //     candidate and every later one a duplicate.
-//  3. In one transaction: the candidates are upserted into the current
+//  2. In one transaction: the candidates are upserted into the current
 //     dedupe bucket; those the upsert did not write are duplicates (see
 //     dedupe). The jobs of the others take the next Seqs (sequencer), go
 //     in by COPY, and the transaction commits once every lower Seq has
 //     committed or rolled back.
-//  4. After the groups of this node that took lower Seqs, announce each
+//  3. After the groups of this node that took lower Seqs, announce each
 //     request's jobs (Options.Applied) and answer.
-func (s *Store) commitGroup(reqs []*appendReq, seqr *sequencer) {
-	live := reqs[:0:0]
-	for _, r := range reqs {
-		if err := r.ctx.Err(); err != nil {
-			r.done <- appendResult{err: err}
-			continue
-		}
-		live = append(live, r)
+func (s *Store) commitGroup(calls []*appendCall) {
+	reqs := make([]*appendReq, len(calls))
+	for i, c := range calls {
+		reqs[i] = c.Req
 	}
-	if len(live) == 0 {
-		return
-	}
-	now := s.opts.Now()
-	g, err := s.commit(live, now, seqr)
+	g, err := s.commit(reqs, s.opts.Now(), s.seqr)
 	if g != nil {
 		// Announce and answer after the groups before.
 		g.waitPrev()
@@ -172,32 +129,15 @@ func (s *Store) commitGroup(reqs []*appendReq, seqr *sequencer) {
 		// that is a 503, and the client sends them again.
 		err = fmt.Errorf("jobstore/postgres: append: %w: %w", jobstore.ErrUnavailable, err)
 		if s.checkOpen() == nil {
-			s.log.Error("append failed", "err", err, "requests", len(live))
+			s.log.Error("append failed", "err", err, "requests", len(calls))
 		}
-		for _, r := range live {
-			r.done <- appendResult{err: err}
-		}
+		groupcommit.AnswerAll(calls, err)
 		return
 	}
-	if s.opts.Applied != nil {
-		for _, r := range live {
-			stored := r.entries
-			if slices.Contains(r.dup, true) {
-				stored = make([]jobstore.Entry, 0, len(r.entries))
-				for i, e := range r.entries {
-					if !r.dup[i] {
-						stored = append(stored, e)
-					}
-				}
-			}
-			if len(stored) > 0 {
-				s.opts.Applied(jobstore.Appended{Entries: stored, First: r.first})
-			}
-		}
+	for _, r := range reqs {
+		groupcommit.Announce(s.opts.Applied, r.entries, r.dup, r.first)
 	}
-	for _, r := range live {
-		r.done <- appendResult{duplicate: r.dup}
-	}
+	groupcommit.AnswerAll(calls, nil)
 }
 
 // querier is what a pooled connection and a transaction have in common.

@@ -20,6 +20,7 @@ import (
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/jobstore/groupcommit"
 )
 
 // Compile-time check that Store implements the interface.
@@ -123,9 +124,10 @@ type Store struct {
 	// span is the dedupe bucket span in nanoseconds: the window.
 	span int64
 
-	// reqs carries Append calls to the committer; unbuffered, as in the
-	// pebble store, so a call not taken can still give up.
-	reqs    chan *appendReq
+	// appends is the group committer of Append calls, seqr hands out
+	// their Seqs (see startCommits).
+	appends *groupcommit.Committer[*appendReq]
+	seqr    *sequencer
 	closing chan struct{}
 	// stop ends the committer's and the cleaner's work in progress when
 	// Close gives up waiting... it never does: it is canceled after they
@@ -189,7 +191,6 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		opts:        opts,
 		log:         opts.Logger.With("component", "jobstore", "database", cfg.ConnConfig.Database, "host", cfg.ConnConfig.Host),
 		span:        int64(opts.DedupeWindow),
-		reqs:        make(chan *appendReq),
 		closing:     make(chan struct{}),
 		ctx:         sctx,
 		stop:        stop,
@@ -202,8 +203,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, wrapErr("open", err)
 	}
-	s.done.Add(1)
-	go s.commitLoop()
+	if err := s.startCommits(); err != nil {
+		stop()
+		pool.Close()
+		return nil, fmt.Errorf("jobstore/postgres: %w", err)
+	}
 	if opts.CleanupInterval > 0 {
 		s.done.Add(1)
 		go s.cleanLoop()
@@ -811,6 +815,7 @@ func (s *Store) Close() error {
 	err := ErrClosed
 	s.closeOnce.Do(func() {
 		close(s.closing)
+		s.stopCommits()
 		s.done.Wait()
 		s.stop()
 		s.pool.Close()
