@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -63,6 +64,9 @@ type ClusterResult struct {
 	// CPU3vs1 is the CPU per delivered event of 3 nodes over that of 1,
 	// at the same steady rate (SteadyRate), the mean of two runs each.
 	CPU3vs1 float64 `json:"cpu_per_event_3_vs_1"`
+	// CPU3vs1Shared is the same with each node given its share of the
+	// machine's cores (SharedProcs), as a container's CPU limit gives it.
+	CPU3vs1Shared float64 `json:"cpu_per_event_3_vs_1_cores_shared"`
 	// SteadyRate is the events/s of the steady runs: one every cluster
 	// size sustains on the machine, so that each delivers the same load.
 	SteadyRate float64 `json:"steady_events_per_sec"`
@@ -94,9 +98,26 @@ type ClusterScaleRun struct {
 	// alike. SteadyCPUMeanUs is their mean.
 	SteadyCPUUs     []float64 `json:"steady_cpu_per_delivered_event_us"`
 	SteadyCPUMeanUs float64   `json:"steady_cpu_per_delivered_event_mean_us"`
+	// SharedProcs is GOMAXPROCS of each node in the shared runs: the
+	// machine's cores over the nodes, at least 1 (sharedProcs).
+	// SharedCPUUs are those runs' figures, run right after each steady
+	// run; when a node's share is the whole machine they are the steady
+	// runs'. SharedCPUMeanUs is their mean.
+	SharedProcs     int       `json:"shared_gomaxprocs"`
+	SharedCPUUs     []float64 `json:"shared_cpu_per_delivered_event_us"`
+	SharedCPUMeanUs float64   `json:"shared_cpu_per_delivered_event_mean_us"`
 	Lost            int64     `json:"lost"`
 	Duplicates      uint64    `json:"duplicates"`
 }
+
+// sharedProcs is the GOMAXPROCS of each of n nodes on one machine given
+// its share of the cores, as a container limited to cores/n CPUs gets from
+// the Go runtime (which sizes GOMAXPROCS by the cgroup's CPU limit).
+// Without it, each of the three nodes on the 2-core machine runs two Ps,
+// and a lightly loaded Go process wakes and spins idle threads at each
+// goroutine it readies: at 1,000 events/s that cost 20 to 30% of the
+// cluster's CPU per event in runs on the 2-core machine (BENCHMARKS.md).
+func sharedProcs(n int) int { return max(1, runtime.NumCPU()/n) }
 
 // clusterSteadyRate is the steady runs' events/s: well under what one
 // node on PostgreSQL takes on the 2-core machine the figures come from.
@@ -144,7 +165,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		return nil, err
 	}
 	for n := 1; n <= 3; n++ {
-		c, err := e.startCluster(fmt.Sprintf("scale%d", n), sinkAddr, n)
+		c, err := e.startCluster(fmt.Sprintf("scale%d", n), sinkAddr, n, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -163,28 +184,42 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		c.stop()
 	}
 	res.SteadyRate = clusterSteadyRate
+	// Each steady run on default GOMAXPROCS is followed by its shared
+	// run, so that a drift of the machine weighs on both alike.
+	steady := func(name string, n, procs int) (float64, error) {
+		c, err := e.startCluster(name, sinkAddr, n, procs)
+		if err != nil {
+			return 0, err
+		}
+		defer c.stop()
+		return c.steady(ctx, sinkAddr, clusterSteadyRate)
+	}
 	for _, n := range []int{1, 2, 3, 3, 2, 1} {
 		run := &res.Scale[n-1]
-		c, err := e.startCluster(fmt.Sprintf("steady%d-%d", n, len(run.SteadyCPUUs)+1), sinkAddr, n)
-		if err != nil {
-			return nil, err
-		}
-		cpu, err := c.steady(ctx, sinkAddr, clusterSteadyRate)
-		c.stop()
+		i := len(run.SteadyCPUUs) + 1
+		cpu, err := steady(fmt.Sprintf("steady%d-%d", n, i), n, 0)
 		if err != nil {
 			return nil, err
 		}
 		run.SteadyCPUUs = append(run.SteadyCPUUs, cpu)
-		run.SteadyCPUMeanUs = (run.SteadyCPUMeanUs*float64(len(run.SteadyCPUUs)-1) + cpu) / float64(len(run.SteadyCPUUs))
+		run.SharedProcs = sharedProcs(n)
+		if run.SharedProcs < runtime.NumCPU() {
+			if cpu, err = steady(fmt.Sprintf("shared%d-%d", n, i), n, run.SharedProcs); err != nil {
+				return nil, err
+			}
+		}
+		run.SharedCPUUs = append(run.SharedCPUUs, cpu)
+		run.SteadyCPUMeanUs, run.SharedCPUMeanUs = mean(run.SteadyCPUUs), mean(run.SharedCPUUs)
 	}
 	res.CPU3vs1 = res.Scale[2].SteadyCPUMeanUs / res.Scale[0].SteadyCPUMeanUs
+	res.CPU3vs1Shared = res.Scale[2].SharedCPUMeanUs / res.Scale[0].SharedCPUMeanUs
 
 	record := filepath.Join(e.opts.Dir, "kills-received.jsonl")
 	killSinkAddr, killSink, err := e.startSink("sink-kills", "--record", record, "--rate-limit-key", "header:"+clusterKeyHeader)
 	if err != nil {
 		return nil, err
 	}
-	c, err := e.startCluster("kills", killSinkAddr, 3)
+	c, err := e.startCluster("kills", killSinkAddr, 3, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -214,6 +249,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 			[2]string{"delivered, whole run" + v, fmt.Sprintf("%.0f events/s", r.DeliveredEventsPerSec)},
 			[2]string{"CPU of all nodes per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
 			[2]string{fmt.Sprintf("CPU per delivered event at %.0f events/s", res.SteadyRate) + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyCPUMeanUs, us(r.SteadyCPUUs))},
+			[2]string{fmt.Sprintf("the same, GOMAXPROCS=%d per node (its share of %d cores)", r.SharedProcs, runtime.NumCPU()) + v, fmt.Sprintf("%.1f µs (%s)", r.SharedCPUMeanUs, us(r.SharedCPUUs))},
 			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
 	}
 	takeovers := make([]string, len(res.Kills.TakeoverSec))
@@ -222,6 +258,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	}
 	rows = append(rows,
 		[2]string{fmt.Sprintf("CPU per event at %.0f events/s, 3 nodes / 1 node", res.SteadyRate), fmt.Sprintf("%.2f", res.CPU3vs1)},
+		[2]string{"the same, each node on its share of the cores", fmt.Sprintf("%.2f", res.CPU3vs1Shared)},
 		[2]string{"rate limit across 3 nodes", fmt.Sprintf("%.0f req/s configured, %.0f offered, %.1f measured (%.2f x)",
 			res.RateLimit.Configured, res.RateLimit.Offered, res.RateLimit.Measured, res.RateLimit.Ratio)},
 		[2]string{"SIGKILLs of one node of 3 under load", fmt.Sprint(res.Kills.Kills)},
@@ -252,8 +289,9 @@ type fanoutCluster struct {
 }
 
 // startCluster starts n nodes on a fresh database of the scenario's
-// PostgreSQL and waits until they share the partitions.
-func (e *env) startCluster(name, sinkAddr string, n int) (*fanoutCluster, error) {
+// PostgreSQL, each with GOMAXPROCS=procs unless procs is 0, and waits
+// until they share the partitions.
+func (e *env) startCluster(name, sinkAddr string, n, procs int) (*fanoutCluster, error) {
 	dsn, err := e.dsn(name)
 	if err != nil {
 		return nil, err
@@ -265,7 +303,11 @@ func (e *env) startCluster(name, sinkAddr string, n int) (*fanoutCluster, error)
 	e.logf("%s: starting %d node(s) on one database", name, n)
 	for i := range n {
 		node := fmt.Sprintf("%s-node%d", name, i+1)
-		s, err := e.startServer(node, clusterConfig(sinkAddr, dsn, node), "")
+		var environ []string
+		if procs > 0 {
+			environ = []string{fmt.Sprintf("GOMAXPROCS=%d", procs)}
+		}
+		s, err := e.startServerEnv(node, clusterConfig(sinkAddr, dsn, node), "", environ)
 		if err != nil {
 			return nil, err
 		}
@@ -459,6 +501,14 @@ func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float6
 		return 0, err
 	}
 	return float64((c.cpu() - cpu0).Microseconds()) / float64(s.Unique-s0.Unique), nil
+}
+
+func mean(fs []float64) float64 {
+	var sum float64
+	for _, f := range fs {
+		sum += f
+	}
+	return sum / float64(len(fs))
 }
 
 // us writes figures in µs, one decimal, space separated.

@@ -87,6 +87,11 @@ func (e *env) logf(format string, args ...any) {
 
 // start runs the fanout binary with args, its output in a log file.
 func (e *env) start(name string, args ...string) (*proc, error) {
+	return e.startEnv(name, nil, args...)
+}
+
+// startEnv is start with environ added to the bench's own environment.
+func (e *env) startEnv(name string, environ []string, args ...string) (*proc, error) {
 	e.n++
 	logf, err := os.Create(filepath.Join(e.opts.Dir, fmt.Sprintf("%02d-%s.log", e.n, name)))
 	if err != nil {
@@ -95,6 +100,9 @@ func (e *env) start(name string, args ...string) (*proc, error) {
 	cmd := exec.Command(e.opts.Exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = e.opts.Dir
+	if environ != nil {
+		cmd.Env = append(os.Environ(), environ...)
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -180,6 +188,12 @@ type server struct {
 // the sources and destinations), and starts `fanout serve` with it. The
 // sinks are on loopback, which webhooks refuse unless allowed.
 func (e *env) startServer(name, pipeline, dataDir string, flags ...string) (*server, error) {
+	return e.startServerEnv(name, pipeline, dataDir, nil, flags...)
+}
+
+// startServerEnv is startServer with environ added to the process's
+// environment.
+func (e *env) startServerEnv(name, pipeline, dataDir string, environ []string, flags ...string) (*server, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -200,7 +214,7 @@ func (e *env) startServer(name, pipeline, dataDir string, flags ...string) (*ser
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := e.start(name, append([]string{"serve", "--config", path, "--log-level", "warn"}, flags...)...)
+	p, err := e.startEnv(name, environ, append([]string{"serve", "--config", path, "--log-level", "warn"}, flags...)...)
 	if err != nil {
 		return nil, err
 	}
