@@ -32,6 +32,8 @@ import (
 //	fanout_queue_backlog_queues{destination}             gauge: queues with more pending jobs on disk than loaded
 //	fanout_queue_paused_queues{destination}              gauge: queues paused by a 429
 //	fanout_inflight_requests{destination}                gauge: requests in flight
+//	fanout_unwritten_outcomes{destination}               gauge: outcomes of ended requests not yet written
+//	                                                     (see delivery.DestinationState.Unwritten)
 //	fanout_concurrency_limit{destination}                gauge: the destination's concurrency setting
 //	fanout_circuit_open{destination}                     gauge: 1 while the circuit is open
 //	fanout_queue_oldest_job_age_seconds{destination}     gauge: age of the oldest job of the destination's queues
@@ -179,18 +181,19 @@ type stateCollector struct {
 }
 
 var (
-	descDepth    = prometheus.NewDesc("fanout_queue_depth", "Jobs made for the destination and not ended yet (delivered, failed, unsupported or archived), the backlog waiting on disk included. Approximate after a crash.", []string{"destination"}, nil)
-	descBacklog  = prometheus.NewDesc("fanout_queue_backlog_queues", "Queues with more pending jobs on disk than are loaded.", []string{"destination"}, nil)
-	descPaused   = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused: by a wait the destination asked for, a 429, a spent quota, or too many users held.", []string{"destination"}, nil)
-	descQuota    = prometheus.NewDesc("fanout_queue_quota_paused_until_timestamp_seconds", "While queues of the destination are paused because a quota is spent (a daily limit): when the last of them resumes, the quota's reset, as a Unix time. Absent otherwise.", []string{"destination"}, nil)
-	descInflight = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
-	descLimit    = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
-	descCircuit  = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
-	descOldest   = prometheus.NewDesc("fanout_queue_oldest_job_age_seconds", "Age of the oldest job the destination's queues hold: each queue's head of pending jobs, and its retries (for those on disk, the oldest rescheduled since the queue's retry set was last empty).", []string{"destination"}, nil)
+	descDepth     = prometheus.NewDesc("fanout_queue_depth", "Jobs made for the destination and not ended yet (delivered, failed, unsupported or archived), the backlog waiting on disk included. Approximate after a crash.", []string{"destination"}, nil)
+	descBacklog   = prometheus.NewDesc("fanout_queue_backlog_queues", "Queues with more pending jobs on disk than are loaded.", []string{"destination"}, nil)
+	descPaused    = prometheus.NewDesc("fanout_queue_paused_queues", "Queues paused: by a wait the destination asked for, a 429, a spent quota, or too many users held.", []string{"destination"}, nil)
+	descQuota     = prometheus.NewDesc("fanout_queue_quota_paused_until_timestamp_seconds", "While queues of the destination are paused because a quota is spent (a daily limit): when the last of them resumes, the quota's reset, as a Unix time. Absent otherwise.", []string{"destination"}, nil)
+	descInflight  = prometheus.NewDesc("fanout_inflight_requests", "Requests in flight to the destination.", []string{"destination"}, nil)
+	descUnwritten = prometheus.NewDesc("fanout_unwritten_outcomes", "Outcomes of ended requests to the destination gathered and not yet written to the store: after a crash their jobs are sent again, as those of the requests in flight.", []string{"destination"}, nil)
+	descLimit     = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
+	descCircuit   = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
+	descOldest    = prometheus.NewDesc("fanout_queue_oldest_job_age_seconds", "Age of the oldest job the destination's queues hold: each queue's head of pending jobs, and its retries (for those on disk, the oldest rescheduled since the queue's retry set was last empty).", []string{"destination"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descQuota, descInflight, descLimit, descCircuit, descOldest} {
+	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descQuota, descInflight, descUnwritten, descLimit, descCircuit, descOldest} {
 		ch <- d
 	}
 }
@@ -240,6 +243,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBacklog, prometheus.GaugeValue, backlog, d.Name)
 		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, paused, d.Name)
 		ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(d.InFlight), d.Name)
+		ch <- prometheus.MustNewConstMetric(descUnwritten, prometheus.GaugeValue, float64(d.Unwritten), d.Name)
 		ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(d.Concurrency), d.Name)
 		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, open, d.Name)
 		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, oldest, d.Name)

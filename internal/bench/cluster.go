@@ -154,8 +154,14 @@ type ClusterKills struct {
 	KillDuplicates     uint64 `json:"kill_duplicates"`
 	HandoverDuplicates uint64 `json:"handover_duplicates"`
 	// InFlightAtKills is the sum, over the kills, of the killed node's
-	// fanout_inflight_requests read just before each kill.
-	InFlightAtKills int `json:"in_flight_at_kills"`
+	// fanout_inflight_requests read just before each kill, and
+	// UnwrittenAtKills of its fanout_unwritten_outcomes: the requests
+	// that ended but whose outcome was not written yet, which a kill
+	// has sent again just as those in flight. Both are read a few
+	// milliseconds before the kill, once: a burst of jobs dispatched
+	// in between is not counted.
+	InFlightAtKills  int `json:"in_flight_at_kills"`
+	UnwrittenAtKills int `json:"unwritten_at_kills"`
 }
 
 func runCluster(ctx context.Context, e *env) (any, error) {
@@ -265,7 +271,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		[2]string{"takeover, kill to first delivery (s)", fmt.Sprintf("max %.1f; %s", res.Kills.TakeoverMaxSec, strings.Join(takeovers, " "))},
 		[2]string{"acknowledged / delivered (unique)", fmt.Sprintf("%d / %d", res.Kills.Acked, res.Kills.Delivered)},
 		[2]string{"lost", fmt.Sprint(res.Kills.Lost)},
-		[2]string{"duplicates after the kills / requests in flight at the kills", fmt.Sprintf("%d / %d", res.Kills.KillDuplicates, res.Kills.InFlightAtKills)},
+		[2]string{"duplicates after the kills / requests in flight + outcomes unwritten at the kills", fmt.Sprintf("%d / %d + %d", res.Kills.KillDuplicates, res.Kills.InFlightAtKills, res.Kills.UnwrittenAtKills)},
 		[2]string{"duplicates after the restarted node took its share back", fmt.Sprint(res.Kills.HandoverDuplicates)})
 	e.table(rows)
 	return res, nil
@@ -571,14 +577,17 @@ func (c *fanoutCluster) kills(ctx context.Context, sinkAddr string, kills int) (
 			return res, fmt.Errorf("kill %d: no live node delivers any destination: %+v", k+1, v)
 		}
 		victim := c.nodes[vi]
+		before, err := sinkStats(sinkAddr)
+		if err != nil {
+			return res, err
+		}
 		if m, err := scrape(victim.admin + "/metrics"); err == nil {
 			for _, n := range m["fanout_inflight_requests"] {
 				res.InFlightAtKills += int(n)
 			}
-		}
-		before, err := sinkStats(sinkAddr)
-		if err != nil {
-			return res, err
+			for _, n := range m["fanout_unwritten_outcomes"] {
+				res.UnwrittenAtKills += int(n)
+			}
 		}
 		c.setLive(vi)
 		victim.kill()

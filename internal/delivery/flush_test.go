@@ -64,6 +64,11 @@ func TestOutcomeIsWrittenWhileOthersAreInFlight(t *testing.T) {
 	if got := pendingIDs(t, b.store, q); len(got) != 2 {
 		t.Fatalf("pending %v right after the first outcome, want both until it is written", got)
 	}
+	// The snapshot (and fanout_unwritten_outcomes) shows the outcome
+	// waiting, apart from the request still in flight.
+	if d, _ := b.state(t, "hook", "web"); d.InFlight != 1 || d.Unwritten != 1 {
+		t.Fatalf("snapshot with one request in flight and one outcome unwritten: InFlight %d, Unwritten %d", d.InFlight, d.Unwritten)
+	}
 	b.clk.Advance(time.Second) // beyond any age limit
 	eventually(t, "the first outcome written", func() bool {
 		got := pendingIDs(t, b.store, q)

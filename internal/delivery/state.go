@@ -44,8 +44,13 @@ type QueueState struct {
 
 // DestinationState is a snapshot of one destination's scheduler.
 type DestinationState struct {
-	Name        string
-	InFlight    int
+	Name     string
+	InFlight int
+	// Unwritten counts the outcomes of ended requests gathered and not
+	// yet written to the store (they are written together, see
+	// dest.flushDue): a crash now has their jobs sent again, as those of
+	// the requests in flight.
+	Unwritten   int
 	Concurrency int
 	CircuitOpen bool
 	// ProbeAt is when an open circuit sends its next probe. It and the
@@ -89,6 +94,7 @@ func (d *dest) snapshot() DestinationState {
 	}
 	s := DestinationState{
 		Name: d.Name, InFlight: d.inflight, Concurrency: d.Concurrency,
+		Unwritten:   len(d.update.Drops) + len(d.update.Reschedule) + len(d.update.Finish),
 		CircuitOpen: d.circuit.open, ProbeAt: toWall(d.circuit.probeAt),
 	}
 	for _, q := range d.queues {
