@@ -51,16 +51,44 @@ func (s *Store) Cleanup(ctx context.Context) (dropped int, err error) {
 }
 
 // dropDrainedJobParts drops the jobs partitions (and their finished twins)
-// that hold no pending job. Only partitions wholly below the committed Seq
-// counter are considered: a group in flight has its Seqs above it. First,
-// the partition the counter is in is retired when it is drained
-// (retireTopPart), so that it can go too.
+// that hold no pending job, and compacts those that hold few. Only
+// partitions wholly below the committed Seq counter are considered: a
+// group in flight has its Seqs above it. First, the partition the counter
+// is in is retired when it is drained (retireTopPart), so that it can go
+// too.
 //
 // A partition is drained when no queue has a job in it at or above its
 // watermark without a finished row. The check probes the partition's
 // primary key once per queue, from the queue's watermark, so a drained
 // queue costs one index probe, not a scan of its jobs.
-func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
+//
+// The nodes of a cluster share the partitions, and each runs Cleanup on
+// its own ticker. Two of them listing the same drained partition would
+// both check it and drop it, and the later one would fail on a table the
+// other had just dropped ("jobs_p1 does not exist"), at any step: the
+// check, the DROP, or a compaction of a partition that drained meanwhile.
+// So the whole step runs under an advisory lock held by a transaction of
+// its own (lockCleanup), and a node that finds it taken skips the step:
+// the node holding it is doing the same work, from a listing made under
+// the lock. The transaction only holds the lock (each DROP and compaction
+// commits in a transaction of its own, to hold its table locks briefly),
+// and its end releases the lock however the step ends, a lost connection
+// included.
+func (s *Store) dropDrainedJobParts(ctx context.Context) (dropped int, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var mine bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockCleanup)).Scan(&mine); err != nil || !mine {
+			return err
+		}
+		var err error
+		dropped, err = s.dropDrainedJobPartsLocked(ctx)
+		return err
+	})
+	return dropped, err
+}
+
+// dropDrainedJobPartsLocked is dropDrainedJobParts under lockCleanup.
+func (s *Store) dropDrainedJobPartsLocked(ctx context.Context) (int, error) {
 	if err := s.retireTopPart(ctx); err != nil {
 		return 0, err
 	}
@@ -130,7 +158,7 @@ func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 // the old partition and its finished twin are dropped. It returns the
 // number of tables dropped: 2, or 0 when the partition holds too many
 // pending jobs (over 1/64 of its span, or over 1/8 of its rows) to be worth
-// it, or when another node is compacting.
+// it. It runs under lockCleanup (dropDrainedJobParts), one node at a time.
 //
 // Step by step, in one transaction:
 //
@@ -158,10 +186,6 @@ func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
 		ORDER BY j.seq LIMIT %d) j`
 	compacted := false
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var mine bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockCompact)).Scan(&mine); err != nil || !mine {
-			return err
-		}
 		var n int64
 		var rows float64
 		if err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT count(*) FROM (`+live+` LIMIT %d) x),
