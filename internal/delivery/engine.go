@@ -464,8 +464,13 @@ func (d *dest) run(ctx context.Context) {
 		d.takeNotified()
 		d.wakeDue(now)
 		wait := d.dispatch(w, now)
+		// Not ctx: it ends at shutdown, and a write of outcomes made then
+		// (ctx done just before this turn, or during the write) would fail
+		// with "context canceled", log an error and leave the outcomes to
+		// shutdown's flush. Outcomes are written on the way out anyway, so
+		// a write under way finishes (bounded by storeTimeout).
 		if d.flushDue(now) {
-			d.flush(ctx)
+			d.flush(context.Background())
 		}
 		d.handedOver()
 		if next := d.nextWake(now, wait); !next.IsZero() {

@@ -242,14 +242,6 @@ func (s *Store) buildGroup(calls []*appendCall) *group {
 	g := &group{gen: s.gen, batch: s.db.NewBatch(), announced: make(chan struct{})}
 	b := g.batch
 
-	// Buckets wholly older than the window go in one range deletion, the
-	// first time a group sees that they have expired.
-	if oldest > s.dedupeDropped {
-		_ = b.DeleteRange(dedupeBucketStart(0), dedupeBucketStart(oldest), nil)
-		s.dedupeDropped = oldest
-		s.filter.dropBelow(oldest)
-	}
-
 	var nowVal [8]byte
 	binary.BigEndian.PutUint64(nowVal[:], timeKey(now))
 	var stored [][]byte // filterKeys of the dedupe records written
@@ -289,6 +281,16 @@ func (s *Store) buildGroup(calls []*appendCall) *group {
 	if len(g.calls) == 0 {
 		b.Close()
 		return nil
+	}
+	// Buckets wholly older than the window go in one range deletion, with
+	// the first group after they expire that stores something: a group
+	// whose every request failed is thrown away, and a deletion noted as
+	// done with it would leave the expired records until the next bucket
+	// expires.
+	if oldest > s.dedupeDropped {
+		_ = b.DeleteRange(dedupeBucketStart(0), dedupeBucketStart(oldest), nil)
+		s.dedupeDropped = oldest
+		s.filter.dropBelow(oldest)
 	}
 	// The high-water mark rides in the same batch as the jobs it covers,
 	// so after a crash no Seq that a stored job has is handed out again.

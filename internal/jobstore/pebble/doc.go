@@ -62,9 +62,9 @@
 //     its (source, messageId) has a record in one of the buckets that can
 //     overlap the window (two for the default 24h) whose stored time is
 //     within the window; the time is compared exactly, the bucket only
-//     narrows the lookup. When a group of appends first sees that a bucket
-//     has wholly left the window, one DeleteRange removes it and every older
-//     one. An in-memory Bloom filter per bucket (filter.go), loaded from the
+//     narrows the lookup. Once a bucket has wholly left the window, the
+//     next group of appends that stores something carries one DeleteRange
+//     that removes it and every older one. An in-memory Bloom filter per bucket (filter.go), loaded from the
 //     records when the store opens, answers nearly every lookup of a new
 //     messageId without Pebble; a "maybe" goes to Pebble, whose bloom
 //     filters on every level keep that lookup cheap too.

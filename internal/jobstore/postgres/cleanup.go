@@ -51,15 +51,31 @@ func (s *Store) Cleanup(ctx context.Context) (dropped int, err error) {
 }
 
 // dropDrainedJobParts drops the jobs partitions (and their finished twins)
-// that hold no pending job. Only partitions wholly below the committed Seq
-// counter are considered: a group in flight has its Seqs above it. First,
-// the partition the counter is in is retired when it is drained
-// (retireTopPart), so that it can go too.
+// that hold no pending job, and compacts those that hold few. Only
+// partitions wholly below the committed Seq counter are considered: a
+// group in flight has its Seqs above it. First, the partition the counter
+// is in is retired when it is drained (retireTopPart), so that it can go
+// too.
 //
 // A partition is drained when no queue has a job in it at or above its
 // watermark without a finished row. The check probes the partition's
 // primary key once per queue, from the queue's watermark, so a drained
 // queue costs one index probe, not a scan of its jobs.
+//
+// The nodes of a cluster share the partitions, and each runs Cleanup on
+// its own ticker, from a listing that another node may make stale at any
+// moment: two nodes listing the same drained partition both checked it
+// and dropped it, and the later one failed on the table the other had
+// just dropped ("jobs_p1 does not exist"), in the check, the DROP or a
+// compaction. So each step on a partition (the retirement, a check and
+// its DROP, a compaction) is a transaction that first takes lockCleanup
+// and then finds the partition still listed in job_parts (inCleanup):
+// database-wide one step at a time, each on what is there now. Every
+// drained partition is dropped once, by whichever node comes first; the
+// others find it gone and go on. The steps stay short transactions of
+// their own, as the table locks of a DROP are held until its transaction
+// ends, and the advisory lock is taken before any table lock, so waiting
+// for it never holds up a reader.
 func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 	if err := s.retireTopPart(ctx); err != nil {
 		return 0, err
@@ -79,30 +95,50 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 	}
 	dropped := 0
 	for _, p := range parts {
-		live, err := s.partLive(ctx, p.lo)
-		if err != nil {
+		var live bool
+		there, err := s.inCleanup(ctx, p.lo, func(tx pgx.Tx) (err error) {
+			if live, err = partLive(ctx, tx, p.lo); err != nil || live {
+				return err
+			}
+			_, err = tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%s'; DROP TABLE %s, %s; DELETE FROM job_parts WHERE lo = %d",
+				dropLockTimeout, jobPartName(p.lo), finishedPartName(p.lo), p.lo))
+			return err
+		})
+		switch {
+		case err != nil:
 			return dropped, err
-		}
-		if live {
+		case !there:
+		case live:
 			n, err := s.compactJobPart(ctx, p.lo, p.hi)
 			if err != nil {
 				return dropped, err
 			}
 			dropped += n
-			continue
+		default:
+			dropped += 2
+			s.log.Debug("dropped drained jobs partition", "from", p.lo, "to", p.hi)
 		}
-		err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%s'; DROP TABLE %s, %s; DELETE FROM job_parts WHERE lo = %d",
-				dropLockTimeout, jobPartName(p.lo), finishedPartName(p.lo), p.lo))
-			return err
-		})
-		if err != nil {
-			return dropped, err
-		}
-		dropped += 2
-		s.log.Debug("dropped drained jobs partition", "from", p.lo, "to", p.hi)
 	}
 	return dropped, nil
+}
+
+// inCleanup runs step in a transaction that holds lockCleanup, if the jobs
+// partition from lo is still there once the lock is held (another node
+// may have dropped it since it was listed). It reports whether it was.
+func (s *Store) inCleanup(ctx context.Context, lo int64, step func(tx pgx.Tx) error) (there bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(lockCleanup)); err != nil {
+			return err
+		}
+		// A statement of its own: a statement's snapshot is taken when it
+		// starts, before a wait for the lock, and would still show a
+		// partition dropped meanwhile.
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM job_parts WHERE lo = $1)", lo).Scan(&there); err != nil || !there {
+			return err
+		}
+		return step(tx)
+	})
+	return there, err
 }
 
 // partLive reports whether the jobs partition from lo holds a pending job.
@@ -110,9 +146,9 @@ func (s *Store) dropDrainedJobParts(ctx context.Context) (int, error) {
 // a sequential scan of the partition, expecting to meet a pending job
 // early, and read all 300,000 drained jobs of a backlog (0.4 to 0.75 s)
 // at every cleanup.
-func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
+func partLive(ctx context.Context, tx pgx.Tx, lo int64) (bool, error) {
 	var live bool
-	err := s.pool.QueryRow(ctx, fmt.Sprintf(`SELECT EXISTS (
+	err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT EXISTS (
 		SELECT 1 FROM queues q, LATERAL (
 			SELECT 1 FROM %s j
 			WHERE j.queue_id = q.id AND j.seq >= q.drop_below
@@ -130,7 +166,9 @@ func (s *Store) partLive(ctx context.Context, lo int64) (bool, error) {
 // the old partition and its finished twin are dropped. It returns the
 // number of tables dropped: 2, or 0 when the partition holds too many
 // pending jobs (over 1/64 of its span, or over 1/8 of its rows) to be worth
-// it, or when another node is compacting.
+// it, or when another node dropped it meanwhile. It holds lockCleanup
+// (inCleanup), so the nodes compact one at a time, and a node that waited
+// for another's compaction of the same partition finds it compacted.
 //
 // Step by step, in one transaction:
 //
@@ -157,11 +195,7 @@ func (s *Store) compactJobPart(ctx context.Context, lo, hi int64) (int, error) {
 		  AND NOT EXISTS (SELECT 1 FROM ` + fin + ` f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
 		ORDER BY j.seq LIMIT %d) j`
 	compacted := false
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var mine bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1)", int64(lockCompact)).Scan(&mine); err != nil || !mine {
-			return err
-		}
+	_, err := s.inCleanup(ctx, lo, func(tx pgx.Tx) error {
 		var n int64
 		var rows float64
 		if err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT count(*) FROM (`+live+` LIMIT %d) x),
@@ -239,31 +273,34 @@ const retireBytes = 1 << 20
 func (s *Store) retireTopPart(ctx context.Context) error {
 	var lo, hi, last int64
 	err := s.pool.QueryRow(ctx, `SELECT p.lo, p.hi, m.last_seq FROM job_parts p, meta m
-		WHERE m.last_seq >= p.lo AND m.last_seq < p.hi`).Scan(&lo, &hi, &last)
+		WHERE m.last_seq >= p.lo AND m.last_seq < p.hi - 1`).Scan(&lo, &hi, &last)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if last-lo+1 < max(s.opts.PartitionJobs/64, 1) {
-		var size int64
-		if err := s.pool.QueryRow(ctx, "SELECT pg_total_relation_size($1::regclass)", jobPartName(lo)).Scan(&size); err != nil {
+	_, err = s.inCleanup(ctx, lo, func(tx pgx.Tx) error {
+		if last-lo+1 < max(s.opts.PartitionJobs/64, 1) {
+			var size int64
+			if err := tx.QueryRow(ctx, "SELECT pg_total_relation_size($1::regclass)", jobPartName(lo)).Scan(&size); err != nil {
+				return err
+			}
+			if size < retireBytes {
+				return nil
+			}
+		}
+		live, err := partLive(ctx, tx, lo)
+		if err != nil || live {
 			return err
 		}
-		if size < retireBytes {
-			return nil
+		tag, err := tx.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2 - 1
+			AND last_seq = (SELECT a.last_seq FROM seq_alloc a FOR UPDATE)`, lo, hi)
+		if err == nil && tag.RowsAffected() > 0 {
+			s.log.Debug("retired drained jobs partition", "from", lo, "to", hi, "last_seq", last)
 		}
-	}
-	live, err := s.partLive(ctx, lo)
-	if err != nil || live {
 		return err
-	}
-	_, err = s.pool.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2
-		AND last_seq = (SELECT a.last_seq FROM seq_alloc a FOR UPDATE)`, lo, hi)
-	if err == nil {
-		s.log.Debug("retired drained jobs partition", "from", lo, "to", hi, "last_seq", last)
-	}
+	})
 	return err
 }
 

@@ -136,6 +136,10 @@
 //     counter to its end (a gap in the Seqs: seq_alloc follows), and it
 //     goes with the others. TestBacklogSpaceReturned
 //     shows 200,000 jobs' 83 MB coming back to within a few kB.
+//     Nodes sharing the database check, drop, retire and compact
+//     partitions one step at a time, under an advisory lock, each step
+//     first finding its partition still there: a drained partition is
+//     dropped once, by the node that comes first.
 //  8. A partition that is not drained but holds few pending jobs (at most
 //     1/64 of its span and 1/8 of its rows: a queue whose destination is
 //     down, among healthy ones) is rewritten by Cleanup

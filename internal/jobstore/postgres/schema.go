@@ -77,14 +77,16 @@ CREATE TABLE seq_alloc (
 `,
 }
 
-// lockPartitions, lockCompact and lockJobParts are the advisory lock keys
+// lockPartitions, lockCleanup and lockJobParts are the advisory lock keys
 // of the store: one for creating and dropping dedupe partitions, one for
-// rewriting a jobs partition (one node at a time), one for creating jobs
-// partitions. (Migrations take pgmigrate.Lock; the group commits take
+// each step of Cleanup on a jobs partition (one step at a time,
+// database-wide; the key once guarded only the rewriting, so a node of an
+// older version still compacts one at a time with the others), one for
+// creating jobs partitions. (Migrations take pgmigrate.Lock; the group commits take
 // two-key locks, see sequencer.)
 const (
 	lockPartitions = 0x66616e6f75740002
-	lockCompact    = 0x66616e6f75740003
+	lockCleanup    = 0x66616e6f75740003
 	lockJobParts   = 0x66616e6f75740004
 )
 
