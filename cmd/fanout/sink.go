@@ -32,6 +32,7 @@ flags:`)
 	quiet := fs.Bool("quiet", false, "do not print each event")
 	record := fs.String("record", "", "append each accepted event to `FILE` as one JSON line")
 	var o sink.Options
+	fs.BoolVar(&o.RecordTimes, "record-times", false, `write each --record line as {"at": UNIX_NS, "event": EVENT}, the time the sink answered`)
 	fs.Float64Var(&o.FailRate, "fail-rate", 0, "share of requests answered 500")
 	fs.Float64Var(&o.TooManyRate, "429-rate", 0, "share of requests answered 429 with Retry-After")
 	fs.DurationVar(&o.RetryAfter, "retry-after", time.Second, "Retry-After of injected 429s (whole seconds, rounded up)")

@@ -162,6 +162,16 @@ type ClusterKills struct {
 	// in between is not counted.
 	InFlightAtKills  int `json:"in_flight_at_kills"`
 	UnwrittenAtKills int `json:"unwritten_at_kills"`
+	// DupFirstBeforeKillMaxMs is, over the duplicates the sink received
+	// within a kill's window (from the kill to a second after its
+	// takeover), the longest time from their first receipt to the kill:
+	// how long before the kill the requests sent again had been
+	// answered. DupsOlderThan1s counts those first received more than a
+	// second before their kill, which no request in flight or outcome
+	// unwritten at the kill explains (outcomes are written within
+	// 20 ms of their answer, see delivery's flushAge).
+	DupFirstBeforeKillMaxMs float64 `json:"dup_first_before_kill_max_ms"`
+	DupsOlderThan1s         int     `json:"dups_first_received_over_1s_before_kill"`
 }
 
 func runCluster(ctx context.Context, e *env) (any, error) {
@@ -221,7 +231,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	res.CPU3vs1Shared = res.Scale[2].SharedCPUMeanUs / res.Scale[0].SharedCPUMeanUs
 
 	record := filepath.Join(e.opts.Dir, "kills-received.jsonl")
-	killSinkAddr, killSink, err := e.startSink("sink-kills", "--record", record, "--rate-limit-key", "header:"+clusterKeyHeader)
+	killSinkAddr, killSink, err := e.startSink("sink-kills", "--record", record, "--record-times", "--rate-limit-key", "header:"+clusterKeyHeader)
 	if err != nil {
 		return nil, err
 	}
@@ -234,15 +244,16 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	}
 	c.stop()
 	killSink.stop() // flushes its record file
-	got, err := recordedIDs(record)
+	got, err := recordedTimes(record)
 	if err != nil {
 		return nil, err
 	}
 	for _, id := range c.ackedIDs {
-		if !got[id] {
+		if len(got[id]) == 0 {
 			res.Kills.Lost++
 		}
 	}
+	res.Kills.dupAges(got, c.killTimes)
 	if res.Kills.Lost > 0 {
 		fmt.Fprintf(os.Stderr, "LOST %d acknowledged events across the kills\n", res.Kills.Lost)
 	}
@@ -272,6 +283,7 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		[2]string{"acknowledged / delivered (unique)", fmt.Sprintf("%d / %d", res.Kills.Acked, res.Kills.Delivered)},
 		[2]string{"lost", fmt.Sprint(res.Kills.Lost)},
 		[2]string{"duplicates after the kills / requests in flight + outcomes unwritten at the kills", fmt.Sprintf("%d / %d + %d", res.Kills.KillDuplicates, res.Kills.InFlightAtKills, res.Kills.UnwrittenAtKills)},
+		[2]string{"duplicates after the kills: longest from first receipt to the kill; first received over 1 s before", fmt.Sprintf("%.0f ms; %d", res.Kills.DupFirstBeforeKillMaxMs, res.Kills.DupsOlderThan1s)},
 		[2]string{"duplicates after the restarted node took its share back", fmt.Sprint(res.Kills.HandoverDuplicates)})
 	e.table(rows)
 	return res, nil
@@ -292,6 +304,31 @@ type fanoutCluster struct {
 	writeKeys []string
 	client    *http.Client
 	ackedIDs  []string
+	// killTimes are the kills' times and ends of their windows (a
+	// second after the takeover), for dupAges.
+	killTimes [][2]time.Time
+}
+
+// dupAges fills DupFirstBeforeKillMaxMs and DupsOlderThan1s from the
+// sink's receipts of each messageId.
+func (k *ClusterKills) dupAges(got map[string][]time.Time, kills [][2]time.Time) {
+	for _, ts := range got {
+		if len(ts) < 2 {
+			continue
+		}
+		for _, t := range ts[1:] {
+			for _, w := range kills {
+				if t.Before(w[0]) || t.After(w[1]) {
+					continue
+				}
+				age := w[0].Sub(ts[0])
+				k.DupFirstBeforeKillMaxMs = max(k.DupFirstBeforeKillMaxMs, float64(age.Microseconds())/1000)
+				if age > time.Second {
+					k.DupsOlderThan1s++
+				}
+			}
+		}
+	}
 }
 
 // startCluster starts n nodes on a fresh database of the scenario's
@@ -618,6 +655,7 @@ func (c *fanoutCluster) kills(ctx context.Context, sinkAddr string, kills int) (
 		}
 		dups := after.Duplicates - before.Duplicates
 		res.KillDuplicates += dups
+		c.killTimes = append(c.killTimes, [2]time.Time{killed, time.Now()})
 		c.e.logf("kill %d/%d: %s delivered %v; taken over in %.1f s; %d duplicates", k+1, kills, c.names[vi], dests, t, dups)
 
 		p, err := c.e.start(fmt.Sprintf("%s-restart-%d", c.names[vi], k+1), "serve", "--config", c.cfgs[vi], "--log-level", "warn")

@@ -341,23 +341,49 @@ func salvageArchive(path string) (ids, breaks []string, err error) {
 	return ids, breaks, nil
 }
 
-// recordedIDs returns the messageIds in a sink's --record file.
-func recordedIDs(record string) (map[string]bool, error) {
-	got := map[string]bool{}
+// recordedTimes returns, for each messageId in a sink's --record file
+// written with --record-times, the times the sink answered it, in order.
+func recordedTimes(record string) (map[string][]time.Time, error) {
+	got := map[string][]time.Time{}
+	err := scanRecord(record, func(line []byte) {
+		var r struct {
+			At    int64 `json:"at"`
+			Event struct {
+				MessageID string `json:"messageId"`
+			} `json:"event"`
+		}
+		if json.Unmarshal(line, &r) == nil {
+			got[r.Event.MessageID] = append(got[r.Event.MessageID], time.Unix(0, r.At))
+		}
+	})
+	return got, err
+}
+
+// scanRecord calls line with each line of a sink's --record file.
+func scanRecord(record string, line func([]byte)) error {
 	f, err := os.Open(record)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	for sc.Scan() {
+		line(sc.Bytes())
+	}
+	return sc.Err()
+}
+
+// recordedIDs returns the messageIds in a sink's --record file.
+func recordedIDs(record string) (map[string]bool, error) {
+	got := map[string]bool{}
+	err := scanRecord(record, func(line []byte) {
 		var ev struct {
 			MessageID string `json:"messageId"`
 		}
-		if json.Unmarshal(sc.Bytes(), &ev) == nil {
+		if json.Unmarshal(line, &ev) == nil {
 			got[ev.MessageID] = true
 		}
-	}
-	return got, sc.Err()
+	})
+	return got, err
 }

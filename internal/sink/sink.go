@@ -44,6 +44,10 @@ type Options struct {
 	// body, as one compact JSON line: what the sink accepted, so duplicates
 	// in it are real duplicates and not retries of refused attempts.
 	Record io.Writer
+	// RecordTimes writes each Record line as {"at": T, "event": E}: T is
+	// when the sink answered, in Unix nanoseconds (Now), and E the event,
+	// so that a run can tell when each event, and each duplicate, arrived.
+	RecordTimes bool
 
 	// FailRate is the share of requests answered 500.
 	FailRate float64
@@ -620,6 +624,11 @@ func (s *Sink) output(req *request, key string, out outcome, status int) {
 			label += "-error-body"
 		}
 	}
+	var at []byte
+	if s.opts.RecordTimes {
+		at = strconv.AppendInt([]byte(`{"at":`), s.now().UnixNano(), 10)
+		at = append(at, `,"event":`...)
+	}
 	for _, e := range req.events {
 		req.line.Reset()
 		if err := json.Compact(&req.line, e.raw); err != nil {
@@ -628,7 +637,13 @@ func (s *Sink) output(req *request, key string, out outcome, status int) {
 		}
 		compact := req.line.Bytes()
 		if s.rec != nil && accepted(out) {
-			s.rec.Write(compact)
+			if at != nil {
+				s.rec.Write(at)
+				s.rec.Write(compact)
+				s.rec.WriteByte('}')
+			} else {
+				s.rec.Write(compact)
+			}
 			s.rec.WriteByte('\n')
 		}
 		if s.opts.Print != nil {

@@ -391,6 +391,24 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestRecordTimes(t *testing.T) {
+	var recorded bytes.Buffer
+	s := setup(t, Options{Record: &recorded, RecordTimes: true})
+	post(s, `[{"messageId":"m1"}, {"messageId":"m2"}]`)
+	s.SetDown(true)
+	post(s, `{"messageId":"m3"}`)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	at := fixed.UnixNano()
+	want := fmt.Sprintf(`{"at":%d,"event":{"messageId":"m1"}}
+{"at":%d,"event":{"messageId":"m2"}}
+`, at, at)
+	if recorded.String() != want {
+		t.Errorf("recorded:\n%s\nwant:\n%s", recorded.String(), want)
+	}
+}
+
 func TestPrintAndRecord(t *testing.T) {
 	var printed, recorded bytes.Buffer
 	s := setup(t, Options{Print: &printed, Record: &recorded, FailRate: 0})

@@ -1,0 +1,32 @@
+package bench
+
+import (
+	"testing"
+	"time"
+)
+
+func TestDupAges(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	kills := [][2]time.Time{{at(0), at(6000)}, {at(20000), at(26000)}}
+	tests := []struct {
+		name    string
+		got     map[string][]time.Time
+		maxMs   float64
+		older1s int
+	}{
+		{"no duplicates", map[string][]time.Time{"a": {at(-10)}, "b": {at(5)}}, 0, 0},
+		{"in flight at the first kill", map[string][]time.Time{"a": {at(-30), at(5200)}}, 30, 0},
+		{"sent long before the second kill", map[string][]time.Time{"a": {at(18000), at(21000)}, "b": {at(19990), at(25000)}}, 2000, 1},
+		{"outside every window: a handover's", map[string][]time.Time{"a": {at(7000), at(9000)}}, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var k ClusterKills
+			k.dupAges(tt.got, kills)
+			if k.DupFirstBeforeKillMaxMs != tt.maxMs || k.DupsOlderThan1s != tt.older1s {
+				t.Errorf("got %v ms, %d over 1 s; want %v ms, %d", k.DupFirstBeforeKillMaxMs, k.DupsOlderThan1s, tt.maxMs, tt.older1s)
+			}
+		})
+	}
+}
