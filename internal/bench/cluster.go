@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/sink"
 )
@@ -242,6 +244,15 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	if res.Kills, err = c.kills(ctx, killSinkAddr, e.opts.Kills); err != nil {
 		return nil, err
 	}
+	// The sink's unique count may reach the acknowledged count before
+	// every acknowledged event is in: events stored whose answer the
+	// load never got (the node was killed first) are delivered too. So
+	// wait for the acknowledged ones themselves, in the record (flushed
+	// every second).
+	missing := c.awaitRecorded(record, 2*time.Minute)
+	if len(missing) > 0 {
+		c.e.logf("%d acknowledged events not delivered; in the store: %s", len(missing), c.whereAre(missing))
+	}
 	c.stop()
 	killSink.stop() // flushes its record file
 	got, err := recordedTimes(record)
@@ -304,9 +315,68 @@ type fanoutCluster struct {
 	writeKeys []string
 	client    *http.Client
 	ackedIDs  []string
+	dsn       string
 	// killTimes are the kills' times and ends of their windows (a
 	// second after the takeover), for dupAges.
 	killTimes [][2]time.Time
+}
+
+// awaitRecorded waits until every acknowledged event is in the sink's
+// record, or timeout passes, and returns those still missing.
+func (c *fanoutCluster) awaitRecorded(record string, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := recordedTimes(record)
+		var missing []string
+		for _, id := range c.ackedIDs {
+			if err != nil || len(got[id]) == 0 {
+				missing = append(missing, id)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// whereAre says where the job store holds the jobs of the events ids: the
+// queue, the Seq, the queue's drop_below and whether a finished row
+// exists, for the first few.
+func (c *fanoutCluster) whereAre(ids []string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.dsn)
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close(ctx)
+	bs := make([][]byte, len(ids))
+	for i, id := range ids {
+		bs[i] = []byte(id)
+	}
+	rows, err := conn.Query(ctx, `SELECT q.source || '/' || q.destination, j.seq, q.drop_below,
+			EXISTS (SELECT 1 FROM finished f WHERE f.queue_id = j.queue_id AND f.seq = j.seq)
+		FROM jobs j JOIN queues q ON q.id = j.queue_id
+		WHERE j.message_id = ANY($1) ORDER BY 1, 2 LIMIT 10`, bs)
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	var queue string
+	var seq, below int64
+	var finished bool
+	_, err = pgx.ForEachRow(rows, []any{&queue, &seq, &below, &finished}, func() error {
+		out = append(out, fmt.Sprintf("%s seq %d (drop_below %d, finished %v)", queue, seq, below, finished))
+		return nil
+	})
+	if err != nil {
+		return err.Error()
+	}
+	if len(out) == 0 {
+		return "none of them"
+	}
+	return strings.Join(out, "; ")
 }
 
 // dupAges fills DupFirstBeforeKillMaxMs and DupsOlderThan1s from the
@@ -339,7 +409,7 @@ func (e *env) startCluster(name, sinkAddr string, n, procs int) (*fanoutCluster,
 	if err != nil {
 		return nil, err
 	}
-	c := &fanoutCluster{e: e, name: name, client: newTracker("", "").client}
+	c := &fanoutCluster{e: e, name: name, client: newTracker("", "").client, dsn: dsn}
 	for i := range clusterDests {
 		c.writeKeys = append(c.writeKeys, fmt.Sprintf("wk_s%d", i))
 	}
