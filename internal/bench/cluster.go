@@ -373,9 +373,11 @@ func (c *fanoutCluster) whereAre(ids []string) string {
 	if err != nil {
 		return err.Error()
 	}
-	if len(out) == 0 {
-		return "none of them"
+	var dd int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM dedupe WHERE message_id = ANY($1)`, bs).Scan(&dd); err != nil {
+		return err.Error()
 	}
+	out = append(out, fmt.Sprintf("%d dedupe records", dd))
 	return strings.Join(out, "; ")
 }
 

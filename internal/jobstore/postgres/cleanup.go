@@ -294,8 +294,7 @@ func (s *Store) retireTopPart(ctx context.Context) error {
 		if err != nil || live {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2 - 1
-			AND last_seq = (SELECT a.last_seq FROM seq_alloc a FOR UPDATE)`, lo, hi)
+		tag, err := tx.Exec(ctx, retireCounter, lo, hi)
 		if err == nil && tag.RowsAffected() > 0 {
 			s.log.Debug("retired drained jobs partition", "from", lo, "to", hi, "last_seq", last)
 		}
@@ -303,6 +302,14 @@ func (s *Store) retireTopPart(ctx context.Context) error {
 	})
 	return err
 }
+
+// retireCounter moves the counter from inside the partition [$1, $2) to
+// its end, when no Seq handed out is still in flight: seq_alloc says no
+// more than meta. Its row lock, held until the move commits, makes a
+// group taking Seqs meanwhile wait and then start past the moved counter
+// (see takeSeqs).
+const retireCounter = `UPDATE meta SET last_seq = $2 - 1 WHERE last_seq >= $1 AND last_seq < $2 - 1
+	AND last_seq = (SELECT a.last_seq FROM seq_alloc a FOR UPDATE)`
 
 // dropExpiredDedupeParts drops the dedupe buckets that can no longer hold a
 // record from the window: every bucket before the previous one.

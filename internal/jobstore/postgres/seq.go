@@ -113,9 +113,20 @@ func (q *sequencer) close() {
 	q.hangUp()
 }
 
+// lockSeqs takes seq_alloc's row lock in a statement of its own, before
+// takeSeqs reads meta. A statement's snapshot is taken when it starts, so
+// takeSeqs, had it waited for the lock itself, would read meta as it was
+// before the wait: a partition retirement that held the lock meanwhile
+// (retireCounter) would have moved meta.last_seq past the partition, and
+// the group would take Seqs inside it, below a counter that says they
+// are committed, in a partition Cleanup may drop with them in it
+// (TestNoSeqsBelowARetiredCounter).
+const lockSeqs = `SELECT last_seq FROM seq_alloc FOR UPDATE`
+
 // takeSeqs advances the Seqs handed out by $1 and returns the last. It
 // creates the row on first use, and starts from meta.last_seq when that is
-// higher (Cleanup moves it past a retired partition).
+// higher (Cleanup moves it past a retired partition). It runs after
+// lockSeqs, in the same transaction.
 const takeSeqs = `INSERT INTO seq_alloc AS a (last_seq) SELECT m.last_seq + $1 FROM meta m
 	ON CONFLICT (id) DO UPDATE SET last_seq = GREATEST(a.last_seq, (SELECT last_seq FROM meta)) + $1
 	RETURNING last_seq`
@@ -189,6 +200,7 @@ func (q *sequencer) advance(ctx context.Context, n int64) (conn *pgx.Conn, last 
 		}
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
+		b.Queue(lockSeqs)
 		b.Queue(takeSeqs, n).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&last)
 		})
