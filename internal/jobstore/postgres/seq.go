@@ -26,9 +26,12 @@ import (
 // before its COMMIT, once its jobs are copied:
 //
 //  1. On the sequencer's own session (synchronous_commit off: see below),
-//     BEGIN and advance seq_alloc by the group's jobs (takeSeqs). Its row
+//     BEGIN, lock seq_alloc's row (lockSeqs), then advance it by the
+//     group's jobs from the higher of it and meta.last_seq (takeSeqs, a
+//     statement of its own so that it reads meta after the wait). The row
 //     is locked until this short transaction ends, so Seqs are taken one
-//     group at a time, database-wide.
+//     group at a time, database-wide, and none while Cleanup retires a
+//     partition (retireCounter).
 //  2. In the group's transaction, take a transaction advisory lock whose
 //     key is the group's first Seq (seqKey). It is held until the group
 //     commits or rolls back, whatever ends it: a lost connection, a
