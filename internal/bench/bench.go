@@ -69,7 +69,11 @@ func Run(ctx context.Context, name string, opts Options) error {
 	}
 	e := &env{opts: opts, storage: opts.Storage[0]}
 	defer e.close()
-	fmt.Fprintf(opts.Log, "scenario %s on %s (work dir %s)\n", name, strings.Join(opts.Storage, ", "), opts.Dir)
+	on := strings.Join(opts.Storage, ", ")
+	if name == "cluster" {
+		on = StorePostgres // a cluster is nodes on PostgreSQL, whatever --storage says
+	}
+	fmt.Fprintf(opts.Log, "scenario %s on %s (work dir %s)\n", name, on, opts.Dir)
 	start := time.Now()
 	var res any
 	var err error
