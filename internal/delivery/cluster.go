@@ -166,7 +166,7 @@ func (d *dest) handedOver() {
 	if d.handover == nil || d.inflight > 0 {
 		return
 	}
-	if u := &d.update; len(u.Drops)+len(u.Reschedule)+len(u.Finish) > 0 {
+	if d.update.Changes() > 0 {
 		return
 	}
 	d.handover.drained()

@@ -1215,7 +1215,7 @@ const (
 // age, which nextWake then waits for.
 func (d *dest) flushDue(now time.Time) bool {
 	u := &d.update
-	n := len(u.Drops) + len(u.Reschedule) + len(u.Finish)
+	n := u.Changes()
 	if n == 0 {
 		return false
 	}
@@ -1235,7 +1235,7 @@ func (d *dest) flushDue(now time.Time) bool {
 // queue's cursor, not sent again before a restart.
 func (d *dest) flush(ctx context.Context) error {
 	u := &d.update
-	if len(u.Drops) == 0 && len(u.Reschedule) == 0 && len(u.Finish) == 0 {
+	if u.Changes() == 0 {
 		d.updateSince = time.Time{}
 		return nil
 	}
@@ -1246,14 +1246,14 @@ func (d *dest) flush(ctx context.Context) error {
 			// The partition is another node's now: it delivers these jobs
 			// again. Nothing to keep.
 			d.log.Warn("delivery outcomes refused: the partition's lease is lost; the new owner delivers their jobs again",
-				"partition", d.part, "changes", len(u.Drops)+len(u.Reschedule)+len(u.Finish))
+				"partition", d.part, "changes", u.Changes())
 			d.updateSince = time.Time{}
 			u.Drops, u.Reschedule, u.Finish = u.Drops[:0], u.Reschedule[:0], u.Finish[:0]
 			return err
 		}
 		d.storeFailed(d.now())
 		d.log.Error("write delivery outcomes; kept to write again", "err", err, "changes",
-			len(u.Drops)+len(u.Reschedule)+len(u.Finish))
+			u.Changes())
 		return fmt.Errorf("write delivery outcomes: %w", err)
 	}
 	d.storeOK()

@@ -94,7 +94,7 @@ func (d *dest) snapshot() DestinationState {
 	}
 	s := DestinationState{
 		Name: d.Name, InFlight: d.inflight, Concurrency: d.Concurrency,
-		Unwritten:   len(d.update.Drops) + len(d.update.Reschedule) + len(d.update.Finish),
+		Unwritten:   d.update.Changes(),
 		CircuitOpen: d.circuit.open, ProbeAt: toWall(d.circuit.probeAt),
 	}
 	for _, q := range d.queues {

@@ -139,6 +139,9 @@ type Update struct {
 	Finish []Job
 }
 
+// Changes is how many changes u holds.
+func (u *Update) Changes() int { return len(u.Drops) + len(u.Reschedule) + len(u.Finish) }
+
 // Store is fanout's job storage.
 type Store interface {
 	// Append durably stores each entry's event and one pending job per

@@ -566,7 +566,7 @@ func (s *Store) Apply(ctx context.Context, u jobstore.Update) error {
 			return fmt.Errorf("jobstore/postgres: apply: reschedule of job %d of %s/%s: DueAt is zero", r.Job.Seq, r.Job.Queue.Source, r.Job.Queue.Destination)
 		}
 	}
-	if len(u.Drops) == 0 && len(u.Reschedule) == 0 && len(u.Finish) == 0 {
+	if u.Changes() == 0 {
 		return nil
 	}
 	// Every job of an update was read from the store, so its queue has an
