@@ -1,7 +1,8 @@
 // What the browser scripts of test/browser and test/ui share (fanouttest.Browser
-// runs them): the launch options of Debian's chromium and the reading of the
-// environment their Go test sets. No imports: each script imports playwright-core from its own
-// node_modules and passes these to chromium.launch.
+// runs them): the launch options of Debian's chromium, the reading of the
+// environment their Go test sets, and the running of their checks. No
+// imports: each script imports playwright-core from its own node_modules and
+// passes these to chromium.launch.
 
 // launchOptions returns the options for chromium.launch: headless, with the
 // flags Debian's chromium needs on a machine without a display, GPU,
@@ -27,4 +28,22 @@ export const requireEnv = (k, runner) => {
   const v = process.env[k];
   if (!v) throw new Error(`${k} is not set; run this through ${runner}`);
   return v;
+};
+
+// runChecks runs each { name, fn } in turn, printing ok or FAIL with the
+// time it took (and the error), then a summary; it returns how many failed.
+export const runChecks = async (checks) => {
+  let failed = 0;
+  for (const { name, fn } of checks) {
+    const t0 = Date.now();
+    try {
+      await fn();
+      console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+    } catch (err) {
+      failed++;
+      console.log(`FAIL ${name} (${Date.now() - t0} ms)\n     ${String(err.stack || err).replace(/\n/g, '\n     ')}`);
+    }
+  }
+  console.log(failed ? `${failed} of ${checks.length} checks failed` : `all ${checks.length} checks passed`);
+  return failed;
 };

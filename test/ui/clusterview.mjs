@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { launchOptions, requireEnv } from '../fanouttest/chromium.mjs';
+import { launchOptions, requireEnv, runChecks } from '../fanouttest/chromium.mjs';
 
 const env = (k) => requireEnv(k, 'clusterview_test.go (go test ./test/ui)');
 const PHASE = env('PHASE');
@@ -116,17 +116,6 @@ check('dead', 'with a node killed, each page names it and goes on', async () => 
   assert.deepEqual(page.errors, []);
 });
 
-let failed = 0;
-for (const { name, fn } of checks) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-  } catch (err) {
-    failed++;
-    console.log(`FAIL ${name} (${Date.now() - t0} ms)\n     ${String(err.stack || err).replace(/\n/g, '\n     ')}`);
-  }
-}
+const failed = await runChecks(checks);
 await browser.close();
-console.log(failed ? `${failed} of ${checks.length} checks failed` : `all ${checks.length} checks passed`);
 process.exit(failed ? 1 : 0);

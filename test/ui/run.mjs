@@ -15,7 +15,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { launchOptions, requireEnv } from '../fanouttest/chromium.mjs';
+import { launchOptions, requireEnv, runChecks } from '../fanouttest/chromium.mjs';
 
 const env = (k) => requireEnv(k, 'ui_test.go (go test ./test/ui)');
 const ADMIN = env('FANOUT_ADMIN_URL');
@@ -400,17 +400,6 @@ check('with admin_token set, the API wants it and the login form works', async (
   assert.deepEqual(page.errors, []);
 });
 
-let failed = 0;
-for (const { name, fn } of checks) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-  } catch (err) {
-    failed++;
-    console.log(`FAIL ${name} (${Date.now() - t0} ms)\n     ${String(err.stack || err).replace(/\n/g, '\n     ')}`);
-  }
-}
+const failed = await runChecks(checks);
 await browser.close();
-console.log(failed ? `${failed} of ${checks.length} checks failed` : `all ${checks.length} checks passed`);
 process.exit(failed ? 1 : 0);
