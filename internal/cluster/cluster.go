@@ -203,8 +203,20 @@ type Node struct {
 	// the node's clock (LeaseAge).
 	renewedAt time.Time
 
+	// viewSent and viewOwners are the owners of the partitions (valid
+	// leases only) as the last successful round read them, and when that
+	// round was sent: QueueNotify addresses notifications with them.
+	viewSent   time.Time
+	viewOwners map[int]int64
+	// rewakes are the partitions gained, and when to wake them once more
+	// (rewake).
+	rewakes map[int]time.Time
+
 	changes *relay[Change]
 	wakes   *wakeSet
+	// strays are partitions named by notifications addressed to this node
+	// that it does not own, to forward to every node.
+	strays *wakeSet
 	// kick asks the heartbeat loop for a round now: another node joined,
 	// left or released partitions.
 	kick chan struct{}
@@ -233,6 +245,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		kick:   make(chan struct{}, 1),
 		handed: make(chan struct{}, 1),
 	}
+	n.rewakes = make(map[int]time.Time)
 	if err := migrate(ctx, n.pool, opts); err != nil {
 		return nil, err
 	}
@@ -249,6 +262,12 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: register node %q: %w", n.name, err)
 	}
 	n.log = opts.Logger.With("component", "cluster", "node", n.name, "node_id", n.id)
+	// Before the first round: nobody addresses this node before it owns a
+	// partition.
+	if _, err := conn.Exec(ctx, "LISTEN "+nodeChannel(n.id)); err != nil {
+		hangUp(conn)
+		return nil, fmt.Errorf("cluster: listen: %w", err)
+	}
 	if _, err := n.pool.Exec(ctx, `SELECT pg_notify($1, 'join')`, clusterChannel); err != nil {
 		hangUp(conn)
 		return nil, fmt.Errorf("cluster: announce node %q: %w", n.name, err)
@@ -257,10 +276,12 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	n.cancel = cancel
 	n.changes = newRelay[Change](n.opts.Partitions) // a round changes at most every partition
 	n.wakes = newWakeSet(rctx, &n.done)
+	n.strays = newWakeSet(rctx, &n.done)
 	n.round(ctx)
-	n.done.Add(2)
+	n.done.Add(3)
 	go n.heartbeatLoop(rctx)
 	go n.listen(rctx, conn)
+	go n.forward(rctx)
 	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()))
 	return n, nil
 }

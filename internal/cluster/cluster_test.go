@@ -528,6 +528,7 @@ func TestNotifyWakeupLatency(t *testing.T) {
 	b := setup(t)
 	n := b.join("a", Options{})
 	waitFor(t, 5*time.Second, "one node does not own every partition", func() bool { return balanced(n) })
+	settle(n)
 	writer := b.pool()
 	if _, err := writer.Exec(t.Context(), "SELECT 1"); err != nil { // connect before timing
 		t.Fatal(err)
@@ -665,6 +666,7 @@ func TestSlowOwner(t *testing.T) {
 func TestListenerReconnect(t *testing.T) {
 	b := setup(t)
 	n := b.join("a", Options{})
+	settle(n)
 	admin := b.pool()
 	var killed int
 	if err := admin.QueryRow(t.Context(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity

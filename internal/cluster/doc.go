@@ -168,14 +168,36 @@
 //
 // # Wake-ups
 //
-// The append transaction calls Notify(ctx, tx, partitions...): one
-// pg_notify on fanout_jobs with the partitions' numbers, delivered on
-// commit and not at all on rollback. Each node holds one connection in
+// The append transaction queues the node's notifications (QueueNotify) in
+// its batch: a pg_notify per owner, on that node's own channel
+// (fanout_jobs_<id>), naming the partitions, delivered on commit and not
+// at all on rollback. A commit wakes its partitions' owners and no other
+// node, however many nodes there are: when every node heard every commit,
+// each of N nodes woke for the commits of all N. A partition the appending
+// node owns is not notified at all; its own store announces the jobs to
+// its engine (jobstore's Applied). Each node holds one connection in
 // LISTEN and hands the partitions it owns to Wakeups, coalescing repeats
 // while the engine is busy (memory bounded by the partition count). The
 // delivery is a push, not a poll: in the tests, under a millisecond after
 // the commit. A partition gained is announced on Changes, and the engine
 // scans it then, so notifications sent before the gain are not needed.
+//
+// The owners come from the last round's read of cluster_partitions (at
+// most two heartbeats old, viewTTL), and a partition may have moved since.
+// A commit before the move is found by the new owner's scan of its gain;
+// for one after the move, the notification went to the old owner, and:
+//
+//   - the old owner, alive, forwards it to every node (fanout_jobs): the
+//     new owner wakes at once;
+//   - the appending node notifies every node after its commit (Committed)
+//     when, by then, it had lost a partition it counted as its own, or its
+//     view was more than viewTTL old; with no view that young, it notifies
+//     every node in the transaction;
+//   - and each partition gained is woken once more viewTTL after the gain
+//     (rewake): an appending node's view at most viewTTL old can only have
+//     named the old owner for a commit before that, so a notification lost
+//     to an owner that left or died is made up for then.
+//
 // When the LISTEN connection is lost, notifications sent meanwhile are
 // lost too, so after reconnecting the node wakes every partition it owns.
 // NOTIFY serializes committing transactions on a database-wide lock; the
@@ -185,7 +207,7 @@
 //
 //   - Wiring: server.New joins (cluster.node_name) when storage.postgres is
 //     set and Leaves after the engine's last outcomes are written; the
-//     job store (jobstore/postgres, Options.Cluster) queues Notify in each
+//     job store (jobstore/postgres, Options.Cluster) queues QueueNotify in each
 //     group commit's first round trip and calls FenceAll in Apply with
 //     the tokens Owns gives at that moment (jobstore.ErrFenced when a
 //     partition is not owned or the token is stale: the update is

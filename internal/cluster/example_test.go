@@ -40,12 +40,19 @@ func Example() {
 		}
 	}()
 
-	// In the store, when appending: wake the owner of each job's queue.
+	// In the store, when appending: wake the owner of each job's queue,
+	// with the notification sent inside the appending transaction, then
+	// let the node check the commit's addressing.
 	q := jobstore.Queue{Source: "web", Destination: "hooks"}
-	_ = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	var notice cluster.Notice
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		// ... COPY the jobs ...
-		return cluster.Notify(ctx, tx, node.PartitionOf(q))
-	})
+		b := &pgx.Batch{}
+		notice = node.QueueNotify(b, []int{node.PartitionOf(q)})
+		return tx.SendBatch(ctx, b).Close()
+	}); err == nil {
+		node.Committed(ctx, notice)
+	}
 
 	// In the engine, before recording outcomes of q's jobs.
 	p := node.PartitionOf(q)

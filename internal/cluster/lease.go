@@ -79,6 +79,9 @@ func (n *Node) heartbeatLoop(ctx context.Context) {
 		if d, ok := n.handOver(ctx); ok && d.Before(at) {
 			at = d
 		}
+		if d, ok := n.rewake(); ok && d.Before(at) {
+			at = d
+		}
 		t.Set(at)
 		kicked := false
 		select {
@@ -196,6 +199,7 @@ func (n *Node) round(parent context.Context) {
 		return
 	}
 	n.renewed(renewed, until, sent)
+	n.setView(sent, parts)
 
 	share := shareOf(n.id, live, len(n.opts.partitionsHere()))
 	owned := n.Owned()
@@ -206,6 +210,19 @@ func (n *Node) round(parent context.Context) {
 	case len(owned) < share:
 		n.acquire(ctx, share-len(owned), until)
 	}
+}
+
+// setView records the owners a round read, sent at sent, for QueueNotify.
+func (n *Node) setView(sent time.Time, parts []partitionRow) {
+	owners := make(map[int]int64, len(parts))
+	for _, r := range parts {
+		if r.valid && r.owner != 0 {
+			owners[r.partition] = r.owner
+		}
+	}
+	n.mu.Lock()
+	n.viewSent, n.viewOwners = sent, owners
+	n.mu.Unlock()
 }
 
 // shareOf returns how many partitions node id should hold when the nodes
@@ -260,8 +277,12 @@ func (n *Node) publish(changes []Change) {
 		}
 		return a.Partition - b.Partition
 	})
+	rewakeAt := n.opts.Clock.Now().Add(n.viewTTL())
 	for _, c := range changes {
 		if c.Owned {
+			n.mu.Lock()
+			n.rewakes[c.Partition] = rewakeAt
+			n.mu.Unlock()
 			n.log.Info("partition gained", "partition", c.Partition, "token", c.Token)
 		} else {
 			n.log.Info("partition lost", "partition", c.Partition, "token", c.Token)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -111,11 +112,11 @@ func FenceAll(ctx context.Context, tx Querier, tokens map[int]int64) error {
 	return nil
 }
 
-// Notify tells the owners of partitions, inside the caller's transaction,
-// that they have new jobs: the owners hear of it when the transaction
-// commits, and not at all if it rolls back. Call it in the transaction
-// that appends the jobs. PostgreSQL sends one notification per distinct
-// payload per transaction.
+// Notify tells every node, inside the caller's transaction, that
+// partitions have new jobs: their owners hear of it when the transaction
+// commits, and not at all if it rolls back. It is for appenders that are
+// not nodes (a node addresses its notifications, see QueueNotify).
+// PostgreSQL sends one notification per distinct payload per transaction.
 //
 // NOTIFY takes a database-wide lock at commit, so the transactions that
 // notify commit one at a time; the job store's group commit already does.
@@ -129,14 +130,110 @@ func Notify(ctx context.Context, tx pgx.Tx, partitions ...int) error {
 	return nil
 }
 
-// QueueNotify is Notify as a statement of a batch sent inside the
-// appending transaction (the job store's group commit pipelines its
-// statements): no round trip of its own.
-func QueueNotify(b *pgx.Batch, partitions ...int) {
+// nodeChannel is the channel that carries the notifications addressed to
+// node id: its payloads are those of jobsChannel.
+func nodeChannel(id int64) string { return jobsChannel + "_" + strconv.FormatInt(id, 10) }
+
+// viewTTL is how long the owners read by a round (Node.view) address
+// notifications: two heartbeats, so that a view is replaced before it is
+// too old to use while rounds succeed. It is also how long after a gain the
+// node wakes the partition once more (rewake): a notification addressed by
+// a view at most viewTTL old, to the previous owner, was committed before
+// that.
+func (n *Node) viewTTL() time.Duration { return 2 * n.opts.Heartbeat }
+
+// Notice is what QueueNotify did with a transaction's partitions, for
+// Committed to check once the transaction has committed.
+type Notice struct {
+	// self are the partitions this node owned: no notification, the
+	// node's engine hears of the jobs from its own store (Applied).
+	self []int
+	// addressed were notified to their owner in the view of viewSent.
+	addressed []int
+	viewSent  time.Time
+}
+
+// QueueNotify queues, in a batch sent inside the appending transaction,
+// the notifications that wake the owners of partitions when it commits: no
+// round trip of its own (the job store's group commit pipelines its
+// statements). Each notification goes to one node, not to every node: a
+// commit wakes its partitions' owners only, however many nodes there are.
+//
+//   - A partition this node owns is not notified: the engine hears of the
+//     jobs from the store that appends them.
+//   - One owned by another node, in the owners the last round read (if
+//     that view is less than viewTTL old), goes to that node's channel.
+//   - Any other (no view, an old view, a lease that had run out) goes to
+//     every node, as Notify does.
+//
+// The view may be out of date: the partition may have moved since it was
+// read. Then the commit may be before the move, and the new owner's scan of
+// what it gained finds the jobs; or after it, and then one of these
+// catches it: Committed notifies every node if this node had lost a
+// partition it kept (self) by the time the commit returned, or if the view
+// was more than viewTTL old by then; a node notified of a partition it does
+// not own forwards the notification to every node (forward); and a node
+// wakes each partition it gains once more viewTTL after the gain
+// (rewake), for the case where the notification went to a node that left.
+func (n *Node) QueueNotify(b *pgx.Batch, partitions []int) Notice {
 	if len(partitions) == 0 {
+		return Notice{}
+	}
+	ps := slices.Clone(partitions)
+	slices.Sort(ps)
+	ps = slices.Compact(ps)
+	now := n.opts.Clock.Now()
+	var nt Notice
+	var all []int
+	byOwner := map[int64][]int{}
+	n.mu.Lock()
+	fresh := !n.viewSent.IsZero() && now.Sub(n.viewSent) <= n.viewTTL()
+	nt.viewSent = n.viewSent
+	for _, p := range ps {
+		if l, ok := n.owned[p]; ok && now.Before(l.until) {
+			nt.self = append(nt.self, p)
+			continue
+		}
+		if o := n.viewOwners[p]; fresh && o != 0 && o != n.id {
+			byOwner[o] = append(byOwner[o], p)
+			nt.addressed = append(nt.addressed, p)
+			continue
+		}
+		all = append(all, p)
+	}
+	n.mu.Unlock()
+	for _, o := range slices.Sorted(maps.Keys(byOwner)) {
+		b.Queue(`SELECT pg_notify($1, $2)`, nodeChannel(o), notifyPayload(byOwner[o]))
+	}
+	if len(all) > 0 {
+		b.Queue(`SELECT pg_notify($1, $2)`, jobsChannel, notifyPayload(all))
+	}
+	return nt
+}
+
+// Committed notifies every node of the partitions of nt whose owner may not
+// have heard of the commit that just returned (see QueueNotify): those this
+// node owned but no longer does, and, when the view that addressed them is
+// more than viewTTL old now, those sent to their owner. Most commits need
+// nothing: no round trip.
+func (n *Node) Committed(ctx context.Context, nt Notice) {
+	var late []int
+	for _, p := range nt.self {
+		if _, ok := n.Owns(p); !ok {
+			late = append(late, p)
+		}
+	}
+	if len(nt.addressed) > 0 && n.opts.Clock.Now().Sub(nt.viewSent) > n.viewTTL() {
+		late = append(late, nt.addressed...)
+	}
+	if len(late) == 0 {
 		return
 	}
-	b.Queue(`SELECT pg_notify($1, $2)`, jobsChannel, notifyPayload(partitions))
+	if _, err := n.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, jobsChannel, notifyPayload(late)); err != nil {
+		// The server is most likely down: every listener reconnects when
+		// it is back and wakes every partition it owns.
+		n.log.Warn("notify after commit", "partitions", late, "err", err)
+	}
 }
 
 // notifyPayload is the payload naming partitions: their numbers, or "*"
@@ -165,7 +262,11 @@ func (n *Node) subscribe(ctx context.Context) (*pgxpool.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+jobsChannel+"; LISTEN "+clusterChannel); err != nil {
+	listen := "LISTEN " + jobsChannel + "; LISTEN " + clusterChannel
+	if n.id != 0 { // known after Join's registration, which listens to it then
+		listen += "; LISTEN " + nodeChannel(n.id)
+	}
+	if _, err := conn.Exec(ctx, listen); err != nil {
 		hangUp(conn)
 		return nil, err
 	}
@@ -224,7 +325,9 @@ func (n *Node) receive(ctx context.Context, conn *pgxpool.Conn) error {
 		case clusterChannel:
 			n.kickRound()
 		case jobsChannel:
-			n.wake(note.Payload)
+			n.wake(note.Payload, false)
+		default: // this node's channel
+			n.wake(note.Payload, true)
 		}
 	}
 }
@@ -236,13 +339,16 @@ func (n *Node) kickRound() {
 	}
 }
 
-// wake hands the owned partitions of a jobs payload to Wakeups.
-func (n *Node) wake(payload string) {
+// wake hands the owned partitions of a jobs payload to Wakeups. Those of a
+// notification addressed to this node (addressed) that it does not own
+// are forwarded to every node: the sender's view was out of date, and the
+// owner may be another node already.
+func (n *Node) wake(payload string, addressed bool) {
 	if payload == "*" {
 		n.wakes.add(n.Owned()...)
 		return
 	}
-	var ps []int
+	var ps, stray []int
 	for f := range strings.SplitSeq(payload, ",") {
 		p, err := strconv.Atoi(f)
 		if err != nil {
@@ -251,7 +357,64 @@ func (n *Node) wake(payload string) {
 		}
 		if _, ok := n.Owns(p); ok {
 			ps = append(ps, p)
+		} else if addressed {
+			stray = append(stray, p)
 		}
 	}
 	n.wakes.add(ps...)
+	n.strays.add(stray...)
+}
+
+// forward notifies every node of the partitions that notifications
+// addressed to this node named while it did not own them (wake), a batch
+// at a time: off the listener's goroutine, which must not wait for a
+// round trip.
+func (n *Node) forward(ctx context.Context) {
+	defer n.done.Done()
+	for {
+		var ps []int
+		select {
+		case <-ctx.Done():
+			return
+		case p := <-n.strays.out:
+			ps = append(ps, p)
+		}
+		for more := true; more; {
+			select {
+			case p := <-n.strays.out:
+				ps = append(ps, p)
+			default:
+				more = false
+			}
+		}
+		fctx, cancel := context.WithTimeout(ctx, n.opts.Heartbeat)
+		if _, err := n.pool.Exec(fctx, `SELECT pg_notify($1, $2)`, jobsChannel, notifyPayload(ps)); err != nil && ctx.Err() == nil {
+			n.log.Warn("forward notification", "partitions", ps, "err", err)
+		}
+		cancel()
+	}
+}
+
+// rewake wakes the partitions gained at least viewTTL ago that are still
+// owned, once (see QueueNotify), and returns when the next is due.
+func (n *Node) rewake() (next time.Time, ok bool) {
+	now := n.opts.Clock.Now()
+	var ps []int
+	n.mu.Lock()
+	for p, at := range n.rewakes {
+		if now.Before(at) {
+			if !ok || at.Before(next) {
+				next, ok = at, true
+			}
+			continue
+		}
+		delete(n.rewakes, p)
+		if l, owned := n.owned[p]; owned && now.Before(l.until) && !l.draining() {
+			ps = append(ps, p)
+		}
+	}
+	n.mu.Unlock()
+	slices.Sort(ps)
+	n.wakes.add(ps...)
+	return next, ok
 }

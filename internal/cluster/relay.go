@@ -118,6 +118,9 @@ func newWakeSet(ctx context.Context, wg *sync.WaitGroup) *wakeSet {
 }
 
 func (w *wakeSet) add(ps ...int) {
+	if len(ps) == 0 {
+		return
+	}
 	w.mu.Lock()
 	for _, p := range ps {
 		if !w.pending[p] {

@@ -81,7 +81,16 @@ func (b *handoverBundle) start(name string, wrap func(*postgres.Store) jobstore.
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := postgres.Open(t.Context(), b.dsn, postgres.Options{Cluster: node, CleanupInterval: -1, Logger: quiet})
+	// The store announces its appends to the node's engine, as the server
+	// wires it: the jobs of partitions the node owns wake no one else.
+	var eng *delivery.Engine
+	var engine atomic.Pointer[delivery.Engine]
+	store, err := postgres.Open(t.Context(), b.dsn, postgres.Options{Cluster: node, CleanupInterval: -1, Logger: quiet,
+		Applied: func(a jobstore.Appended) {
+			if e := engine.Load(); e != nil {
+				e.Notify(a)
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,11 +104,12 @@ func (b *handoverBundle) start(name string, wrap func(*postgres.Store) jobstore.
 		targets = append(targets, delivery.Target{Name: d, Type: "test", Destination: decider{s},
 			Client: b.srv.Client(), Sources: []string{"web"}, Limits: b.limits})
 	}
-	eng, err := delivery.New(delivery.Options{Store: es, Targets: targets, Clock: clock.Real{},
+	eng, err = delivery.New(delivery.Options{Store: es, Targets: targets, Clock: clock.Real{},
 		Ownership: node, Archive: archive.NewWriter(filepath.Join(t.TempDir(), "archive")), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
+	engine.Store(eng)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); eng.Run(ctx) }()

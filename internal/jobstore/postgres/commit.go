@@ -232,6 +232,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 		srcs[i], ids[i] = c.source, []byte(c.messageID)
 	}
 	var won map[dedupeID]bool
+	var notice cluster.Notice
 	// A batch is sent once: a retry builds it again.
 	begin := func() *pgx.Batch {
 		b := &pgx.Batch{}
@@ -250,7 +251,7 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 			for q := range queues {
 				ps = append(ps, c.PartitionOf(q))
 			}
-			cluster.QueueNotify(b, ps...)
+			notice = c.QueueNotify(b, ps)
 		}
 		return b
 	}
@@ -350,6 +351,9 @@ func (s *Store) commit(reqs []*appendReq, now time.Time, seqr *sequencer) (g *tu
 		return g, fmt.Errorf("commit: %w", err)
 	}
 	inTx = false
+	if c := s.opts.Cluster; c != nil {
+		c.Committed(ctx, notice)
+	}
 	return g, nil
 }
 

@@ -152,10 +152,14 @@
 // With Options.Cluster (server.New sets it whenever storage.postgres is
 // set), two things change:
 //
-//   - The group commit queues cluster.Notify in its first round trip, with
-//     the partitions of every queue of the group: the owners (on any node)
-//     hear of the jobs when the group commits, and not at all if it rolls
-//     back. No extra round trip.
+//   - The group commit queues the node's notifications (QueueNotify) in
+//     its first round trip, for the partitions of every queue of the
+//     group: each owner on another node hears of the jobs when the group
+//     commits, and not at all if it rolls back; no extra round trip. The
+//     partitions this node owns are not notified: Options.Applied, which
+//     must reach this node's engine (server.New wires it so), announces
+//     them. After the commit, Committed notifies every node of those whose
+//     owner may have changed meanwhile, which takes a round trip only then.
 //   - Apply first asks the node for the token of every partition the update
 //     touches (Owns) and fails at once with jobstore.ErrFenced if one is
 //     not owned; then, in the transaction, cluster.FenceAll checks the

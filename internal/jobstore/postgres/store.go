@@ -62,7 +62,9 @@ type Options struct {
 	MaxConns int32
 	// Cluster, when set, is the node's membership of the cluster sharing
 	// the database (a *cluster.Node): each group commit wakes the owners of
-	// its jobs' partitions (cluster.Notify, delivered on commit), and
+	// its jobs' partitions (QueueNotify, delivered on commit; Committed
+	// once it has: partitions the node owns are left to Applied, which
+	// must then reach the node's own engine), and
 	// Apply writes only under the leases of the partitions it touches
 	// (cluster.FenceAll), failing with jobstore.ErrFenced otherwise.
 	Cluster Cluster
@@ -72,6 +74,8 @@ type Options struct {
 type Cluster interface {
 	PartitionOf(q jobstore.Queue) int
 	Owns(p int) (token int64, ok bool)
+	QueueNotify(b *pgx.Batch, partitions []int) cluster.Notice
+	Committed(ctx context.Context, nt cluster.Notice)
 }
 
 // Defaults; see Options.
