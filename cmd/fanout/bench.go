@@ -14,7 +14,7 @@ import (
 func runBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	duration := fs.Duration("duration", 0, "length of each load phase (default 10s; soak: the whole run, default 1h)")
-	kills := fs.Int("kills", 20, "crash: how many times the server is killed; cluster: how many times one node of three is killed")
+	kills := fs.Int("kills", bench.DefaultKills, "crash: how many times the server is killed (0: the default); cluster: how many times one node of three is killed (0: no kill phase)")
 	interval := fs.Duration("interval", time.Minute, "soak: how often the server's RSS, heap, goroutines, files, store and queues are sampled")
 	events := fs.Int("events", 5_000_000, "backlog: events that pile up for each down destination (one event per request, then batched)")
 	out := fs.String("out", "", "where to write the figures as JSON (default bench-SCENARIO.json)")

@@ -23,6 +23,10 @@ var scenarios = map[string]func(ctx context.Context, e *env) (any, error){
 	"cluster":        runCluster,
 }
 
+// DefaultKills is how many times the crash scenario kills the server, and
+// the cluster scenario one node of three, unless told otherwise.
+const DefaultKills = 20
+
 // Names lists the scenarios.
 func Names() []string {
 	var out []string
@@ -55,8 +59,10 @@ func Run(ctx context.Context, name string, opts Options) error {
 			opts.Duration = time.Hour
 		}
 	}
-	if opts.Kills <= 0 {
-		opts.Kills = 20
+	// A crash run is its kills; the cluster's kills are one phase of
+	// several, which 0 skips.
+	if opts.Kills <= 0 && name != "cluster" {
+		opts.Kills = DefaultKills
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = time.Minute

@@ -35,11 +35,12 @@ const clusterLimit = 200
 const clusterKeyHeader = "X-Destination"
 
 // clusterConfig is the configuration of every node of one cluster: the
-// same pipeline on each, as a cluster's nodes must have, the shared
-// database and the node's name.
-func clusterConfig(sinkAddr, dsn, node string) string {
+// same pipeline on each, as a cluster's nodes must have, and the node's
+// name. The shared database is the storage section startServerEnv adds
+// (startCluster points every node's data dir at it).
+func clusterConfig(sinkAddr, node string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "storage:\n  postgres: %q\ncluster:\n  node_name: %s\nsources:\n", dsn, node)
+	fmt.Fprintf(&b, "cluster:\n  node_name: %s\nsources:\n", node)
 	for i := range clusterDests {
 		fmt.Fprintf(&b, "  - name: s%d\n    write_key: wk_s%d\n", i, i)
 	}
@@ -74,7 +75,11 @@ type ClusterResult struct {
 	SteadyRate float64 `json:"steady_events_per_sec"`
 	// RateLimit is destination "limited" flooded through 3 nodes.
 	RateLimit ClusterRateLimit `json:"rate_limit"`
-	// Kills is one node of 3 SIGKILLed repeatedly under load.
+	// Shrink is the database before a backlog on 3 nodes, with it and
+	// once drained.
+	Shrink ClusterShrink `json:"shrink"`
+	// Kills is one node of 3 SIGKILLed repeatedly under load; none, and
+	// no kill phase, with --kills 0.
 	Kills ClusterKills `json:"kills"`
 }
 
@@ -177,6 +182,9 @@ type ClusterKills struct {
 }
 
 func runCluster(ctx context.Context, e *env) (any, error) {
+	// A cluster is nodes on one PostgreSQL, whatever --storage says: the
+	// store's helpers (storageYAML, storeSize, waitShrunk) go by it.
+	e.storage = StorePostgres
 	res := ClusterResult{Scenario: "cluster"}
 	sinkAddr, _, err := e.startSink("sink", "--rate-limit-key", "header:"+clusterKeyHeader)
 	if err != nil {
@@ -232,17 +240,68 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	res.CPU3vs1 = res.Scale[2].SteadyCPUMeanUs / res.Scale[0].SteadyCPUMeanUs
 	res.CPU3vs1Shared = res.Scale[2].SharedCPUMeanUs / res.Scale[0].SharedCPUMeanUs
 
+	if res.Shrink, err = clusterShrink(ctx, e); err != nil {
+		return nil, err
+	}
+	if e.opts.Kills > 0 {
+		if res.Kills, err = clusterKills(ctx, e); err != nil {
+			return nil, err
+		}
+	}
+
+	rows := [][2]string{}
+	for _, r := range res.Scale {
+		v := fmt.Sprintf(" (%d node%s)", r.Nodes, map[bool]string{true: "s"}[r.Nodes > 1])
+		rows = append(rows,
+			[2]string{"durable ingest, 100-event batches" + v, fmt.Sprintf("%.0f events/s (%d events)", r.IngestEventsPerSec, r.IngestedEvents)},
+			[2]string{"delivered, whole run" + v, fmt.Sprintf("%.0f events/s", r.DeliveredEventsPerSec)},
+			[2]string{"CPU of all nodes per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
+			[2]string{fmt.Sprintf("CPU per delivered event at %.0f events/s", res.SteadyRate) + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyCPUMeanUs, us(r.SteadyCPUUs))},
+			[2]string{fmt.Sprintf("the same, GOMAXPROCS=%d per node (its share of %d cores)", r.SharedProcs, runtime.NumCPU()) + v, fmt.Sprintf("%.1f µs (%s)", r.SharedCPUMeanUs, us(r.SharedCPUUs))},
+			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
+	}
+	rows = append(rows,
+		[2]string{fmt.Sprintf("CPU per event at %.0f events/s, 3 nodes / 1 node", res.SteadyRate), fmt.Sprintf("%.2f", res.CPU3vs1)},
+		[2]string{"the same, each node on its share of the cores", fmt.Sprintf("%.2f", res.CPU3vs1Shared)},
+		[2]string{"rate limit across 3 nodes", fmt.Sprintf("%.0f req/s configured, %.0f offered, %.1f measured (%.2f x)",
+			res.RateLimit.Configured, res.RateLimit.Offered, res.RateLimit.Measured, res.RateLimit.Ratio)})
+	rows = append(rows, res.Shrink.rows(e)...)
+	if res.Kills.Kills == 0 {
+		e.table(append(rows, [2]string{"SIGKILLs of one node of 3 under load", "none (--kills 0)"}))
+		return res, nil
+	}
+	takeovers := make([]string, len(res.Kills.TakeoverSec))
+	for i, t := range res.Kills.TakeoverSec {
+		takeovers[i] = fmt.Sprintf("%.1f", t)
+	}
+	rows = append(rows,
+		[2]string{"SIGKILLs of one node of 3 under load", fmt.Sprint(res.Kills.Kills)},
+		[2]string{"takeover, kill to first delivery (s)", fmt.Sprintf("max %.1f; %s", res.Kills.TakeoverMaxSec, strings.Join(takeovers, " "))},
+		[2]string{"acknowledged / delivered (unique)", fmt.Sprintf("%d / %d", res.Kills.Acked, res.Kills.Delivered)},
+		[2]string{"lost", fmt.Sprint(res.Kills.Lost)},
+		[2]string{"duplicates after the kills / requests in flight + outcomes unwritten at the kills", fmt.Sprintf("%d / %d + %d", res.Kills.KillDuplicates, res.Kills.InFlightAtKills, res.Kills.UnwrittenAtKills)},
+		[2]string{"duplicates after the kills: longest from first receipt to the kill; first received over 1 s before", fmt.Sprintf("%.0f ms; %d", res.Kills.DupFirstBeforeKillMaxMs, res.Kills.DupsOlderThan1s)},
+		[2]string{"duplicates after the restarted node took its share back", fmt.Sprint(res.Kills.HandoverDuplicates)})
+	e.table(rows)
+	return res, nil
+}
+
+// clusterKills is the kill phase: a fresh cluster of 3 nodes under load,
+// one of them SIGKILLed e.opts.Kills times, and every acknowledged event
+// looked for in the sink's record.
+func clusterKills(ctx context.Context, e *env) (ClusterKills, error) {
 	record := filepath.Join(e.opts.Dir, "kills-received.jsonl")
 	killSinkAddr, killSink, err := e.startSink("sink-kills", "--record", record, "--record-times", "--rate-limit-key", "header:"+clusterKeyHeader)
 	if err != nil {
-		return nil, err
+		return ClusterKills{}, err
 	}
 	c, err := e.startCluster("kills", killSinkAddr, 3, 0)
 	if err != nil {
-		return nil, err
+		return ClusterKills{}, err
 	}
-	if res.Kills, err = c.kills(ctx, killSinkAddr, e.opts.Kills); err != nil {
-		return nil, err
+	res, err := c.kills(ctx, killSinkAddr, e.opts.Kills)
+	if err != nil {
+		return res, err
 	}
 	// The sink's unique count may reach the acknowledged count before
 	// every acknowledged event is in: events stored whose answer the
@@ -257,46 +316,17 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	killSink.stop() // flushes its record file
 	got, err := recordedTimes(record)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
 	for _, id := range c.ackedIDs {
 		if len(got[id]) == 0 {
-			res.Kills.Lost++
+			res.Lost++
 		}
 	}
-	res.Kills.dupAges(got, c.killTimes)
-	if res.Kills.Lost > 0 {
-		fmt.Fprintf(os.Stderr, "LOST %d acknowledged events across the kills\n", res.Kills.Lost)
+	res.dupAges(got, c.killTimes)
+	if res.Lost > 0 {
+		fmt.Fprintf(os.Stderr, "LOST %d acknowledged events across the kills\n", res.Lost)
 	}
-
-	rows := [][2]string{}
-	for _, r := range res.Scale {
-		v := fmt.Sprintf(" (%d node%s)", r.Nodes, map[bool]string{true: "s"}[r.Nodes > 1])
-		rows = append(rows,
-			[2]string{"durable ingest, 100-event batches" + v, fmt.Sprintf("%.0f events/s (%d events)", r.IngestEventsPerSec, r.IngestedEvents)},
-			[2]string{"delivered, whole run" + v, fmt.Sprintf("%.0f events/s", r.DeliveredEventsPerSec)},
-			[2]string{"CPU of all nodes per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
-			[2]string{fmt.Sprintf("CPU per delivered event at %.0f events/s", res.SteadyRate) + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyCPUMeanUs, us(r.SteadyCPUUs))},
-			[2]string{fmt.Sprintf("the same, GOMAXPROCS=%d per node (its share of %d cores)", r.SharedProcs, runtime.NumCPU()) + v, fmt.Sprintf("%.1f µs (%s)", r.SharedCPUMeanUs, us(r.SharedCPUUs))},
-			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
-	}
-	takeovers := make([]string, len(res.Kills.TakeoverSec))
-	for i, t := range res.Kills.TakeoverSec {
-		takeovers[i] = fmt.Sprintf("%.1f", t)
-	}
-	rows = append(rows,
-		[2]string{fmt.Sprintf("CPU per event at %.0f events/s, 3 nodes / 1 node", res.SteadyRate), fmt.Sprintf("%.2f", res.CPU3vs1)},
-		[2]string{"the same, each node on its share of the cores", fmt.Sprintf("%.2f", res.CPU3vs1Shared)},
-		[2]string{"rate limit across 3 nodes", fmt.Sprintf("%.0f req/s configured, %.0f offered, %.1f measured (%.2f x)",
-			res.RateLimit.Configured, res.RateLimit.Offered, res.RateLimit.Measured, res.RateLimit.Ratio)},
-		[2]string{"SIGKILLs of one node of 3 under load", fmt.Sprint(res.Kills.Kills)},
-		[2]string{"takeover, kill to first delivery (s)", fmt.Sprintf("max %.1f; %s", res.Kills.TakeoverMaxSec, strings.Join(takeovers, " "))},
-		[2]string{"acknowledged / delivered (unique)", fmt.Sprintf("%d / %d", res.Kills.Acked, res.Kills.Delivered)},
-		[2]string{"lost", fmt.Sprint(res.Kills.Lost)},
-		[2]string{"duplicates after the kills / requests in flight + outcomes unwritten at the kills", fmt.Sprintf("%d / %d + %d", res.Kills.KillDuplicates, res.Kills.InFlightAtKills, res.Kills.UnwrittenAtKills)},
-		[2]string{"duplicates after the kills: longest from first receipt to the kill; first received over 1 s before", fmt.Sprintf("%.0f ms; %d", res.Kills.DupFirstBeforeKillMaxMs, res.Kills.DupsOlderThan1s)},
-		[2]string{"duplicates after the restarted node took its share back", fmt.Sprint(res.Kills.HandoverDuplicates)})
-	e.table(rows)
 	return res, nil
 }
 
@@ -405,7 +435,8 @@ func (k *ClusterKills) dupAges(got map[string][]time.Time, kills [][2]time.Time)
 
 // startCluster starts n nodes on a fresh database of the scenario's
 // PostgreSQL, each with GOMAXPROCS=procs unless procs is 0, and waits
-// until they share the partitions.
+// until they share the partitions. The database is the one e.dsn gives
+// for name, so e.storeSize(name) measures it.
 func (e *env) startCluster(name, sinkAddr string, n, procs int) (*fanoutCluster, error) {
 	dsn, err := e.dsn(name)
 	if err != nil {
@@ -422,7 +453,11 @@ func (e *env) startCluster(name, sinkAddr string, n, procs int) (*fanoutCluster,
 		if procs > 0 {
 			environ = []string{fmt.Sprintf("GOMAXPROCS=%d", procs)}
 		}
-		s, err := e.startServerEnv(node, clusterConfig(sinkAddr, dsn, node), "", environ)
+		// Every node's data dir is on the cluster's database, which its
+		// storage section then names.
+		dataDir := filepath.Join(e.opts.Dir, node+"-data")
+		e.pg.dbs[dataDir] = dsn
+		s, err := e.startServerEnv(node, clusterConfig(sinkAddr, node), dataDir, environ)
 		if err != nil {
 			return nil, err
 		}

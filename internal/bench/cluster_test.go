@@ -30,3 +30,24 @@ func TestDupAges(t *testing.T) {
 		})
 	}
 }
+
+func TestSizeRatio(t *testing.T) {
+	tests := []struct {
+		name          string
+		after, before int64
+		want          float64
+	}{
+		{"shrunk below before", 256 << 10, 672 << 10, 256.0 / 672},
+		{"back to before", 500, 500, 1},
+		{"10% over", 1100, 1000, 1.1},
+		{"still holding the backlog", 505_360 << 10, 672 << 10, 505_360.0 / 672},
+		{"no size before", 1000, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := sizeRatio(tt.after, tt.before); got != tt.want {
+				t.Errorf("sizeRatio(%d, %d) = %v, want %v", tt.after, tt.before, got, tt.want)
+			}
+		})
+	}
+}

@@ -40,8 +40,9 @@ type Options struct {
 	Duration time.Duration
 	// Events is the backlog scenario's number of waiting events.
 	Events int
-	// Kills is how many times the crash scenario kills the server.
-	// Default 20.
+	// Kills is how many times the crash scenario kills the server
+	// (0: DefaultKills) and the cluster scenario one of its three nodes
+	// (0: no kill phase).
 	Kills int
 	// Interval is how often the soak scenario samples the server. Default
 	// 1m.
