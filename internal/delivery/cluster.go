@@ -36,8 +36,9 @@ type Ownership interface {
 //   - Gained: the destination is marked owned at once, then the store's
 //     queues of the gained partitions are listed (Store.Queues, in the
 //     background, one listing at a time per server: see follow), and each
-//     listed queue is read from its watermark, retries included. A listing's result goes only to partitions still
-//     in the gain it was made for.
+//     listed queue is read from its watermark, retries included. A
+//     listing's result goes only to partitions still in the gain it was
+//     made for.
 //   - Jobs this node appends (notify) only mark their queue as having more
 //     in the store: other nodes append to the same queues, so the jobs
 //     announced here are not all of a queue's new jobs, and taking them as
@@ -288,6 +289,9 @@ type scan struct {
 // listPending starts a listing on every server that has partitions pending
 // and no listing running.
 func (f *follower) listPending(ctx context.Context) {
+	if len(f.pending) == 0 {
+		return
+	}
 	byServer := map[int][]int{}
 	for p := range f.pending {
 		if srv := f.server(p); f.listing[srv] == nil {
