@@ -34,11 +34,11 @@ type Ownership interface {
 // Options.Ownership; without, every destination is owned from the start.
 //
 //   - Gained: the destination is marked owned at once, then the store's
-//     queues of the gained partitions are listed (Store.Queues, one call
-//     for every partition gained while no listing ran, in the background:
-//     see follow), and each listed queue is read from its watermark,
-//     retries included. A listing's result goes only to partitions still
-//     in the gain it was made for.
+//     queues of the gained partitions are listed (Store.Queues, in the
+//     background, one listing at a time per server: see follow), and each
+//     listed queue is read from its watermark, retries included. A
+//     listing's result goes only to partitions still in the gain it was
+//     made for.
 //   - Jobs this node appends (notify) only mark their queue as having more
 //     in the store: other nodes append to the same queues, so the jobs
 //     announced here are not all of a queue's new jobs, and taking them as
@@ -185,36 +185,36 @@ func (d *dest) handedOver() {
 // over) waited behind the listing while the schedulers went on sending on
 // the partition, Owns still true for its writes, until the grace ran out
 // and the node released the lease with requests in flight: their outcomes
-// refused and their jobs sent again by the next owner. So the listing runs
-// in a goroutine of its own, one at a time, and the follower applies every
-// change, a loss or a handover first of all, the moment it reads it; the
-// partitions gained meanwhile wait for the next listing, together.
+// refused and their jobs sent again by the next owner. So the listings run
+// in goroutines of their own, and the follower applies every change, a
+// loss or a handover first of all, the moment it reads it.
+//
+// One listing runs at a time per server (storage.postgres lists several,
+// and the store tells which server a partition lives on: lister); the
+// partitions of a server gained while its listing runs wait for its next
+// one, together. Listings of different servers never wait for each other:
+// with one listing for the whole node, a gain on a healthy server waited
+// behind the listing of one that was down, retried until it came back, and
+// the failover of partitions that had nothing to do with the outage waited
+// as long. A listing none of whose partitions is still in its gain (all
+// lost, as when their server went down and the leases ran out) is called
+// off, so that the next gain on that server is listed at once.
 func (e *Engine) follow(ctx context.Context) {
 	o := e.opts.Ownership
 	changes, wakeups := o.Changes(), o.Wakeups()
-	f := &follower{e: e, gen: map[int]uint64{}, pending: map[int]bool{}}
-	// scanned carries the listing in progress back; nil when none is.
-	var scanned chan scan
+	f := &follower{e: e, gen: map[int]uint64{}, pending: map[int]bool{},
+		listing: map[int]*listing{}, scanned: make(chan scan)}
+	f.server, f.list = e.lister()
 	defer func() {
-		if scanned != nil {
-			<-scanned // the listing ends with ctx
+		for _, l := range f.listing {
+			l.cancel()
+		}
+		for range f.listing {
+			<-f.scanned
 		}
 	}()
 	for {
-		if scanned == nil && len(f.pending) > 0 {
-			scanned = make(chan scan, 1)
-			sc := scan{gens: map[int]uint64{}}
-			ps := make([]int, 0, len(f.pending))
-			for p := range f.pending {
-				sc.gens[p] = f.gen[p]
-				ps = append(ps, p)
-			}
-			clear(f.pending)
-			go func() {
-				sc.queues = e.scan(ctx, ps)
-				scanned <- sc
-			}()
-		}
+		f.listPending(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -226,7 +226,7 @@ func (e *Engine) follow(ctx context.Context) {
 			f.change(c)
 			// The changes of one round arrive together: apply all that
 			// are ready before listing, so that their gains share one
-			// listing.
+			// listing per server.
 			for more := true; more; {
 				select {
 				case c, ok := <-changes:
@@ -239,9 +239,8 @@ func (e *Engine) follow(ctx context.Context) {
 					more = false
 				}
 			}
-		case sc := <-scanned:
-			scanned = nil
-			f.scanned(sc)
+		case sc := <-f.scanned:
+			f.done(sc)
 		case p := <-wakeups:
 			for _, d := range e.byPart[p] {
 				d.setOwnership(func(s *ownState) {
@@ -257,6 +256,10 @@ func (e *Engine) follow(ctx context.Context) {
 // follower is the state of the engine's follower goroutine (follow).
 type follower struct {
 	e *Engine
+	// server returns the server partition p lives on; list lists the
+	// queues of partitions of one server (see lister).
+	server func(p int) int
+	list   func(ctx context.Context, partitions []int) ([]jobstore.Queue, error)
 	// gen counts the changes of each partition, so that a listing's
 	// result is applied to a partition only if it is still in the gain the
 	// listing was for: not lost since, nor lost and gained again (that
@@ -264,23 +267,63 @@ type follower struct {
 	gen map[int]uint64
 	// pending are the partitions gained and not yet being listed.
 	pending map[int]bool
+	// listing is the listing running on each server, if any.
+	listing map[int]*listing
+	// scanned carries each listing's result back when it ends.
+	scanned chan scan
 }
 
-// scan is one listing of the queues of partitions gained: the partitions
-// with their gen at its start, and the queues found.
+// listing is a listing of the queues of partitions gained on one server,
+// running in its goroutine.
+type listing struct {
+	gens   map[int]uint64 // the partitions listed, with their gen at the start
+	cancel context.CancelFunc
+}
+
+// scan is a listing's result: the server listed and the queues found.
 type scan struct {
-	gens   map[int]uint64
+	server int
 	queues []jobstore.Queue
 }
 
+// listPending starts a listing on every server that has partitions pending
+// and no listing running.
+func (f *follower) listPending(ctx context.Context) {
+	if len(f.pending) == 0 {
+		return
+	}
+	byServer := map[int][]int{}
+	for p := range f.pending {
+		if srv := f.server(p); f.listing[srv] == nil {
+			byServer[srv] = append(byServer[srv], p)
+		}
+	}
+	for srv, ps := range byServer {
+		lctx, cancel := context.WithCancel(ctx)
+		l := &listing{gens: map[int]uint64{}, cancel: cancel}
+		for _, p := range ps {
+			l.gens[p] = f.gen[p]
+			delete(f.pending, p)
+		}
+		f.listing[srv] = l
+		go func() {
+			qs := f.scan(lctx, srv, ps)
+			f.scanned <- scan{server: srv, queues: qs}
+		}()
+	}
+}
+
 // change applies c to the destinations of its partition at once; a gain's
-// queues are listed later (scanned).
+// queues are listed later (listPending, done).
 func (f *follower) change(c cluster.Change) {
 	f.gen[c.Partition]++
 	if c.Owned {
 		f.pending[c.Partition] = true
 	} else {
 		delete(f.pending, c.Partition)
+	}
+	if l := f.listing[f.server(c.Partition)]; l != nil && !f.current(l) {
+		l.cancel() // nothing left to list for: see follow
 	}
 	ds := f.e.byPart[c.Partition]
 	var h *handover
@@ -302,18 +345,31 @@ func (f *follower) change(c cluster.Change) {
 	}
 }
 
-// scanned hands the queues a listing found to the destinations of the
-// partitions it listed that are still in the same gain.
-func (f *follower) scanned(sc scan) {
+// current reports whether a partition of l is still in the gain l lists.
+func (f *follower) current(l *listing) bool {
+	for p, g := range l.gens {
+		if g == f.gen[p] {
+			return true
+		}
+	}
+	return false
+}
+
+// done ends a server's listing: it hands the queues found to the
+// destinations of the partitions listed that are still in the same gain.
+func (f *follower) done(sc scan) {
+	l := f.listing[sc.server]
+	delete(f.listing, sc.server)
+	l.cancel()
 	found := map[string][]string{}
 	for _, q := range sc.queues {
 		p := f.e.opts.Ownership.PartitionOf(q)
-		if g, ok := sc.gens[p]; ok && g == f.gen[p] {
+		if g, ok := l.gens[p]; ok && g == f.gen[p] {
 			found[q.Destination] = append(found[q.Destination], q.Source)
 		}
 	}
 	parts, n := 0, 0
-	for p, g := range sc.gens {
+	for p, g := range l.gens {
 		if g != f.gen[p] {
 			continue
 		}
@@ -324,34 +380,44 @@ func (f *follower) scanned(sc scan) {
 			d.setOwnership(func(s *ownState) { s.scanned = append(s.scanned, srcs...) })
 		}
 	}
-	f.e.opts.Logger.Info("partitions gained: delivering their queues", "partitions", parts, "queues", n)
+	if parts > 0 {
+		f.e.opts.Logger.Info("partitions gained: delivering their queues", "server", sc.server, "partitions", parts, "queues", n)
+	}
 }
 
-// partitionLister is a store that can list the queues of some partitions
-// without asking about the others: the store spread over several servers
-// (jobstore/shard) then asks only the servers that hold them, so that a
-// server that is slow or down does not hold up a gain on another.
-type partitionLister interface {
+// spreadStore is a store spread over several servers (jobstore/shard): it
+// tells which server a partition lives on, and lists the queues of some
+// partitions asking only their servers.
+type spreadStore interface {
+	PartitionServer(p int) int
 	QueuesIn(ctx context.Context, partitions []int) ([]jobstore.Queue, error)
 }
 
-// scan lists the store's queues (those of the gained partitions, when the
-// store can tell them apart), calling again with a backoff while the store
-// fails, until ctx ends.
-func (e *Engine) scan(ctx context.Context, gained []int) []jobstore.Queue {
-	list := e.opts.Store.Queues
-	if pl, ok := e.opts.Store.(partitionLister); ok {
-		list = func(ctx context.Context) ([]jobstore.Queue, error) { return pl.QueuesIn(ctx, gained) }
+// lister returns where each partition lives and how to list the queues of
+// partitions of one server: the spread store's, or, for a store on one
+// server (every partition on server 0), its Queues.
+func (e *Engine) lister() (server func(p int) int, list func(context.Context, []int) ([]jobstore.Queue, error)) {
+	if ss, ok := e.opts.Store.(spreadStore); ok {
+		return ss.PartitionServer, ss.QueuesIn
 	}
+	return func(int) int { return 0 }, func(ctx context.Context, _ []int) ([]jobstore.Queue, error) {
+		return e.opts.Store.Queues(ctx)
+	}
+}
+
+// scan lists the queues of partitions gained on server srv, calling again
+// with a backoff while the store fails, until ctx ends.
+func (f *follower) scan(ctx context.Context, srv int, gained []int) []jobstore.Queue {
 	wait := storeRetryMin
 	for {
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		qs, err := list(sctx)
+		qs, err := f.list(sctx, gained)
 		cancel()
 		if err == nil || ctx.Err() != nil {
 			return qs
 		}
-		e.opts.Logger.Error("list the queues of partitions gained; trying again", "err", err, "in", wait)
+		f.e.opts.Logger.Error("list the queues of partitions gained; trying again",
+			"server", srv, "partitions", len(gained), "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return nil

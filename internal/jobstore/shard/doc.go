@@ -82,11 +82,13 @@
 // call, unless this node owns none of that server's partitions
 // (Options.Holds): the engine lists queues to scan the partitions it gains,
 // and a server on which it owns nothing has none of those. The engine
-// lists with QueuesIn when the store has it, naming the partitions gained,
-// and only their servers are asked: a node that takes partitions of one
-// server is not held up by another that is down or slow (under a heavy
-// write load, listing a server's queues was seen to take longer than the
-// engine's 10 s store timeout, for a minute).
+// lists with QueuesIn, naming the partitions gained, one listing at a time
+// per server (PartitionServer says which server a partition lives on), so
+// only their server is asked: a node that takes partitions of one server is
+// held up neither by another server that is down or slow nor by the
+// listing the engine is retrying there (under a heavy write load, listing
+// a server's queues was seen to take longer than the engine's 10 s store
+// timeout, for a minute).
 //
 // # Start-up
 //

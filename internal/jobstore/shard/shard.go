@@ -244,15 +244,21 @@ func (s *Store) Queues(ctx context.Context) ([]jobstore.Queue, error) {
 	return s.queues(ctx, s.all())
 }
 
-// QueuesIn is Queues asking only the servers that hold partitions (as
-// cluster.PartitionOf numbers them); it returns every queue of those
-// servers. The delivery engine calls it to scan the partitions it gains,
-// so that a server that is slow or down does not hold up a gain on
-// another.
+// PartitionServer returns the index of the server that holds partition p
+// (as cluster.PartitionOf numbers them): p mod the number of servers, the
+// rule cluster.ServerOf applies to a destination. The delivery engine lists
+// the queues of partitions gained one server at a time, each server apart
+// from the others.
+func (s *Store) PartitionServer(p int) int { return p % len(s.stores) }
+
+// QueuesIn is Queues asking only the servers that hold partitions (see
+// PartitionServer); it returns every queue of those servers. The delivery
+// engine calls it to scan the partitions it gains, so that a server that
+// is slow or down does not hold up a gain on another.
 func (s *Store) QueuesIn(ctx context.Context, partitions []int) ([]jobstore.Queue, error) {
 	var servers []int
 	for _, p := range partitions {
-		servers = append(servers, p%len(s.stores))
+		servers = append(servers, s.PartitionServer(p))
 	}
 	slices.Sort(servers)
 	return s.queues(ctx, slices.Compact(servers))

@@ -3,6 +3,7 @@ package shard_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -282,5 +283,34 @@ func TestApplySplitsByServer(t *testing.T) {
 	retries, _, err := b.store.Retries(ctx, crm, b.now.Add(time.Hour), 10)
 	if err != nil || len(retries) != 1 || retries[0].Event.MessageID != "a" {
 		t.Errorf("crm retries = %v, %v; want [a]", retries, err)
+	}
+}
+
+// PartitionServer names the server whose listing holds the partition's
+// queues: the server each destination's jobs were stored on.
+func TestPartitionServer(t *testing.T) {
+	b := setup(t)
+	ctx := t.Context()
+	var dests []string
+	for i := range 16 {
+		dests = append(dests, fmt.Sprintf("d%d", i))
+	}
+	if _, err := b.store.Append(ctx, []jobstore.Entry{b.entry("a", dests...)}); err != nil {
+		t.Fatal(err)
+	}
+	s := b.store.(*shard.Store)
+	for _, d := range dests {
+		p := cluster.PartitionOf(d, cluster.DefaultPartitions)
+		srv := s.PartitionServer(p)
+		if want := cluster.ServerOf(d, cluster.DefaultPartitions, servers); srv != want {
+			t.Errorf("PartitionServer(%d) of %s = %d, want %d (cluster.ServerOf)", p, d, srv, want)
+		}
+		qs, err := s.QueuesIn(ctx, []int{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(qs, jobstore.Queue{Source: "web", Destination: d}) {
+			t.Errorf("QueuesIn(%d) = %v, without web/%s", p, qs, d)
+		}
 	}
 }
