@@ -6,10 +6,16 @@
 // # Tables
 //
 //	cluster_nodes       id (bigserial, one per Join), name, admin_url
-//	                    (where the others reach its admin API), started_at,
-//	                    heartbeat_at. A node is live while its heartbeat is
-//	                    less than one Lease old; dead rows are listed for an
-//	                    hour (GET /api/v1/cluster), then deleted.
+//	                    (where the others reach its admin API),
+//	                    pipeline_digest (Options.Pipeline: the hash of its
+//	                    sources and destinations, compared with the live
+//	                    nodes', see Pipeline; '' from a node that gave
+//	                    none), started_at, heartbeat_at. A node is live
+//	                    while its heartbeat is less than one Lease old; dead
+//	                    rows are listed for an hour (GET /api/v1/cluster),
+//	                    then deleted. Columns added after the first version
+//	                    are added in place by Join (ADD COLUMN IF NOT
+//	                    EXISTS).
 //	cluster_partitions  partition, owner (a node id or NULL), token,
 //	                    expires_at, acquired_at: one row per partition, the
 //	                    lease and its fencing token.
