@@ -274,7 +274,7 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		n.done.Add(1)
 		go n.watchPipelines(rctx)
 	}
-	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()))
+	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()), "pipeline", ShortDigest(opts.Pipeline))
 	return n, nil
 }
 

@@ -210,6 +210,10 @@
 //     Pending read per page, not per job, but more reads than on one node.
 //   - Apply costs one more round trip in a cluster (FenceAll before the
 //     batch of writes).
+//   - Comparing pipelines (Options.Pipeline) is one more read of
+//     cluster_nodes per Heartbeat on each node, in a loop of its own so
+//     that a slow read never delays a renewal. It tells, it does not
+//     refuse: a node whose pipeline differs still joins and delivers.
 //   - A hot destination is delivered by one node (above).
 //   - Balance counts partitions, not load: two busy destinations hashed to
 //     one partition stay together. More partitions than nodes (64 by
