@@ -17,7 +17,7 @@
 //	/api/v1/storage                       free disk space, the reserve, the ballast, whether events are refused
 //	/api/v1/sources/{name}/events         the debugger's last events of a source
 //	/api/v1/sources/{name}/events/stream  server-sent events: new events ("event") and outcome changes ("outcome")
-//	/api/v1/cluster                       the cluster's nodes (404 without storage.postgres)
+//	/api/v1/cluster                       the cluster's nodes, whether their pipelines differ (404 without storage.postgres)
 //	POST /api/v1/replay?source=&destination=&from=&to=|range=   re-deliver archived events
 //	POST /api/v1/stats/flush              write this node's in-memory stats now
 //	/metrics                              Prometheus, this node's alone
@@ -79,8 +79,9 @@ type Options struct {
 	Storage func() any
 	// Cluster, when set, returns the cluster view served at
 	// GET /api/v1/cluster: the nodes sharing the database, their last
-	// heartbeat and their partitions. Without it (no storage.postgres)
-	// the route answers 404.
+	// heartbeat, their partitions and their pipeline digests, and whether
+	// those differ. Without it (no storage.postgres) the route answers
+	// 404.
 	Cluster func(ctx context.Context) (any, error)
 	// Peers, when set, lists the nodes of the cluster, this one marked
 	// Self: the overview, series, issues, destinations, queues and

@@ -44,6 +44,12 @@ type Options struct {
 	// gathers the live state of every node through it. Default "": the
 	// node is listed without one, and the others cannot ask it.
 	AdminURL string
+	// Pipeline is the digest of the pipeline the node runs
+	// (Pipeline.Digest), stored in its row on every server it joins, and
+	// compared at every Heartbeat with the live nodes' (PipelineDiffers).
+	// Default "": the node's pipeline is unknown to the others, and it
+	// compares nothing.
+	Pipeline string
 	// Partitions is the fixed number of partitions the queues map to.
 	// Default 64. Every node of a cluster must use the same number: Join
 	// refuses a number other than the one in the database.
@@ -202,6 +208,8 @@ type Node struct {
 	// renewedAt is when the last successful round's renewal was sent, on
 	// the node's clock (LeaseAge).
 	renewedAt time.Time
+	// differ is what PipelineDiffers returns.
+	differ []string
 
 	// viewSent and viewOwners are the owners of the partitions (valid
 	// leases only) as the last successful round read them, and when that
@@ -256,7 +264,8 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: listen: %w", err)
 	}
 	err = n.pool.QueryRow(ctx,
-		`INSERT INTO cluster_nodes (name, admin_url) VALUES ($1, $2) RETURNING id`, n.name, opts.AdminURL).Scan(&n.id)
+		`INSERT INTO cluster_nodes (name, admin_url, pipeline_digest) VALUES ($1, $2, $3) RETURNING id`,
+		n.name, opts.AdminURL, opts.Pipeline).Scan(&n.id)
 	if err != nil {
 		hangUp(conn)
 		return nil, fmt.Errorf("cluster: register node %q: %w", n.name, err)
@@ -282,7 +291,11 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	go n.heartbeatLoop(rctx)
 	go n.listen(rctx, conn)
 	go n.forward(rctx)
-	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()))
+	if n.comparesPipelines() {
+		n.done.Add(1)
+		go n.watchPipelines(rctx)
+	}
+	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()), "pipeline", ShortDigest(opts.Pipeline))
 	return n, nil
 }
 
@@ -429,7 +442,10 @@ type NodeInfo struct {
 	Name string `json:"name"`
 	// AdminURL is the node's admin API (Options.AdminURL), "" when it
 	// gave none.
-	AdminURL  string    `json:"admin_url,omitempty"`
+	AdminURL string `json:"admin_url,omitempty"`
+	// Pipeline is the digest of the node's pipeline (Options.Pipeline),
+	// "" when it gave none (a version of fanout from before digests).
+	Pipeline  string    `json:"pipeline_digest,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	Heartbeat time.Time `json:"last_heartbeat"`
 	// Live is false for a node whose heartbeats stopped more than a Lease
@@ -444,7 +460,7 @@ type NodeInfo struct {
 // joined.
 func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	rows, err := n.pool.Query(ctx, `
-		SELECT n.id, n.name, n.admin_url, n.started_at, n.heartbeat_at,
+		SELECT n.id, n.name, n.admin_url, n.pipeline_digest, n.started_at, n.heartbeat_at,
 		       n.heartbeat_at > now() - $1::interval,
 		       coalesce(array_agg(p.partition ORDER BY p.partition)
 		                FILTER (WHERE p.partition IS NOT NULL), '{}')
@@ -458,7 +474,7 @@ func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	for rows.Next() {
 		var ni NodeInfo
 		var ps []int32
-		if err := rows.Scan(&ni.ID, &ni.Name, &ni.AdminURL, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
+		if err := rows.Scan(&ni.ID, &ni.Name, &ni.AdminURL, &ni.Pipeline, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
 			return nil, fmt.Errorf("cluster: list nodes: %w", err)
 		}
 		ni.Partitions = make([]int, len(ps))

@@ -62,7 +62,9 @@ func (b *bundle) join(name string, opts Options) *Node {
 	if opts.Lease == 0 {
 		opts.Lease = testLease
 	}
-	opts.Logger = testLogger
+	if opts.Logger == nil {
+		opts.Logger = testLogger
+	}
 	n, err := Join(b.t.Context(), opts)
 	if err != nil {
 		b.t.Fatalf("Join %s: %v", name, err)

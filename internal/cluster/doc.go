@@ -6,10 +6,16 @@
 // # Tables
 //
 //	cluster_nodes       id (bigserial, one per Join), name, admin_url
-//	                    (where the others reach its admin API), started_at,
-//	                    heartbeat_at. A node is live while its heartbeat is
-//	                    less than one Lease old; dead rows are listed for an
-//	                    hour (GET /api/v1/cluster), then deleted.
+//	                    (where the others reach its admin API),
+//	                    pipeline_digest (Options.Pipeline: the hash of its
+//	                    sources and destinations, compared with the live
+//	                    nodes', see Pipeline; '' from a node that gave
+//	                    none), started_at, heartbeat_at. A node is live
+//	                    while its heartbeat is less than one Lease old; dead
+//	                    rows are listed for an hour (GET /api/v1/cluster),
+//	                    then deleted. Columns added after the first version
+//	                    are added in place by Join (ADD COLUMN IF NOT
+//	                    EXISTS).
 //	cluster_partitions  partition, owner (a node id or NULL), token,
 //	                    expires_at, acquired_at: one row per partition, the
 //	                    lease and its fencing token.
@@ -226,6 +232,10 @@
 //     Pending read per page, not per job, but more reads than on one node.
 //   - Apply costs one more round trip in a cluster (FenceAll before the
 //     batch of writes).
+//   - Comparing pipelines (Options.Pipeline) is one more read of
+//     cluster_nodes per Heartbeat on each node, in a loop of its own so
+//     that a slow read never delays a renewal. It tells, it does not
+//     refuse: a node whose pipeline differs still joins and delivers.
 //   - A hot destination is delivered by one node (above).
 //   - Balance counts partitions, not load: two busy destinations hashed to
 //     one partition stay together. More partitions than nodes (64 by

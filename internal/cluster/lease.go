@@ -39,9 +39,12 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, opts Options) error {
 			)`); err != nil {
 			return err
 		}
-		// Appended: the node's admin API, for the cluster-wide admin views.
+		// Appended: the node's admin API, for the cluster-wide admin
+		// views; the digest of its pipeline (Options.Pipeline).
 		if _, err := tx.Exec(ctx, `
-			ALTER TABLE cluster_nodes ADD COLUMN IF NOT EXISTS admin_url text NOT NULL DEFAULT ''`); err != nil {
+			ALTER TABLE cluster_nodes
+				ADD COLUMN IF NOT EXISTS admin_url text NOT NULL DEFAULT '',
+				ADD COLUMN IF NOT EXISTS pipeline_digest text NOT NULL DEFAULT ''`); err != nil {
 			return err
 		}
 		var have []int
@@ -157,8 +160,8 @@ func (n *Node) round(parent context.Context) {
 	until := sent.Add(n.opts.Lease - n.opts.Margin)
 
 	batch := &pgx.Batch{}
-	batch.Queue(`INSERT INTO cluster_nodes (id, name) VALUES ($1, $2)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n.id, n.name)
+	batch.Queue(`INSERT INTO cluster_nodes (id, name, pipeline_digest) VALUES ($1, $2, $3)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n.id, n.name, n.opts.Pipeline)
 	renewed := map[int]int64{}
 	batch.Queue(`UPDATE cluster_partitions SET expires_at = now() + $2::interval
 		WHERE owner = $1 AND expires_at > now() RETURNING partition, token`,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/cluster"
+	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/open"
 )
@@ -50,10 +51,18 @@ type pgCluster struct {
 // most once a second.
 const peersTTL = time.Second
 
-// joinCluster connects to every server of dsns and joins the cluster there
-// under name (empty: a default one, the same on every server), advertising
-// adminURL as its admin API.
-func joinCluster(dsns []string, name, adminURL string, tune ClusterTuning, log *slog.Logger) (_ *pgCluster, err error) {
+// joinCluster connects to every server of cfg.Storage.Postgres and joins
+// the cluster there under cluster.node_name (empty: a default one, the
+// same on every server), advertising adminURL as its admin API and the
+// digest of cfg's pipeline as what it runs.
+func joinCluster(cfg *config.Config, adminURL string, tune ClusterTuning, log *slog.Logger) (_ *pgCluster, err error) {
+	dsns, name := cfg.Storage.Postgres, cfg.Cluster.NodeName
+	// Once, from the configuration loaded at start: the node runs this
+	// pipeline until it stops.
+	digest, err := pipelineOf(cfg).Digest()
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := &pgCluster{}
@@ -78,7 +87,7 @@ func joinCluster(dsns []string, name, adminURL string, tune ClusterTuning, log *
 		}
 		c.pools = append(c.pools, pool)
 		node, err := cluster.Join(ctx, cluster.Options{
-			Pool: pool, NodeName: name, AdminURL: adminURL, Logger: log,
+			Pool: pool, NodeName: name, AdminURL: adminURL, Pipeline: digest, Logger: log,
 			// The wall clock always: the leases are timed by the database, and
 			// a fake clock would stop the heartbeats.
 			Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
@@ -94,6 +103,24 @@ func joinCluster(dsns []string, name, adminURL string, tune ClusterTuning, log *
 		return nil, err
 	}
 	return c, nil
+}
+
+// pipelineOf is the pipeline cfg configures, for the comparison of the
+// nodes' pipelines (cluster.Pipeline): every destination's delivery
+// options with their defaults, as the engine runs them; the settings are
+// normalized by config.Load already.
+func pipelineOf(cfg *config.Config) cluster.Pipeline {
+	var p cluster.Pipeline
+	for _, s := range cfg.Sources {
+		p.Sources = append(p.Sources, cluster.PipelineSource{Name: s.Name, WriteKey: s.WriteKey})
+	}
+	for _, d := range cfg.Destinations {
+		p.Destinations = append(p.Destinations, cluster.PipelineDestination{
+			Name: d.Name, Type: d.Type, Sources: d.Sources, Settings: d.Settings,
+			Delivery: d.Delivery.WithDefaults(),
+		})
+	}
+	return p
 }
 
 // Leave leaves the cluster, so that the other nodes take this node's
@@ -132,6 +159,10 @@ type clusterView struct {
 	Self  int64              `json:"self"`
 	Name  string             `json:"name"`
 	Nodes []cluster.NodeInfo `json:"nodes"`
+	// PipelinesDiffer says the live nodes run different pipelines
+	// (cluster.PipelinesDiffer): jobs for a destination some node lacks
+	// may wait undelivered.
+	PipelinesDiffer bool `json:"pipelines_differ"`
 }
 
 // View returns the cluster view for the admin API.
@@ -143,7 +174,7 @@ func (c *pgCluster) View(ctx context.Context) (any, error) {
 	if nodes == nil {
 		nodes = []cluster.NodeInfo{}
 	}
-	return clusterView{Self: c.node.ID(), Name: c.node.Name(), Nodes: nodes}, nil
+	return clusterView{Self: c.node.ID(), Name: c.node.Name(), Nodes: nodes, PipelinesDiffer: cluster.PipelinesDiffer(nodes)}, nil
 }
 
 // Peers lists the nodes for the admin API's cluster-wide views, as read
@@ -199,5 +230,14 @@ func (c *pgCluster) Collectors() []prometheus.Collector {
 			Name: "fanout_cluster_lease_age_seconds",
 			Help: "Seconds since this node's leases were last renewed (its last successful heartbeat round); past the lease minus its margin it stops delivering.",
 		}, func() float64 { return c.node.LeaseAge().Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "fanout_cluster_pipeline_mismatch",
+			Help: "1 while a live node of the cluster runs other sources or destinations than this node (its pipeline digest differs), else 0.",
+		}, func() float64 {
+			if len(c.node.PipelineDiffers()) > 0 {
+				return 1
+			}
+			return 0
+		}),
 	}
 }

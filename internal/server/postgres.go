@@ -98,6 +98,7 @@ type membership interface {
 	Owned() []int
 	LeaseAge() time.Duration
 	Nodes(ctx context.Context) ([]cluster.NodeInfo, error)
+	PipelineDiffers() []string
 	Leave(ctx context.Context) error
 }
 

@@ -139,7 +139,7 @@ func New(opts Options) (_ *Server, err error) {
 		if s.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
 			return nil, fmt.Errorf("admin_listen: %w", err)
 		}
-		if s.cluster, err = joinCluster(cfg.Storage.Postgres, cfg.Cluster.NodeName, adminURL(s.adminLn), opts.ClusterTuning, opts.Logger); err != nil {
+		if s.cluster, err = joinCluster(cfg, adminURL(s.adminLn), opts.ClusterTuning, opts.Logger); err != nil {
 			return nil, err
 		}
 	}

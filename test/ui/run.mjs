@@ -329,7 +329,7 @@ check('a fanout short of disk space shows the storage banner on every page', asy
   assert.deepEqual(page.errors, []);
 });
 
-check('the cluster page lists the nodes, their heartbeats, lease ages and partitions', async () => {
+check('the cluster page lists the nodes, their heartbeats, lease ages, partitions and pipelines', async () => {
   const page = await newPage();
   await page.goto(CLUSTER + '/#/cluster');
   await page.waitForSelector('[data-testid=node]');
@@ -358,8 +358,22 @@ check('the cluster page lists the nodes, their heartbeats, lease ages and partit
     assert.ok(Number.parseFloat(r.lease_age) < 5, `node ${n.name}: a live node's lease age ${r.lease_age} is under the lease`);
     assert.ok(r.heartbeat.length > 0, `node ${n.name}: no last heartbeat`);
     assert.equal(r.self !== undefined, n.id === v.self, `node ${n.name}: the "this node" badge`);
+    assert.equal(r.pipeline, n.pipeline_digest.slice(0, 12), `node ${n.name}: pipeline digest`);
   }
   assert.match(await page.textContent('[data-testid=cluster-summary]'), /2 live nodes holding 64 partitions/);
+  // The second node has a destination more: their pipelines differ, the
+  // page warns and lists each digest with its node, and marks the node
+  // that differs from the one serving the page.
+  assert.equal(v.pipelines_differ, true, 'the API says the pipelines differ');
+  assert.notEqual(v.nodes[0].pipeline_digest, v.nodes[1].pipeline_digest);
+  const warning = page.locator('[data-testid=pipelines-differ]');
+  await warning.waitFor();
+  assert.match(await warning.textContent(), /The live nodes run 2 different pipelines/);
+  for (const n of v.nodes) {
+    assert.equal(await warning.locator(`li[data-digest="${n.pipeline_digest}"]`).textContent(), `${n.pipeline_digest.slice(0, 12)}: ${n.name}`);
+  }
+  const differs = rows.filter((r) => r.pipeline_differs !== undefined).map((r) => r.id);
+  assert.deepEqual(differs, v.nodes.filter((n) => n.id !== v.self).map((n) => n.id), 'the node marked as differing');
   await page.screenshot({ path: join(SHOTS, 'cluster.png'), fullPage: true });
   assert.deepEqual(page.errors, []);
 });

@@ -314,8 +314,9 @@ func TestUI(t *testing.T) {
 }
 
 // startCluster starts two nodes on one throwaway PostgreSQL database,
-// delivering to the ok destination, and returns the first once the two
-// share the partitions.
+// delivering to the ok destination, the second with a destination more
+// (so that their pipelines differ and the Cluster page warns), and
+// returns the first once the two share the partitions.
 func startCluster(t *testing.T, s *sink) *fanouttest.Server {
 	t.Helper()
 	dsn := pgtest.Start(t)
@@ -331,7 +332,12 @@ destinations:
 `, webKey, s.URL)
 	nodes := []*fanouttest.Server{
 		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
-		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
+		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml + fmt.Sprintf(`  - name: extra
+    type: webhook
+    sources: [web]
+    settings:
+      url: %s/ok
+`, s.URL)}),
 	}
 	shared := fanouttest.Eventually(context.Background(), 30*time.Second, func() bool {
 		var v fanouttest.ClusterView

@@ -1,7 +1,9 @@
 // Cluster: the nodes sharing this fanout's PostgreSQL database, from
-// GET /api/v1/cluster: each node's last heartbeat, the age of its leases
-// and the partitions it holds. A fanout on the embedded store is no
-// cluster; the API answers 404 and the page says so.
+// GET /api/v1/cluster: each node's last heartbeat, the age of its leases,
+// the partitions it holds and the digest of its pipeline (sources and
+// destinations), with a warning while the live nodes' digests differ. A
+// fanout on the embedded store is no cluster; the API answers 404 and the
+// page says so.
 import { html } from 'htm/preact';
 import { get } from './api.js';
 import { ago, duration, timestamp } from './format.js';
@@ -32,12 +34,14 @@ export function Cluster() {
       <p class="muted">Nodes whose <code>storage.postgres</code> names the same database form a cluster:
         each destination is delivered by one node, and a node that stops or dies hands its partitions to the others.</p>
     </section>`}
+    ${v && v.nodes && v.pipelines_differ && html`<${PipelinesDiffer} v=${v} />`}
     ${v && v.nodes && html`<${Nodes} v=${v} at=${poll.updatedAt} />`}
   </main>`;
 }
 
 function Nodes({ v, at }) {
   const now = at ? at.getTime() : Date.now();
+  const selfDigest = (v.nodes.find((n) => n.id === v.self) || {}).pipeline_digest;
   const live = v.nodes.filter((n) => n.live);
   const owned = live.reduce((s, n) => s + n.partitions.length, 0);
   return html`<section class="card">
@@ -50,6 +54,7 @@ function Nodes({ v, at }) {
         <th>Node</th><th>State</th><th>Started</th><th>Last heartbeat</th>
         <th class="num" title="Time since the node last renewed its leases (its heartbeat round)">Lease age</th>
         <th class="num">Partitions</th><th>Which</th>
+        <th title="Digest of the node's sources and destinations (SHA-256, first 12 digits): every node should run the same">Pipeline</th>
       </tr></thead>
       <tbody>${v.nodes.map((n) => html`<tr data-testid="node" data-id=${n.id} data-name=${n.name} data-live=${String(n.live)}>
         <td>${n.name} <span class="muted">#${n.id}</span>${n.id === v.self && html` <span class="badge type" data-field="self">this node</span>`}</td>
@@ -59,9 +64,36 @@ function Nodes({ v, at }) {
         <td class="num" data-field="lease_age">${leaseAge(n, now)}</td>
         <td class="num" data-field="partition_count">${n.partitions.length}</td>
         <td data-field="partitions"><code>${ranges(n.partitions) || '–'}</code></td>
+        <td>${n.pipeline_digest
+          ? html`<code data-field="pipeline" title=${n.pipeline_digest}>${short(n.pipeline_digest)}</code>${n.live && v.pipelines_differ && n.pipeline_digest !== selfDigest && html` <span class="badge retrying" data-field="pipeline_differs">differs</span>`}`
+          : html`<span class="muted" data-field="pipeline" title="This node stores no digest: a fanout from before pipeline digests">unknown</span>`}</td>
       </tr>`)}</tbody>
     </table>
   </section>`;
+}
+
+// short is the prefix of a digest that the page and the logs show.
+const short = (d) => d.slice(0, 12);
+
+// PipelinesDiffer warns that the live nodes run different sources or
+// destinations: a node stores jobs for every destination it has, and those
+// of a destination the owner of its partition lacks wait undelivered. It
+// lists the live nodes by pipeline.
+function PipelinesDiffer({ v }) {
+  const by = new Map();
+  for (const n of v.nodes) {
+    if (!n.live || !n.pipeline_digest) continue;
+    if (!by.has(n.pipeline_digest)) by.set(n.pipeline_digest, []);
+    by.get(n.pipeline_digest).push(n.name);
+  }
+  return html`<div class="card pipelines-differ" role="alert" data-testid="pipelines-differ">
+    <strong>The live nodes run ${by.size} different pipelines.</strong>
+    <span> Events for a destination that the node delivering it lacks wait undelivered until every node has the same sources and destinations.
+      Expected for a moment during a rolling upgrade; otherwise, compare the nodes' configuration files.</span>
+    <ul>
+      ${[...by].map(([d, names]) => html`<li data-digest=${d}><code>${short(d)}</code>: ${names.join(', ')}</li>`)}
+    </ul>
+  </div>`;
 }
 
 // leaseAge is how long ago the node's leases were renewed: they are

@@ -300,10 +300,11 @@
       <p class="muted">Nodes whose <code>storage.postgres</code> names the same database form a cluster:
         each destination is delivered by one node, and a node that stops or dies hands its partitions to the others.</p>
     </section>`}
+    ${t&&t.nodes&&t.pipelines_differ&&I`<${Qo} v=${t} />`}
     ${t&&t.nodes&&I`<${Xo} v=${t} at=${e.updatedAt} />`}
-  </main>`}function Xo({v:e,at:t}){let n=t?t.getTime():Date.now(),r=e.nodes.filter(e=>e.live),i=r.reduce((e,t)=>e+t.partitions.length,0);return I`<section class="card">
+  </main>`}function Xo({v:e,at:t}){let n=t?t.getTime():Date.now(),r=(e.nodes.find(t=>t.id===e.self)||{}).pipeline_digest,i=e.nodes.filter(e=>e.live),a=i.reduce((e,t)=>e+t.partitions.length,0);return I`<section class="card">
     <p data-testid="cluster-summary">
-      <strong>${r.length}</strong> live node${r.length===1?``:`s`} holding <strong>${i}</strong> partition${i===1?``:`s`}${e.nodes.length>r.length&&`; ${e.nodes.length-r.length} dead, listed for an hour`}.
+      <strong>${i.length}</strong> live node${i.length===1?``:`s`} holding <strong>${a}</strong> partition${a===1?``:`s`}${e.nodes.length>i.length&&`; ${e.nodes.length-i.length} dead, listed for an hour`}.
       <span class="muted"> This page is served by node ${e.name} (#${e.self}).</span>
     </p>
     <table class="grid">
@@ -311,18 +312,27 @@
         <th>Node</th><th>State</th><th>Started</th><th>Last heartbeat</th>
         <th class="num" title="Time since the node last renewed its leases (its heartbeat round)">Lease age</th>
         <th class="num">Partitions</th><th>Which</th>
+        <th title="Digest of the node's sources and destinations (SHA-256, first 12 digits): every node should run the same">Pipeline</th>
       </tr></thead>
       <tbody>${e.nodes.map(t=>I`<tr data-testid="node" data-id=${t.id} data-name=${t.name} data-live=${String(t.live)}>
         <td>${t.name} <span class="muted">#${t.id}</span>${t.id===e.self&&I` <span class="badge type" data-field="self">this node</span>`}</td>
         <td><span class=${`badge `+(t.live?`delivered`:`failed`)} data-field="state">${t.live?`live`:`dead`}</span></td>
         <td title=${to(t.started_at)}>${$a(t.started_at,n)}</td>
         <td data-field="heartbeat" title=${to(t.last_heartbeat)}>${to(t.last_heartbeat)}</td>
-        <td class="num" data-field="lease_age">${Zo(t,n)}</td>
+        <td class="num" data-field="lease_age">${$o(t,n)}</td>
         <td class="num" data-field="partition_count">${t.partitions.length}</td>
-        <td data-field="partitions"><code>${Qo(t.partitions)||`–`}</code></td>
+        <td data-field="partitions"><code>${es(t.partitions)||`–`}</code></td>
+        <td>${t.pipeline_digest?I`<code data-field="pipeline" title=${t.pipeline_digest}>${Zo(t.pipeline_digest)}</code>${t.live&&e.pipelines_differ&&t.pipeline_digest!==r&&I` <span class="badge retrying" data-field="pipeline_differs">differs</span>`}`:I`<span class="muted" data-field="pipeline" title="This node stores no digest: a fanout from before pipeline digests">unknown</span>`}</td>
       </tr>`)}</tbody>
     </table>
-  </section>`}function Zo(e,t){if(!e.live)return`ran out`;let n=Math.max(0,(t-new Date(e.last_heartbeat).getTime())/1e3);return n<60?`${n.toFixed(1)} s`:Za(n)}function Qo(e){let t=[];for(let n=0;n<e.length;){let r=n;for(;r+1<e.length&&e[r+1]===e[r]+1;)r++;t.push(n===r?`${e[n]}`:`${e[n]}-${e[r]}`),n=r+1}return t.join(`, `)}var $o=[{path:`overview`,title:`Overview`,component:fo},{path:`debugger`,title:`Debugger`,component:Ao},{path:`destinations`,title:`Destinations`,component:Bo},{path:`cluster`,title:`Cluster`,component:Yo}];function es({onDone:e}){let[t,n]=V(``),[r,i]=V(``),[a,o]=V(!1);async function s(n){n.preventDefault(),o(!0),i(``),Le(t.trim());try{await H(`/sources`),e()}catch(e){Le(``),i(e instanceof Re?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return I`<main class="login">
+  </section>`}var Zo=e=>e.slice(0,12);function Qo({v:e}){let t=new Map;for(let n of e.nodes)n.live&&n.pipeline_digest&&(t.has(n.pipeline_digest)||t.set(n.pipeline_digest,[]),t.get(n.pipeline_digest).push(n.name));return I`<div class="card pipelines-differ" role="alert" data-testid="pipelines-differ">
+    <strong>The live nodes run ${t.size} different pipelines.</strong>
+    <span> Events for a destination that the node delivering it lacks wait undelivered until every node has the same sources and destinations.
+      Expected for a moment during a rolling upgrade; otherwise, compare the nodes' configuration files.</span>
+    <ul>
+      ${[...t].map(([e,t])=>I`<li data-digest=${e}><code>${Zo(e)}</code>: ${t.join(`, `)}</li>`)}
+    </ul>
+  </div>`}function $o(e,t){if(!e.live)return`ran out`;let n=Math.max(0,(t-new Date(e.last_heartbeat).getTime())/1e3);return n<60?`${n.toFixed(1)} s`:Za(n)}function es(e){let t=[];for(let n=0;n<e.length;){let r=n;for(;r+1<e.length&&e[r+1]===e[r]+1;)r++;t.push(n===r?`${e[n]}`:`${e[n]}-${e[r]}`),n=r+1}return t.join(`, `)}var ts=[{path:`overview`,title:`Overview`,component:fo},{path:`debugger`,title:`Debugger`,component:Ao},{path:`destinations`,title:`Destinations`,component:Bo},{path:`cluster`,title:`Cluster`,component:Yo}];function ns({onDone:e}){let[t,n]=V(``),[r,i]=V(``),[a,o]=V(!1);async function s(n){n.preventDefault(),o(!0),i(``),Le(t.trim());try{await H(`/sources`),e()}catch(e){Le(``),i(e instanceof Re?`The admin API refused this token.`:String(e.message||e))}finally{o(!1)}}return I`<main class="login">
     <form onSubmit=${s} data-testid="login">
       <h1>fanout</h1>
       <p>This fanout has an admin token. Enter it to see the delivery overview, the debugger and the destinations.</p>
@@ -334,15 +344,15 @@
       <button type="submit" class="primary" disabled=${a}>Sign in</button>
       <p class="hint">The token is kept in this tab's session storage and sent as <code>Authorization: Bearer</code>.</p>
     </form>
-  </main>`}function ts(){let{path:e,params:t}=Ye(),n=$o.find(t=>t.path===e)||$o[0],[r,i]=V(!1),[a,o]=V(0);Ce(()=>Be(()=>i(!0)),[]);let s=Lo(a,r);if(r)return I`<${es} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return I`<div class="shell">
+  </main>`}function rs(){let{path:e,params:t}=Ye(),n=ts.find(t=>t.path===e)||ts[0],[r,i]=V(!1),[a,o]=V(0);Ce(()=>Be(()=>i(!0)),[]);let s=Lo(a,r);if(r)return I`<${ns} onDone=${()=>{i(!1),o(e=>e+1)}} />`;let c=n.component;return I`<div class="shell">
     <header class="top">
       <a class="brand" href="#/overview">fanout</a>
       <nav>
-        ${$o.map(e=>I`<a href=${`#/`+e.path} class=${e===n?`active`:``}
+        ${ts.map(e=>I`<a href=${`#/`+e.path} class=${e===n?`active`:``}
           aria-current=${e===n?`page`:void 0}>${e.title}</a>`)}
       </nav>
       ${Ie()&&I`<button class="link" onClick=${()=>{Le(``),i(!0)}}>Sign out</button>`}
     </header>
     <${Ro} s=${s.data} />
     <${c} key=${n.path+a} params=${t} storage=${s.data} />
-  </div>`}P(I`<${ts} />`,document.getElementById(`app`));
+  </div>`}P(I`<${rs} />`,document.getElementById(`app`));
