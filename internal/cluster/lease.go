@@ -160,8 +160,10 @@ func (n *Node) round(parent context.Context) {
 	until := sent.Add(n.opts.Lease - n.opts.Margin)
 
 	batch := &pgx.Batch{}
-	batch.Queue(`INSERT INTO cluster_nodes (id, name, pipeline_digest) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n.id, n.name, n.opts.Pipeline)
+	// The insert puts back a row deleted meanwhile (the node was taken for
+	// dead an hour), as Join wrote it.
+	batch.Queue(`INSERT INTO cluster_nodes (id, name, admin_url, pipeline_digest) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n.id, n.name, n.opts.AdminURL, n.opts.Pipeline)
 	renewed := map[int]int64{}
 	batch.Queue(`UPDATE cluster_partitions SET expires_at = now() + $2::interval
 		WHERE owner = $1 AND expires_at > now() RETURNING partition, token`,
