@@ -68,8 +68,12 @@ type ClusterResult struct {
 	// at the same steady rate (SteadyRate), the mean of two runs each.
 	CPU3vs1 float64 `json:"cpu_per_event_3_vs_1"`
 	// CPU3vs1Shared is the same with each node given its share of the
-	// machine's cores (SharedProcs), as a container's CPU limit gives it.
+	// machine's cores (SharedProcs).
 	CPU3vs1Shared float64 `json:"cpu_per_event_3_vs_1_cores_shared"`
+	// CPU3vs1WithPostgres is CPU3vs1 with the PostgreSQL server's CPU
+	// added to the nodes' (SteadyWithPostgresMeanUs): the whole cost of an
+	// event on the machine.
+	CPU3vs1WithPostgres float64 `json:"cpu_per_event_3_vs_1_with_postgres"`
 	// SteadyRate is the events/s of the steady runs: one every cluster
 	// size sustains on the machine, so that each delivers the same load.
 	SteadyRate float64 `json:"steady_events_per_sec"`
@@ -105,6 +109,12 @@ type ClusterScaleRun struct {
 	// alike. SteadyCPUMeanUs is their mean.
 	SteadyCPUUs     []float64 `json:"steady_cpu_per_delivered_event_us"`
 	SteadyCPUMeanUs float64   `json:"steady_cpu_per_delivered_event_mean_us"`
+	// SteadyWithPostgresUs are the same runs with the CPU of the
+	// PostgreSQL server (the postmaster and its children) added: the
+	// database's share of the cost of an event, which a cluster changes
+	// too. SteadyWithPostgresMeanUs is their mean.
+	SteadyWithPostgresUs     []float64 `json:"steady_cpu_per_delivered_event_with_postgres_us"`
+	SteadyWithPostgresMeanUs float64   `json:"steady_cpu_per_delivered_event_with_postgres_mean_us"`
 	// SharedProcs is GOMAXPROCS of each node in the shared runs: the
 	// machine's cores over the nodes, at least 1 (sharedProcs).
 	// SharedCPUUs are those runs' figures, run right after each steady
@@ -118,9 +128,10 @@ type ClusterScaleRun struct {
 }
 
 // sharedProcs is the GOMAXPROCS of each of n nodes on one machine given
-// its share of the cores, as a container limited to cores/n CPUs gets from
-// the Go runtime (which sizes GOMAXPROCS by the cgroup's CPU limit).
-// Without it, each of the three nodes on the 2-core machine runs two Ps,
+// its share of the cores. A container limited to cores/n CPUs does not get
+// it from the Go runtime when that is under 2: the runtime sizes
+// GOMAXPROCS by the cgroup's CPU limit, but rounds a limit under 2 up to
+// 2, so on the 2-core machine only GOMAXPROCS set by hand does. Without it, each of the three nodes on the 2-core machine runs two Ps,
 // and a lightly loaded Go process wakes and spins idle threads at each
 // goroutine it readies: at 1,000 events/s that cost 20 to 30% of the
 // cluster's CPU per event in runs on the 2-core machine (BENCHMARKS.md).
@@ -212,10 +223,10 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 	res.SteadyRate = clusterSteadyRate
 	// Each steady run on default GOMAXPROCS is followed by its shared
 	// run, so that a drift of the machine weighs on both alike.
-	steady := func(name string, n, procs int) (float64, error) {
+	steady := func(name string, n, procs int) (steadyCPU, error) {
 		c, err := e.startCluster(name, sinkAddr, n, procs)
 		if err != nil {
-			return 0, err
+			return steadyCPU{}, err
 		}
 		defer c.stop()
 		return c.steady(ctx, sinkAddr, clusterSteadyRate)
@@ -227,18 +238,21 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		run.SteadyCPUUs = append(run.SteadyCPUUs, cpu)
+		run.SteadyCPUUs = append(run.SteadyCPUUs, cpu.nodes)
+		run.SteadyWithPostgresUs = append(run.SteadyWithPostgresUs, cpu.withPostgres)
 		run.SharedProcs = sharedProcs(n)
 		if run.SharedProcs < runtime.NumCPU() {
 			if cpu, err = steady(fmt.Sprintf("shared%d-%d", n, i), n, run.SharedProcs); err != nil {
 				return nil, err
 			}
 		}
-		run.SharedCPUUs = append(run.SharedCPUUs, cpu)
+		run.SharedCPUUs = append(run.SharedCPUUs, cpu.nodes)
 		run.SteadyCPUMeanUs, run.SharedCPUMeanUs = mean(run.SteadyCPUUs), mean(run.SharedCPUUs)
+		run.SteadyWithPostgresMeanUs = mean(run.SteadyWithPostgresUs)
 	}
 	res.CPU3vs1 = res.Scale[2].SteadyCPUMeanUs / res.Scale[0].SteadyCPUMeanUs
 	res.CPU3vs1Shared = res.Scale[2].SharedCPUMeanUs / res.Scale[0].SharedCPUMeanUs
+	res.CPU3vs1WithPostgres = res.Scale[2].SteadyWithPostgresMeanUs / res.Scale[0].SteadyWithPostgresMeanUs
 
 	if res.Shrink, err = clusterShrink(ctx, e); err != nil {
 		return nil, err
@@ -258,11 +272,13 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 			[2]string{"CPU of all nodes per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
 			[2]string{fmt.Sprintf("CPU per delivered event at %.0f events/s", res.SteadyRate) + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyCPUMeanUs, us(r.SteadyCPUUs))},
 			[2]string{fmt.Sprintf("the same, GOMAXPROCS=%d per node (its share of %d cores)", r.SharedProcs, runtime.NumCPU()) + v, fmt.Sprintf("%.1f µs (%s)", r.SharedCPUMeanUs, us(r.SharedCPUUs))},
+			[2]string{"the same, default GOMAXPROCS, with PostgreSQL's CPU" + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyWithPostgresMeanUs, us(r.SteadyWithPostgresUs))},
 			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
 	}
 	rows = append(rows,
 		[2]string{fmt.Sprintf("CPU per event at %.0f events/s, 3 nodes / 1 node", res.SteadyRate), fmt.Sprintf("%.2f", res.CPU3vs1)},
 		[2]string{"the same, each node on its share of the cores", fmt.Sprintf("%.2f", res.CPU3vs1Shared)},
+		[2]string{"the same, default GOMAXPROCS, with PostgreSQL's CPU", fmt.Sprintf("%.2f", res.CPU3vs1WithPostgres)},
 		[2]string{"rate limit across 3 nodes", fmt.Sprintf("%.0f req/s configured, %.0f offered, %.1f measured (%.2f x)",
 			res.RateLimit.Configured, res.RateLimit.Offered, res.RateLimit.Measured, res.RateLimit.Ratio)})
 	rows = append(rows, res.Shrink.rows(e)...)
@@ -631,16 +647,28 @@ func download(url, path string) error {
 	return f.Close()
 }
 
+// steadyCPU is a steady run's CPU time per delivered event, in µs: of the
+// nodes, and of the nodes and the PostgreSQL server together.
+type steadyCPU struct{ nodes, withPostgres float64 }
+
 // steady sends rate events/s in 20-event batches, spread over every node,
 // for the scenario's duration, waits for them to be delivered and returns
-// the cluster's CPU time per delivered event.
-func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float64) (float64, error) {
+// the CPU time per delivered event.
+func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float64) (steadyCPU, error) {
 	s0, err := sinkStats(sinkAddr)
 	if err != nil {
-		return 0, err
+		return steadyCPU{}, err
+	}
+	pg, err := c.e.pg.srv.PID()
+	if err != nil {
+		return steadyCPU{}, err
 	}
 	c.e.logf("%s: %.0f events/s over %d node(s) for %v", c.name, rate, len(c.nodes), c.e.opts.Duration)
 	cpu0 := c.cpu()
+	pg0, err := treeCPU(pg)
+	if err != nil {
+		return steadyCPU{}, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, c.e.opts.Duration)
 	profiled := c.profile(lctx)
 	lr := c.load(rate, 20, 8, c.name, c.writeKeys, false).run(lctx, 0)
@@ -648,9 +676,18 @@ func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float6
 	profiled()
 	_, s, err := waitAccepted(sinkAddr, s0.Unique+uint64(lr.acked), time.Minute)
 	if err != nil {
-		return 0, err
+		return steadyCPU{}, err
 	}
-	return float64((c.cpu() - cpu0).Microseconds()) / float64(s.Unique-s0.Unique), nil
+	nodes := c.cpu() - cpu0
+	pg1, err := treeCPU(pg)
+	if err != nil {
+		return steadyCPU{}, err
+	}
+	n := float64(s.Unique - s0.Unique)
+	return steadyCPU{
+		nodes:        float64(nodes.Microseconds()) / n,
+		withPostgres: float64((nodes + pg1 - pg0).Microseconds()) / n,
+	}, nil
 }
 
 func mean(fs []float64) float64 {

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -49,5 +51,45 @@ func TestSizeRatio(t *testing.T) {
 				t.Errorf("sizeRatio(%d, %d) = %v, want %v", tt.after, tt.before, got, tt.want)
 			}
 		})
+	}
+}
+
+// treeCPU counts a child's CPU while it runs and after it was waited for:
+// PostgreSQL's backends come and go during a steady run.
+func TestTreeCPU(t *testing.T) {
+	self := os.Getpid()
+	before, err := treeCPU(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A child that burns CPU until told to stop: counted while it runs.
+	burn := exec.Command("sh", "-c", "while :; do :; done")
+	if err := burn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var running time.Duration
+	for end := time.Now().Add(10 * time.Second); running-before < 200*time.Millisecond; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			burn.Process.Kill()
+			t.Fatalf("a busy child's CPU is not counted: %s, then %s", before, running)
+		}
+		if running, err = treeCPU(self); err != nil {
+			t.Fatal(err)
+		}
+	}
+	burn.Process.Kill()
+	burn.Wait()
+	child := burn.ProcessState.UserTime() + burn.ProcessState.SystemTime()
+	after, err := treeCPU(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Waited for: its whole CPU is in the parent's, counted once (ticks
+	// are 10 ms).
+	if got := after - before; got < child-20*time.Millisecond {
+		t.Errorf("after the child ended the tree's CPU grew by %s, less than the child's %s", got, child)
+	}
+	if after < running {
+		t.Errorf("the tree's CPU went down from %s to %s when the child ended", running, after)
 	}
 }

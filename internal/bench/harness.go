@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -309,20 +308,65 @@ func procStatusKB(pid int, field string) (int64, error) {
 
 // cpuTime returns the user+system CPU time the process has used.
 func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := readStat(pid)
+	return st.self, err
+}
+
+// treeCPU returns the user+system CPU time of the process and of its
+// children, those still running and those it has waited for: a server's
+// whole CPU when its workers are its children, as PostgreSQL's backends
+// are the postmaster's. A child that ends between two readings moves from
+// the running ones to the waited-for ones, so a difference of two
+// readings counts it once.
+func treeCPU(pid int) (time.Duration, error) {
+	st, err := readStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name may hold spaces; fields start after its ')'.
+	sum := st.self + st.children
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, dir := range procs {
+		child, err := strconv.Atoi(filepath.Base(dir))
+		if err != nil || child == pid {
+			continue
+		}
+		if c, err := readStat(child); err == nil && c.ppid == pid {
+			sum += c.self
+		}
+	}
+	return sum, nil
+}
+
+// procStat is what the bench reads of /proc/PID/stat.
+type procStat struct {
+	ppid     int
+	self     time.Duration // utime+stime
+	children time.Duration // cutime+cstime: the children waited for
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, err
+	}
+	// The command name may hold spaces; fields start after its ')', with
+	// the state, the ppid (field 4 of proc(5)) and utime at f[11].
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+	var n [5]int64
+	for i, k := range []int{1, 11, 12, 13, 14} {
+		v, err := strconv.ParseInt(f[k], 10, 64)
+		if err != nil {
+			return procStat{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		n[i] = v
 	}
 	const ticks = 100 // USER_HZ on Linux
-	return time.Duration(utime+stime) * time.Second / ticks, nil
+	return procStat{
+		ppid:     int(n[0]),
+		self:     time.Duration(n[1]+n[2]) * time.Second / ticks,
+		children: time.Duration(n[3]+n[4]) * time.Second / ticks,
+	}, nil
 }
 
 // writeJSON writes the scenario's figures.

@@ -299,13 +299,7 @@ func (s *Server) Stop() error {
 // the command line keeps a stale PID file (its server killed, the PID
 // since reused) from having pg_ctl signal another process.
 func (s *Server) running() bool {
-	data := filepath.Join(s.dir, "data")
-	b, err := os.ReadFile(filepath.Join(data, "postmaster.pid"))
-	if err != nil {
-		return false
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	pid, err := s.PID()
 	if err != nil {
 		return false
 	}
@@ -314,7 +308,7 @@ func (s *Server) running() bool {
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	// Without /proc, trust the PID file as pg_ctl does.
-	return err != nil || strings.Contains(string(cmdline), data)
+	return err != nil || strings.Contains(string(cmdline), filepath.Join(s.dir, "data"))
 }
 
 // reap stops the servers of the pgtest directories in os.TempDir whose
@@ -489,6 +483,18 @@ func server(t testing.TB) *Server {
 		t.Fatal(shared.err)
 	}
 	return shared.srv
+}
+
+// PID returns the process id of the server's postmaster, from its PID
+// file: every other process of the server is its child (the bench counts
+// the server's CPU with it).
+func (s *Server) PID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, "data", "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return strconv.Atoi(strings.TrimSpace(line))
 }
 
 // Dir returns the server's temporary directory, which holds its data, its
