@@ -22,6 +22,7 @@ import (
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/latency"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/server"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -765,7 +766,7 @@ destinations:
     delivery: {retry_window: 1ms}
 `, queueKeyWeb, sink.URL))
 	blockArchive(t, data, "web", "vault")
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	clk := clock.NewFake(time.Now().UTC())
 	r := startWith(t, p, clk, slog.New(slog.NewJSONHandler(logs, nil)))
 	if code := r.send(t, queueKeyWeb, batch(tracks("vault", 0, 3)...)); code != 200 {
