@@ -52,6 +52,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/delivery"
@@ -97,8 +98,9 @@ type Options struct {
 	Delivers func(destination string) bool
 	// Token, when not empty, is required as a bearer token.
 	Token string
-	// Now is the clock ranges end at. Default time.Now.
-	Now func() time.Time
+	// Clock is the time ranges end at (Now) and the cluster-wide views'
+	// flush rounds are spaced on (Steady). Default clock.Real.
+	Clock clock.Clock
 	// Heartbeat is how often an idle event stream sends a comment, so that
 	// proxies keep it open. Default 15 s.
 	Heartbeat time.Duration
@@ -117,8 +119,8 @@ type handler struct {
 
 // New returns the admin API handler.
 func New(o Options) http.Handler {
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.Real{}
 	}
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = 15 * time.Second
@@ -315,7 +317,7 @@ func (h *handler) localState(ctx context.Context) map[string]*State {
 	for _, d := range h.State(ctx) {
 		pending := h.Stats.PendingRetry(d.Name)
 		depth := h.Stats.Depth(d.Name)
-		now := h.Now()
+		now := h.Clock.Now()
 		st := &State{Name: d.Name, InFlight: d.InFlight, Concurrency: d.Concurrency,
 			CircuitOpen: d.CircuitOpen, ProbeAt: timePtr(d.ProbeAt), Queues: []QueueState{}}
 		if h.Delivers != nil {
@@ -421,7 +423,7 @@ func (h *handler) destinationTypes(w http.ResponseWriter, r *http.Request) {
 // number of days) ending now. The default is the last 24 hours.
 func (h *handler) filter(r *http.Request) (stats.Filter, error) {
 	q := r.URL.Query()
-	f := stats.Filter{Source: q.Get("source"), Destination: q.Get("destination"), To: h.Now()}
+	f := stats.Filter{Source: q.Get("source"), Destination: q.Get("destination"), To: h.Clock.Now()}
 	if v := q.Get("to"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {

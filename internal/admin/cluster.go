@@ -24,10 +24,11 @@ package admin
 //     merge latency quantiles (the sketches are in the rows, not in the
 //     answers) and would read the database N times instead of once.
 //     The views share their flush rounds (flushRounds): the UI asks for
-//     the overview, series and issues at once from every open tab, and
-//     one round serves all the views waiting when it starts. A node with
-//     nothing counted since its last flush answers without writing
-//     (stats.Flush).
+//     the overview, series and issues at once, every few seconds, from
+//     every open tab, and a round serves all the views asked within
+//     minFlushGap (1 s) of its start, so that a view shows what every node counted up to
+//     1 s before it was asked. A node with nothing counted since its last
+//     flush answers without writing (stats.Flush).
 //   - In a node's memory: the scheduler's live state (buffered, in
 //     flight, paused, rate, circuit) of the destinations whose partitions
 //     the node owns, and the debugger's sample of the events it took in
@@ -128,7 +129,7 @@ func (h *handler) states(r *http.Request) (map[string]*State, []NodeStatus) {
 	ctx := r.Context()
 	var flushed []NodeStatus
 	var wg sync.WaitGroup
-	wg.Go(func() { flushed = h.flushes.do(ctx, h.flushCluster) })
+	wg.Go(func() { flushed = h.flushed(ctx) })
 	parts, nodes := gather(ctx, h, http.MethodGet, "/api/v1/queues", nil, func() ([]*State, error) {
 		out := []*State{}
 		for _, s := range h.localState(ctx) {
@@ -254,26 +255,53 @@ func (h *handler) statsNodes(r *http.Request) []NodeStatus {
 	if !h.clusterWide(r) {
 		return nil
 	}
-	return h.flushes.do(r.Context(), h.flushCluster)
+	return h.flushed(r.Context())
 }
 
-// flushRounds lets the concurrent cluster-wide views of a node share their
-// flush rounds (handler.flushCluster): one round runs at a time, and every
-// view that asks while it runs waits for the next one, which they all
-// share. Views asked together by N browser tabs make two rounds, not N.
+// flushed returns the nodes' statuses of a flush round (flushRounds) fit
+// for a cluster-wide view asked now.
+func (h *handler) flushed(ctx context.Context) []NodeStatus {
+	return h.flushes.do(ctx, h.Clock.Steady, h.flushCluster)
+}
+
+// minFlushGap is how recent a flush round must be for a cluster-wide
+// view to share it rather than ask for a new one: the age, from its
+// start, of the rounds a view may use. It bounds both the load the views
+// put on the other nodes, a flush request to each at most once per
+// minFlushGap from each node serving views, however many tabs poll it,
+// and how stale a view may be: it shows what every reachable node
+// counted up to minFlushGap before it was asked. 1 s is half the nodes'
+// own flush interval (stats.DefaultFlushInterval), under the UI's
+// shortest polling period (2 s, the destinations page), and far more than
+// the milliseconds between the requests of one poll, which so share a
+// round.
+const minFlushGap = time.Second
+
+// flushRounds lets the cluster-wide views of a node share their flush
+// rounds (handler.flushCluster). A view shares the latest round if it
+// started less than minFlushGap before the view asked, running or ended;
+// else it asks for a new round. One round runs at a time: a view that
+// asks for a new one while an older one runs waits for that to end, and
+// every view that waited shares the round that runs next. Views asked
+// together by N browser tabs make one round (two when they find an older
+// one running), not N, and rounds start at least minFlushGap apart.
 //
-// A view never shares a round that started before it asked: that round
-// may have flushed a node before the node counted what the view must
-// show, and an overview taken once delivery has stopped would then miss
-// the last deliveries (TestClusterStatsAgree, TestClusterView in
-// test/durability). Sharing the round in flight, as singleflight would,
-// is therefore not enough; waiting for the next round costs a view at
-// most one round more.
+// What a view shows is therefore what each node had counted when the
+// round reached it, and the round started at most minFlushGap before the
+// view asked: a view may miss what was counted in the last minFlushGap
+// before it was asked, never anything older. An overview asked once
+// delivery has stopped shows every delivery if it is asked minFlushGap
+// later, or asked again (TestFlushRoundsReused; TestClusterView in
+// test/durability polls). Sharing a round of any age, as singleflight
+// would, could miss what was counted for as long as the round ran
+// (peerTimeout and more).
 //
 // The zero value is ready to use.
 type flushRounds struct {
 	mu sync.Mutex
-	// next is the round not started yet that the views asking now will
+	// last is the latest round started; nil before the first.
+	last *flushRound
+	// next is the round not started yet that the views waiting now will
 	// share; nil when none waits.
 	next *flushRound
 	// running is closed when the running round ends; nil when none runs.
@@ -282,27 +310,36 @@ type flushRounds struct {
 
 // flushRound is one flush of every node, shared by views.
 type flushRound struct {
-	done  chan struct{} // closed when nodes is set
-	nodes []NodeStatus
-	views int // how many views asked for it; read under flushRounds.mu
+	started time.Time     // on the Steady clock
+	done    chan struct{} // closed when nodes is set
+	nodes   []NodeStatus
+	views   int // how many views asked for it; read under flushRounds.mu
 }
 
-// do returns the nodes' statuses of a round of flush that starts after do
-// was called, running it if no round runs, else waiting for the running
-// one to end and the next to run. The view whose call runs the round runs
-// it to the end even if its ctx ends (the others share it); a view whose
-// ctx ends while waiting gets nil.
-func (f *flushRounds) do(ctx context.Context, flush func(context.Context) []NodeStatus) []NodeStatus {
+// do returns the nodes' statuses of a round of flush that started less
+// than minFlushGap before do was called, on the steady clock, or after:
+// the latest round if it is that recent, else a new one, which do runs if
+// no round runs, else waits for the running one to end and the next to
+// run. The view whose call runs the round runs it to the end even if its
+// ctx ends (the others share it); a view whose ctx ends while waiting
+// gets nil.
+func (f *flushRounds) do(ctx context.Context, steady func() time.Time, flush func(context.Context) []NodeStatus) []NodeStatus {
 	f.mu.Lock()
-	if f.next == nil {
-		f.next = &flushRound{done: make(chan struct{})}
+	var r *flushRound
+	if f.last != nil && steady().Sub(f.last.started) < minFlushGap {
+		r = f.last
+	} else {
+		if f.next == nil {
+			f.next = &flushRound{done: make(chan struct{})}
+		}
+		r = f.next
 	}
-	r := f.next
 	r.views++
 	for {
 		if f.next == r && f.running == nil {
 			running := make(chan struct{})
-			f.next, f.running = nil, running
+			r.started = steady()
+			f.next, f.last, f.running = nil, r, running
 			f.mu.Unlock()
 			r.nodes = flush(context.WithoutCancel(ctx))
 			close(r.done)
@@ -312,7 +349,8 @@ func (f *flushRounds) do(ctx context.Context, flush func(context.Context) []Node
 			close(running)
 			return r.nodes
 		}
-		// Another round runs (r's, or one before it): wait for its end.
+		// r runs, or waits for another round to end: wait for r's end,
+		// or for the other round's to start r.
 		running := f.running
 		f.mu.Unlock()
 		select {

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/fanout/fanout/destinations"
+	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/debugger"
 	"github.com/fanout/fanout/internal/delivery"
@@ -103,6 +104,7 @@ type node struct {
 	dbg   *debugger.Debugger
 	stats *stats.Stats
 	srv   *httptest.Server
+	clock *clock.Fake
 
 	mu       sync.Mutex
 	requests []string // the requests other nodes made
@@ -112,8 +114,9 @@ const testToken = "tok"
 
 // clusterOptions shape a testCluster.
 type clusterOptions struct {
-	// stats opens a node's stats; default a Pebble database of its own.
-	stats func(t *testing.T, name string) *stats.Stats
+	// stats opens a node's stats, on the clock now; default a Pebble
+	// database of its own.
+	stats func(t *testing.T, name string, now func() time.Time) *stats.Stats
 	// idle: no node's scheduler holds a queue; otherwise the second
 	// delivers hook, 3 jobs buffered and 2 in flight.
 	idle bool
@@ -122,8 +125,8 @@ type clusterOptions struct {
 	wrap func(nd *node, api http.Handler) http.Handler
 }
 
-func pebbleStats(t *testing.T, _ string) *stats.Stats {
-	st, err := stats.Open(stats.Options{Dir: filepath.Join(t.TempDir(), "stats")})
+func pebbleStats(t *testing.T, _ string, now func() time.Time) *stats.Stats {
+	st, err := stats.Open(stats.Options{Dir: filepath.Join(t.TempDir(), "stats"), Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,9 +161,13 @@ func testCluster(t *testing.T, n int, o clusterOptions) []*node {
 	if o.stats == nil {
 		o.stats = pebbleStats
 	}
+	// The nodes' clock, their stats' too, moves only when a test moves
+	// it: until then every cluster-wide view of a node shares its first
+	// flush round (minFlushGap).
+	clk := clock.NewFake(time.Now())
 	for i := range n {
-		st := o.stats(t, fmt.Sprintf("n%d", i+1))
-		nd := &node{dbg: debugger.New(nil), stats: st}
+		st := o.stats(t, fmt.Sprintf("n%d", i+1), clk.Now)
+		nd := &node{dbg: debugger.New(nil), stats: st, clock: clk}
 		id := int64(i + 1)
 		state := func(context.Context) []delivery.DestinationState {
 			ds := delivery.DestinationState{Name: "hook", Concurrency: 8}
@@ -170,7 +177,7 @@ func testCluster(t *testing.T, n int, o clusterOptions) []*node {
 			}
 			return []delivery.DestinationState{ds}
 		}
-		nd.h = New(Options{Config: cfg, Registry: destinations.Registry{}, State: state, Stats: st, Debugger: nd.dbg, Token: testToken, NodeID: id,
+		nd.h = New(Options{Config: cfg, Registry: destinations.Registry{}, State: state, Stats: st, Debugger: nd.dbg, Token: testToken, NodeID: id, Clock: clk,
 			Peers: func(context.Context) ([]Peer, error) { return list(id), nil }}).(*handler)
 		var api http.Handler = nd.h
 		if o.wrap != nil {
@@ -263,7 +270,8 @@ func TestClusterViews(t *testing.T) {
 		}
 
 		// The stats views ask every node to flush first (the sums are
-		// the database's: TestClusterView in test/durability).
+		// the database's: TestClusterView in test/durability); the
+		// queues' view and this one share the round (flushRounds).
 		var o struct {
 			Nodes []NodeStatus `json:"nodes"`
 		}
@@ -272,6 +280,7 @@ func TestClusterViews(t *testing.T) {
 	}
 	// Every request a node got from the others was for its own part: two
 	// nodes asked each, and n1 was asked for astray's by all three too.
+	// Each node made one flush round, shared by its queues and overview.
 	for i, nd := range nodes {
 		nd.mu.Lock()
 		reqs := slices.Clone(nd.requests)
@@ -281,14 +290,14 @@ func TestClusterViews(t *testing.T) {
 			k += 3
 		}
 		want := map[string]int{
-			"GET /api/v1/queues": k, "POST /api/v1/stats/flush": 2 * k, "GET /api/v1/sources/web/events": k,
+			"GET /api/v1/queues": k, "POST /api/v1/stats/flush": k, "GET /api/v1/sources/web/events": k,
 		}
 		got := map[string]int{}
 		for _, r := range reqs {
 			got[r]++
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
-			t.Errorf("%s was asked %v, want %v (its queues, flush for queues and overview, events)", nd.peer.Name, got, want)
+			t.Errorf("%s was asked %v, want %v (its queues, one flush for queues and overview, events)", nd.peer.Name, got, want)
 		}
 	}
 	// Without the token, another node's part is refused like any request.
@@ -359,7 +368,7 @@ func TestClusterStatsAgree(t *testing.T) {
 	pool := pgtest.Pool(t, pgtest.Start(t))
 	nodes := testCluster(t, 3, clusterOptions{idle: true, stats: postgresStats(pool)})
 	// n1 takes 3 events in, n2 delivers 2 of them; n3 counts nothing.
-	received := time.Now().Add(-time.Second)
+	received := nodes[0].clock.Now().Add(-time.Second)
 	rep := tracks(3, received)
 	nodes[0].stats.ObserveIngest(rep)
 	q := jobstore.Queue{Source: "web", Destination: "hook"}
@@ -386,13 +395,13 @@ func TestClusterStatsAgree(t *testing.T) {
 
 // postgresStats opens each node's stats on pool, rows of its own in the
 // database the nodes share.
-func postgresStats(pool *pgxpool.Pool) func(t *testing.T, name string) *stats.Stats {
-	return func(t *testing.T, name string) *stats.Stats {
+func postgresStats(pool *pgxpool.Pool) func(t *testing.T, name string, now func() time.Time) *stats.Stats {
+	return func(t *testing.T, name string, now func() time.Time) *stats.Stats {
 		pg, err := stats.NewPostgres(t.Context(), pool, stats.PostgresOptions{Node: name})
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := stats.Open(stats.Options{Backend: pg})
+		st, err := stats.Open(stats.Options{Backend: pg, Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}

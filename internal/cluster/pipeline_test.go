@@ -1,16 +1,15 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/pgtest"
 )
 
@@ -121,33 +120,6 @@ func TestPipelinesDiffer(t *testing.T) {
 	}
 }
 
-// logBuffer collects a node's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines returns the lines that hold every one of subs.
-func (l *logBuffer) lines(subs ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for line := range strings.Lines(l.b.String()) {
-		if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(line, s) }) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
-
 // Two nodes of one pipeline agree; a third with a destination more is
 // listed with its digest, the cluster flagged, and each node names the
 // nodes that differ from it in one warning, not one per heartbeat. When
@@ -160,8 +132,8 @@ func TestPipelineMismatch(t *testing.T) {
 	more.Destinations = append(more.Destinations, PipelineDestination{Name: "extra", Type: "webhook", Sources: []string{"web"}})
 	other := digest(t, more)
 
-	var logA logBuffer
-	a := b.join("a", Options{Pipeline: same, Logger: logA.logger()})
+	var logA logtest.Buffer
+	a := b.join("a", Options{Pipeline: same, Logger: logA.Logger(slog.LevelInfo)})
 	b.join("b", Options{Pipeline: same})
 	b.join("old", Options{}) // a fanout from before the digests
 
@@ -193,8 +165,8 @@ func TestPipelineMismatch(t *testing.T) {
 		t.Fatalf("a finds %v differing from it", d)
 	}
 
-	var logC logBuffer
-	c := b.join("c", Options{Pipeline: other, Logger: logC.logger()})
+	var logC logtest.Buffer
+	c := b.join("c", Options{Pipeline: other, Logger: logC.Logger(slog.LevelInfo)})
 	nodes = view(a)
 	if got := pipelines(nodes)["c"]; got != other {
 		t.Fatalf("c's pipeline listed as %q, want %q", got, other)
@@ -209,10 +181,10 @@ func TestPipelineMismatch(t *testing.T) {
 	// Many heartbeats, one warning on each.
 	time.Sleep(5 * testHeartbeat)
 	const warned = "live nodes run another pipeline"
-	if got := logA.lines("level=WARN", warned); len(got) != 1 || !strings.Contains(got[0], `nodes="[c (`+ShortDigest(other)+`)]"`) {
+	if got := logA.Lines("level=WARN", warned); len(got) != 1 || !strings.Contains(got[0], `nodes="[c (`+ShortDigest(other)+`)]"`) {
 		t.Errorf("a's warnings: %q, want one naming c", got)
 	}
-	if got := logC.lines("level=WARN", warned); len(got) != 1 || !strings.Contains(got[0], "a ("+ShortDigest(same)+") b ("+ShortDigest(same)+")") {
+	if got := logC.Lines("level=WARN", warned); len(got) != 1 || !strings.Contains(got[0], "a ("+ShortDigest(same)+") b ("+ShortDigest(same)+")") {
 		t.Errorf("c's warnings: %q, want one naming a and b", got)
 	}
 
@@ -220,7 +192,7 @@ func TestPipelineMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "a agrees with the others again", func() bool { return len(a.PipelineDiffers()) == 0 })
-	if got := logA.lines("level=INFO", "every live node runs this node's pipeline again"); len(got) != 1 {
+	if got := logA.Lines("level=INFO", "every live node runs this node's pipeline again"); len(got) != 1 {
 		t.Errorf("a's lines on agreeing again: %q, want one", got)
 	}
 	if PipelinesDiffer(view(a)) {

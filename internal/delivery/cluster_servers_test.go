@@ -21,6 +21,7 @@ import (
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/postgres"
 	"github.com/fanout/fanout/internal/jobstore/shard"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/pgtest"
 )
 
@@ -45,13 +46,13 @@ type spreadBundle struct {
 	own     spreadOwnership
 	dests   [2]string // dests[i] lives on server i
 	reports chan delivery.Report
-	logs    *logBuffer // the engine's errors
+	logs    *logtest.Buffer // the engine's errors
 }
 
 // setupSpread stores events jobs for each destination, then starts the
 // engine, owning nothing.
 func setupSpread(t *testing.T, events int) *spreadBundle {
-	b := &spreadBundle{t: t, reports: make(chan delivery.Report, 1024), logs: &logBuffer{}}
+	b := &spreadBundle{t: t, reports: make(chan delivery.Report, 1024), logs: &logtest.Buffer{}}
 	for i := 0; b.dests[0] == "" || b.dests[1] == ""; i++ {
 		name := fmt.Sprintf("d%d", i)
 		if srv := cluster.ServerOf(name, spreadPartitions, 2); b.dests[srv] == "" {
@@ -96,7 +97,7 @@ func setupSpread(t *testing.T, events int) *spreadBundle {
 		wakes: make(chan int, 16)}}
 	eng, err := delivery.New(delivery.Options{Store: store, Targets: targets, Clock: clock.Real{}, Ownership: b.own,
 		Archive: archive.NewWriter(filepath.Join(t.TempDir(), "archive")),
-		Logger:  slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelError})),
+		Logger:  b.logs.Logger(slog.LevelError),
 		Observe: func(r delivery.Report) { b.reports <- r }})
 	if err != nil {
 		t.Fatal(err)

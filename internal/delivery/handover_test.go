@@ -1,7 +1,6 @@
 package delivery_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/postgres"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/pgtest"
 )
 
@@ -47,7 +47,7 @@ type handoverBundle struct {
 type handoverNode struct {
 	node  *cluster.Node
 	store *postgres.Store
-	logs  *logBuffer // the node's and its engine's warnings
+	logs  *logtest.Buffer // the node's and its engine's warnings
 }
 
 // setupHandover starts the sink, which answers each request after latency.
@@ -73,8 +73,8 @@ func setupHandover(t *testing.T, latency time.Duration, b *handoverBundle) *hand
 func (b *handoverBundle) start(name string, wrap func(*postgres.Store) jobstore.Store) *handoverNode {
 	t := b.t
 	t.Helper()
-	logs := &logBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", name)
+	logs := &logtest.Buffer{}
+	log := logs.Logger(slog.LevelWarn).With("node", name)
 	opts := b.node
 	opts.Pool, opts.NodeName, opts.Logger = pgtest.Pool(t, b.dsn), name, log
 	node, err := cluster.Join(t.Context(), opts)
@@ -163,24 +163,6 @@ func (b *handoverBundle) awaitOnce(n int) {
 			b.t.Errorf("%s sent %d times, want once", k, n)
 		}
 	}
-}
-
-// logBuffer collects log lines from several goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 // A node joining a cluster whose only node has requests in flight to a slow

@@ -63,8 +63,8 @@ func FuzzIngest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, path uint8, body []byte) {
 		b.mu.Lock()
 		b.accepted = b.accepted[:0]
-		b.logs.Reset()
 		b.mu.Unlock()
+		b.logs.Reset()
 
 		r := httptest.NewRequest(http.MethodPost, paths[int(path)%len(paths)], bytes.NewReader(body))
 		r.SetBasicAuth(webKey, "")

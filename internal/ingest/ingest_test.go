@@ -22,6 +22,7 @@ import (
 	"github.com/fanout/fanout/internal/ingest"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/router"
 )
 
@@ -43,7 +44,7 @@ type bundle struct {
 
 	mu       sync.Mutex
 	accepted []jobstore.Entry
-	logs     bytes.Buffer // what the handler logged, at debug level
+	logs     logtest.Buffer // what the handler logged, at debug level
 }
 
 // setup builds a handler for two sources: "web" is connected to a webhook
@@ -73,7 +74,7 @@ func setup(t testing.TB) *bundle {
 		Router:  router.New(cfg, reg),
 		Store:   b.store,
 		Now:     func() time.Time { return now },
-		Logger:  slog.New(slog.NewTextHandler(lockedWriter{&b.mu, &b.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:  b.logs.Logger(slog.LevelDebug),
 	})
 	return b
 }
@@ -88,17 +89,6 @@ func openStore(t testing.TB, applied jobstore.AppliedFunc) *pebble.Store {
 	}
 	t.Cleanup(func() { store.Close() })
 	return store
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // request describes one call to the handler.

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,11 +10,11 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/stats"
 )
 
@@ -44,24 +43,6 @@ func echo(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `{"error":"refused","api_key":%q,"authorization":%q,"query_key":%q,"signature":%q}`,
 		r.Header.Get("X-Api-Key"), r.Header.Get("Authorization"), r.URL.Query().Get("api_key"), r.Header.Get("webhook-signature"))
-}
-
-// syncBuffer is a bytes.Buffer the server's goroutines may log to at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // logFormat is one of the formats `fanout serve` can log in, with how to
@@ -141,7 +122,7 @@ func textAttrs(line string) map[string]string {
 func TestLogsHoldNoSecrets(t *testing.T) {
 	for _, format := range logFormats {
 		t.Run(format.name, func(t *testing.T) {
-			logs := &syncBuffer{}
+			logs := &logtest.Buffer{}
 			sink := httptest.NewServer(http.HandlerFunc(echo))
 			t.Cleanup(sink.Close)
 			dir := t.TempDir()

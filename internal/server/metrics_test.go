@@ -21,6 +21,8 @@ import (
 
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/latency"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/server"
 	"github.com/fanout/fanout/internal/stats"
 )
@@ -499,8 +501,8 @@ func TestQueueState(t *testing.T) {
 		}
 		l := p.Latency
 		for _, v := range []float64{l.P50, l.P95, l.P99} {
-			if l.Count != 6 || math.Abs(v-2500) > 2500*stats.HistogramError {
-				t.Errorf("web/flaky latency %+v, want 6 at 2500 ms within %v%%", l, 100*stats.HistogramError)
+			if l.Count != 6 || math.Abs(v-2500) > 2500*latency.RelativeError {
+				t.Errorf("web/flaky latency %+v, want 6 at 2500 ms within %v%%", l, 100*latency.RelativeError)
 				break
 			}
 		}
@@ -764,7 +766,7 @@ destinations:
     delivery: {retry_window: 1ms}
 `, queueKeyWeb, sink.URL))
 	blockArchive(t, data, "web", "vault")
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	clk := clock.NewFake(time.Now().UTC())
 	r := startWith(t, p, clk, slog.New(slog.NewJSONHandler(logs, nil)))
 	if code := r.send(t, queueKeyWeb, batch(tracks("vault", 0, 3)...)); code != 200 {

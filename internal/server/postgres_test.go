@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/logtest"
 	"github.com/fanout/fanout/internal/pgtest"
 	"github.com/fanout/fanout/internal/server"
 )
@@ -24,24 +24,6 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // trusts every local connection, so it is accepted and never checked, but
 // fanout still holds it and must show it nowhere.
 const password = "pw-s3cret-9f2c"
-
-// lockedBuffer collects a logger's output from every goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // pgConfig loads the test configuration with storage.postgres set to
 // dsns: one server, or several.
@@ -89,9 +71,9 @@ func TestPostgresStartupErrors(t *testing.T) {
 			{[]string{good, tt.dsn}, "storage.postgres[1]: "},
 		} {
 			t.Run(tt.name+" "+strings.TrimSuffix(place.key, ": "), func(t *testing.T) {
-				var logs lockedBuffer
+				var logs logtest.Buffer
 				_, err := server.New(server.Options{Config: pgConfig(t, place.dsns...), Registry: testRegistry(),
-					Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+					Logger: logs.Logger(slog.LevelDebug)})
 				if err == nil {
 					t.Fatal("New succeeded")
 				}
@@ -123,11 +105,10 @@ func TestPostgresPasswordShownNowhere(t *testing.T) {
 }
 
 func testPasswordShownNowhere(t *testing.T, dsns []string) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	reg := testRegistry()
 	cfg := pgConfig(t, dsns...)
-	r := runWith(t, server.Options{Config: cfg, Registry: reg,
-		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	r := runWith(t, server.Options{Config: cfg, Registry: reg, Logger: logs.Logger(slog.LevelDebug)})
 
 	if code := r.send(t, writeKey, batch(track("pg-1", "ok", ""), track("pg-2", "ok", ""))); code != 200 {
 		t.Fatalf("POST /v1/batch on PostgreSQL: %d", code)

@@ -291,7 +291,7 @@ func New(opts Options) (_ *Server, err error) {
 	}
 	s.admin = newHTTPServer(admin.New(admin.Options{
 		Config: cfg, Registry: opts.Registry, State: s.engine.State, Stats: s.stats,
-		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Now: opts.Clock.Now, Logger: opts.Logger,
+		Debugger: dbg, Metrics: metrics, Token: cfg.AdminToken, Clock: opts.Clock, Logger: opts.Logger,
 		Replay: (&archive.Replayer{
 			Archive: s.archive, Store: s.store, Now: opts.Clock.Now, Replayed: s.stats.Replayed, Logger: opts.Logger,
 		}).Replay,

@@ -24,6 +24,7 @@ import (
 	"github.com/fanout/fanout/destinations/registry"
 	"github.com/fanout/fanout/destinations/webhook"
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/latency"
 	"github.com/fanout/fanout/internal/redact"
 	"github.com/fanout/fanout/internal/server"
 	"github.com/fanout/fanout/internal/stats"
@@ -326,7 +327,7 @@ func TestDeliveryOverview(t *testing.T) {
 	// other destination has no faults.
 	for _, p := range ov.Pairs {
 		switch {
-		case p.Destination == "sink" && (p.Latency.Count != 13 || p.Latency.P99 < 1000*(1-stats.HistogramError)):
+		case p.Destination == "sink" && (p.Latency.Count != 13 || p.Latency.P99 < 1000*(1-latency.RelativeError)):
 			t.Errorf("sink latency = %+v, want 13 delivered, p99 over 1s", p.Latency)
 		case p.Destination == "tracks" && (p.Latency.Count != 14 || p.Latency.P99 > 1000):
 			t.Errorf("tracks latency = %+v, want 14 delivered, p99 under 1s", p.Latency)

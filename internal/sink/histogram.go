@@ -3,15 +3,15 @@ package sink
 import (
 	"time"
 
-	"github.com/fanout/fanout/internal/stats"
+	"github.com/fanout/fanout/internal/latency"
 )
 
-// histogram counts latencies in the DDSketch of stats.Histogram, within
-// stats.HistogramError of the true quantile whatever the range: 50µs and
+// histogram counts latencies in a latency.Histogram, the stats' own, within
+// latency.RelativeError of the true quantile whatever the range: 50µs and
 // 50s are measured equally well, in a few KB per key, with no sample kept.
 // Beside it, the largest latency, exactly.
 type histogram struct {
-	h   stats.Histogram
+	h   latency.Histogram
 	max time.Duration
 }
 

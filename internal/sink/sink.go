@@ -518,7 +518,7 @@ func (s *Sink) parse(req *request, h http.Header) {
 	}
 	if !batch {
 		id, receivedAt := eventFields(req.top)
-		e := parsed{id: headerValue(h, "Webhook-Id"), raw: b, latencyUS: latency(now, receivedAt)}
+		e := parsed{id: headerValue(h, "Webhook-Id"), raw: b, latencyUS: sinceReceived(now, receivedAt)}
 		if e.id == "" {
 			e.id, _ = jsonscan.StringValue(id)
 		}
@@ -530,7 +530,7 @@ func (s *Sink) parse(req *request, h http.Header) {
 		if el.Object {
 			id, receivedAt := eventFields(req.flat[el.Lo:el.Hi])
 			e.id, _ = jsonscan.StringValue(id)
-			e.latencyUS = latency(now, receivedAt)
+			e.latencyUS = sinceReceived(now, receivedAt)
 		}
 		req.events = append(req.events, e)
 	}
@@ -551,9 +551,9 @@ func eventFields(ms []jsonscan.Member) (messageID, receivedAt []byte) {
 	return messageID, receivedAt
 }
 
-// latency returns now - receivedAt in microseconds, or -1 when receivedAt
+// sinceReceived returns now - receivedAt in microseconds, or -1 when receivedAt
 // (a raw JSON value) is missing, not a string or not RFC 3339.
-func latency(now time.Time, receivedAt []byte) int64 {
+func sinceReceived(now time.Time, receivedAt []byte) int64 {
 	at, ok := jsonscan.StringValue(receivedAt)
 	if !ok {
 		return -1

@@ -3,7 +3,11 @@ package stats
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 )
+
+// errCorrupt marks a stats record that cannot be read.
+var errCorrupt = errors.New("corrupt record")
 
 // Keys. Minutes come first so that pruning is one range deletion:
 //
@@ -59,7 +63,7 @@ func (b *bucket) appendBinary(buf []byte) []byte {
 		c.DeliveredRetry, c.PendingRetry, c.Failed, c.Archived} {
 		buf = binary.AppendVarint(buf, v)
 	}
-	buf = b.latency.appendBinary(buf)
+	buf = b.latency.AppendBinary(buf)
 	buf = binary.AppendUvarint(buf, uint64(len(b.issues)))
 	for id, n := range b.issues {
 		buf = binary.AppendUvarint(buf, uint64(id))
@@ -95,7 +99,7 @@ func (b *bucket) decode(buf []byte) error {
 		return errCorrupt
 	}
 	var err error
-	if buf, err = b.latency.decode(buf); err != nil {
+	if buf, err = b.latency.Decode(buf); err != nil {
 		return err
 	}
 	n := uvarint()

@@ -3,6 +3,8 @@ package stats
 import (
 	"sort"
 	"time"
+
+	"github.com/fanout/fanout/internal/latency"
 )
 
 // PendingRetry returns, per source, the jobs for destination that failed
@@ -133,7 +135,7 @@ func (s *Stats) scanNodes(f Filter, fn func(node string, p Pair, minute int64, b
 }
 
 // Latency summarises end-to-end latencies, receivedAt to the attempt that
-// delivered, in milliseconds, each within HistogramError.
+// delivered, in milliseconds, each within latency.RelativeError.
 type Latency struct {
 	Count uint64  `json:"count"`
 	P50   float64 `json:"p50_ms"`
@@ -141,7 +143,7 @@ type Latency struct {
 	P99   float64 `json:"p99_ms"`
 }
 
-func latencyOf(h *Histogram) Latency {
+func latencyOf(h *latency.Histogram) Latency {
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	return Latency{Count: h.Count(), P50: ms(h.Quantile(0.50)), P95: ms(h.Quantile(0.95)), P99: ms(h.Quantile(0.99))}
 }
@@ -172,10 +174,10 @@ func (s *Stats) Overview(f Filter) (Overview, error) {
 	out := Overview{From: f.From, To: f.To, Pairs: []PairOverview{}}
 	type acc struct {
 		c Counts
-		h Histogram
+		h latency.Histogram
 	}
 	pairs := map[Pair]*acc{}
-	var total Histogram
+	var total latency.Histogram
 	var ing Ingest
 	err := s.scan(f, func(p Pair, _ int64, b *bucket) {
 		if p.Destination == "" {
@@ -211,8 +213,8 @@ func (s *Stats) Overview(f Filter) (Overview, error) {
 
 // Histogram returns the merged latency histogram of f, for tests and
 // callers that want other quantiles.
-func (s *Stats) Histogram(f Filter) (*Histogram, error) {
-	var h Histogram
+func (s *Stats) Histogram(f Filter) (*latency.Histogram, error) {
+	var h latency.Histogram
 	err := s.scan(f, func(p Pair, _ int64, b *bucket) {
 		if p.Destination != "" {
 			h.Merge(&b.latency)

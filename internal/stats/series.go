@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/fanout/fanout/internal/latency"
 )
 
 // ErrStep wraps the error Series returns for a step it cannot use.
@@ -50,7 +52,7 @@ func (s *Stats) Series(f Filter, step time.Duration) (Series, error) {
 		return Series{}, fmt.Errorf("%w: %v cuts the range into %d points, more than %d; choose a longer step", ErrStep, step, n, MaxSeriesPoints)
 	}
 	out := Series{From: f.From, To: f.To, Step: int64(step / time.Second), Points: make([]Point, n)}
-	hists := make([]Histogram, n)
+	hists := make([]latency.Histogram, n)
 	err := s.scan(f, func(p Pair, minute int64, b *bucket) {
 		if p.Destination == "" {
 			return

@@ -43,6 +43,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/fanout/fanout/internal/latency"
 	"github.com/fanout/fanout/internal/redact"
 )
 
@@ -184,7 +185,7 @@ func (g *Ingest) add(o *Ingest) {
 // bucket is one minute of one Pair.
 type bucket struct {
 	c       Counts
-	latency Histogram
+	latency latency.Histogram
 	issues  map[uint32]int64 // issue id -> failed attempts in the minute
 	ingest  Ingest           // only for per-source pairs
 	dirty   bool

@@ -2,9 +2,7 @@ package stats
 
 import (
 	"math"
-	"math/rand/v2"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
@@ -12,42 +10,8 @@ import (
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
+	"github.com/fanout/fanout/internal/latency"
 )
-
-// TestHistogramError compares the histogram's quantiles with exact ones
-// over latencies spread across six orders of magnitude.
-func TestHistogramError(t *testing.T) {
-	rnd := rand.New(rand.NewPCG(1, 2))
-	var h, a, b Histogram
-	var vals []time.Duration
-	for i := range 20000 {
-		d := time.Duration(math.Exp(rnd.Float64()*math.Log(1e7))) * time.Microsecond // 1µs..10s
-		vals = append(vals, d)
-		h.Record(d)
-		if i%2 == 0 { // two halves merged must equal the whole
-			a.Record(d)
-		} else {
-			b.Record(d)
-		}
-	}
-	a.Merge(&b)
-	slices.Sort(vals)
-	for _, q := range []float64{0.01, 0.5, 0.95, 0.99, 1} {
-		exact := vals[int(math.Ceil(q*float64(len(vals))))-1]
-		got := h.Quantile(q)
-		if rel := math.Abs(float64(got-exact)) / float64(exact); rel > HistogramError {
-			t.Errorf("q%v = %v, exact %v: relative error %.4f over %v", q, got, exact, rel, HistogramError)
-		}
-		if a.Quantile(q) != got {
-			t.Errorf("q%v of merged halves = %v, of the whole %v", q, a.Quantile(q), got)
-		}
-	}
-	enc := h.appendBinary(nil)
-	var back Histogram
-	if rest, err := back.decode(enc); err != nil || len(rest) != 0 || back.Quantile(0.5) != h.Quantile(0.5) || back.Count() != h.Count() {
-		t.Errorf("decode: %v, rest %d", err, len(rest))
-	}
-}
 
 // openAt opens stats in a new temporary directory, on a clock stopped at
 // now; they are closed in t.Cleanup.
@@ -111,7 +75,7 @@ func TestOverviewLatency(t *testing.T) {
 	}
 	for q, got := range map[float64]float64{0.5: o.Latency.P50, 0.95: o.Latency.P95, 0.99: o.Latency.P99} {
 		exact := float64(lat[int(math.Ceil(q*1000))-1]) / float64(time.Millisecond)
-		if math.Abs(got-exact)/exact > HistogramError {
+		if math.Abs(got-exact)/exact > latency.RelativeError {
 			t.Errorf("p%v = %v ms, exact %v ms", q*100, got, exact)
 		}
 	}

@@ -1,4 +1,4 @@
-package stats
+package latency
 
 import (
 	"encoding/binary"
@@ -14,6 +14,41 @@ import (
 	"github.com/DataDog/sketches-go/ddsketch/mapping"
 	"github.com/DataDog/sketches-go/ddsketch/store"
 )
+
+// TestRelativeError compares the histogram's quantiles with exact ones
+// over latencies spread across six orders of magnitude.
+func TestRelativeError(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var h, a, b Histogram
+	var vals []time.Duration
+	for i := range 20000 {
+		d := time.Duration(math.Exp(rnd.Float64()*math.Log(1e7))) * time.Microsecond // 1µs..10s
+		vals = append(vals, d)
+		h.Record(d)
+		if i%2 == 0 { // two halves merged must equal the whole
+			a.Record(d)
+		} else {
+			b.Record(d)
+		}
+	}
+	a.Merge(&b)
+	slices.Sort(vals)
+	for _, q := range []float64{0.01, 0.5, 0.95, 0.99, 1} {
+		exact := vals[int(math.Ceil(q*float64(len(vals))))-1]
+		got := h.Quantile(q)
+		if rel := math.Abs(float64(got-exact)) / float64(exact); rel > RelativeError {
+			t.Errorf("q%v = %v, exact %v: relative error %.4f over %v", q, got, exact, rel, RelativeError)
+		}
+		if a.Quantile(q) != got {
+			t.Errorf("q%v of merged halves = %v, of the whole %v", q, a.Quantile(q), got)
+		}
+	}
+	enc := h.AppendBinary(nil)
+	var back Histogram
+	if rest, err := back.Decode(enc); err != nil || len(rest) != 0 || back.Quantile(0.5) != h.Quantile(0.5) || back.Count() != h.Count() {
+		t.Errorf("decode: %v, rest %d", err, len(rest))
+	}
+}
 
 var testQuantiles = []float64{0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1}
 
@@ -75,8 +110,8 @@ func TestHistogramQuantiles(t *testing.T) {
 			sorted := slices.Sorted(slices.Values(vals))
 			for _, q := range testQuantiles {
 				exact := exactQuantile(sorted, q)
-				if got := whole.Quantile(q); relErr(got, exact) > HistogramError {
-					t.Errorf("q%v = %v, exact %v: relative error %.4f over %v", q, got, exact, relErr(got, exact), HistogramError)
+				if got := whole.Quantile(q); relErr(got, exact) > RelativeError {
+					t.Errorf("q%v = %v, exact %v: relative error %.4f over %v", q, got, exact, relErr(got, exact), RelativeError)
 				}
 			}
 			for _, parts := range []int{2, 3, 7} {
@@ -87,7 +122,7 @@ func TestHistogramQuantiles(t *testing.T) {
 				var merged, decoded Histogram
 				for i := range hs {
 					merged.Merge(&hs[i])
-					if rest, err := decoded.decode(hs[i].appendBinary(nil)); err != nil || len(rest) != 0 {
+					if rest, err := decoded.Decode(hs[i].AppendBinary(nil)); err != nil || len(rest) != 0 {
 						t.Fatalf("decode part %d: %v, %d bytes left", i, err, len(rest))
 					}
 				}
@@ -114,8 +149,8 @@ func TestHistogramEmpty(t *testing.T) {
 	}
 	// The empty histogram is written as the legacy format's empty one, a
 	// single 0, which a binary from before the DDSketch reads too.
-	if enc := h.appendBinary([]byte{9}); string(enc) != "\x09\x00" {
-		t.Errorf("appendBinary(empty) = %x, want 0900", enc)
+	if enc := h.AppendBinary([]byte{9}); string(enc) != "\x09\x00" {
+		t.Errorf("AppendBinary(empty) = %x, want 0900", enc)
 	}
 }
 
@@ -141,15 +176,15 @@ func TestHistogramBounded(t *testing.T) {
 	if h.s.GetZeroCount() != 0 || !h.s.GetNegativeValueStore().IsEmpty() {
 		t.Error("values outside the positive store")
 	}
-	if got := h.Quantile(0); relErr(got, time.Microsecond) > HistogramError {
+	if got := h.Quantile(0); relErr(got, time.Microsecond) > RelativeError {
 		t.Errorf("minimum = %v, want 1µs", got)
 	}
-	if got := h.Quantile(1); relErr(got, maxLatency) > HistogramError {
+	if got := h.Quantile(1); relErr(got, maxLatency) > RelativeError {
 		t.Errorf("maximum = %v, want %v", got, maxLatency)
 	}
 	// A histogram holding every bucket, the largest there can be, encodes
 	// to a few kilobytes.
-	if enc := h.appendBinary(nil); len(enc) > 16<<10 {
+	if enc := h.AppendBinary(nil); len(enc) > 16<<10 {
 		t.Errorf("full histogram encodes to %d bytes", len(enc))
 	}
 }
@@ -179,12 +214,12 @@ func TestHistogramLegacy(t *testing.T) {
 		t.Fatal(err)
 	}
 	var h Histogram
-	rest, err := h.decode(append(enc, "rest"...))
+	rest, err := h.Decode(append(enc, "rest"...))
 	if err != nil || string(rest) != "rest" {
 		t.Fatalf("decode: %v, rest %q", err, rest)
 	}
 	var again Histogram
-	if _, err := again.decode(h.appendBinary(nil)); err != nil {
+	if _, err := again.Decode(h.AppendBinary(nil)); err != nil {
 		t.Fatalf("decode of the re-encoding: %v", err)
 	}
 	for name, h := range map[string]*Histogram{"legacy": &h, "re-encoded": &again} {
@@ -202,11 +237,11 @@ func TestHistogramLegacy(t *testing.T) {
 	// bin 1500, about 124 days, held everything longer. They read as 1 µs
 	// and maxLatency, within the error.
 	var edges Histogram
-	if _, err := edges.decode([]byte{2, 0, 3, 0xdc, 0x0b, 1}); err != nil {
+	if _, err := edges.Decode([]byte{2, 0, 3, 0xdc, 0x0b, 1}); err != nil {
 		t.Fatal(err)
 	}
-	if edges.Count() != 4 || relErr(edges.Quantile(0.75), time.Microsecond) > HistogramError ||
-		relErr(edges.Quantile(1), maxLatency) > HistogramError {
+	if edges.Count() != 4 || relErr(edges.Quantile(0.75), time.Microsecond) > RelativeError ||
+		relErr(edges.Quantile(1), maxLatency) > RelativeError {
 		t.Errorf("edges: Count %d, q0.75 %v, max %v", edges.Count(), edges.Quantile(0.75), edges.Quantile(1))
 	}
 }
@@ -241,7 +276,7 @@ func TestHistogramCorrupt(t *testing.T) {
 	var otherSk []byte
 	ddsketch.NewDDSketchFromStoreProvider(other, store.SparseStoreConstructor).Encode(&otherSk, false)
 
-	if _, err := new(Histogram).decode(sketchRecord(3, three)); err != nil {
+	if _, err := new(Histogram).Decode(sketchRecord(3, three)); err != nil {
 		t.Fatalf("the well-formed record: %v", err)
 	}
 	tests := map[string][]byte{
@@ -272,7 +307,7 @@ func TestHistogramCorrupt(t *testing.T) {
 	for name, b := range tests {
 		var h Histogram
 		h.Record(time.Second)
-		if _, err := h.decode(b); !errors.Is(err, errCorrupt) {
+		if _, err := h.Decode(b); !errors.Is(err, errCorrupt) {
 			t.Errorf("%s (%x): err = %v, want errCorrupt", name, b, err)
 		}
 		if h.Count() != 1 {
@@ -292,14 +327,14 @@ func FuzzHistogramDecode(f *testing.F) {
 	for _, d := range []time.Duration{time.Millisecond, time.Millisecond, 3 * time.Second, time.Hour} {
 		h.Record(d)
 	}
-	f.Add(h.appendBinary(nil))
+	f.Add(h.AppendBinary(nil))
 	for range 100 {
 		h.Record(50 * time.Millisecond)
 	}
-	f.Add(h.appendBinary(nil))
+	f.Add(h.AppendBinary(nil))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h Histogram
-		rest, err := h.decode(b)
+		rest, err := h.Decode(b)
 		if err != nil {
 			if h.Count() != 0 {
 				t.Fatalf("failed decode left %d latencies", h.Count())
@@ -320,7 +355,7 @@ func FuzzHistogramDecode(f *testing.F) {
 			t.Fatalf("bucket %d above %d", hi, maxIndex)
 		}
 		var again Histogram
-		if rest, err := again.decode(h.appendBinary(nil)); err != nil || len(rest) != 0 {
+		if rest, err := again.Decode(h.AppendBinary(nil)); err != nil || len(rest) != 0 {
 			t.Fatalf("decode of the re-encoding: %v, %d bytes left", err, len(rest))
 		}
 		if again.Count() != h.Count() {

@@ -1,4 +1,9 @@
-package stats
+// Package latency counts latencies in histograms that merge exactly and
+// report every quantile within RelativeError, whatever the range: the
+// delivery latency of the stats (internal/stats), kept per minute and
+// merged over a range, and the latency the test destination measures
+// (internal/sink).
+package latency
 
 import (
 	"encoding/binary"
@@ -12,10 +17,10 @@ import (
 	"github.com/DataDog/sketches-go/ddsketch/store"
 )
 
-// HistogramError is the relative error of every quantile a Histogram
+// RelativeError is the relative error of every quantile a Histogram
 // reports: the value returned is within 1% of a value that was recorded at
 // that rank.
-const HistogramError = 0.01
+const RelativeError = 0.01
 
 // histMapping maps latencies to the buckets of every Histogram, each a
 // DDSketch (github.com/DataDog/sketches-go), the sketch behind Datadog's
@@ -27,8 +32,8 @@ const HistogramError = 0.01
 //
 // The unit is the microsecond because the hand-written sketch that came
 // before used the same gamma on microseconds: its bucket i is the
-// library's bucket i-1, and the minutes it wrote decode to the same
-// quantiles (see decodeLegacy).
+// library's bucket i-1, and the stats' minutes it wrote decode to the
+// same quantiles (see decodeLegacy).
 //
 // The store is the library's default, the buffered paginated store: most
 // minutes hold a few latencies, which it keeps as a short list of bucket
@@ -36,20 +41,20 @@ const HistogramError = 0.01
 // never collapses buckets, so it adds no error; what bounds it is the range
 // of indexes it can be given. Record clamps latencies to
 // [1 µs, maxLatency], indexes minIndex to maxIndex (1,430 buckets, 45
-// pages), and decode refuses anything outside that range, so a garbage
+// pages), and Decode refuses anything outside that range, so a garbage
 // latency, a clock step or a corrupt record cannot grow a histogram beyond
 // about 20 kB, however many latencies it holds.
 var histMapping = func() *mapping.LogarithmicMapping {
-	m, err := mapping.NewLogarithmicMapping(HistogramError)
+	m, err := mapping.NewLogarithmicMapping(RelativeError)
 	if err != nil {
-		panic(err) // HistogramError is a constant in (0, 1)
+		panic(err) // RelativeError is a constant in (0, 1)
 	}
 	return m
 }()
 
 // maxLatency caps what a Histogram records. Nothing real comes near it: a
-// delivery is counted in the minute its event was received, and minutes
-// older than the retention (14 days by default) are gone.
+// delivery is counted in the stats' minute its event was received, and
+// minutes older than the retention (14 days by default) are gone.
 const maxLatency = 30 * 24 * time.Hour
 
 var (
@@ -65,7 +70,7 @@ func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsec
 //
 // A Histogram is not safe for concurrent use, not even by readers: the
 // library's store sorts and compacts its buffer of indexes when it is read
-// (Quantile, appendBinary).
+// (Quantile, AppendBinary).
 type Histogram struct {
 	s *ddsketch.DDSketch // nil until the first value
 }
@@ -108,13 +113,13 @@ func (h *Histogram) Count() uint64 {
 
 // Quantile returns the latency at quantile q in [0, 1]: the smallest
 // recorded value that at least q of the values do not exceed, within
-// HistogramError. It returns 0 for an empty histogram.
+// RelativeError. It returns 0 for an empty histogram.
 //
 // That is the nearest rank, ceil(q*n), rather than the library's
 // GetValueAtQuantile, which ranks at q*(n-1): with few values the two
 // differ, and the library's p99 of 13 deliveries is the second slowest,
 // not the slowest. Every value is in the positive store (Record clamps to
-// 1 µs, decode refuses zero and negative values), so ranking that store is
+// 1 µs, Decode refuses zero and negative values), so ranking that store is
 // ranking the sketch.
 func (h *Histogram) Quantile(q float64) time.Duration {
 	if h.s == nil || h.s.IsEmpty() {
@@ -127,8 +132,8 @@ func (h *Histogram) Quantile(q float64) time.Duration {
 	return time.Duration(math.Round(histMapping.Value(i) * float64(time.Microsecond)))
 }
 
-// A histogram is encoded inside a stats bucket record, whose version byte
-// predates the DDSketch, so the histogram's encoding marks its own format.
+// A histogram is encoded inside a stats bucket record (internal/stats),
+// whose version byte predates the DDSketch, so the histogram's encoding marks its own format.
 // It starts with a uvarint:
 //
 //   - sketchFormat: then the count of latencies, the length of the sketch
@@ -151,7 +156,8 @@ const (
 	sketchFormat = 2048
 )
 
-func (h *Histogram) appendBinary(b []byte) []byte {
+// AppendBinary appends h's encoding to b, which Decode reads back.
+func (h *Histogram) AppendBinary(b []byte) []byte {
 	if h.s == nil || h.s.IsEmpty() {
 		return binary.AppendUvarint(b, 0)
 	}
@@ -170,9 +176,9 @@ const maxCount = 1<<53 - 1
 
 var errCorrupt = errors.New("corrupt record")
 
-// decode adds to h the histogram that appendBinary wrote at the start of
+// Decode adds to h the histogram that AppendBinary wrote at the start of
 // b, of either format, and returns the rest of b. On error h is unchanged.
-func (h *Histogram) decode(b []byte) ([]byte, error) {
+func (h *Histogram) Decode(b []byte) ([]byte, error) {
 	format, k := binary.Uvarint(b)
 	switch {
 	case k <= 0:
