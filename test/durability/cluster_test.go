@@ -599,7 +599,7 @@ func TestClusterLostNetwork(t *testing.T) {
 		refusals++
 	}
 	dups := duplicates(recv, ids) + duplicates(slowRecv, slowIDs)
-	t.Logf("one of two nodes cut off from PostgreSQL: owned nothing %v after the cut (local deadline %v), taken over in %v, healed at %v; "+
+	t.Logf("one of two nodes cut off from PostgreSQL: owned partitions looked at %v after the cut (local deadline %v), taken over in %v, healed at %v; "+
 		"its attempts: %v before the cut, %v after it (%v of %s); %d outcomes refused in %d writes; "+
 		"%d events acknowledged, %d delivered, %d duplicates (%d of %s)",
 		lease-margin+250*time.Millisecond, lease-margin, takeover.Round(time.Millisecond), healedAt.Round(time.Millisecond),
