@@ -347,13 +347,13 @@ func TestClusterPausedNode(t *testing.T) {
 	}
 }
 
-// lostNetworkSlow is the destination of TestClusterLostNetwork that keeps
-// the cut-off node busy: one request at a time to a receiver that holds
-// each for lostNetworkLatency, so that the jobs it has loaded before the
-// cut last it past its lease. A node that went on delivering after its
-// local deadline would still be sending them when the other node takes
-// over; with the fast destinations, it would have run out of loaded jobs
-// within milliseconds of the cut, and its stop would prove nothing.
+// The slow destination of TestClusterLostNetwork keeps the cut-off node
+// busy: lostNetworkEvents events, sent one request at a time to a receiver
+// that holds each for lostNetworkLatency, so that the jobs the node has
+// loaded before the cut last it the whole cut. A node that went on
+// delivering without its lease would still be sending them; with the fast
+// destinations alone, it would have run out of loaded jobs within
+// milliseconds of the cut, and its stillness would prove nothing.
 const (
 	lostNetworkLatency = 200 * time.Millisecond
 	lostNetworkEvents  = 150
@@ -405,8 +405,8 @@ func scrape(t *testing.T, s *fanouttest.Server) map[string]float64 {
 	return m
 }
 
-// sum adds the samples of m whose series starts with prefix.
-func sum(m map[string]float64, prefix string) float64 {
+// sumSeries adds the samples of m whose series starts with prefix.
+func sumSeries(m map[string]float64, prefix string) float64 {
 	total := 0.0
 	for series, v := range m {
 		if strings.HasPrefix(series, prefix) {
@@ -452,7 +452,7 @@ func TestClusterLostNetwork(t *testing.T) {
 	// lowest half when the other joins.
 	victim := fanouttest.Start(t, bin, fanouttest.Config{Postgres: victimDSN, YAML: yaml})
 	owns := func(s *fanouttest.Server, n int) func() bool {
-		return func() bool { return sum(scrape(t, s), ownedPartitions) == float64(n) }
+		return func() bool { return sumSeries(scrape(t, s), ownedPartitions) == float64(n) }
 	}
 	if !fanouttest.Eventually(t.Context(), 30*time.Second, owns(victim, 64)) {
 		t.Fatal("the first node did not take every partition")
@@ -547,11 +547,11 @@ func TestClusterLostNetwork(t *testing.T) {
 	time.Sleep(time.Until(cutAt.Add(lease - margin + 250*time.Millisecond)))
 	scraped := time.Now()
 	m := scrape(t, victim)
-	if sum(m, ownedPartitions) != 0 {
+	if sumSeries(m, ownedPartitions) != 0 {
 		t.Errorf("the cut-off node still owns %v partitions %v after the cut, past its local deadline (Lease-Margin = %v); its leases were renewed %vs before",
-			sum(m, ownedPartitions), scraped.Sub(cutAt).Round(time.Millisecond), lease-margin, sum(m, "fanout_cluster_lease_age_seconds"))
+			sumSeries(m, ownedPartitions), scraped.Sub(cutAt).Round(time.Millisecond), lease-margin, sumSeries(m, "fanout_cluster_lease_age_seconds"))
 	}
-	renewed := scraped.Add(-time.Duration(sum(m, "fanout_cluster_lease_age_seconds") * float64(time.Second))).Sub(cutAt)
+	renewed := scraped.Add(-time.Duration(sumSeries(m, "fanout_cluster_lease_age_seconds") * float64(time.Second))).Sub(cutAt)
 	if renewed > 50*time.Millisecond {
 		t.Errorf("the cut-off node renewed its leases %v after the cut: the cut let bytes through", renewed)
 	}
@@ -585,7 +585,7 @@ func TestClusterLostNetwork(t *testing.T) {
 	if slowRecv.Total() < slowQuiet+5 {
 		t.Errorf("the other node delivered %d requests to %s in 3 s after the takeover", slowRecv.Total()-slowQuiet, slow)
 	}
-	if got, was := sum(now, attempts), sum(quiet, attempts); got != was {
+	if got, was := sumSeries(now, attempts), sumSeries(quiet, attempts); got != was {
 		for series, v := range now {
 			if strings.HasPrefix(series, attempts) && v != quiet[series] {
 				t.Logf("%s: %v then, %v 3 s later", series, quiet[series], v)
@@ -624,7 +624,7 @@ func TestClusterLostNetwork(t *testing.T) {
 		"its attempts: %v before the cut, %v after it (%v of %s); %d outcomes refused (%d writes of the cut-off node); "+
 		"%d events acknowledged, %d delivered, %d duplicates (%d of %s)",
 		renewed.Round(time.Millisecond), deadline.Round(time.Millisecond), takeover.Round(time.Millisecond), healedAt.Round(time.Millisecond),
-		sum(atCut, attempts), sum(now, attempts)-sum(atCut, attempts), sum(now, slowAttempts)-sum(atCut, slowAttempts), slow,
+		sumSeries(atCut, attempts), sumSeries(now, attempts)-sumSeries(atCut, attempts), sumSeries(now, slowAttempts)-sumSeries(atCut, slowAttempts), slow,
 		refused, refusals, len(ids)+len(slowIDs), len(ids)+len(slowIDs)-len(lost)-len(slowRecv.Missing(slowIDs)),
 		dups, duplicates(slowRecv, slowIDs), slow)
 	if !ok {
