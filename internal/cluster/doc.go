@@ -165,8 +165,9 @@
 // node's deadline comes at least Margin before the database's expiry as
 // long as the two clocks tick at about the same rate; no agreement on the
 // time of day is needed. Owns turns false at that deadline without waiting
-// for the heartbeat loop, so an engine that asks before each delivery round
-// never starts a delivery on a lease that may be gone. A request already in
+// for the heartbeat loop, so an engine that asks before each request, once
+// its jobs are read (a read of a database that stopped answering may end
+// past the deadline), never starts a delivery on a lease that may be gone. A request already in
 // flight when a paused process resumes may still reach the destination
 // after the takeover: a duplicate, which at-least-once delivery and the
 // messageId idempotency keys already allow; its outcome is not recorded,
@@ -221,7 +222,8 @@
 //     (delivery.Options.Ownership) follows Changes and Wakeups, scanning a
 //     gained partition's queues with one Store.Queues call per batch of
 //     gains, forgetting a lost one's queues at once, asking Owns before
-//     each dispatch turn, and calling Drained when a partition handed over
+//     each dispatch turn and again once a request's jobs are read, and
+//     calling Drained when a partition handed over
 //     has nothing left in flight.
 //   - A handover is not cancelled: a partition being drained is released
 //     even if the node's share grows again meanwhile (the node retakes a

@@ -17,8 +17,9 @@ import (
 type Ownership interface {
 	PartitionOf(q jobstore.Queue) int
 	// Owns reports whether the node owns partition p now. The scheduler
-	// asks before each dispatch turn: it turns false at the lease's local
-	// deadline, before the Change saying so is read.
+	// asks before each dispatch turn, and again once a request's jobs are
+	// read, since a read may block past the deadline: it turns false at the
+	// lease's local deadline, before the Change saying so is read.
 	Owns(p int) (token int64, ok bool)
 	// Changes are the partitions gained and lost, in order.
 	Changes() <-chan cluster.Change

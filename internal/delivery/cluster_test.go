@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,4 +154,98 @@ func TestOwnership(t *testing.T) {
 	expect("partition 1 gained", map[string]int{"b": 5})
 	own.set(0, true)
 	expect("partition 0 gained again", map[string]int{"a": 2})
+}
+
+// heldRead is a store whose Pending reads wait, once armed, until released:
+// a database that stops answering in the middle of a read.
+type heldRead struct {
+	jobstore.Store
+	armed   atomic.Bool
+	held    chan struct{} // closed when a read is held
+	release chan struct{} // closed to let the reads through
+	once    sync.Once
+}
+
+func (s *heldRead) Pending(ctx context.Context, q jobstore.Queue, after uint64, limit int) ([]jobstore.Job, error) {
+	if s.armed.Load() {
+		s.once.Do(func() { close(s.held) })
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Store.Pending(ctx, q, after, limit)
+}
+
+// A read of the store that ends after the lease's local deadline (Owns
+// turned false while it waited, before the Change saying so) sends nothing
+// of what it read; and if the lease turns out renewed after all, the jobs
+// read are sent then, none lost.
+func TestNoDispatchAfterLeaseEndsDuringRead(t *testing.T) {
+	dir := t.TempDir()
+	clk := clock.NewFake(start)
+	store := openStore(t, dir, clk)
+	defer store.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	s := &scripted{url: srv.URL, tries: map[string]int{}}
+	targets := []delivery.Target{{Name: "a", Type: "test", Destination: decider{s}, Client: srv.Client(), Sources: []string{"web"}}}
+	own := &fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16), wakes: make(chan int, 16)}
+	held := &heldRead{Store: store, held: make(chan struct{}), release: make(chan struct{})}
+	reports := make(chan delivery.Report, 16)
+	eng, err := delivery.New(delivery.Options{Store: held, Targets: targets, Clock: clk, Seed: 1, Ownership: own,
+		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
+		Observe: func(r delivery.Report) { reports <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var es []jobstore.Entry
+	for i := range 3 {
+		id := fmt.Sprintf("e%d", i)
+		es = append(es, jobstore.Entry{Destinations: []string{"a"}, Event: event.Event{Source: "web", MessageID: id,
+			Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))}})
+	}
+	if _, err := store.Append(context.Background(), es); err != nil {
+		t.Fatal(err)
+	}
+	held.armed.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); eng.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	own.set(0, true)
+	select {
+	case <-held.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the gained queue was not read")
+	}
+	// The local deadline passes while the read waits: Owns is false, and
+	// the Change is not sent yet.
+	own.mu.Lock()
+	delete(own.owned, 0)
+	own.mu.Unlock()
+	close(held.release)
+	select {
+	case r := <-reports:
+		t.Fatalf("sent %s after the lease's local deadline", r.Job.Event.MessageID)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	// The renewal was only late: the lease is the node's again, same
+	// token, and no Change comes. A wake-up sends what was read.
+	own.mu.Lock()
+	own.owned[0] = 1
+	own.mu.Unlock()
+	own.wakes <- 0
+	got := map[string]bool{}
+	for len(got) < 3 {
+		select {
+		case r := <-reports:
+			got[r.Job.Event.MessageID] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("after the late renewal delivered %v, want e0, e1 and e2", got)
+		}
+	}
 }

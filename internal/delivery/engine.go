@@ -663,6 +663,10 @@ func (d *dest) dispatch(w *workers, now time.Time) time.Duration {
 			continue
 		}
 		jobs, err := d.take(q, now)
+		if errors.Is(err, errLeaseEnded) {
+			d.consider(q, now)
+			return 0
+		}
 		if err != nil {
 			// The store could not be read: leave the ring until the
 			// destination's backoff ends rather than spin on the queue. Its
@@ -750,6 +754,13 @@ func (d *dest) take(q *queue, now time.Time) ([]jobstore.Job, error) {
 				d.log.Warn("read more jobs for a batch", "source", q.id.Source, "err", err)
 			}
 		}
+	}
+	if !d.owns() {
+		// The read may have taken long (a database cut off, up to
+		// storeTimeout), past the lease's local deadline: send nothing.
+		// The jobs stay in the buffer, for a renewal that comes late, or
+		// for the loss that follows to forget with the queue.
+		return nil, errLeaseEnded
 	}
 	if len(q.sizes) > 0 {
 		most = min(most, q.sizes[0])
@@ -870,6 +881,10 @@ func (d *dest) load(q *queue, now time.Time, want int) error {
 // errStoreBackoff is load's error while the destination waits before
 // calling a failing store again.
 var errStoreBackoff = errors.New("the store failed; waiting before calling it again")
+
+// errLeaseEnded is take's error when the destination's partition is no
+// longer owned once its jobs are in hand (Ownership.Owns).
+var errLeaseEnded = errors.New("the partition's lease ended")
 
 // workers are the goroutines that perform a destination's requests outside
 // its scheduler. They live as long as the scheduler: a goroutine per request
