@@ -183,37 +183,10 @@ func (s *heldRead) Pending(ctx context.Context, q jobstore.Queue, after uint64, 
 // of what it read; and if the lease turns out renewed after all, the jobs
 // read are sent then, none lost.
 func TestNoDispatchAfterLeaseEndsDuringRead(t *testing.T) {
-	dir := t.TempDir()
-	clk := clock.NewFake(start)
-	store := openStore(t, dir, clk)
-	defer store.Close()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	defer srv.Close()
-	s := &scripted{url: srv.URL, tries: map[string]int{}}
-	targets := []delivery.Target{{Name: "a", Type: "test", Destination: decider{s}, Client: srv.Client(), Sources: []string{"web"}}}
 	own := &fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16), wakes: make(chan int, 16)}
-	held := &heldRead{Store: store, held: make(chan struct{}), release: make(chan struct{})}
-	reports := make(chan delivery.Report, 16)
-	eng, err := delivery.New(delivery.Options{Store: held, Targets: targets, Clock: clk, Seed: 1, Ownership: own,
-		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
-		Observe: func(r delivery.Report) { reports <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var es []jobstore.Entry
-	for i := range 3 {
-		id := fmt.Sprintf("e%d", i)
-		es = append(es, jobstore.Entry{Destinations: []string{"a"}, Event: event.Event{Source: "web", MessageID: id,
-			Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))}})
-	}
-	if _, err := store.Append(context.Background(), es); err != nil {
-		t.Fatal(err)
-	}
+	held := &heldRead{held: make(chan struct{}), release: make(chan struct{})}
 	held.armed.Store(true)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	reports := runOwnedA(t, own, func(s jobstore.Store) jobstore.Store { held.Store = s; return held })
 
 	own.set(0, true)
 	select {
@@ -248,4 +221,42 @@ func TestNoDispatchAfterLeaseEndsDuringRead(t *testing.T) {
 			t.Fatalf("after the late renewal delivered %v, want e0, e1 and e2", got)
 		}
 	}
+}
+
+// runOwnedA runs an engine that delivers destination "a" (partition 0 of
+// fakeOwnership) of source "web" under own, over the store that wrap makes
+// of a fresh one, where three events of "a" (e0 to e2) are stored before
+// the engine starts. It returns the engine's reports; the engine stops at
+// the end of the test.
+func runOwnedA(t *testing.T, own delivery.Ownership, wrap func(jobstore.Store) jobstore.Store) <-chan delivery.Report {
+	t.Helper()
+	dir := t.TempDir()
+	clk := clock.NewFake(start)
+	store := openStore(t, dir, clk)
+	t.Cleanup(func() { store.Close() })
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	s := &scripted{url: srv.URL, tries: map[string]int{}}
+	targets := []delivery.Target{{Name: "a", Type: "test", Destination: decider{s}, Client: srv.Client(), Sources: []string{"web"}}}
+	reports := make(chan delivery.Report, 16)
+	eng, err := delivery.New(delivery.Options{Store: wrap(store), Targets: targets, Clock: clk, Seed: 1, Ownership: own,
+		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
+		Observe: func(r delivery.Report) { reports <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var es []jobstore.Entry
+	for i := range 3 {
+		id := fmt.Sprintf("e%d", i)
+		es = append(es, jobstore.Entry{Destinations: []string{"a"}, Event: event.Event{Source: "web", MessageID: id,
+			Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))}})
+	}
+	if _, err := store.Append(context.Background(), es); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); eng.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return reports
 }

@@ -3,9 +3,6 @@ package delivery_test
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,8 +10,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/destinations"
-	"github.com/fanout/fanout/internal/archive"
-	"github.com/fanout/fanout/internal/clock"
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
@@ -176,39 +171,12 @@ func (f drainingOwnership) Drained(p int, token int64) { f.drained <- [2]int64{i
 // listing, once back, is not applied to the partition handed over: its
 // queues would be delivered again on a lease the node is giving up.
 func TestHandoverDuringGainScan(t *testing.T) {
-	dir := t.TempDir()
-	clk := clock.NewFake(start)
-	store := openStore(t, dir, clk)
-	defer store.Close()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
-	defer srv.Close()
-	s := &scripted{url: srv.URL, tries: map[string]int{}}
-	targets := []delivery.Target{{Name: "a", Type: "test", Destination: decider{s}, Client: srv.Client(), Sources: []string{"web"}}}
 	own := drainingOwnership{&fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16),
 		wakes: make(chan int, 16)}, make(chan [2]int64, 16)}
-	scan := &heldScan{Store: store, held: make(chan struct{}), release: make(chan struct{})}
+	scan := &heldScan{held: make(chan struct{}), release: make(chan struct{})}
 	let := sync.OnceFunc(func() { close(scan.release) })
-	defer let()
-	reports := make(chan delivery.Report, 16)
-	eng, err := delivery.New(delivery.Options{Store: scan, Targets: targets, Clock: clk, Seed: 1, Ownership: own,
-		Archive: archive.NewWriter(filepath.Join(dir, "archive")), Logger: quiet,
-		Observe: func(r delivery.Report) { reports <- r }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var es []jobstore.Entry
-	for i := range 3 {
-		id := fmt.Sprintf("e%d", i)
-		es = append(es, jobstore.Entry{Destinations: []string{"a"}, Event: event.Event{Source: "web", MessageID: id,
-			Type: event.Track, ReceivedAt: clk.Now(), Payload: []byte(fmt.Sprintf(`{"messageId":%q}`, id))}})
-	}
-	if _, err := store.Append(context.Background(), es); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(let)
+	reports := runOwnedA(t, own, func(s jobstore.Store) jobstore.Store { scan.Store = s; return scan })
 
 	scan.armed.Store(true)
 	own.set(0, true)
