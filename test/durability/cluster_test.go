@@ -268,22 +268,7 @@ func TestClusterPausedNode(t *testing.T) {
 		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
 		fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml}),
 	}
-	shared := func(watch *fanouttest.Server) func() bool {
-		return func() bool {
-			v, err := getCluster(t, watch.AdminURL)
-			if err != nil {
-				return false
-			}
-			live := 0
-			for _, n := range v.Nodes {
-				if n.Live && len(n.Partitions) == 32 {
-					live++
-				}
-			}
-			return live == 2
-		}
-	}
-	if !fanouttest.Eventually(t.Context(), 30*time.Second, shared(nodes[0])) {
+	if !fanouttest.Eventually(t.Context(), 30*time.Second, twoShare(t, nodes[0])) {
 		t.Fatal("the two nodes did not share the partitions")
 	}
 	before, err := getCluster(t, nodes[0].AdminURL)
@@ -332,7 +317,7 @@ func TestClusterPausedNode(t *testing.T) {
 	if err := victim.Resume(); err != nil {
 		t.Fatal(err)
 	}
-	if !fanouttest.Eventually(t.Context(), 30*time.Second, shared(other)) {
+	if !fanouttest.Eventually(t.Context(), 30*time.Second, twoShare(t, other)) {
 		v, _ := getCluster(t, other.AdminURL)
 		t.Fatalf("the resumed node did not take its share back: %+v", v)
 	}
@@ -458,19 +443,7 @@ func TestClusterLostNetwork(t *testing.T) {
 		t.Fatal("the first node did not take every partition")
 	}
 	other := fanouttest.Start(t, bin, fanouttest.Config{Postgres: dsn, YAML: yaml})
-	shared := func() bool {
-		v, err := getCluster(t, other.AdminURL)
-		if err != nil {
-			return false
-		}
-		live := 0
-		for _, n := range v.Nodes {
-			if n.Live && len(n.Partitions) == 32 {
-				live++
-			}
-		}
-		return live == 2
-	}
+	shared := twoShare(t, other)
 	if !fanouttest.Eventually(t.Context(), 30*time.Second, shared) {
 		t.Fatal("the two nodes did not share the partitions")
 	}
@@ -658,4 +631,22 @@ func logText(t *testing.T, s *fanouttest.Server) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// twoShare returns whether, as watch's cluster view says, two live nodes
+// hold 32 partitions each.
+func twoShare(t *testing.T, watch *fanouttest.Server) func() bool {
+	return func() bool {
+		v, err := getCluster(t, watch.AdminURL)
+		if err != nil {
+			return false
+		}
+		live := 0
+		for _, n := range v.Nodes {
+			if n.Live && len(n.Partitions) == 32 {
+				live++
+			}
+		}
+		return live == 2
+	}
 }
