@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -80,6 +81,46 @@ func TestNoSeqsBelowARetiredCounter(t *testing.T) {
 	for _, j := range jobs {
 		if j.Event.MessageID[:6] == "second" && int64(j.Seq) < hi {
 			t.Errorf("job %s took Seq %d, inside the partition [%d, %d) retired meanwhile", j.Event.MessageID, j.Seq, lo, hi)
+		}
+	}
+}
+
+// TestNoPartitionsBelowTheCounter: once a cleanup has retired the counter
+// and dropped the last partition, drained, the next append creates the
+// partition its Seqs fall in, not every partition from Seq 1 up to it
+// again (which a cleanup then drops again, a CREATE and a DROP TABLE per
+// partition each time).
+func TestNoPartitionsBelowTheCounter(t *testing.T) {
+	ctx := t.Context()
+	s, _ := setup(t, Options{PartitionJobs: 100})
+	q := jobstore.Queue{Source: "web", Destination: "hook"}
+	for round := range 3 {
+		if _, err := s.Append(ctx, entries("web", []string{"hook"}, fmt.Sprintf("r%d-", round), 5)); err != nil {
+			t.Fatal(err)
+		}
+		var last, lowest int64
+		if err := s.pool.QueryRow(ctx, `SELECT m.last_seq, (SELECT min(lo) FROM job_parts) FROM meta m`).Scan(&last, &lowest); err != nil {
+			t.Fatal(err)
+		}
+		if want := 1 + (last-1)/100*100; lowest != want {
+			t.Errorf("round %d: the lowest jobs partition starts at %d, want %d (the one holding Seq %d)", round, lowest, want, last)
+		}
+		jobs, err := s.Pending(ctx, q, 0, 100)
+		if err != nil || len(jobs) != 5 {
+			t.Fatalf("round %d: Pending: %d jobs, %v", round, len(jobs), err)
+		}
+		if err := s.Apply(ctx, jobstore.Update{Finish: jobs}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Cleanup(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var left int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM job_parts`).Scan(&left); err != nil {
+			t.Fatal(err)
+		}
+		if left != 0 {
+			t.Fatalf("round %d: %d jobs partitions left after a cleanup of a drained store, want 0", round, left)
 		}
 	}
 }

@@ -332,7 +332,7 @@ func (q *sequencer) ensureJobParts(ctx context.Context, conn *pgx.Conn, last int
 		}
 		// Another node may have created partitions: read the bound again
 		// under the lock.
-		if err := tx.QueryRow(ctx, "SELECT coalesce(max(hi), 1) FROM job_parts").Scan(&hi); err != nil {
+		if err := tx.QueryRow(ctx, partsTop, span).Scan(&hi); err != nil {
 			return err
 		}
 		for ; last+span/2 >= hi; hi += span {
@@ -347,6 +347,16 @@ func (q *sequencer) ensureJobParts(ctx context.Context, conn *pgx.Conn, last int
 	}
 	return err
 }
+
+// partsTop reads where the next jobs partition to create starts ($1 is
+// PartitionJobs): past the highest one, or, when there is none (a cleanup
+// dropped the last, drained, after retiring the counter), at the partition
+// the next Seq falls in. Not at Seq 1: the partitions below the counter
+// can get no job, and creating every one of them again, as a first version
+// did, made a CREATE and a DROP TABLE of each each time a cleanup had
+// dropped the last partition (79 of each every few seconds in a cluster
+// whose counter was at 79,000,000).
+const partsTop = `SELECT coalesce((SELECT max(hi) FROM job_parts), 1 + (SELECT last_seq FROM meta) / $1 * $1)`
 
 // analyzeMarks are the offsets into a jobs partition at which it is
 // analyzed, with its finished twin. A new partition has no statistics, and

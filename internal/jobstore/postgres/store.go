@@ -252,7 +252,7 @@ func (s *Store) init(ctx context.Context) error {
 				return err
 			}
 		}
-		return tx.QueryRow(ctx, "SELECT coalesce(max(hi), 1) FROM job_parts").Scan(&s.partHi)
+		return tx.QueryRow(ctx, partsTop, s.opts.PartitionJobs).Scan(&s.partHi)
 	})
 }
 
