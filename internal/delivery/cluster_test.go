@@ -7,7 +7,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,24 +155,16 @@ func TestOwnership(t *testing.T) {
 	expect("partition 0 gained again", map[string]int{"a": 2})
 }
 
-// heldRead is a store whose Pending reads wait, once armed, until released:
-// a database that stops answering in the middle of a read.
+// heldRead is a store whose Pending reads its gate holds up: a database
+// that stops answering in the middle of a read.
 type heldRead struct {
 	jobstore.Store
-	armed   atomic.Bool
-	held    chan struct{} // closed when a read is held
-	release chan struct{} // closed to let the reads through
-	once    sync.Once
+	*gate
 }
 
 func (s *heldRead) Pending(ctx context.Context, q jobstore.Queue, after uint64, limit int) ([]jobstore.Job, error) {
-	if s.armed.Load() {
-		s.once.Do(func() { close(s.held) })
-		select {
-		case <-s.release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if err := s.pass(ctx); err != nil {
+		return nil, err
 	}
 	return s.Store.Pending(ctx, q, after, limit)
 }
@@ -184,7 +175,7 @@ func (s *heldRead) Pending(ctx context.Context, q jobstore.Queue, after uint64, 
 // read are sent then, none lost.
 func TestNoDispatchAfterLeaseEndsDuringRead(t *testing.T) {
 	own := &fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16), wakes: make(chan int, 16)}
-	held := &heldRead{held: make(chan struct{}), release: make(chan struct{})}
+	held := &heldRead{gate: newGate()}
 	held.armed.Store(true)
 	reports := runOwnedA(t, own, func(s jobstore.Store) jobstore.Store { held.Store = s; return held })
 

@@ -18,25 +18,41 @@ import (
 	"github.com/fanout/fanout/internal/pgtest"
 )
 
-// heldScan is the job store with its listing of queues, the engine's scan
-// of the partitions it gains, held up while armed, as a loaded database
-// holds it up for seconds.
-type heldScan struct {
-	jobstore.Store
+// gate holds up the calls that pass it while armed, until released, as a
+// loaded or unreachable database holds them up for seconds.
+type gate struct {
 	armed   atomic.Bool
-	held    chan struct{} // closed when a listing is held
-	release chan struct{} // closed to let the listings through
+	held    chan struct{} // closed when a call is held
+	release chan struct{} // closed to let the calls through
 	once    sync.Once
 }
 
+func newGate() *gate { return &gate{held: make(chan struct{}), release: make(chan struct{})} }
+
+// pass waits while the gate is armed and not released, or until ctx ends.
+func (g *gate) pass(ctx context.Context) error {
+	if !g.armed.Load() {
+		return nil
+	}
+	g.once.Do(func() { close(g.held) })
+	select {
+	case <-g.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// heldScan is the job store with its listing of queues, the engine's scan
+// of the partitions it gains, held up by its gate.
+type heldScan struct {
+	jobstore.Store
+	*gate
+}
+
 func (s *heldScan) Queues(ctx context.Context) ([]jobstore.Queue, error) {
-	if s.armed.Load() {
-		s.once.Do(func() { close(s.held) })
-		select {
-		case <-s.release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if err := s.pass(ctx); err != nil {
+		return nil, err
 	}
 	return s.Store.Queues(ctx)
 }
@@ -111,7 +127,7 @@ func TestHandoverWithinGrace(t *testing.T) {
 					}
 				}
 			}()
-			scan := &heldScan{held: make(chan struct{}), release: make(chan struct{})}
+			scan := &heldScan{gate: newGate()}
 			let := sync.OnceFunc(func() { close(scan.release) })
 			t.Cleanup(let)
 			a := b.start("a", func(s *postgres.Store) jobstore.Store { scan.Store = s; return scan })
@@ -173,7 +189,7 @@ func (f drainingOwnership) Drained(p int, token int64) { f.drained <- [2]int64{i
 func TestHandoverDuringGainScan(t *testing.T) {
 	own := drainingOwnership{&fakeOwnership{owned: map[int]int64{}, changes: make(chan cluster.Change, 16),
 		wakes: make(chan int, 16)}, make(chan [2]int64, 16)}
-	scan := &heldScan{held: make(chan struct{}), release: make(chan struct{})}
+	scan := &heldScan{gate: newGate()}
 	let := sync.OnceFunc(func() { close(scan.release) })
 	t.Cleanup(let)
 	reports := runOwnedA(t, own, func(s jobstore.Store) jobstore.Store { scan.Store = s; return scan })
