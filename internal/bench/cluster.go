@@ -67,9 +67,10 @@ type ClusterResult struct {
 	// CPU3vs1 is the CPU per delivered event of 3 nodes over that of 1,
 	// at the same steady rate (SteadyRate), the mean of two runs each.
 	CPU3vs1 float64 `json:"cpu_per_event_3_vs_1"`
-	// CPU3vs1Shared is the same with each node given its share of the
-	// machine's cores (SharedProcs).
-	CPU3vs1Shared float64 `json:"cpu_per_event_3_vs_1_cores_shared"`
+	// CPU3vs1Unshared is the same with each node given every core of the
+	// machine (GOMAXPROCS=NumCPU in its environment), as before the nodes
+	// shared them (cores.Share): what sharing saves.
+	CPU3vs1Unshared float64 `json:"cpu_per_event_3_vs_1_cores_unshared"`
 	// CPU3vs1WithPostgres is CPU3vs1 with the PostgreSQL server's CPU
 	// added to the nodes' (SteadyWithPostgresMeanUs): the whole cost of an
 	// event on the machine.
@@ -115,27 +116,19 @@ type ClusterScaleRun struct {
 	// too. SteadyWithPostgresMeanUs is their mean.
 	SteadyWithPostgresUs     []float64 `json:"steady_cpu_per_delivered_event_with_postgres_us"`
 	SteadyWithPostgresMeanUs float64   `json:"steady_cpu_per_delivered_event_with_postgres_mean_us"`
-	// SharedProcs is GOMAXPROCS of each node in the shared runs: the
-	// machine's cores over the nodes, at least 1 (sharedProcs).
-	// SharedCPUUs are those runs' figures, run right after each steady
-	// run; when a node's share is the whole machine they are the steady
-	// runs'. SharedCPUMeanUs is their mean.
-	SharedProcs     int       `json:"shared_gomaxprocs"`
-	SharedCPUUs     []float64 `json:"shared_cpu_per_delivered_event_us"`
-	SharedCPUMeanUs float64   `json:"shared_cpu_per_delivered_event_mean_us"`
-	Lost            int64     `json:"lost"`
-	Duplicates      uint64    `json:"duplicates"`
+	// Procs is GOMAXPROCS of the first node at the end of its steady
+	// runs, from its /metrics: its share of the machine's cores, which it
+	// sets itself once it counts the nodes on the machine (cores.Share).
+	Procs int `json:"gomaxprocs"`
+	// UnsharedCPUUs are the steady runs again, right after each, with
+	// every node given every core (GOMAXPROCS=NumCPU in its environment,
+	// which the node keeps); for one node, the steady runs' own figures.
+	// UnsharedCPUMeanUs is their mean.
+	UnsharedCPUUs     []float64 `json:"unshared_cpu_per_delivered_event_us"`
+	UnsharedCPUMeanUs float64   `json:"unshared_cpu_per_delivered_event_mean_us"`
+	Lost              int64     `json:"lost"`
+	Duplicates        uint64    `json:"duplicates"`
 }
-
-// sharedProcs is the GOMAXPROCS of each of n nodes on one machine given
-// its share of the cores. A container limited to cores/n CPUs does not get
-// it from the Go runtime when that is under 2: the runtime sizes
-// GOMAXPROCS by the cgroup's CPU limit, but rounds a limit under 2 up to
-// 2, so on the 2-core machine only GOMAXPROCS set by hand does. Without it, each of the three nodes on the 2-core machine runs two Ps,
-// and a lightly loaded Go process wakes and spins idle threads at each
-// goroutine it readies: at 1,000 events/s that cost 20 to 30% of the
-// cluster's CPU per event in runs on the 2-core machine (BENCHMARKS.md).
-func sharedProcs(n int) int { return max(1, runtime.NumCPU()/n) }
 
 // clusterSteadyRate is the steady runs' events/s: well under what one
 // node on PostgreSQL takes on the 2-core machine the figures come from.
@@ -221,8 +214,8 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		c.stop()
 	}
 	res.SteadyRate = clusterSteadyRate
-	// Each steady run on default GOMAXPROCS is followed by its shared
-	// run, so that a drift of the machine weighs on both alike.
+	// Each steady run at the defaults is followed by its unshared run,
+	// so that a drift of the machine weighs on both alike.
 	steady := func(name string, n, procs int) (steadyCPU, error) {
 		c, err := e.startCluster(name, sinkAddr, n, procs)
 		if err != nil {
@@ -240,18 +233,18 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 		}
 		run.SteadyCPUUs = append(run.SteadyCPUUs, cpu.nodes)
 		run.SteadyWithPostgresUs = append(run.SteadyWithPostgresUs, cpu.withPostgres)
-		run.SharedProcs = sharedProcs(n)
-		if run.SharedProcs < runtime.NumCPU() {
-			if cpu, err = steady(fmt.Sprintf("shared%d-%d", n, i), n, run.SharedProcs); err != nil {
+		run.Procs = cpu.procs
+		if n > 1 {
+			if cpu, err = steady(fmt.Sprintf("unshared%d-%d", n, i), n, runtime.NumCPU()); err != nil {
 				return nil, err
 			}
 		}
-		run.SharedCPUUs = append(run.SharedCPUUs, cpu.nodes)
-		run.SteadyCPUMeanUs, run.SharedCPUMeanUs = mean(run.SteadyCPUUs), mean(run.SharedCPUUs)
+		run.UnsharedCPUUs = append(run.UnsharedCPUUs, cpu.nodes)
+		run.SteadyCPUMeanUs, run.UnsharedCPUMeanUs = mean(run.SteadyCPUUs), mean(run.UnsharedCPUUs)
 		run.SteadyWithPostgresMeanUs = mean(run.SteadyWithPostgresUs)
 	}
 	res.CPU3vs1 = res.Scale[2].SteadyCPUMeanUs / res.Scale[0].SteadyCPUMeanUs
-	res.CPU3vs1Shared = res.Scale[2].SharedCPUMeanUs / res.Scale[0].SharedCPUMeanUs
+	res.CPU3vs1Unshared = res.Scale[2].UnsharedCPUMeanUs / res.Scale[0].UnsharedCPUMeanUs
 	res.CPU3vs1WithPostgres = res.Scale[2].SteadyWithPostgresMeanUs / res.Scale[0].SteadyWithPostgresMeanUs
 
 	if res.Shrink, err = clusterShrink(ctx, e); err != nil {
@@ -271,14 +264,15 @@ func runCluster(ctx context.Context, e *env) (any, error) {
 			[2]string{"delivered, whole run" + v, fmt.Sprintf("%.0f events/s", r.DeliveredEventsPerSec)},
 			[2]string{"CPU of all nodes per delivered event" + v, fmt.Sprintf("%.1f µs", r.CPUPerDeliveredEventUs)},
 			[2]string{fmt.Sprintf("CPU per delivered event at %.0f events/s", res.SteadyRate) + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyCPUMeanUs, us(r.SteadyCPUUs))},
-			[2]string{fmt.Sprintf("the same, GOMAXPROCS=%d per node (its share of %d cores)", r.SharedProcs, runtime.NumCPU()) + v, fmt.Sprintf("%.1f µs (%s)", r.SharedCPUMeanUs, us(r.SharedCPUUs))},
-			[2]string{"the same, default GOMAXPROCS, with PostgreSQL's CPU" + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyWithPostgresMeanUs, us(r.SteadyWithPostgresUs))},
+			[2]string{"GOMAXPROCS each node set itself, of the machine's cores" + v, fmt.Sprintf("%d of %d", r.Procs, runtime.NumCPU())},
+			[2]string{fmt.Sprintf("the same, every node GOMAXPROCS=%d (unshared)", runtime.NumCPU()) + v, fmt.Sprintf("%.1f µs (%s)", r.UnsharedCPUMeanUs, us(r.UnsharedCPUUs))},
+			[2]string{"the same, with PostgreSQL's CPU" + v, fmt.Sprintf("%.1f µs (%s)", r.SteadyWithPostgresMeanUs, us(r.SteadyWithPostgresUs))},
 			[2]string{"lost / duplicates" + v, fmt.Sprintf("%d / %d", r.Lost, r.Duplicates)})
 	}
 	rows = append(rows,
 		[2]string{fmt.Sprintf("CPU per event at %.0f events/s, 3 nodes / 1 node", res.SteadyRate), fmt.Sprintf("%.2f", res.CPU3vs1)},
-		[2]string{"the same, each node on its share of the cores", fmt.Sprintf("%.2f", res.CPU3vs1Shared)},
-		[2]string{"the same, default GOMAXPROCS, with PostgreSQL's CPU", fmt.Sprintf("%.2f", res.CPU3vs1WithPostgres)},
+		[2]string{"the same, every node on every core (unshared)", fmt.Sprintf("%.2f", res.CPU3vs1Unshared)},
+		[2]string{"the same, with PostgreSQL's CPU", fmt.Sprintf("%.2f", res.CPU3vs1WithPostgres)},
 		[2]string{"rate limit across 3 nodes", fmt.Sprintf("%.0f req/s configured, %.0f offered, %.1f measured (%.2f x)",
 			res.RateLimit.Configured, res.RateLimit.Offered, res.RateLimit.Measured, res.RateLimit.Ratio)})
 	rows = append(rows, res.Shrink.rows(e)...)
@@ -648,8 +642,12 @@ func download(url, path string) error {
 }
 
 // steadyCPU is a steady run's CPU time per delivered event, in µs: of the
-// nodes, and of the nodes and the PostgreSQL server together.
-type steadyCPU struct{ nodes, withPostgres float64 }
+// nodes, and of the nodes and the PostgreSQL server together; and the
+// first node's GOMAXPROCS at its end.
+type steadyCPU struct {
+	nodes, withPostgres float64
+	procs               int
+}
 
 // steady sends rate events/s in 20-event batches, spread over every node,
 // for the scenario's duration, waits for them to be delivered and returns
@@ -683,10 +681,15 @@ func (c *fanoutCluster) steady(ctx context.Context, sinkAddr string, rate float6
 	if err != nil {
 		return steadyCPU{}, err
 	}
+	m, err := scrape(c.nodes[0].admin + "/metrics")
+	if err != nil {
+		return steadyCPU{}, err
+	}
 	n := float64(s.Unique - s0.Unique)
 	return steadyCPU{
 		nodes:        float64(nodes.Microseconds()) / n,
 		withPostgres: float64((nodes + pg1 - pg0).Microseconds()) / n,
+		procs:        int(m["go_sched_gomaxprocs_threads"][""]),
 	}, nil
 }
 

@@ -50,6 +50,15 @@ type Options struct {
 	// Default "": the node's pipeline is unknown to the others, and it
 	// compares nothing.
 	Pipeline string
+	// Machine identifies the cores the node runs on (cores.Machine),
+	// stored in its row: nodes with the same Machine share them. Default
+	// "": the node is counted alone.
+	Machine string
+	// Colocated, when set, is called with the number of live nodes on
+	// this node's Machine, itself included, at Join and whenever that
+	// number changes (read every Heartbeat, on the first server only): the
+	// node's share of the machine's cores (cores.Share). Default nil.
+	Colocated func(nodes int)
 	// Partitions is the fixed number of partitions the queues map to.
 	// Default 64. Every node of a cluster must use the same number: Join
 	// refuses a number other than the one in the database.
@@ -264,8 +273,8 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 		return nil, fmt.Errorf("cluster: listen: %w", err)
 	}
 	err = n.pool.QueryRow(ctx,
-		`INSERT INTO cluster_nodes (name, admin_url, pipeline_digest) VALUES ($1, $2, $3) RETURNING id`,
-		n.name, opts.AdminURL, opts.Pipeline).Scan(&n.id)
+		`INSERT INTO cluster_nodes (name, admin_url, pipeline_digest, machine) VALUES ($1, $2, $3, $4) RETURNING id`,
+		n.name, opts.AdminURL, opts.Pipeline, opts.Machine).Scan(&n.id)
 	if err != nil {
 		hangUp(conn)
 		return nil, fmt.Errorf("cluster: register node %q: %w", n.name, err)
@@ -291,9 +300,9 @@ func Join(ctx context.Context, opts Options) (*Node, error) {
 	go n.heartbeatLoop(rctx)
 	go n.listen(rctx, conn)
 	go n.forward(rctx)
-	if n.comparesPipelines() {
+	if n.watchesPeers() {
 		n.done.Add(1)
-		go n.watchPipelines(rctx)
+		go n.watchPeers(rctx)
 	}
 	n.log.Info("joined the cluster", "partitions", opts.Partitions, "owned", len(n.Owned()), "pipeline", ShortDigest(opts.Pipeline))
 	return n, nil
@@ -445,7 +454,10 @@ type NodeInfo struct {
 	AdminURL string `json:"admin_url,omitempty"`
 	// Pipeline is the digest of the node's pipeline (Options.Pipeline),
 	// "" when it gave none (a version of fanout from before digests).
-	Pipeline  string    `json:"pipeline_digest,omitempty"`
+	Pipeline string `json:"pipeline_digest,omitempty"`
+	// Machine identifies the cores the node runs on (Options.Machine):
+	// nodes with the same one share them. "" when it gave none.
+	Machine   string    `json:"machine,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	Heartbeat time.Time `json:"last_heartbeat"`
 	// Live is false for a node whose heartbeats stopped more than a Lease
@@ -460,7 +472,7 @@ type NodeInfo struct {
 // joined.
 func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	rows, err := n.pool.Query(ctx, `
-		SELECT n.id, n.name, n.admin_url, n.pipeline_digest, n.started_at, n.heartbeat_at,
+		SELECT n.id, n.name, n.admin_url, n.pipeline_digest, n.machine, n.started_at, n.heartbeat_at,
 		       n.heartbeat_at > now() - $1::interval,
 		       coalesce(array_agg(p.partition ORDER BY p.partition)
 		                FILTER (WHERE p.partition IS NOT NULL), '{}')
@@ -474,7 +486,7 @@ func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	for rows.Next() {
 		var ni NodeInfo
 		var ps []int32
-		if err := rows.Scan(&ni.ID, &ni.Name, &ni.AdminURL, &ni.Pipeline, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
+		if err := rows.Scan(&ni.ID, &ni.Name, &ni.AdminURL, &ni.Pipeline, &ni.Machine, &ni.StartedAt, &ni.Heartbeat, &ni.Live, &ps); err != nil {
 			return nil, fmt.Errorf("cluster: list nodes: %w", err)
 		}
 		ni.Partitions = make([]int, len(ps))

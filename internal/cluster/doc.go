@@ -10,7 +10,8 @@
 //	                    pipeline_digest (Options.Pipeline: the hash of its
 //	                    sources and destinations, compared with the live
 //	                    nodes', see Pipeline; '' from a node that gave
-//	                    none), started_at, heartbeat_at. A node is live
+//	                    none), machine (Options.Machine: the cores it
+//	                    runs on), started_at, heartbeat_at. A node is live
 //	                    while its heartbeat is less than one Lease old; dead
 //	                    rows are listed for an hour (GET /api/v1/cluster),
 //	                    then deleted. Columns added after the first version
@@ -234,10 +235,11 @@
 //     Pending read per page, not per job, but more reads than on one node.
 //   - Apply costs one more round trip in a cluster (FenceAll before the
 //     batch of writes).
-//   - Comparing pipelines (Options.Pipeline) is one more read of
-//     cluster_nodes per Heartbeat on each node, in a loop of its own so
-//     that a slow read never delays a renewal. It tells, it does not
-//     refuse: a node whose pipeline differs still joins and delivers.
+//   - Comparing pipelines (Options.Pipeline) and counting the nodes on
+//     one machine (Options.Colocated) is one more read of cluster_nodes
+//     per Heartbeat on each node, in a loop of its own so that a slow read
+//     never delays a renewal. The comparison tells, it does not refuse: a
+//     node whose pipeline differs still joins and delivers.
 //   - A hot destination is delivered by one node (above).
 //   - Balance counts partitions, not load: two busy destinations hashed to
 //     one partition stay together. More partitions than nodes (64 by

@@ -40,11 +40,13 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, opts Options) error {
 			return err
 		}
 		// Appended: the node's admin API, for the cluster-wide admin
-		// views; the digest of its pipeline (Options.Pipeline).
+		// views; the digest of its pipeline (Options.Pipeline); its
+		// machine (Options.Machine).
 		if _, err := tx.Exec(ctx, `
 			ALTER TABLE cluster_nodes
 				ADD COLUMN IF NOT EXISTS admin_url text NOT NULL DEFAULT '',
-				ADD COLUMN IF NOT EXISTS pipeline_digest text NOT NULL DEFAULT ''`); err != nil {
+				ADD COLUMN IF NOT EXISTS pipeline_digest text NOT NULL DEFAULT '',
+				ADD COLUMN IF NOT EXISTS machine text NOT NULL DEFAULT ''`); err != nil {
 			return err
 		}
 		var have []int
@@ -162,8 +164,8 @@ func (n *Node) round(parent context.Context) {
 	batch := &pgx.Batch{}
 	// The insert puts back a row deleted meanwhile (the node was taken for
 	// dead an hour), as Join wrote it.
-	batch.Queue(`INSERT INTO cluster_nodes (id, name, admin_url, pipeline_digest) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n.id, n.name, n.opts.AdminURL, n.opts.Pipeline)
+	batch.Queue(`INSERT INTO cluster_nodes (id, name, admin_url, pipeline_digest, machine) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, n.id, n.name, n.opts.AdminURL, n.opts.Pipeline, n.opts.Machine)
 	renewed := map[int]int64{}
 	batch.Queue(`UPDATE cluster_partitions SET expires_at = now() + $2::interval
 		WHERE owner = $1 AND expires_at > now() RETURNING partition, token`,

@@ -1,15 +1,12 @@
 package cluster
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Pipeline is what a node runs: its sources and destinations as its
@@ -129,57 +126,21 @@ func (n *Node) PipelineDiffers() []string {
 // node registers there (see Node.PipelineDiffers).
 func (g *Group) PipelineDiffers() []string { return g.nodes[0].PipelineDiffers() }
 
-// comparesPipelines reports whether the node compares its pipeline with the
-// others' (PipelineDiffers).
-func (n *Node) comparesPipelines() bool {
-	return n.opts.Pipeline != "" && n.opts.Server == 0
-}
-
-// watchPipelines compares the node's pipeline with the live nodes' at
-// once, then every Heartbeat, until ctx ends. In a loop of its own rather
-// than in the heartbeat's round, so that a slow read never delays a
-// renewal.
-func (n *Node) watchPipelines(ctx context.Context) {
-	defer n.done.Done()
-	t := n.opts.Clock.NewTimer()
-	defer t.Stop()
-	for {
-		n.comparePipelines(ctx)
-		t.Set(n.opts.Clock.Now().Add(n.opts.Heartbeat))
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C():
-		}
-	}
-}
-
-// comparePipelines reads the live nodes whose digest differs from this
-// node's and logs when that set changes: one warning naming them, not one
-// per heartbeat; one line when they agree again. A read that fails keeps
-// the last set: the heartbeat reports the database's trouble.
-func (n *Node) comparePipelines(parent context.Context) {
-	ctx, cancel := context.WithTimeout(parent, n.opts.Lease)
-	defer cancel()
-	rows, err := n.pool.Query(ctx, `
-		SELECT name, pipeline_digest FROM cluster_nodes
-		WHERE heartbeat_at > now() - $1::interval
-		  AND pipeline_digest <> '' AND pipeline_digest <> $2
-		ORDER BY name, pipeline_digest`, n.opts.Lease, n.opts.Pipeline)
-	if err != nil {
-		n.log.Debug("compare pipelines", "err", err)
+// comparePipelines logs when the set of live nodes whose digest differs
+// from this node's (peers, each as "name (digest prefix)") changes: one
+// warning naming them, not one per heartbeat; one line when they agree
+// again.
+func (n *Node) comparePipelines(live []peer) {
+	if n.opts.Pipeline == "" {
 		return
 	}
 	var differ []string
-	var name, digest string
-	_, err = pgx.ForEachRow(rows, []any{&name, &digest}, func() error {
-		differ = append(differ, fmt.Sprintf("%s (%s)", name, ShortDigest(digest)))
-		return nil
-	})
-	if err != nil {
-		n.log.Debug("compare pipelines", "err", err)
-		return
+	for _, p := range live {
+		if p.pipeline != "" && p.pipeline != n.opts.Pipeline {
+			differ = append(differ, fmt.Sprintf("%s (%s)", p.name, ShortDigest(p.pipeline)))
+		}
 	}
+	slices.Sort(differ)
 	differ = slices.Compact(differ)
 	n.mu.Lock()
 	changed := !slices.Equal(differ, n.differ)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/cluster"
 	"github.com/fanout/fanout/internal/config"
+	"github.com/fanout/fanout/internal/cores"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/open"
 )
@@ -88,6 +90,7 @@ func joinCluster(cfg *config.Config, adminURL string, tune ClusterTuning, log *s
 		c.pools = append(c.pools, pool)
 		node, err := cluster.Join(ctx, cluster.Options{
 			Pool: pool, NodeName: name, AdminURL: adminURL, Pipeline: digest, Logger: log,
+			Machine: cores.Machine(), Colocated: func(nodes int) { shareCores(nodes, log) },
 			// The wall clock always: the leases are timed by the database, and
 			// a fake clock would stop the heartbeats.
 			Heartbeat: tune.Heartbeat, Lease: tune.Lease, Partitions: tune.Partitions,
@@ -103,6 +106,23 @@ func joinCluster(cfg *config.Config, adminURL string, tune ClusterTuning, log *s
 		return nil, err
 	}
 	return c, nil
+}
+
+// shareCores gives the node its share of the machine's cores when nodes
+// of the cluster (itself included) run on it: see package cores.
+func shareCores(nodes int, log *slog.Logger) {
+	procs, set := cores.Share(nodes)
+	switch {
+	case !set:
+		log.Info("GOMAXPROCS is set in the environment: kept, whatever the nodes on this machine",
+			"nodes_on_machine", nodes, "gomaxprocs", procs)
+	case nodes > 1:
+		log.Info("nodes of the cluster share this machine: GOMAXPROCS set to this node's share of its cores",
+			"nodes_on_machine", nodes, "cores", runtime.NumCPU(), "gomaxprocs", procs)
+	default:
+		log.Info("no other node of the cluster on this machine: GOMAXPROCS is the Go runtime's default",
+			"gomaxprocs", procs)
+	}
 }
 
 // pipelineOf is the pipeline cfg configures, for the comparison of the

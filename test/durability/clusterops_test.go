@@ -3,7 +3,10 @@ package durability_test
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,6 +164,7 @@ func TestClusterJoinLeave(t *testing.T) {
 		t.Fatalf("the third node did not take its share: %+v", v)
 	}
 	t.Logf("join: balanced over 3 nodes %v after the third node started", time.Since(joinedAt).Round(time.Millisecond))
+	checkCoresShared(t, nodes)
 	all := []string{nodes[0].TrackingURL, nodes[1].TrackingURL, nodes[2].TrackingURL}
 	live.Store(&all)
 	time.Sleep(time.Second) // deliveries go on after the move
@@ -193,6 +197,7 @@ func TestClusterJoinLeave(t *testing.T) {
 		t.Fatalf("the two remaining nodes did not take the partitions: %+v", v)
 	}
 	t.Logf("leave: balanced over 2 nodes %v after SIGTERM", time.Since(leftAt).Round(time.Millisecond))
+	checkCoresShared(t, slices.Delete(slices.Clone(nodes), vi, vi+1))
 	time.Sleep(time.Second)
 	checkPauses(t, "leave", stopWatch())
 
@@ -213,6 +218,42 @@ func TestClusterJoinLeave(t *testing.T) {
 			t.Errorf("d%d: bad deliveries: %v", i, first(bad, 5))
 		}
 	}
+}
+
+// checkCoresShared waits until every node of nodes, all on this machine,
+// runs on its share of the machine's cores: GOMAXPROCS (from /metrics) the
+// cores over the nodes, rounded up, at most the runtime's default, which
+// this test process has too.
+func checkCoresShared(t *testing.T, nodes []*fanouttest.Server) {
+	t.Helper()
+	if _, ok := os.LookupEnv("GOMAXPROCS"); ok {
+		t.Log("GOMAXPROCS is set in the environment: the nodes keep it")
+		return
+	}
+	want := min(runtime.GOMAXPROCS(0), (runtime.NumCPU()+len(nodes)-1)/len(nodes))
+	procs := func(s *fanouttest.Server) string {
+		lines := s.Metrics(t, "go_sched_gomaxprocs_threads ")
+		if len(lines) != 1 {
+			t.Fatalf("go_sched_gomaxprocs_threads: %q", lines)
+		}
+		return strings.Fields(lines[0])[1]
+	}
+	ok := fanouttest.Eventually(t.Context(), 10*time.Second, func() bool {
+		for _, s := range nodes {
+			if procs(s) != strconv.Itoa(want) {
+				return false
+			}
+		}
+		return true
+	})
+	var got []string
+	for _, s := range nodes {
+		got = append(got, procs(s))
+	}
+	if !ok {
+		t.Errorf("%d nodes on %d cores: GOMAXPROCS %v, want %d each", len(nodes), runtime.NumCPU(), got, want)
+	}
+	t.Logf("%d nodes on %d cores: GOMAXPROCS %v", len(nodes), runtime.NumCPU(), got)
 }
 
 // checkPauses fails the test if a destination went undelivered for a
