@@ -329,7 +329,7 @@ check('a fanout short of disk space shows the storage banner on every page', asy
   assert.deepEqual(page.errors, []);
 });
 
-check('the cluster page lists the nodes, their heartbeats, lease ages, partitions and pipelines', async () => {
+check('the cluster page lists the nodes, their heartbeats, lease ages, partitions, pipelines and machines', async () => {
   const page = await newPage();
   await page.goto(CLUSTER + '/#/cluster');
   await page.waitForSelector('[data-testid=node]');
@@ -359,6 +359,10 @@ check('the cluster page lists the nodes, their heartbeats, lease ages, partition
     assert.ok(r.heartbeat.length > 0, `node ${n.name}: no last heartbeat`);
     assert.equal(r.self !== undefined, n.id === v.self, `node ${n.name}: the "this node" badge`);
     assert.equal(r.pipeline, n.pipeline_digest.slice(0, 12), `node ${n.name}: pipeline digest`);
+    // Both nodes run on this machine, which they share.
+    assert.equal(n.machine, v.nodes[0].machine, `node ${n.name}: machine`);
+    assert.equal(r.machine, n.machine.slice(0, 8), `node ${n.name}: machine`);
+    assert.equal(r.machine_shared, 'shared by 2 nodes', `node ${n.name}: machine shared`);
   }
   assert.match(await page.textContent('[data-testid=cluster-summary]'), /2 live nodes holding 64 partitions/);
   // The second node has a destination more: their pipelines differ, the

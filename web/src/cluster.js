@@ -1,7 +1,8 @@
 // Cluster: the nodes sharing this fanout's PostgreSQL database, from
 // GET /api/v1/cluster: each node's last heartbeat, the age of its leases,
 // the partitions it holds and the digest of its pipeline (sources and
-// destinations), with a warning while the live nodes' digests differ. A
+// destinations), with a warning while the live nodes' digests differ, and
+// the machine it runs on, with how many live nodes share its cores. A
 // fanout on the embedded store is no cluster; the API answers 404 and the
 // page says so.
 import { html } from 'htm/preact';
@@ -44,6 +45,8 @@ function Nodes({ v, at }) {
   const selfDigest = (v.nodes.find((n) => n.id === v.self) || {}).pipeline_digest;
   const live = v.nodes.filter((n) => n.live);
   const owned = live.reduce((s, n) => s + n.partitions.length, 0);
+  const onMachine = new Map();
+  for (const n of live) if (n.machine) onMachine.set(n.machine, (onMachine.get(n.machine) || 0) + 1);
   return html`<section class="card">
     <p data-testid="cluster-summary">
       <strong>${live.length}</strong> live node${live.length === 1 ? '' : 's'} holding <strong>${owned}</strong> partition${owned === 1 ? '' : 's'}${v.nodes.length > live.length && `; ${v.nodes.length - live.length} dead, listed for an hour`}.
@@ -55,6 +58,7 @@ function Nodes({ v, at }) {
         <th class="num" title="Time since the node last renewed its leases (its heartbeat round)">Lease age</th>
         <th class="num">Partitions</th><th>Which</th>
         <th title="Digest of the node's sources and destinations (SHA-256, first 12 digits): every node should run the same">Pipeline</th>
+        <th title="The cores the node runs on: its kernel's boot id (first 8 digits) and its CPUs. Nodes on one machine share its cores, each with GOMAXPROCS set to its share">Machine</th>
       </tr></thead>
       <tbody>${v.nodes.map((n) => html`<tr data-testid="node" data-id=${n.id} data-name=${n.name} data-live=${String(n.live)}>
         <td>${n.name} <span class="muted">#${n.id}</span>${n.id === v.self && html` <span class="badge type" data-field="self">this node</span>`}</td>
@@ -67,6 +71,9 @@ function Nodes({ v, at }) {
         <td>${n.pipeline_digest
           ? html`<code data-field="pipeline" title=${n.pipeline_digest}>${short(n.pipeline_digest)}</code>${n.live && v.pipelines_differ && n.pipeline_digest !== selfDigest && html` <span class="badge retrying" data-field="pipeline_differs">differs</span>`}`
           : html`<span class="muted" data-field="pipeline" title="This node stores no digest: a fanout from before pipeline digests">unknown</span>`}</td>
+        <td>${n.machine
+          ? html`<code data-field="machine" title=${n.machine}>${n.machine.slice(0, 8)}</code>${n.live && onMachine.get(n.machine) > 1 && html` <span class="muted" data-field="machine_shared">shared by ${onMachine.get(n.machine)} nodes</span>`}`
+          : html`<span class="muted" data-field="machine" title="This node stores no machine: a fanout from before it did, or not on Linux">unknown</span>`}</td>
       </tr>`)}</tbody>
     </table>
   </section>`;

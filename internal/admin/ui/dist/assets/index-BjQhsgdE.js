@@ -302,7 +302,7 @@
     </section>`}
     ${t&&t.nodes&&t.pipelines_differ&&I`<${Qo} v=${t} />`}
     ${t&&t.nodes&&I`<${Xo} v=${t} at=${e.updatedAt} />`}
-  </main>`}function Xo({v:e,at:t}){let n=t?t.getTime():Date.now(),r=(e.nodes.find(t=>t.id===e.self)||{}).pipeline_digest,i=e.nodes.filter(e=>e.live),a=i.reduce((e,t)=>e+t.partitions.length,0);return I`<section class="card">
+  </main>`}function Xo({v:e,at:t}){let n=t?t.getTime():Date.now(),r=(e.nodes.find(t=>t.id===e.self)||{}).pipeline_digest,i=e.nodes.filter(e=>e.live),a=i.reduce((e,t)=>e+t.partitions.length,0),o=new Map;for(let e of i)e.machine&&o.set(e.machine,(o.get(e.machine)||0)+1);return I`<section class="card">
     <p data-testid="cluster-summary">
       <strong>${i.length}</strong> live node${i.length===1?``:`s`} holding <strong>${a}</strong> partition${a===1?``:`s`}${e.nodes.length>i.length&&`; ${e.nodes.length-i.length} dead, listed for an hour`}.
       <span class="muted"> This page is served by node ${e.name} (#${e.self}).</span>
@@ -313,6 +313,7 @@
         <th class="num" title="Time since the node last renewed its leases (its heartbeat round)">Lease age</th>
         <th class="num">Partitions</th><th>Which</th>
         <th title="Digest of the node's sources and destinations (SHA-256, first 12 digits): every node should run the same">Pipeline</th>
+        <th title="The cores the node runs on: its kernel's boot id (first 8 digits) and its CPUs. Nodes on one machine share its cores, each with GOMAXPROCS set to its share">Machine</th>
       </tr></thead>
       <tbody>${e.nodes.map(t=>I`<tr data-testid="node" data-id=${t.id} data-name=${t.name} data-live=${String(t.live)}>
         <td>${t.name} <span class="muted">#${t.id}</span>${t.id===e.self&&I` <span class="badge type" data-field="self">this node</span>`}</td>
@@ -323,6 +324,7 @@
         <td class="num" data-field="partition_count">${t.partitions.length}</td>
         <td data-field="partitions"><code>${es(t.partitions)||`–`}</code></td>
         <td>${t.pipeline_digest?I`<code data-field="pipeline" title=${t.pipeline_digest}>${Zo(t.pipeline_digest)}</code>${t.live&&e.pipelines_differ&&t.pipeline_digest!==r&&I` <span class="badge retrying" data-field="pipeline_differs">differs</span>`}`:I`<span class="muted" data-field="pipeline" title="This node stores no digest: a fanout from before pipeline digests">unknown</span>`}</td>
+        <td>${t.machine?I`<code data-field="machine" title=${t.machine}>${t.machine.slice(0,8)}</code>${t.live&&o.get(t.machine)>1&&I` <span class="muted" data-field="machine_shared">shared by ${o.get(t.machine)} nodes</span>`}`:I`<span class="muted" data-field="machine" title="This node stores no machine: a fanout from before it did, or not on Linux">unknown</span>`}</td>
       </tr>`)}</tbody>
     </table>
   </section>`}var Zo=e=>e.slice(0,12);function Qo({v:e}){let t=new Map;for(let n of e.nodes)n.live&&n.pipeline_digest&&(t.has(n.pipeline_digest)||t.set(n.pipeline_digest,[]),t.get(n.pipeline_digest).push(n.name));return I`<div class="card pipelines-differ" role="alert" data-testid="pipelines-differ">
