@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,13 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/destinations"
 	"github.com/fanout/fanout/internal/admin"
 	"github.com/fanout/fanout/internal/archive"
 	"github.com/fanout/fanout/internal/clock"
+	"github.com/fanout/fanout/internal/config"
 	"github.com/fanout/fanout/internal/delivery"
 	"github.com/fanout/fanout/internal/event"
 	"github.com/fanout/fanout/internal/jobstore"
 	"github.com/fanout/fanout/internal/jobstore/pebble"
+	"github.com/fanout/fanout/internal/stats"
 )
 
 // heldDest is the job store with the calls of one destination's scheduler,
@@ -215,6 +219,30 @@ func TestStateWhileSchedulerStuck(t *testing.T) {
 			}
 			if t.Failed() {
 				t.Logf("/metrics:\n%s", body)
+			}
+
+			// So does the admin API, within the deadline of the request.
+			st, err := stats.Open(stats.Options{Dir: filepath.Join(dir, "stats")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			api := admin.New(admin.Options{Config: &config.Config{}, Registry: destinations.Registry{}, State: eng.State,
+				Stats: st, Clock: clk, Token: "tok"})
+			ctx, cancel = context.WithTimeout(t.Context(), wait)
+			defer cancel()
+			req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/v1/queues", nil)
+			req.Header.Set("Authorization", "Bearer tok")
+			rec = httptest.NewRecorder()
+			api.ServeHTTP(rec, req)
+			var states []admin.State
+			if err := json.Unmarshal(rec.Body.Bytes(), &states); err != nil || len(states) != 2 {
+				t.Fatalf("GET /api/v1/queues: %d %s (%v), want both destinations", rec.Code, rec.Body, err)
+			}
+			as := states[1]
+			if tc.turn && (!as.Stale || as.TakenAt == nil || !as.TakenAt.Equal(before[1].At) || as.StoreWaitSince != nil) ||
+				!tc.turn && (as.Stale || as.TakenAt != nil || as.StoreWaitSince == nil || !as.StoreWaitSince.Equal(stuck.StoreWaitSince)) {
+				t.Errorf("GET /api/v1/queues gave stuck as %s", rec.Body)
 			}
 		})
 	}
