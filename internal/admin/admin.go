@@ -259,6 +259,17 @@ type State struct {
 	CircuitOpen bool         `json:"circuit_open"`
 	ProbeAt     *time.Time   `json:"probe_at,omitempty"`
 	Queues      []QueueState `json:"queues"`
+	// StoreWaitSince, when set, is when the destination's scheduler began
+	// the job store call it still waits in (an outcome write or a read):
+	// it sends nothing more until the store answers. In a cluster-wide
+	// view, the earliest of the nodes'.
+	StoreWaitSince *time.Time `json:"store_wait_since,omitempty"`
+	// Stale says the scheduler did not answer in time: the figures are
+	// its last snapshot, taken at TakenAt (absent when none was taken),
+	// not its state now (delivery.DestinationState.Stale). In a
+	// cluster-wide view, any node's.
+	Stale   bool       `json:"stale,omitempty"`
+	TakenAt *time.Time `json:"taken_at,omitempty"`
 	// Owned, in a node's own answer in a cluster (local=1), says the node
 	// owns the destination's partition: it is the node delivering it.
 	Owned bool `json:"owned,omitempty"`
@@ -319,7 +330,11 @@ func (h *handler) localState(ctx context.Context) map[string]*State {
 		depth := h.Stats.Depth(d.Name)
 		now := h.Clock.Now()
 		st := &State{Name: d.Name, InFlight: d.InFlight, Concurrency: d.Concurrency,
-			CircuitOpen: d.CircuitOpen, ProbeAt: timePtr(d.ProbeAt), Queues: []QueueState{}}
+			CircuitOpen: d.CircuitOpen, ProbeAt: timePtr(d.ProbeAt), Queues: []QueueState{},
+			StoreWaitSince: timePtr(d.StoreWaitSince), Stale: d.Stale}
+		if d.Stale {
+			st.TakenAt = timePtr(d.At)
+		}
 		if h.Delivers != nil {
 			st.Owned = h.Delivers(d.Name)
 		}

@@ -184,6 +184,10 @@ func mergeStates(parts []namedPart[[]*State], gauges map[stats.Pair]stats.Gauges
 					Concurrency: s.Concurrency, CircuitOpen: s.CircuitOpen, Queues: len(s.Queues)})
 			}
 			m.InFlight += s.InFlight
+			m.StoreWaitSince = earliest(m.StoreWaitSince, s.StoreWaitSince)
+			if s.Stale {
+				m.Stale, m.TakenAt = true, earliest(m.TakenAt, s.TakenAt)
+			}
 			if s.CircuitOpen {
 				m.CircuitOpen = true
 				m.ProbeAt = earliest(m.ProbeAt, s.ProbeAt)

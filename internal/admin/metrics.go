@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"time"
 
@@ -38,6 +39,13 @@ import (
 //	fanout_circuit_open{destination}                     gauge: 1 while the circuit is open
 //	fanout_queue_oldest_job_age_seconds{destination}     gauge: age of the oldest job of the destination's queues
 //	                                                     (see delivery.QueueState.Oldest)
+//	fanout_delivery_store_wait_seconds{destination}      gauge: how long the scheduler has waited on the job store in
+//	                                                     its current call; 0 when in none (see
+//	                                                     delivery.DestinationState.StoreWaitSince)
+//	fanout_delivery_state_stale_seconds{destination}     gauge: 0 when the scheduler gave this scrape its state,
+//	                                                     else the age of the last snapshot the destination's
+//	                                                     gauges show, +Inf if none was taken
+//	                                                     (see delivery.DestinationState.Stale)
 //
 // plus the Go runtime and process collectors (go_*, process_*), and the
 // server registers the disk space gauges (fanout_disk_*, fanout_storage_*:
@@ -190,10 +198,12 @@ var (
 	descLimit     = prometheus.NewDesc("fanout_concurrency_limit", "The destination's concurrency setting.", []string{"destination"}, nil)
 	descCircuit   = prometheus.NewDesc("fanout_circuit_open", "1 while the destination's circuit breaker is open.", []string{"destination"}, nil)
 	descOldest    = prometheus.NewDesc("fanout_queue_oldest_job_age_seconds", "Age of the oldest job the destination's queues hold: each queue's head of pending jobs, and its retries (for those on disk, the oldest rescheduled since the queue's retry set was last empty).", []string{"destination"}, nil)
+	descStoreWait = prometheus.NewDesc("fanout_delivery_store_wait_seconds", "How long the destination's scheduler has been waiting on the job store in its current call (an outcome write or a read); 0 when it waits in none. While it waits it sends nothing more.", []string{"destination"}, nil)
+	descStale     = prometheus.NewDesc("fanout_delivery_state_stale_seconds", "0 when the destination's scheduler gave this scrape its state. Otherwise it did not answer within the scrape's timeout, and this is the age of its last snapshot, which the destination's other scheduler gauges show (+Inf when none was taken).", []string{"destination"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descQuota, descInflight, descUnwritten, descLimit, descCircuit, descOldest} {
+	for _, d := range []*prometheus.Desc{descDepth, descBacklog, descPaused, descQuota, descInflight, descUnwritten, descLimit, descCircuit, descOldest, descStoreWait, descStale} {
 		ch <- d
 	}
 }
@@ -247,5 +257,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLimit, prometheus.GaugeValue, float64(d.Concurrency), d.Name)
 		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, open, d.Name)
 		ch <- prometheus.MustNewConstMetric(descOldest, prometheus.GaugeValue, oldest, d.Name)
+		var wait, stale float64
+		if !d.StoreWaitSince.IsZero() {
+			wait = max(now.Sub(d.StoreWaitSince).Seconds(), 0)
+		}
+		if d.Stale {
+			stale = math.Inf(1)
+			if !d.At.IsZero() {
+				stale = max(now.Sub(d.At).Seconds(), 0)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descStoreWait, prometheus.GaugeValue, wait, d.Name)
+		ch <- prometheus.MustNewConstMetric(descStale, prometheus.GaugeValue, stale, d.Name)
 	}
 }

@@ -63,12 +63,10 @@ func TestWallClockJumps(t *testing.T) {
 						r.Job.Event.MessageID, r.End, r.Job.Attempts, tc.after)
 				}
 			}
-			if qs, err := b.store.Queues(context.Background()); err != nil || len(qs) != 0 {
-				b.engine.State(context.Background())
-				if qs, err = b.store.Queues(context.Background()); err != nil || len(qs) != 0 {
-					t.Fatalf("store still holds %v (%v)", qs, err)
-				}
-			}
+			eventually(t, "an empty store", func() bool {
+				qs, err := b.store.Queues(context.Background())
+				return err == nil && len(qs) == 0
+			})
 		})
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"net/http"
 	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -187,10 +188,11 @@ func New(opts Options) (*Engine, error) {
 			notified: map[string]*handoff{},
 			wake:     make(chan struct{}, 1),
 			done:     make(chan completion, t.Concurrency),
-			snap:     make(chan chan DestinationState),
+			turn:     make(chan struct{}, 1),
 			rnd:      rand.New(rand.NewPCG(seed, uint64(i))),
 			labels:   pprof.Labels("destination", t.Name, "type", t.Type),
 		}
+		d.turn <- struct{}{} // held until the scheduler first rests
 		d.sender = destinations.Sender{Client: t.Client, Name: t.Name, Logger: d.log, Now: opts.Clock.Now}
 		d.keyer, _ = t.Destination.(destinations.HoldKeyer)
 		d.limiter = t.Limiter
@@ -321,7 +323,19 @@ type dest struct {
 	keyer destinations.HoldKeyer
 
 	done chan completion
-	snap chan chan DestinationState
+	// turn is the scheduler's turn token. The scheduler holds it while it
+	// changes its state and lets go of it only to rest: while it waits for
+	// something to do, and while it waits on the job store (awaitStore).
+	// State takes it to read the state meanwhile. It starts held, so that
+	// State waits for a scheduler that has not started, and is let go of
+	// when the scheduler stops.
+	turn chan struct{}
+	// last is the last snapshot State took, given marked stale when the
+	// scheduler does not rest before State's context ends.
+	last atomic.Pointer[DestinationState]
+	// storeWaitSince is when the store call the scheduler waits in began;
+	// zero when it waits in none.
+	storeWaitSince time.Time
 
 	// notified holds, by source, what was announced since the scheduler
 	// last looked; free holds emptied handoffs for notify to reuse.
@@ -457,6 +471,7 @@ func (d *dest) run(ctx context.Context) {
 	defer cancelWork()
 	timer := d.e.opts.Clock.NewTimer()
 	defer timer.Stop()
+	defer d.endTurn()
 	w := &workers{ctx: workCtx, ch: make(chan completion, d.Concurrency)}
 	for {
 		now := d.now()
@@ -476,8 +491,10 @@ func (d *dest) run(ctx context.Context) {
 		if next := d.nextWake(now, wait); !next.IsZero() {
 			timer.Set(next)
 		}
+		d.endTurn()
 		select {
 		case c := <-d.done:
+			d.beginTurn()
 			d.complete(c)
 			for more := true; more; {
 				select {
@@ -488,10 +505,11 @@ func (d *dest) run(ctx context.Context) {
 				}
 			}
 		case <-d.wake:
-		case reply := <-d.snap:
-			reply <- d.snapshot()
+			d.beginTurn()
 		case <-timer.C():
+			d.beginTurn()
 		case <-ctx.Done():
+			d.beginTurn()
 			d.shutdown(w, cancelWork)
 			return
 		}
@@ -840,7 +858,9 @@ func (d *dest) load(q *queue, now time.Time, want int) error {
 	defer cancel()
 	page := max(pageSize, want-len(q.buf))
 	if q.retryDue(now) {
+		d.awaitStore()
 		jobs, next, err := d.e.opts.Store.Retries(ctx, q.id, now, page+len(q.loadedRetries))
+		d.storeAnswered()
 		if err != nil {
 			d.storeFailed(now)
 			return fmt.Errorf("read retries: %w", err)
@@ -860,7 +880,9 @@ func (d *dest) load(q *queue, now time.Time, want int) error {
 	}
 	if q.diskMore && len(q.buf) < want {
 		page = max(pageSize, want-len(q.buf))
+		d.awaitStore()
 		jobs, err := d.e.opts.Store.Pending(ctx, q.id, q.cursor, page)
+		d.storeAnswered()
 		if err != nil {
 			d.storeFailed(now)
 			return fmt.Errorf("read pending jobs: %w", err)
@@ -1256,7 +1278,10 @@ func (d *dest) flush(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
-	if err := d.e.opts.Store.Apply(ctx, *u); err != nil {
+	d.awaitStore()
+	err := d.e.opts.Store.Apply(ctx, *u)
+	d.storeAnswered()
+	if err != nil {
 		if fenced(err) {
 			// The partition is another node's now: it delivers these jobs
 			// again. Nothing to keep.

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"time"
 
@@ -57,29 +58,90 @@ type DestinationState struct {
 	// queues' times are wall times.
 	ProbeAt time.Time
 	Queues  []QueueState
+	// At is when the snapshot was taken.
+	At time.Time
+	// StoreWaitSince, when set, is when the scheduler began the job store
+	// call it is still waiting in: an outcome write or a read, which a
+	// database that stops answering holds for up to storeTimeout. The
+	// snapshot is its state as it is, but nothing moves meanwhile: no
+	// request starts and no outcome is taken in (InFlight counts the
+	// requests that ended since) until the store answers.
+	StoreWaitSince time.Time
+	// Stale says the scheduler did not let State look before the caller's
+	// context ended (a long turn outside the store, or it has not started
+	// or has stopped): the snapshot is the last one taken, at At, or, if
+	// none was, only Name and Concurrency.
+	Stale bool
 }
 
-// State returns a consistent snapshot of every destination's scheduler,
-// taken by the schedulers themselves between two turns. It returns early
-// with what it has when ctx ends.
+// State returns a snapshot of every destination's scheduler, each taken
+// while its scheduler rests: between two turns, or while a turn waits on
+// the job store. It never leaves a destination out: one whose scheduler
+// does not rest before ctx ends is given as its last snapshot, marked
+// Stale.
+//
+// Why a scheduler lets its state be read while it waits on the store,
+// rather than answering from its loop: the loop answered only between two
+// turns, so a turn held by a database that stopped answering (up to
+// storeTimeout, and again at each retry) held every /metrics scrape and
+// admin view to its deadline, and those gave up on the destination. A
+// scheduler waiting on the store changes none of its state, so that state
+// read then is exact, not stale; what is true and worth saying is that it
+// is waiting, and since when (StoreWaitSince). A copy published at every
+// turn was the other way, but it allocates every queue's state per turn,
+// on the hot path, for a reader that comes every few seconds. Here a turn
+// costs a send and a receive on an uncontended channel (dest.turn), and a
+// store call a clock read besides.
 func (e *Engine) State(ctx context.Context) []DestinationState {
 	out := make([]DestinationState, 0, len(e.dests))
 	for _, d := range e.dests {
-		reply := make(chan DestinationState, 1)
-		select {
-		case d.snap <- reply:
-		case <-ctx.Done():
-			return out
-		}
-		select {
-		case s := <-reply:
-			out = append(out, s)
-		case <-ctx.Done():
-			return out
-		}
+		out = append(out, d.state(ctx))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// state takes d's snapshot while its scheduler rests, or gives the last one
+// marked Stale if it does not before ctx ends. Once ctx has ended, it
+// still looks at a scheduler that rests now.
+func (d *dest) state(ctx context.Context) DestinationState {
+	select {
+	case d.turn <- struct{}{}:
+	default:
+		select {
+		case d.turn <- struct{}{}:
+		case <-ctx.Done():
+			s := DestinationState{Name: d.Name, Concurrency: d.Concurrency}
+			if last := d.last.Load(); last != nil {
+				s = *last
+				s.Queues = slices.Clone(s.Queues) // the caller may change its copy
+			}
+			s.Stale = true
+			return s
+		}
+	}
+	s := d.snapshot()
+	<-d.turn
+	d.last.Store(&s)
+	return s
+}
+
+// beginTurn takes the turn token back when the scheduler wakes.
+func (d *dest) beginTurn() { d.turn <- struct{}{} }
+
+// endTurn lets go of the turn token while the scheduler rests.
+func (d *dest) endTurn() { <-d.turn }
+
+// awaitStore lets State read the scheduler's state while it waits on the
+// job store, and says since when; storeAnswered ends that.
+func (d *dest) awaitStore() {
+	d.storeWaitSince = d.e.opts.Clock.Now()
+	d.endTurn()
+}
+
+func (d *dest) storeAnswered() {
+	d.beginTurn()
+	d.storeWaitSince = time.Time{}
 }
 
 func (d *dest) snapshot() DestinationState {
@@ -96,6 +158,7 @@ func (d *dest) snapshot() DestinationState {
 		Name: d.Name, InFlight: d.inflight, Concurrency: d.Concurrency,
 		Unwritten:   d.update.Changes(),
 		CircuitOpen: d.circuit.open, ProbeAt: toWall(d.circuit.probeAt),
+		At: wall, StoreWaitSince: d.storeWaitSince,
 	}
 	for _, q := range d.queues {
 		qs := QueueState{
