@@ -6,9 +6,9 @@
 // one machine, as in a docker-compose file on a laptop or pods on one host
 // without CPU limits, then each run that many: a lightly loaded Go process
 // wakes an idle thread for nearly every goroutine it readies, and three
-// nodes on a 2-core machine spent 20 to 30% more CPU per event that way
-// than with each given its share of the cores (BENCHMARKS.md, "fourth
-// session"). The runtime cannot know about the other nodes; the cluster
+// nodes on a 2-core machine spent 14 to 28% more CPU per event that way
+// than with each given its share of the cores (BENCHMARKS.md, fourth and
+// fifth sessions). The runtime cannot know about the other nodes; the cluster
 // does (cluster.Options.Machine), and Share applies what it counts.
 package cores
 
