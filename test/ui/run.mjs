@@ -309,6 +309,34 @@ check('every pause reason and the per-user holds have their label', async () => 
   assert.deepEqual(page.errors, []);
 });
 
+check('a scheduler waiting on the database, and one not answering, are said so', async () => {
+  // A database that stops answering is not something ui_test.go runs:
+  // the page is fed a copy of the API's answer with those states.
+  const page = await newPage();
+  const since = new Date(Date.now() - 7_000).toISOString();
+  const taken = new Date(Date.now() - 30_000).toISOString();
+  await page.route('**/api/v1/destinations', async (route) => {
+    const res = await route.fetch();
+    const ds = await res.json();
+    const [waiting, stale] = ds.filter((d) => d.state);
+    waiting.state.store_wait_since = since;
+    stale.state.stale = true;
+    stale.state.taken_at = taken;
+    await route.fulfill({ response: res, json: ds });
+    page.names = [waiting.name, stale.name];
+  });
+  await page.goto(ADMIN + '/#/destinations');
+  await page.locator('[data-field=store_wait]').waitFor();
+  const [waiting, stale] = page.names;
+  const badge = (name, f) => page.locator(`[data-testid=destination][data-name="${name}"] [data-field=${f}]`);
+  assert.match(await badge(waiting, 'store_wait').textContent(), /waiting on the database for (7|8|9)s/);
+  assert.match(await badge(stale, 'stale').textContent(), /state as of \d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d: the scheduler is not answering/);
+  assert.equal(await badge(waiting, 'stale').count(), 0);
+  assert.equal(await badge(stale, 'store_wait').count(), 0);
+  await page.screenshot({ path: join(SHOTS, 'destinations-store-wait.png') });
+  assert.deepEqual(page.errors, []);
+});
+
 check('a fanout short of disk space shows the storage banner on every page', async () => {
   const storage = (await api(FULL, '/storage')).body;
   assert.equal(storage.accepting, false, `the API says ingest accepts with a 1000 TB reserve: ${JSON.stringify(storage)}`);

@@ -35,6 +35,12 @@ function Destination({ d }) {
         ? html`<span class=${'badge ' + (st.circuit_open ? 'failed' : 'delivered')} data-field="circuit">
             circuit ${st.circuit_open ? 'open' : 'closed'}</span>`
         : html`<span class="badge pending">no scheduler state</span>`}
+      ${st?.store_wait_since && html`<span class="badge failed" data-field="store_wait"
+        title=${'The scheduler has waited on the job store since ' + timestamp(st.store_wait_since) + ': it sends nothing more until the database answers'}>
+        waiting on the database for ${duration((Date.now() - new Date(st.store_wait_since).getTime()) / 1000)}</span>`}
+      ${st?.stale && html`<span class="badge pending" data-field="stale"
+        title="The scheduler did not answer in time: the figures below are its last snapshot, not its state now">
+        ${st.taken_at ? `state as of ${timestamp(st.taken_at)}` : 'state unknown'}: the scheduler is not answering</span>`}
       ${reasons.size > 0 && html`<span class="badge retrying" data-field="paused">${[...reasons].map((r) => headline[r] || 'paused').join(', ')}</span>`}
     </div>
     <div class="dest-body">

@@ -248,6 +248,12 @@
       <span class="badge type">${e.type}</span>
       ${t?I`<span class=${`badge `+(t.circuit_open?`failed`:`delivered`)} data-field="circuit">
             circuit ${t.circuit_open?`open`:`closed`}</span>`:I`<span class="badge pending">no scheduler state</span>`}
+      ${t?.store_wait_since&&I`<span class="badge failed" data-field="store_wait"
+        title=${`The scheduler has waited on the job store since `+to(t.store_wait_since)+`: it sends nothing more until the database answers`}>
+        waiting on the database for ${Za((Date.now()-new Date(t.store_wait_since).getTime())/1e3)}</span>`}
+      ${t?.stale&&I`<span class="badge pending" data-field="stale"
+        title="The scheduler did not answer in time: the figures below are its last snapshot, not its state now">
+        ${t.taken_at?`state as of ${to(t.taken_at)}`:`state unknown`}: the scheduler is not answering</span>`}
       ${n.size>0&&I`<span class="badge retrying" data-field="paused">${[...n].map(e=>Ho[e]||`paused`).join(`, `)}</span>`}
     </div>
     <div class="dest-body">
