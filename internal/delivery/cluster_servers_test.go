@@ -102,10 +102,7 @@ func setupSpread(t *testing.T, events int) *spreadBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(run(eng))
 	return b
 }
 

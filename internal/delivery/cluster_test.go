@@ -128,10 +128,7 @@ func TestOwnership(t *testing.T) {
 	}
 
 	send(3, "a", "b") // before the start, owned by nobody
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer run(eng)()
 	expect("nothing owned", map[string]int{})
 
 	own.set(0, true)
@@ -245,9 +242,6 @@ func runOwnedA(t *testing.T, own delivery.Ownership, wrap func(jobstore.Store) j
 	if _, err := store.Append(context.Background(), es); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); eng.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(run(eng))
 	return reports
 }

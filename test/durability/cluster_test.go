@@ -55,6 +55,24 @@ type clusterLoad struct {
 	mu    sync.Mutex
 	ids   []string
 	nodes []atomic.Int64 // acknowledged per node
+
+	stop chan struct{} // closed by halt
+	wg   sync.WaitGroup
+}
+
+// start runs senders goroutines sending to the nodes urls returns at each
+// batch, until halt.
+func (l *clusterLoad) start(urls func() []string) {
+	l.stop = make(chan struct{})
+	for w := range senders {
+		l.wg.Go(func() { l.run(w, l.stop, urls) })
+	}
+}
+
+// halt stops the senders and waits for them.
+func (l *clusterLoad) halt() {
+	close(l.stop)
+	l.wg.Wait()
 }
 
 func (l *clusterLoad) run(w int, stop <-chan struct{}, urls func() []string) {
@@ -93,12 +111,11 @@ func (l *clusterLoad) run(w int, stop <-chan struct{}, urls func() []string) {
 // at most), stops it, and waits up to deliverTimeout for recv to have every
 // event acknowledged: it returns those, the ones still missing, and whether
 // none is.
-func (l *clusterLoad) drain(t *testing.T, stop chan struct{}, wg *sync.WaitGroup, recv *fanouttest.Receiver) (acked, lost []string, ok bool) {
+func (l *clusterLoad) drain(t *testing.T, recv *fanouttest.Receiver) (acked, lost []string, ok bool) {
 	t.Helper()
 	from := l.acked.Load()
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= from+2_000 })
-	close(stop)
-	wg.Wait()
+	l.halt()
 	acked = l.ackedIDs()
 	ok = fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(recv.Missing(acked)) == 0 })
 	return acked, recv.Missing(acked), ok
@@ -159,11 +176,7 @@ func TestClusterFailover(t *testing.T) {
 	urls := []string{nodes[0].TrackingURL, nodes[1].TrackingURL, nodes[2].TrackingURL}
 	live.Store(&urls)
 	l := &clusterLoad{client: &http.Client{Timeout: 30 * time.Second}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range senders {
-		wg.Go(func() { l.run(w, stop, func() []string { return *live.Load() }) })
-	}
+	l.start(func() []string { return *live.Load() })
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= 3_000 })
 	fanouttest.Eventually(t.Context(), inFlightTimeout, func() bool { return recv.InFlight() > 0 })
 
@@ -224,7 +237,7 @@ func TestClusterFailover(t *testing.T) {
 	if takeover > 10*time.Second {
 		t.Errorf("takeover took %v, more than the 10 s promised", takeover)
 	}
-	acked, lost, ok := l.drain(t, stop, &wg, recv)
+	acked, lost, ok := l.drain(t, recv)
 	t.Logf("3 nodes, one killed: takeover in %v; %d events acknowledged, %d delivered, %d duplicates, %d requests refused or failed",
 		takeover.Round(time.Millisecond), len(acked), len(acked)-len(lost), duplicates(recv, acked), l.failed.Load())
 	if !ok {
@@ -282,11 +295,7 @@ func TestClusterPausedNode(t *testing.T) {
 	// The load goes to the node that stays up.
 	l := &clusterLoad{client: &http.Client{Timeout: 30 * time.Second}}
 	urls := []string{other.TrackingURL}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range senders {
-		wg.Go(func() { l.run(w, stop, func() []string { return urls }) })
-	}
+	l.start(func() []string { return urls })
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= 2_000 })
 	fanouttest.Eventually(t.Context(), inFlightTimeout, func() bool { return recv.InFlight() > 0 })
 	if err := victim.Pause(); err != nil {
@@ -321,7 +330,7 @@ func TestClusterPausedNode(t *testing.T) {
 		v, _ := getCluster(t, other.AdminURL)
 		t.Fatalf("the resumed node did not take its share back: %+v", v)
 	}
-	ids, lost, ok := l.drain(t, stop, &wg, recv)
+	ids, lost, ok := l.drain(t, recv)
 	t.Logf("one of two nodes paused and resumed: %d events acknowledged, %d delivered, %d duplicates",
 		len(ids), len(ids)-len(lost), duplicates(recv, ids))
 	if !ok {
@@ -474,11 +483,7 @@ func TestClusterLostNetwork(t *testing.T) {
 	}
 	l := &clusterLoad{client: client}
 	urls := []string{other.TrackingURL}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range senders {
-		wg.Go(func() { l.run(w, stop, func() []string { return urls }) })
-	}
+	l.start(func() []string { return urls })
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= 2_000 })
 	fanouttest.Eventually(t.Context(), inFlightTimeout, func() bool {
 		return recv.InFlight() > 0 && slowRecv.InFlight() > 0 && len(slowRecv.Missing(slowIDs)) < lostNetworkEvents-3
@@ -574,7 +579,7 @@ func TestClusterLostNetwork(t *testing.T) {
 		v, _ := getCluster(t, other.AdminURL)
 		t.Fatalf("the healed node did not take its share back: %+v", v)
 	}
-	ids, lost, ok := l.drain(t, stop, &wg, recv)
+	ids, lost, ok := l.drain(t, recv)
 	slowOK := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(slowRecv.Missing(slowIDs)) == 0 })
 	// The outcomes the victim could not write before its lease was gone
 	// are refused, not written late: the store's fence (its local check,

@@ -148,11 +148,7 @@ func TestClusterJoinLeave(t *testing.T) {
 	urls := []string{nodes[0].TrackingURL, nodes[1].TrackingURL}
 	live.Store(&urls)
 	l := &clusterLoad{client: &http.Client{Timeout: 30 * time.Second}}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range senders {
-		wg.Go(func() { l.run(w, stop, func() []string { return *live.Load() }) })
-	}
+	l.start(func() []string { return *live.Load() })
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= 2_000 })
 
 	// Join: a third node starts and the partitions are shared by three.
@@ -203,8 +199,7 @@ func TestClusterJoinLeave(t *testing.T) {
 
 	from := l.acked.Load()
 	fanouttest.Eventually(t.Context(), 30*time.Second, func() bool { return l.acked.Load() >= from+2_000 })
-	close(stop)
-	wg.Wait()
+	l.halt()
 	acked := l.ackedIDs()
 	ok := fanouttest.Eventually(t.Context(), deliverTimeout, func() bool { return len(rs.missing(acked)) == 0 })
 	lost := rs.missing(acked)
